@@ -1,0 +1,166 @@
+#include "io/sweep.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include "io/config_reader.hpp"
+#include "io/error.hpp"
+
+namespace lowmem {
+namespace {
+
+using json = nlohmann::json;
+
+std::string location(const std::string& file, const std::string& pointer) {
+  return file.empty() ? pointer : file + ": " + pointer;
+}
+
+// One axis of the run grid: all its paths step together (one path for a sweep key, several for zip).
+struct Axis {
+  struct Entry {
+    std::string path, where;
+    const json* values;
+  };
+  std::vector<Entry> entries;
+  std::size_t size = 1;
+};
+
+const json& checked_list(const json& values, const std::string& where) {
+  if (!values.is_array() || values.empty())
+    throw Error(where + ": expected a non-empty list of values, got " + values.dump());
+  return values;
+}
+
+std::vector<Axis> sweep_axes(const json& sweep, const std::string& file, const std::string& pointer) {
+  if (!sweep.is_object())
+    throw Error(location(file, pointer) + ": expected an object mapping paths to lists of values, got " + sweep.dump());
+  std::vector<Axis> axes;
+  for (const auto& [path, values] : sweep.items()) {
+    const std::string where = location(file, pointer + "/" + json_pointer_token(path));
+    axes.push_back({{{path, where, &checked_list(values, where)}}, values.size()});
+  }
+  return axes;
+}
+
+Axis zip_axis(const json& zip, const std::string& file) {
+  if (!zip.is_object())
+    throw Error(location(file, "/zip") + ": expected an object mapping paths to lists of values, got " + zip.dump());
+  Axis axis;
+  for (const auto& [path, values] : zip.items()) {
+    const std::string where = location(file, "/zip/" + json_pointer_token(path));
+    checked_list(values, where);
+    if (!axis.entries.empty() && values.size() != axis.size)
+      throw Error(where + ": has " + std::to_string(values.size()) + " values but /zip/" +
+                  json_pointer_token(axis.entries[0].path) + " has " + std::to_string(axis.size) +
+                  " (zip lists vary together)");
+    axis.entries.push_back({path, where, &values});
+    axis.size = values.size();
+  }
+  return axis;
+}
+
+void set_step(json& config, const Axis& axis, std::size_t step) {
+  for (const auto& e : axis.entries) set_path(config, e.path, (*e.values)[step], e.where);
+}
+
+// Appends the cartesian product of `axes` applied to `base`, the last axis varying fastest.
+void append_product(const json& base, const std::vector<Axis>& axes, std::vector<json>& out) {
+  std::size_t runs = 1;
+  for (const auto& a : axes) runs *= a.size;
+  std::vector<std::size_t> step(axes.size());
+  for (std::size_t run = 0; run < runs; ++run) {
+    for (std::size_t rest = run, k = axes.size(); k-- > 0; rest /= axes[k].size) step[k] = rest % axes[k].size;
+    json config = base;
+    for (std::size_t k = 0; k < axes.size(); ++k) set_step(config, axes[k], step[k]);  // in key order
+    out.push_back(std::move(config));
+  }
+}
+
+bool is_index(const std::string& part) {
+  return !part.empty() && part.size() < 10 && part.find_first_not_of("0123456789") == std::string::npos;
+}
+
+}  // namespace
+
+void set_path(json& config, const std::string& dotted, const json& value, const std::string& context) {
+  auto fail = [&](const std::string& what) { throw Error(context + ": " + what); };
+  std::vector<std::string> parts;
+  for (std::size_t start = 0;;) {
+    const std::size_t dot = dotted.find('.', start);
+    parts.push_back(dotted.substr(start, dot - start));
+    if (parts.back().empty()) fail("invalid path \"" + dotted + "\" (expected dotted keys, e.g. train.optimizer.lr)");
+    if (dot == std::string::npos) break;
+    start = dot + 1;
+  }
+  json* node = &config;
+  std::string walked;  // the dotted prefix resolved so far, for messages
+  for (std::size_t k = 0; k < parts.size(); ++k) {
+    const std::string& part = parts[k];
+    const std::string here = walked.empty() ? part : walked + "." + part;
+    const bool last = k + 1 == parts.size();
+    if (node->is_object()) {
+      if (last) return void((*node)[part] = value);  // may add a key; the schema check rejects unknown ones
+      const auto it = node->find(part);
+      if (it == node->end()) {
+        std::vector<std::string> keys;
+        for (const auto& item : node->items()) keys.push_back(item.key());
+        const auto near = closest_match(part, keys);
+        fail("\"" + here + "\" does not exist" +
+             (near ? " (did you mean \"" + (walked.empty() ? *near : walked + "." + *near) + "\"?)" : ""));
+      }
+      node = &*it;
+    } else if (node->is_array()) {
+      if (!is_index(part)) fail("\"" + walked + "\" is a list, and \"" + part + "\" is not an index");
+      const std::size_t index = std::stoul(part);
+      if (index >= node->size())
+        fail("index " + part + " is out of range for \"" + walked + "\" (" + std::to_string(node->size()) + " elements)");
+      node = &(*node)[index];
+      if (last) return void(*node = value);
+    } else {
+      fail("cannot set \"" + dotted + "\": " + (walked.empty() ? "the config" : "\"" + walked + "\"") + " is a " +
+           node->type_name() + " (" + node->dump() + "), not an object or list");
+    }
+    walked = here;
+  }
+}
+
+std::vector<json> expand_sweep(const json& config, const std::string& file) {
+  if (!config.is_object() || (!config.contains("sweep") && !config.contains("zip"))) return {config};
+  json base = config;
+  base.erase("sweep");
+  base.erase("zip");
+
+  const Axis zip = config.contains("zip") ? zip_axis(config.at("zip"), file) : Axis{};
+  std::vector<std::vector<Axis>> groups;  // one cartesian product per sweep object
+  if (!config.contains("sweep")) {
+    groups.emplace_back();
+  } else if (const json& sweep = config.at("sweep"); sweep.is_array()) {
+    if (sweep.empty()) throw Error(location(file, "/sweep") + ": expected a non-empty list of sweep objects, got []");
+    for (std::size_t i = 0; i < sweep.size(); ++i)
+      groups.push_back(sweep_axes(sweep[i], file, "/sweep/" + std::to_string(i)));
+  } else {
+    groups.push_back(sweep_axes(sweep, file, "/sweep"));
+  }
+  // A path in both zip and sweep would be set twice, the sweep silently winning.
+  for (const auto& group : groups)
+    for (const auto& axis : group)
+      for (const auto& z : zip.entries)
+        if (axis.entries[0].path == z.path) throw Error(axis.entries[0].where + ": also set by /zip/" + json_pointer_token(z.path));
+
+  std::vector<json> runs;
+  for (std::size_t z = 0; z < zip.size; ++z) {
+    json zipped = base;
+    set_step(zipped, zip, z);
+    for (const auto& group : groups) append_product(zipped, group, runs);
+  }
+  return runs;
+}
+
+void apply_override(json& config, const std::string& assignment) {
+  const std::string context = "--set " + assignment;
+  const std::size_t eq = assignment.find('=');
+  if (eq == std::string::npos || eq == 0) throw Error(context + ": expected PATH=VALUE, e.g. --set train.optimizer.lr=0.01");
+  const std::string text = assignment.substr(eq + 1);
+  set_path(config, assignment.substr(0, eq), json::accept(text) ? json::parse(text) : json(text), context);
+}
+
+}  // namespace lowmem

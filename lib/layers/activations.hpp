@@ -1,0 +1,36 @@
+#pragma once
+#include "layers/layer.hpp"
+
+namespace lowmem {
+
+// ReLU (slope 0) and leaky ReLU: y = x if x > 0 else slope * x, any shape. slope >= 0, so y > 0 exactly when
+// x > 0 and backward needs only the output y (shared with the next layer's saved input, so usually free).
+// dx = dy where y > 0, else slope * dy (PyTorch's convention at 0).
+template <class T> class LeakyRelu : public Layer<T> {
+ public:
+  LeakyRelu(std::string label, double slope);  // slope 0 is ReLU
+  const char* kind() const override { return slope_ == 0.0 ? "relu" : "leaky_relu"; }
+  Shape output_shape(const Shape& input) const override { return input; }
+  Tensor<T> forward(const Tensor<T>& x, const RunContext& ctx) override;
+  Tensor<T> backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) override;
+
+ private:
+  double slope_;
+  T slope_t_;
+  Saved<T> output_;
+};
+
+// Flatten (N, C, H, W) -> (N, C H W): the same buffer seen with another shape.
+template <class T> class Flatten : public Layer<T> {
+ public:
+  explicit Flatten(std::string label) : Layer<T>(std::move(label)) {}
+  const char* kind() const override { return "flatten"; }
+  Shape output_shape(const Shape& input) const override { return Shape{input.numel()}; }
+  Tensor<T> forward(const Tensor<T>& x, const RunContext& ctx) override;
+  Tensor<T> backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) override;
+
+ private:
+  Shape input_shape_;
+};
+
+}  // namespace lowmem

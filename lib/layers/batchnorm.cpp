@@ -1,0 +1,112 @@
+#include "layers/batchnorm.hpp"
+
+#include "tensor/compute.hpp"
+
+namespace lowmem {
+
+template <class T>
+BatchNorm<T>::BatchNorm(std::string label, index_t channels, double momentum, double eps)
+    : Layer<T>(std::move(label)),
+      channels_(channels),
+      momentum_(momentum),
+      eps_(eps),
+      gamma_(make_param<T>("weight", Shape{channels})),
+      beta_(make_param<T>("bias", Shape{channels})),
+      running_mean_(Shape{channels}, MemoryCategory::weights),
+      running_var_(Shape{channels}, MemoryCategory::weights) {}
+
+template <class T> Shape BatchNorm<T>::output_shape(const Shape& in) const {
+  if (in.rank() != 3 && in.rank() != 1) shape_error(this->label(), "expects (C, H, W) or (C), got " + in.str());
+  if (in[0] != channels_)
+    shape_error(this->label(), "expects " + std::to_string(channels_) + " channels, got " + in.str());
+  return in;
+}
+
+template <class T> void BatchNorm<T>::initialize(Rng&) {
+  gamma_.value.fill(T(1));
+  beta_.value.fill(T(0));
+  running_mean_.fill(T(0));
+  running_var_.fill(T(1));
+}
+
+template <class T> Tensor<T> BatchNorm<T>::forward(const Tensor<T>& x, const RunContext& ctx) {
+  const index_t n = x.dim(0), area = x.numel() / (n * channels_), count = n * area;
+  auto at = [&](index_t s, index_t c, index_t i) { return (s * channels_ + c) * area + i; };
+  Tensor<T> y(x.shape(), MemoryCategory::workspace);
+  Tensor<W> mean(Shape{channels_}, MemoryCategory::workspace), inv_std(Shape{channels_}, MemoryCategory::workspace);
+  const W eps = round_to<W>(eps_);
+  for (index_t c = 0; c < channels_; ++c) {
+    if (ctx.training) {
+      W sum(0);
+      for (index_t s = 0; s < n; ++s)
+        for (index_t i = 0; i < area; ++i) sum = accumulate_round<T>(sum + round_to<W>(x[at(s, c, i)]), ctx.accumulate);
+      const W m = sum / round_to<W>(static_cast<double>(count));
+      W squares(0);
+      for (index_t s = 0; s < n; ++s)
+        for (index_t i = 0; i < area; ++i) {
+          const W d = round_to<W>(x[at(s, c, i)]) - m;
+          squares = accumulate_round<T>(squares + d * d, ctx.accumulate);
+        }
+      const W var = squares / round_to<W>(static_cast<double>(count));
+      mean[c] = m;
+      inv_std[c] = W(1) / sqrt_of(W(var + eps));
+      const W keep = round_to<W>(1.0 - momentum_), take = round_to<W>(momentum_);
+      const W unbiased = count > 1 ? W(squares / round_to<W>(static_cast<double>(count - 1))) : var;
+      running_mean_[c] = round_to<T>(W(keep * round_to<W>(running_mean_[c]) + take * m));
+      running_var_[c] = round_to<T>(W(keep * round_to<W>(running_var_[c]) + take * unbiased));
+    } else {
+      mean[c] = round_to<W>(running_mean_[c]);
+      inv_std[c] = W(1) / sqrt_of(W(round_to<W>(running_var_[c]) + eps));
+    }
+    const W g = round_to<W>(gamma_.value[c]), b = round_to<W>(beta_.value[c]);
+    for (index_t s = 0; s < n; ++s)
+      for (index_t i = 0; i < area; ++i)
+        y[at(s, c, i)] = round_to<T>(W(g * ((round_to<W>(x[at(s, c, i)]) - mean[c]) * inv_std[c]) + b));
+  }
+  if (ctx.training) {
+    input_.keep(x);
+    mean_.keep(mean);
+    inv_std_.keep(inv_std);
+  }
+  return y;
+}
+
+// With x^ = (x - mean) / sigma over M = N H W values per channel:
+//   dbeta = sum dy,  dgamma = sum dy x^,  dx = gamma / sigma (dy - dbeta / M - x^ dgamma / M).
+template <class T> Tensor<T> BatchNorm<T>::backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) {
+  const Tensor<T>& x = input_.get();
+  const Tensor<W>&mean = mean_.get(), &inv_std = inv_std_.get();
+  const index_t n = x.dim(0), area = x.numel() / (n * channels_);
+  const W count = round_to<W>(static_cast<double>(n * area));
+  auto at = [&](index_t s, index_t c, index_t i) { return (s * channels_ + c) * area + i; };
+  Tensor<T> dx;
+  if (want_input_grad) dx = Tensor<T>(x.shape(), MemoryCategory::workspace);
+  for (index_t c = 0; c < channels_; ++c) {
+    W dbeta(0), dgamma(0);
+    for (index_t s = 0; s < n; ++s)
+      for (index_t i = 0; i < area; ++i) {
+        const W g = round_to<W>(dy[at(s, c, i)]);
+        const W xhat = (round_to<W>(x[at(s, c, i)]) - mean[c]) * inv_std[c];
+        dbeta = accumulate_round<T>(dbeta + g, ctx.accumulate);
+        dgamma = accumulate_round<T>(dgamma + g * xhat, ctx.accumulate);
+      }
+    gamma_.grad[c] = round_to<T>(W(round_to<W>(gamma_.grad[c]) + dgamma));
+    beta_.grad[c] = round_to<T>(W(round_to<W>(beta_.grad[c]) + dbeta));
+    if (!want_input_grad) continue;
+    const W scale = round_to<W>(gamma_.value[c]) * inv_std[c];
+    const W mean_dy = dbeta / count, mean_dy_xhat = dgamma / count;
+    for (index_t s = 0; s < n; ++s)
+      for (index_t i = 0; i < area; ++i) {
+        const W xhat = (round_to<W>(x[at(s, c, i)]) - mean[c]) * inv_std[c];
+        dx[at(s, c, i)] = round_to<T>(W(scale * (round_to<W>(dy[at(s, c, i)]) - mean_dy - xhat * mean_dy_xhat)));
+      }
+  }
+  input_.release();
+  mean_.release();
+  inv_std_.release();
+  return dx;
+}
+
+LOWMEM_INSTANTIATE_FOR_PRECISIONS(BatchNorm)
+
+}  // namespace lowmem

@@ -1,0 +1,32 @@
+#pragma once
+#include "layers/layer.hpp"
+
+namespace lowmem {
+
+struct Conv2dSpec {
+  index_t in_channels = 0, out_channels = 0, kernel = 3, stride = 1, pad = 0;
+  bool bias = true;
+};
+
+// 2-D convolution by im2col + matrix product (Eigen's GEMM), one image at a time so the workspace stays at one
+// image's columns. x (N, Cin, H, W) -> y (N, Cout, Ho, Wo), Ho = (H + 2 pad - k) / stride + 1.
+// weight (Cout, Cin, k, k), bias (Cout). Backward needs x (kept whole) and recomputes the columns.
+// Initialisation: He normal, std = sqrt(2 / (Cin k k)); bias 0.
+template <class T> class Conv2d : public Layer<T> {
+ public:
+  Conv2d(std::string label, Conv2dSpec spec);
+  const char* kind() const override { return "conv"; }
+  Shape output_shape(const Shape& input) const override;
+  void initialize(Rng& rng) override;
+  Tensor<T> forward(const Tensor<T>& x, const RunContext& ctx) override;
+  Tensor<T> backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) override;
+  std::vector<Param<T>*> params() override;
+  const Conv2dSpec& spec() const { return spec_; }
+
+ private:
+  Conv2dSpec spec_;
+  Param<T> weight_, bias_;
+  Saved<T> input_;
+};
+
+}  // namespace lowmem

@@ -1,0 +1,15 @@
+#include "layers/layer.hpp"
+
+#include "io/error.hpp"
+
+namespace lowmem {
+
+void shape_error(const std::string& layer, const std::string& what) { throw Error("layer " + layer + ": " + what); }
+
+void expect_rank(const std::string& layer, const Shape& s, std::size_t rank) {
+  if (s.rank() != rank)
+    shape_error(layer, "expects a " + std::string(rank == 3 ? "(channels, height, width)" : "flat (features)") +
+                           " input, got " + s.str() + (rank == 1 ? " (add a flatten layer before it)" : ""));
+}
+
+}  // namespace lowmem

@@ -1,0 +1,83 @@
+#pragma once
+// The contract every layer obeys (the generic checker in tests/ tests exactly this):
+//   output_shape(in)       checks a per-sample input shape (C,H,W) or (F) and returns the output's; throws
+//                          lowmem::Error naming the layer if the shape does not fit.
+//   initialize(rng)        draws initial parameters in double and rounds them once into T, so every precision
+//                          starts from the same values.
+//   forward(x, ctx)        x is (N, ...); returns (N, ...). In training mode keeps what backward needs.
+//   backward(dy, ctx, dx?) adds (+=) parameter gradients, returns dL/dx if asked, releases what forward kept.
+//   params()               trainable parameters with their gradients.
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "numerics/random.hpp"
+#include "numerics/scalar.hpp"
+#include "tensor/tensor.hpp"
+
+namespace lowmem {
+
+struct RunContext {
+  bool training = true;
+  Accumulate accumulate = Accumulate::f32;
+};
+
+template <class T> struct Param {
+  std::string name;  // "weight", "bias" (batch norm: gamma is "weight", beta is "bias", as in PyTorch)
+  Tensor<T> value;   // MemoryCategory::weights
+  Tensor<T> grad;    // MemoryCategory::gradients
+};
+
+template <class T> class Layer {
+ public:
+  // label: where the layer came from, used in every message about it, e.g. "/model/layers/3 (conv)".
+  explicit Layer(std::string label) : label_(std::move(label)) {}
+  virtual ~Layer() = default;
+  Layer(const Layer&) = delete;
+  Layer& operator=(const Layer&) = delete;
+
+  const std::string& label() const { return label_; }
+  virtual const char* kind() const = 0;  // "conv", "batchnorm", ... as in the config
+  virtual Shape output_shape(const Shape& input) const = 0;
+  virtual void initialize(Rng&) {}
+  virtual Tensor<T> forward(const Tensor<T>& x, const RunContext& ctx) = 0;
+  virtual Tensor<T> backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) = 0;
+  virtual std::vector<Param<T>*> params() { return {}; }
+  // Sub-layers of a composite layer (residual block), for reports that walk the whole network.
+  virtual std::vector<std::pair<std::string, Layer<T>*>> children() { return {}; }
+
+ private:
+  std::string label_;
+};
+
+// A parameter tensor and its zeroed gradient, both charged to the ledger.
+template <class T> Param<T> make_param(std::string name, Shape shape) {
+  return Param<T>{std::move(name), Tensor<T>(shape, MemoryCategory::weights), Tensor<T>(shape, MemoryCategory::gradients)};
+}
+
+// What a layer keeps between forward and backward. Keeping re-labels the buffer as saved activations in the
+// ledger; release() drops this holder's reference. (Storage policies for checkpointing, compression and
+// reversible reconstruction plug in here.)
+template <class U> class Saved {
+ public:
+  void keep(const Tensor<U>& t) {
+    t_ = t;
+    t_.set_category(MemoryCategory::saved_activations);
+  }
+  const Tensor<U>& get() const {
+    if (t_.empty()) throw std::logic_error("backward called without a training-mode forward");
+    return t_;
+  }
+  void release() { t_ = Tensor<U>(); }
+  bool held() const { return !t_.empty(); }
+
+ private:
+  Tensor<U> t_;
+};
+
+// Shape checks shared by layers: throws Error("layer <name>: ...").
+[[noreturn]] void shape_error(const std::string& layer, const std::string& what);
+void expect_rank(const std::string& layer, const Shape& s, std::size_t rank);
+
+}  // namespace lowmem

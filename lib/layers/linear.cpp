@@ -1,0 +1,86 @@
+#include "layers/linear.hpp"
+
+#include <cmath>
+
+#include "tensor/compute.hpp"
+
+namespace lowmem {
+
+template <class T>
+Linear<T>::Linear(std::string label, index_t in_features, index_t out_features, bool bias)
+    : Layer<T>(std::move(label)),
+      in_(in_features),
+      out_(out_features),
+      has_bias_(bias),
+      weight_(make_param<T>("weight", Shape{out_features, in_features})),
+      bias_(bias ? make_param<T>("bias", Shape{out_features}) : Param<T>{}) {}
+
+template <class T> Shape Linear<T>::output_shape(const Shape& in) const {
+  expect_rank(this->label(), in, 1);
+  if (in[0] != in_)
+    shape_error(this->label(), "expects " + std::to_string(in_) + " input features, got " + in.str());
+  return Shape{out_};
+}
+
+template <class T> void Linear<T>::initialize(Rng& rng) {
+  const double bound = 1.0 / std::sqrt(static_cast<double>(in_));
+  for (index_t i = 0; i < weight_.value.numel(); ++i) weight_.value[i] = round_to<T>(rng.uniform(-bound, bound));
+  if (has_bias_)
+    for (index_t i = 0; i < out_; ++i) bias_.value[i] = round_to<T>(rng.uniform(-bound, bound));
+}
+
+template <class T> std::vector<Param<T>*> Linear<T>::params() {
+  if (has_bias_) return {&weight_, &bias_};
+  return {&weight_};
+}
+
+template <class T> Tensor<T> Linear<T>::forward(const Tensor<T>& x, const RunContext& ctx) {
+  const index_t n = x.dim(0);
+  Tensor<T> y(Shape{n, out_}, MemoryCategory::workspace);
+  with_compute_type<T>(ctx.accumulate, [&]<class G>() {
+    const Tensor<G> xg = in_compute_type<G>(x), w = in_compute_type<G>(weight_.value);
+    Tensor<G> out(Shape{n, out_}, MemoryCategory::workspace);
+    MatrixMap<G> Y(out.data(), n, out_);
+    Y.noalias() = ConstMatrixMap<G>(xg.data(), n, in_) * ConstMatrixMap<G>(w.data(), out_, in_).transpose();
+    if (has_bias_)
+      for (index_t o = 0; o < out_; ++o) {
+        const G b = round_to<G>(bias_.value[o]);
+        for (index_t s = 0; s < n; ++s) Y(s, o) += b;
+      }
+    store_rounded(out.data(), y.data(), y.numel(), false);
+  });
+  if (ctx.training) input_.keep(x);
+  return y;
+}
+
+template <class T> Tensor<T> Linear<T>::backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) {
+  const Tensor<T>& x = input_.get();
+  const index_t n = x.dim(0);
+  Tensor<T> dx;
+  with_compute_type<T>(ctx.accumulate, [&]<class G>() {
+    const Tensor<G> xg = in_compute_type<G>(x), dyg = in_compute_type<G>(dy);
+    const ConstMatrixMap<G> X(xg.data(), n, in_), dY(dyg.data(), n, out_);
+    Tensor<G> dweight(weight_.value.shape(), MemoryCategory::workspace);
+    MatrixMap<G>(dweight.data(), out_, in_).noalias() = dY.transpose() * X;
+    store_rounded(dweight.data(), weight_.grad.data(), dweight.numel(), true);
+    if (has_bias_) {
+      Tensor<G> dbias(Shape{out_}, MemoryCategory::workspace);
+      for (index_t s = 0; s < n; ++s)
+        for (index_t o = 0; o < out_; ++o) dbias[o] = round_to<G>(accumulate_round<T>(dbias[o] + dY(s, o), ctx.accumulate));
+      store_rounded(dbias.data(), bias_.grad.data(), out_, true);
+    }
+    if (want_input_grad) {
+      const Tensor<G> w = in_compute_type<G>(weight_.value);
+      Tensor<G> dxg(x.shape(), MemoryCategory::workspace);
+      MatrixMap<G>(dxg.data(), n, in_).noalias() = dY * ConstMatrixMap<G>(w.data(), out_, in_);
+      dx = Tensor<T>(x.shape(), MemoryCategory::workspace);
+      store_rounded(dxg.data(), dx.data(), dx.numel(), false);
+    }
+  });
+  input_.release();
+  return dx;
+}
+
+LOWMEM_INSTANTIATE_FOR_PRECISIONS(Linear)
+
+}  // namespace lowmem

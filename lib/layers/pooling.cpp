@@ -1,0 +1,153 @@
+#include "layers/pooling.hpp"
+
+#include "tensor/compute.hpp"
+
+namespace lowmem {
+
+namespace {
+
+Shape pooled_shape(const std::string& label, const Shape& in, index_t k, index_t s) {
+  expect_rank(label, in, 3);
+  if (in[1] < k || in[2] < k)
+    shape_error(label, "window " + std::to_string(k) + " is larger than the input " + in.str());
+  return Shape{in[0], (in[1] - k) / s + 1, (in[2] - k) / s + 1};
+}
+
+}  // namespace
+
+template <class T>
+MaxPool<T>::MaxPool(std::string label, index_t kernel, index_t stride)
+    : Layer<T>(std::move(label)), kernel_(kernel), stride_(stride) {}
+
+template <class T> Shape MaxPool<T>::output_shape(const Shape& in) const {
+  return pooled_shape(this->label(), in, kernel_, stride_);
+}
+
+template <class T> Tensor<T> MaxPool<T>::forward(const Tensor<T>& x, const RunContext& ctx) {
+  input_shape_ = x.shape();
+  const index_t planes = x.dim(0) * x.dim(1), h = x.dim(2), w = x.dim(3);
+  const Shape out = pooled_shape(this->label(), Shape{x.dim(1), h, w}, kernel_, stride_);
+  const index_t ho = out[1], wo = out[2];
+  Tensor<T> y(Shape{x.dim(0), x.dim(1), ho, wo}, MemoryCategory::workspace);
+  Tensor<std::int32_t> argmax;
+  if (ctx.training) argmax = Tensor<std::int32_t>(y.shape(), MemoryCategory::workspace);
+  for (index_t p = 0; p < planes; ++p) {
+    const T* in = x.data() + p * h * w;
+    for (index_t oy = 0; oy < ho; ++oy)
+      for (index_t ox = 0; ox < wo; ++ox) {
+        index_t best = (oy * stride_) * w + ox * stride_;
+        for (index_t i = 0; i < kernel_; ++i)
+          for (index_t j = 0; j < kernel_; ++j) {
+            const index_t at = (oy * stride_ + i) * w + ox * stride_ + j;
+            if (in[at] > in[best]) best = at;
+          }
+        const index_t o = (p * ho + oy) * wo + ox;
+        y[o] = in[best];
+        if (ctx.training) argmax[o] = static_cast<std::int32_t>(best);
+      }
+  }
+  if (ctx.training) argmax_.keep(argmax);
+  return y;
+}
+
+template <class T> Tensor<T> MaxPool<T>::backward(const Tensor<T>& dy, const RunContext&, bool want_input_grad) {
+  const Tensor<std::int32_t>& argmax = argmax_.get();
+  Tensor<T> dx;
+  if (want_input_grad) {
+    dx = Tensor<T>(input_shape_, MemoryCategory::workspace);
+    const index_t plane_in = input_shape_[2] * input_shape_[3], plane_out = dy.dim(2) * dy.dim(3);
+    for (index_t o = 0; o < dy.numel(); ++o) {
+      T& target = dx[(o / plane_out) * plane_in + argmax[o]];
+      target = T(target + dy[o]);  // windows overlap when stride < kernel
+    }
+  }
+  argmax_.release();
+  return dx;
+}
+
+template <class T>
+AvgPool<T>::AvgPool(std::string label, index_t kernel, index_t stride)
+    : Layer<T>(std::move(label)), kernel_(kernel), stride_(stride) {}
+
+template <class T> Shape AvgPool<T>::output_shape(const Shape& in) const {
+  return pooled_shape(this->label(), in, kernel_, stride_);
+}
+
+template <class T> Tensor<T> AvgPool<T>::forward(const Tensor<T>& x, const RunContext& ctx) {
+  input_shape_ = x.shape();
+  const index_t planes = x.dim(0) * x.dim(1), h = x.dim(2), w = x.dim(3);
+  const Shape out = pooled_shape(this->label(), Shape{x.dim(1), h, w}, kernel_, stride_);
+  const index_t ho = out[1], wo = out[2];
+  Tensor<T> y(Shape{x.dim(0), x.dim(1), ho, wo}, MemoryCategory::workspace);
+  using W = wide_t<T>;
+  const W count = round_to<W>(static_cast<double>(kernel_ * kernel_));
+  for (index_t p = 0; p < planes; ++p)
+    for (index_t oy = 0; oy < ho; ++oy)
+      for (index_t ox = 0; ox < wo; ++ox) {
+        W sum(0);
+        for (index_t i = 0; i < kernel_; ++i)
+          for (index_t j = 0; j < kernel_; ++j)
+            sum = accumulate_round<T>(sum + round_to<W>(x[(p * h + oy * stride_ + i) * w + ox * stride_ + j]),
+                                      ctx.accumulate);
+        y[(p * ho + oy) * wo + ox] = round_to<T>(W(sum / count));
+      }
+  return y;
+}
+
+template <class T> Tensor<T> AvgPool<T>::backward(const Tensor<T>& dy, const RunContext&, bool want_input_grad) {
+  if (!want_input_grad) return {};
+  Tensor<T> dx(input_shape_, MemoryCategory::workspace);
+  const index_t planes = input_shape_[0] * input_shape_[1], h = input_shape_[2], w = input_shape_[3];
+  const index_t ho = dy.dim(2), wo = dy.dim(3);
+  using W = wide_t<T>;
+  const W count = round_to<W>(static_cast<double>(kernel_ * kernel_));
+  for (index_t p = 0; p < planes; ++p)
+    for (index_t oy = 0; oy < ho; ++oy)
+      for (index_t ox = 0; ox < wo; ++ox) {
+        const W share = round_to<W>(dy[(p * ho + oy) * wo + ox]) / count;
+        for (index_t i = 0; i < kernel_; ++i)
+          for (index_t j = 0; j < kernel_; ++j) {
+            T& target = dx[(p * h + oy * stride_ + i) * w + ox * stride_ + j];
+            target = round_to<T>(round_to<W>(target) + share);
+          }
+      }
+  return dx;
+}
+
+template <class T> Shape GlobalAvgPool<T>::output_shape(const Shape& in) const {
+  expect_rank(this->label(), in, 3);
+  return Shape{in[0]};
+}
+
+template <class T> Tensor<T> GlobalAvgPool<T>::forward(const Tensor<T>& x, const RunContext& ctx) {
+  input_shape_ = x.shape();
+  const index_t planes = x.dim(0) * x.dim(1), area = x.dim(2) * x.dim(3);
+  Tensor<T> y(Shape{x.dim(0), x.dim(1)}, MemoryCategory::workspace);
+  using W = wide_t<T>;
+  const W count = round_to<W>(static_cast<double>(area));
+  for (index_t p = 0; p < planes; ++p) {
+    W sum(0);
+    for (index_t i = 0; i < area; ++i) sum = accumulate_round<T>(sum + round_to<W>(x[p * area + i]), ctx.accumulate);
+    y[p] = round_to<T>(W(sum / count));
+  }
+  return y;
+}
+
+template <class T> Tensor<T> GlobalAvgPool<T>::backward(const Tensor<T>& dy, const RunContext&, bool want_input_grad) {
+  if (!want_input_grad) return {};
+  Tensor<T> dx(input_shape_, MemoryCategory::workspace);
+  const index_t planes = input_shape_[0] * input_shape_[1], area = input_shape_[2] * input_shape_[3];
+  using W = wide_t<T>;
+  const W count = round_to<W>(static_cast<double>(area));
+  for (index_t p = 0; p < planes; ++p) {
+    const T share = round_to<T>(W(round_to<W>(dy[p]) / count));
+    for (index_t i = 0; i < area; ++i) dx[p * area + i] = share;
+  }
+  return dx;
+}
+
+LOWMEM_INSTANTIATE_FOR_PRECISIONS(MaxPool)
+LOWMEM_INSTANTIATE_FOR_PRECISIONS(AvgPool)
+LOWMEM_INSTANTIATE_FOR_PRECISIONS(GlobalAvgPool)
+
+}  // namespace lowmem

@@ -1,0 +1,75 @@
+#include "layers/residual.hpp"
+
+namespace lowmem {
+
+template <class T>
+ResidualBlock<T>::ResidualBlock(std::string label, index_t in_channels, index_t out_channels, index_t stride,
+                                double bn_momentum, double bn_eps)
+    : Layer<T>(std::move(label)) {
+  const std::string& l = this->label();
+  conv1_ = std::make_unique<Conv2d<T>>(l + " conv1", Conv2dSpec{in_channels, out_channels, 3, stride, 1, false});
+  bn1_ = std::make_unique<BatchNorm<T>>(l + " bn1", out_channels, bn_momentum, bn_eps);
+  relu1_ = std::make_unique<LeakyRelu<T>>(l + " relu1", 0.0);
+  conv2_ = std::make_unique<Conv2d<T>>(l + " conv2", Conv2dSpec{out_channels, out_channels, 3, 1, 1, false});
+  bn2_ = std::make_unique<BatchNorm<T>>(l + " bn2", out_channels, bn_momentum, bn_eps);
+  relu_out_ = std::make_unique<LeakyRelu<T>>(l + " relu_out", 0.0);
+  if (stride != 1 || in_channels != out_channels) {
+    projection_ = std::make_unique<Conv2d<T>>(l + " shortcut", Conv2dSpec{in_channels, out_channels, 1, stride, 0, false});
+    projection_bn_ = std::make_unique<BatchNorm<T>>(l + " shortcut_bn", out_channels, bn_momentum, bn_eps);
+  }
+}
+
+template <class T> Shape ResidualBlock<T>::output_shape(const Shape& in) const {
+  const Shape out = bn2_->output_shape(conv2_->output_shape(bn1_->output_shape(conv1_->output_shape(in))));
+  if (has_projection()) projection_bn_->output_shape(projection_->output_shape(in));
+  return out;
+}
+
+template <class T> std::vector<std::pair<std::string, Layer<T>*>> ResidualBlock<T>::children() {
+  std::vector<std::pair<std::string, Layer<T>*>> c = {{"conv1", conv1_.get()}, {"bn1", bn1_.get()},
+                                                      {"relu1", relu1_.get()}, {"conv2", conv2_.get()},
+                                                      {"bn2", bn2_.get()}};
+  if (has_projection()) {
+    c.emplace_back("shortcut", projection_.get());
+    c.emplace_back("shortcut_bn", projection_bn_.get());
+  }
+  c.emplace_back("relu_out", relu_out_.get());
+  return c;
+}
+
+template <class T> void ResidualBlock<T>::initialize(Rng& rng) {
+  for (auto& [name, layer] : children()) layer->initialize(rng);
+}
+
+template <class T> std::vector<Param<T>*> ResidualBlock<T>::params() {
+  std::vector<Param<T>*> all;
+  for (auto& [name, layer] : children())
+    for (Param<T>* p : layer->params()) all.push_back(p);
+  return all;
+}
+
+template <class T> Tensor<T> ResidualBlock<T>::forward(const Tensor<T>& x, const RunContext& ctx) {
+  Tensor<T> main = bn2_->forward(conv2_->forward(relu1_->forward(bn1_->forward(conv1_->forward(x, ctx), ctx), ctx), ctx), ctx);
+  const Tensor<T> shortcut = has_projection() ? projection_bn_->forward(projection_->forward(x, ctx), ctx) : x;
+  for (index_t i = 0; i < main.numel(); ++i) main[i] = T(main[i] + shortcut[i]);  // one rounding, any precision
+  return relu_out_->forward(main, ctx);
+}
+
+template <class T> Tensor<T> ResidualBlock<T>::backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) {
+  const Tensor<T> dsum = relu_out_->backward(dy, ctx, true);
+  Tensor<T> dx = conv1_->backward(
+      bn1_->backward(relu1_->backward(conv2_->backward(bn2_->backward(dsum, ctx, true), ctx, true), ctx, true), ctx, true),
+      ctx, want_input_grad);
+  if (has_projection()) {
+    const Tensor<T> dshort = projection_->backward(projection_bn_->backward(dsum, ctx, true), ctx, want_input_grad);
+    if (want_input_grad)
+      for (index_t i = 0; i < dx.numel(); ++i) dx[i] = T(dx[i] + dshort[i]);
+  } else if (want_input_grad) {
+    for (index_t i = 0; i < dx.numel(); ++i) dx[i] = T(dx[i] + dsum[i]);
+  }
+  return dx;
+}
+
+LOWMEM_INSTANTIATE_FOR_PRECISIONS(ResidualBlock)
+
+}  // namespace lowmem

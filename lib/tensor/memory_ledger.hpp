@@ -1,0 +1,53 @@
+#pragma once
+// Exact memory accounting. Every tensor buffer is charged to a category when it is allocated and credited when
+// it is freed; the ledger keeps current and peak bytes per category and in total. "Activation memory" in any
+// report is this ledger's saved_activations peak, not an estimate.
+#include <array>
+#include <cstddef>
+#include <string>
+
+namespace lowmem {
+
+enum class MemoryCategory { weights, gradients, optimizer_state, saved_activations, workspace };
+inline constexpr std::size_t memory_category_count = 5;
+const char* to_string(MemoryCategory c);
+
+class MemoryLedger {
+ public:
+  void allocate(MemoryCategory c, std::size_t bytes);
+  void release(MemoryCategory c, std::size_t bytes);
+  // A buffer changes role (a forward output becomes saved for backward): moves its bytes, no new memory.
+  void move(MemoryCategory from, MemoryCategory to, std::size_t bytes);
+
+  std::size_t current(MemoryCategory c) const { return current_[index(c)]; }
+  std::size_t peak(MemoryCategory c) const { return peak_[index(c)]; }
+  std::size_t current_total() const { return current_total_; }
+  std::size_t peak_total() const { return peak_total_; }
+  // Peak of each category as it stood when the total peaked (the composition of the peak).
+  std::size_t at_total_peak(MemoryCategory c) const { return at_total_peak_[index(c)]; }
+  void reset_peaks();
+
+  // The ledger that new tensors on this thread are charged to (none: not counted). Allocate tensors outside
+  // OpenMP parallel regions: worker threads have no active ledger.
+  static MemoryLedger* active();
+  class Scope {  // makes a ledger active for a lexical scope
+   public:
+    explicit Scope(MemoryLedger& ledger);
+    ~Scope();
+    Scope(const Scope&) = delete;
+    Scope& operator=(const Scope&) = delete;
+   private:
+    MemoryLedger* previous_;
+  };
+
+ private:
+  static std::size_t index(MemoryCategory c) { return static_cast<std::size_t>(c); }
+  void update_peaks();
+  std::array<std::size_t, memory_category_count> current_{}, peak_{}, at_total_peak_{};
+  std::size_t current_total_ = 0, peak_total_ = 0;
+};
+
+// Peak resident set size of this process (VmHWM), in bytes: reported beside the ledger for honesty.
+std::size_t process_peak_rss_bytes();
+
+}  // namespace lowmem

@@ -1,0 +1,52 @@
+#include "tensor/tensor.hpp"
+
+#include <stdexcept>
+
+#include "numerics/scalar.hpp"
+
+namespace lowmem {
+
+std::string Shape::str() const {
+  std::string s = "[";
+  for (std::size_t i = 0; i < dims_.size(); ++i) s += (i ? ", " : "") + std::to_string(dims_[i]);
+  return s + "]";
+}
+
+template <class T>
+Tensor<T>::Storage::Storage(std::size_t n, MemoryCategory c)
+    : values(new T[n]()), bytes(n * sizeof(T)), category(c), ledger(MemoryLedger::active()) {
+  if (ledger) ledger->allocate(category, bytes);
+}
+
+template <class T> Tensor<T>::Storage::~Storage() {
+  if (ledger) ledger->release(category, bytes);
+}
+
+template <class T>
+Tensor<T>::Tensor(Shape shape, MemoryCategory category)
+    : storage_(std::make_shared<Storage>(static_cast<std::size_t>(shape.numel()), category)), shape_(std::move(shape)) {}
+
+template <class T> void Tensor<T>::set_category(MemoryCategory c) {
+  if (storage_->ledger) storage_->ledger->move(storage_->category, c, storage_->bytes);
+  storage_->category = c;
+}
+
+template <class T> Tensor<T> Tensor<T>::reshaped(Shape shape) const {
+  if (shape.numel() != numel()) throw std::logic_error("reshape " + shape_.str() + " -> " + shape.str() + ": sizes differ");
+  Tensor t = *this;
+  t.shape_ = std::move(shape);
+  return t;
+}
+
+template <class T> Tensor<T> Tensor<T>::clone(MemoryCategory category) const {
+  Tensor t(shape_, category);
+  std::copy(data(), data() + numel(), t.data());
+  return t;
+}
+
+template <class T> void Tensor<T>::fill(const T& value) { std::fill(data(), data() + numel(), value); }
+
+LOWMEM_INSTANTIATE_FOR_PRECISIONS(Tensor)
+template class Tensor<std::int32_t>;  // max-pool argmax indices
+
+}  // namespace lowmem

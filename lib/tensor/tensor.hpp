@@ -1,0 +1,77 @@
+#pragma once
+// Tensor<T>: a shape and a reference-counted buffer charged to the memory ledger. Copies share the buffer (as
+// in PyTorch): a layer that keeps its input for backward holds a reference, and the bytes are freed, and
+// credited back to the ledger, when the last holder lets go. Layout is row-major: NCHW for images, (N, F) for
+// features, PyTorch's layouts for weights.
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tensor/memory_ledger.hpp"
+
+namespace lowmem {
+
+using index_t = std::int64_t;
+
+class Shape {
+ public:
+  Shape() = default;
+  Shape(std::initializer_list<index_t> dims) : dims_(dims) {}
+  explicit Shape(std::vector<index_t> dims) : dims_(std::move(dims)) {}
+  std::size_t rank() const { return dims_.size(); }
+  index_t operator[](std::size_t i) const { return dims_[i]; }
+  index_t numel() const {
+    index_t n = 1;
+    for (index_t d : dims_) n *= d;
+    return n;
+  }
+  const std::vector<index_t>& dims() const { return dims_; }
+  bool operator==(const Shape&) const = default;
+  std::string str() const;  // "[64, 32, 28, 28]"
+ private:
+  std::vector<index_t> dims_;
+};
+
+template <class T> class Tensor {
+ public:
+  Tensor() = default;
+  // Zero-filled, charged to the active ledger (if any) under `category`.
+  Tensor(Shape shape, MemoryCategory category);
+
+  const Shape& shape() const { return shape_; }
+  index_t numel() const { return shape_.numel(); }
+  index_t dim(std::size_t i) const { return shape_[i]; }
+  bool empty() const { return !storage_; }
+  std::size_t bytes() const { return static_cast<std::size_t>(numel()) * sizeof(T); }
+
+  T* data() { return storage_->values.get(); }
+  const T* data() const { return storage_->values.get(); }
+  T& operator[](index_t i) { return data()[i]; }
+  const T& operator[](index_t i) const { return data()[i]; }
+
+  MemoryCategory category() const { return storage_->category; }
+  // Re-labels the buffer (shared by every copy) in the ledger that was charged for it.
+  void set_category(MemoryCategory c);
+  // Same buffer seen with another shape of equal size (flatten).
+  Tensor reshaped(Shape shape) const;
+  // A new buffer with the same values.
+  Tensor clone(MemoryCategory category) const;
+  void fill(const T& value);
+
+ private:
+  struct Storage {
+    Storage(std::size_t n, MemoryCategory c);
+    ~Storage();
+    Storage(const Storage&) = delete;
+    Storage& operator=(const Storage&) = delete;
+    std::unique_ptr<T[]> values;
+    std::size_t bytes;
+    MemoryCategory category;
+    MemoryLedger* ledger;
+  };
+  std::shared_ptr<Storage> storage_;
+  Shape shape_;
+};
+
+}  // namespace lowmem

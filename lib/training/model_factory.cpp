@@ -1,0 +1,58 @@
+#include "training/model_factory.hpp"
+
+#include "io/error.hpp"
+#include "layers/activations.hpp"
+#include "layers/batchnorm.hpp"
+#include "layers/conv2d.hpp"
+#include "layers/linear.hpp"
+#include "layers/pooling.hpp"
+#include "layers/residual.hpp"
+
+namespace lowmem {
+
+namespace {
+
+template <class T> std::unique_ptr<Layer<T>> make_layer(const LayerSpec& s, const Shape& in) {
+  if (s.type == "conv") {
+    expect_rank(s.label, in, 3);
+    return std::make_unique<Conv2d<T>>(s.label, Conv2dSpec{in[0], s.out, s.kernel, s.stride, s.pad, s.bias});
+  }
+  if (s.type == "linear") {
+    expect_rank(s.label, in, 1);
+    return std::make_unique<Linear<T>>(s.label, in[0], s.out, s.bias);
+  }
+  if (s.type == "relu" || s.type == "leaky_relu") return std::make_unique<LeakyRelu<T>>(s.label, s.slope);
+  if (s.type == "maxpool") return std::make_unique<MaxPool<T>>(s.label, s.kernel, s.stride);
+  if (s.type == "avgpool") return std::make_unique<AvgPool<T>>(s.label, s.kernel, s.stride);
+  if (s.type == "global_avgpool") return std::make_unique<GlobalAvgPool<T>>(s.label);
+  if (s.type == "flatten") return std::make_unique<Flatten<T>>(s.label);
+  if (s.type == "batchnorm") {
+    if (in.rank() == 0) shape_error(s.label, "has no input");
+    return std::make_unique<BatchNorm<T>>(s.label, in[0], s.momentum, s.eps);
+  }
+  if (s.type == "residual") {
+    expect_rank(s.label, in, 3);
+    return std::make_unique<ResidualBlock<T>>(s.label, in[0], s.out, s.stride, s.momentum, s.eps);
+  }
+  throw Error("layer " + s.label + ": unknown layer type \"" + s.type + "\"");
+}
+
+}  // namespace
+
+template <class T> Sequential<T> build_model(const ModelSpec& spec) {
+  Sequential<T> model(spec.input);
+  for (const LayerSpec& s : spec.layers) model.add(make_layer<T>(s, model.output_shape()));
+  if (model.output_shape() != Shape{spec.classes})
+    throw Error("model: the last layer gives " + model.output_shape().str() + " per sample, but " +
+                std::to_string(spec.classes) + " class scores are needed (end with flatten + linear out=" +
+                std::to_string(spec.classes) + ")");
+  return model;
+}
+
+template Sequential<float> build_model<float>(const ModelSpec&);
+template Sequential<double> build_model<double>(const ModelSpec&);
+template Sequential<f16> build_model<f16>(const ModelSpec&);
+template Sequential<bf16> build_model<bf16>(const ModelSpec&);
+template Sequential<mp> build_model<mp>(const ModelSpec&);
+
+}  // namespace lowmem

@@ -1,0 +1,253 @@
+#include "training/run_config.hpp"
+
+#include <limits>
+#include <nlohmann/json.hpp>
+
+#include "io/config_reader.hpp"
+
+namespace lowmem {
+
+namespace {
+
+constexpr int int_max = std::numeric_limits<int>::max();
+constexpr std::int64_t i64_max = std::numeric_limits<std::int64_t>::max();
+constexpr double inf = std::numeric_limits<double>::infinity();
+
+const std::vector<std::string> layer_types = {"conv",    "linear",         "relu",      "leaky_relu", "maxpool",
+                                              "avgpool", "global_avgpool", "batchnorm", "flatten",    "residual"};
+
+LayerSpec parse_layer(ConfigReader r) {
+  LayerSpec s;
+  s.type = r.required_choice("type", layer_types);
+  s.label = r.path() + " (" + s.type + ")";
+  if (s.type == "conv") {
+    s.out = r.required_in<std::int64_t>("out", 1, i64_max);
+    s.kernel = r.get_in<std::int64_t>("kernel", 3, 1, i64_max);
+    s.stride = r.get_in<std::int64_t>("stride", 1, 1, i64_max);
+    s.pad = r.get_in<std::int64_t>("pad", 0, 0, i64_max);
+    s.bias = r.get("bias", true);
+  } else if (s.type == "linear") {
+    s.out = r.required_in<std::int64_t>("out", 1, i64_max);
+    s.bias = r.get("bias", true);
+  } else if (s.type == "leaky_relu") {
+    s.slope = r.get_in("slope", 0.01, 0.0, inf);
+  } else if (s.type == "maxpool" || s.type == "avgpool") {
+    s.kernel = r.get_in<std::int64_t>("kernel", 2, 1, i64_max);
+    s.stride = r.get_in<std::int64_t>("stride", s.kernel, 1, i64_max);
+  } else if (s.type == "batchnorm") {
+    s.momentum = r.get_in("momentum", 0.1, 0.0, 1.0);
+    s.eps = r.get_in("eps", 1e-5, 0.0, inf);
+  } else if (s.type == "residual") {
+    s.out = r.required_in<std::int64_t>("out", 1, i64_max);
+    s.stride = r.get_in<std::int64_t>("stride", 1, 1, i64_max);
+    s.momentum = r.get_in("momentum", 0.1, 0.0, 1.0);
+    s.eps = r.get_in("eps", 1e-5, 0.0, inf);
+  } else if (s.type == "relu") {
+    s.slope = 0.0;
+  }
+  r.finish();
+  return s;
+}
+
+LayerSpec generated(const std::string& arch, std::size_t index, std::string type) {
+  LayerSpec s;
+  s.type = std::move(type);
+  s.label = "/model (" + arch + " layer " + std::to_string(index) + ": " + s.type + ")";
+  if (s.type == "relu") s.slope = 0.0;
+  return s;
+}
+
+// A plain conv net: for each entry of `channels`, conv 3x3 pad 1 [+ batchnorm] + relu, a 2x2 max pool after every
+// `pool_every` convs, then flatten and one linear layer. channels [32, 32, 64, 64], pool_every 2 is the reference CNN.
+void expand_cnn(ConfigReader& r, ModelSpec& m) {
+  const auto channels = r.get_list<std::int64_t>("channels", {32, 32, 64, 64});
+  const int pool_every = r.get_in("pool_every", 2, 0, int_max);
+  const bool batchnorm = r.get("batchnorm", true);
+  if (channels.empty()) r.fail("channels", "expected at least one channel count");
+  auto add = [&](std::string type) -> LayerSpec& {
+    m.layers.push_back(generated("cnn", m.layers.size(), std::move(type)));
+    return m.layers.back();
+  };
+  for (std::size_t i = 0; i < channels.size(); ++i) {
+    if (channels[i] < 1) r.fail("channels", "channel counts must be >= 1");
+    LayerSpec& conv = add("conv");
+    conv.out = channels[i], conv.kernel = 3, conv.stride = 1, conv.pad = 1;
+    if (batchnorm) add("batchnorm");
+    add("relu");
+    if (pool_every > 0 && (i + 1) % pool_every == 0) {
+      LayerSpec& pool = add("maxpool");
+      pool.kernel = 2, pool.stride = 2;
+    }
+  }
+  add("flatten");
+  add("linear").out = m.classes;
+}
+
+// Wide ResNet (Zagoruyko & Komodakis) with post-activation basic blocks: depth = 6 n + 4, n blocks per stage,
+// stage widths base_width * widen * (1, 2, 4), strides (1, 2, 2). WRN-28-2: depth 28, widen 2, base_width 16.
+void expand_resnet(ConfigReader& r, ModelSpec& m) {
+  const int depth = r.required_in("depth", 10, int_max);
+  const int widen = r.get_in("widen", 1, 1, int_max);
+  const int base = r.get_in("base_width", 16, 1, int_max);
+  if ((depth - 4) % 6 != 0)
+    r.fail("depth", "expected depth = 6 n + 4 (10, 16, 22, 28, ...), got " + std::to_string(depth));
+  const int blocks = (depth - 4) / 6;
+  auto add = [&](std::string type) -> LayerSpec& {
+    m.layers.push_back(generated("resnet", m.layers.size(), std::move(type)));
+    return m.layers.back();
+  };
+  LayerSpec& stem = add("conv");
+  stem.out = base, stem.kernel = 3, stem.stride = 1, stem.pad = 1, stem.bias = false;
+  add("batchnorm");
+  add("relu");
+  for (int stage = 0; stage < 3; ++stage)
+    for (int b = 0; b < blocks; ++b) {
+      LayerSpec& block = add("residual");
+      block.out = static_cast<index_t>(base) * widen * (1 << stage);
+      block.stride = (stage > 0 && b == 0) ? 2 : 1;
+    }
+  add("global_avgpool");
+  add("linear").out = m.classes;
+}
+
+ModelSpec parse_model(ConfigReader r) {
+  ModelSpec m;
+  const auto input = r.get_list<std::int64_t>("input", {1, 28, 28});
+  if (input.size() != 3 || input[0] < 1 || input[1] < 1 || input[2] < 1)
+    r.fail("input", "expected [channels, height, width] with positive entries");
+  m.input = Shape(std::vector<index_t>(input.begin(), input.end()));
+  m.classes = r.get_in("classes", 10, 2, int_max);
+  if (r.has("layers")) {
+    if (r.has("arch")) r.fail("arch", "give either \"layers\" or \"arch\", not both");
+    m.arch = "layers";
+    for (ConfigReader& layer : r.object_list("layers")) m.layers.push_back(parse_layer(std::move(layer)));
+    if (m.layers.empty()) r.fail("layers", "expected at least one layer");
+  } else {
+    m.arch = r.required_choice("arch", {"cnn", "resnet"});
+    if (m.arch == "cnn") expand_cnn(r, m);
+    else expand_resnet(r, m);
+  }
+  r.finish();
+  return m;
+}
+
+OptimizerSpec parse_optimizer(ConfigReader r) {
+  OptimizerSpec o;
+  o.type = r.get_choice("type", "sgd", {"sgd", "adam"});
+  o.lr = r.required_in("lr", 0.0, inf);
+  o.weight_decay = r.get_in("weight_decay", 0.0, 0.0, inf);
+  if (o.type == "sgd") {
+    o.momentum = r.get_in("momentum", 0.0, 0.0, 1.0);
+    o.nesterov = r.get("nesterov", false);
+    if (o.nesterov && o.momentum == 0.0) r.fail("nesterov", "Nesterov momentum needs momentum > 0");
+  } else {
+    o.beta1 = r.get_in("beta1", 0.9, 0.0, 1.0);
+    o.beta2 = r.get_in("beta2", 0.999, 0.0, 1.0);
+    o.eps = r.get_in("eps", 1e-8, 0.0, inf);
+  }
+  r.finish();
+  return o;
+}
+
+ScheduleSpec parse_schedule(ConfigReader r) {
+  ScheduleSpec s;
+  s.type = r.get_choice("type", "constant", {"constant", "step", "cosine", "piecewise"});
+  s.warmup_steps = r.get_in<std::int64_t>("warmup_steps", 0, 0, i64_max);
+  if (s.type == "step") {
+    s.step_size = r.required_in<std::int64_t>("step_size", 1, i64_max);
+    s.gamma = r.get_in("gamma", 0.1, 0.0, inf);
+  } else if (s.type == "cosine") {
+    s.final_factor = r.get_in("final_factor", 0.0, 0.0, inf);
+  } else if (s.type == "piecewise") {
+    const nlohmann::json& points = r.raw("points");
+    auto bad = [&] { r.fail("points", "expected a list of [epoch, factor] pairs with increasing epochs"); };
+    if (!points.is_array() || points.empty()) bad();
+    for (const auto& p : points) {
+      if (!p.is_array() || p.size() != 2 || !p[0].is_number() || !p[1].is_number()) bad();
+      s.points.emplace_back(p[0].get<double>(), p[1].get<double>());
+      if (s.points.size() > 1 && s.points.back().first <= s.points[s.points.size() - 2].first) bad();
+    }
+  }
+  r.finish();
+  return s;
+}
+
+DataSpec parse_data(ConfigReader r) {
+  DataSpec d;
+  d.dataset = r.get_choice("dataset", "fashion-mnist", {"fashion-mnist", "cifar10", "synthetic"});
+  const std::string default_path = d.dataset == "fashion-mnist" ? "/usr/share/datasets/fashion-mnist"
+                                   : d.dataset == "cifar10"     ? "data/cifar-10-batches-bin"
+                                                                : "";
+  d.path = r.get<std::string>("path", default_path);
+  d.train_limit = r.get_in<std::int64_t>("train_limit", 0, 0, i64_max);
+  d.test_limit = r.get_in<std::int64_t>("test_limit", 0, 0, i64_max);
+  d.normalize = r.get("normalize", true);
+  if (auto a = r.optional_object("augment")) {
+    d.augment.flip = a->get("flip", false);
+    d.augment.crop_pad = a->get_in("crop_pad", 0, 0, 64);
+    a->finish();
+  }
+  if (auto s = r.optional_object("synthetic")) {
+    if (d.dataset != "synthetic") s->fail("", "only valid with \"dataset\": \"synthetic\"");
+    d.synthetic.count = s->get_in<std::int64_t>("count", 1000, 1, i64_max);
+    d.synthetic_test = s->get_in<std::int64_t>("test_count", 200, 1, i64_max);
+    const auto shape = s->get_list<std::int64_t>("shape", {1, 28, 28});
+    if (shape.size() != 3 || shape[0] < 1 || shape[1] < 1 || shape[2] < 1)
+      s->fail("shape", "expected [channels, height, width] with positive entries");
+    d.synthetic.channels = shape[0], d.synthetic.height = shape[1], d.synthetic.width = shape[2];
+    d.synthetic.classes = s->get_in("classes", 10, 2, int_max);
+    s->finish();
+  }
+  r.finish();
+  return d;
+}
+
+TrainSpec parse_train(ConfigReader r) {
+  TrainSpec t;
+  t.epochs = r.get_in("epochs", 1, 1, int_max);
+  t.batch = r.get_in("batch", 64, 1, int_max);
+  t.steps = r.get_in<std::int64_t>("steps", 0, 0, i64_max);
+  t.eval_batch = r.get_in("eval_batch", 500, 1, int_max);
+  t.optimizer = parse_optimizer(r.object("optimizer"));
+  if (auto s = r.optional_object("schedule")) t.schedule = parse_schedule(std::move(*s));
+  r.finish();
+  return t;
+}
+
+}  // namespace
+
+RunConfig parse_run_config(const nlohmann::json& config, const std::string& file) {
+  ConfigReader r(config, "", file);
+  RunConfig c;
+  c.name = r.get<std::string>("name", "run");
+  c.study = r.get_choice("study", "train", {"train", "gradient"});
+  c.seed = static_cast<std::uint64_t>(r.get_in<std::int64_t>("seed", 0, 0, i64_max));
+  c.precision = parse_precision(r.get_choice("precision", "f32", {"f32", "f64", "f16", "bf16", "mp"}));
+  const std::string accumulate = r.get_choice("accumulate", "f32", {"f32", "f16", "bf16"});
+  if (accumulate != "f32") {
+    if (accumulate != to_string(c.precision))
+      r.fail("accumulate", "16-bit accumulation \"" + accumulate + "\" needs \"precision\": \"" + accumulate +
+                               "\" (got \"" + to_string(c.precision) + "\")");
+    c.accumulate = Accumulate::storage;
+  }
+  c.mp_bits = r.get_in("mp_bits", 113, 113, 113);  // the build has one multiprecision type: 113 bits (IEEE quad)
+  c.model = parse_model(r.object("model"));
+  c.data = parse_data(r.object("data"));
+  if (c.data.dataset == "synthetic") {
+    const SyntheticSpec& s = c.data.synthetic;
+    if (Shape{s.channels, s.height, s.width} != c.model.input || s.classes != c.model.classes)
+      r.fail("data", "synthetic shape/classes must match model input " + c.model.input.str() + " and classes " +
+                         std::to_string(c.model.classes));
+  }
+  c.train = parse_train(r.object("train"));
+  if (auto g = r.optional_object("gradient")) {
+    c.gradient_reference = g->get_choice("reference", "mp", {"mp", "f64", "none"});
+    g->finish();
+  }
+  r.allow("sweep");
+  r.allow("zip");
+  r.finish();
+  return c;
+}
+
+}  // namespace lowmem

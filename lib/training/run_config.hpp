@@ -1,0 +1,81 @@
+#pragma once
+// One run, fully resolved and validated: the config format's single parser. Field names are the public
+// contract (README "Config format"); every key read here is valid, any other key is an error.
+#include <cstdint>
+#include <nlohmann/json_fwd.hpp>
+#include <string>
+#include <vector>
+
+#include "data/dataset.hpp"
+#include "numerics/scalar.hpp"
+#include "tensor/tensor.hpp"
+
+namespace lowmem {
+
+// One entry of the model's layer list; fields a layer type does not use keep their defaults.
+struct LayerSpec {
+  std::string type;   // conv, linear, relu, leaky_relu, maxpool, avgpool, global_avgpool, batchnorm, flatten, residual
+  std::string label;  // where it came from, for messages: "/model/layers/3 (conv)"
+  index_t out = 0, kernel = 0, stride = 0, pad = 0;
+  bool bias = true;
+  double slope = 0.01, momentum = 0.1, eps = 1e-5;
+};
+
+struct ModelSpec {
+  std::string arch;      // "layers" for an explicit list, else "cnn" or "resnet"
+  Shape input;           // per sample (C, H, W)
+  int classes = 10;
+  std::vector<LayerSpec> layers;  // named architectures are expanded into this list
+};
+
+struct OptimizerSpec {
+  std::string type = "sgd";  // sgd | adam
+  double lr = 0.05, momentum = 0.0, weight_decay = 0.0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  bool nesterov = false;
+};
+
+struct ScheduleSpec {
+  std::string type = "constant";  // constant | step | cosine | piecewise
+  std::int64_t warmup_steps = 0;  // linear ramp from 0 to lr before the schedule proper
+  std::int64_t step_size = 0;     // step: multiply by gamma every step_size optimizer steps
+  double gamma = 0.1;
+  double final_factor = 0.0;      // cosine: lr at the end, as a fraction of lr
+  std::vector<std::pair<double, double>> points;  // piecewise: (epoch, factor) knots, linear in between
+};
+
+struct DataSpec {
+  std::string dataset = "fashion-mnist";  // fashion-mnist | cifar10 | synthetic
+  std::string path;                       // default per dataset
+  std::int64_t train_limit = 0, test_limit = 0;  // 0 = all
+  bool normalize = true;
+  Augment augment;
+  SyntheticSpec synthetic;  // size of the synthetic training set; test set: synthetic_test examples
+  std::int64_t synthetic_test = 200;
+};
+
+struct TrainSpec {
+  int epochs = 1;
+  int batch = 64;
+  std::int64_t steps = 0;  // stop after this many optimizer steps (0: run all epochs)
+  int eval_batch = 500;
+  OptimizerSpec optimizer;
+  ScheduleSpec schedule;
+};
+
+struct RunConfig {
+  std::string name = "run";
+  std::string study = "train";  // train | gradient
+  std::uint64_t seed = 0;
+  Precision precision = Precision::f32;
+  Accumulate accumulate = Accumulate::f32;
+  int mp_bits = 113;
+  ModelSpec model;
+  DataSpec data;
+  TrainSpec train;
+  std::string gradient_reference = "mp";  // gradient study: precision of the reference gradients, or "none"
+};
+
+// Validates one resolved config (no "sweep" left). Throws lowmem::Error "<file>: <json pointer>: <problem>".
+RunConfig parse_run_config(const nlohmann::json& config, const std::string& file);
+
+}  // namespace lowmem

@@ -1,0 +1,108 @@
+#include "training/trainer.hpp"
+
+#include "io/error.hpp"
+#include "training/model_factory.hpp"
+
+namespace lowmem {
+
+DataSplit load_data(const DataSpec& spec, std::uint64_t seed) {
+  DataSplit d;
+  if (spec.dataset == "fashion-mnist") {
+    d.train = load_fashion_mnist(spec.path, true, spec.train_limit);
+    d.test = load_fashion_mnist(spec.path, false, spec.test_limit);
+  } else if (spec.dataset == "cifar10") {
+    d.train = load_cifar10(spec.path, true, spec.train_limit);
+    d.test = load_cifar10(spec.path, false, spec.test_limit);
+  } else {
+    SyntheticSpec test = spec.synthetic;
+    test.count = spec.synthetic_test;
+    d.train = make_synthetic(spec.synthetic, seed, true);
+    d.test = make_synthetic(test, seed, false);
+    if (spec.train_limit > 0 && spec.train_limit < d.train.count) {
+      d.train.count = spec.train_limit;
+      d.train.images.resize(static_cast<std::size_t>(d.train.count * d.train.image_size()));
+      d.train.labels.resize(static_cast<std::size_t>(d.train.count));
+    }
+  }
+  if (spec.normalize) {
+    const ChannelStats stats = channel_stats(d.train);
+    normalize(d.train, stats);
+    normalize(d.test, stats);
+  }
+  return d;
+}
+
+template <class T>
+Trainer<T>::Trainer(const RunConfig& config, MemoryLedger& ledger)
+    : config_(config),
+      ledger_(ledger),
+      train_ctx_{true, config.accumulate},
+      eval_ctx_{false, config.accumulate} {
+  MemoryLedger::Scope scope(ledger_);
+  model_ = std::make_unique<Sequential<T>>(build_model<T>(config.model));
+  model_->initialize(config.seed);
+  optimizer_ = std::make_unique<Optimizer<T>>(config.train.optimizer, model_->params());
+}
+
+template <class T>
+Tensor<T> Trainer<T>::make_batch(const Dataset& data, const std::int64_t* indices, index_t n, const Augment& augment,
+                                 Rng& rng, std::vector<std::int32_t>& labels) const {
+  const Shape& in = model_->input_shape();
+  if (Shape{data.channels, data.height, data.width} != in)
+    throw Error("data " + data.source + " has images of shape " + Shape{data.channels, data.height, data.width}.str() +
+                " but the model expects " + in.str() + " (set model.input)");
+  std::vector<float> pixels(static_cast<std::size_t>(n * data.image_size()));
+  labels.resize(static_cast<std::size_t>(n));
+  fill_batch(data, indices, n, augment, rng, pixels.data(), labels.data());
+  MemoryLedger::Scope scope(ledger_);
+  Tensor<T> x(Shape{n, in[0], in[1], in[2]}, MemoryCategory::workspace);
+  for (index_t i = 0; i < x.numel(); ++i) x[i] = round_to<T>(pixels[static_cast<std::size_t>(i)]);
+  return x;
+}
+
+template <class T>
+typename Trainer<T>::W Trainer<T>::forward_backward(const Tensor<T>& x, const std::vector<std::int32_t>& labels,
+                                                    Tensor<T>* logits_out) {
+  MemoryLedger::Scope scope(ledger_);
+  model_->zero_grad();
+  Tensor<T> logits = model_->forward(x, train_ctx_);
+  const W loss = loss_.forward(logits, labels, train_ctx_);
+  if (logits_out) *logits_out = logits;
+  logits = Tensor<T>();  // the loss kept what it needs; the logits themselves are not needed for backward
+  model_->backward(loss_.backward(), train_ctx_);
+  return loss;
+}
+
+template <class T>
+typename Trainer<T>::W Trainer<T>::train_step(const Tensor<T>& x, const std::vector<std::int32_t>& labels, double lr) {
+  const W loss = forward_backward(x, labels);
+  if (is_finite(loss)) optimizer_->step(lr);
+  return loss;
+}
+
+template <class T> typename Trainer<T>::Evaluation Trainer<T>::evaluate(const Dataset& data, int batch) {
+  Evaluation e;
+  index_t correct = 0;
+  double loss_sum = 0;
+  std::vector<std::int64_t> order(static_cast<std::size_t>(data.count));
+  for (std::int64_t i = 0; i < data.count; ++i) order[static_cast<std::size_t>(i)] = i;
+  Rng unused(0);
+  std::vector<std::int32_t> labels;
+  for (std::int64_t start = 0; start < data.count; start += batch) {
+    const index_t n = std::min<index_t>(batch, data.count - start);
+    const Tensor<T> x = make_batch(data, order.data() + start, n, Augment{}, unused, labels);
+    MemoryLedger::Scope scope(ledger_);
+    const Tensor<T> logits = model_->forward(x, eval_ctx_);
+    loss_sum += to_double(loss_.forward(logits, labels, eval_ctx_)) * static_cast<double>(n);
+    correct += SoftmaxCrossEntropy<T>::correct(logits, labels);
+  }
+  if (data.count > 0) {
+    e.loss = loss_sum / static_cast<double>(data.count);
+    e.accuracy = static_cast<double>(correct) / static_cast<double>(data.count);
+  }
+  return e;
+}
+
+LOWMEM_INSTANTIATE_FOR_PRECISIONS(Trainer)
+
+}  // namespace lowmem

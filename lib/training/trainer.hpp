@@ -1,0 +1,53 @@
+#pragma once
+// The reference trainer: one network in precision T, built and initialised from the config's seed, charged to
+// a memory ledger, trained with the config's optimizer on batches in a fixed, seeded order. Studies drive it.
+#include <memory>
+#include <vector>
+
+#include "data/dataset.hpp"
+#include "layers/sequential.hpp"
+#include "layers/softmax_cross_entropy.hpp"
+#include "training/optimizer.hpp"
+#include "training/run_config.hpp"
+
+namespace lowmem {
+
+struct DataSplit {
+  Dataset train, test;
+};
+
+// Loads the data set a config names, applies the limits and normalises both splits with the training split's
+// per-channel statistics. Errors say which file or package is missing.
+DataSplit load_data(const DataSpec& spec, std::uint64_t seed);
+
+template <class T> class Trainer {
+ public:
+  using W = wide_t<T>;
+  Trainer(const RunConfig& config, MemoryLedger& ledger);
+
+  // Examples indices[0..n) of `data` as a batch x (n, C, H, W) in T (each value rounded once), with labels.
+  Tensor<T> make_batch(const Dataset& data, const std::int64_t* indices, index_t n, const Augment& augment, Rng& rng,
+                       std::vector<std::int32_t>& labels) const;
+  // Forward, loss and backward on one batch; gradients are zeroed first. Returns the loss; leaves the logits.
+  W forward_backward(const Tensor<T>& x, const std::vector<std::int32_t>& labels, Tensor<T>* logits = nullptr);
+  // forward_backward, then one optimizer step with learning rate lr.
+  W train_step(const Tensor<T>& x, const std::vector<std::int32_t>& labels, double lr);
+
+  struct Evaluation {
+    double loss = 0, accuracy = 0;
+  };
+  Evaluation evaluate(const Dataset& data, int batch);
+
+  Sequential<T>& model() { return *model_; }
+  MemoryLedger& ledger() { return ledger_; }
+
+ private:
+  const RunConfig& config_;
+  MemoryLedger& ledger_;
+  RunContext train_ctx_, eval_ctx_;
+  std::unique_ptr<Sequential<T>> model_;
+  std::unique_ptr<Optimizer<T>> optimizer_;
+  SoftmaxCrossEntropy<T> loss_;
+};
+
+}  // namespace lowmem

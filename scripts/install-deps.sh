@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the Debian packages lowmem needs, only those that are missing. Run as root on Debian 12.
+set -euo pipefail
+packages=(
+  g++ cmake make pkg-config
+  libeigen3-dev libboost-dev libmpfr-dev libhdf5-dev hdf5-tools nlohmann-json3-dev
+  libbenchmark-dev libgtest-dev libgmock-dev zlib1g-dev
+  dataset-fashion-mnist
+  python3 python3-h5py python3-matplotlib python3-numpy python3-torch
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "lowmem: installing missing packages: ${missing[*]}"
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "lowmem: need root to install packages (run as root, or install them: apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

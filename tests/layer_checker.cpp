@@ -1,0 +1,77 @@
+#include "layer_checker.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+namespace lowmem::testing {
+
+namespace {
+
+template <class T> Tensor<T> random_tensor(const Shape& shape, Rng& rng) {
+  Tensor<T> t(shape, MemoryCategory::workspace);
+  for (index_t i = 0; i < t.numel(); ++i) t[i] = round_to<T>(rng.normal());
+  return t;
+}
+
+// L = sum(r * y), accumulated in T (mp: exact enough that the difference quotient is limited by h, not by sums).
+template <class T> T projected_loss(Layer<T>& layer, const Tensor<T>& x, const Tensor<T>& r) {
+  const RunContext ctx{true, Accumulate::f32};
+  const Tensor<T> y = layer.forward(x, ctx);
+  T sum(0);
+  for (index_t i = 0; i < y.numel(); ++i) sum += r[i] * y[i];
+  return sum;  // no backward: what forward kept is replaced by the next forward
+}
+
+template <class T>
+GradientReport compare(const std::string& name, Tensor<T>& values, const Tensor<T>& analytic, Layer<T>& layer,
+                       const Tensor<T>& x, const Tensor<T>& r, double step) {
+  const T h = round_to<T>(step);
+  double max_error = 0, max_analytic = 0;
+  for (index_t i = 0; i < values.numel(); ++i) {
+    const T saved = values[i];
+    values[i] = saved + h;
+    const T plus = projected_loss(layer, x, r);
+    values[i] = saved - h;
+    const T minus = projected_loss(layer, x, r);
+    values[i] = saved;
+    const T numeric = (plus - minus) / (h + h);
+    max_error = std::max(max_error, std::fabs(round_to<double>(T(numeric - analytic[i]))));
+    max_analytic = std::max(max_analytic, std::fabs(round_to<double>(analytic[i])));
+  }
+  return {name, max_analytic > 0 ? max_error / max_analytic : max_error};
+}
+
+}  // namespace
+
+template <class T>
+std::vector<GradientReport> check_layer_gradients(const LayerFactory<T>& make, const Shape& input, double step,
+                                                  std::uint64_t seed) {
+  std::unique_ptr<Layer<T>> layer = make();
+  Rng rng(seed);
+  layer->initialize(rng);
+  // Perturb parameters away from their initial values (e.g. batch-norm gamma = 1, beta = 0) so every path is tested.
+  for (Param<T>* p : layer->params())
+    for (index_t i = 0; i < p->value.numel(); ++i) p->value[i] = p->value[i] + round_to<T>(0.5 * rng.normal());
+  const Tensor<T> x = random_tensor<T>(input, rng);
+  const RunContext ctx{true, Accumulate::f32};
+  const Tensor<T> y = layer->forward(x, ctx);
+  const Tensor<T> r = random_tensor<T>(y.shape(), rng);
+  const Tensor<T> dx = layer->backward(r, ctx, true);
+
+  std::vector<GradientReport> reports;
+  Tensor<T> x_probe = x.clone(MemoryCategory::workspace);
+  reports.push_back(compare<T>("input", x_probe, dx, *layer, x_probe, r, step));
+  // Snapshot the analytic gradients: they are what the finite differences are compared with.
+  for (Param<T>* p : layer->params()) {
+    const Tensor<T> analytic = p->grad.clone(MemoryCategory::workspace);
+    reports.push_back(compare<T>(p->name, p->value, analytic, *layer, x, r, step));
+  }
+  return reports;
+}
+
+template std::vector<GradientReport> check_layer_gradients<double>(const LayerFactory<double>&, const Shape&, double,
+                                                                   std::uint64_t);
+template std::vector<GradientReport> check_layer_gradients<mp>(const LayerFactory<mp>&, const Shape&, double,
+                                                               std::uint64_t);
+
+}  // namespace lowmem::testing

@@ -1,0 +1,26 @@
+#pragma once
+// The one generic layer checker: any Layer<T> against central finite differences of L = sum(r * forward(x)),
+// for a fixed random projection r. Checks dL/dx and every parameter gradient, element by element.
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "layers/layer.hpp"
+
+namespace lowmem::testing {
+
+template <class T> using LayerFactory = std::function<std::unique_ptr<Layer<T>>()>;
+
+struct GradientReport {
+  std::string tensor;  // "input", "weight", "bias", ...
+  double max_relative_error;  // max_i |numeric_i - analytic_i| / max_i |analytic_i|
+};
+
+// Runs the check on a batch of shape `input` (with N first) and returns one report per checked tensor.
+// step: the finite-difference step h (central differences: error O(h^2) + O(eps / h)).
+template <class T>
+std::vector<GradientReport> check_layer_gradients(const LayerFactory<T>& make, const Shape& input, double step,
+                                                  std::uint64_t seed = 1);
+
+}  // namespace lowmem::testing
