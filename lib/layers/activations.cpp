@@ -12,8 +12,16 @@ LeakyRelu<T>::LeakyRelu(std::string label, double slope)
 
 template <class T> Tensor<T> LeakyRelu<T>::forward(const Tensor<T>& x, const RunContext& ctx) {
   Tensor<T> y(x.shape(), MemoryCategory::workspace);
-  const T zero(0);
-  for (index_t i = 0; i < x.numel(); ++i) y[i] = x[i] > zero ? x[i] : T(slope_t_ * x[i]);
+  if (!x.is_dry()) {
+    // Both arms computed, then selected: vectorises without branches (the signs are random), and NaN propagates.
+    const T zero(0), slope = slope_t_;
+    const T* __restrict in = x.data();
+    T* __restrict out = y.data();
+    for (index_t i = 0; i < x.numel(); ++i) {
+      const T negative = T(slope * in[i]);
+      out[i] = in[i] > zero ? in[i] : negative;
+    }
+  }
   if (ctx.training) output_.keep(y);
   return y;
 }
@@ -23,8 +31,12 @@ template <class T> Tensor<T> LeakyRelu<T>::backward(const Tensor<T>& dy, const R
   Tensor<T> dx;
   if (want_input_grad) {
     dx = Tensor<T>(y.shape(), MemoryCategory::workspace);
-    const T zero(0);
-    for (index_t i = 0; i < y.numel(); ++i) dx[i] = y[i] > zero ? dy[i] : T(slope_t_ * dy[i]);
+    if (!y.is_dry()) {
+      const T zero(0), one(1), slope = slope_t_;
+      const T *__restrict out = y.data(), *__restrict grad = dy.data();
+      T* __restrict result = dx.data();
+      for (index_t i = 0; i < y.numel(); ++i) result[i] = T(grad[i] * (out[i] > zero ? one : slope));
+    }
   }
   output_.release();
   return dx;

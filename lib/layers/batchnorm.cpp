@@ -35,7 +35,8 @@ template <class T> Tensor<T> BatchNorm<T>::forward(const Tensor<T>& x, const Run
   Tensor<T> y(x.shape(), MemoryCategory::workspace);
   Tensor<W> mean(Shape{channels_}, MemoryCategory::workspace), inv_std(Shape{channels_}, MemoryCategory::workspace);
   const W eps = round_to<W>(eps_);
-  for (index_t c = 0; c < channels_; ++c) {
+#pragma omp parallel for schedule(static)
+  for (index_t c = 0; c < (x.is_dry() ? 0 : channels_); ++c) {
     if (ctx.training) {
       W sum(0);
       for (index_t s = 0; s < n; ++s)
@@ -81,7 +82,8 @@ template <class T> Tensor<T> BatchNorm<T>::backward(const Tensor<T>& dy, const R
   auto at = [&](index_t s, index_t c, index_t i) { return (s * channels_ + c) * area + i; };
   Tensor<T> dx;
   if (want_input_grad) dx = Tensor<T>(x.shape(), MemoryCategory::workspace);
-  for (index_t c = 0; c < channels_; ++c) {
+#pragma omp parallel for schedule(static)
+  for (index_t c = 0; c < (x.is_dry() ? 0 : channels_); ++c) {
     W dbeta(0), dgamma(0);
     for (index_t s = 0; s < n; ++s)
       for (index_t i = 0; i < area; ++i) {
@@ -92,7 +94,7 @@ template <class T> Tensor<T> BatchNorm<T>::backward(const Tensor<T>& dy, const R
       }
     gamma_.grad[c] = round_to<T>(W(round_to<W>(gamma_.grad[c]) + dgamma));
     beta_.grad[c] = round_to<T>(W(round_to<W>(beta_.grad[c]) + dbeta));
-    if (!want_input_grad) continue;
+    if (!want_input_grad) continue;  // (each channel is independent: safe inside the parallel loop)
     const W scale = round_to<W>(gamma_.value[c]) * inv_std[c];
     const W mean_dy = dbeta / count, mean_dy_xhat = dgamma / count;
     for (index_t s = 0; s < n; ++s)

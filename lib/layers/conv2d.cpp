@@ -1,5 +1,8 @@
 #include "layers/conv2d.hpp"
 
+#include <omp.h>
+
+#include <algorithm>
 #include <cmath>
 
 #include "tensor/compute.hpp"
@@ -33,10 +36,12 @@ template <class T, class G> void im2col(const T* x, const Geometry& g, G* cols) 
             continue;
           }
           const T* in = x + (c * g.height + y) * g.width;
-          for (index_t ox = 0; ox < g.out_width; ++ox) {
-            const index_t xx = ox * g.stride - g.pad + j;
-            out[ox] = (xx >= 0 && xx < g.width) ? round_to<G>(in[xx]) : G(0);
-          }
+          // Output columns [lo, hi) read inside the row; the rest read the zero padding.
+          const index_t lo = std::min(g.out_width, std::max<index_t>(0, (g.pad - j + g.stride - 1) / g.stride));
+          const index_t hi = std::max(lo, std::min(g.out_width, (g.width + g.pad - j + g.stride - 1) / g.stride));
+          std::fill(out, out + lo, G(0));
+          for (index_t ox = lo; ox < hi; ++ox) out[ox] = round_to<G>(in[ox * g.stride - g.pad + j]);
+          std::fill(out + hi, out + g.out_width, G(0));
         }
       }
 }
@@ -51,10 +56,9 @@ template <class G> void col2im_add(const G* cols, const Geometry& g, G* dx) {
           const index_t y = oy * g.stride - g.pad + i;
           if (y < 0 || y >= g.height) continue;
           G* out = dx + (c * g.height + y) * g.width;
-          for (index_t ox = 0; ox < g.out_width; ++ox) {
-            const index_t xx = ox * g.stride - g.pad + j;
-            if (xx >= 0 && xx < g.width) out[xx] += row[oy * g.out_width + ox];
-          }
+          const index_t lo = std::min(g.out_width, std::max<index_t>(0, (g.pad - j + g.stride - 1) / g.stride));
+          const index_t hi = std::max(lo, std::min(g.out_width, (g.width + g.pad - j + g.stride - 1) / g.stride));
+          for (index_t ox = lo; ox < hi; ++ox) out[ox * g.stride - g.pad + j] += row[oy * g.out_width + ox];
         }
       }
 }
@@ -89,25 +93,33 @@ template <class T> std::vector<Param<T>*> Conv2d<T>::params() {
   return {&weight_};
 }
 
+// Images are spread over the OpenMP threads in fixed contiguous blocks (schedule static), each thread with its own
+// column buffer; weight gradients are summed per thread and then over threads in thread order, so results are
+// identical from run to run at a given thread count. Workspace grows with the thread count.
 template <class T> Tensor<T> Conv2d<T>::forward(const Tensor<T>& x, const RunContext& ctx) {
   const index_t n = x.dim(0);
   const Geometry g = geometry(spec_, x.dim(2), x.dim(3));
-  const index_t cout = spec_.out_channels, K = g.rows(), P = g.cols();
+  const index_t cout = spec_.out_channels, K = g.rows(), P = g.cols(), image = g.channels * g.height * g.width;
+  const int threads = static_cast<int>(std::min<index_t>(omp_get_max_threads(), n));
   Tensor<T> y(Shape{n, cout, g.out_height, g.out_width}, MemoryCategory::workspace);
   with_compute_type<T>(ctx.accumulate, [&]<class G>() {
     const Tensor<G> w = in_compute_type<G>(weight_.value);
-    Tensor<G> cols(Shape{K, P}, MemoryCategory::workspace);
-    Tensor<G> out(Shape{cout, P}, MemoryCategory::workspace);
+    Tensor<G> cols(Shape{threads, K, P}, MemoryCategory::workspace);
+    Tensor<G> out(Shape{threads, cout, P}, MemoryCategory::workspace);
+    if (cols.is_dry() || x.is_dry()) return;
     const ConstMatrixMap<G> W(w.data(), cout, K);
+#pragma omp parallel for num_threads(threads) schedule(static)
     for (index_t s = 0; s < n; ++s) {
-      im2col(x.data() + s * g.channels * g.height * g.width, g, cols.data());
-      MatrixMap<G>(out.data(), cout, P).noalias() = W * ConstMatrixMap<G>(cols.data(), K, P);
+      G* my_cols = cols.data() + omp_get_thread_num() * K * P;
+      G* my_out = out.data() + omp_get_thread_num() * cout * P;
+      im2col(x.data() + s * image, g, my_cols);
+      MatrixMap<G>(my_out, cout, P).noalias() = W * ConstMatrixMap<G>(my_cols, K, P);
       if (spec_.bias)
         for (index_t c = 0; c < cout; ++c) {
           const G b = round_to<G>(bias_.value[c]);
-          for (index_t p = 0; p < P; ++p) out[c * P + p] += b;
+          for (index_t p = 0; p < P; ++p) my_out[c * P + p] += b;
         }
-      store_rounded(out.data(), y.data() + s * cout * P, cout * P, false);
+      store_rounded(my_out, y.data() + s * cout * P, cout * P, false);
     }
   });
   if (ctx.training) input_.keep(x);
@@ -119,32 +131,44 @@ template <class T> Tensor<T> Conv2d<T>::backward(const Tensor<T>& dy, const RunC
   const index_t n = x.dim(0);
   const Geometry g = geometry(spec_, x.dim(2), x.dim(3));
   const index_t cout = spec_.out_channels, K = g.rows(), P = g.cols(), image = g.channels * g.height * g.width;
+  const int threads = static_cast<int>(std::min<index_t>(omp_get_max_threads(), n));
   Tensor<T> dx;
   if (want_input_grad) dx = Tensor<T>(x.shape(), MemoryCategory::workspace);
   with_compute_type<T>(ctx.accumulate, [&]<class G>() {
     const Tensor<G> w = in_compute_type<G>(weight_.value);
+    Tensor<G> cols(Shape{threads, K, P}, MemoryCategory::workspace);
+    Tensor<G> dout(Shape{threads, cout, P}, MemoryCategory::workspace);
+    Tensor<G> dimage(Shape{threads, image}, MemoryCategory::workspace);
+    Tensor<G> dweight(Shape{threads, cout, K}, MemoryCategory::workspace);  // per-thread partial sums
+    Tensor<G> dbias(Shape{threads, cout}, MemoryCategory::workspace);
+    if (cols.is_dry() || x.is_dry()) return;
     const ConstMatrixMap<G> W(w.data(), cout, K);
-    Tensor<G> cols(Shape{K, P}, MemoryCategory::workspace);
-    Tensor<G> dout(Shape{cout, P}, MemoryCategory::workspace);
-    Tensor<G> dweight(weight_.value.shape(), MemoryCategory::workspace);
-    Tensor<G> dbias(Shape{cout}, MemoryCategory::workspace);
-    Tensor<G> dimage(Shape{image}, MemoryCategory::workspace);
-    MatrixMap<G> dW(dweight.data(), cout, K);
+#pragma omp parallel for num_threads(threads) schedule(static)
     for (index_t s = 0; s < n; ++s) {
-      for (index_t i = 0; i < cout * P; ++i) dout[i] = round_to<G>(dy[s * cout * P + i]);
-      const ConstMatrixMap<G> dY(dout.data(), cout, P);
-      im2col(x.data() + s * image, g, cols.data());
-      dW.noalias() += dY * ConstMatrixMap<G>(cols.data(), K, P).transpose();
+      const int t = omp_get_thread_num();
+      G *my_cols = cols.data() + t * K * P, *my_dout = dout.data() + t * cout * P;
+      G *my_dbias = dbias.data() + t * cout, *my_dimage = dimage.data() + t * image;
+      for (index_t i = 0; i < cout * P; ++i) my_dout[i] = round_to<G>(dy[s * cout * P + i]);
+      const ConstMatrixMap<G> dY(my_dout, cout, P);
+      im2col(x.data() + s * image, g, my_cols);
+      MatrixMap<G>(dweight.data() + t * cout * K, cout, K).noalias() += dY * ConstMatrixMap<G>(my_cols, K, P).transpose();
       for (index_t c = 0; c < cout; ++c)
-        for (index_t p = 0; p < P; ++p) dbias[c] = round_to<G>(accumulate_round<T>(dbias[c] + dout[c * P + p], ctx.accumulate));
+        for (index_t p = 0; p < P; ++p)
+          my_dbias[c] = round_to<G>(accumulate_round<T>(my_dbias[c] + my_dout[c * P + p], ctx.accumulate));
       if (want_input_grad) {
-        MatrixMap<G>(cols.data(), K, P).noalias() = W.transpose() * dY;
-        dimage.fill(G(0));
-        col2im_add(cols.data(), g, dimage.data());
-        store_rounded(dimage.data(), dx.data() + s * image, image, false);
+        MatrixMap<G>(my_cols, K, P).noalias() = W.transpose() * dY;
+        std::fill(my_dimage, my_dimage + image, G(0));
+        col2im_add(my_cols, g, my_dimage);
+        store_rounded(my_dimage, dx.data() + s * image, image, false);
       }
     }
-    store_rounded(dweight.data(), weight_.grad.data(), dweight.numel(), true);
+    for (int t = 1; t < threads; ++t) {
+      for (index_t i = 0; i < cout * K; ++i)
+        dweight[i] = round_to<G>(accumulate_round<T>(dweight[i] + dweight[t * cout * K + i], ctx.accumulate));
+      for (index_t c = 0; c < cout; ++c)
+        dbias[c] = round_to<G>(accumulate_round<T>(dbias[c] + dbias[t * cout + c], ctx.accumulate));
+    }
+    store_rounded(dweight.data(), weight_.grad.data(), cout * K, true);
     if (spec_.bias) store_rounded(dbias.data(), bias_.grad.data(), cout, true);
   });
   input_.release();

@@ -7,6 +7,8 @@
 //   forward(x, ctx)        x is (N, ...); returns (N, ...). In training mode keeps what backward needs.
 //   backward(dy, ctx, dx?) adds (+=) parameter gradients, returns dL/dx if asked, releases what forward kept.
 //   params()               trainable parameters with their gradients.
+// In a dry run (tensors without values, see MemoryLedger::set_dry_run) forward and backward allocate and keep
+// exactly what they do in a real step and skip the arithmetic: that is how memory is predicted.
 #include <memory>
 #include <stdexcept>
 #include <string>

@@ -40,6 +40,7 @@ template <class T> Tensor<T> Linear<T>::forward(const Tensor<T>& x, const RunCon
   with_compute_type<T>(ctx.accumulate, [&]<class G>() {
     const Tensor<G> xg = in_compute_type<G>(x), w = in_compute_type<G>(weight_.value);
     Tensor<G> out(Shape{n, out_}, MemoryCategory::workspace);
+    if (out.is_dry() || x.is_dry()) return;
     MatrixMap<G> Y(out.data(), n, out_);
     Y.noalias() = ConstMatrixMap<G>(xg.data(), n, in_) * ConstMatrixMap<G>(w.data(), out_, in_).transpose();
     if (has_bias_)
@@ -59,22 +60,30 @@ template <class T> Tensor<T> Linear<T>::backward(const Tensor<T>& dy, const RunC
   Tensor<T> dx;
   with_compute_type<T>(ctx.accumulate, [&]<class G>() {
     const Tensor<G> xg = in_compute_type<G>(x), dyg = in_compute_type<G>(dy);
+    const bool dry = xg.is_dry() || dyg.is_dry();
     const ConstMatrixMap<G> X(xg.data(), n, in_), dY(dyg.data(), n, out_);
     Tensor<G> dweight(weight_.value.shape(), MemoryCategory::workspace);
-    MatrixMap<G>(dweight.data(), out_, in_).noalias() = dY.transpose() * X;
-    store_rounded(dweight.data(), weight_.grad.data(), dweight.numel(), true);
+    if (!dry) {
+      MatrixMap<G>(dweight.data(), out_, in_).noalias() = dY.transpose() * X;
+      store_rounded(dweight.data(), weight_.grad.data(), dweight.numel(), true);
+    }
     if (has_bias_) {
       Tensor<G> dbias(Shape{out_}, MemoryCategory::workspace);
-      for (index_t s = 0; s < n; ++s)
-        for (index_t o = 0; o < out_; ++o) dbias[o] = round_to<G>(accumulate_round<T>(dbias[o] + dY(s, o), ctx.accumulate));
-      store_rounded(dbias.data(), bias_.grad.data(), out_, true);
+      if (!dry) {
+        for (index_t s = 0; s < n; ++s)
+          for (index_t o = 0; o < out_; ++o)
+            dbias[o] = round_to<G>(accumulate_round<T>(dbias[o] + dY(s, o), ctx.accumulate));
+        store_rounded(dbias.data(), bias_.grad.data(), out_, true);
+      }
     }
     if (want_input_grad) {
       const Tensor<G> w = in_compute_type<G>(weight_.value);
       Tensor<G> dxg(x.shape(), MemoryCategory::workspace);
-      MatrixMap<G>(dxg.data(), n, in_).noalias() = dY * ConstMatrixMap<G>(w.data(), out_, in_);
       dx = Tensor<T>(x.shape(), MemoryCategory::workspace);
-      store_rounded(dxg.data(), dx.data(), dx.numel(), false);
+      if (!dry) {
+        MatrixMap<G>(dxg.data(), n, in_).noalias() = dY * ConstMatrixMap<G>(w.data(), out_, in_);
+        store_rounded(dxg.data(), dx.data(), dx.numel(), false);
+      }
     }
   });
   input_.release();

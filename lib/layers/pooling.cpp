@@ -31,7 +31,7 @@ template <class T> Tensor<T> MaxPool<T>::forward(const Tensor<T>& x, const RunCo
   Tensor<T> y(Shape{x.dim(0), x.dim(1), ho, wo}, MemoryCategory::workspace);
   Tensor<std::int32_t> argmax;
   if (ctx.training) argmax = Tensor<std::int32_t>(y.shape(), MemoryCategory::workspace);
-  for (index_t p = 0; p < planes; ++p) {
+  for (index_t p = 0; p < (x.is_dry() ? 0 : planes); ++p) {
     const T* in = x.data() + p * h * w;
     for (index_t oy = 0; oy < ho; ++oy)
       for (index_t ox = 0; ox < wo; ++ox) {
@@ -56,7 +56,7 @@ template <class T> Tensor<T> MaxPool<T>::backward(const Tensor<T>& dy, const Run
   if (want_input_grad) {
     dx = Tensor<T>(input_shape_, MemoryCategory::workspace);
     const index_t plane_in = input_shape_[2] * input_shape_[3], plane_out = dy.dim(2) * dy.dim(3);
-    for (index_t o = 0; o < dy.numel(); ++o) {
+    for (index_t o = 0; o < (dy.is_dry() ? 0 : dy.numel()); ++o) {
       T& target = dx[(o / plane_out) * plane_in + argmax[o]];
       target = T(target + dy[o]);  // windows overlap when stride < kernel
     }
@@ -81,7 +81,7 @@ template <class T> Tensor<T> AvgPool<T>::forward(const Tensor<T>& x, const RunCo
   Tensor<T> y(Shape{x.dim(0), x.dim(1), ho, wo}, MemoryCategory::workspace);
   using W = wide_t<T>;
   const W count = round_to<W>(static_cast<double>(kernel_ * kernel_));
-  for (index_t p = 0; p < planes; ++p)
+  for (index_t p = 0; p < (x.is_dry() ? 0 : planes); ++p)
     for (index_t oy = 0; oy < ho; ++oy)
       for (index_t ox = 0; ox < wo; ++ox) {
         W sum(0);
@@ -101,7 +101,7 @@ template <class T> Tensor<T> AvgPool<T>::backward(const Tensor<T>& dy, const Run
   const index_t ho = dy.dim(2), wo = dy.dim(3);
   using W = wide_t<T>;
   const W count = round_to<W>(static_cast<double>(kernel_ * kernel_));
-  for (index_t p = 0; p < planes; ++p)
+  for (index_t p = 0; p < (dy.is_dry() ? 0 : planes); ++p)
     for (index_t oy = 0; oy < ho; ++oy)
       for (index_t ox = 0; ox < wo; ++ox) {
         const W share = round_to<W>(dy[(p * ho + oy) * wo + ox]) / count;
@@ -125,7 +125,7 @@ template <class T> Tensor<T> GlobalAvgPool<T>::forward(const Tensor<T>& x, const
   Tensor<T> y(Shape{x.dim(0), x.dim(1)}, MemoryCategory::workspace);
   using W = wide_t<T>;
   const W count = round_to<W>(static_cast<double>(area));
-  for (index_t p = 0; p < planes; ++p) {
+  for (index_t p = 0; p < (x.is_dry() ? 0 : planes); ++p) {
     W sum(0);
     for (index_t i = 0; i < area; ++i) sum = accumulate_round<T>(sum + round_to<W>(x[p * area + i]), ctx.accumulate);
     y[p] = round_to<T>(W(sum / count));
@@ -139,7 +139,7 @@ template <class T> Tensor<T> GlobalAvgPool<T>::backward(const Tensor<T>& dy, con
   const index_t planes = input_shape_[0] * input_shape_[1], area = input_shape_[2] * input_shape_[3];
   using W = wide_t<T>;
   const W count = round_to<W>(static_cast<double>(area));
-  for (index_t p = 0; p < planes; ++p) {
+  for (index_t p = 0; p < (dy.is_dry() ? 0 : planes); ++p) {
     const T share = round_to<T>(W(round_to<W>(dy[p]) / count));
     for (index_t i = 0; i < area; ++i) dx[p * area + i] = share;
   }

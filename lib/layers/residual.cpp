@@ -51,7 +51,7 @@ template <class T> std::vector<Param<T>*> ResidualBlock<T>::params() {
 template <class T> Tensor<T> ResidualBlock<T>::forward(const Tensor<T>& x, const RunContext& ctx) {
   Tensor<T> main = bn2_->forward(conv2_->forward(relu1_->forward(bn1_->forward(conv1_->forward(x, ctx), ctx), ctx), ctx), ctx);
   const Tensor<T> shortcut = has_projection() ? projection_bn_->forward(projection_->forward(x, ctx), ctx) : x;
-  for (index_t i = 0; i < main.numel(); ++i) main[i] = T(main[i] + shortcut[i]);  // one rounding, any precision
+  for (index_t i = 0; i < (main.is_dry() ? 0 : main.numel()); ++i) main[i] = T(main[i] + shortcut[i]);  // one rounding
   return relu_out_->forward(main, ctx);
 }
 
@@ -62,9 +62,9 @@ template <class T> Tensor<T> ResidualBlock<T>::backward(const Tensor<T>& dy, con
       ctx, want_input_grad);
   if (has_projection()) {
     const Tensor<T> dshort = projection_->backward(projection_bn_->backward(dsum, ctx, true), ctx, want_input_grad);
-    if (want_input_grad)
+    if (want_input_grad && !dx.is_dry())
       for (index_t i = 0; i < dx.numel(); ++i) dx[i] = T(dx[i] + dshort[i]);
-  } else if (want_input_grad) {
+  } else if (want_input_grad && !dx.is_dry()) {
     for (index_t i = 0; i < dx.numel(); ++i) dx[i] = T(dx[i] + dsum[i]);
   }
   return dx;

@@ -9,7 +9,7 @@ typename SoftmaxCrossEntropy<T>::W SoftmaxCrossEntropy<T>::forward(const Tensor<
   const index_t n = logits.dim(0), k = logits.dim(1);
   Tensor<W> probabilities(logits.shape(), MemoryCategory::workspace);
   W total(0);
-  for (index_t s = 0; s < n; ++s) {
+  for (index_t s = 0; s < (logits.is_dry() ? 0 : n); ++s) {
     const T* z = logits.data() + s * k;
     W* p = probabilities.data() + s * k;
     W top = round_to<W>(z[0]);
@@ -34,7 +34,7 @@ template <class T> Tensor<T> SoftmaxCrossEntropy<T>::backward() {
   const index_t n = p.dim(0), k = p.dim(1);
   const W count = round_to<W>(static_cast<double>(n));
   Tensor<T> dz(p.shape(), MemoryCategory::workspace);
-  for (index_t s = 0; s < n; ++s)
+  for (index_t s = 0; s < (p.is_dry() ? 0 : n); ++s)
     for (index_t j = 0; j < k; ++j)
       dz[s * k + j] = round_to<T>(W((p[s * k + j] - (j == labels_[s] ? W(1) : W(0))) / count));
   probabilities_.release();
@@ -44,7 +44,7 @@ template <class T> Tensor<T> SoftmaxCrossEntropy<T>::backward() {
 template <class T> index_t SoftmaxCrossEntropy<T>::correct(const Tensor<T>& logits, const std::vector<std::int32_t>& labels) {
   const index_t n = logits.dim(0), k = logits.dim(1);
   index_t hits = 0;
-  for (index_t s = 0; s < n; ++s) {
+  for (index_t s = 0; s < (logits.is_dry() ? 0 : n); ++s) {
     index_t best = 0;
     for (index_t j = 1; j < k; ++j)
       if (logits[s * k + j] > logits[s * k + best]) best = j;

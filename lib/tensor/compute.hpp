@@ -26,7 +26,8 @@ template <class G, class T> Tensor<G> in_compute_type(const Tensor<T>& t) {
     return t;
   } else {
     Tensor<G> w(t.shape(), MemoryCategory::workspace);
-    for (index_t i = 0; i < t.numel(); ++i) w[i] = round_to<G>(t[i]);
+    if (!t.is_dry() && !w.is_dry())
+      for (index_t i = 0; i < t.numel(); ++i) w[i] = round_to<G>(t[i]);
     return w;
   }
 }

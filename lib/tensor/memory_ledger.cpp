@@ -1,5 +1,7 @@
 #include "tensor/memory_ledger.hpp"
 
+#include <malloc.h>
+
 #include <algorithm>
 #include <fstream>
 #include <stdexcept>
@@ -59,6 +61,11 @@ MemoryLedger* MemoryLedger::active() { return active_ledger; }
 
 MemoryLedger::Scope::Scope(MemoryLedger& ledger) : previous_(active_ledger) { active_ledger = &ledger; }
 MemoryLedger::Scope::~Scope() { active_ledger = previous_; }
+
+void keep_freed_memory_in_process() {
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's largest allowed value on 64-bit
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+}
 
 std::size_t process_peak_rss_bytes() {
   std::ifstream status("/proc/self/status");

@@ -27,6 +27,11 @@ class MemoryLedger {
   std::size_t at_total_peak(MemoryCategory c) const { return at_total_peak_[index(c)]; }
   void reset_peaks();
 
+  // A dry-run ledger: tensors charged to it get no values, only their bytes. Layers allocate exactly as in a
+  // real step and skip the arithmetic, so a dry step measures a run's memory before the run (lowmem plan).
+  void set_dry_run(bool dry) { dry_run_ = dry; }
+  bool dry_run() const { return dry_run_; }
+
   // The ledger that new tensors on this thread are charged to (none: not counted). Allocate tensors outside
   // OpenMP parallel regions: worker threads have no active ledger.
   static MemoryLedger* active();
@@ -45,7 +50,12 @@ class MemoryLedger {
   void update_peaks();
   std::array<std::size_t, memory_category_count> current_{}, peak_{}, at_total_peak_{};
   std::size_t current_total_ = 0, peak_total_ = 0;
+  bool dry_run_ = false;
 };
+
+// Keeps freed tensor memory in the process instead of returning it to the system after every step (glibc
+// otherwise maps large buffers afresh each time and every step pays the page faults). Call once at start.
+void keep_freed_memory_in_process();
 
 // Peak resident set size of this process (VmHWM), in bytes: reported beside the ledger for honesty.
 std::size_t process_peak_rss_bytes();

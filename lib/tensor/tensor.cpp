@@ -14,7 +14,8 @@ std::string Shape::str() const {
 
 template <class T>
 Tensor<T>::Storage::Storage(std::size_t n, MemoryCategory c)
-    : values(new T[n]()), bytes(n * sizeof(T)), category(c), ledger(MemoryLedger::active()) {
+    : bytes(n * sizeof(T)), category(c), ledger(MemoryLedger::active()) {
+  if (!ledger || !ledger->dry_run()) values.reset(new T[n]());
   if (ledger) ledger->allocate(category, bytes);
 }
 
@@ -40,11 +41,13 @@ template <class T> Tensor<T> Tensor<T>::reshaped(Shape shape) const {
 
 template <class T> Tensor<T> Tensor<T>::clone(MemoryCategory category) const {
   Tensor t(shape_, category);
-  std::copy(data(), data() + numel(), t.data());
+  if (!is_dry() && !t.is_dry()) std::copy(data(), data() + numel(), t.data());
   return t;
 }
 
-template <class T> void Tensor<T>::fill(const T& value) { std::fill(data(), data() + numel(), value); }
+template <class T> void Tensor<T>::fill(const T& value) {
+  if (!is_dry()) std::fill(data(), data() + numel(), value);
+}
 
 LOWMEM_INSTANTIATE_FOR_PRECISIONS(Tensor)
 template class Tensor<std::int32_t>;  // max-pool argmax indices

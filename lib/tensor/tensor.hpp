@@ -17,20 +17,24 @@ using index_t = std::int64_t;
 class Shape {
  public:
   Shape() = default;
-  Shape(std::initializer_list<index_t> dims) : dims_(dims) {}
-  explicit Shape(std::vector<index_t> dims) : dims_(std::move(dims)) {}
+  Shape(std::initializer_list<index_t> dims) : dims_(dims), numel_(product(dims_)) {}
+  explicit Shape(std::vector<index_t> dims) : dims_(std::move(dims)), numel_(product(dims_)) {}
   std::size_t rank() const { return dims_.size(); }
   index_t operator[](std::size_t i) const { return dims_[i]; }
-  index_t numel() const {
+  // Cached: kernels call numel() in loop conditions, where a product over dims_ would be recomputed every time.
+  index_t numel() const { return numel_; }
+  const std::vector<index_t>& dims() const { return dims_; }
+  bool operator==(const Shape& other) const { return dims_ == other.dims_; }
+  std::string str() const;  // "[64, 32, 28, 28]"
+
+ private:
+  static index_t product(const std::vector<index_t>& dims) {
     index_t n = 1;
-    for (index_t d : dims_) n *= d;
+    for (index_t d : dims) n *= d;
     return n;
   }
-  const std::vector<index_t>& dims() const { return dims_; }
-  bool operator==(const Shape&) const = default;
-  std::string str() const;  // "[64, 32, 28, 28]"
- private:
   std::vector<index_t> dims_;
+  index_t numel_ = 1;
 };
 
 template <class T> class Tensor {
@@ -43,6 +47,8 @@ template <class T> class Tensor {
   index_t numel() const { return shape_.numel(); }
   index_t dim(std::size_t i) const { return shape_[i]; }
   bool empty() const { return !storage_; }
+  // A dry-run tensor (see MemoryLedger::set_dry_run): it has a shape and is counted, but holds no values.
+  bool is_dry() const { return storage_ && !storage_->values; }
   std::size_t bytes() const { return static_cast<std::size_t>(numel()) * sizeof(T); }
 
   T* data() { return storage_->values.get(); }
@@ -57,7 +63,7 @@ template <class T> class Tensor {
   Tensor reshaped(Shape shape) const;
   // A new buffer with the same values.
   Tensor clone(MemoryCategory category) const;
-  void fill(const T& value);
+  void fill(const T& value);  // no-op on a dry-run tensor
 
  private:
   struct Storage {

@@ -22,6 +22,7 @@ template <class T> void Optimizer<T>::step(double lr_value) {
   for (std::size_t k = 0; k < params_.size(); ++k) {
     Tensor<T>& w = params_[k]->value;
     const Tensor<T>& grad = params_[k]->grad;
+    if (w.is_dry()) continue;
     if (spec_.type == "sgd") {
       // PyTorch: g += wd w; buf = momentum buf + g (buf = g on the first step); g = g + momentum buf (Nesterov) or buf.
       const W momentum = round_to<W>(spec_.momentum);

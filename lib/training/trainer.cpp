@@ -40,7 +40,7 @@ Trainer<T>::Trainer(const RunConfig& config, MemoryLedger& ledger)
       eval_ctx_{false, config.accumulate} {
   MemoryLedger::Scope scope(ledger_);
   model_ = std::make_unique<Sequential<T>>(build_model<T>(config.model));
-  model_->initialize(config.seed);
+  if (!ledger.dry_run()) model_->initialize(config.seed);
   optimizer_ = std::make_unique<Optimizer<T>>(config.train.optimizer, model_->params());
 }
 
@@ -54,10 +54,15 @@ Tensor<T> Trainer<T>::make_batch(const Dataset& data, const std::int64_t* indice
   std::vector<float> pixels(static_cast<std::size_t>(n * data.image_size()));
   labels.resize(static_cast<std::size_t>(n));
   fill_batch(data, indices, n, augment, rng, pixels.data(), labels.data());
-  MemoryLedger::Scope scope(ledger_);
-  Tensor<T> x(Shape{n, in[0], in[1], in[2]}, MemoryCategory::workspace);
+  Tensor<T> x = empty_batch(n);
   for (index_t i = 0; i < x.numel(); ++i) x[i] = round_to<T>(pixels[static_cast<std::size_t>(i)]);
   return x;
+}
+
+template <class T> Tensor<T> Trainer<T>::empty_batch(index_t n) const {
+  MemoryLedger::Scope scope(ledger_);
+  const Shape& in = model_->input_shape();
+  return Tensor<T>(Shape{n, in[0], in[1], in[2]}, MemoryCategory::workspace);
 }
 
 template <class T>
@@ -91,16 +96,23 @@ template <class T> typename Trainer<T>::Evaluation Trainer<T>::evaluate(const Da
   for (std::int64_t start = 0; start < data.count; start += batch) {
     const index_t n = std::min<index_t>(batch, data.count - start);
     const Tensor<T> x = make_batch(data, order.data() + start, n, Augment{}, unused, labels);
-    MemoryLedger::Scope scope(ledger_);
-    const Tensor<T> logits = model_->forward(x, eval_ctx_);
-    loss_sum += to_double(loss_.forward(logits, labels, eval_ctx_)) * static_cast<double>(n);
-    correct += SoftmaxCrossEntropy<T>::correct(logits, labels);
+    const auto [batch_loss, batch_correct] = evaluate_batch(x, labels);
+    loss_sum += batch_loss;
+    correct += batch_correct;
   }
   if (data.count > 0) {
     e.loss = loss_sum / static_cast<double>(data.count);
     e.accuracy = static_cast<double>(correct) / static_cast<double>(data.count);
   }
   return e;
+}
+
+template <class T>
+std::pair<double, index_t> Trainer<T>::evaluate_batch(const Tensor<T>& x, const std::vector<std::int32_t>& labels) {
+  MemoryLedger::Scope scope(ledger_);
+  const Tensor<T> logits = model_->forward(x, eval_ctx_);
+  const double loss = to_double(loss_.forward(logits, labels, eval_ctx_)) * static_cast<double>(x.dim(0));
+  return {loss, SoftmaxCrossEntropy<T>::correct(logits, labels)};
 }
 
 LOWMEM_INSTANTIATE_FOR_PRECISIONS(Trainer)

@@ -25,6 +25,8 @@ template <class T> class Trainer {
   using W = wide_t<T>;
   Trainer(const RunConfig& config, MemoryLedger& ledger);
 
+  // An input batch (n, C, H, W) charged to the ledger as workspace (in a dry run: without values).
+  Tensor<T> empty_batch(index_t n) const;
   // Examples indices[0..n) of `data` as a batch x (n, C, H, W) in T (each value rounded once), with labels.
   Tensor<T> make_batch(const Dataset& data, const std::int64_t* indices, index_t n, const Augment& augment, Rng& rng,
                        std::vector<std::int32_t>& labels) const;
@@ -37,6 +39,8 @@ template <class T> class Trainer {
     double loss = 0, accuracy = 0;
   };
   Evaluation evaluate(const Dataset& data, int batch);
+  // Sum of losses and number of correct predictions on one batch, in evaluation mode.
+  std::pair<double, index_t> evaluate_batch(const Tensor<T>& x, const std::vector<std::int32_t>& labels);
 
   Sequential<T>& model() { return *model_; }
   MemoryLedger& ledger() { return ledger_; }

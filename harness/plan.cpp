@@ -1,0 +1,82 @@
+#include "plan.hpp"
+
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "training/trainer.hpp"
+
+namespace lowmem {
+
+namespace {
+
+// One dry step of the run's study, in its own precision: the trainer is built and the step is taken with tensors
+// that have sizes but no values (MemoryLedger::set_dry_run), so the ledger sees every allocation a real step
+// makes, in the same order, at no arithmetic cost.
+template <class T> MemoryLedger dry_step(const RunConfig& run) {
+  MemoryLedger ledger;
+  ledger.set_dry_run(true);
+  Trainer<T> trainer(run, ledger);
+  const index_t batch = run.train.batch;
+  const std::vector<std::int32_t> labels(static_cast<std::size_t>(batch), 0);
+  if (run.study == "train") {
+    trainer.train_step(trainer.empty_batch(batch), labels, run.train.optimizer.lr);
+    const std::vector<std::int32_t> eval_labels(static_cast<std::size_t>(run.train.eval_batch), 0);
+    trainer.evaluate_batch(trainer.empty_batch(run.train.eval_batch), eval_labels);
+  } else {
+    trainer.forward_backward(trainer.empty_batch(batch), labels);
+  }
+  return ledger;
+}
+
+}  // namespace
+
+MemoryPrediction predict_memory(const RunConfig& run) {
+  const MemoryLedger ledger = dispatch_precision(run.precision, [&]<class T>() { return dry_step<T>(run); });
+  MemoryPrediction p;
+  p.weights = ledger.peak(MemoryCategory::weights);
+  p.gradients = ledger.peak(MemoryCategory::gradients);
+  p.optimizer_state = ledger.peak(MemoryCategory::optimizer_state);
+  p.saved_activations = ledger.peak(MemoryCategory::saved_activations);
+  p.workspace = ledger.peak(MemoryCategory::workspace);
+  p.peak = ledger.peak_total();
+  return p;
+}
+
+std::string plan_table(const std::vector<PlannedRun>& runs) {
+  std::string out;
+  char line[512];
+  std::snprintf(line, sizeof line, "%-4s %-16s %-8s %-5s %-7s %6s %12s %12s %12s %12s %12s %12s\n", "#", "run_id", "study",
+                "prec", "model", "batch", "weights", "gradients", "optimizer", "saved_act", "workspace", "peak");
+  out += line;
+  for (std::size_t i = 0; i < runs.size(); ++i) {
+    const RunConfig& r = runs[i].parsed;
+    const MemoryPrediction p = predict_memory(r);
+    std::snprintf(line, sizeof line, "%-4zu %-16s %-8s %-5s %-7s %6d %12zu %12zu %12zu %12zu %12zu %12zu\n", i + 1,
+                  runs[i].id.c_str(), r.study.c_str(), to_string(r.precision).c_str(), r.model.arch.c_str(),
+                  r.train.batch, p.weights, p.gradients, p.optimizer_state, p.saved_activations, p.workspace, p.peak);
+    out += line;
+  }
+  out += "memory in bytes: peak of each category and of the total over one step (train: and one evaluation batch)\n";
+  return out;
+}
+
+std::string plan_json(const std::vector<PlannedRun>& runs) {
+  nlohmann::json list = nlohmann::json::array();
+  for (const PlannedRun& run : runs) {
+    const MemoryPrediction p = predict_memory(run.parsed);
+    list.push_back({{"run_id", run.id},
+                    {"study", run.parsed.study},
+                    {"precision", to_string(run.parsed.precision)},
+                    {"config", run.config},
+                    {"predicted_peak_bytes", p.peak},
+                    {"predicted_bytes",
+                     {{"weights", p.weights},
+                      {"gradients", p.gradients},
+                      {"optimizer_state", p.optimizer_state},
+                      {"saved_activations", p.saved_activations},
+                      {"workspace", p.workspace}}}});
+  }
+  return list.dump(2) + "\n";
+}
+
+}  // namespace lowmem

@@ -1,0 +1,18 @@
+#pragma once
+#include <string>
+#include <vector>
+
+#include "runner.hpp"
+
+namespace lowmem {
+
+// Memory a run will need, by ledger category, predicted before any training.
+struct MemoryPrediction {
+  std::size_t weights = 0, gradients = 0, optimizer_state = 0, saved_activations = 0, workspace = 0, peak = 0;
+};
+MemoryPrediction predict_memory(const RunConfig& run);
+
+std::string plan_table(const std::vector<PlannedRun>& runs);
+std::string plan_json(const std::vector<PlannedRun>& runs);
+
+}  // namespace lowmem

@@ -1,0 +1,68 @@
+#pragma once
+// The HDF5 results file: one group per run under /runs, and a /summary table rebuilt after every run.
+// HDF5 headers stay out of this header on purpose (it is included widely); everything here is plain C++.
+//
+// Layout (a results file is also read by plots/plot_results.py and by h5py users):
+//   /                       attribute "format" = "lowmem results 1"
+//   /runs/<run_id>/         group; attributes: config, status, message (strings), index (int64, creation
+//                           order), label_keys (string array naming the label attributes), every label (string),
+//                           every scalar (float64), every provenance attribute (string)
+//   /runs/<run_id>/<key>    float64 dataset per RunRecord::arrays key ('/' in a key makes subgroups),
+//                           variable-length UTF-8 string dataset per RunRecord::string_arrays key
+//   /summary                compound dataset, one row per run in creation order: run_id, status, message,
+//                           sorted label keys (fixed-length strings), sorted scalar keys (float64, NaN if absent)
+//
+// Crash safety: append_run never modifies the file in place. It copies the file, writes the copy, syncs it and
+// renames it over the original, so a process killed at any moment leaves either the old or the new file, both
+// complete. One writer per file at a time (calls within one process are serialized by a mutex).
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace lowmem {
+
+struct RunRecord {
+  std::string run_id;       // stable id, used as group name /runs/<run_id>
+  std::string config_json;  // fully resolved config -> attribute "config"
+  std::string status;       // "complete" | "diverged" | "failed" -> attribute "status"
+  std::string message;      // error message or "" -> attribute "message"
+  std::map<std::string, std::string> labels;  // string summary columns (study, precision, ...)
+  std::map<std::string, double> scalars;      // numeric summary columns (wall_seconds, peak_bytes, ...)
+  struct Array {
+    std::vector<double> values;        // row-major
+    std::vector<std::uint64_t> shape;  // empty = 1-D of values.size(); read_run always fills it in
+  };
+  std::map<std::string, Array> arrays;  // float64 datasets; keys may contain '/' ("curves/train_loss")
+  std::map<std::string, std::vector<std::string>> string_arrays;  // string datasets ("memory/categories")
+  std::map<std::string, std::string> attributes;  // further string attributes on the run group (provenance)
+};
+
+// Where results go. A missing `requested` is used as is; an existing one is never overwritten: the first free
+// "<stem>.2<ext>", "<stem>.3<ext>", ... beside it is returned with a note saying so. Throws Error if the
+// directory is missing or not writable, or if `requested` is a directory.
+struct OutputChoice {
+  std::string path;
+  std::string note;  // empty unless the path was changed
+};
+OutputChoice choose_output_path(const std::string& requested);
+
+// Adds (or replaces, keeping its row) /runs/<run.run_id> and rewrites /summary. Creates `path` if missing.
+// Throws Error naming the file if it is not a lowmem HDF5 results file or is corrupt; the file is then untouched.
+void append_run(const std::string& path, const RunRecord& run);
+
+// Summary cells as printed text: strings as stored, numbers with %.6g, NaN as "-".
+struct SummaryTable {
+  std::vector<std::string> columns;
+  std::vector<std::vector<std::string>> rows;
+};
+SummaryTable read_summary(const std::string& path);
+RunRecord read_run(const std::string& path, const std::string& run_id);
+std::vector<std::string> list_runs(const std::string& path);  // in creation order
+
+// Fixed-width text table of the chosen columns in the given order. Empty `columns` = run_id, study, precision,
+// status, wall_seconds, peak_bytes, activation_peak_bytes, final_train_loss, test_accuracy (those present), then
+// every other column. An unknown column name throws Error listing the valid ones.
+std::string format_table(const SummaryTable& t, const std::vector<std::string>& columns);
+
+}  // namespace lowmem

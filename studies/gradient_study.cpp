@@ -1,0 +1,139 @@
+// Study "gradient": one forward and backward pass on the first `train.batch` training examples in data order,
+// no update. Dumps, in float64 and PyTorch's layouts, the input, labels, logits, loss and every parameter with
+// its gradient, and compares them with the same computation in the reference precision (default mp).
+#include <cmath>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "io/error.hpp"
+#include "study.hpp"
+
+namespace lowmem {
+
+namespace {
+
+// Everything one precision computes, widened to double.
+struct GradientDump {
+  RunRecord::Array input, logits;
+  std::vector<double> labels;
+  double loss = 0;
+  std::vector<std::string> names;            // "layers/<i>[/<child>]/<param>", in model order
+  std::map<std::string, RunRecord::Array> tensors;  // weight, bias, grad_weight, grad_bias per name
+  MemoryLedger ledger;
+};
+
+template <class T> RunRecord::Array widen(const Tensor<T>& t) {
+  RunRecord::Array a;
+  for (index_t d : t.shape().dims()) a.shape.push_back(static_cast<std::uint64_t>(d));
+  a.values.resize(static_cast<std::size_t>(t.numel()));
+  for (index_t i = 0; i < t.numel(); ++i) a.values[static_cast<std::size_t>(i)] = to_double(t[i]);
+  return a;
+}
+
+template <class T> std::unique_ptr<GradientDump> compute(const RunConfig& config, const DataSplit& data) {
+  auto dump = std::make_unique<GradientDump>();
+  Trainer<T> trainer(config, dump->ledger);
+  const std::int64_t n = std::min<std::int64_t>(config.train.batch, data.train.count);
+  std::vector<std::int64_t> first(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i) first[static_cast<std::size_t>(i)] = i;
+  Rng unused(0);
+  std::vector<std::int32_t> labels;
+  const Tensor<T> x = trainer.make_batch(data.train, first.data(), n, Augment{}, unused, labels);
+  Tensor<T> logits;
+  dump->loss = to_double(trainer.forward_backward(x, labels, &logits));
+  dump->input = widen(x);
+  dump->logits = widen(logits);
+  dump->labels.assign(labels.begin(), labels.end());
+  Sequential<T>& model = trainer.model();
+  auto add = [&](const std::string& prefix, Layer<T>& layer) {
+    for (Param<T>* p : layer.params()) {
+      const std::string name = prefix + "/" + p->name;
+      dump->names.push_back(name);
+      dump->tensors[name] = widen(p->value);
+      dump->tensors[prefix + "/grad_" + p->name] = widen(p->grad);
+    }
+  };
+  for (std::size_t i = 0; i < model.size(); ++i) {
+    const std::string prefix = "layers/" + std::to_string(i);
+    auto children = model.layer(i).children();
+    if (children.empty()) add(prefix, model.layer(i));
+    for (auto& [child, layer] : children) add(prefix + "/" + child, *layer);
+  }
+  return dump;
+}
+
+std::unique_ptr<GradientDump> compute_in(Precision p, const RunConfig& config, const DataSplit& data) {
+  return dispatch_precision(p, [&]<class T>() { return compute<T>(config, data); });
+}
+
+// ||a - b|| / ||b||, and the angle between a and b in degrees.
+std::pair<double, double> compare(const std::vector<double>& a, const std::vector<double>& b) {
+  double diff = 0, norm_a = 0, norm_b = 0, dot = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    diff += (a[i] - b[i]) * (a[i] - b[i]);
+    norm_a += a[i] * a[i];
+    norm_b += b[i] * b[i];
+    dot += a[i] * b[i];
+  }
+  const double relative = norm_b > 0 ? std::sqrt(diff / norm_b) : std::sqrt(diff);
+  const double cosine = norm_a > 0 && norm_b > 0 ? std::clamp(dot / std::sqrt(norm_a * norm_b), -1.0, 1.0) : 1.0;
+  return {relative, std::acos(cosine) * 180.0 / M_PI};
+}
+
+// The reference is the same config in the reference precision: computed once per process and shared by every
+// run of a precision sweep. Key: the resolved config without its precision.
+const GradientDump& reference_for(const RunConfig& config, const std::string& config_json, const DataSplit& data,
+                                  Precision reference) {
+  static std::map<std::string, std::unique_ptr<GradientDump>> cache;
+  nlohmann::json key = nlohmann::json::parse(config_json);
+  key.erase("precision");
+  key.erase("accumulate");
+  key["reference"] = to_string(reference);
+  auto& slot = cache[key.dump()];
+  if (!slot) {
+    RunConfig ref = config;
+    ref.precision = reference;
+    ref.accumulate = Accumulate::f32;
+    slot = compute_in(reference, ref, data);
+  }
+  return *slot;
+}
+
+}  // namespace
+
+void run_gradient_study(const RunConfig& config, const DataSplit& data, RunRecord& record, const Progress& progress) {
+  if (progress) progress("forward and backward in " + to_string(config.precision));
+  const std::unique_ptr<GradientDump> dump = compute_in(config.precision, config, data);
+  record.arrays["input"] = dump->input;
+  record.arrays["labels"] = {dump->labels, {}};
+  record.arrays["logits"] = dump->logits;
+  record.arrays["loss"] = {{dump->loss}, {}};
+  for (const auto& [name, array] : dump->tensors) record.arrays[name] = array;
+  record.scalars["loss"] = dump->loss;
+  record_memory(dump->ledger, record);
+  record.status = std::isfinite(dump->loss) ? "complete" : "diverged";
+  if (record.status == "diverged") record.message = "loss is not finite";
+
+  if (config.gradient_reference == "none") return;
+  const Precision reference = parse_precision(config.gradient_reference);
+  if (progress && reference != config.precision) progress("reference gradients in " + to_string(reference));
+  const GradientDump& ref = reference_for(config, record.config_json, data, reference);
+  std::vector<double> relative, angles;
+  double worst = 0;
+  for (const std::string& name : dump->names) {
+    const std::string grad = name.substr(0, name.rfind('/') + 1) + "grad_" + name.substr(name.rfind('/') + 1);
+    const auto [rel, angle] = compare(dump->tensors.at(grad).values, ref.tensors.at(grad).values);
+    relative.push_back(rel);
+    angles.push_back(angle);
+    worst = std::max(worst, rel);
+  }
+  record.string_arrays["gradient_error/names"] = dump->names;
+  record.arrays["gradient_error/relative"] = {relative, {}};
+  record.arrays["gradient_error/angle_degrees"] = {angles, {}};
+  record.scalars["grad_max_rel_error"] = worst;
+  record.scalars["logits_rel_error"] = compare(dump->logits.values, ref.logits.values).first;
+  record.scalars["loss_abs_error"] = std::fabs(dump->loss - ref.loss);
+  record.labels["reference"] = to_string(reference);
+}
+
+}  // namespace lowmem

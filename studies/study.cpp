@@ -1,0 +1,38 @@
+#include "study.hpp"
+
+#include "io/error.hpp"
+
+namespace lowmem {
+
+void run_study(const RunConfig& config, const DataSplit& data, RunRecord& record, const Progress& progress) {
+  record.labels["study"] = config.study;
+  record.labels["precision"] = to_string(config.precision);
+  record.labels["name"] = config.name;
+  record.labels["model"] = config.model.arch;
+  if (config.study == "train") return run_train_study(config, data, record, progress);
+  if (config.study == "gradient") return run_gradient_study(config, data, record, progress);
+  throw Error("unknown study \"" + config.study + "\"");
+}
+
+void record_memory(const MemoryLedger& ledger, RunRecord& record) {
+  std::vector<std::string> names;
+  RunRecord::Array peaks, at_peak;
+  for (std::size_t i = 0; i < memory_category_count; ++i) {
+    const auto c = static_cast<MemoryCategory>(i);
+    names.emplace_back(to_string(c));
+    peaks.values.push_back(static_cast<double>(ledger.peak(c)));
+    at_peak.values.push_back(static_cast<double>(ledger.at_total_peak(c)));
+  }
+  record.string_arrays["memory/categories"] = names;
+  record.arrays["memory/peak_bytes"] = peaks;
+  record.arrays["memory/at_total_peak_bytes"] = at_peak;
+  record.scalars["peak_bytes"] = static_cast<double>(ledger.peak_total());
+  record.scalars["activation_peak_bytes"] = static_cast<double>(ledger.peak(MemoryCategory::saved_activations));
+  record.scalars["weights_bytes"] = static_cast<double>(ledger.peak(MemoryCategory::weights));
+  record.scalars["gradients_bytes"] = static_cast<double>(ledger.peak(MemoryCategory::gradients));
+  record.scalars["optimizer_state_bytes"] = static_cast<double>(ledger.peak(MemoryCategory::optimizer_state));
+  record.scalars["workspace_peak_bytes"] = static_cast<double>(ledger.peak(MemoryCategory::workspace));
+  record.scalars["rss_peak_bytes"] = static_cast<double>(process_peak_rss_bytes());
+}
+
+}  // namespace lowmem

@@ -1,0 +1,28 @@
+#pragma once
+// Studies turn one resolved run config into one results record. Each study is one function; the harness picks
+// it by the config's "study" value, runs it, and commits the record to the results file.
+#include <functional>
+#include <string>
+
+#include "io/results_file.hpp"
+#include "tensor/memory_ledger.hpp"
+#include "training/run_config.hpp"
+#include "training/trainer.hpp"
+
+namespace lowmem {
+
+// Called with short progress text ("epoch 1/3 step 120/937 loss 0.512").
+using Progress = std::function<void(const std::string&)>;
+
+// Fills record.status ("complete" or "diverged"), message, curves, memory and summary columns. Throws
+// lowmem::Error when the run cannot be done at all; the harness records that as "failed".
+void run_study(const RunConfig& config, const DataSplit& data, RunRecord& record, const Progress& progress);
+
+// Studies, one per "study" value.
+void run_train_study(const RunConfig& config, const DataSplit& data, RunRecord& record, const Progress& progress);
+void run_gradient_study(const RunConfig& config, const DataSplit& data, RunRecord& record, const Progress& progress);
+
+// The memory columns every study reports: per-category peaks from the ledger, and the process's peak RSS.
+void record_memory(const MemoryLedger& ledger, RunRecord& record);
+
+}  // namespace lowmem

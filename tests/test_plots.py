@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Smoke test of plots/plot_results.py on small results files built here with h5py.
+
+usage: test_plots.py [LOWMEM_BINARY]  (the argument, passed by CTest to every script test, is ignored)
+Exits non-zero on the first failed check.
+"""
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+SCRIPT = Path(__file__).resolve().parent.parent / "plots" / "plot_results.py"
+FIGURES = ["train_loss", "drift_from_f64", "test_accuracy", "gradient_error"]
+
+
+def add_run(f, index, run_id, study, precision, curves=None, scalars=None):
+    """One run group laid out as lib/io/results_file.cpp writes it."""
+    g = f.create_group(f"runs/{run_id}")
+    g.attrs["config"] = json.dumps({"study": study, "precision": precision, "seed": 0})
+    g.attrs["status"] = "complete"
+    g.attrs["message"] = ""
+    g.attrs["index"] = np.int64(index)
+    g.attrs["label_keys"] = ["precision", "study"]
+    g.attrs["study"] = study
+    g.attrs["precision"] = precision
+    for key, value in (scalars or {}).items():
+        g.attrs[key] = float(value)
+    for key, values in (curves or {}).items():
+        g[f"curves/{key}"] = np.asarray(values, dtype=float)
+
+
+def add_summary(f):
+    runs = sorted(f["runs"].values(), key=lambda g: g.attrs["index"])
+    dtype = [("run_id", "S32"), ("status", "S16"), ("message", "S1"), ("precision", "S8"), ("study", "S16")]
+    f["summary"] = np.array([(g.name.split("/")[-1], "complete", "", g.attrs["precision"], g.attrs["study"])
+                             for g in runs], dtype=dtype)
+
+
+def run_script(*args):
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True)
+
+
+def check(condition, what):
+    if not condition:
+        print(f"FAILED: {what}")
+        sys.exit(1)
+    print(f"ok: {what}")
+
+
+def main():
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        steps = np.arange(50)
+        full = tmp / "full.h5"
+        with h5py.File(full, "w") as f:
+            f.attrs["format"] = "lowmem results 1"
+            for i, precision in enumerate(["f32", "bf16", "f16", "f64"]):
+                loss = 2.3 * np.exp(-steps / 20.0) + 0.1 + (0 if precision == "f64" else 1e-3 * (i + 1))
+                add_run(f, i, f"train-{precision}", "train", precision,
+                        curves={"train_loss": loss, "step": steps, "test_accuracy": [0.8, 0.85 + 0.01 * i]})
+            for i, (precision, err) in enumerate([("f16", 1e-3), ("bf16", 8e-3), ("f32", 1e-7), ("f64", 1e-15)]):
+                add_run(f, 10 + i, f"grad-{precision}", "gradient", precision, scalars={"grad_max_rel_error": err})
+            add_summary(f)
+        out = tmp / "out"
+        result = run_script(full, "--out", out)
+        check(result.returncode == 0, f"plot script exits 0 on a full file ({result.stderr.strip()})")
+        for name in FIGURES:
+            for ext in ("png", "pdf"):
+                path = out / f"{name}.{ext}"
+                check(path.is_file() and path.stat().st_size > 0, f"{path.name} written and non-empty")
+                check(str(path) in result.stdout, f"{path.name} path printed")
+
+        # Only one train run, no f64 and no gradient study: the missing figures are skipped, not fatal.
+        partial = tmp / "partial.h5"
+        with h5py.File(partial, "w") as f:
+            add_run(f, 0, "only", "train", "f32", curves={"train_loss": [2.0, 1.0, 0.5]})
+            add_summary(f)
+        result = run_script(partial, "--out", tmp / "partial_out")
+        check(result.returncode == 0, "plot script exits 0 on a partial file")
+        check((tmp / "partial_out" / "train_loss.png").stat().st_size > 0, "partial: train_loss.png written")
+        for name in ("drift_from_f64", "test_accuracy", "gradient_error"):
+            check(f"skipped: {name}:" in result.stdout, f"partial: {name} reported as skipped")
+
+        garbage = tmp / "garbage.h5"
+        garbage.write_bytes(b"not an HDF5 file at all")
+        result = run_script(garbage, "--out", tmp / "garbage_out")
+        check(result.returncode != 0 and "is not an HDF5 file" in result.stderr, "non-HDF5 file: clear error, exit != 0")
+        result = run_script(tmp / "missing.h5")
+        check(result.returncode != 0 and "does not exist" in result.stderr, "missing file: clear error, exit != 0")
+    print("test_plots: all checks passed")
+
+
+if __name__ == "__main__":
+    main()

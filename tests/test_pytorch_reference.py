@@ -1,0 +1,222 @@
+#!/usr/bin/env python3
+"""Independent check of lowmem's forward and backward pass against PyTorch.
+
+usage: test_pytorch_reference.py LOWMEM_BINARY
+
+For each model below, runs lowmem's "gradient" study (one forward + backward pass in training mode on the first
+train.batch examples) in f64 and f32, then rebuilds the same network in PyTorch in float64 from each run's own
+weights and input and compares: logits, loss (mean cross-entropy) and every parameter gradient, as
+relative error = max|lowmem - torch| / max|torch| per tensor. Tolerances: 1e-10 for the f64 run, 1e-4 for the
+f32 run. Also checks that
+  - the datasets under layers/ are exactly the parameters (and gradients) the config implies;
+  - the f32 run's weights are the f64 run's weights rounded once to float32 (bitwise);
+  - the comparison can fail: one gradient element perturbed by 1e-6 relative exceeds the f64 tolerance.
+The gradient of a bias feeding straight into batch norm is exactly zero in exact arithmetic; there only roundoff
+is left, so it is checked as max|lowmem - torch| / max|grad_weight of the same layer| instead.
+Exits non-zero on any failure.
+"""
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+TOLERANCE = {"f64": 1e-10, "f32": 1e-4}
+K = 5  # classes
+
+
+def conv(out, k, stride=1, pad=0, bias=True):
+    return {"type": "conv", "out": out, "kernel": k, "stride": stride, "pad": pad, "bias": bias}
+
+
+PLAIN_CNN = [conv(4, 3, pad=1), {"type": "batchnorm"}, {"type": "relu"},
+             conv(6, 3, stride=2, pad=1, bias=False), {"type": "batchnorm"}, {"type": "leaky_relu", "slope": 0.1},
+             {"type": "maxpool", "kernel": 2},
+             conv(5, 3, pad=1), {"type": "relu"}, {"type": "avgpool", "kernel": 2, "stride": 2},
+             {"type": "flatten"}, {"type": "linear", "out": 7}, {"type": "batchnorm"}, {"type": "relu"},
+             {"type": "linear", "out": K}]
+RESIDUAL_NET = [conv(4, 3, pad=1, bias=False), {"type": "batchnorm"}, {"type": "relu"},
+                {"type": "residual", "out": 4, "stride": 1}, {"type": "residual", "out": 8, "stride": 2},
+                {"type": "global_avgpool"}, {"type": "linear", "out": K}]
+CASES = {"plain_cnn": ([2, 16, 16], PLAIN_CNN), "residual_net": ([3, 8, 8], RESIDUAL_NET)}
+
+
+class BasicBlock(nn.Module):
+    """torchvision-style post-activation block; submodule names are lowmem's HDF5 names."""
+
+    def __init__(self, cin, out, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out)
+        self.conv2 = nn.Conv2d(out, out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out)
+        if stride != 1 or cin != out:
+            self.shortcut = nn.Conv2d(cin, out, 1, stride, 0, bias=False)
+            self.shortcut_bn = nn.BatchNorm2d(out)
+
+    def forward(self, x):
+        y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        s = self.shortcut_bn(self.shortcut(x)) if hasattr(self, "shortcut") else x
+        return F.relu(y + s)
+
+
+def make_layer(spec, shape):
+    """One torch module for one lowmem layer spec (lowmem's defaults applied); shape excludes the batch."""
+    t = spec["type"]
+    if t == "conv":
+        return nn.Conv2d(shape[0], spec["out"], spec["kernel"], spec.get("stride", 1), spec.get("pad", 0),
+                         bias=spec.get("bias", True))
+    if t == "linear":
+        return nn.Linear(shape[0], spec["out"], bias=spec.get("bias", True))
+    if t == "batchnorm":
+        bn = nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d
+        return bn(shape[0], eps=spec.get("eps", 1e-5), momentum=spec.get("momentum", 0.1))
+    if t == "residual":
+        return BasicBlock(shape[0], spec["out"], spec.get("stride", 1))
+    if t == "maxpool":
+        return nn.MaxPool2d(spec["kernel"], spec.get("stride", spec["kernel"]))
+    if t == "avgpool":
+        return nn.AvgPool2d(spec["kernel"], spec.get("stride", spec["kernel"]))
+    simple = {"relu": nn.ReLU(), "leaky_relu": nn.LeakyReLU(spec.get("slope", 0.01)), "flatten": nn.Flatten(),
+              "global_avgpool": nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())}
+    return simple[t]
+
+
+def build_model(config):
+    """nn.Sequential in float64, training mode, built from the config alone (not from the HDF5 shapes)."""
+    shape, layers = list(config["model"]["input"]), []
+    for spec in config["model"]["layers"]:
+        layers.append(make_layer(spec, shape).double().eval())
+        with torch.no_grad():
+            shape = list(layers[-1](torch.zeros(2, *shape, dtype=torch.float64)).shape[1:])
+    assert shape == [config["model"]["classes"]], f"model output {shape}"
+    return nn.Sequential(*layers).train()
+
+
+def zero_grad_biases(layers):
+    """HDF5 names of biases that feed directly into batch norm (their exact gradient is 0)."""
+    return {f"layers/{i}/bias" for i, spec in enumerate(layers[:-1])
+            if spec["type"] in ("conv", "linear") and spec.get("bias", True) and layers[i + 1]["type"] == "batchnorm"}
+
+
+def rel_err(a, b):
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+
+
+def reference(model, group):
+    """Loads the run's weights into model, runs forward+backward in float64; returns {name: torch value}."""
+    params = {f"layers/{n.replace('.', '/')}": p for n, p in model.named_parameters()}
+    stored = set()
+    group["layers"].visit(lambda n, g=group: stored.add(f"layers/{n}") if isinstance(g[f"layers/{n}"], h5py.Dataset) else None)
+    expected = set(params) | {n.rsplit("/", 1)[0] + "/grad_" + n.rsplit("/", 1)[1] for n in params}
+    assert stored == expected, f"HDF5 layers: missing {sorted(expected - stored)}, unexpected {sorted(stored - expected)}"
+    with torch.no_grad():
+        for name, p in params.items():
+            w = torch.from_numpy(group[name][()].astype(np.float64))
+            assert w.shape == p.shape, f"{name}: lowmem shape {tuple(w.shape)}, config implies {tuple(p.shape)}"
+            p.copy_(w)
+    model.zero_grad()
+    labels = group["labels"][()]
+    assert np.all(labels == np.round(labels)), "labels are not integers"
+    x = torch.from_numpy(group["input"][()].astype(np.float64))
+    logits = model(x)
+    loss = F.cross_entropy(logits, torch.from_numpy(labels.astype(np.int64)))
+    loss.backward()
+    out = {"logits": logits.detach().numpy(), "loss": loss.detach().numpy().reshape(1)}
+    for name, p in params.items():
+        prefix, leaf = name.rsplit("/", 1)
+        out[f"{prefix}/grad_{leaf}"] = p.grad.numpy()
+    return out
+
+
+def compare(group, ref, zero_biases):
+    """{tensor name: error} for logits, loss and every gradient (see the docstring for the zero-bias case)."""
+    errors = {}
+    for name, b in ref.items():
+        a = group[name][()]
+        assert a.shape == b.shape, f"{name}: shape {a.shape} vs torch {b.shape}"
+        prefix, _, leaf = name.rpartition("/")
+        if leaf.startswith("grad_") and f"{prefix}/{leaf[5:]}" in zero_biases:
+            errors[name + " (abs / |grad_weight|)"] = float(np.max(np.abs(a - b)) / np.max(np.abs(ref[f"{prefix}/grad_weight"])))
+        else:
+            errors[name] = rel_err(a, b)
+    return errors
+
+
+def run_lowmem(binary, tmp, name, input_shape, layers):
+    config = {"name": name, "study": "gradient", "seed": 3,
+              "model": {"input": input_shape, "classes": K, "layers": layers},
+              "data": {"dataset": "synthetic",
+                       "synthetic": {"count": 64, "test_count": 16, "shape": input_shape, "classes": K}},
+              "train": {"batch": 8, "optimizer": {"type": "sgd", "lr": 0.1}},
+              "gradient": {"reference": "none"}, "sweep": {"precision": ["f64", "f32"]}}
+    path, out = tmp / f"{name}.json", tmp / f"{name}.h5"
+    path.write_text(json.dumps(config))
+    r = subprocess.run([binary, "run", str(path), "--out", str(out), "--threads", "1", "--quiet"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, f"lowmem failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
+    return out
+
+
+def check_case(binary, tmp, name, input_shape, layers):
+    """Returns the number of failures for one model; prints every measured error."""
+    failures = 0
+    with h5py.File(run_lowmem(binary, tmp, name, input_shape, layers), "r") as f:
+        runs = {g.attrs["precision"]: g for g in f["runs"].values()}
+        assert sorted(runs) == ["f32", "f64"], f"runs: {sorted(runs)}"
+        for precision in ("f64", "f32"):
+            group, tol = runs[precision], TOLERANCE[precision]
+            assert group.attrs["status"] == "complete", f"{precision}: status {group.attrs['status']}"
+            config = json.loads(group.attrs["config"])
+            assert config["model"]["layers"] == layers, "resolved config differs from the one written"
+            ref = reference(build_model(config), group)
+            errors = compare(group, ref, zero_grad_biases(layers))
+            print(f"{name} {precision} (tolerance {tol:g}):")
+            for tensor, err in errors.items():
+                bad = not err <= tol
+                failures += bad
+                print(f"  {'FAIL' if bad else 'ok  '} {tensor:42s} {err:.3e}")
+            print(f"  max {max(errors.values()):.3e}")
+            if precision == "f64":  # self-check: the comparison must notice a 1e-6 relative change
+                name_w = next(n for n in ref if n.endswith("grad_weight"))
+                bumped = group[name_w][()].copy()
+                bumped.flat[np.argmax(np.abs(bumped))] *= 1 + 1e-6
+                err = rel_err(bumped, ref[name_w])
+                ok = err > tol
+                failures += not ok
+                print(f"  {'ok  ' if ok else 'FAIL'} self-check: {name_w} bumped by 1e-6 -> error {err:.3e} > {tol:g}")
+        w64, w32 = runs["f64"]["layers"], runs["f32"]["layers"]
+        names = []
+        w64.visit(lambda n: names.append(n) if isinstance(w64[n], h5py.Dataset) and "grad_" not in n else None)
+        mismatched = [n for n in names if not np.array_equal(np.float32(w64[n][()]), w32[n][()])]
+        failures += bool(mismatched)
+        print(f"  {'FAIL' if mismatched else 'ok  '} f32 weights == float32(f64 weights) for {len(names)} tensors"
+              + (f"; differ: {mismatched}" if mismatched else ""))
+    return failures
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    binary = str(Path(sys.argv[1]).resolve())
+    torch.set_num_threads(1)
+    failures = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (input_shape, layers) in CASES.items():
+            try:
+                failures += check_case(binary, Path(tmp), name, input_shape, layers)
+            except AssertionError as e:
+                print(f"FAIL {name}: {e}")
+                failures += 1
+    print("PASSED" if failures == 0 else f"FAILED: {failures} failure(s)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
