@@ -735,9 +735,11 @@ void append_run(const std::string& path, const RunRecord& run) {
         } else {
           fs::copy_file(path, tmp, fs::copy_options::overwrite_existing);
           out = open_existing(path, tmp, H5F_ACC_RDWR);
-          // The old /summary already holds every other run's row: no need to visit every run group.
-          rows = out.nameExists("summary") ? summary_rows(path, out.openDataSet("summary"))
-                                           : read_rows(out.openGroup("runs"));
+          // A /summary written by append_run (the counter says so) already holds every other run's row: no
+          // need to visit every run group.
+          const bool ours = in.attrExists(kAppendsAttr) && out.nameExists("summary");
+          rows = ours ? summary_rows(path, out.openDataSet("summary")) : read_rows(out.openGroup("runs"));
+          if (!out.attrExists("format")) put_string(out, "format", kFormat);
           if (out.openGroup("runs").nameExists(run.run_id)) out.openGroup("runs").unlink(run.run_id);
         }
       }
@@ -837,7 +839,7 @@ std::string format_table(const SummaryTable& t, const std::vector<std::string>& 
     return s;
   };
   auto is_number = [](const std::string& s) {
-    if (s == "-" ) return true;
+    if (s == "-") return true;
     char* end = nullptr;
     std::strtod(s.c_str(), &end);
     return !s.empty() && end && *end == '\0';

@@ -2,8 +2,9 @@
 // The HDF5 results file: one group per run under /runs, and a /summary table rebuilt after every run.
 // HDF5 headers stay out of this header on purpose (it is included widely); everything here is plain C++.
 //
-// Layout (a results file is also read by plots/plot_results.py and by h5py users):
-//   /                       attribute "format" = "lowmem results 1"
+// Layout (also read by plots/plot_results.py and by h5py users):
+//   /                       attributes: format = "lowmem results 1", next_index and appends_since_compaction
+//                           (int64, bookkeeping of append_run)
 //   /runs/<run_id>/         group; attributes: config, status, message (strings), index (int64, creation
 //                           order), label_keys (string array naming the label attributes), every label (string),
 //                           every scalar (float64), every provenance attribute (string)
@@ -12,9 +13,9 @@
 //   /summary                compound dataset, one row per run in creation order: run_id, status, message,
 //                           sorted label keys (fixed-length strings), sorted scalar keys (float64, NaN if absent)
 //
-// Crash safety: append_run never modifies the file in place. It copies the file, writes the copy, syncs it and
-// renames it over the original, so a process killed at any moment leaves either the old or the new file, both
-// complete. One writer per file at a time (calls within one process are serialized by a mutex).
+// Crash safety: append_run never modifies the file in place. It writes a new file beside it (a copy, edited)
+// and renames that over the original once complete and synced, so a process killed at any moment leaves the
+// old file or the new one, both whole. One writer per file at a time (calls in one process are serialized).
 #include <cstdint>
 #include <map>
 #include <string>

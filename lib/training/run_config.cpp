@@ -207,7 +207,8 @@ TrainSpec parse_train(ConfigReader r) {
   t.epochs = r.get_in("epochs", 1, 1, int_max);
   t.batch = r.get_in("batch", 64, 1, int_max);
   t.steps = r.get_in<std::int64_t>("steps", 0, 0, i64_max);
-  t.eval_batch = r.get_in("eval_batch", 500, 1, int_max);
+  t.eval_batch = r.get_in("eval_batch", t.batch, 1, int_max);  // default: the training batch, so that
+                                                                 // evaluation never sets the memory peak
   t.optimizer = parse_optimizer(r.object("optimizer"));
   if (auto s = r.optional_object("schedule")) t.schedule = parse_schedule(std::move(*s));
   r.finish();

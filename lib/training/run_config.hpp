@@ -57,7 +57,7 @@ struct TrainSpec {
   int epochs = 1;
   int batch = 64;
   std::int64_t steps = 0;  // stop after this many optimizer steps (0: run all epochs)
-  int eval_batch = 500;
+  int eval_batch = 64;  // default: equal to batch
   OptimizerSpec optimizer;
   ScheduleSpec schedule;
 };
