@@ -659,7 +659,9 @@ void validate(const std::string& path, const RunRecord& r) {
 std::string format_number(double v) {
   if (std::isnan(v)) return "-";
   char buf[32];
-  std::snprintf(buf, sizeof buf, "%.6g", v);
+  // Whole numbers (byte counts, steps) exactly: memory figures are compared to the byte.
+  if (v == std::floor(v) && std::fabs(v) < 9007199254740992.0) std::snprintf(buf, sizeof buf, "%.0f", v);
+  else std::snprintf(buf, sizeof buf, "%.6g", v);
   return buf;
 }
 
