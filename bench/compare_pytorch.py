@@ -98,7 +98,7 @@ def lowmem_ms(binary, precision, steps, threads, workdir):
         status = status.decode() if isinstance(status, bytes) else str(status)
         if status != "complete":
             raise RuntimeError(f"lowmem run {run_id} ({precision}) ended {status}: {run.attrs.get('message')}")
-        seconds = run["curves/step_seconds"][()]
+        seconds = [float(v) for v in run["curves/step_seconds"][()]]
     if len(seconds) != steps + WARMUP:
         raise RuntimeError(f"lowmem {precision}: expected {steps + WARMUP} steps, found {len(seconds)}")
     return 1000 * statistics.median(seconds[WARMUP:])

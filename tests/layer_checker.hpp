@@ -6,11 +6,9 @@
 #include <string>
 #include <vector>
 
-#include "layers/layer.hpp"
+#include "layer_cases.hpp"
 
 namespace lowmem::testing {
-
-template <class T> using LayerFactory = std::function<std::unique_ptr<Layer<T>>()>;
 
 struct GradientReport {
   std::string tensor;  // "input", "weight", "bias", ...

@@ -1,0 +1,55 @@
+#include "layer_cases.hpp"
+
+#include <cctype>
+
+#include "layers/activations.hpp"
+#include "layers/batchnorm.hpp"
+#include "layers/conv2d.hpp"
+#include "layers/linear.hpp"
+#include "layers/pooling.hpp"
+#include "layers/residual.hpp"
+
+namespace lowmem::testing {
+
+namespace {
+
+template <template <class> class L, class... Args> LayerCase make_case(std::string name, Shape input, Args... args) {
+  auto maker = [=]<class T>() -> LayerFactory<T> { return [=] { return std::make_unique<L<T>>(name, args...); }; };
+  return {name, input,
+          {maker.template operator()<float>(), maker.template operator()<double>(), maker.template operator()<f16>(),
+           maker.template operator()<bf16>(), maker.template operator()<mp>()}};
+}
+
+}  // namespace
+
+std::vector<LayerCase> all_layer_cases() {
+  return {
+      make_case<Conv2d>("conv 3x3 pad 1 bias", Shape{2, 2, 5, 5}, Conv2dSpec{2, 3, 3, 1, 1, true}),
+      make_case<Conv2d>("conv 3x3 stride 2 no bias", Shape{2, 3, 6, 5}, Conv2dSpec{3, 2, 3, 2, 1, false}),
+      make_case<Conv2d>("conv 1x1 stride 2", Shape{2, 2, 4, 4}, Conv2dSpec{2, 3, 1, 2, 0, true}),
+      make_case<Conv2d>("conv 5x5 stride 3 pad 2", Shape{3, 2, 7, 8}, Conv2dSpec{2, 2, 5, 3, 2, true}),
+      make_case<Linear>("linear", Shape{3, 7}, index_t{7}, index_t{4}, true),
+      make_case<Linear>("linear no bias", Shape{2, 5}, index_t{5}, index_t{3}, false),
+      make_case<LeakyRelu>("relu", Shape{2, 3, 4, 4}, 0.0),
+      make_case<LeakyRelu>("leaky_relu", Shape{2, 3, 4, 4}, 0.2),
+      make_case<MaxPool>("maxpool 2", Shape{2, 2, 6, 6}, index_t{2}, index_t{2}),
+      make_case<MaxPool>("maxpool 3 stride 2 (overlapping)", Shape{2, 2, 7, 7}, index_t{3}, index_t{2}),
+      make_case<AvgPool>("avgpool 2", Shape{2, 2, 6, 6}, index_t{2}, index_t{2}),
+      make_case<AvgPool>("avgpool 3 stride 2", Shape{1, 2, 7, 7}, index_t{3}, index_t{2}),
+      make_case<GlobalAvgPool>("global_avgpool", Shape{2, 3, 4, 5}),
+      make_case<BatchNorm>("batchnorm 2d", Shape{3, 2, 3, 3}, index_t{2}, 0.1, 1e-5),
+      make_case<BatchNorm>("batchnorm 1d", Shape{5, 4}, index_t{4}, 0.1, 1e-5),
+      make_case<Flatten>("flatten", Shape{2, 2, 3, 3}),
+      make_case<ResidualBlock>("residual identity", Shape{2, 2, 4, 4}, index_t{2}, index_t{2}, index_t{1}, 0.1, 1e-5),
+      make_case<ResidualBlock>("residual projection", Shape{2, 2, 6, 6}, index_t{2}, index_t{4}, index_t{2}, 0.1, 1e-5),
+  };
+}
+
+std::string test_name(const std::string& s) {
+  std::string out = s;
+  for (char& ch : out)
+    if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+  return out;
+}
+
+}  // namespace lowmem::testing

@@ -1,0 +1,30 @@
+#pragma once
+// The table of layers every generic check runs over: one entry per layer type and configuration, each able to
+// build its layer in any of the five precisions.
+#include <functional>
+#include <memory>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "layers/layer.hpp"
+
+namespace lowmem::testing {
+
+template <class T> using LayerFactory = std::function<std::unique_ptr<Layer<T>>()>;
+
+struct LayerCase {
+  std::string name;
+  Shape input;  // with the batch dimension first
+  std::tuple<LayerFactory<float>, LayerFactory<double>, LayerFactory<f16>, LayerFactory<bf16>, LayerFactory<mp>> makers;
+
+  template <class T> std::unique_ptr<Layer<T>> make() const { return std::get<LayerFactory<T>>(makers)(); }
+  template <class T> const LayerFactory<T>& factory() const { return std::get<LayerFactory<T>>(makers); }
+};
+
+std::vector<LayerCase> all_layer_cases();
+
+// gtest-friendly name: letters and digits only.
+std::string test_name(const std::string& s);
+
+}  // namespace lowmem::testing

@@ -1,0 +1,516 @@
+#!/usr/bin/env python3
+"""End-to-end tests of the lowmem command line (run / plan / show) on tiny configs.
+
+usage: test_cli.py LOWMEM_BINARY   (CTest passes the binary; env LOWMEM_SOURCE_DIR = repo root, unused here)
+
+Prints one line per check ("ok: ..." or "FAILED: ..." with the command, exit code and output) and exits
+non-zero if any check failed. Every config is tiny (synthetic 1x8x8 data, 3 steps), so the whole file runs in
+a few seconds.
+"""
+import copy
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+BINARY = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "build" / "lowmem")
+RUN_OPTS = ["--threads", "1", "--quiet"]
+CRASH_TEXT = ["Traceback", "terminate called", "Segmentation", "Aborted", "core dumped", "what():",
+              "AddressSanitizer", "runtime error:"]
+
+TINY = {
+    "name": "tiny",
+    "seed": 1,
+    "precision": "f32",
+    "model": {"input": [1, 8, 8], "classes": 3, "layers": [
+        {"type": "conv", "out": 4, "pad": 1}, {"type": "batchnorm"}, {"type": "relu"},
+        {"type": "maxpool", "kernel": 2}, {"type": "flatten"}, {"type": "linear", "out": 3}]},
+    "data": {"dataset": "synthetic", "synthetic": {"count": 64, "test_count": 16, "shape": [1, 8, 8], "classes": 3}},
+    "train": {"batch": 8, "steps": 3, "optimizer": {"type": "sgd", "lr": 0.05, "momentum": 0.9}},
+}
+
+PROVENANCE = ["git_commit", "git_dirty", "build_type", "compiler", "eigen_version", "boost_version", "hdf5_version",
+              "host", "threads", "seed", "start_time", "end_time"]
+SUMMARY_COLUMNS = ["run_id", "study", "precision", "status", "wall_seconds", "peak_bytes", "activation_peak_bytes",
+                   "final_train_loss", "test_accuracy"]
+# plan --json category -> run attribute
+MEMORY = {"weights": "weights_bytes", "gradients": "gradients_bytes", "optimizer_state": "optimizer_state_bytes",
+          "saved_activations": "activation_peak_bytes", "workspace": "workspace_peak_bytes"}
+
+failures = []
+TMP = None  # Path of the scratch directory
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# helpers
+
+def lowmem(*args, cwd=None, prefix=()):
+    cmd = [*prefix, str(BINARY), *map(str, args)]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=300, cwd=cwd)
+    except subprocess.TimeoutExpired as e:
+        p = subprocess.CompletedProcess(cmd, -999, e.stdout or "", (e.stderr or "") + "\n<timeout>")
+    p.cmdline = " ".join(cmd)
+    return p
+
+
+def describe(p):
+    return (f"\n    command: {p.cmdline}\n    exit code: {p.returncode}"
+            f"\n    stdout: {p.stdout.strip()[:1500]!r}\n    stderr: {p.stderr.strip()[:1500]!r}")
+
+
+def check(condition, what, detail=""):
+    if condition:
+        print(f"ok: {what}", flush=True)
+    else:
+        print(f"FAILED: {what}{detail}", flush=True)
+        failures.append(what)
+    return condition
+
+
+def skip(what, why):
+    print(f"skipped: {what} ({why})", flush=True)
+
+
+def config(tmp_name, changes=None, base=None):
+    """Writes a copy of `base` (TINY) changed by `changes(c)` to TMP/tmp_name; returns its path."""
+    c = copy.deepcopy(base if base is not None else TINY)
+    if changes:
+        changes(c)
+    path = TMP / tmp_name
+    path.write_text(json.dumps(c, indent=1))
+    return path
+
+
+def crash_free(p):
+    text = p.stdout + p.stderr
+    return p.returncode in (1, 2) and not any(t in text for t in CRASH_TEXT)
+
+
+def missing_words(text, words):
+    return [w for w in words if w not in text]
+
+
+def expect_error(what, p, code, words):
+    """Exit code `code` (1 or 2), a 'lowmem: ' line on stderr holding every word, no crash text."""
+    missing = missing_words(p.stderr, words)
+    ok = (p.returncode == code and crash_free(p) and not missing and p.stderr.startswith("lowmem: "))
+    detail = describe(p) + (f"\n    missing in stderr: {missing}" if missing else "") + f"\n    expected exit {code}"
+    return check(ok, what, detail)
+
+
+def run_messages(h5):
+    """(status, message) of each run of a results file, in run order."""
+    with h5py.File(h5, "r") as f:
+        runs = sorted(f["runs"].values(), key=lambda g: int(g.attrs["index"]))
+        return [(str(g.attrs["status"]), str(g.attrs["message"])) for g in runs]
+
+
+def expect_failed_run(what, cfg, words):
+    """A config that validates but whose run cannot be done (shape, data): lowmem run exits 1, records the run as
+    failed with a message holding `words`, and (an error) prints that message on stderr even with --quiet."""
+    out = TMP / (Path(cfg).stem + ".h5")
+    p = lowmem("run", cfg, "--out", out, *RUN_OPTS)
+    recorded = run_messages(out) if out.exists() else []
+    text = " | ".join(m for _, m in recorded)
+    missing = missing_words(text, words)
+    check(p.returncode == 1 and crash_free(p) and recorded and all(s == "failed" for s, _ in recorded)
+          and not missing,
+          f"run {what}: exit 1, run recorded as failed with a message naming {words}",
+          describe(p) + f"\n    recorded (status, message): {recorded}" + (f"\n    missing: {missing}" if missing else ""))
+    missing = missing_words(p.stderr, words)
+    check(p.returncode == 1 and not missing and "lowmem: " in p.stderr,
+          f"run {what}: the error message ({words}) is printed on stderr (\"lowmem: ...\") with --quiet",
+          describe(p) + (f"\n    missing in stderr: {missing}" if missing else ""))
+
+
+def sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def runs_of(h5):
+    """run_id -> attributes (dict) and curves, in run order."""
+    with h5py.File(h5, "r") as f:
+        out = {}
+        for g in sorted(f["runs"].values(), key=lambda g: int(g.attrs["index"])):
+            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in g.attrs.items()}
+            curves = {k: np.array(v) for k, v in g["curves"].items()} if "curves" in g else {}
+            out[g.name.split("/")[-1]] = (attrs, curves)
+        return out
+
+
+def plan_json(cfg, *extra):
+    p = lowmem("plan", cfg, "--json", *extra)
+    try:
+        return p, json.loads(p.stdout)
+    except ValueError:
+        return p, None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. bad input
+
+def idx_bytes(magic, dims, payload):
+    return struct.pack(">I", magic) + b"".join(struct.pack(">i", d) for d in dims) + payload
+
+
+def write_fashion_mnist(directory, n=10, truncate_train_images=False):
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for prefix in ("train", "t10k"):
+        pixels = rng.integers(0, 256, size=n * 28 * 28, dtype=np.uint8).tobytes()
+        labels = rng.integers(0, 10, size=n, dtype=np.uint8).tobytes()
+        if truncate_train_images and prefix == "train":
+            pixels = pixels[: 3 * 28 * 28 + 100]  # the header says 10 images, the payload holds 3.1
+        with gzip.open(directory / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(idx_bytes(0x803, [n, 28, 28], pixels))
+        with gzip.open(directory / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(idx_bytes(0x801, [n], labels))
+
+
+def fashion_model(c, data):
+    c["model"]["input"] = [1, 28, 28]
+    c["data"] = data
+    c["train"]["batch"] = 2
+
+
+def check_bad_input():
+    # Config errors: both plan and run reject the config before running anything.
+    cases = [
+        ("unknown key /train/bacth", lambda c: c["train"].update(bacth=8),
+         ["/train/bacth", "unknown key", '"batch"']),
+        ("wrong type: batch \"64\"", lambda c: c["train"].update(batch="64"),
+         ["/train/batch", "integer", '"64"']),
+        ("negative batch", lambda c: c["train"].update(batch=-3), ["/train/batch", ">= 1", "-3"]),
+        ("zero batch", lambda c: c["train"].update(batch=0), ["/train/batch", ">= 1", "got 0"]),
+        ("unknown layer type", lambda c: c["model"]["layers"][2].update(type="rleu"),
+         ["/model/layers/2", '"rleu"', '"relu"', '"conv"', '"linear"']),
+        ("unknown sweep path", lambda c: c.update(sweep={"train.optimiser.lr": [0.1, 0.01]}),
+         ["/sweep/train.optimiser.lr", '"train.optimiser"', '"train.optimizer"']),
+    ]
+    for i, (what, change, words) in enumerate(cases):
+        cfg = config(f"bad{i}.json", change)
+        expect_error(f"plan {what}: exit 1, message names {words}", lowmem("plan", cfg), 1, words)
+        out = TMP / f"bad{i}.h5"
+        p = lowmem("run", cfg, "--out", out, *RUN_OPTS)
+        expect_error(f"run {what}: exit 1, message names {words}", p, 1, words)
+        check(not out.exists(), f"run {what}: no results file created", describe(p))
+
+    # Shape errors: plan names the layer; run records a failed run.
+    shape_cases = [
+        ("linear directly after conv (no flatten)", lambda c: c["model"]["layers"].pop(4),
+         ["/model/layers/4", "linear", "flatten"]),
+        ("conv with a kernel larger than its input", lambda c: c["model"]["layers"][0].update(kernel=9, pad=0),
+         ["/model/layers/0", "conv", "kernel 9", "[1, 8, 8]"]),
+        ("conv after flatten (no channels)", lambda c: c["model"]["layers"].insert(5, {"type": "conv", "out": 4}),
+         ["/model/layers/5", "conv", "(channels, height, width)"]),
+    ]
+    for i, (what, change, words) in enumerate(shape_cases):
+        cfg = config(f"shape{i}.json", change)
+        expect_error(f"plan {what}: exit 1, message names {words}", lowmem("plan", cfg), 1, words)
+        expect_failed_run(what, cfg, words)
+
+    # Data errors (only `run` reads data).
+    cfg = config("nodata.json", lambda c: fashion_model(c, {"dataset": "fashion-mnist", "path": "/nonexistent/dir"}))
+    expect_failed_run("fashion-mnist in a missing directory", cfg, ["/nonexistent/dir", "dataset-fashion-mnist"])
+
+    fm = TMP / "fm-truncated"
+    write_fashion_mnist(fm, truncate_train_images=True)
+    cfg = config("truncated.json", lambda c: fashion_model(c, {"dataset": "fashion-mnist", "path": str(fm)}))
+    expect_failed_run("truncated IDX file", cfg, ["truncated", "train-images-idx3-ubyte.gz"])
+    # control: the same files, whole, load and train
+    fm_ok = TMP / "fm-ok"
+    write_fashion_mnist(fm_ok)
+    cfg = config("fm-ok.json", lambda c: fashion_model(c, {"dataset": "fashion-mnist", "path": str(fm_ok)}))
+    p = lowmem("run", cfg, "--out", TMP / "fm-ok.h5", *RUN_OPTS)
+    check(p.returncode == 0 and run_messages(TMP / "fm-ok.h5")[0][0] == "complete",
+          "control: the same IDX files untruncated train fine", describe(p))
+
+    cifar = TMP / "cifar"
+    cifar.mkdir()
+    (cifar / "data_batch_1.bin").write_bytes(bytes(3073 * 2 + 17))
+    (cifar / "test_batch.bin").write_bytes(bytes(3073 * 2))
+
+    def cifar_model(c):
+        c["model"]["input"] = [3, 32, 32]
+        c["data"] = {"dataset": "cifar10", "path": str(cifar)}
+        c["train"]["batch"] = 2
+    cfg = config("cifar.json", cifar_model)
+    expect_failed_run("corrupt CIFAR file (size not a multiple of 3073)", cfg,
+                      [str(cifar / "data_batch_1.bin"), "3073"])
+
+    # Invalid JSON: the message gives the line.
+    bad = TMP / "invalid.json"
+    bad.write_text('{\n  "name": "x",\n  "seed": 1,,\n  "precision": "f32"\n}\n')
+    for cmd in ("plan", "run"):
+        extra = ["--out", TMP / "invalid.h5", *RUN_OPTS] if cmd == "run" else []
+        expect_error(f"{cmd} invalid JSON: exit 1, message names the file and line 3",
+                     lowmem(cmd, bad, *extra), 1, ["invalid.json", "line 3", "JSON"])
+    missing_cfg = TMP / "no-such-config.json"
+    for cmd in ("plan", "run"):
+        extra = ["--out", TMP / "nocfg.h5", *RUN_OPTS] if cmd == "run" else []
+        expect_error(f"{cmd} missing config file: exit 1, message names it", lowmem(cmd, missing_cfg, *extra), 1,
+                     [str(missing_cfg)])
+
+    # Results path problems.
+    cfg = config("ok.json")
+    p = lowmem("run", cfg, "--out", "/nonexistent/x.h5", *RUN_OPTS)
+    expect_error("run --out /nonexistent/x.h5: exit 1, message names the directory", p, 1, ["/nonexistent", "x.h5"])
+    check(not Path("/nonexistent").exists(), "run --out /nonexistent/x.h5: nothing created", describe(p))
+    missing_dir = TMP / "missing-dir"
+    p = lowmem("run", cfg, "--out", missing_dir / "x.h5", *RUN_OPTS)
+    expect_error("run --out in a missing directory: exit 1, message names it", p, 1, [str(missing_dir), "not exist"])
+    check(not missing_dir.exists() and not list(TMP.glob("missing-dir*")),
+          "run --out in a missing directory: nothing created", describe(p))
+
+    ro = TMP / "readonly"
+    ro.mkdir()
+    ro.chmod(0o555)
+    prefix = ()
+    if os.geteuid() == 0 and os.access(ro, os.W_OK):
+        # root writes anywhere: try as user nobody instead (needs setpriv and a traversable scratch directory)
+        if shutil.which("setpriv"):
+            prefix = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+            TMP.chmod(0o755)
+            cfg.chmod(0o644)
+    if os.geteuid() == 0 and not prefix:
+        skip("run --out in an unwritable directory", "running as root without setpriv")
+    else:
+        p = lowmem("run", cfg, "--out", ro / "x.h5", *RUN_OPTS, prefix=prefix)
+        expect_error("run --out in an unwritable directory (0555): exit 1, message names the directory", p, 1,
+                     [str(ro), "not writable"])
+        check(not list(ro.iterdir()), "run --out in an unwritable directory: nothing created", describe(p))
+    ro.chmod(0o755)
+
+    # An existing results file is never overwritten.
+    x = TMP / "x.h5"
+    p1 = lowmem("run", cfg, "--out", x, *RUN_OPTS)
+    check(p1.returncode == 0 and x.exists(), "run --out x.h5: exit 0, x.h5 written", describe(p1))
+    before = sha256(x)
+    p2 = lowmem("run", cfg, "--out", x, *RUN_OPTS)
+    x2 = TMP / "x.2.h5"
+    check(p2.returncode == 0 and x2.exists() and str(x) in p2.stderr and str(x2) in p2.stderr
+          and "exists" in p2.stderr and str(x2) in p2.stdout,
+          "run twice with the same --out: writes x.2.h5 and says so on stderr", describe(p2))
+    check(sha256(x) == before, "run twice with the same --out: the first file is byte-for-byte unchanged")
+
+    # show on bad files.
+    corrupt = TMP / "corrupt.h5"
+    corrupt.write_bytes(b"this is not an HDF5 file\n" * 100)
+    expect_error("show on a corrupt results file: exit 1, message names the file",
+                 lowmem("show", corrupt), 1, [str(corrupt), "not an HDF5 file"])
+    half = TMP / "half.h5"
+    half.write_bytes(x.read_bytes()[: x.stat().st_size // 2])
+    p = lowmem("show", half)
+    expect_error("show on a truncated results file: exit 1, message names the file", p, 1, [str(half)])
+    nofile = TMP / "no-such-file.h5"
+    expect_error("show on a missing file: exit 1, message names it", lowmem("show", nofile), 1,
+                 [str(nofile), "does not exist"])
+    expect_error("show --sort on an unknown column: exit 1", lowmem("show", x, "--sort", "bogus"), 1, ['"bogus"'])
+
+    # Usage errors.
+    for cmd, extra in (("run", ["--out", TMP / "u.h5", *RUN_OPTS]), ("plan", []), ("show", [])):
+        target = x if cmd == "show" else cfg
+        expect_error(f"{cmd} --bogus: exit 2, unknown option named", lowmem(cmd, target, *extra, "--bogus"), 2,
+                     ["unknown option --bogus"])
+    p = lowmem("run", cfg, "--out", TMP / "t0.h5", "--threads", "0", "--quiet")
+    expect_error("run --threads 0: exit 2, message names --threads and 0", p, 2, ["--threads", '"0"'])
+    check(not (TMP / "t0.h5").exists(), "run --threads 0: no results file created")
+    expect_error("unknown command: exit 2", lowmem("frobnicate"), 2, ['"frobnicate"'])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. determinism
+
+def check_determinism():
+    cfg = config("det.json", lambda c: c.update(sweep={"precision": ["f32", "f16"]}))
+    a, b = TMP / "det-a.h5", TMP / "det-b.h5"
+    pa = lowmem("run", cfg, "--out", a, *RUN_OPTS)
+    pb = lowmem("run", cfg, "--out", b, *RUN_OPTS)
+    if not check(pa.returncode == 0 and pb.returncode == 0, "determinism: both runs exit 0", describe(pa) + describe(pb)):
+        return
+    ra, rb = runs_of(a), runs_of(b)
+    check(list(ra) == list(rb) and len(ra) == 2, f"determinism: identical run ids in both files ({list(ra)}, {list(rb)})")
+    for run_id in ra:
+        if run_id not in rb:
+            continue
+        prec = ra[run_id][0]["precision"]
+        la, lb = ra[run_id][1].get("train_loss"), rb[run_id][1].get("train_loss")
+        check(la is not None and lb is not None and la.dtype == lb.dtype and la.tobytes() == lb.tobytes(),
+              f"determinism {prec}: train_loss curves bit-identical", f"\n    {la!r}\n    {lb!r}")
+        ta, tb = ra[run_id][0].get("test_accuracy"), rb[run_id][0].get("test_accuracy")
+        check(ta is not None and ta == tb, f"determinism {prec}: test_accuracy identical ({ta}, {tb})")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. plan predicts memory exactly
+
+def check_plan_matches_run(name, cfg):
+    p, plan = plan_json(cfg)
+    if not check(p.returncode == 0 and isinstance(plan, list), f"{name}: plan --json exits 0 and prints a list",
+                 describe(p)):
+        return
+    out = TMP / (cfg.stem + ".h5")
+    r = lowmem("run", cfg, "--out", out, *RUN_OPTS)
+    if not check(r.returncode == 0, f"{name}: run exits 0", describe(r)):
+        return
+    runs = runs_of(out)
+    check([e["run_id"] for e in plan] == list(runs), f"{name}: run ids of plan and run match",
+          f"\n    plan {[e['run_id'] for e in plan]}\n    run  {list(runs)}")
+    for entry in plan:
+        if entry["run_id"] not in runs:
+            continue
+        attrs = runs[entry["run_id"]][0]
+        prec = entry["precision"]
+        mismatches = []
+        if attrs.get("peak_bytes") != entry["predicted_peak_bytes"]:
+            mismatches.append(f"peak: predicted {entry['predicted_peak_bytes']}, measured {attrs.get('peak_bytes')}")
+        for category, attr in MEMORY.items():
+            predicted = entry["predicted_bytes"].get(category)
+            if attrs.get(attr) != predicted:
+                mismatches.append(f"{category}: predicted {predicted}, measured {attr} = {attrs.get(attr)}")
+        check(not mismatches and attrs.get("status") == "complete",
+              f"{name} {prec}: predicted peak and every category equal the measured bytes exactly",
+              f"\n    run {entry['run_id']} status {attrs.get('status')}: " + "; ".join(mismatches))
+
+
+def check_plan():
+    cfg = config("plan.json", lambda c: c.update(sweep={"precision": ["f32", "f16", "bf16", "f64"]}))
+    check_plan_matches_run("plan vs run", cfg)
+    cfg = config("plan-mp.json", lambda c: (c.update(precision="mp"), c["train"].update(steps=1)))
+    check_plan_matches_run("plan vs run (steps 1)", cfg)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. results file contents
+
+def check_results_file():
+    h5 = TMP / "det-a.h5"
+    if not h5.exists():
+        check(False, "results file: det-a.h5 exists")
+        return
+    runs = runs_of(h5)
+    for run_id, (attrs, curves) in runs.items():
+        check(attrs.get("status") == "complete", f"results {run_id}: status complete (got {attrs.get('status')})")
+        try:
+            parsed = json.loads(attrs["config"])
+            ok = isinstance(parsed, dict) and parsed.get("precision") == attrs.get("precision")
+        except (KeyError, ValueError):
+            ok = False
+        check(ok, f"results {run_id}: config attribute parses as JSON and matches the run's precision")
+        missing = [k for k in PROVENANCE if k not in attrs or str(attrs[k]) == ""]
+        check(not missing, f"results {run_id}: provenance attributes present", f"\n    missing or empty: {missing}")
+        check(str(attrs.get("threads")) == "1" and str(attrs.get("seed")) == "1",
+              f"results {run_id}: threads and seed recorded (threads={attrs.get('threads')}, seed={attrs.get('seed')})")
+        check("train_loss" in curves and len(curves["train_loss"]) == 3,
+              f"results {run_id}: curves/train_loss has 3 steps")
+    with h5py.File(h5, "r") as f:
+        ok = "summary" in f and f["summary"].dtype.names is not None
+        names = list(f["summary"].dtype.names) if ok else []
+        missing = [c for c in SUMMARY_COLUMNS if c not in names]
+        check(ok and not missing, "results: /summary is a compound dataset with the standard columns",
+              f"\n    columns {names}, missing {missing}")
+        if ok and "run_id" in names:
+            rows = f["summary"][:]
+            ids = [r.decode() if isinstance(r, bytes) else str(r) for r in rows["run_id"]]
+            check(len(rows) == len(runs) and ids == list(runs), f"results: /summary has one row per run ({ids})")
+    p = lowmem("show", h5)
+    check(p.returncode == 0 and all(r in p.stdout for r in runs) and not p.stderr,
+          "show FILE: exit 0, lists every run id", describe(p))
+    p = lowmem("show", h5, "--sort", "peak_bytes")
+    lines = [l for l in p.stdout.splitlines() if any(r in l for r in runs)]
+    order = [next(r for r in runs if r in l) for l in lines]
+    expected = sorted(runs, key=lambda r: runs[r][0]["peak_bytes"])
+    check(p.returncode == 0 and order == expected, "show --sort peak_bytes: exit 0, rows in increasing peak_bytes",
+          describe(p) + f"\n    expected order {expected}")
+    p = lowmem("show", h5, "--columns", "run_id,peak_bytes")
+    check(p.returncode == 0 and p.stdout.splitlines()[0].split() == ["run_id", "peak_bytes"],
+          "show --columns run_id,peak_bytes: exactly those columns", describe(p))
+    if shutil.which("h5dump"):
+        d = subprocess.run(["h5dump", "-H", str(h5)], capture_output=True, text=True, errors="replace")
+        check(d.returncode == 0, "h5dump -H FILE exits 0", f"\n    exit {d.returncode}: {d.stderr[:500]}")
+    else:
+        skip("h5dump -H FILE", "h5dump not installed")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 5. divergence
+
+def check_divergence():
+    for precision in ("f32", "f16"):
+        cfg = config(f"diverge-{precision}.json",
+                     lambda c: c.update(precision=precision, sweep={"train.optimizer.lr": [1e6, 0.01]}))
+        out = TMP / f"diverge-{precision}.h5"
+        p = lowmem("run", cfg, "--out", out, *RUN_OPTS)
+        if not check(p.returncode == 0 and out.exists(), f"diverge {precision}: run exits 0", describe(p)):
+            continue
+        runs = runs_of(out)
+        statuses = [(a["status"], a["message"], json.loads(a["config"])["train"]["optimizer"]["lr"],
+                     list(c.get("train_loss", []))) for a, c in runs.values()]
+        check(len(statuses) == 2 and statuses[0][2] == 1e6 and statuses[0][0] == "diverged" and statuses[0][1],
+              f"diverge {precision}: lr 1e6 recorded as \"diverged\" with a message",
+              f"\n    (status, message, lr, train_loss) = {statuses[0] if statuses else None}")
+        check(len(statuses) == 2 and statuses[1][2] == 0.01 and statuses[1][0] == "complete",
+              f"diverge {precision}: the sweep goes on, lr 0.01 complete",
+              f"\n    {statuses[1] if len(statuses) > 1 else None}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 6. --set
+
+def check_set():
+    cfg = config("set.json")
+    p, plan = plan_json(cfg, "--set", "train.batch=4")
+    check(p.returncode == 0 and plan and plan[0]["config"]["train"]["batch"] == 4,
+          "plan --set train.batch=4: the resolved config has batch 4", describe(p))
+    out = TMP / "set.h5"
+    p = lowmem("run", cfg, "--out", out, "--set", "train.batch=4", "--set", "train.optimizer.lr=0.02", *RUN_OPTS)
+    if check(p.returncode == 0, "run --set train.batch=4 --set train.optimizer.lr=0.02: exit 0", describe(p)):
+        (attrs, _), = runs_of(out).values()
+        c = json.loads(attrs["config"])
+        check(c["train"]["batch"] == 4 and c["train"]["optimizer"]["lr"] == 0.02,
+              "run --set: config attribute has train.batch 4 and lr 0.02", f"\n    train = {c['train']}")
+    p = lowmem("plan", cfg, "--set", "train.bacth=4")
+    expect_error("plan --set train.bacth=4: exit 1, unknown key with suggestion", p, 1, ["/train/bacth", '"batch"'])
+    p = lowmem("plan", cfg, "--set", "train.optimiser.lr=3")
+    expect_error("plan --set train.optimiser.lr=3: exit 1, path does not exist, suggestion", p, 1,
+                 ['"train.optimiser"', '"train.optimizer"'])
+
+
+def main():
+    global TMP
+    start = time.monotonic()
+    if not BINARY.exists():
+        print(f"FAILED: lowmem binary {BINARY} not found")
+        return 1
+    with tempfile.TemporaryDirectory(prefix="lowmem-test-cli-") as tmp:
+        TMP = Path(tmp)
+        for section in (check_bad_input, check_determinism, check_plan, check_results_file, check_divergence,
+                        check_set):
+            try:
+                section()
+            except Exception as e:  # a broken section must not hide the others
+                check(False, f"{section.__name__} raised {type(e).__name__}: {e}")
+        # restore permissions so the temporary directory can be removed
+        for d in TMP.rglob("*"):
+            if d.is_dir():
+                d.chmod(0o755)
+    print(f"{len(failures)} check(s) failed in {time.monotonic() - start:.1f} s" if failures
+          else f"all checks passed in {time.monotonic() - start:.1f} s")
+    for f in failures:
+        print(f"  failed: {f}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
