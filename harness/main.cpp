@@ -42,11 +42,12 @@ Runs every run of CONFIG (its "sweep" expanded) and appends each finished run to
   --quiet            no progress lines
 )";
 
-const char* plan_help = R"(usage: lowmem plan CONFIG.json [--set path.to.key=value ...] [--json]
+const char* plan_help = R"(usage: lowmem plan CONFIG.json [--set path.to.key=value ...] [--threads N] [--json]
 
 Validates CONFIG and lists its runs (id, study, precision, model) with the memory each will need, by
 category: weights, gradients, optimizer state, saved activations and workspace, and their peak total.
   --set PATH=VALUE   as for run
+  --threads N        as for run: convolution workspace grows with the thread count (default: all cores)
   --json             print a JSON list instead of a table
 )";
 
@@ -130,14 +131,15 @@ int parse_threads(const std::string& text) {
   return static_cast<int>(n);
 }
 
+unsigned all_cores() { return std::max(1u, std::thread::hardware_concurrency()); }
+
 int command_run(int argc, char** argv) {
   const Args args(argc, argv, {"--out", "--set", "--threads"}, {"--quiet"});
   if (args.help) return std::cout << run_help, 0;
   if (args.positional.empty()) throw UsageError("run needs a CONFIG.json");
   const auto runs = plan_runs(args.positional, args.all("--set"));
   RunOptions options;
-  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  options.threads = parse_threads(args.get("--threads", std::to_string(cores)));
+  options.threads = parse_threads(args.get("--threads", std::to_string(all_cores())));
   options.out = args.get("--out", "results/" + runs.front().parsed.name + ".h5");
   options.quiet = args.has("--quiet");
   std::string written;
@@ -148,9 +150,10 @@ int command_run(int argc, char** argv) {
 }
 
 int command_plan(int argc, char** argv) {
-  const Args args(argc, argv, {"--set"}, {"--json"});
+  const Args args(argc, argv, {"--set", "--threads"}, {"--json"});
   if (args.help) return std::cout << plan_help, 0;
   if (args.positional.empty()) throw UsageError("plan needs a CONFIG.json");
+  set_threads(parse_threads(args.get("--threads", std::to_string(all_cores()))));
   const auto runs = plan_runs(args.positional, args.all("--set"));
   std::cout << (args.has("--json") ? plan_json(runs) : plan_table(runs));
   return 0;

@@ -16,6 +16,7 @@
 #include "io/sweep.hpp"
 #include "provenance.hpp"
 #include "study.hpp"
+#include "training/model_factory.hpp"
 
 namespace lowmem {
 
@@ -34,12 +35,25 @@ std::vector<PlannedRun> plan_runs(const std::string& config_file, const std::vec
   std::map<std::string, std::size_t> seen;
   for (nlohmann::json& resolved : expand_sweep(config, config_file)) {
     PlannedRun run{run_id(resolved), resolved, parse_run_config(resolved, config_file)};
+    validate_model(run.parsed, config_file);
     if (auto [it, fresh] = seen.emplace(run.id, runs.size()); !fresh)
       throw Error(config_file + ": /sweep: runs " + std::to_string(it->second + 1) + " and " +
                   std::to_string(runs.size() + 1) + " are the same config (a sweep value is repeated)");
     runs.push_back(std::move(run));
   }
   return runs;
+}
+
+void validate_model(const RunConfig& run, const std::string& config_file) {
+  // Shapes are checked while the model is built; a dry-run ledger keeps this free of real allocations.
+  MemoryLedger ledger;
+  ledger.set_dry_run(true);
+  MemoryLedger::Scope scope(ledger);
+  try {
+    build_model<float>(run.model);
+  } catch (const Error& e) {
+    throw Error(config_file + ": " + e.what());
+  }
 }
 
 void set_threads(int threads) {
@@ -75,6 +89,8 @@ int run_all(const std::vector<PlannedRun>& runs, const RunOptions& options, std:
   if (!out.note.empty()) std::cerr << "lowmem: " << out.note << "\n";
   results_path = out.path;
   set_threads(options.threads);
+  // Every data set the sweep needs, before any run: a missing or corrupt file stops the sweep at once.
+  for (const PlannedRun& run : runs) cached_data(run);
   int failed = 0;
   // On a terminal a live progress line; otherwise (logs, CI) one plain line per run.
   const bool terminal = isatty(STDERR_FILENO) != 0;
@@ -121,6 +137,8 @@ int run_all(const std::vector<PlannedRun>& runs, const RunOptions& options, std:
         line += " peak " + human_bytes(it->second);
       if (!record.message.empty()) line += ": " + record.message;
       std::cerr << line_start << line << line_clear << "\n";
+    } else if (record.status == "failed") {
+      std::cerr << "lowmem: run " << run.id << " failed: " << record.message << "\n";
     }
   }
   return failed;

@@ -31,6 +31,10 @@ struct RunOptions {
 // (runs already committed stay in the file).
 int run_all(const std::vector<PlannedRun>& runs, const RunOptions& options, std::string& results_path);
 
+// Builds the run's model (without allocating it) so that a layer whose input shape does not fit is reported, with
+// the layer's config path, before any work starts.
+void validate_model(const RunConfig& run, const std::string& config_file);
+
 // Sets the thread count for Eigen and OpenMP.
 void set_threads(int threads);
 

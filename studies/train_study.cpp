@@ -52,10 +52,12 @@ void train(const RunConfig& config, const DataSplit& data, RunRecord& record, co
       steps.push_back(static_cast<double>(step));
       losses.push_back(loss);
       rates.push_back(lr);
-      if (!std::isfinite(loss)) {
+      if (!std::isfinite(loss) || (spec.diverge_loss > 0 && loss > spec.diverge_loss)) {
         record.status = "diverged";
-        record.message = "training loss became " + std::string(std::isnan(loss) ? "NaN" : "infinite") + " at step " +
-                         std::to_string(step);
+        char value[64];
+        std::snprintf(value, sizeof value, "%.6g", loss);
+        record.message = "training loss became " + std::string(value) + " at step " + std::to_string(step) +
+                         (std::isfinite(loss) ? " (above train.diverge_loss)" : "");
         ++step;
         break;
       }

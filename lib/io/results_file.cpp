@@ -820,9 +820,6 @@ std::string format_table(const SummaryTable& t, const std::vector<std::string>& 
                           "activation_peak_bytes", "final_train_loss", "test_accuracy"}) {
       if (position(c) < t.columns.size()) chosen.push_back(position(c));
     }
-    for (std::size_t i = 0; i < t.columns.size(); ++i) {
-      if (std::find(chosen.begin(), chosen.end(), i) == chosen.end()) chosen.push_back(i);
-    }
   } else {
     for (const auto& c : columns) {
       if (position(c) == t.columns.size()) {

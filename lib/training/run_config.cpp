@@ -1,5 +1,6 @@
 #include "training/run_config.hpp"
 
+#include <cmath>
 #include <limits>
 #include <nlohmann/json.hpp>
 
@@ -202,13 +203,14 @@ DataSpec parse_data(ConfigReader r) {
   return d;
 }
 
-TrainSpec parse_train(ConfigReader r) {
+TrainSpec parse_train(ConfigReader r, int classes) {
   TrainSpec t;
   t.epochs = r.get_in("epochs", 1, 1, int_max);
   t.batch = r.get_in("batch", 64, 1, int_max);
   t.steps = r.get_in<std::int64_t>("steps", 0, 0, i64_max);
   t.eval_batch = r.get_in("eval_batch", t.batch, 1, int_max);  // default: the training batch, so that
                                                                  // evaluation never sets the memory peak
+  t.diverge_loss = r.get_in("diverge_loss", 100.0 * std::log(static_cast<double>(classes)), 0.0, inf);
   t.optimizer = parse_optimizer(r.object("optimizer"));
   if (auto s = r.optional_object("schedule")) t.schedule = parse_schedule(std::move(*s));
   r.finish();
@@ -240,7 +242,7 @@ RunConfig parse_run_config(const nlohmann::json& config, const std::string& file
       r.fail("data", "synthetic shape/classes must match model input " + c.model.input.str() + " and classes " +
                          std::to_string(c.model.classes));
   }
-  c.train = parse_train(r.object("train"));
+  c.train = parse_train(r.object("train"), c.model.classes);
   if (auto g = r.optional_object("gradient")) {
     c.gradient_reference = g->get_choice("reference", "mp", {"mp", "f64", "none"});
     g->finish();

@@ -58,6 +58,9 @@ struct TrainSpec {
   int batch = 64;
   std::int64_t steps = 0;  // stop after this many optimizer steps (0: run all epochs)
   int eval_batch = 64;  // default: equal to batch
+  // A run has diverged when its loss is NaN or infinite, or exceeds this (default 100 ln(classes): the model then
+  // gives the true class a probability below e^-100 on average; 0 = only NaN/Inf).
+  double diverge_loss = 0;
   OptimizerSpec optimizer;
   ScheduleSpec schedule;
 };
