@@ -4,29 +4,17 @@
 
 namespace lowmem {
 
-namespace {
-
-Shape pooled_shape(const std::string& label, const Shape& in, index_t k, index_t s) {
-  expect_rank(label, in, 3);
-  if (in[1] < k || in[2] < k)
-    shape_error(label, "window " + std::to_string(k) + " is larger than the input " + in.str());
-  return Shape{in[0], (in[1] - k) / s + 1, (in[2] - k) / s + 1};
-}
-
-}  // namespace
-
-template <class T>
-MaxPool<T>::MaxPool(std::string label, index_t kernel, index_t stride)
-    : Layer<T>(std::move(label)), kernel_(kernel), stride_(stride) {}
-
-template <class T> Shape MaxPool<T>::output_shape(const Shape& in) const {
-  return pooled_shape(this->label(), in, kernel_, stride_);
+template <class T> Shape Pool2d<T>::output_shape(const Shape& in) const {
+  expect_rank(this->label(), in, 3);
+  if (in[1] < kernel_ || in[2] < kernel_)
+    shape_error(this->label(), "window " + std::to_string(kernel_) + " is larger than the input " + in.str());
+  return Shape{in[0], (in[1] - kernel_) / stride_ + 1, (in[2] - kernel_) / stride_ + 1};
 }
 
 template <class T> Tensor<T> MaxPool<T>::forward(const Tensor<T>& x, const RunContext& ctx) {
   input_shape_ = x.shape();
   const index_t planes = x.dim(0) * x.dim(1), h = x.dim(2), w = x.dim(3);
-  const Shape out = pooled_shape(this->label(), Shape{x.dim(1), h, w}, kernel_, stride_);
+  const Shape out = this->output_shape(Shape{x.dim(1), h, w});
   const index_t ho = out[1], wo = out[2];
   Tensor<T> y(Shape{x.dim(0), x.dim(1), ho, wo}, MemoryCategory::workspace);
   Tensor<std::int32_t> argmax;
@@ -65,18 +53,10 @@ template <class T> Tensor<T> MaxPool<T>::backward(const Tensor<T>& dy, const Run
   return dx;
 }
 
-template <class T>
-AvgPool<T>::AvgPool(std::string label, index_t kernel, index_t stride)
-    : Layer<T>(std::move(label)), kernel_(kernel), stride_(stride) {}
-
-template <class T> Shape AvgPool<T>::output_shape(const Shape& in) const {
-  return pooled_shape(this->label(), in, kernel_, stride_);
-}
-
 template <class T> Tensor<T> AvgPool<T>::forward(const Tensor<T>& x, const RunContext& ctx) {
   input_shape_ = x.shape();
   const index_t planes = x.dim(0) * x.dim(1), h = x.dim(2), w = x.dim(3);
-  const Shape out = pooled_shape(this->label(), Shape{x.dim(1), h, w}, kernel_, stride_);
+  const Shape out = this->output_shape(Shape{x.dim(1), h, w});
   const index_t ho = out[1], wo = out[2];
   Tensor<T> y(Shape{x.dim(0), x.dim(1), ho, wo}, MemoryCategory::workspace);
   using W = wide_t<T>;
@@ -146,6 +126,7 @@ template <class T> Tensor<T> GlobalAvgPool<T>::backward(const Tensor<T>& dy, con
   return dx;
 }
 
+LOWMEM_INSTANTIATE_FOR_PRECISIONS(Pool2d)
 LOWMEM_INSTANTIATE_FOR_PRECISIONS(MaxPool)
 LOWMEM_INSTANTIATE_FOR_PRECISIONS(AvgPool)
 LOWMEM_INSTANTIATE_FOR_PRECISIONS(GlobalAvgPool)
