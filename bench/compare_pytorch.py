@@ -4,7 +4,7 @@
 usage: /usr/bin/python3 bench/compare_pytorch.py --lowmem build/lowmem [--threads N] [--steps S] [--json]
 
 For each precision (f32, bf16, f16, f64), in this order and alternating so both share the machine's noise:
-  (a) PyTorch: the reference CNN in that dtype (model.to(dtype)), SGD momentum 0.9, batch 64 of random data,
+  (a) PyTorch: the reference CNN (configs/reference-cnn.json's layers if present) in that dtype (model.to(dtype)), SGD momentum 0.9, batch 64 of random data,
       torch.set_num_threads(N); median wall time of S steps after 3 warm-up steps. A dtype PyTorch's CPU kernels
       lack (float16 in 1.13) is reported as n/a.
   (b) lowmem: `lowmem run CFG --out TMP.h5 --threads N --quiet` on a "train" study of the same network on
@@ -33,7 +33,9 @@ PRECISIONS = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16
 TARGET_VS_PYTORCH = 3.0  # lowmem f32 / pytorch f32
 TARGET_16BIT = 2.0       # lowmem f16 or bf16 / lowmem f32
 
-# The reference CNN as lowmem layers (input 1x28x28, 10 classes); torch_model() builds the same network.
+# The reference CNN (input 1x28x28, 10 classes): configs/reference-cnn.json's layer list when that file exists,
+# else this copy of it. torch_model() builds the same network from whichever list is used.
+REFERENCE_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "reference-cnn.json"
 LAYERS = [
     {"type": "conv", "out": 32, "kernel": 3, "pad": 1}, {"type": "batchnorm"}, {"type": "relu"},
     {"type": "conv", "out": 32, "kernel": 3, "pad": 1}, {"type": "batchnorm"}, {"type": "relu"},
@@ -43,23 +45,54 @@ LAYERS = [
     {"type": "maxpool", "kernel": 2},
     {"type": "flatten"}, {"type": "linear", "out": 10},
 ]
+INPUT = [1, 28, 28]
 
 
-def torch_model():
-    def block(cin, cout):
-        return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
-    return nn.Sequential(*block(1, 32), *block(32, 32), nn.MaxPool2d(2),
-                         *block(32, 64), *block(64, 64), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Linear(64 * 7 * 7, 10))
+def reference_layers():
+    if REFERENCE_CONFIG.exists():
+        model = json.loads(REFERENCE_CONFIG.read_text())["model"]
+        if model.get("input", INPUT) == INPUT and "layers" in model:
+            return model["layers"]
+    return LAYERS
 
 
-def pytorch_ms(dtype, steps):
+def torch_model(layers):
+    """The lowmem layer list as a torch.nn.Sequential (lowmem's defaults for omitted keys)."""
+    (c, h, w), features, modules = INPUT, None, []
+    for s in layers:
+        t = s["type"]
+        if t == "conv":
+            k, stride, pad = s.get("kernel", 3), s.get("stride", 1), s.get("pad", 0)
+            modules.append(nn.Conv2d(c, s["out"], k, stride, pad, bias=s.get("bias", True)))
+            c, h, w = s["out"], (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+        elif t == "batchnorm":
+            n, bn = (c, nn.BatchNorm2d) if features is None else (features, nn.BatchNorm1d)
+            modules.append(bn(n, eps=s.get("eps", 1e-5), momentum=s.get("momentum", 0.1)))
+        elif t == "relu":
+            modules.append(nn.ReLU())
+        elif t == "maxpool":
+            k = s.get("kernel", 2)
+            stride = s.get("stride", k)
+            modules.append(nn.MaxPool2d(k, stride))
+            h, w = (h - k) // stride + 1, (w - k) // stride + 1
+        elif t == "flatten":
+            modules.append(nn.Flatten())
+            features = c * h * w
+        elif t == "linear":
+            modules.append(nn.Linear(features, s["out"], bias=s.get("bias", True)))
+            features = s["out"]
+        else:
+            raise ValueError(f"layer type {t!r} is not supported by compare_pytorch.py")
+    return nn.Sequential(*modules)
+
+
+def pytorch_ms(layers, dtype, steps):
     """Median ms per training step, or None if PyTorch cannot train in this dtype on the CPU."""
     torch.manual_seed(0)
-    model = torch_model().to(dtype)
+    model = torch_model(layers).to(dtype)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
-    x = torch.randn(BATCH, 1, 28, 28).to(dtype)
+    x = torch.randn(BATCH, *INPUT).to(dtype)
     y = torch.randint(0, 10, (BATCH,))
     times = []
     try:
@@ -76,11 +109,11 @@ def pytorch_ms(dtype, steps):
     return 1000 * statistics.median(times[WARMUP:])
 
 
-def lowmem_ms(binary, precision, steps, threads, workdir):
+def lowmem_ms(binary, layers, precision, steps, threads, workdir):
     """Median ms per training step of a lowmem train run; raises RuntimeError if the run fails."""
     config = {
         "name": f"compare-{precision}", "study": "train", "precision": precision, "seed": 0,
-        "model": {"input": [1, 28, 28], "classes": 10, "layers": LAYERS},
+        "model": {"input": INPUT, "classes": 10, "layers": layers},
         "data": {"dataset": "synthetic", "synthetic": {"count": BATCH * (steps + WARMUP), "test_count": BATCH}},
         "train": {"batch": BATCH, "steps": steps + WARMUP,
                   "optimizer": {"type": "sgd", "lr": 0.01, "momentum": 0.9}},
@@ -126,11 +159,12 @@ def main():
     binary = str(Path(args.lowmem).resolve())
     torch.set_num_threads(args.threads)
 
+    layers = reference_layers()
     rows = {}
     with tempfile.TemporaryDirectory(prefix="lowmem-compare-") as tmp:
         for q in precisions:  # interleaved: pytorch q, lowmem q, next precision
-            torch_time = pytorch_ms(PRECISIONS[q], args.steps)
-            lowmem_time = lowmem_ms(binary, q, args.steps, args.threads, Path(tmp))
+            torch_time = pytorch_ms(layers, PRECISIONS[q], args.steps)
+            lowmem_time = lowmem_ms(binary, layers, q, args.steps, args.threads, Path(tmp))
             rows[q] = {"pytorch_ms": torch_time, "lowmem_ms": lowmem_time,
                        "lowmem_over_pytorch": ratio(lowmem_time, torch_time)}
 

@@ -55,7 +55,7 @@ const char* show_help = R"(usage: lowmem show FILE.h5 [--columns a,b,c] [--sort 
 
 Prints the summary table of a results file, one row per run.
   --columns a,b,c    columns to show, in order (default: run_id, study, precision, status, wall_seconds,
-                     peak_bytes, activation_peak_bytes, final_train_loss, test_accuracy)
+                     peak_bytes, activation_peak_bytes, final_train_loss, test_accuracy, message)
   --sort COLUMN      sort rows by this column (numerically where it can)
   --all              every column
 )";

@@ -34,11 +34,13 @@ std::vector<PlannedRun> plan_runs(const std::string& config_file, const std::vec
   std::vector<PlannedRun> runs;
   std::map<std::string, std::size_t> seen;
   for (nlohmann::json& resolved : expand_sweep(config, config_file)) {
-    PlannedRun run{run_id(resolved), resolved, parse_run_config(resolved, config_file)};
+    nlohmann::json effective;
+    RunConfig parsed = parse_run_config(resolved, config_file, &effective);
+    PlannedRun run{run_id(effective), effective, std::move(parsed)};
     validate_model(run.parsed, config_file);
     if (auto [it, fresh] = seen.emplace(run.id, runs.size()); !fresh)
       throw Error(config_file + ": /sweep: runs " + std::to_string(it->second + 1) + " and " +
-                  std::to_string(runs.size() + 1) + " are the same config (a sweep value is repeated)");
+                  std::to_string(runs.size() + 1) + " are the same config (a sweep value is repeated, or is the default)");
     runs.push_back(std::move(run));
   }
   return runs;

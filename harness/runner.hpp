@@ -11,7 +11,7 @@ namespace lowmem {
 
 struct PlannedRun {
   std::string id;          // stable: derived from the resolved config
-  nlohmann::json config;   // resolved (sweep applied, no "sweep" key)
+  nlohmann::json config;   // resolved: sweep applied and every default filled in
   RunConfig parsed;
 };
 

@@ -165,9 +165,15 @@ std::string json_pointer_token(const std::string& key) {
   return out;
 }
 
-ConfigReader::ConfigReader(const json& object, std::string path, std::string file)
-    : object_(&object), path_(std::move(path)), file_(std::move(file)) {
+ConfigReader::ConfigReader(const json& object, std::string path, std::string file, json* effective)
+    : object_(&object), effective_(effective), path_(std::move(path)), file_(std::move(file)) {
   if (!object.is_object()) fail("", "expected an object, got " + show(object));
+  if (effective_ && !effective_->is_object()) *effective_ = json::object();
+}
+
+template <class T> const T& ConfigReader::record(const std::string& key, const T& value) const {
+  if (effective_) (*effective_)[key] = value;
+  return value;
 }
 
 std::string ConfigReader::where(const std::string& key) const {
@@ -191,34 +197,36 @@ const json& ConfigReader::need(const std::string& key) const {
 
 bool ConfigReader::has(const std::string& key) const { return object_->contains(key); }
 void ConfigReader::allow(const std::string& key) { declared_.insert(key); }
-const json& ConfigReader::raw(const std::string& key) const { return need(key); }
+const json& ConfigReader::raw(const std::string& key) const { return record(key, need(key)); }
 
-template <ConfigScalar T> T ConfigReader::required(const std::string& key) { return convert<T>(need(key), where(key)); }
+template <ConfigScalar T> T ConfigReader::required(const std::string& key) {
+  return record(key, convert<T>(need(key), where(key)));
+}
 
 template <ConfigScalar T> T ConfigReader::get(const std::string& key, const T& fallback) {
   const json* v = find(key);
-  return v ? convert<T>(*v, where(key)) : fallback;
+  return record(key, v ? convert<T>(*v, where(key)) : fallback);
 }
 
 template <ConfigNumber T> T ConfigReader::required_in(const std::string& key, T lo, T hi) {
   const json& v = need(key);
   const T x = convert<T>(v, where(key));
   if (x < lo || x > hi) fail(key, "expected " + kind_in(lo, hi) + ", got " + show(v));
-  return x;
+  return record(key, x);
 }
 
 template <ConfigNumber T> T ConfigReader::get_in(const std::string& key, const T& fallback, T lo, T hi) {
   declared_.insert(key);
-  return has(key) ? required_in(key, lo, hi) : fallback;
+  return has(key) ? required_in(key, lo, hi) : record(key, fallback);
 }
 
 template <ConfigScalar T> std::vector<T> ConfigReader::get_list(const std::string& key, const std::vector<T>& fallback) {
   const json* v = find(key);
-  if (!v) return fallback;
+  if (!v) return record(key, fallback);
   if (!v->is_array()) fail(key, "expected a list of " + kind<T>(true) + ", got " + show(*v));
   std::vector<T> out;
   for (std::size_t i = 0; i < v->size(); ++i) out.push_back(convert<T>((*v)[i], where(key) + "/" + std::to_string(i)));
-  return out;
+  return record(key, out);
 }
 
 std::string ConfigReader::choice(const std::string& key, const json& v, const std::vector<std::string>& choices) const {
@@ -231,16 +239,17 @@ std::string ConfigReader::choice(const std::string& key, const json& v, const st
 std::string ConfigReader::get_choice(const std::string& key, const std::string& fallback,
                                      const std::vector<std::string>& choices) {
   const json* v = find(key);
-  return v ? choice(key, *v, choices) : fallback;
+  return record(key, v ? choice(key, *v, choices) : fallback);
 }
 
 std::string ConfigReader::required_choice(const std::string& key, const std::vector<std::string>& choices) {
-  return choice(key, need(key), choices);
+  return record(key, choice(key, need(key), choices));
 }
 
 ConfigReader ConfigReader::object(const std::string& key) {
   const json& v = need(key);
-  return ConfigReader(v, path_ + "/" + json_pointer_token(key), file_);
+  json* sub = effective_ ? &((*effective_)[key] = json::object()) : nullptr;
+  return ConfigReader(v, path_ + "/" + json_pointer_token(key), file_, sub);
 }
 
 std::optional<ConfigReader> ConfigReader::optional_object(const std::string& key) {
@@ -249,12 +258,24 @@ std::optional<ConfigReader> ConfigReader::optional_object(const std::string& key
   return object(key);
 }
 
+ConfigReader ConfigReader::object_or_empty(const std::string& key) {
+  static const json empty = json::object();
+  allow(key);
+  if (has(key)) return object(key);
+  json* sub = effective_ ? &((*effective_)[key] = json::object()) : nullptr;
+  return ConfigReader(empty, path_ + "/" + json_pointer_token(key), file_, sub);
+}
+
 std::vector<ConfigReader> ConfigReader::object_list(const std::string& key) {
   const json& v = need(key);
   if (!v.is_array()) fail(key, "expected a list of objects, got " + show(v));
+  json* list = effective_ ? &((*effective_)[key] = json::array()) : nullptr;
+  if (list)
+    for (std::size_t i = 0; i < v.size(); ++i) list->push_back(json::object());  // sized first: pointers stay valid
   std::vector<ConfigReader> out;
   for (std::size_t i = 0; i < v.size(); ++i)
-    out.emplace_back(v[i], path_ + "/" + json_pointer_token(key) + "/" + std::to_string(i), file_);
+    out.emplace_back(v[i], path_ + "/" + json_pointer_token(key) + "/" + std::to_string(i), file_,
+                     list ? &(*list)[i] : nullptr);
   return out;
 }
 

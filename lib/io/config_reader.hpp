@@ -28,8 +28,10 @@ concept ConfigNumber = std::same_as<T, int> || std::same_as<T, std::int64_t> || 
 class ConfigReader {
  public:
   // Holds a reference to `object`: the json must outlive the reader (hence no temporaries). Throws unless it is an object.
-  ConfigReader(const nlohmann::json& object, std::string path, std::string file);
-  ConfigReader(nlohmann::json&&, std::string, std::string) = delete;
+  // effective: if given, every value read (as written, or the default used) is recorded there at the same path,
+  // so that after parsing it holds the config with every default filled in.
+  ConfigReader(const nlohmann::json& object, std::string path, std::string file, nlohmann::json* effective = nullptr);
+  ConfigReader(nlohmann::json&&, std::string, std::string, nlohmann::json* = nullptr) = delete;
 
   // Integers accept an integral float (2.0) but not 2.5 or "3"; double accepts integers; no other conversions.
   template <ConfigScalar T> T required(const std::string& key);
@@ -45,6 +47,7 @@ class ConfigReader {
   void allow(const std::string& key);      // declares a key that is read elsewhere
   ConfigReader object(const std::string& key);
   std::optional<ConfigReader> optional_object(const std::string& key);  // absent -> nullopt; null is an error
+  ConfigReader object_or_empty(const std::string& key);  // absent -> an empty object (its defaults get recorded)
   std::vector<ConfigReader> object_list(const std::string& key);        // paths ".../layers/3"
   const nlohmann::json& raw(const std::string& key) const;              // required; declares the key
 
@@ -62,7 +65,10 @@ class ConfigReader {
   const nlohmann::json& need(const std::string& key) const;  // declares; "missing required key" if absent
   std::string choice(const std::string& key, const nlohmann::json& value, const std::vector<std::string>& choices) const;
 
+  template <class T> const T& record(const std::string& key, const T& value) const;
+
   const nlohmann::json* object_;
+  nlohmann::json* effective_;
   std::string path_, file_;
   mutable std::set<std::string> declared_;  // mutable: raw() is const yet declares
 };

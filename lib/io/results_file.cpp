@@ -817,7 +817,7 @@ std::string format_table(const SummaryTable& t, const std::vector<std::string>& 
   std::vector<std::size_t> chosen;
   if (columns.empty()) {
     for (const char* c : {"run_id", "study", "precision", "status", "wall_seconds", "peak_bytes",
-                          "activation_peak_bytes", "final_train_loss", "test_accuracy"}) {
+                          "activation_peak_bytes", "final_train_loss", "test_accuracy", "message"}) {
       if (position(c) < t.columns.size()) chosen.push_back(position(c));
     }
   } else {

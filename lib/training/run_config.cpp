@@ -183,11 +183,10 @@ DataSpec parse_data(ConfigReader r) {
   d.train_limit = r.get_in<std::int64_t>("train_limit", 0, 0, i64_max);
   d.test_limit = r.get_in<std::int64_t>("test_limit", 0, 0, i64_max);
   d.normalize = r.get("normalize", true);
-  if (auto a = r.optional_object("augment")) {
-    d.augment.flip = a->get("flip", false);
-    d.augment.crop_pad = a->get_in("crop_pad", 0, 0, 64);
-    a->finish();
-  }
+  ConfigReader augment = r.object_or_empty("augment");
+  d.augment.flip = augment.get("flip", false);
+  d.augment.crop_pad = augment.get_in("crop_pad", 0, 0, 64);
+  augment.finish();
   if (auto s = r.optional_object("synthetic")) {
     if (d.dataset != "synthetic") s->fail("", "only valid with \"dataset\": \"synthetic\"");
     d.synthetic.count = s->get_in<std::int64_t>("count", 1000, 1, i64_max);
@@ -212,15 +211,15 @@ TrainSpec parse_train(ConfigReader r, int classes) {
                                                                  // evaluation never sets the memory peak
   t.diverge_loss = r.get_in("diverge_loss", 100.0 * std::log(static_cast<double>(classes)), 0.0, inf);
   t.optimizer = parse_optimizer(r.object("optimizer"));
-  if (auto s = r.optional_object("schedule")) t.schedule = parse_schedule(std::move(*s));
+  t.schedule = parse_schedule(r.object_or_empty("schedule"));
   r.finish();
   return t;
 }
 
 }  // namespace
 
-RunConfig parse_run_config(const nlohmann::json& config, const std::string& file) {
-  ConfigReader r(config, "", file);
+RunConfig parse_run_config(const nlohmann::json& config, const std::string& file, nlohmann::json* effective) {
+  ConfigReader r(config, "", file, effective);
   RunConfig c;
   c.name = r.get<std::string>("name", "run");
   c.study = r.get_choice("study", "train", {"train", "gradient"});
@@ -243,10 +242,9 @@ RunConfig parse_run_config(const nlohmann::json& config, const std::string& file
                          std::to_string(c.model.classes));
   }
   c.train = parse_train(r.object("train"), c.model.classes);
-  if (auto g = r.optional_object("gradient")) {
-    c.gradient_reference = g->get_choice("reference", "mp", {"mp", "f64", "none"});
-    g->finish();
-  }
+  ConfigReader gradient = r.object_or_empty("gradient");
+  c.gradient_reference = gradient.get_choice("reference", "mp", {"mp", "f64", "none"});
+  gradient.finish();
   r.allow("sweep");
   r.allow("zip");
   r.finish();

@@ -79,6 +79,7 @@ struct RunConfig {
 };
 
 // Validates one resolved config (no "sweep" left). Throws lowmem::Error "<file>: <json pointer>: <problem>".
-RunConfig parse_run_config(const nlohmann::json& config, const std::string& file);
+// effective: if given, receives the config with every default filled in (what the run really used).
+RunConfig parse_run_config(const nlohmann::json& config, const std::string& file, nlohmann::json* effective = nullptr);
 
 }  // namespace lowmem
