@@ -166,8 +166,24 @@ def fig_gradient(runs, ax):
     ax.set_title("Gradient error against the multiprecision reference")
 
 
+def fig_gradient_by_layer(runs, ax):
+    """Relative error of each layer's gradients against the reference, per precision, in forward order."""
+    found = [r for r in runs if r["study"] == "gradient" and "gradient_error" in r["group"]]
+    if not found:
+        raise Skip("no run with study 'gradient' and gradient_error/relative")
+    for r, label in zip(found, legend_labels(found)):
+        errors = np.asarray(r["group"]["gradient_error/relative"][()], dtype=float)
+        ax.plot(np.arange(len(errors)), positive(errors), marker="o", label=label)
+        names = [text(n) for n in r["group"]["gradient_error/layers"][()]]
+    ax.set_xticks(np.arange(len(names)), [n.replace("layers/", "") for n in names])
+    ax.set_yscale("log")
+    ax.set_xlabel("layer (index in model.layers, forward order)")
+    ax.set_ylabel("||g - g_ref|| / ||g_ref|| (dimensionless)")
+    ax.set_title("Gradient error per layer against the reference")
+
+
 FIGURES = [("train_loss", fig_loss), ("drift_from_f64", fig_drift), ("test_accuracy", fig_accuracy),
-           ("gradient_error", fig_gradient)]
+           ("gradient_error", fig_gradient), ("gradient_error_by_layer", fig_gradient_by_layer)]
 
 
 def main():
