@@ -4,9 +4,9 @@
 usage: /usr/bin/python3 bench/compare_pytorch.py --lowmem build/lowmem [--threads N] [--steps S] [--json]
 
 For each precision (f32, bf16, f16, f64), in this order and alternating so both share the machine's noise:
-  (a) PyTorch: the reference CNN (configs/reference-cnn.json's layers if present) in that dtype (model.to(dtype)), SGD momentum 0.9, batch 64 of random data,
-      torch.set_num_threads(N); median wall time of S steps after 3 warm-up steps. A dtype PyTorch's CPU kernels
-      lack (float16 in 1.13) is reported as n/a.
+  (a) PyTorch: the reference CNN (the layers of configs/reference-cnn.json if present) in that dtype
+      (model.to(dtype)), SGD momentum 0.9, batch 64 of random data, torch.set_num_threads(N); median wall time
+      of S steps after 3 warm-up steps. A dtype PyTorch's CPU kernels lack (float16 in 1.13) is reported as n/a.
   (b) lowmem: `lowmem run CFG --out TMP.h5 --threads N --quiet` on a "train" study of the same network on
       synthetic data for S + 3 steps; median of /runs/<id>/curves/step_seconds without the first 3.
 Prints ms/step for both and lowmem/pytorch, then the two ratios the project tracks:

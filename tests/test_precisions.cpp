@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "layer_cases.hpp"
+#include "tensor/compute.hpp"
 #include "training/trainer.hpp"
 
 namespace lowmem {
@@ -47,6 +48,27 @@ TEST(Conversion, RoundToMatchesNearestEvenOnRandomAndNearTieValues) {
     const double x = static_cast<double>(base) + std::ldexp(rng.uniform(-1.0, 1.0), -30 - static_cast<int>(rng.below(20)));
     ASSERT_EQ(Eigen::numext::bit_cast<std::uint16_t>(round_to<f16>(x)), Eigen::numext::bit_cast<std::uint16_t>(nearest_by_search<f16>(x))) << x;
     ASSERT_EQ(Eigen::numext::bit_cast<std::uint16_t>(round_to<bf16>(x)), Eigen::numext::bit_cast<std::uint16_t>(nearest_by_search<bf16>(x))) << x;
+  }
+}
+
+// The vectorised span conversion (F16C where available) must round exactly like the scalar conversion point.
+TEST(Conversion, SpanConversionMatchesRoundTo) {
+  Rng rng(13);
+  std::vector<float> values;
+  for (int i = 0; i < 100003; ++i) {  // odd length: the scalar tail is used too
+    const float base = static_cast<float>(rng.uniform(-70000.0, 70000.0) * std::ldexp(1.0, -static_cast<int>(rng.below(30))));
+    values.push_back(i % 3 == 0 ? std::nextafter(base, 0.0f) : base);
+  }
+  std::vector<f16> halves(values.size());
+  std::vector<bf16> brains(values.size());
+  convert(values.data(), halves.data(), static_cast<index_t>(values.size()));
+  convert(values.data(), brains.data(), static_cast<index_t>(values.size()));
+  std::vector<float> back(values.size());
+  convert(halves.data(), back.data(), static_cast<index_t>(values.size()));
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    ASSERT_EQ(Eigen::numext::bit_cast<std::uint16_t>(halves[i]), Eigen::numext::bit_cast<std::uint16_t>(round_to<f16>(values[i])));
+    ASSERT_EQ(Eigen::numext::bit_cast<std::uint16_t>(brains[i]), Eigen::numext::bit_cast<std::uint16_t>(round_to<bf16>(values[i])));
+    ASSERT_EQ(back[i], static_cast<float>(halves[i]));
   }
 }
 

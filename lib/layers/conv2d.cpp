@@ -106,13 +106,22 @@ template <class T> Tensor<T> Conv2d<T>::forward(const Tensor<T>& x, const RunCon
     const Tensor<G> w = in_compute_type<G>(weight_.value);
     Tensor<G> cols(Shape{threads, K, P}, MemoryCategory::workspace);
     Tensor<G> out(Shape{threads, cout, P}, MemoryCategory::workspace);
+    // 16-bit storage with float compute: each image is widened once (vectorised), not every column entry.
+    Tensor<G> widened;
+    if constexpr (!std::is_same_v<G, T>) widened = Tensor<G>(Shape{threads, image}, MemoryCategory::workspace);
     if (cols.is_dry() || x.is_dry()) return;
     const ConstMatrixMap<G> W(w.data(), cout, K);
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (index_t s = 0; s < n; ++s) {
       G* my_cols = cols.data() + omp_get_thread_num() * K * P;
       G* my_out = out.data() + omp_get_thread_num() * cout * P;
-      im2col(x.data() + s * image, g, my_cols);
+      if constexpr (std::is_same_v<G, T>) {
+        im2col(x.data() + s * image, g, my_cols);
+      } else {
+        G* my_image = widened.data() + omp_get_thread_num() * image;
+        convert(x.data() + s * image, my_image, image);
+        im2col(my_image, g, my_cols);
+      }
       MatrixMap<G>(my_out, cout, P).noalias() = W * ConstMatrixMap<G>(my_cols, K, P);
       if (spec_.bias)
         for (index_t c = 0; c < cout; ++c) {
@@ -148,9 +157,14 @@ template <class T> Tensor<T> Conv2d<T>::backward(const Tensor<T>& dy, const RunC
       const int t = omp_get_thread_num();
       G *my_cols = cols.data() + t * K * P, *my_dout = dout.data() + t * cout * P;
       G *my_dbias = dbias.data() + t * cout, *my_dimage = dimage.data() + t * image;
-      for (index_t i = 0; i < cout * P; ++i) my_dout[i] = round_to<G>(dy[s * cout * P + i]);
+      convert(dy.data() + s * cout * P, my_dout, cout * P);
       const ConstMatrixMap<G> dY(my_dout, cout, P);
-      im2col(x.data() + s * image, g, my_cols);
+      if constexpr (std::is_same_v<G, T>) {
+        im2col(x.data() + s * image, g, my_cols);
+      } else {  // widen the image once, in the buffer that col2im uses below
+        convert(x.data() + s * image, my_dimage, image);
+        im2col(my_dimage, g, my_cols);
+      }
       MatrixMap<G>(dweight.data() + t * cout * K, cout, K).noalias() += dY * ConstMatrixMap<G>(my_cols, K, P).transpose();
       for (index_t c = 0; c < cout; ++c)
         for (index_t p = 0; p < P; ++p)
