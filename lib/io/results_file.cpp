@@ -271,16 +271,10 @@ struct Row {
   RunRecord run;  // without datasets
 };
 
-RunRecord without_datasets(const RunRecord& run) {
-  RunRecord r;
-  r.run_id = run.run_id;
-  r.config_json = run.config_json;
-  r.status = run.status;
-  r.message = run.message;
-  r.labels = run.labels;
-  r.scalars = run.scalars;
-  r.attributes = run.attributes;
-  return r;
+RunRecord without_datasets(RunRecord run) {
+  run.arrays.clear();
+  run.string_arrays.clear();
+  return run;
 }
 
 void sort_rows(std::vector<Row>& rows) {
