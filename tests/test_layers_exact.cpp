@@ -1,0 +1,122 @@
+// Small hand-computed cases: what the generic checks cannot see (running statistics, evaluation mode, model
+// factory structure, memory kept for backward).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+#include "io/error.hpp"
+#include "layers/batchnorm.hpp"
+#include "layers/conv2d.hpp"
+#include "training/model_factory.hpp"
+#include "training/trainer.hpp"
+
+namespace lowmem {
+namespace {
+
+TEST(BatchNormExact, RunningStatisticsAndEvaluationModeFollowPyTorch) {
+  BatchNorm<double> bn("bn", 1, 0.1, 1e-5);
+  Rng rng(0);
+  bn.initialize(rng);
+  Tensor<double> x(Shape{4, 1}, MemoryCategory::workspace);
+  for (int i = 0; i < 4; ++i) x[i] = i + 1;  // mean 2.5, biased variance 1.25, unbiased 5/3
+  const Tensor<double> y = bn.forward(x, RunContext{true, Accumulate::f32});
+  EXPECT_NEAR(y[0], (1 - 2.5) / std::sqrt(1.25 + 1e-5), 1e-15);
+  EXPECT_DOUBLE_EQ(bn.running_mean()[0], 0.1 * 2.5);
+  EXPECT_DOUBLE_EQ(bn.running_var()[0], 0.9 * 1.0 + 0.1 * (5.0 / 3.0));
+  const Tensor<double> z = bn.forward(x, RunContext{false, Accumulate::f32});
+  for (int i = 0; i < 4; ++i)
+    EXPECT_NEAR(z[i], (x[i] - 0.25) / std::sqrt(0.9 + 0.1 * 5.0 / 3.0 + 1e-5), 1e-15);
+}
+
+TEST(ConvExact, HandComputedStrideAndPadding) {
+  // 1 channel 3x3 input 1..9, kernel of ones 2x2, stride 2, pad 1: windows see {1}, {2,3}, {4,7}, {5,6,8,9}.
+  Conv2d<double> conv("conv", Conv2dSpec{1, 1, 2, 2, 1, true});
+  conv.params()[0]->value.fill(1.0);
+  conv.params()[1]->value.fill(0.5);
+  Tensor<double> x(Shape{1, 1, 3, 3}, MemoryCategory::workspace);
+  for (int i = 0; i < 9; ++i) x[i] = i + 1;
+  const Tensor<double> y = conv.forward(x, RunContext{});
+  ASSERT_EQ(y.shape(), (Shape{1, 1, 2, 2}));
+  EXPECT_EQ(y[0], 1 + 0.5);
+  EXPECT_EQ(y[1], 2 + 3 + 0.5);
+  EXPECT_EQ(y[2], 4 + 7 + 0.5);
+  EXPECT_EQ(y[3], 5 + 6 + 8 + 9 + 0.5);
+}
+
+ModelSpec resnet_spec(int depth, int widen, int base) {
+  const nlohmann::json config = {
+      {"model", {{"arch", "resnet"}, {"depth", depth}, {"widen", widen}, {"base_width", base}, {"input", {3, 32, 32}}}},
+      {"data", {{"dataset", "synthetic"}, {"synthetic", {{"shape", {3, 32, 32}}}}}},
+      {"train", {{"optimizer", {{"lr", 0.1}}}}}};
+  return parse_run_config(config, "").model;
+}
+
+TEST(ModelFactory, WideResNet28x2HasTheParametersItsStructureImplies) {
+  // Stem conv 3->16 (432) + BN (32); stages of 4 blocks at widths 32, 64, 128 (strides 1, 2, 2); each stage's
+  // first block has a 1x1 projection + BN. Stage 1: 14,528 + 3 x 18,560; stage 2: 57,728 + 3 x 73,984;
+  // stage 3: 230,144 + 3 x 295,424; linear 128->10: 1,290. Total 1,468,058 (the paper's WRN-28-2: 1.5M).
+  MemoryLedger ledger;
+  ledger.set_dry_run(true);
+  MemoryLedger::Scope scope(ledger);
+  Sequential<float> model = build_model<float>(resnet_spec(28, 2, 16));
+  EXPECT_EQ(model.parameter_count(), 1468058);
+  EXPECT_EQ(model.size(), 3u + 12u + 2u);  // stem, 12 residual blocks, pool + linear
+  EXPECT_EQ(model.output_shape(), (Shape{10}));
+  // Reduced width (WRN-16-4 at base width 4) is expressible and builds.
+  EXPECT_EQ(build_model<float>(resnet_spec(16, 4, 4)).size(), 3u + 6u + 2u);
+}
+
+TEST(ModelFactory, ResNetDepthMustBe6nPlus4) {
+  try {
+    resnet_spec(20, 1, 16);
+    FAIL() << "depth 20 accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("/model/depth"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("6 n + 4"), std::string::npos) << e.what();
+  }
+}
+
+// What the reference CNN keeps for backward, by hand: each conv keeps its input, each BN its input and two
+// per-channel float vectors, each ReLU its output (shared with the next conv or pool: counted once), each max
+// pool int32 positions, the linear layer its input (shared with flatten's view of the pool output), the loss its
+// probabilities. Peak of saved activations = all of it at once, at the end of the forward pass.
+TEST(MemoryExact, ReferenceCnnSavedActivationsByHand) {
+  const nlohmann::json config = {
+      {"model",
+       {{"input", {1, 28, 28}},
+        {"layers",
+         {{{"type", "conv"}, {"out", 32}, {"pad", 1}}, {{"type", "batchnorm"}}, {{"type", "relu"}},
+          {{"type", "conv"}, {"out", 32}, {"pad", 1}}, {{"type", "batchnorm"}}, {{"type", "relu"}},
+          {{"type", "maxpool"}},
+          {{"type", "conv"}, {"out", 64}, {"pad", 1}}, {{"type", "batchnorm"}}, {{"type", "relu"}},
+          {{"type", "conv"}, {"out", 64}, {"pad", 1}}, {{"type", "batchnorm"}}, {{"type", "relu"}},
+          {{"type", "maxpool"}}, {{"type", "flatten"}}, {{"type", "linear"}, {"out", 10}}}}}},
+      {"data", {{"dataset", "synthetic"}}},
+      {"train", {{"batch", 2}, {"optimizer", {{"lr", 0.1}}}}}};
+  const RunConfig run = parse_run_config(config, "");
+  MemoryLedger ledger;
+  ledger.set_dry_run(true);
+  Trainer<float> trainer(run, ledger);
+  trainer.forward_backward(trainer.empty_batch(2), std::vector<std::int32_t>(2, 0));
+  const std::size_t n = 2, f = 4;
+  const std::size_t big = 32 * 28 * 28, small = 64 * 14 * 14;
+  const std::size_t expected = n * f * (1 * 28 * 28)         // conv1 input (the batch)
+                               + n * f * big + 2 * 32 * f     // bn1 input (conv1 output), mean and 1/std
+                               + n * f * big                  // relu1 output = conv2 input
+                               + n * f * big + 2 * 32 * f     // bn2
+                               + n * f * big                  // relu2 output (pool1 keeps only positions)
+                               + n * 4 * (32 * 14 * 14)       // pool1 positions (int32)
+                               + n * f * (32 * 14 * 14)       // conv3 input (pool1 output)
+                               + n * f * small + 2 * 64 * f   // bn3
+                               + n * f * small                // relu3 output = conv4 input
+                               + n * f * small + 2 * 64 * f   // bn4
+                               + n * f * small                // relu4 output
+                               + n * 4 * (64 * 7 * 7)         // pool2 positions
+                               + n * f * (64 * 7 * 7)         // linear input (flatten is a view of pool2 output)
+                               + n * f * 10;                  // softmax probabilities
+  EXPECT_EQ(ledger.peak(MemoryCategory::saved_activations), expected);
+}
+
+}  // namespace
+}  // namespace lowmem
