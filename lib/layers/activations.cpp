@@ -42,6 +42,59 @@ template <class T> Tensor<T> LeakyRelu<T>::backward(const Tensor<T>& dy, const R
   return dx;
 }
 
+template <class T> Tensor<T> LeakyRelu<T>::inverse(const Tensor<T>& y) {
+  if (slope_ == 0.0)
+    throw Error("layer " + this->label() + ": a leaky ReLU with slope 0 is not invertible (negative inputs map to 0)");
+  Tensor<T> x(y.shape(), MemoryCategory::workspace);
+  if (!y.is_dry())
+    for (index_t i = 0; i < y.numel(); ++i) x[i] = y[i] > T(0) ? y[i] : T(y[i] / slope_t_);
+  return x;
+}
+
+namespace {
+
+// Moves values between (N, C, H, W) and (N, 4C, H/2, W/2); `to_channels` picks the direction.
+template <class T> void shuffle(const Tensor<T>& from, Tensor<T>& to, bool to_channels) {
+  const Tensor<T>& image = to_channels ? from : to;  // the (N, C, H, W) side
+  const index_t n = image.dim(0), c = image.dim(1), h = image.dim(2), w = image.dim(3);
+  if (from.is_dry()) return;
+  for (index_t k = 0; k < n; ++k)
+    for (index_t ch = 0; ch < c; ++ch)
+      for (index_t i = 0; i < h; ++i)
+        for (index_t j = 0; j < w; ++j) {
+          const index_t spatial = ((k * c + ch) * h + i) * w + j;
+          const index_t channel = ((k * 4 * c + 4 * ch + 2 * (i % 2) + j % 2) * (h / 2) + i / 2) * (w / 2) + j / 2;
+          if (to_channels) to[channel] = from[spatial];
+          else to[spatial] = from[channel];
+        }
+}
+
+}  // namespace
+
+template <class T> Shape PixelShuffle<T>::output_shape(const Shape& in) const {
+  expect_rank(this->label(), in, 3);
+  if (in[1] % 2 != 0 || in[2] % 2 != 0)
+    shape_error(this->label(), "needs an even height and width, got " + in.str());
+  return Shape{4 * in[0], in[1] / 2, in[2] / 2};
+}
+
+template <class T> Tensor<T> PixelShuffle<T>::forward(const Tensor<T>& x, const RunContext&) {
+  Tensor<T> y(Shape{x.dim(0), 4 * x.dim(1), x.dim(2) / 2, x.dim(3) / 2}, MemoryCategory::workspace);
+  shuffle(x, y, true);
+  return y;
+}
+
+template <class T> Tensor<T> PixelShuffle<T>::backward(const Tensor<T>& dy, const RunContext&, bool want_input_grad) {
+  if (!want_input_grad) return {};
+  return inverse(dy);
+}
+
+template <class T> Tensor<T> PixelShuffle<T>::inverse(const Tensor<T>& y) {
+  Tensor<T> x(Shape{y.dim(0), y.dim(1) / 4, 2 * y.dim(2), 2 * y.dim(3)}, MemoryCategory::workspace);
+  shuffle(y, x, false);
+  return x;
+}
+
 template <class T> Tensor<T> Flatten<T>::forward(const Tensor<T>& x, const RunContext&) {
   input_shape_ = x.shape();
   return x.reshaped(Shape{x.dim(0), x.numel() / x.dim(0)});
@@ -53,5 +106,6 @@ template <class T> Tensor<T> Flatten<T>::backward(const Tensor<T>& dy, const Run
 
 LOWMEM_INSTANTIATE_FOR_PRECISIONS(LeakyRelu)
 LOWMEM_INSTANTIATE_FOR_PRECISIONS(Flatten)
+LOWMEM_INSTANTIATE_FOR_PRECISIONS(PixelShuffle)
 
 }  // namespace lowmem

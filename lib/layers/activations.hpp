@@ -6,18 +6,33 @@ namespace lowmem {
 // ReLU (slope 0) and leaky ReLU: y = x if x > 0 else slope * x, any shape. slope >= 0, so y > 0 exactly when
 // x > 0 and backward needs only the output y (shared with the next layer's saved input, so usually free).
 // dx = dy where y > 0, else slope * dy (PyTorch's convention at 0).
-template <class T> class LeakyRelu : public Layer<T> {
+// Invertible when slope > 0: x = y where y > 0, else y / slope (one rounding).
+template <class T> class LeakyRelu : public Layer<T>, public Invertible<T> {
  public:
   LeakyRelu(std::string label, double slope);  // slope 0 is ReLU
   const char* kind() const override { return slope_ == 0.0 ? "relu" : "leaky_relu"; }
   Shape output_shape(const Shape& input) const override { return input; }
   Tensor<T> forward(const Tensor<T>& x, const RunContext& ctx) override;
   Tensor<T> backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) override;
+  Tensor<T> inverse(const Tensor<T>& y) override;  // throws lowmem::Error for slope 0 (ReLU loses its negatives)
 
  private:
   double slope_;
   T slope_t_;
   Saved<T> output_;
+};
+
+// Pixel shuffle, space to channel (lossless downsampling of reversible networks): x (N, C, H, W) ->
+// y (N, 4C, H/2, W/2), y[n][4c + 2a + b][i][j] = x[n][c][2i + a][2j + b]. A permutation: backward and inverse
+// apply the reverse permutation. H and W must be even.
+template <class T> class PixelShuffle : public Layer<T>, public Invertible<T> {
+ public:
+  explicit PixelShuffle(std::string label) : Layer<T>(std::move(label)) {}
+  const char* kind() const override { return "pixel_shuffle"; }
+  Shape output_shape(const Shape& input) const override;
+  Tensor<T> forward(const Tensor<T>& x, const RunContext& ctx) override;
+  Tensor<T> backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) override;
+  Tensor<T> inverse(const Tensor<T>& y) override;
 };
 
 // Flatten (N, C, H, W) -> (N, C H W): the same buffer seen with another shape.

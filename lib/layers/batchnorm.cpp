@@ -5,11 +5,12 @@
 namespace lowmem {
 
 template <class T>
-BatchNorm<T>::BatchNorm(std::string label, index_t channels, double momentum, double eps)
+BatchNorm<T>::BatchNorm(std::string label, index_t channels, double momentum, double eps, double scale_eps)
     : Layer<T>(std::move(label)),
       channels_(channels),
       momentum_(momentum),
       eps_(eps),
+      scale_eps_(scale_eps),
       gamma_(make_param<T>("weight", Shape{channels})),
       beta_(make_param<T>("bias", Shape{channels})),
       running_mean_(Shape{channels}, MemoryCategory::weights),
@@ -27,6 +28,17 @@ template <class T> void BatchNorm<T>::initialize(Rng&) {
   beta_.value.fill(T(0));
   running_mean_.fill(T(0));
   running_var_.fill(T(1));
+}
+
+template <class T> typename BatchNorm<T>::W BatchNorm<T>::scale(index_t c) const {
+  const W g = round_to<W>(gamma_.value[c]);
+  if (scale_eps_ < 0) return g;
+  return W((g < W(0) ? W(-g) : g) + round_to<W>(scale_eps_));
+}
+
+template <class T> typename BatchNorm<T>::W BatchNorm<T>::scale_slope(index_t c) const {
+  if (scale_eps_ < 0) return W(1);
+  return round_to<W>(gamma_.value[c]) < W(0) ? W(-1) : W(1);
 }
 
 template <class T> Tensor<T> BatchNorm<T>::forward(const Tensor<T>& x, const RunContext& ctx) {
@@ -59,7 +71,7 @@ template <class T> Tensor<T> BatchNorm<T>::forward(const Tensor<T>& x, const Run
       mean[c] = round_to<W>(running_mean_[c]);
       inv_std[c] = W(1) / sqrt_of(W(round_to<W>(running_var_[c]) + eps));
     }
-    const W g = round_to<W>(gamma_.value[c]), b = round_to<W>(beta_.value[c]);
+    const W g = scale(c), b = round_to<W>(beta_.value[c]);
     for (index_t s = 0; s < n; ++s)
       for (index_t i = 0; i < area; ++i)
         y[at(s, c, i)] = round_to<T>(W(g * ((round_to<W>(x[at(s, c, i)]) - mean[c]) * inv_std[c]) + b));
@@ -92,21 +104,37 @@ template <class T> Tensor<T> BatchNorm<T>::backward(const Tensor<T>& dy, const R
         dbeta = accumulate_round<T>(dbeta + g, ctx.accumulate);
         dgamma = accumulate_round<T>(dgamma + g * xhat, ctx.accumulate);
       }
-    gamma_.grad[c] = round_to<T>(W(round_to<W>(gamma_.grad[c]) + dgamma));
+    gamma_.grad[c] = round_to<T>(W(round_to<W>(gamma_.grad[c]) + scale_slope(c) * dgamma));
     beta_.grad[c] = round_to<T>(W(round_to<W>(beta_.grad[c]) + dbeta));
     if (!want_input_grad) continue;  // (each channel is independent: safe inside the parallel loop)
-    const W scale = round_to<W>(gamma_.value[c]) * inv_std[c];
+    const W factor = scale(c) * inv_std[c];
     const W mean_dy = dbeta / count, mean_dy_xhat = dgamma / count;
     for (index_t s = 0; s < n; ++s)
       for (index_t i = 0; i < area; ++i) {
         const W xhat = (round_to<W>(x[at(s, c, i)]) - mean[c]) * inv_std[c];
-        dx[at(s, c, i)] = round_to<T>(W(scale * (round_to<W>(dy[at(s, c, i)]) - mean_dy - xhat * mean_dy_xhat)));
+        dx[at(s, c, i)] = round_to<T>(W(factor * (round_to<W>(dy[at(s, c, i)]) - mean_dy - xhat * mean_dy_xhat)));
       }
   }
   input_.release();
   mean_.release();
   inv_std_.release();
   return dx;
+}
+
+// x = (y - beta) / scale * sigma + mean, with the statistics kept by the last training forward.
+template <class T> Tensor<T> BatchNorm<T>::inverse(const Tensor<T>& y) {
+  const Tensor<W>&mean = mean_.get(), &inv_std = inv_std_.get();
+  const index_t n = y.dim(0), area = y.numel() / (n * channels_);
+  Tensor<T> x(y.shape(), MemoryCategory::workspace);
+  for (index_t c = 0; c < (y.is_dry() ? 0 : channels_); ++c) {
+    const W s = scale(c), b = round_to<W>(beta_.value[c]);
+    for (index_t k = 0; k < n; ++k)
+      for (index_t i = 0; i < area; ++i) {
+        const index_t at = (k * channels_ + c) * area + i;
+        x[at] = round_to<T>(W((round_to<W>(y[at]) - b) / s / inv_std[c] + mean[c]));
+      }
+  }
+  return x;
 }
 
 LOWMEM_INSTANTIATE_FOR_PRECISIONS(BatchNorm)

@@ -8,10 +8,14 @@ namespace lowmem {
 // updated as PyTorch does: r = (1 - momentum) r + momentum s, with the unbiased variance. Evaluation: running
 // statistics. y = gamma (x - mean) / sqrt(var + eps) + beta. Backward keeps x and the per-channel mean and
 // 1/sqrt(var + eps) (in the wide type: float for 16-bit storage), and recomputes the normalised input.
-template <class T> class BatchNorm : public Layer<T> {
+// Invertible batch norm (Hascoet et al.) scales by |gamma| + scale_eps instead of gamma, so the scale never
+// reaches 0 and y can always be mapped back to x (with the statistics kept from the last training forward).
+template <class T> class BatchNorm : public Layer<T>, public Invertible<T> {
  public:
-  BatchNorm(std::string label, index_t channels, double momentum, double eps);
-  const char* kind() const override { return "batchnorm"; }
+  // scale_eps < 0: ordinary batch norm (scale gamma); >= 0: invertible batch norm (scale |gamma| + scale_eps).
+  BatchNorm(std::string label, index_t channels, double momentum, double eps, double scale_eps = -1);
+  const char* kind() const override { return scale_eps_ < 0 ? "batchnorm" : "inv_batchnorm"; }
+  Tensor<T> inverse(const Tensor<T>& y) override;
   Shape output_shape(const Shape& input) const override;
   void initialize(Rng& rng) override;
   Tensor<T> forward(const Tensor<T>& x, const RunContext& ctx) override;
@@ -22,8 +26,10 @@ template <class T> class BatchNorm : public Layer<T> {
 
  private:
   using W = wide_t<T>;
+  W scale(index_t c) const;        // gamma, or |gamma| + scale_eps
+  W scale_slope(index_t c) const;  // d scale / d gamma: 1, or sign(gamma)
   index_t channels_;
-  double momentum_, eps_;
+  double momentum_, eps_, scale_eps_;
   Param<T> gamma_, beta_;
   Tensor<T> running_mean_, running_var_;  // model state, counted with the weights
   Saved<T> input_;

@@ -53,6 +53,14 @@ template <class T> class Layer {
   std::string label_;
 };
 
+// A layer whose input can be rebuilt from its output (reversible networks, Hascoet et al.): inverse(forward(x))
+// is x up to rounding. Batch norm inverts with the statistics of its last training forward pass.
+template <class T> class Invertible {
+ public:
+  virtual ~Invertible() = default;
+  virtual Tensor<T> inverse(const Tensor<T>& y) = 0;
+};
+
 // A parameter tensor and its zeroed gradient, both charged to the ledger.
 template <class T> Param<T> make_param(std::string name, Shape shape) {
   return Param<T>{std::move(name), Tensor<T>(shape, MemoryCategory::weights), Tensor<T>(shape, MemoryCategory::gradients)};

@@ -26,10 +26,11 @@ template <class T> std::unique_ptr<Layer<T>> make_layer(const LayerSpec& s, cons
   if (s.type == "avgpool") return std::make_unique<AvgPool<T>>(s.label, s.kernel, s.stride);
   if (s.type == "global_avgpool") return std::make_unique<GlobalAvgPool<T>>(s.label);
   if (s.type == "flatten") return std::make_unique<Flatten<T>>(s.label);
-  if (s.type == "batchnorm") {
+  if (s.type == "batchnorm" || s.type == "inv_batchnorm") {
     if (in.rank() == 0) shape_error(s.label, "has no input");
-    return std::make_unique<BatchNorm<T>>(s.label, in[0], s.momentum, s.eps);
+    return std::make_unique<BatchNorm<T>>(s.label, in[0], s.momentum, s.eps, s.scale_eps);
   }
+  if (s.type == "pixel_shuffle") return std::make_unique<PixelShuffle<T>>(s.label);
   if (s.type == "residual") {
     expect_rank(s.label, in, 3);
     return std::make_unique<ResidualBlock<T>>(s.label, in[0], s.out, s.stride, s.momentum, s.eps);

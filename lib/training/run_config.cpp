@@ -14,8 +14,10 @@ constexpr int int_max = std::numeric_limits<int>::max();
 constexpr std::int64_t i64_max = std::numeric_limits<std::int64_t>::max();
 constexpr double inf = std::numeric_limits<double>::infinity();
 
-const std::vector<std::string> layer_types = {"conv",    "linear",         "relu",      "leaky_relu", "maxpool",
-                                              "avgpool", "global_avgpool", "batchnorm", "flatten",    "residual"};
+const std::vector<std::string> layer_types = {"conv",          "linear",        "relu",    "leaky_relu",
+                                              "maxpool",       "avgpool",       "global_avgpool",
+                                              "batchnorm",     "inv_batchnorm", "pixel_shuffle",
+                                              "flatten",       "residual"};
 
 LayerSpec parse_layer(ConfigReader r) {
   LayerSpec s;
@@ -35,9 +37,10 @@ LayerSpec parse_layer(ConfigReader r) {
   } else if (s.type == "maxpool" || s.type == "avgpool") {
     s.kernel = r.get_in<std::int64_t>("kernel", 2, 1, i64_max);
     s.stride = r.get_in<std::int64_t>("stride", s.kernel, 1, i64_max);
-  } else if (s.type == "batchnorm") {
+  } else if (s.type == "batchnorm" || s.type == "inv_batchnorm") {
     s.momentum = r.get_in("momentum", 0.1, 0.0, 1.0);
     s.eps = r.get_in("eps", 1e-5, 0.0, inf);
+    if (s.type == "inv_batchnorm") s.scale_eps = r.get_in("scale_eps", 1e-4, 0.0, inf);
   } else if (s.type == "residual") {
     s.out = r.required_in<std::int64_t>("out", 1, i64_max);
     s.stride = r.get_in<std::int64_t>("stride", 1, 1, i64_max);
