@@ -16,14 +16,20 @@ template <class T> MemoryLedger dry_step(const RunConfig& run) {
   MemoryLedger ledger;
   ledger.set_dry_run(true);
   Trainer<T> trainer(run, ledger);
-  const index_t batch = run.train.batch;
-  const std::vector<std::int32_t> labels(static_cast<std::size_t>(batch), 0);
+  const Dataset none;  // a dry batch reads no data
+  Rng rng(0);
+  std::vector<std::int32_t> labels;
   if (run.study == "train") {
-    trainer.train_step(trainer.empty_batch(batch), labels, run.train.optimizer.lr);
-    const std::vector<std::int32_t> eval_labels(static_cast<std::size_t>(run.train.eval_batch), 0);
-    trainer.evaluate_batch(trainer.empty_batch(run.train.eval_batch), eval_labels);
+    {
+      const Tensor<T> x = trainer.make_batch(none, nullptr, run.train.batch, Augment{}, rng, labels);
+      trainer.train_step(x, labels, run.train.optimizer.lr);
+    }  // a step's batch is freed before the evaluation, as in the train study
+    const Tensor<T> x = trainer.make_batch(none, nullptr, run.train.eval_batch, Augment{}, rng, labels);
+    trainer.evaluate_batch(x, labels);
   } else {
-    trainer.forward_backward(trainer.empty_batch(batch), labels);
+    const Tensor<T> x = trainer.make_batch(none, nullptr, run.train.batch, Augment{}, rng, labels);
+    Tensor<T> logits;  // the gradient study keeps the logits for its dump, through backward
+    trainer.forward_backward(x, labels, &logits);
   }
   return ledger;
 }

@@ -46,6 +46,19 @@ std::vector<PlannedRun> plan_runs(const std::string& config_file, const std::vec
   return runs;
 }
 
+void check_data_fits(const RunConfig& run, const DataSplit& data) {
+  const Shape images{data.train.channels, data.train.height, data.train.width};
+  if (images != run.model.input)
+    throw Error("data " + data.train.source + " has images of shape " + images.str() + " but model.input is " +
+                run.model.input.str());
+  if (data.train.classes > run.model.classes)
+    throw Error("data " + data.train.source + " has " + std::to_string(data.train.classes) +
+                " classes but model.classes is " + std::to_string(run.model.classes));
+  if (run.train.batch > data.train.count)
+    throw Error("train.batch " + std::to_string(run.train.batch) + " is larger than the training set (" +
+                std::to_string(data.train.count) + " examples in " + data.train.source + ")");
+}
+
 void validate_model(const RunConfig& run, const std::string& config_file) {
   // Shapes are checked while the model is built; a dry-run ledger keeps this free of real allocations.
   MemoryLedger ledger;
@@ -91,8 +104,9 @@ int run_all(const std::vector<PlannedRun>& runs, const RunOptions& options, std:
   if (!out.note.empty()) std::cerr << "lowmem: " << out.note << "\n";
   results_path = out.path;
   set_threads(options.threads);
-  // Every data set the sweep needs, before any run: a missing or corrupt file stops the sweep at once.
-  for (const PlannedRun& run : runs) cached_data(run);
+  // Every data set the sweep needs, before any run: a missing or corrupt file, or data that does not fit the
+  // model, stops the sweep at once.
+  for (const PlannedRun& run : runs) check_data_fits(run.parsed, cached_data(run));
   int failed = 0;
   // On a terminal a live progress line; otherwise (logs, CI) one plain line per run.
   const bool terminal = isatty(STDERR_FILENO) != 0;
@@ -109,6 +123,7 @@ int run_all(const std::vector<PlannedRun>& runs, const RunOptions& options, std:
     const std::string prefix = "[" + std::to_string(i + 1) + "/" + std::to_string(runs.size()) + "] " + run.id + " " +
                                run.parsed.study + " " + to_string(run.parsed.precision);
     const auto t0 = std::chrono::steady_clock::now();
+    reset_process_peak_rss();
     try {
       const DataSplit& data = cached_data(run);
       Progress progress;

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "training/run_config.hpp"
+#include "training/trainer.hpp"
 
 namespace lowmem {
 
@@ -34,6 +35,9 @@ int run_all(const std::vector<PlannedRun>& runs, const RunOptions& options, std:
 // Builds the run's model (without allocating it) so that a layer whose input shape does not fit is reported, with
 // the layer's config path, before any work starts.
 void validate_model(const RunConfig& run, const std::string& config_file);
+
+// Data that the run's model cannot take (image shape, more classes than outputs, fewer examples than a batch).
+void check_data_fits(const RunConfig& run, const DataSplit& data);
 
 // Sets the thread count for Eigen and OpenMP.
 void set_threads(int threads);

@@ -66,18 +66,24 @@ std::unique_ptr<GradientDump> compute_in(Precision p, const RunConfig& config, c
   return dispatch_precision(p, [&]<class T>() { return compute<T>(config, data); });
 }
 
-// ||a - b|| / ||b||, and the angle between a and b in degrees.
+// ||a - b|| / ||b||, and the angle between a and b in degrees. The angle is 2 atan2(|a^ - b^|, |a^ + b^|) of the
+// unit vectors: accurate for tiny angles, where acos of the cosine has a floor near 1e-6 degrees.
 std::pair<double, double> compare(const std::vector<double>& a, const std::vector<double>& b) {
-  double diff = 0, norm_a = 0, norm_b = 0, dot = 0;
+  double diff = 0, norm_a = 0, norm_b = 0;
   for (std::size_t i = 0; i < a.size(); ++i) {
     diff += (a[i] - b[i]) * (a[i] - b[i]);
     norm_a += a[i] * a[i];
     norm_b += b[i] * b[i];
-    dot += a[i] * b[i];
   }
   const double relative = norm_b > 0 ? std::sqrt(diff / norm_b) : std::sqrt(diff);
-  const double cosine = norm_a > 0 && norm_b > 0 ? std::clamp(dot / std::sqrt(norm_a * norm_b), -1.0, 1.0) : 1.0;
-  return {relative, std::acos(cosine) * 180.0 / M_PI};
+  if (norm_a == 0 || norm_b == 0) return {relative, 0.0};
+  double minus = 0, plus = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    const double ua = a[i] / std::sqrt(norm_a), ub = b[i] / std::sqrt(norm_b);
+    minus += (ua - ub) * (ua - ub);
+    plus += (ua + ub) * (ua + ub);
+  }
+  return {relative, 2 * std::atan2(std::sqrt(minus), std::sqrt(plus)) * 180.0 / M_PI};
 }
 
 // The reference is the same config in the reference precision: computed once per process and shared by every

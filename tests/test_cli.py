@@ -171,6 +171,8 @@ def write_fashion_mnist(directory, n=10, truncate_train_images=False):
 
 def fashion_model(c, data):
     c["model"]["input"] = [1, 28, 28]
+    c["model"]["classes"] = 10  # Fashion-MNIST's labels are 0..9
+    c["model"]["layers"][-1]["out"] = 10
     c["data"] = data
     c["train"]["batch"] = 2
 
@@ -219,6 +221,14 @@ def check_bad_input():
     write_fashion_mnist(fm, truncate_train_images=True)
     cfg = config("truncated.json", lambda c: fashion_model(c, {"dataset": "fashion-mnist", "path": str(fm)}))
     expect_failed_run("truncated IDX file", cfg, ["truncated", "train-images-idx3-ubyte.gz"])
+    # labels 0..9 into a model with 3 outputs: refused before any run (it would read past the logits)
+    def three_classes(c):
+        fashion_model(c, {"dataset": "fashion-mnist", "path": str(TMP / "fm-ok")})
+        c["model"]["classes"] = 3
+        c["model"]["layers"][-1]["out"] = 3
+    write_fashion_mnist(TMP / "fm-ok")
+    cfg = config("classes.json", three_classes)
+    expect_failed_run("more data classes than model outputs", cfg, ["10 classes", "model.classes is 3"])
     # control: the same files, whole, load and train
     fm_ok = TMP / "fm-ok"
     write_fashion_mnist(fm_ok)
@@ -378,6 +388,11 @@ def check_plan_matches_run(name, cfg):
 def check_plan():
     cfg = config("plan.json", lambda c: c.update(sweep={"precision": ["f32", "f16", "bf16", "f64"]}))
     check_plan_matches_run("plan vs run", cfg)
+    cfg = config("plan-gradient.json", lambda c: c.update(study="gradient", gradient={"reference": "none"},
+                                                            sweep={"precision": ["f32", "f16", "bf16"]}))
+    check_plan_matches_run("plan vs run (gradient study)", cfg)
+    cfg = config("plan-storage.json", lambda c: c.update(precision="f16", accumulate="f16"))
+    check_plan_matches_run("plan vs run (16-bit accumulation)", cfg)
     cfg = config("plan-mp.json", lambda c: (c.update(precision="mp"), c["train"].update(steps=1)))
     check_plan_matches_run("plan vs run (steps 1)", cfg)
 

@@ -17,9 +17,13 @@ template <class T> Tensor<T> LeakyRelu<T>::forward(const Tensor<T>& x, const Run
     const T zero(0), slope = slope_t_;
     const T* __restrict in = x.data();
     T* __restrict out = y.data();
-    for (index_t i = 0; i < x.numel(); ++i) {
-      const T negative = T(slope * in[i]);
-      out[i] = in[i] > zero ? in[i] : negative;
+    if (slope_ == 0.0) {  // ReLU: select 0 itself (0 * -inf would be NaN; PyTorch gives 0)
+      for (index_t i = 0; i < x.numel(); ++i) out[i] = in[i] > zero ? in[i] : (is_nan(in[i]) ? in[i] : zero);
+    } else {
+      for (index_t i = 0; i < x.numel(); ++i) {
+        const T negative = T(slope * in[i]);
+        out[i] = in[i] > zero ? in[i] : negative;
+      }
     }
   }
   if (ctx.training) output_.keep(y);
@@ -32,10 +36,17 @@ template <class T> Tensor<T> LeakyRelu<T>::backward(const Tensor<T>& dy, const R
   if (want_input_grad) {
     dx = Tensor<T>(y.shape(), MemoryCategory::workspace);
     if (!y.is_dry()) {
-      const T zero(0), one(1), slope = slope_t_;
+      const T zero(0), slope = slope_t_;
       const T *__restrict out = y.data(), *__restrict grad = dy.data();
       T* __restrict result = dx.data();
-      for (index_t i = 0; i < y.numel(); ++i) result[i] = T(grad[i] * (out[i] > zero ? one : slope));
+      if (slope_ == 0.0) {  // exactly 0 where the unit is off, even for an infinite gradient (as PyTorch)
+        for (index_t i = 0; i < y.numel(); ++i) result[i] = out[i] > zero ? grad[i] : zero;
+      } else {
+        for (index_t i = 0; i < y.numel(); ++i) {
+          const T negative = T(slope * grad[i]);
+          result[i] = out[i] > zero ? grad[i] : negative;
+        }
+      }
     }
   }
   output_.release();

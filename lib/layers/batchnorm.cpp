@@ -1,5 +1,6 @@
 #include "layers/batchnorm.hpp"
 
+#include "io/error.hpp"
 #include "tensor/compute.hpp"
 
 namespace lowmem {
@@ -47,6 +48,7 @@ template <class T> Tensor<T> BatchNorm<T>::forward(const Tensor<T>& x, const Run
   Tensor<T> y(x.shape(), MemoryCategory::workspace);
   Tensor<W> mean(Shape{channels_}, MemoryCategory::workspace), inv_std(Shape{channels_}, MemoryCategory::workspace);
   const W eps = round_to<W>(eps_);
+  last_forward_training_ = ctx.training;
 #pragma omp parallel for schedule(static)
   for (index_t c = 0; c < (x.is_dry() ? 0 : channels_); ++c) {
     if (ctx.training) {
@@ -121,17 +123,24 @@ template <class T> Tensor<T> BatchNorm<T>::backward(const Tensor<T>& dy, const R
   return dx;
 }
 
-// x = (y - beta) / scale * sigma + mean, with the statistics kept by the last training forward.
+// x = (y - beta) / scale * sigma + mean, with the statistics the last forward used: the batch's (kept until
+// backward) after a training forward, the running ones after an evaluation forward.
 template <class T> Tensor<T> BatchNorm<T>::inverse(const Tensor<T>& y) {
-  const Tensor<W>&mean = mean_.get(), &inv_std = inv_std_.get();
+  if (last_forward_training_ && !mean_.held())
+    throw Error("layer " + this->label() +
+                ": inverse needs the batch statistics of the last training forward, and backward has released them");
   const index_t n = y.dim(0), area = y.numel() / (n * channels_);
   Tensor<T> x(y.shape(), MemoryCategory::workspace);
   for (index_t c = 0; c < (y.is_dry() ? 0 : channels_); ++c) {
+    const W mean_c = last_forward_training_ ? mean_.get()[c] : round_to<W>(running_mean_[c]);
+    const W inv_std_c = last_forward_training_
+                            ? inv_std_.get()[c]
+                            : W(W(1) / sqrt_of(W(round_to<W>(running_var_[c]) + round_to<W>(eps_))));
     const W s = scale(c), b = round_to<W>(beta_.value[c]);
     for (index_t k = 0; k < n; ++k)
       for (index_t i = 0; i < area; ++i) {
         const index_t at = (k * channels_ + c) * area + i;
-        x[at] = round_to<T>(W((round_to<W>(y[at]) - b) / s / inv_std[c] + mean[c]));
+        x[at] = round_to<T>(W((round_to<W>(y[at]) - b) / s / inv_std_c + mean_c));
       }
   }
   return x;

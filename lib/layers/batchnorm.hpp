@@ -15,7 +15,7 @@ template <class T> class BatchNorm : public Layer<T>, public Invertible<T> {
   // scale_eps < 0: ordinary batch norm (scale gamma); >= 0: invertible batch norm (scale |gamma| + scale_eps).
   BatchNorm(std::string label, index_t channels, double momentum, double eps, double scale_eps = -1);
   const char* kind() const override { return scale_eps_ < 0 ? "batchnorm" : "inv_batchnorm"; }
-  Tensor<T> inverse(const Tensor<T>& y) override;
+  Tensor<T> inverse(const Tensor<T>& y) override;  // with the statistics of the last forward (see .cpp)
   Shape output_shape(const Shape& input) const override;
   void initialize(Rng& rng) override;
   Tensor<T> forward(const Tensor<T>& x, const RunContext& ctx) override;
@@ -34,6 +34,7 @@ template <class T> class BatchNorm : public Layer<T>, public Invertible<T> {
   Tensor<T> running_mean_, running_var_;  // model state, counted with the weights
   Saved<T> input_;
   Saved<W> mean_, inv_std_;
+  bool last_forward_training_ = true;
 };
 
 }  // namespace lowmem

@@ -15,6 +15,13 @@ struct Geometry {
   index_t channels, height, width, kernel, stride, pad, out_height, out_width;
   index_t rows() const { return channels * kernel * kernel; }  // K of the column matrix
   index_t cols() const { return out_height * out_width; }      // P of the column matrix
+  // Output columns ox in [lo, hi) read input column ox * stride - pad + j inside the row (0 <= . < width); the
+  // others read the zero padding. lo = ceil((pad - j) / stride), hi = ceil((width + pad - j) / stride), clamped.
+  std::pair<index_t, index_t> inside_columns(index_t j) const {
+    const index_t lo = std::min(out_width, std::max<index_t>(0, (pad - j + stride - 1) / stride));
+    const index_t hi = std::max(lo, std::min(out_width, (width + pad - j + stride - 1) / stride));
+    return {lo, hi};
+  }
 };
 
 Geometry geometry(const Conv2dSpec& s, index_t h, index_t w) {
@@ -36,9 +43,7 @@ template <class T, class G> void im2col(const T* x, const Geometry& g, G* cols) 
             continue;
           }
           const T* in = x + (c * g.height + y) * g.width;
-          // Output columns [lo, hi) read inside the row; the rest read the zero padding.
-          const index_t lo = std::min(g.out_width, std::max<index_t>(0, (g.pad - j + g.stride - 1) / g.stride));
-          const index_t hi = std::max(lo, std::min(g.out_width, (g.width + g.pad - j + g.stride - 1) / g.stride));
+          const auto [lo, hi] = g.inside_columns(j);
           std::fill(out, out + lo, G(0));
           for (index_t ox = lo; ox < hi; ++ox) out[ox] = round_to<G>(in[ox * g.stride - g.pad + j]);
           std::fill(out + hi, out + g.out_width, G(0));
@@ -56,8 +61,7 @@ template <class G> void col2im_add(const G* cols, const Geometry& g, G* dx) {
           const index_t y = oy * g.stride - g.pad + i;
           if (y < 0 || y >= g.height) continue;
           G* out = dx + (c * g.height + y) * g.width;
-          const index_t lo = std::min(g.out_width, std::max<index_t>(0, (g.pad - j + g.stride - 1) / g.stride));
-          const index_t hi = std::max(lo, std::min(g.out_width, (g.width + g.pad - j + g.stride - 1) / g.stride));
+          const auto [lo, hi] = g.inside_columns(j);
           for (index_t ox = lo; ox < hi; ++ox) out[ox * g.stride - g.pad + j] += row[oy * g.out_width + ox];
         }
       }

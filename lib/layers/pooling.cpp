@@ -27,7 +27,7 @@ template <class T> Tensor<T> MaxPool<T>::forward(const Tensor<T>& x, const RunCo
         for (index_t i = 0; i < kernel_; ++i)
           for (index_t j = 0; j < kernel_; ++j) {
             const index_t at = (oy * stride_ + i) * w + ox * stride_ + j;
-            if (in[at] > in[best]) best = at;
+            if (in[at] > in[best] || (is_nan(in[at]) && !is_nan(in[best]))) best = at;  // NaN wins, as in PyTorch
           }
         const index_t o = (p * ho + oy) * wo + ox;
         y[o] = in[best];

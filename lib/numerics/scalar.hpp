@@ -95,9 +95,6 @@ template <class To, class From> To round_to(const From& x) {
   }
 }
 
-// Convenience for constants written in double: round_to<T>(0.1) rounds once into T.
-template <class T> T constant(double x) { return round_to<T>(x); }
-
 template <class T> double to_double(const T& x) { return round_to<double>(x); }
 
 // ---- Accumulation ----
@@ -113,13 +110,8 @@ template <class T> inline wide_t<T> accumulate_round(const wide_t<T>& sum, Accum
   else return sum;
 }
 
-// Functions that Boost 1.74 and Eigen get wrong or lack for some formats (NumTraits<mp>::lowest is the
-// smallest positive value there), written once for all five.
-template <class T> T lowest_value() {
-  if constexpr (std::is_same_v<T, mp>) return -(std::numeric_limits<mp>::max)();
-  else if constexpr (is_16bit<T>) return T(-std::numeric_limits<float>::infinity());
-  else return -std::numeric_limits<T>::infinity();
-}
+// Written once for all five formats (Boost 1.74's NumTraits<mp> lacks infinity() and has a wrong lowest()).
+template <class T> bool is_nan(const T& x) { return !(x == x); }
 
 template <class T> bool is_finite(const T& x) {
   if constexpr (std::is_same_v<T, mp>) return boost::multiprecision::isfinite(x);

@@ -67,6 +67,11 @@ void keep_freed_memory_in_process() {
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
 }
 
+void reset_process_peak_rss() {
+  std::ofstream clear("/proc/self/clear_refs");
+  clear << "5";
+}
+
 std::size_t process_peak_rss_bytes() {
   std::ifstream status("/proc/self/status");
   std::string key;

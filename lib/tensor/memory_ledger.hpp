@@ -59,5 +59,7 @@ void keep_freed_memory_in_process();
 
 // Peak resident set size of this process (VmHWM), in bytes: reported beside the ledger for honesty.
 std::size_t process_peak_rss_bytes();
+// Starts a new peak (Linux: writes 5 to /proc/self/clear_refs), so that each run of a sweep reports its own.
+void reset_process_peak_rss();
 
 }  // namespace lowmem

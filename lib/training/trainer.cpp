@@ -1,6 +1,7 @@
 #include "training/trainer.hpp"
 
 #include "io/error.hpp"
+#include "tensor/compute.hpp"
 #include "training/model_factory.hpp"
 
 namespace lowmem {
@@ -24,6 +25,8 @@ DataSplit load_data(const DataSpec& spec, std::uint64_t seed) {
       d.train.labels.resize(static_cast<std::size_t>(d.train.count));
     }
   }
+  if (d.train.count == 0 || d.test.count == 0)
+    throw Error("data " + (d.train.count == 0 ? d.train.source : d.test.source) + " has no examples");
   if (spec.normalize) {
     const ChannelStats stats = channel_stats(d.train);
     normalize(d.train, stats);
@@ -34,8 +37,7 @@ DataSplit load_data(const DataSpec& spec, std::uint64_t seed) {
 
 template <class T>
 Trainer<T>::Trainer(const RunConfig& config, MemoryLedger& ledger)
-    : config_(config),
-      ledger_(ledger),
+    : ledger_(ledger),
       train_ctx_{true, config.accumulate},
       eval_ctx_{false, config.accumulate} {
   MemoryLedger::Scope scope(ledger_);
@@ -47,15 +49,21 @@ Trainer<T>::Trainer(const RunConfig& config, MemoryLedger& ledger)
 template <class T>
 Tensor<T> Trainer<T>::make_batch(const Dataset& data, const std::int64_t* indices, index_t n, const Augment& augment,
                                  Rng& rng, std::vector<std::int32_t>& labels) const {
+  Tensor<T> x = empty_batch(n);
+  MemoryLedger::Scope scope(ledger_);
+  Tensor<float> pixels(x.shape(), MemoryCategory::workspace);  // staging: the data set holds float32 pixels
+  labels.assign(static_cast<std::size_t>(n), 0);
+  if (ledger_.dry_run()) return x;  // a dry step allocates the same and reads nothing
   const Shape& in = model_->input_shape();
   if (Shape{data.channels, data.height, data.width} != in)
     throw Error("data " + data.source + " has images of shape " + Shape{data.channels, data.height, data.width}.str() +
                 " but the model expects " + in.str() + " (set model.input)");
-  std::vector<float> pixels(static_cast<std::size_t>(n * data.image_size()));
-  labels.resize(static_cast<std::size_t>(n));
   fill_batch(data, indices, n, augment, rng, pixels.data(), labels.data());
-  Tensor<T> x = empty_batch(n);
-  for (index_t i = 0; i < x.numel(); ++i) x[i] = round_to<T>(pixels[static_cast<std::size_t>(i)]);
+  for (std::int32_t label : labels)
+    if (label < 0 || label >= model_->output_shape()[0])
+      throw Error("data " + data.source + ": label " + std::to_string(label) + " is outside the model's " +
+                  std::to_string(model_->output_shape()[0]) + " classes");
+  convert(pixels.data(), x.data(), x.numel());
   return x;
 }
 

@@ -28,6 +28,7 @@ template <class T> class Trainer {
   // An input batch (n, C, H, W) charged to the ledger as workspace (in a dry run: without values).
   Tensor<T> empty_batch(index_t n) const;
   // Examples indices[0..n) of `data` as a batch x (n, C, H, W) in T (each value rounded once), with labels.
+  // In a dry run: the same allocations, no data read (labels all 0).
   Tensor<T> make_batch(const Dataset& data, const std::int64_t* indices, index_t n, const Augment& augment, Rng& rng,
                        std::vector<std::int32_t>& labels) const;
   // Forward, loss and backward on one batch; gradients are zeroed first. Returns the loss; leaves the logits.
@@ -46,7 +47,6 @@ template <class T> class Trainer {
   MemoryLedger& ledger() { return ledger_; }
 
  private:
-  const RunConfig& config_;
   MemoryLedger& ledger_;
   RunContext train_ctx_, eval_ctx_;
   std::unique_ptr<Sequential<T>> model_;
