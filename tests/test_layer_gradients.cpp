@@ -26,6 +26,37 @@ TEST_P(LayerGradients, DoubleCentralDifferencesAgreeTo1e6) {
   for (const auto& r : reports) EXPECT_LT(r.max_relative_error, 1e-6) << c.name << ": " << r.tensor;
 }
 
+// The rest of the contract: backward adds (+=) into the parameter gradients, and skipping the input gradient
+// changes nothing else. Two backward passes, the second without dx, must give exactly twice the gradients (f64:
+// g + g = 2g exactly, and the computation is deterministic).
+TEST_P(LayerGradients, BackwardAccumulatesAndSkippingTheInputGradientChangesNothingElse) {
+  const LayerCase& c = GetParam();
+  auto layer = c.make<double>();
+  Rng rng(9);
+  layer->initialize(rng);
+  Tensor<double> x(c.input, MemoryCategory::workspace);
+  for (index_t i = 0; i < x.numel(); ++i) x[i] = rng.normal();
+  const RunContext ctx{true, Accumulate::f32};
+  Tensor<double> r;
+  std::vector<Tensor<double>> once;
+  for (int pass = 0; pass < 2; ++pass) {
+    const Tensor<double> y = layer->forward(x, ctx);
+    if (pass == 0) {
+      r = Tensor<double>(y.shape(), MemoryCategory::workspace);
+      for (index_t i = 0; i < r.numel(); ++i) r[i] = rng.normal();
+    }
+    const Tensor<double> dx = layer->backward(r, ctx, pass == 0);
+    if (pass == 0) {
+      EXPECT_FALSE(dx.empty()) << c.name;
+      for (Param<double>* p : layer->params()) once.push_back(p->grad.clone(MemoryCategory::workspace));
+    }
+  }
+  const auto params = layer->params();
+  for (std::size_t k = 0; k < params.size(); ++k)
+    for (index_t i = 0; i < once[k].numel(); ++i)
+      ASSERT_EQ(params[k]->grad[i], 2 * once[k][i]) << c.name << " " << params[k]->name << "[" << i << "]";
+}
+
 INSTANTIATE_TEST_SUITE_P(EveryLayer, LayerGradients, ::testing::ValuesIn(all_layer_cases()),
                          [](const auto& info) { return test_name(info.param.name); });
 

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "layer_cases.hpp"
+#include "layers/conv2d.hpp"
 #include "tensor/compute.hpp"
 #include "training/trainer.hpp"
 
@@ -43,9 +44,17 @@ template <class T> T nearest_by_search(double x) {
 TEST(Conversion, RoundToMatchesNearestEvenOnRandomAndNearTieValues) {
   Rng rng(7);
   for (int i = 0; i < 200000; ++i) {
-    // Values near 16-bit midpoints, where a double rounding goes wrong.
-    const float base = static_cast<float>(rng.uniform(-8.0, 8.0));
-    const double x = static_cast<double>(base) + std::ldexp(rng.uniform(-1.0, 1.0), -30 - static_cast<int>(rng.below(20)));
+    // Exact midpoints between neighbouring 16-bit values (of f16 and of bf16 in turn), nudged by a tiny amount
+    // or not at all: where a double rounding goes wrong and where ties go to even.
+    // Both formats stay finite: f16 below its largest value, bf16 below 2^15 (0x4700).
+    const auto bits = static_cast<std::uint16_t>(rng.below(i % 2 ? 0x7bfe : 0x4700));
+    auto value = [&](std::uint16_t b) {
+      return static_cast<double>(i % 2 ? static_cast<float>(Eigen::numext::bit_cast<f16>(b))
+                                       : static_cast<float>(Eigen::numext::bit_cast<bf16>(b)));
+    };
+    const double low = value(bits), high = value(static_cast<std::uint16_t>(bits + 1));
+    const double nudge = i % 3 == 0 ? 0.0 : std::ldexp(rng.uniform(-1.0, 1.0), -30 - static_cast<int>(rng.below(20)));
+    const double x = (rng.below(2) ? 1 : -1) * (0.5 * (low + high) + nudge * low);
     ASSERT_EQ(Eigen::numext::bit_cast<std::uint16_t>(round_to<f16>(x)), Eigen::numext::bit_cast<std::uint16_t>(nearest_by_search<f16>(x))) << x;
     ASSERT_EQ(Eigen::numext::bit_cast<std::uint16_t>(round_to<bf16>(x)), Eigen::numext::bit_cast<std::uint16_t>(nearest_by_search<bf16>(x))) << x;
   }
@@ -133,6 +142,34 @@ TYPED_TEST(EveryPrecision, EveryLayerForwardAgreesWithMultiprecision) {
       }
     }
   }
+}
+
+// "accumulate": "f16" must really round every partial sum: a convolution over 576 products each (64 channels x
+// 3 x 3) loses far more accuracy than with float accumulators, which round once at the end.
+TEST(Accumulation, SixteenBitAccumulationRoundsEveryPartialSum) {
+  const Conv2dSpec spec{64, 4, 3, 1, 1, false};
+  Conv2d<f16> conv("conv", spec);
+  Conv2d<mp> reference("conv", spec);
+  Rng rng(21);
+  conv.initialize(rng);
+  for (index_t i = 0; i < conv.params()[0]->value.numel(); ++i)
+    reference.params()[0]->value[i] = round_to<mp>(conv.params()[0]->value[i]);
+  Tensor<f16> x(Shape{1, 64, 6, 6}, MemoryCategory::workspace);
+  Tensor<mp> x_ref(x.shape(), MemoryCategory::workspace);
+  for (index_t i = 0; i < x.numel(); ++i) {
+    x[i] = round_to<f16>(rng.uniform(0.0, 1.0));  // same sign: the sums grow, their rounding error with them
+    x_ref[i] = round_to<mp>(x[i]);
+  }
+  const Tensor<mp> exact = reference.forward(x_ref, RunContext{false, Accumulate::f32});
+  auto error = [&](Accumulate mode) {
+    const Tensor<f16> y = conv.forward(x, RunContext{false, mode});
+    double worst = 0;
+    for (index_t i = 0; i < y.numel(); ++i) worst = std::max(worst, to_double(abs(round_to<mp>(y[i]) - exact[i]) / abs(exact[i])));
+    return worst;
+  };
+  const double wide = error(Accumulate::f32), narrow = error(Accumulate::storage);
+  EXPECT_LE(wide, std::ldexp(1.0, -11) * 1.01);  // one rounding of the result
+  EXPECT_GT(narrow, 4 * wide);
 }
 
 TYPED_TEST(EveryPrecision, LedgerCountsEveryByteByCategory) {
