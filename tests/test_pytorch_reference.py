@@ -24,8 +24,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+
+from torch_models import build_model
 
 TOLERANCE = {"f64": 1e-10, "f32": 1e-4}
 K = 5  # classes
@@ -45,58 +46,6 @@ RESIDUAL_NET = [conv(4, 3, pad=1, bias=False), {"type": "batchnorm"}, {"type": "
                 {"type": "residual", "out": 4, "stride": 1}, {"type": "residual", "out": 8, "stride": 2},
                 {"type": "global_avgpool"}, {"type": "linear", "out": K}]
 CASES = {"plain_cnn": ([2, 16, 16], PLAIN_CNN), "residual_net": ([3, 8, 8], RESIDUAL_NET)}
-
-
-class BasicBlock(nn.Module):
-    """torchvision-style post-activation block; submodule names are lowmem's HDF5 names."""
-
-    def __init__(self, cin, out, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out)
-        self.conv2 = nn.Conv2d(out, out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out)
-        if stride != 1 or cin != out:
-            self.shortcut = nn.Conv2d(cin, out, 1, stride, 0, bias=False)
-            self.shortcut_bn = nn.BatchNorm2d(out)
-
-    def forward(self, x):
-        y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        s = self.shortcut_bn(self.shortcut(x)) if hasattr(self, "shortcut") else x
-        return F.relu(y + s)
-
-
-def make_layer(spec, shape):
-    """One torch module for one lowmem layer spec (lowmem's defaults applied); shape excludes the batch."""
-    t = spec["type"]
-    if t == "conv":
-        return nn.Conv2d(shape[0], spec["out"], spec["kernel"], spec.get("stride", 1), spec.get("pad", 0),
-                         bias=spec.get("bias", True))
-    if t == "linear":
-        return nn.Linear(shape[0], spec["out"], bias=spec.get("bias", True))
-    if t == "batchnorm":
-        bn = nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d
-        return bn(shape[0], eps=spec.get("eps", 1e-5), momentum=spec.get("momentum", 0.1))
-    if t == "residual":
-        return BasicBlock(shape[0], spec["out"], spec.get("stride", 1))
-    if t == "maxpool":
-        return nn.MaxPool2d(spec["kernel"], spec.get("stride", spec["kernel"]))
-    if t == "avgpool":
-        return nn.AvgPool2d(spec["kernel"], spec.get("stride", spec["kernel"]))
-    simple = {"relu": nn.ReLU(), "leaky_relu": nn.LeakyReLU(spec.get("slope", 0.01)), "flatten": nn.Flatten(),
-              "global_avgpool": nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())}
-    return simple[t]
-
-
-def build_model(config):
-    """nn.Sequential in float64, training mode, built from the config alone (not from the HDF5 shapes)."""
-    shape, layers = list(config["model"]["input"]), []
-    for spec in config["model"]["layers"]:
-        layers.append(make_layer(spec, shape).double().eval())
-        with torch.no_grad():
-            shape = list(layers[-1](torch.zeros(2, *shape, dtype=torch.float64)).shape[1:])
-    assert shape == [config["model"]["classes"]], f"model output {shape}"
-    return nn.Sequential(*layers).train()
 
 
 def zero_grad_biases(layers):

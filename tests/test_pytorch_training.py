@@ -30,8 +30,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+
+from torch_models import build_model
 
 LOSS_TOLERANCE = 1e-10
 LR_TOLERANCE = 1e-12
@@ -56,37 +57,6 @@ CASES = {
         {"type": "sgd", "lr": 0.1, "momentum": 0.5},
         {"type": "piecewise", "points": [[0, 1.0], [2, 0.1]]}),
 }
-
-
-def make_layer(spec, shape):
-    """One torch module for one lowmem layer spec (lowmem's defaults applied); shape excludes the batch."""
-    t = spec["type"]
-    if t == "conv":
-        return nn.Conv2d(shape[0], spec["out"], spec["kernel"], spec.get("stride", 1), spec.get("pad", 0),
-                         bias=spec.get("bias", True))
-    if t == "linear":
-        return nn.Linear(shape[0], spec["out"], bias=spec.get("bias", True))
-    if t == "batchnorm":
-        bn = nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d
-        return bn(shape[0], eps=spec.get("eps", 1e-5), momentum=spec.get("momentum", 0.1))
-    if t == "maxpool":
-        return nn.MaxPool2d(spec["kernel"], spec.get("stride", spec["kernel"]))
-    if t == "avgpool":
-        return nn.AvgPool2d(spec["kernel"], spec.get("stride", spec["kernel"]))
-    simple = {"relu": nn.ReLU(), "leaky_relu": nn.LeakyReLU(spec.get("slope", 0.01)), "flatten": nn.Flatten(),
-              "global_avgpool": nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())}
-    return simple[t]
-
-
-def build_model(config):
-    """nn.Sequential in float64, training mode, built from the config alone (not from the HDF5 shapes)."""
-    shape, layers = list(config["model"]["input"]), []
-    for spec in config["model"]["layers"]:
-        layers.append(make_layer(spec, shape).double().eval())
-        with torch.no_grad():
-            shape = list(layers[-1](torch.zeros(2, *shape, dtype=torch.float64)).shape[1:])
-    assert shape == [config["model"]["classes"]], f"model output {shape}"
-    return nn.Sequential(*layers).train()
 
 
 def schedule_lr(train, step, steps_per_epoch, total_steps):
