@@ -38,16 +38,44 @@ template <class T> Tensor<T> MaxPool<T>::forward(const Tensor<T>& x, const RunCo
   return y;
 }
 
-template <class T> Tensor<T> MaxPool<T>::backward(const Tensor<T>& dy, const RunContext&, bool want_input_grad) {
+namespace {
+
+// Input gradients of pooling: overlapping windows (stride < kernel) add several contributions into one input.
+// They are summed in the wide type and rounded once into T (16-bit storage: float sums, rounded after every
+// addition only with 16-bit accumulation).
+template <class T> class InputGradientSums {
+ public:
+  using W = wide_t<T>;
+  InputGradientSums(const Shape& shape, Accumulate mode) : dx_(shape, MemoryCategory::workspace), mode_(mode) {
+    if constexpr (!std::is_same_v<W, T>) wide_ = Tensor<W>(shape, MemoryCategory::workspace);
+  }
+  void add(index_t at, const W& value) {
+    if constexpr (std::is_same_v<W, T>) dx_[at] = dx_[at] + value;
+    else wide_[at] = accumulate_round<T>(wide_[at] + value, mode_);
+  }
+  Tensor<T> result() {
+    if constexpr (!std::is_same_v<W, T>)
+      if (!wide_.is_dry()) convert(wide_.data(), dx_.data(), dx_.numel());
+    return dx_;
+  }
+
+ private:
+  Tensor<T> dx_;
+  Tensor<W> wide_;
+  Accumulate mode_;
+};
+
+}  // namespace
+
+template <class T> Tensor<T> MaxPool<T>::backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) {
   const Tensor<std::int32_t>& argmax = argmax_.get();
   Tensor<T> dx;
   if (want_input_grad) {
-    dx = Tensor<T>(input_shape_, MemoryCategory::workspace);
+    InputGradientSums<T> sums(input_shape_, ctx.accumulate);
     const index_t plane_in = input_shape_[2] * input_shape_[3], plane_out = dy.dim(2) * dy.dim(3);
-    for (index_t o = 0; o < (dy.is_dry() ? 0 : dy.numel()); ++o) {
-      T& target = dx[(o / plane_out) * plane_in + argmax[o]];
-      target = T(target + dy[o]);  // windows overlap when stride < kernel
-    }
+    for (index_t o = 0; o < (dy.is_dry() ? 0 : dy.numel()); ++o)
+      sums.add((o / plane_out) * plane_in + argmax[o], round_to<wide_t<T>>(dy[o]));
+    dx = sums.result();
   }
   argmax_.release();
   return dx;
@@ -74,9 +102,9 @@ template <class T> Tensor<T> AvgPool<T>::forward(const Tensor<T>& x, const RunCo
   return y;
 }
 
-template <class T> Tensor<T> AvgPool<T>::backward(const Tensor<T>& dy, const RunContext&, bool want_input_grad) {
+template <class T> Tensor<T> AvgPool<T>::backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) {
   if (!want_input_grad) return {};
-  Tensor<T> dx(input_shape_, MemoryCategory::workspace);
+  InputGradientSums<T> sums(input_shape_, ctx.accumulate);
   const index_t planes = input_shape_[0] * input_shape_[1], h = input_shape_[2], w = input_shape_[3];
   const index_t ho = dy.dim(2), wo = dy.dim(3);
   using W = wide_t<T>;
@@ -86,12 +114,9 @@ template <class T> Tensor<T> AvgPool<T>::backward(const Tensor<T>& dy, const Run
       for (index_t ox = 0; ox < wo; ++ox) {
         const W share = round_to<W>(dy[(p * ho + oy) * wo + ox]) / count;
         for (index_t i = 0; i < kernel_; ++i)
-          for (index_t j = 0; j < kernel_; ++j) {
-            T& target = dx[(p * h + oy * stride_ + i) * w + ox * stride_ + j];
-            target = round_to<T>(round_to<W>(target) + share);
-          }
+          for (index_t j = 0; j < kernel_; ++j) sums.add((p * h + oy * stride_ + i) * w + ox * stride_ + j, share);
       }
-  return dx;
+  return sums.result();
 }
 
 template <class T> Shape GlobalAvgPool<T>::output_shape(const Shape& in) const {
