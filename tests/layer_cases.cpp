@@ -5,6 +5,7 @@
 #include "layers/activations.hpp"
 #include "layers/batchnorm.hpp"
 #include "layers/conv2d.hpp"
+#include "layers/coupling.hpp"
 #include "layers/linear.hpp"
 #include "layers/pooling.hpp"
 #include "layers/residual.hpp"
@@ -18,6 +19,24 @@ template <template <class> class L, class... Args> LayerCase make_case(std::stri
   return {name, input,
           {maker.template operator()<float>(), maker.template operator()<double>(), maker.template operator()<f16>(),
            maker.template operator()<bf16>(), maker.template operator()<mp>()}};
+}
+
+// F and G: conv 3x3 (1 -> 1 channel) + batch norm + leaky ReLU, on half of 2 channels.
+template <class T> std::unique_ptr<Layer<T>> make_coupling() {
+  auto half_net = [](const std::string& name) {
+    Sequential<T> net(Shape{1, 4, 4});
+    // (no conv bias: batch norm right after it makes its true gradient exactly 0, which no relative error can measure)
+    net.add(std::make_unique<Conv2d<T>>(name + " conv", Conv2dSpec{1, 1, 3, 1, 1, false}));
+    net.add(std::make_unique<BatchNorm<T>>(name + " bn", 1, 0.1, 1e-5));
+    net.add(std::make_unique<LeakyRelu<T>>(name + " act", 0.2));
+    return net;
+  };
+  return std::make_unique<AdditiveCoupling<T>>("coupling", half_net("F"), half_net("G"));
+}
+
+LayerCase coupling_case() {
+  return {"coupling", Shape{3, 2, 4, 4},
+          {make_coupling<float>, make_coupling<double>, make_coupling<f16>, make_coupling<bf16>, make_coupling<mp>}};
 }
 
 }  // namespace
@@ -42,6 +61,7 @@ std::vector<LayerCase> all_layer_cases() {
       make_case<BatchNorm>("inv_batchnorm", Shape{3, 2, 3, 3}, index_t{2}, 0.1, 1e-5, 1e-4),
       make_case<PixelShuffle>("pixel_shuffle", Shape{2, 2, 4, 6}),
       make_case<Flatten>("flatten", Shape{2, 2, 3, 3}),
+      coupling_case(),
       make_case<ResidualBlock>("residual identity", Shape{2, 2, 4, 4}, index_t{2}, index_t{2}, index_t{1}, 0.1, 1e-5),
       make_case<ResidualBlock>("residual projection", Shape{2, 2, 6, 6}, index_t{2}, index_t{4}, index_t{2}, 0.1, 1e-5),
   };

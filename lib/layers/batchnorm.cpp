@@ -67,8 +67,10 @@ template <class T> Tensor<T> BatchNorm<T>::forward(const Tensor<T>& x, const Run
       inv_std[c] = W(1) / sqrt_of(W(var + eps));
       const W keep = round_to<W>(1.0 - momentum_), take = round_to<W>(momentum_);
       const W unbiased = count > 1 ? W(squares / round_to<W>(static_cast<double>(count - 1))) : var;
-      running_mean_[c] = round_to<T>(W(keep * round_to<W>(running_mean_[c]) + take * m));
-      running_var_[c] = round_to<T>(W(keep * round_to<W>(running_var_[c]) + take * unbiased));
+      if (ctx.update_statistics) {
+        running_mean_[c] = round_to<T>(W(keep * round_to<W>(running_mean_[c]) + take * m));
+        running_var_[c] = round_to<T>(W(keep * round_to<W>(running_var_[c]) + take * unbiased));
+      }
     } else {
       mean[c] = round_to<W>(running_mean_[c]);
       inv_std[c] = W(1) / sqrt_of(W(round_to<W>(running_var_[c]) + eps));

@@ -23,6 +23,7 @@ namespace lowmem {
 struct RunContext {
   bool training = true;
   Accumulate accumulate = Accumulate::f32;
+  bool update_statistics = true;  // false when a forward is recomputed (batch norm's running statistics)
 };
 
 template <class T> struct Param {

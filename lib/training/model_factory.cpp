@@ -4,6 +4,7 @@
 #include "layers/activations.hpp"
 #include "layers/batchnorm.hpp"
 #include "layers/conv2d.hpp"
+#include "layers/coupling.hpp"
 #include "layers/linear.hpp"
 #include "layers/pooling.hpp"
 #include "layers/residual.hpp"
@@ -11,6 +12,15 @@
 namespace lowmem {
 
 namespace {
+
+template <class T> std::unique_ptr<Layer<T>> make_layer(const LayerSpec& s, const Shape& in);
+
+// A chain of layer specs as a Sequential on per-sample input shape `in`.
+template <class T> Sequential<T> make_chain(const std::vector<LayerSpec>& specs, const Shape& in) {
+  Sequential<T> chain(in);
+  for (const LayerSpec& s : specs) chain.add(make_layer<T>(s, chain.output_shape()));
+  return chain;
+}
 
 template <class T> std::unique_ptr<Layer<T>> make_layer(const LayerSpec& s, const Shape& in) {
   if (s.type == "conv") {
@@ -31,6 +41,13 @@ template <class T> std::unique_ptr<Layer<T>> make_layer(const LayerSpec& s, cons
     return std::make_unique<BatchNorm<T>>(s.label, in[0], s.momentum, s.eps, s.scale_eps);
   }
   if (s.type == "pixel_shuffle") return std::make_unique<PixelShuffle<T>>(s.label);
+  if (s.type == "coupling") {
+    expect_rank(s.label, in, 3);
+    if (in[0] % 2 != 0)
+      shape_error(s.label, "splits its channels in halves and needs an even count, got " + in.str());
+    const Shape half{in[0] / 2, in[1], in[2]};
+    return std::make_unique<AdditiveCoupling<T>>(s.label, make_chain<T>(s.f, half), make_chain<T>(s.g, half));
+  }
   if (s.type == "residual") {
     expect_rank(s.label, in, 3);
     return std::make_unique<ResidualBlock<T>>(s.label, in[0], s.out, s.stride, s.momentum, s.eps);
@@ -41,8 +58,7 @@ template <class T> std::unique_ptr<Layer<T>> make_layer(const LayerSpec& s, cons
 }  // namespace
 
 template <class T> Sequential<T> build_model(const ModelSpec& spec) {
-  Sequential<T> model(spec.input);
-  for (const LayerSpec& s : spec.layers) model.add(make_layer<T>(s, model.output_shape()));
+  Sequential<T> model = make_chain<T>(spec.layers, spec.input);
   if (model.output_shape() != Shape{spec.classes})
     throw Error("model: the last layer gives " + model.output_shape().str() + " per sample, but " +
                 std::to_string(spec.classes) + " class scores are needed (end with flatten + linear out=" +
