@@ -172,7 +172,7 @@ template <class T> Tensor<T> Conv2d<T>::backward(const Tensor<T>& dy, const RunC
       MatrixMap<G>(dweight.data() + t * cout * K, cout, K).noalias() += dY * ConstMatrixMap<G>(my_cols, K, P).transpose();
       for (index_t c = 0; c < cout; ++c)
         for (index_t p = 0; p < P; ++p)
-          my_dbias[c] = round_to<G>(accumulate_round<T>(my_dbias[c] + my_dout[c * P + p], ctx.accumulate));
+          my_dbias[c] += my_dout[c * P + p];  // G is the accumulation rule: float, or 16-bit rounding each add
       if (want_input_grad) {
         MatrixMap<G>(my_cols, K, P).noalias() = W.transpose() * dY;
         std::fill(my_dimage, my_dimage + image, G(0));
@@ -182,9 +182,9 @@ template <class T> Tensor<T> Conv2d<T>::backward(const Tensor<T>& dy, const RunC
     }
     for (int t = 1; t < threads; ++t) {
       for (index_t i = 0; i < cout * K; ++i)
-        dweight[i] = round_to<G>(accumulate_round<T>(dweight[i] + dweight[t * cout * K + i], ctx.accumulate));
+        dweight[i] += dweight[t * cout * K + i];
       for (index_t c = 0; c < cout; ++c)
-        dbias[c] = round_to<G>(accumulate_round<T>(dbias[c] + dbias[t * cout + c], ctx.accumulate));
+        dbias[c] += dbias[t * cout + c];
     }
     store_rounded(dweight.data(), weight_.grad.data(), cout * K, true);
     if (spec_.bias) store_rounded(dbias.data(), bias_.grad.data(), cout, true);
