@@ -151,7 +151,9 @@ template <class T> Tensor<T> Conv2d<T>::backward(const Tensor<T>& dy, const RunC
     const Tensor<G> w = in_compute_type<G>(weight_.value);
     Tensor<G> cols(Shape{threads, K, P}, MemoryCategory::workspace);
     Tensor<G> dout(Shape{threads, cout, P}, MemoryCategory::workspace);
-    Tensor<G> dimage(Shape{threads, image}, MemoryCategory::workspace);
+    // Per-thread input-gradient image; with 16-bit storage also where each input image is widened once.
+    Tensor<G> dimage;
+    if (want_input_grad || !std::is_same_v<G, T>) dimage = Tensor<G>(Shape{threads, image}, MemoryCategory::workspace);
     Tensor<G> dweight(Shape{threads, cout, K}, MemoryCategory::workspace);  // per-thread partial sums
     Tensor<G> dbias(Shape{threads, cout}, MemoryCategory::workspace);
     if (cols.is_dry() || x.is_dry()) return;
@@ -160,7 +162,8 @@ template <class T> Tensor<T> Conv2d<T>::backward(const Tensor<T>& dy, const RunC
     for (index_t s = 0; s < n; ++s) {
       const int t = omp_get_thread_num();
       G *my_cols = cols.data() + t * K * P, *my_dout = dout.data() + t * cout * P;
-      G *my_dbias = dbias.data() + t * cout, *my_dimage = dimage.data() + t * image;
+      G* my_dbias = dbias.data() + t * cout;
+      G* my_dimage = dimage.empty() ? nullptr : dimage.data() + t * image;
       convert(dy.data() + s * cout * P, my_dout, cout * P);
       const ConstMatrixMap<G> dY(my_dout, cout, P);
       if constexpr (std::is_same_v<G, T>) {

@@ -39,7 +39,7 @@ template <class T> Tensor<T> Linear<T>::forward(const Tensor<T>& x, const RunCon
   Tensor<T> y(Shape{n, out_}, MemoryCategory::workspace);
   with_compute_type<T>(ctx.accumulate, [&]<class G>() {
     const Tensor<G> xg = in_compute_type<G>(x), w = in_compute_type<G>(weight_.value);
-    Tensor<G> out(Shape{n, out_}, MemoryCategory::workspace);
+    Tensor<G> out = result_buffer<G>(y);
     if (out.is_dry() || x.is_dry()) return;
     MatrixMap<G> Y(out.data(), n, out_);
     Y.noalias() = ConstMatrixMap<G>(xg.data(), n, in_) * ConstMatrixMap<G>(w.data(), out_, in_).transpose();
@@ -48,7 +48,7 @@ template <class T> Tensor<T> Linear<T>::forward(const Tensor<T>& x, const RunCon
         const G b = round_to<G>(bias_.value[o]);
         for (index_t s = 0; s < n; ++s) Y(s, o) += b;
       }
-    store_rounded(out.data(), y.data(), y.numel(), false);
+    round_into(out, y);
   });
   if (ctx.training) input_.keep(x);
   return y;
@@ -78,11 +78,11 @@ template <class T> Tensor<T> Linear<T>::backward(const Tensor<T>& dy, const RunC
     }
     if (want_input_grad) {
       const Tensor<G> w = in_compute_type<G>(weight_.value);
-      Tensor<G> dxg(x.shape(), MemoryCategory::workspace);
       dx = Tensor<T>(x.shape(), MemoryCategory::workspace);
+      Tensor<G> dxg = result_buffer<G>(dx);
       if (!dry) {
         MatrixMap<G>(dxg.data(), n, in_).noalias() = dY * ConstMatrixMap<G>(w.data(), out_, in_);
-        store_rounded(dxg.data(), dx.data(), dx.numel(), false);
+        round_into(dxg, dx);
       }
     }
   });

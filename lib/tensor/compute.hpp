@@ -53,6 +53,17 @@ template <class G, class T> Tensor<G> in_compute_type(const Tensor<T>& t) {
   }
 }
 
+// Where a kernel writes a result in compute type G: the output tensor itself when G is T (no copy, no extra
+// memory), else a G buffer charged as workspace, which round_into() then rounds once into the output.
+template <class G, class T> Tensor<G> result_buffer(const Tensor<T>& out) {
+  if constexpr (std::is_same_v<G, T>) return out;
+  else return Tensor<G>(out.shape(), MemoryCategory::workspace);
+}
+template <class T, class G> void round_into(const Tensor<G>& buffer, Tensor<T>& out) {
+  if constexpr (!std::is_same_v<G, T>)
+    if (!buffer.is_dry() && !out.is_dry()) convert(buffer.data(), out.data(), out.numel());
+}
+
 // dst[i] (+)= src[i], rounding once into the storage type.
 template <class T, class G> void store_rounded(const G* src, T* dst, index_t n, bool add) {
   if (!add) return convert(src, dst, n);
