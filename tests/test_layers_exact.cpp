@@ -67,6 +67,34 @@ TEST(ModelFactory, WideResNet28x2HasTheParametersItsStructureImplies) {
   EXPECT_EQ(build_model<float>(resnet_spec(16, 4, 4)).size(), 3u + 6u + 2u);
 }
 
+TEST(ModelFactory, RevNetStagesOfCouplingBlocks) {
+  const nlohmann::json config = {
+      {"model", {{"arch", "revnet"}, {"stages", 3}, {"blocks", 2}, {"width", 8}, {"input", {1, 28, 28}}}},
+      {"data", {{"dataset", "synthetic"}}},
+      {"train", {{"optimizer", {{"lr", 0.1}}}}}};
+  MemoryLedger ledger;
+  ledger.set_dry_run(true);
+  MemoryLedger::Scope scope(ledger);
+  Sequential<float> model = build_model<float>(parse_run_config(config, "").model);
+  // stem (3) + 3 stages x 2 blocks + 2 pixel shuffles + pool + linear
+  ASSERT_EQ(model.size(), 3u + 6u + 2u + 2u);
+  int couplings = 0;
+  for (std::size_t i = 0; i < model.size(); ++i) couplings += std::string(model.layer(i).kind()) == "coupling";
+  EXPECT_EQ(couplings, 6);
+  // Channels 8 -> 32 -> 128 through the pixel shuffles; 28 -> 14 -> 7.
+  EXPECT_EQ(model.layer(11).output_shape(Shape{128, 7, 7}), (Shape{128}));
+  // 4 stages would need a pixel shuffle of 7 x 7: refused, naming the layer.
+  nlohmann::json deeper = config;
+  deeper["model"]["stages"] = 4;
+  try {
+    build_model<float>(parse_run_config(deeper, "").model);
+    FAIL() << "odd spatial size accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("pixel_shuffle"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("even"), std::string::npos) << e.what();
+  }
+}
+
 TEST(ModelFactory, ResNetDepthMustBe6nPlus4) {
   try {
     resnet_spec(20, 1, 16);

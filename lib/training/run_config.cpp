@@ -119,6 +119,54 @@ void expand_resnet(ConfigReader& r, ModelSpec& m) {
   add("linear").out = m.classes;
 }
 
+// RevNet-style reversible network (Gomez et al. 2017, with i-RevNet's lossless downsampling): a stem conv 3x3
+// (input -> width) + invertible batch norm + leaky ReLU; `stages` stages of `blocks` additive-coupling blocks,
+// each F and G = conv 3x3, batch norm, leaky ReLU, conv 3x3, batch norm on half the channels; a pixel shuffle
+// (channels x4, H and W / 2) before every stage but the first; global average pool and a linear classifier.
+void expand_revnet(ConfigReader& r, ModelSpec& m) {
+  const int stages = r.get_in("stages", 2, 1, 8);
+  const int blocks = r.get_in("blocks", 2, 0, int_max);
+  const int width = r.get_in("width", 16, 2, int_max);
+  const double slope = r.get_in("slope", 0.2, 0.0, inf);
+  if (width % 2 != 0) r.fail("width", "coupling blocks split channels in halves: expected an even width");
+  if (slope == 0.0) r.fail("slope", "a leaky ReLU with slope 0 is not invertible: expected a slope > 0");
+  auto layer = [&](std::string type, std::size_t index, const std::string& where) {
+    LayerSpec s = generated("revnet", index, std::move(type));
+    s.label = "/model (revnet " + where + ": " + s.type + ")";
+    if (s.type == "leaky_relu") s.slope = slope;
+    return s;
+  };
+  auto conv = [&](index_t out, std::size_t index, const std::string& where) {
+    LayerSpec s = layer("conv", index, where);
+    s.out = out, s.kernel = 3, s.stride = 1, s.pad = 1, s.bias = false;
+    return s;
+  };
+  m.layers.push_back(conv(width, 0, "stem"));
+  m.layers.push_back(layer("inv_batchnorm", 1, "stem"));
+  m.layers.back().scale_eps = 1e-4;
+  m.layers.push_back(layer("leaky_relu", 2, "stem"));
+  index_t channels = width;
+  for (int stage = 0; stage < stages; ++stage) {
+    if (stage > 0) {
+      m.layers.push_back(layer("pixel_shuffle", m.layers.size(), "stage " + std::to_string(stage)));
+      channels *= 4;
+    }
+    for (int b = 0; b < blocks; ++b) {
+      const std::string where = "stage " + std::to_string(stage) + " block " + std::to_string(b);
+      LayerSpec block = layer("coupling", m.layers.size(), where);
+      for (auto* net : {&block.f, &block.g}) {
+        *net = {conv(channels / 2, 0, where), layer("batchnorm", 1, where), layer("leaky_relu", 2, where),
+                conv(channels / 2, 3, where), layer("batchnorm", 4, where)};
+      }
+      m.layers.push_back(block);
+    }
+  }
+  m.layers.push_back(layer("global_avgpool", m.layers.size(), "head"));
+  LayerSpec head = layer("linear", m.layers.size(), "head");
+  head.out = m.classes;
+  m.layers.push_back(head);
+}
+
 ModelSpec parse_model(ConfigReader r) {
   ModelSpec m;
   const auto input = r.get_list<std::int64_t>("input", {1, 28, 28});
@@ -132,9 +180,10 @@ ModelSpec parse_model(ConfigReader r) {
     for (ConfigReader& layer : r.object_list("layers")) m.layers.push_back(parse_layer(std::move(layer)));
     if (m.layers.empty()) r.fail("layers", "expected at least one layer");
   } else {
-    m.arch = r.required_choice("arch", {"cnn", "resnet"});
+    m.arch = r.required_choice("arch", {"cnn", "resnet", "revnet"});
     if (m.arch == "cnn") expand_cnn(r, m);
-    else expand_resnet(r, m);
+    else if (m.arch == "resnet") expand_resnet(r, m);
+    else expand_revnet(r, m);
   }
   r.finish();
   return m;
