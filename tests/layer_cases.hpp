@@ -2,6 +2,7 @@
 // The table of layers every generic check runs over: one entry per layer type and configuration, each able to
 // build its layer in any of the five precisions.
 #include <functional>
+#include <ostream>
 #include <memory>
 #include <string>
 #include <tuple>
@@ -23,6 +24,9 @@ struct LayerCase {
 };
 
 std::vector<LayerCase> all_layer_cases();
+
+// How GoogleTest prints a case in test names and failures: by its name, not as bytes.
+inline void PrintTo(const LayerCase& c, std::ostream* os) { *os << c.name; }
 
 // gtest-friendly name: letters and digits only.
 std::string test_name(const std::string& s);
