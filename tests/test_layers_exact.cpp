@@ -95,6 +95,26 @@ TEST(ModelFactory, RevNetStagesOfCouplingBlocks) {
   }
 }
 
+TEST(ModelFactory, FlatNetworkIsInvertibleLayerByLayer) {
+  const nlohmann::json config = {
+      {"model", {{"arch", "flat"}, {"stages", 2}, {"blocks", 3}, {"width", 4}, {"slope", 0.1}, {"input", {1, 8, 8}}}},
+      {"data", {{"dataset", "synthetic"}, {"synthetic", {{"shape", {1, 8, 8}}}}}},
+      {"train", {{"optimizer", {{"lr", 0.1}}}}}};
+  MemoryLedger ledger;
+  ledger.set_dry_run(true);
+  MemoryLedger::Scope scope(ledger);
+  Sequential<float> model = build_model<float>(parse_run_config(config, "").model);
+  // stem (3) + 2 stages x 3 x (coupling conv, inv BN, leaky ReLU) + 1 pixel shuffle + pool + linear
+  ASSERT_EQ(model.size(), 3u + 18u + 1u + 2u);
+  EXPECT_STREQ(model.layer(3).kind(), "coupling");
+  EXPECT_STREQ(model.layer(4).kind(), "inv_batchnorm");
+  EXPECT_STREQ(model.layer(5).kind(), "leaky_relu");
+  EXPECT_EQ(model.layer(3).children().size(), 2u);  // F and G: one half-channel conv each
+  nlohmann::json zero_slope = config;
+  zero_slope["model"]["slope"] = 0.0;
+  EXPECT_THROW(parse_run_config(zero_slope, ""), Error);
+}
+
 TEST(ModelFactory, ResNetDepthMustBe6nPlus4) {
   try {
     resnet_spec(20, 1, 16);

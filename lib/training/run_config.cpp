@@ -119,11 +119,15 @@ void expand_resnet(ConfigReader& r, ModelSpec& m) {
   add("linear").out = m.classes;
 }
 
-// RevNet-style reversible network (Gomez et al. 2017, with i-RevNet's lossless downsampling): a stem conv 3x3
-// (input -> width) + invertible batch norm + leaky ReLU; `stages` stages of `blocks` additive-coupling blocks,
-// each F and G = conv 3x3, batch norm, leaky ReLU, conv 3x3, batch norm on half the channels; a pixel shuffle
-// (channels x4, H and W / 2) before every stage but the first; global average pool and a linear classifier.
-void expand_revnet(ConfigReader& r, ModelSpec& m) {
+// Reversible networks: a stem conv 3x3 (input -> width) + invertible batch norm + leaky ReLU; `stages` stages of
+// `blocks` blocks, a pixel shuffle (channels x4, H and W / 2) before every stage but the first; global average pool
+// and a linear classifier. The block:
+//  revnet (Gomez et al. 2017, with i-RevNet's lossless downsampling): an additive coupling whose F and G are
+//    conv 3x3, batch norm, leaky ReLU, conv 3x3, batch norm on half the channels;
+//  flat (Hascoet et al., invertible layer by layer): the invertible 3x3 convolution (an additive coupling whose F
+//    and G are one half-channel conv each), invertible batch norm, leaky ReLU.
+void expand_reversible(ConfigReader& r, ModelSpec& m) {
+  const bool flat = m.arch == "flat";
   const int stages = r.get_in("stages", 2, 1, 8);
   const int blocks = r.get_in("blocks", 2, 0, int_max);
   const int width = r.get_in("width", 16, 2, int_max);
@@ -131,8 +135,8 @@ void expand_revnet(ConfigReader& r, ModelSpec& m) {
   if (width % 2 != 0) r.fail("width", "coupling blocks split channels in halves: expected an even width");
   if (slope == 0.0) r.fail("slope", "a leaky ReLU with slope 0 is not invertible: expected a slope > 0");
   auto layer = [&](std::string type, std::size_t index, const std::string& where) {
-    LayerSpec s = generated("revnet", index, std::move(type));
-    s.label = "/model (revnet " + where + ": " + s.type + ")";
+    LayerSpec s = generated(m.arch, index, std::move(type));
+    s.label = "/model (" + m.arch + " " + where + ": " + s.type + ")";
     if (s.type == "leaky_relu") s.slope = slope;
     return s;
   };
@@ -155,10 +159,16 @@ void expand_revnet(ConfigReader& r, ModelSpec& m) {
       const std::string where = "stage " + std::to_string(stage) + " block " + std::to_string(b);
       LayerSpec block = layer("coupling", m.layers.size(), where);
       for (auto* net : {&block.f, &block.g}) {
-        *net = {conv(channels / 2, 0, where), layer("batchnorm", 1, where), layer("leaky_relu", 2, where),
-                conv(channels / 2, 3, where), layer("batchnorm", 4, where)};
+        if (flat) *net = {conv(channels / 2, 0, where)};
+        else *net = {conv(channels / 2, 0, where), layer("batchnorm", 1, where), layer("leaky_relu", 2, where),
+                     conv(channels / 2, 3, where), layer("batchnorm", 4, where)};
       }
       m.layers.push_back(block);
+      if (flat) {
+        m.layers.push_back(layer("inv_batchnorm", m.layers.size(), where));
+        m.layers.back().scale_eps = 1e-4;
+        m.layers.push_back(layer("leaky_relu", m.layers.size(), where));
+      }
     }
   }
   m.layers.push_back(layer("global_avgpool", m.layers.size(), "head"));
@@ -180,10 +190,10 @@ ModelSpec parse_model(ConfigReader r) {
     for (ConfigReader& layer : r.object_list("layers")) m.layers.push_back(parse_layer(std::move(layer)));
     if (m.layers.empty()) r.fail("layers", "expected at least one layer");
   } else {
-    m.arch = r.required_choice("arch", {"cnn", "resnet", "revnet"});
+    m.arch = r.required_choice("arch", {"cnn", "resnet", "revnet", "flat"});
     if (m.arch == "cnn") expand_cnn(r, m);
     else if (m.arch == "resnet") expand_resnet(r, m);
-    else expand_revnet(r, m);
+    else expand_reversible(r, m);
   }
   r.finish();
   return m;
