@@ -44,50 +44,58 @@ TEST(ConvExact, HandComputedStrideAndPadding) {
   EXPECT_EQ(y[3], 5 + 6 + 8 + 9 + 0.5);
 }
 
-ModelSpec resnet_spec(int depth, int widen, int base) {
+// The model of a config whose only interesting part is `model` (synthetic data shaped like its input).
+ModelSpec model_spec(const nlohmann::json& model) {
   const nlohmann::json config = {
-      {"model", {{"arch", "resnet"}, {"depth", depth}, {"widen", widen}, {"base_width", base}, {"input", {3, 32, 32}}}},
-      {"data", {{"dataset", "synthetic"}, {"synthetic", {{"shape", {3, 32, 32}}}}}},
+      {"model", model},
+      {"data", {{"dataset", "synthetic"}, {"synthetic", {{"shape", model.at("input")}}}}},
       {"train", {{"optimizer", {{"lr", 0.1}}}}}};
   return parse_run_config(config, "").model;
+}
+
+// A model built on a dry-run ledger: structure and shapes, no memory. The ledger outlives the model's tensors.
+struct DryModel {
+  explicit DryModel(const ModelSpec& spec) {
+    ledger.set_dry_run(true);
+    MemoryLedger::Scope scope(ledger);
+    model = std::make_unique<Sequential<float>>(build_model<float>(spec));
+  }
+  MemoryLedger ledger;
+  std::unique_ptr<Sequential<float>> model;
+};
+
+ModelSpec resnet_spec(int depth, int widen, int base) {
+  return model_spec({{"arch", "resnet"}, {"depth", depth}, {"widen", widen}, {"base_width", base}, {"input", {3, 32, 32}}});
 }
 
 TEST(ModelFactory, WideResNet28x2HasTheParametersItsStructureImplies) {
   // Stem conv 3->16 (432) + BN (32); stages of 4 blocks at widths 32, 64, 128 (strides 1, 2, 2); each stage's
   // first block has a 1x1 projection + BN. Stage 1: 14,528 + 3 x 18,560; stage 2: 57,728 + 3 x 73,984;
   // stage 3: 230,144 + 3 x 295,424; linear 128->10: 1,290. Total 1,468,058 (the paper's WRN-28-2: 1.5M).
-  MemoryLedger ledger;
-  ledger.set_dry_run(true);
-  MemoryLedger::Scope scope(ledger);
-  Sequential<float> model = build_model<float>(resnet_spec(28, 2, 16));
-  EXPECT_EQ(model.parameter_count(), 1468058);
-  EXPECT_EQ(model.size(), 3u + 12u + 2u);  // stem, 12 residual blocks, pool + linear
-  EXPECT_EQ(model.output_shape(), (Shape{10}));
+  const DryModel wrn(resnet_spec(28, 2, 16));
+  EXPECT_EQ(wrn.model->parameter_count(), 1468058);
+  EXPECT_EQ(wrn.model->size(), 3u + 12u + 2u);  // stem, 12 residual blocks, pool + linear
+  EXPECT_EQ(wrn.model->output_shape(), (Shape{10}));
   // Reduced width (WRN-16-4 at base width 4) is expressible and builds.
-  EXPECT_EQ(build_model<float>(resnet_spec(16, 4, 4)).size(), 3u + 6u + 2u);
+  EXPECT_EQ(DryModel(resnet_spec(16, 4, 4)).model->size(), 3u + 6u + 2u);
 }
 
 TEST(ModelFactory, RevNetStagesOfCouplingBlocks) {
-  const nlohmann::json config = {
-      {"model", {{"arch", "revnet"}, {"stages", 3}, {"blocks", 2}, {"width", 8}, {"input", {1, 28, 28}}}},
-      {"data", {{"dataset", "synthetic"}}},
-      {"train", {{"optimizer", {{"lr", 0.1}}}}}};
-  MemoryLedger ledger;
-  ledger.set_dry_run(true);
-  MemoryLedger::Scope scope(ledger);
-  Sequential<float> model = build_model<float>(parse_run_config(config, "").model);
+  const nlohmann::json model = {{"arch", "revnet"}, {"stages", 3}, {"blocks", 2}, {"width", 8}, {"input", {1, 28, 28}}};
+  const DryModel revnet(model_spec(model));
+  Sequential<float>& net = *revnet.model;
   // stem (3) + 3 stages x 2 blocks + 2 pixel shuffles + pool + linear
-  ASSERT_EQ(model.size(), 3u + 6u + 2u + 2u);
+  ASSERT_EQ(net.size(), 3u + 6u + 2u + 2u);
   int couplings = 0;
-  for (std::size_t i = 0; i < model.size(); ++i) couplings += std::string(model.layer(i).kind()) == "coupling";
+  for (std::size_t i = 0; i < net.size(); ++i) couplings += std::string(net.layer(i).kind()) == "coupling";
   EXPECT_EQ(couplings, 6);
   // Channels 8 -> 32 -> 128 through the pixel shuffles; 28 -> 14 -> 7.
-  EXPECT_EQ(model.layer(11).output_shape(Shape{128, 7, 7}), (Shape{128}));
+  EXPECT_EQ(net.layer(11).output_shape(Shape{128, 7, 7}), (Shape{128}));
   // 4 stages would need a pixel shuffle of 7 x 7: refused, naming the layer.
-  nlohmann::json deeper = config;
-  deeper["model"]["stages"] = 4;
+  nlohmann::json deeper = model;
+  deeper["stages"] = 4;
   try {
-    build_model<float>(parse_run_config(deeper, "").model);
+    DryModel refused(model_spec(deeper));
     FAIL() << "odd spatial size accepted";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("pixel_shuffle"), std::string::npos) << e.what();
@@ -96,23 +104,19 @@ TEST(ModelFactory, RevNetStagesOfCouplingBlocks) {
 }
 
 TEST(ModelFactory, FlatNetworkIsInvertibleLayerByLayer) {
-  const nlohmann::json config = {
-      {"model", {{"arch", "flat"}, {"stages", 2}, {"blocks", 3}, {"width", 4}, {"slope", 0.1}, {"input", {1, 8, 8}}}},
-      {"data", {{"dataset", "synthetic"}, {"synthetic", {{"shape", {1, 8, 8}}}}}},
-      {"train", {{"optimizer", {{"lr", 0.1}}}}}};
-  MemoryLedger ledger;
-  ledger.set_dry_run(true);
-  MemoryLedger::Scope scope(ledger);
-  Sequential<float> model = build_model<float>(parse_run_config(config, "").model);
+  const nlohmann::json model = {{"arch", "flat"}, {"stages", 2}, {"blocks", 3}, {"width", 4}, {"slope", 0.1},
+                                {"input", {1, 8, 8}}};
+  const DryModel flat(model_spec(model));
+  Sequential<float>& net = *flat.model;
   // stem (3) + 2 stages x 3 x (coupling conv, inv BN, leaky ReLU) + 1 pixel shuffle + pool + linear
-  ASSERT_EQ(model.size(), 3u + 18u + 1u + 2u);
-  EXPECT_STREQ(model.layer(3).kind(), "coupling");
-  EXPECT_STREQ(model.layer(4).kind(), "inv_batchnorm");
-  EXPECT_STREQ(model.layer(5).kind(), "leaky_relu");
-  EXPECT_EQ(model.layer(3).children().size(), 2u);  // F and G: one half-channel conv each
-  nlohmann::json zero_slope = config;
-  zero_slope["model"]["slope"] = 0.0;
-  EXPECT_THROW(parse_run_config(zero_slope, ""), Error);
+  ASSERT_EQ(net.size(), 3u + 18u + 1u + 2u);
+  EXPECT_STREQ(net.layer(3).kind(), "coupling");
+  EXPECT_STREQ(net.layer(4).kind(), "inv_batchnorm");
+  EXPECT_STREQ(net.layer(5).kind(), "leaky_relu");
+  EXPECT_EQ(net.layer(3).children().size(), 2u);  // F and G: one half-channel conv each
+  nlohmann::json zero_slope = model;
+  zero_slope["slope"] = 0.0;
+  EXPECT_THROW(model_spec(zero_slope), Error);
 }
 
 TEST(ModelFactory, ResNetDepthMustBe6nPlus4) {
