@@ -65,7 +65,13 @@ void validate_model(const RunConfig& run, const std::string& config_file) {
   ledger.set_dry_run(true);
   MemoryLedger::Scope scope(ledger);
   try {
-    build_model<float>(run.model);
+    Sequential<float> model = build_model<float>(run.model);
+    bool any_invertible = false;
+    for (std::size_t i = 0; i < model.size(); ++i) any_invertible = any_invertible || model.invertible(i);
+    if (run.uses("reversible") && !any_invertible)
+      throw Error("/technique: \"reversible\" rebuilds invertible layers, and model (" + run.model.arch +
+                  ") has none (invertible: inv_batchnorm, leaky_relu with slope > 0, pixel_shuffle, coupling, "
+                  "invertible)");
   } catch (const Error& e) {
     throw Error(config_file + ": " + e.what());
   }

@@ -2,6 +2,7 @@
 // no update. Dumps, in float64 and PyTorch's layouts, the input, labels, logits, loss and every parameter with
 // its gradient, and compares them with the same computation in the reference precision (default mp).
 #include <cmath>
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 
@@ -45,7 +46,11 @@ template <class T> std::unique_ptr<GradientDump> compute(const RunConfig& config
   dump->logits = widen(logits);
   dump->labels.assign(labels.begin(), labels.end());
   Sequential<T>& model = trainer.model();
-  auto add = [&](const std::string& prefix, Layer<T>& layer) {
+  // Composite layers (residual blocks, couplings) by their children, down to the layers that hold parameters.
+  std::function<void(const std::string&, Layer<T>&)> add = [&](const std::string& prefix, Layer<T>& layer) {
+    auto children = layer.children();
+    for (auto& [child, sub] : children) add(prefix + "/" + child, *sub);
+    if (!children.empty()) return;
     for (Param<T>* p : layer.params()) {
       const std::string name = prefix + "/" + p->name;
       dump->names.push_back(name);
@@ -53,12 +58,7 @@ template <class T> std::unique_ptr<GradientDump> compute(const RunConfig& config
       dump->tensors[prefix + "/grad_" + p->name] = widen(p->grad);
     }
   };
-  for (std::size_t i = 0; i < model.size(); ++i) {
-    const std::string prefix = "layers/" + std::to_string(i);
-    auto children = model.layer(i).children();
-    if (children.empty()) add(prefix, model.layer(i));
-    for (auto& [child, layer] : children) add(prefix + "/" + child, *layer);
-  }
+  for (std::size_t i = 0; i < model.size(); ++i) add("layers/" + std::to_string(i), model.layer(i));
   return dump;
 }
 
@@ -86,8 +86,9 @@ std::pair<double, double> compare(const std::vector<double>& a, const std::vecto
   return {relative, 2 * std::atan2(std::sqrt(minus), std::sqrt(plus)) * 180.0 / M_PI};
 }
 
-// The reference is the same config in the reference precision: computed once per process and shared by every
-// run of a precision sweep. Key: the resolved config without its precision.
+// The reference is the same config in the reference precision with stored activations (store_all): computed once
+// per process and shared by every run of a precision or technique sweep. Key: the resolved config without its
+// precision and technique.
 std::map<std::string, std::unique_ptr<GradientDump>>& reference_cache() {
   static std::map<std::string, std::unique_ptr<GradientDump>> cache;
   return cache;
@@ -97,6 +98,7 @@ std::string reference_key(const std::string& config_json, Precision reference) {
   nlohmann::json key = nlohmann::json::parse(config_json);
   key.erase("precision");
   key.erase("accumulate");
+  key.erase("technique");
   key["reference"] = to_string(reference);
   return key.dump();
 }
@@ -112,6 +114,7 @@ const GradientDump& reference_for(const RunConfig& config, const std::string& co
     RunConfig ref = config;
     ref.precision = reference;
     ref.accumulate = Accumulate::f32;
+    ref.techniques = {TechniqueSpec{}};
     slot = compute_in(reference, ref, data);
   }
   return *slot;
@@ -134,7 +137,7 @@ void run_gradient_study(const RunConfig& config, const DataSplit& data, RunRecor
 
   if (config.gradient_reference == "none") return;
   const Precision reference = parse_precision(config.gradient_reference);
-  if (reference == config.precision && config.accumulate == Accumulate::f32) {
+  if (reference == config.precision && config.accumulate == Accumulate::f32 && config.uses("store_all")) {
     remember_reference(record.config_json, reference, *dump);  // later runs of the sweep compare with this one
     return;
   }

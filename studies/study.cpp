@@ -1,5 +1,7 @@
 #include "study.hpp"
 
+#include <algorithm>
+
 #include "io/error.hpp"
 
 namespace lowmem {
@@ -9,9 +11,18 @@ void run_study(const RunConfig& config, const DataSplit& data, RunRecord& record
   record.labels["precision"] = to_string(config.precision);
   record.labels["name"] = config.name;
   record.labels["model"] = config.model.arch;
-  if (config.study == "train") return run_train_study(config, data, record, progress);
-  if (config.study == "gradient") return run_gradient_study(config, data, record, progress);
-  throw Error("unknown study \"" + config.study + "\"");
+  std::string techniques;
+  for (const TechniqueSpec& t : config.techniques) techniques += (techniques.empty() ? "" : "+") + t.type;
+  record.labels["technique"] = techniques;
+  if (config.study == "train") run_train_study(config, data, record, progress);
+  else if (config.study == "gradient") run_gradient_study(config, data, record, progress);
+  else if (config.study == "reconstruction") run_reconstruction_study(config, data, record, progress);
+  else throw Error("unknown study \"" + config.study + "\"");
+  // Pixel-wise memory cost (Hascoet et al.): peak memory per image of the batch, per input pixel.
+  const double pixels = static_cast<double>(std::min<std::int64_t>(config.train.batch, data.train.count)) *
+                        static_cast<double>(config.model.input[1] * config.model.input[2]);
+  record.scalars["pixel_memory_bytes"] = record.scalars.at("peak_bytes") / pixels;
+  record.scalars["pixel_activation_bytes"] = record.scalars.at("activation_peak_bytes") / pixels;
 }
 
 void record_memory(const MemoryLedger& ledger, RunRecord& record) {

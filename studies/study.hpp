@@ -21,6 +21,8 @@ void run_study(const RunConfig& config, const DataSplit& data, RunRecord& record
 // Studies, one per "study" value.
 void run_train_study(const RunConfig& config, const DataSplit& data, RunRecord& record, const Progress& progress);
 void run_gradient_study(const RunConfig& config, const DataSplit& data, RunRecord& record, const Progress& progress);
+void run_reconstruction_study(const RunConfig& config, const DataSplit& data, RunRecord& record,
+                              const Progress& progress);
 
 // The memory columns every study reports: per-category peaks from the ledger, and the process's peak RSS.
 void record_memory(const MemoryLedger& ledger, RunRecord& record);

@@ -6,6 +6,7 @@
 #include "layers/batchnorm.hpp"
 #include "layers/conv2d.hpp"
 #include "layers/coupling.hpp"
+#include "layers/invertible_chain.hpp"
 #include "layers/linear.hpp"
 #include "layers/pooling.hpp"
 #include "layers/residual.hpp"
@@ -34,9 +35,40 @@ template <class T> std::unique_ptr<Layer<T>> make_coupling() {
   return std::make_unique<AdditiveCoupling<T>>("coupling", half_net("F"), half_net("G"));
 }
 
-LayerCase coupling_case() {
-  return {"coupling", Shape{3, 2, 4, 4},
-          {make_coupling<float>, make_coupling<double>, make_coupling<f16>, make_coupling<bf16>, make_coupling<mp>}};
+// Hascoet et al.'s invertible 3x3 convolution on `channels` channels: a coupling of two half-channel convs.
+template <class T> std::unique_ptr<Layer<T>> make_invertible_conv(const std::string& name, index_t channels, index_t size) {
+  auto conv = [&](const std::string& which) {
+    Sequential<T> net(Shape{channels / 2, size, size});
+    net.add(std::make_unique<Conv2d<T>>(name + " " + which, Conv2dSpec{channels / 2, channels / 2, 3, 1, 1, false}));
+    return net;
+  };
+  return std::make_unique<AdditiveCoupling<T>>(name, conv("F"), conv("G"));
+}
+
+// Invertible layer by layer: invertible conv, invertible batch norm, leaky ReLU (the flat architecture's block).
+template <class T> Sequential<T> flat_block(const std::string& name, index_t channels, index_t size) {
+  Sequential<T> net(Shape{channels, size, size});
+  net.add(make_invertible_conv<T>(name + " conv", channels, size));
+  net.add(std::make_unique<BatchNorm<T>>(name + " bn", channels, 0.1, 1e-5, 1e-4));
+  net.add(std::make_unique<LeakyRelu<T>>(name + " act", 0.2));
+  return net;
+}
+
+template <class T> std::unique_ptr<Layer<T>> make_invertible_chain() {
+  return std::make_unique<InvertibleChain<T>>("invertible", flat_block<T>("chain", 2, 4));
+}
+
+// The hybrid block: a coupling whose F and G are themselves invertible layer by layer.
+template <class T> std::unique_ptr<Layer<T>> make_hybrid_coupling() {
+  return std::make_unique<AdditiveCoupling<T>>("hybrid coupling", flat_block<T>("F", 2, 3), flat_block<T>("G", 2, 3));
+}
+
+// A case from a generic maker: make.template operator()<T>() builds the layer in T.
+template <class Maker> LayerCase case_of(std::string name, Shape input, Maker make) {
+  auto factory = [&]<class T>() -> LayerFactory<T> { return [make] { return make.template operator()<T>(); }; };
+  return {std::move(name), std::move(input),
+          {factory.template operator()<float>(), factory.template operator()<double>(),
+           factory.template operator()<f16>(), factory.template operator()<bf16>(), factory.template operator()<mp>()}};
 }
 
 }  // namespace
@@ -61,7 +93,9 @@ std::vector<LayerCase> all_layer_cases() {
       make_case<BatchNorm>("inv_batchnorm", Shape{3, 2, 3, 3}, index_t{2}, 0.1, 1e-5, 1e-4),
       make_case<PixelShuffle>("pixel_shuffle", Shape{2, 2, 4, 6}),
       make_case<Flatten>("flatten", Shape{2, 2, 3, 3}),
-      coupling_case(),
+      case_of("coupling", Shape{3, 2, 4, 4}, []<class T>() { return make_coupling<T>(); }),
+      case_of("invertible chain", Shape{3, 2, 4, 4}, []<class T>() { return make_invertible_chain<T>(); }),
+      case_of("hybrid coupling", Shape{3, 4, 3, 3}, []<class T>() { return make_hybrid_coupling<T>(); }),
       make_case<ResidualBlock>("residual identity", Shape{2, 2, 4, 4}, index_t{2}, index_t{2}, index_t{1}, 0.1, 1e-5),
       make_case<ResidualBlock>("residual projection", Shape{2, 2, 6, 6}, index_t{2}, index_t{4}, index_t{2}, 0.1, 1e-5),
   };

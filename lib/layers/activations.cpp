@@ -26,40 +26,51 @@ template <class T> Tensor<T> LeakyRelu<T>::forward(const Tensor<T>& x, const Run
       }
     }
   }
-  if (ctx.training) output_.keep(y);
+  if (ctx.keeps()) output_.keep(y);
   return y;
 }
 
 template <class T> Tensor<T> LeakyRelu<T>::backward(const Tensor<T>& dy, const RunContext&, bool want_input_grad) {
-  const Tensor<T>& y = output_.get();
   Tensor<T> dx;
-  if (want_input_grad) {
-    dx = Tensor<T>(y.shape(), MemoryCategory::workspace);
-    if (!y.is_dry()) {
-      const T zero(0), slope = slope_t_;
-      const T *__restrict out = y.data(), *__restrict grad = dy.data();
-      T* __restrict result = dx.data();
-      if (slope_ == 0.0) {  // exactly 0 where the unit is off, even for an infinite gradient (as PyTorch)
-        for (index_t i = 0; i < y.numel(); ++i) result[i] = out[i] > zero ? grad[i] : zero;
-      } else {
-        for (index_t i = 0; i < y.numel(); ++i) {
-          const T negative = T(slope * grad[i]);
-          result[i] = out[i] > zero ? grad[i] : negative;
-        }
-      }
-    }
-  }
+  if (want_input_grad) dx = input_grad(output_.get(), dy);
   output_.release();
   return dx;
 }
 
+template <class T> Tensor<T> LeakyRelu<T>::input_grad(const Tensor<T>& y, const Tensor<T>& dy) const {
+  Tensor<T> dx(y.shape(), MemoryCategory::workspace);
+  if (y.is_dry()) return dx;
+  const T zero(0), slope = slope_t_;
+  const T *__restrict out = y.data(), *__restrict grad = dy.data();
+  T* __restrict result = dx.data();
+  if (slope_ == 0.0) {  // exactly 0 where the unit is off, even for an infinite gradient (as PyTorch)
+    for (index_t i = 0; i < y.numel(); ++i) result[i] = out[i] > zero ? grad[i] : zero;
+  } else {
+    for (index_t i = 0; i < y.numel(); ++i) {
+      const T negative = T(slope * grad[i]);
+      result[i] = out[i] > zero ? grad[i] : negative;
+    }
+  }
+  return dx;
+}
+
+template <class T> std::string LeakyRelu<T>::why_not_invertible() const {
+  return slope_ > 0.0 ? "" : "a leaky ReLU with slope 0 (ReLU) is not invertible: negative inputs map to 0";
+}
+
 template <class T> Tensor<T> LeakyRelu<T>::inverse(const Tensor<T>& y) {
-  if (slope_ == 0.0)
-    throw Error("layer " + this->label() + ": a leaky ReLU with slope 0 is not invertible (negative inputs map to 0)");
+  if (!invertible()) throw Error("layer " + this->label() + ": " + why_not_invertible());
   Tensor<T> x(y.shape(), MemoryCategory::workspace);
   if (!y.is_dry())
     for (index_t i = 0; i < y.numel(); ++i) x[i] = y[i] > T(0) ? y[i] : T(y[i] / slope_t_);
   return x;
+}
+
+// The output is all the gradient needs: y > 0 exactly when x > 0.
+template <class T>
+Reconstructed<T> LeakyRelu<T>::backward_from_output(const Tensor<T>& y, const Tensor<T>& dy, const RunContext&,
+                                                    bool want_input_grad) {
+  return {inverse(y), want_input_grad ? input_grad(y, dy) : Tensor<T>()};
 }
 
 namespace {
@@ -104,6 +115,12 @@ template <class T> Tensor<T> PixelShuffle<T>::inverse(const Tensor<T>& y) {
   Tensor<T> x(Shape{y.dim(0), y.dim(1) / 4, 2 * y.dim(2), 2 * y.dim(3)}, MemoryCategory::workspace);
   shuffle(y, x, false);
   return x;
+}
+
+template <class T>
+Reconstructed<T> PixelShuffle<T>::backward_from_output(const Tensor<T>& y, const Tensor<T>& dy, const RunContext& ctx,
+                                                       bool want_input_grad) {
+  return {inverse(y), backward(dy, ctx, want_input_grad)};
 }
 
 template <class T> Tensor<T> Flatten<T>::forward(const Tensor<T>& x, const RunContext&) {

@@ -14,9 +14,14 @@ template <class T> class LeakyRelu : public Layer<T>, public Invertible<T> {
   Shape output_shape(const Shape& input) const override { return input; }
   Tensor<T> forward(const Tensor<T>& x, const RunContext& ctx) override;
   Tensor<T> backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) override;
+  bool invertible() const override { return slope_ > 0.0; }
+  std::string why_not_invertible() const override;
   Tensor<T> inverse(const Tensor<T>& y) override;  // throws lowmem::Error for slope 0 (ReLU loses its negatives)
+  Reconstructed<T> backward_from_output(const Tensor<T>& y, const Tensor<T>& dy, const RunContext& ctx,
+                                        bool want_input_grad) override;
 
  private:
+  Tensor<T> input_grad(const Tensor<T>& y, const Tensor<T>& dy) const;  // from the output alone
   double slope_;
   T slope_t_;
   Saved<T> output_;
@@ -33,6 +38,8 @@ template <class T> class PixelShuffle : public Layer<T>, public Invertible<T> {
   Tensor<T> forward(const Tensor<T>& x, const RunContext& ctx) override;
   Tensor<T> backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) override;
   Tensor<T> inverse(const Tensor<T>& y) override;
+  Reconstructed<T> backward_from_output(const Tensor<T>& y, const Tensor<T>& dy, const RunContext& ctx,
+                                        bool want_input_grad) override;
 };
 
 // Flatten (N, C, H, W) -> (N, C H W): the same buffer seen with another shape.

@@ -80,8 +80,8 @@ template <class T> Tensor<T> BatchNorm<T>::forward(const Tensor<T>& x, const Run
       for (index_t i = 0; i < area; ++i)
         y[at(s, c, i)] = round_to<T>(W(g * ((round_to<W>(x[at(s, c, i)]) - mean[c]) * inv_std[c]) + b));
   }
-  if (ctx.training) {
-    input_.keep(x);
+  if (ctx.keeps()) input_.keep(x);
+  if (ctx.keeps() || (ctx.keeps_for_inverse() && invertible())) {  // the inverse needs the batch's statistics
     mean_.keep(mean);
     inv_std_.keep(inv_std);
   }
@@ -91,7 +91,25 @@ template <class T> Tensor<T> BatchNorm<T>::forward(const Tensor<T>& x, const Run
 // With x^ = (x - mean) / sigma over M = N H W values per channel:
 //   dbeta = sum dy,  dgamma = sum dy x^,  dx = gamma / sigma (dy - dbeta / M - x^ dgamma / M).
 template <class T> Tensor<T> BatchNorm<T>::backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) {
-  const Tensor<T>& x = input_.get();
+  const Tensor<T> x = input_.get();
+  input_.release();
+  return backward_from_input(x, dy, ctx, want_input_grad);
+}
+
+template <class T>
+Reconstructed<T> BatchNorm<T>::backward_from_output(const Tensor<T>& y, const Tensor<T>& dy, const RunContext& ctx,
+                                                    bool want_input_grad) {
+  const Tensor<T> x = inverse(y);
+  return {x, backward_from_input(x, dy, ctx, want_input_grad)};
+}
+
+template <class T> std::string BatchNorm<T>::why_not_invertible() const {
+  return invertible() ? "" : "ordinary batch norm scales by gamma, which may reach 0: use inv_batchnorm";
+}
+
+template <class T>
+Tensor<T> BatchNorm<T>::backward_from_input(const Tensor<T>& x, const Tensor<T>& dy, const RunContext& ctx,
+                                            bool want_input_grad) {
   const Tensor<W>&mean = mean_.get(), &inv_std = inv_std_.get();
   const index_t n = x.dim(0), area = x.numel() / (n * channels_);
   const W count = round_to<W>(static_cast<double>(n * area));
@@ -119,7 +137,6 @@ template <class T> Tensor<T> BatchNorm<T>::backward(const Tensor<T>& dy, const R
         dx[at(s, c, i)] = round_to<T>(W(factor * (round_to<W>(dy[at(s, c, i)]) - mean_dy - xhat * mean_dy_xhat)));
       }
   }
-  input_.release();
   mean_.release();
   inv_std_.release();
   return dx;

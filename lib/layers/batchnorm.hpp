@@ -15,7 +15,11 @@ template <class T> class BatchNorm : public Layer<T>, public Invertible<T> {
   // scale_eps < 0: ordinary batch norm (scale gamma); >= 0: invertible batch norm (scale |gamma| + scale_eps).
   BatchNorm(std::string label, index_t channels, double momentum, double eps, double scale_eps = -1);
   const char* kind() const override { return scale_eps_ < 0 ? "batchnorm" : "inv_batchnorm"; }
+  bool invertible() const override { return scale_eps_ >= 0; }
+  std::string why_not_invertible() const override;
   Tensor<T> inverse(const Tensor<T>& y) override;  // with the statistics of the last forward (see .cpp)
+  Reconstructed<T> backward_from_output(const Tensor<T>& y, const Tensor<T>& dy, const RunContext& ctx,
+                                        bool want_input_grad) override;
   Shape output_shape(const Shape& input) const override;
   void initialize(Rng& rng) override;
   Tensor<T> forward(const Tensor<T>& x, const RunContext& ctx) override;
@@ -28,6 +32,8 @@ template <class T> class BatchNorm : public Layer<T>, public Invertible<T> {
   using W = wide_t<T>;
   W scale(index_t c) const;        // gamma, or |gamma| + scale_eps
   W scale_slope(index_t c) const;  // d scale / d gamma: 1, or sign(gamma)
+  // backward with the input x given (kept, or rebuilt by the inverse); releases the statistics.
+  Tensor<T> backward_from_input(const Tensor<T>& x, const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad);
   index_t channels_;
   double momentum_, eps_, scale_eps_;
   Param<T> gamma_, beta_;

@@ -135,7 +135,7 @@ template <class T> Tensor<T> Conv2d<T>::forward(const Tensor<T>& x, const RunCon
       store_rounded(my_out, y.data() + s * cout * P, cout * P, false);
     }
   });
-  if (ctx.training) input_.keep(x);
+  if (ctx.keeps()) input_.keep(x);
   return y;
 }
 

@@ -72,10 +72,12 @@ template <class T> std::vector<std::pair<std::string, Layer<T>*>> AdditiveCoupli
 
 template <class T> Tensor<T> AdditiveCoupling<T>::forward(const Tensor<T>& x, const RunContext& ctx) {
   accumulate_ = ctx.accumulate;
+  RunContext inner = ctx;  // F and G are recomputed, never inverted, if this block is rebuilt
+  if (ctx.keep != RunContext::Keep::all) inner.keep = RunContext::Keep::nothing;
   const index_t half = x.dim(1) / 2;
   const Tensor<T> x2 = channels(x, half, half);
-  const Tensor<T> y1 = combine(channels(x, 0, half), f_.forward(x2, ctx), +1);
-  const Tensor<T> y2 = combine(x2, g_.forward(y1, ctx), +1);
+  const Tensor<T> y1 = combine(channels(x, 0, half), f_.forward(x2, inner), +1);
+  const Tensor<T> y2 = combine(x2, g_.forward(y1, inner), +1);
   return join(y1, y2);
 }
 
@@ -90,13 +92,27 @@ template <class T> Tensor<T> AdditiveCoupling<T>::backward(const Tensor<T>& dy, 
 template <class T> Tensor<T> AdditiveCoupling<T>::inverse(const Tensor<T>& y) {
   // F and G are recomputed in training mode on the rebuilt inputs: batch norm inside them then uses batch
   // statistics that equal the forward's in exact arithmetic, and must not update its running statistics twice.
-  // (Recomputing also refreshes what F's and G's layers keep for backward: backprop by reconstruction.)
   const index_t half = y.dim(1) / 2;
-  const RunContext replay{true, accumulate_, /*update_statistics=*/false};
+  const RunContext replay{true, accumulate_, /*update_statistics=*/false, RunContext::Keep::nothing};
   const Tensor<T> y1 = channels(y, 0, half);
   const Tensor<T> x2 = combine(channels(y, half, half), g_.forward(y1, replay), -1);
   const Tensor<T> x1 = combine(y1, f_.forward(x2, replay), -1);
   return join(x1, x2);
+}
+
+template <class T>
+Reconstructed<T> AdditiveCoupling<T>::backward_from_output(const Tensor<T>& y, const Tensor<T>& dy,
+                                                           const RunContext& ctx, bool) {
+  const index_t half = y.dim(1) / 2;
+  RunContext replay = ctx;
+  replay.update_statistics = false;
+  replay.keep = RunContext::Keep::all;
+  const Tensor<T> y1 = channels(y, 0, half), dy2 = channels(dy, half, half);
+  const Tensor<T> x2 = combine(channels(y, half, half), g_.forward(y1, replay), -1);
+  const Tensor<T> g1 = combine(channels(dy, 0, half), g_.backward(dy2, replay, true), +1);
+  const Tensor<T> x1 = combine(y1, f_.forward(x2, replay), -1);
+  const Tensor<T> dx2 = combine(dy2, f_.backward(g1, replay, true), +1);
+  return {join(x1, x2), join(g1, dx2)};
 }
 
 LOWMEM_INSTANTIATE_FOR_PRECISIONS(AdditiveCoupling)

@@ -7,6 +7,7 @@
 //   forward(x, ctx)        x is (N, ...); returns (N, ...). In training mode keeps what backward needs.
 //   backward(dy, ctx, dx?) adds (+=) parameter gradients, returns dL/dx if asked, releases what forward kept.
 //   params()               trainable parameters with their gradients.
+// Invertible layers (below) add inverse(y) and backward_from_output(y, dy): backprop by reconstruction.
 // In a dry run (tensors without values, see MemoryLedger::set_dry_run) forward and backward allocate and keep
 // exactly what they do in a real step and skip the arithmetic: that is how memory is predicted.
 #include <memory>
@@ -24,6 +25,16 @@ struct RunContext {
   bool training = true;
   Accumulate accumulate = Accumulate::f32;
   bool update_statistics = true;  // false when a forward is recomputed (batch norm's running statistics)
+  // What a training forward keeps for backward: everything; only what an inverse cannot do without (invertible
+  // batch norm's statistics), because backward will rebuild the activations by inversion; or nothing, because
+  // the forward will be recomputed (F and G of a coupling block).
+  enum class Keep { all, for_inverse, nothing };
+  Keep keep = Keep::all;
+  // Backprop by reconstruction (technique "reversible"): a chain keeps only the last output of each run of
+  // invertible layers and rebuilds the inputs from it, layer by layer, in backward (Sequential).
+  bool reconstruct = false;
+  bool keeps() const { return training && keep == Keep::all; }
+  bool keeps_for_inverse() const { return training && keep != Keep::nothing; }
 };
 
 template <class T> struct Param {
@@ -54,13 +65,34 @@ template <class T> class Layer {
   std::string label_;
 };
 
+// Backprop by reconstruction returns the rebuilt input x and dL/dx (empty if not asked).
+template <class T> struct Reconstructed {
+  Tensor<T> input, input_grad;
+};
+
 // A layer whose input can be rebuilt from its output (reversible networks, Hascoet et al.): inverse(forward(x))
-// is x up to rounding. Batch norm inverts with the statistics of its last training forward pass.
+// is x up to rounding. Batch norm inverts with the statistics of its last forward pass.
 template <class T> class Invertible {
  public:
   virtual ~Invertible() = default;
+  // false where the class has an inverse that is not guaranteed (ReLU, ordinary batch norm whose gamma may be 0):
+  // such a layer is never reconstructed and cannot stand where an invertible layer is required.
+  virtual bool invertible() const { return true; }
+  // Why invertible() is false, for error messages.
+  virtual std::string why_not_invertible() const { return ""; }
   virtual Tensor<T> inverse(const Tensor<T>& y) = 0;
+  // The backward pass of a layer whose forward kept only Keep::for_inverse: rebuilds the input from the output y
+  // (kept, or itself rebuilt by the next layer) in the run's own precision and computes every gradient from the
+  // rebuilt values, as backward does from kept ones: adds parameter gradients, returns {x, dL/dx if asked}.
+  virtual Reconstructed<T> backward_from_output(const Tensor<T>& y, const Tensor<T>& dy, const RunContext& ctx,
+                                                bool want_input_grad) = 0;
 };
+
+// The layer as an invertible one if it is invertible(), else nullptr.
+template <class T> Invertible<T>* as_invertible(Layer<T>& layer) {
+  auto* inv = dynamic_cast<Invertible<T>*>(&layer);
+  return inv && inv->invertible() ? inv : nullptr;
+}
 
 // A parameter tensor and its zeroed gradient, both charged to the ledger.
 template <class T> Param<T> make_param(std::string name, Shape shape) {

@@ -50,7 +50,7 @@ template <class T> Tensor<T> Linear<T>::forward(const Tensor<T>& x, const RunCon
       }
     round_into(out, y);
   });
-  if (ctx.training) input_.keep(x);
+  if (ctx.keeps()) input_.keep(x);
   return y;
 }
 

@@ -18,7 +18,7 @@ template <class T> Tensor<T> MaxPool<T>::forward(const Tensor<T>& x, const RunCo
   const index_t ho = out[1], wo = out[2];
   Tensor<T> y(Shape{x.dim(0), x.dim(1), ho, wo}, MemoryCategory::workspace);
   Tensor<std::int32_t> argmax;
-  if (ctx.training) argmax = Tensor<std::int32_t>(y.shape(), MemoryCategory::workspace);
+  if (ctx.keeps()) argmax = Tensor<std::int32_t>(y.shape(), MemoryCategory::workspace);
   for (index_t p = 0; p < (x.is_dry() ? 0 : planes); ++p) {
     const T* in = x.data() + p * h * w;
     for (index_t oy = 0; oy < ho; ++oy)
@@ -31,10 +31,10 @@ template <class T> Tensor<T> MaxPool<T>::forward(const Tensor<T>& x, const RunCo
           }
         const index_t o = (p * ho + oy) * wo + ox;
         y[o] = in[best];
-        if (ctx.training) argmax[o] = static_cast<std::int32_t>(best);
+        if (ctx.keeps()) argmax[o] = static_cast<std::int32_t>(best);
       }
   }
-  if (ctx.training) argmax_.keep(argmax);
+  if (ctx.keeps()) argmax_.keep(argmax);
   return y;
 }
 

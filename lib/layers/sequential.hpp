@@ -7,13 +7,18 @@ namespace lowmem {
 
 // A chain of layers: x0 -> layer 0 -> x1 -> ... -> logits. Shapes are checked when a layer is added, so a model
 // that does not fit fails before any work with the name of the offending layer.
+// Backprop by reconstruction (RunContext::reconstruct): each maximal run of invertible layers keeps nothing but
+// its last output; backward rebuilds every input of the run from it, layer by layer, with backward_from_output.
+// Saved-activation memory then no longer grows with the number of invertible layers.
 template <class T> class Sequential {
  public:
   explicit Sequential(Shape input) : input_(input), output_(std::move(input)) {}
 
   void add(std::unique_ptr<Layer<T>> layer) {
     output_ = layer->output_shape(output_);
+    invertible_.push_back(as_invertible(*layer));
     layers_.push_back(std::move(layer));
+    run_outputs_.emplace_back();
   }
   const Shape& input_shape() const { return input_; }   // per sample
   const Shape& output_shape() const { return output_; } // per sample
@@ -28,13 +33,53 @@ template <class T> class Sequential {
   }
 
   Tensor<T> forward(Tensor<T> x, const RunContext& ctx) {
-    for (auto& l : layers_) x = l->forward(x, ctx);
+    reconstructing_ = ctx.reconstruct && ctx.keeps();
+    for (std::size_t i = 0; i < layers_.size(); ++i) {
+      if (!reconstructing_ || !invertible_[i]) {
+        x = layers_[i]->forward(x, ctx);
+        continue;
+      }
+      RunContext rebuilt_later = ctx;
+      rebuilt_later.keep = RunContext::Keep::for_inverse;
+      x = layers_[i]->forward(x, rebuilt_later);
+      if (ends_run(i)) run_outputs_[i].keep(x);
+    }
     return x;
   }
   // Returns dL/dx0 only if asked (the data needs no gradient; the layer checker does).
   Tensor<T> backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad = false) {
-    for (std::size_t i = layers_.size(); i-- > 0;) dy = layers_[i]->backward(dy, ctx, i > 0 || want_input_grad);
+    Tensor<T> output;  // of layer i, rebuilt by layer i + 1 (inside a run of invertible layers)
+    for (std::size_t i = layers_.size(); i-- > 0;) {
+      const bool want = i > 0 || want_input_grad;
+      if (!reconstructing_ || !invertible_[i]) {
+        dy = layers_[i]->backward(dy, ctx, want);
+        continue;
+      }
+      if (ends_run(i)) {
+        output = run_outputs_[i].get();
+        run_outputs_[i].release();
+      }
+      Reconstructed<T> r = invertible_[i]->backward_from_output(output, dy, ctx, want);
+      output = (i > 0 && invertible_[i - 1]) ? r.input : Tensor<T>();
+      dy = r.input_grad;
+    }
     return dy;
+  }
+
+  // The layer as an invertible one if it is invertible() (see Invertible), else nullptr.
+  Invertible<T>* invertible(std::size_t i) { return invertible_[i]; }
+  // For a chain of invertible layers only: the inverse, and backprop by reconstruction, layer by layer from the end.
+  Tensor<T> inverse(Tensor<T> y) {
+    for (std::size_t i = layers_.size(); i-- > 0;) y = invertible_[i]->inverse(y);
+    return y;
+  }
+  Reconstructed<T> backward_from_output(Tensor<T> y, Tensor<T> dy, const RunContext& ctx, bool want_input_grad) {
+    for (std::size_t i = layers_.size(); i-- > 0;) {
+      Reconstructed<T> r = invertible_[i]->backward_from_output(y, dy, ctx, i > 0 || want_input_grad);
+      y = r.input;
+      dy = r.input_grad;
+    }
+    return {y, dy};
   }
 
   std::vector<Param<T>*> params() {
@@ -53,8 +98,12 @@ template <class T> class Sequential {
   }
 
  private:
+  bool ends_run(std::size_t i) const { return invertible_[i] && (i + 1 == layers_.size() || !invertible_[i + 1]); }
   Shape input_, output_;
   std::vector<std::unique_ptr<Layer<T>>> layers_;
+  std::vector<Invertible<T>*> invertible_;  // per layer: itself if invertible, else nullptr
+  std::vector<Saved<T>> run_outputs_;       // reconstruct: the last output of each run of invertible layers
+  bool reconstructing_ = false;             // the last forward was a reconstructing one
 };
 
 }  // namespace lowmem

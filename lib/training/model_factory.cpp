@@ -5,6 +5,7 @@
 #include "layers/batchnorm.hpp"
 #include "layers/conv2d.hpp"
 #include "layers/coupling.hpp"
+#include "layers/invertible_chain.hpp"
 #include "layers/linear.hpp"
 #include "layers/pooling.hpp"
 #include "layers/residual.hpp"
@@ -48,6 +49,7 @@ template <class T> std::unique_ptr<Layer<T>> make_layer(const LayerSpec& s, cons
     const Shape half{in[0] / 2, in[1], in[2]};
     return std::make_unique<AdditiveCoupling<T>>(s.label, make_chain<T>(s.f, half), make_chain<T>(s.g, half));
   }
+  if (s.type == "invertible") return std::make_unique<InvertibleChain<T>>(s.label, make_chain<T>(s.layers, in));
   if (s.type == "residual") {
     expect_rank(s.label, in, 3);
     return std::make_unique<ResidualBlock<T>>(s.label, in[0], s.out, s.stride, s.momentum, s.eps);

@@ -1,5 +1,6 @@
 #include "training/run_config.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -17,7 +18,8 @@ constexpr double inf = std::numeric_limits<double>::infinity();
 const std::vector<std::string> layer_types = {"conv",          "linear",        "relu",    "leaky_relu",
                                               "maxpool",       "avgpool",       "global_avgpool",
                                               "batchnorm",     "inv_batchnorm", "pixel_shuffle",
-                                              "flatten",       "residual",      "coupling"};
+                                              "flatten",       "residual",      "coupling",
+                                              "invertible"};
 
 LayerSpec parse_layer(ConfigReader r) {
   LayerSpec s;
@@ -53,6 +55,9 @@ LayerSpec parse_layer(ConfigReader r) {
       for (ConfigReader& sub : r.object_list(key)) list->push_back(parse_layer(std::move(sub)));
       if (list->empty()) r.fail(key, "expected at least one layer");
     }
+  } else if (s.type == "invertible") {
+    for (ConfigReader& sub : r.object_list("layers")) s.layers.push_back(parse_layer(std::move(sub)));
+    if (s.layers.empty()) r.fail("layers", "expected at least one layer");
   }
   r.finish();
   return s;
@@ -124,55 +129,81 @@ void expand_resnet(ConfigReader& r, ModelSpec& m) {
 // and a linear classifier. The block:
 //  revnet (Gomez et al. 2017, with i-RevNet's lossless downsampling): an additive coupling whose F and G are
 //    conv 3x3, batch norm, leaky ReLU, conv 3x3, batch norm on half the channels;
-//  flat (Hascoet et al., invertible layer by layer): the invertible 3x3 convolution (an additive coupling whose F
-//    and G are one half-channel conv each), invertible batch norm, leaky ReLU.
+//  hybrid (Hascoet et al.): an additive coupling whose F and G are invertible layer by layer, 2 x (invertible
+//    3x3 conv, invertible batch norm, leaky ReLU) on half the channels;
+//  flat (Hascoet et al., invertible layer by layer): invertible 3x3 conv, invertible batch norm, leaky ReLU.
+// The invertible 3x3 conv on c channels is an additive coupling whose F and G are one conv on c/2 channels each.
 void expand_reversible(ConfigReader& r, ModelSpec& m) {
-  const bool flat = m.arch == "flat";
   const int stages = r.get_in("stages", 2, 1, 8);
   const int blocks = r.get_in("blocks", 2, 0, int_max);
   const int width = r.get_in("width", 16, 2, int_max);
   const double slope = r.get_in("slope", 0.2, 0.0, inf);
-  if (width % 2 != 0) r.fail("width", "coupling blocks split channels in halves: expected an even width");
+  const int split = m.arch == "hybrid" ? 4 : 2;  // hybrid: invertible convs inside F and G split the half again
+  if (width % split != 0)
+    r.fail("width", std::string(m.arch == "hybrid" ? "hybrid blocks split channels in quarters"
+                                                    : "coupling blocks split channels in halves") +
+                        ": expected a multiple of " + std::to_string(split) + ", got " + std::to_string(width));
   if (slope == 0.0) r.fail("slope", "a leaky ReLU with slope 0 is not invertible: expected a slope > 0");
-  auto layer = [&](std::string type, std::size_t index, const std::string& where) {
-    LayerSpec s = generated(m.arch, index, std::move(type));
+  auto layer = [&](std::string type, const std::string& where) {
+    LayerSpec s = generated(m.arch, 0, std::move(type));
     s.label = "/model (" + m.arch + " " + where + ": " + s.type + ")";
     if (s.type == "leaky_relu") s.slope = slope;
+    if (s.type == "inv_batchnorm") s.scale_eps = 1e-4;
     return s;
   };
-  auto conv = [&](index_t out, std::size_t index, const std::string& where) {
-    LayerSpec s = layer("conv", index, where);
+  auto conv = [&](index_t out, const std::string& where) {
+    LayerSpec s = layer("conv", where);
     s.out = out, s.kernel = 3, s.stride = 1, s.pad = 1, s.bias = false;
     return s;
   };
-  m.layers.push_back(conv(width, 0, "stem"));
-  m.layers.push_back(layer("inv_batchnorm", 1, "stem"));
-  m.layers.back().scale_eps = 1e-4;
-  m.layers.push_back(layer("leaky_relu", 2, "stem"));
+  auto coupling = [&](const std::vector<LayerSpec>& f, const std::vector<LayerSpec>& g, const std::string& where) {
+    LayerSpec s = layer("coupling", where);
+    s.f = f, s.g = g;
+    return s;
+  };
+  auto invertible_conv = [&](index_t channels, const std::string& where) {
+    return coupling({conv(channels / 2, where + " F")}, {conv(channels / 2, where + " G")}, where);
+  };
+  m.layers.push_back(conv(width, "stem"));
+  m.layers.push_back(layer("inv_batchnorm", "stem"));
+  m.layers.push_back(layer("leaky_relu", "stem"));
   index_t channels = width;
   for (int stage = 0; stage < stages; ++stage) {
     if (stage > 0) {
-      m.layers.push_back(layer("pixel_shuffle", m.layers.size(), "stage " + std::to_string(stage)));
+      m.layers.push_back(layer("pixel_shuffle", "stage " + std::to_string(stage)));
       channels *= 4;
     }
     for (int b = 0; b < blocks; ++b) {
       const std::string where = "stage " + std::to_string(stage) + " block " + std::to_string(b);
-      LayerSpec block = layer("coupling", m.layers.size(), where);
-      for (auto* net : {&block.f, &block.g}) {
-        if (flat) *net = {conv(channels / 2, 0, where)};
-        else *net = {conv(channels / 2, 0, where), layer("batchnorm", 1, where), layer("leaky_relu", 2, where),
-                     conv(channels / 2, 3, where), layer("batchnorm", 4, where)};
-      }
-      m.layers.push_back(block);
-      if (flat) {
-        m.layers.push_back(layer("inv_batchnorm", m.layers.size(), where));
-        m.layers.back().scale_eps = 1e-4;
-        m.layers.push_back(layer("leaky_relu", m.layers.size(), where));
+      const index_t half = channels / 2;
+      if (m.arch == "flat") {
+        m.layers.push_back(invertible_conv(channels, where));
+        m.layers.push_back(layer("inv_batchnorm", where));
+        m.layers.push_back(layer("leaky_relu", where));
+      } else if (m.arch == "hybrid") {
+        auto net = [&](const std::string& name) {
+          std::vector<LayerSpec> n;
+          for (int k = 0; k < 2; ++k) {
+            const std::string at = where + " " + name + std::to_string(k);
+            n.push_back(invertible_conv(half, at));
+            n.push_back(layer("inv_batchnorm", at));
+            n.push_back(layer("leaky_relu", at));
+          }
+          return n;
+        };
+        m.layers.push_back(coupling(net("F"), net("G"), where));
+      } else {
+        auto net = [&](const std::string& name) {
+          const std::string at = where + " " + name;
+          return std::vector<LayerSpec>{conv(half, at), layer("batchnorm", at), layer("leaky_relu", at),
+                                        conv(half, at), layer("batchnorm", at)};
+        };
+        m.layers.push_back(coupling(net("F"), net("G"), where));
       }
     }
   }
-  m.layers.push_back(layer("global_avgpool", m.layers.size(), "head"));
-  LayerSpec head = layer("linear", m.layers.size(), "head");
+  m.layers.push_back(layer("global_avgpool", "head"));
+  LayerSpec head = layer("linear", "head");
   head.out = m.classes;
   m.layers.push_back(head);
 }
@@ -190,7 +221,7 @@ ModelSpec parse_model(ConfigReader r) {
     for (ConfigReader& layer : r.object_list("layers")) m.layers.push_back(parse_layer(std::move(layer)));
     if (m.layers.empty()) r.fail("layers", "expected at least one layer");
   } else {
-    m.arch = r.required_choice("arch", {"cnn", "resnet", "revnet", "flat"});
+    m.arch = r.required_choice("arch", {"cnn", "resnet", "revnet", "hybrid", "flat"});
     if (m.arch == "cnn") expand_cnn(r, m);
     else if (m.arch == "resnet") expand_resnet(r, m);
     else expand_reversible(r, m);
@@ -283,13 +314,39 @@ TrainSpec parse_train(ConfigReader r, int classes) {
   return t;
 }
 
+TechniqueSpec parse_technique(ConfigReader r) {
+  TechniqueSpec t;
+  t.type = r.get_choice("type", "store_all", {"store_all", "reversible"});
+  r.finish();
+  return t;
+}
+
+// "technique": one object, or a list of objects that compose (absent: store_all).
+std::vector<TechniqueSpec> parse_techniques(ConfigReader& r) {
+  std::vector<TechniqueSpec> list;
+  if (r.has("technique") && r.raw("technique").is_array()) {
+    for (ConfigReader& t : r.object_list("technique")) list.push_back(parse_technique(std::move(t)));
+    if (list.empty()) r.fail("technique", "expected at least one technique");
+  } else {
+    list.push_back(parse_technique(r.object_or_empty("technique")));
+  }
+  const bool baseline = std::any_of(list.begin(), list.end(), [](const TechniqueSpec& t) { return t.type == "store_all"; });
+  if (baseline && list.size() > 1)
+    r.fail("technique", "store_all (keep every activation) is the baseline and composes with no other technique");
+  for (std::size_t i = 0; i < list.size(); ++i)
+    for (std::size_t j = 0; j < i; ++j)
+      if (list[i].type == list[j].type)
+        r.fail("technique", "\"" + list[i].type + "\" is listed twice");
+  return list;
+}
+
 }  // namespace
 
 RunConfig parse_run_config(const nlohmann::json& config, const std::string& file, nlohmann::json* effective) {
   ConfigReader r(config, "", file, effective);
   RunConfig c;
   c.name = r.get<std::string>("name", "run");
-  c.study = r.get_choice("study", "train", {"train", "gradient"});
+  c.study = r.get_choice("study", "train", {"train", "gradient", "reconstruction"});
   c.seed = static_cast<std::uint64_t>(r.get_in<std::int64_t>("seed", 0, 0, i64_max));
   c.precision = parse_precision(r.get_choice("precision", "f32", {"f32", "f64", "f16", "bf16", "mp"}));
   const std::string accumulate = r.get_choice("accumulate", "f32", {"f32", "f16", "bf16"});
@@ -312,6 +369,10 @@ RunConfig parse_run_config(const nlohmann::json& config, const std::string& file
   ConfigReader gradient = r.object_or_empty("gradient");
   c.gradient_reference = gradient.get_choice("reference", "mp", {"mp", "f64", "none"});
   gradient.finish();
+  c.techniques = parse_techniques(r);
+  ConfigReader reconstruction = r.object_or_empty("reconstruction");
+  c.reconstruction.reference = reconstruction.get_choice("reference", "mp", {"mp", "f64", "none"});
+  reconstruction.finish();
   r.allow("sweep");
   r.allow("zip");
   r.finish();

@@ -22,10 +22,11 @@ struct LayerSpec {
   double slope = 0.01, momentum = 0.1, eps = 1e-5;
   double scale_eps = -1;  // inv_batchnorm: scale |gamma| + scale_eps (default 1e-4); -1: ordinary batch norm
   std::vector<LayerSpec> f, g;  // coupling: the two sub-networks, each mapping (C/2, H, W) to itself
+  std::vector<LayerSpec> layers;  // invertible: the chain, every layer of it invertible
 };
 
 struct ModelSpec {
-  std::string arch;      // "layers" for an explicit list, else "cnn" or "resnet"
+  std::string arch;      // "layers" for an explicit list, else cnn, resnet, revnet, hybrid, flat
   Shape input;           // per sample (C, H, W)
   int classes = 10;
   std::vector<LayerSpec> layers;  // named architectures are expanded into this list
@@ -68,9 +69,19 @@ struct TrainSpec {
   ScheduleSpec schedule;
 };
 
+// One memory technique (config "technique": one object, or a list of them that compose).
+struct TechniqueSpec {
+  std::string type = "store_all";  // store_all | reversible
+};
+
+// Study "reconstruction": forward, then invert the model's invertible layers one by one from the last.
+struct ReconstructionSpec {
+  std::string reference = "mp";  // precision of the reference activations, or "none"
+};
+
 struct RunConfig {
   std::string name = "run";
-  std::string study = "train";  // train | gradient
+  std::string study = "train";  // train | gradient | reconstruction
   std::uint64_t seed = 0;
   Precision precision = Precision::f32;
   Accumulate accumulate = Accumulate::f32;
@@ -79,6 +90,13 @@ struct RunConfig {
   DataSpec data;
   TrainSpec train;
   std::string gradient_reference = "mp";  // gradient study: precision of the reference gradients, or "none"
+  std::vector<TechniqueSpec> techniques;  // never empty: [store_all] by default
+  ReconstructionSpec reconstruction;
+  bool uses(const std::string& technique) const {
+    for (const TechniqueSpec& t : techniques)
+      if (t.type == technique) return true;
+    return false;
+  }
 };
 
 // Validates one resolved config (no "sweep" left). Throws lowmem::Error "<file>: <json pointer>: <problem>".

@@ -40,6 +40,7 @@ Trainer<T>::Trainer(const RunConfig& config, MemoryLedger& ledger)
     : ledger_(ledger),
       train_ctx_{true, config.accumulate},
       eval_ctx_{false, config.accumulate} {
+  train_ctx_.reconstruct = config.uses("reversible");
   MemoryLedger::Scope scope(ledger_);
   model_ = std::make_unique<Sequential<T>>(build_model<T>(config.model));
   if (!ledger.dry_run()) model_->initialize(config.seed);

@@ -1,0 +1,188 @@
+// Study "reconstruction": how rounding error builds up when a reversible network rebuilds its activations from
+// its output (Hascoet et al., PAPERS.md section 3), per precision, against a multiprecision reference.
+//
+// On the first `train.batch` training examples in data order: a training-mode forward (batch statistics, running
+// statistics untouched) in the run's precision keeps every activation x_0 .. x_L of the model's chain. Then each
+// run of invertible layers is inverted from its last output, layer by layer: x^_i = layer_i^-1(x^_{i+1}). A
+// coupling block is one layer here, so revnet and hybrid networks are inverted block by block, flat ones layer by
+// layer. Per inverted layer i, in forward order, for the rebuilt input x^_i:
+//   snr                          mean(x_i^2) / mean((x_i - x^_i)^2), x_i the same precision's forward (Hascoet)
+//   rel_error_self               ||x^_i - x_i|| / ||x_i||
+//   rel_error_reference          ||x^_i - r_i|| / ||r_i||, r_i the reference precision's forward (default mp)
+//   forward_rel_error_reference  ||x_i - r_i|| / ||r_i||: the forward's own rounding, which the inverse starts from
+//   alpha                        snr_i / snr_{i+1}: SNR of the layer's rebuilt input over that of its rebuilt
+//                                output (NaN for the last layer of a run, whose output is the forward's own)
+#include <cmath>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "io/error.hpp"
+#include "study.hpp"
+
+namespace lowmem {
+
+namespace {
+
+template <class T> Tensor<T> first_batch(Trainer<T>& trainer, const RunConfig& config, const DataSplit& data) {
+  const std::int64_t n = std::min<std::int64_t>(config.train.batch, data.train.count);
+  std::vector<std::int64_t> first(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i) first[static_cast<std::size_t>(i)] = i;
+  Rng unused(0);
+  std::vector<std::int32_t> labels;
+  return trainer.make_batch(data.train, first.data(), n, Augment{}, unused, labels);
+}
+
+// The chain's activations x_0 (input) .. x_L (logits) of one training-mode forward.
+// Keeps only what the inverses need (invertible batch norm's batch statistics): every activation is held here.
+const RunContext forward_ctx{true, Accumulate::f32, /*update_statistics=*/false, RunContext::Keep::for_inverse};
+
+template <class T> std::vector<Tensor<T>> forward_activations(Sequential<T>& model, Tensor<T> x, Accumulate accumulate) {
+  RunContext ctx = forward_ctx;
+  ctx.accumulate = accumulate;
+  std::vector<Tensor<T>> acts{x};
+  for (std::size_t i = 0; i < model.size(); ++i) acts.push_back(model.layer(i).forward(acts.back(), ctx));
+  return acts;
+}
+
+// Sums over all elements, in mp: exact enough for every precision, the mp run included.
+struct Sums {
+  mp signal = 0, error = 0;
+};
+template <class A, class B> Sums sums(const Tensor<A>& approximate, const Tensor<B>& truth) {
+  Sums s;
+  for (index_t i = 0; i < truth.numel(); ++i) {
+    const mp t = round_to<mp>(truth[i]), d = round_to<mp>(approximate[i]) - t;
+    s.signal += t * t;
+    s.error += d * d;
+  }
+  return s;
+}
+double snr_of(const Sums& s) { return to_double(mp(s.signal / s.error)); }  // error 0: +inf
+double rel_of(const Sums& s) { return to_double(mp(sqrt(s.error / s.signal))); }
+
+struct ReferenceCache {
+  std::unique_ptr<MemoryLedger> ledger = std::make_unique<MemoryLedger>();  // declared first: outlives the tensors
+  std::vector<Tensor<mp>> activations;
+};
+
+template <class R> std::vector<Tensor<mp>> widened(const std::vector<Tensor<R>>& acts, MemoryLedger& ledger) {
+  MemoryLedger::Scope scope(ledger);
+  std::vector<Tensor<mp>> out;
+  for (const Tensor<R>& a : acts) {
+    Tensor<mp> w(a.shape(), MemoryCategory::workspace);
+    for (index_t i = 0; i < a.numel(); ++i) w[i] = round_to<mp>(a[i]);
+    out.push_back(w);
+  }
+  return out;
+}
+
+// The reference activations are the same config's forward in the reference precision: computed once per process
+// and shared by the runs of a precision sweep. Key: the resolved config without precision, accumulation, technique.
+std::map<std::string, ReferenceCache>& reference_cache() {
+  static std::map<std::string, ReferenceCache> cache;
+  return cache;
+}
+
+std::string reference_key(const std::string& config_json, Precision reference) {
+  nlohmann::json key = nlohmann::json::parse(config_json);
+  for (const char* k : {"precision", "accumulate", "technique"}) key.erase(k);
+  key["reference"] = to_string(reference);
+  return key.dump();
+}
+
+template <class R>
+std::vector<Tensor<mp>> reference_in(const RunConfig& config, const DataSplit& data, MemoryLedger& ledger) {
+  RunConfig ref = config;
+  ref.precision = precision_of<R>();
+  ref.accumulate = Accumulate::f32;
+  MemoryLedger scratch;
+  Trainer<R> trainer(ref, scratch);
+  MemoryLedger::Scope scope(scratch);
+  return widened(forward_activations(trainer.model(), first_batch(trainer, ref, data), ref.accumulate), ledger);
+}
+
+template <class T>
+void reconstruct(const RunConfig& config, const DataSplit& data, RunRecord& record, const Progress& progress) {
+  MemoryLedger ledger;
+  Trainer<T> trainer(config, ledger);
+  MemoryLedger::Scope scope(ledger);
+  Sequential<T>& model = trainer.model();
+  if (progress) progress("forward in " + to_string(config.precision));
+  const std::vector<Tensor<T>> acts = forward_activations(model, first_batch(trainer, config, data), config.accumulate);
+
+  const std::vector<Tensor<mp>>* reference = nullptr;
+  if (config.reconstruction.reference != "none") {
+    const Precision r = parse_precision(config.reconstruction.reference);
+    ReferenceCache& slot = reference_cache()[reference_key(record.config_json, r)];
+    if (slot.activations.empty()) {
+      if (r == config.precision && config.accumulate == Accumulate::f32) {  // this run is the reference
+        slot.activations = widened(acts, *slot.ledger);
+      } else {
+        if (progress) progress("reference forward in " + to_string(r));
+        slot.activations = r == Precision::mp ? reference_in<mp>(config, data, *slot.ledger)
+                                              : reference_in<double>(config, data, *slot.ledger);
+      }
+    }
+    reference = &slot.activations;
+    record.labels["reference"] = to_string(r);
+  }
+
+  // Inverted layers in forward order; each run of invertible layers is inverted from its end.
+  std::vector<std::string> names;
+  std::vector<double> snr, rel_self, rel_ref, forward_ref, alpha;
+  for (std::size_t end = model.size(); end-- > 0;) {
+    if (!model.invertible(end)) continue;
+    std::size_t begin = end;
+    while (begin > 0 && model.invertible(begin - 1)) --begin;
+    if (progress) progress("inverting layers " + std::to_string(begin) + ".." + std::to_string(end));
+    std::vector<std::string> run_names;
+    std::vector<double> run_snr, run_self, run_ref, run_forward;
+    Tensor<T> rebuilt = acts[end + 1];
+    for (std::size_t i = end + 1; i-- > begin;) {
+      rebuilt = model.invertible(i)->inverse(rebuilt);
+      const Sums self = sums(rebuilt, acts[i]);
+      run_names.push_back(model.layer(i).label());
+      run_snr.push_back(snr_of(self));
+      run_self.push_back(rel_of(self));
+      run_ref.push_back(reference ? rel_of(sums(rebuilt, (*reference)[i])) : NAN);
+      run_forward.push_back(reference ? rel_of(sums(acts[i], (*reference)[i])) : NAN);
+    }
+    // run_* are in inverse order (last layer first): prepend them reversed, so the lists end in forward order.
+    std::vector<double> run_alpha(run_snr.size());
+    for (std::size_t k = 0; k < run_snr.size(); ++k) run_alpha[k] = k == 0 ? NAN : run_snr[k] / run_snr[k - 1];
+    auto prepend = [](auto& all, auto run) { all.insert(all.begin(), run.rbegin(), run.rend()); };
+    prepend(names, run_names);
+    prepend(snr, run_snr);
+    prepend(rel_self, run_self);
+    prepend(rel_ref, run_ref);
+    prepend(forward_ref, run_forward);
+    prepend(alpha, run_alpha);
+    end = begin;
+  }
+  if (names.empty())
+    throw Error("study reconstruction: model (" + config.model.arch + ") has no invertible layers to invert");
+
+  record.string_arrays["reconstruction/layer_names"] = names;
+  record.arrays["reconstruction/snr"] = {snr, {}};
+  record.arrays["reconstruction/rel_error_self"] = {rel_self, {}};
+  record.arrays["reconstruction/rel_error_reference"] = {rel_ref, {}};
+  record.arrays["reconstruction/forward_rel_error_reference"] = {forward_ref, {}};
+  record.arrays["reconstruction/alpha"] = {alpha, {}};
+  // The deepest reconstruction: the input of the first inverted layer, rebuilt through every layer after it.
+  record.scalars["inverted_layers"] = static_cast<double>(names.size());
+  record.scalars["input_snr"] = snr.front();
+  record.scalars["input_rel_error_self"] = rel_self.front();
+  record.scalars["input_rel_error_reference"] = rel_ref.front();
+  record.scalars["parameters"] = static_cast<double>(model.parameter_count());
+  record_memory(ledger, record);
+  record.status = "complete";
+}
+
+}  // namespace
+
+void run_reconstruction_study(const RunConfig& config, const DataSplit& data, RunRecord& record,
+                              const Progress& progress) {
+  dispatch_precision(config.precision, [&]<class T>() { reconstruct<T>(config, data, record, progress); });
+}
+
+}  // namespace lowmem
