@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "study.hpp"
 #include "training/trainer.hpp"
 
 namespace lowmem {
@@ -37,7 +38,9 @@ template <class T> MemoryLedger dry_step(const RunConfig& run) {
 }  // namespace
 
 MemoryPrediction predict_memory(const RunConfig& run) {
-  const MemoryLedger ledger = dispatch_precision(run.precision, [&]<class T>() { return dry_step<T>(run); });
+  const MemoryLedger ledger = run.study == "reconstruction"
+                                  ? reconstruction_memory(run)
+                                  : dispatch_precision(run.precision, [&]<class T>() { return dry_step<T>(run); });
   MemoryPrediction p;
   p.weights = ledger.peak(MemoryCategory::weights);
   p.gradients = ledger.peak(MemoryCategory::gradients);

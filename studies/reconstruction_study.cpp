@@ -24,7 +24,8 @@ namespace lowmem {
 namespace {
 
 template <class T> Tensor<T> first_batch(Trainer<T>& trainer, const RunConfig& config, const DataSplit& data) {
-  const std::int64_t n = std::min<std::int64_t>(config.train.batch, data.train.count);
+  const std::int64_t n = trainer.ledger().dry_run() ? config.train.batch
+                                                    : std::min<std::int64_t>(config.train.batch, data.train.count);
   std::vector<std::int64_t> first(static_cast<std::size_t>(n));
   for (std::int64_t i = 0; i < n; ++i) first[static_cast<std::size_t>(i)] = i;
   Rng unused(0);
@@ -101,67 +102,84 @@ std::vector<Tensor<mp>> reference_in(const RunConfig& config, const DataSplit& d
   return widened(forward_activations(trainer.model(), first_batch(trainer, ref, data), ref.accumulate), ledger);
 }
 
+// The study's computation on the run's ledger: the forward keeping every activation, then each run of invertible
+// layers inverted from its end, layer by layer. visit(i, rebuilt x^_i, forward x_i, last_of_run) for every inverted
+// layer. In a dry run (plan) the same tensors are allocated and nothing is computed or visited.
+// The reference activations for this run: cached; this run's own if it is in the reference precision.
+template <class T>
+const std::vector<Tensor<mp>>& reference_for(const RunConfig& config, RunRecord& record, const DataSplit& data,
+                                             const std::vector<Tensor<T>>& acts, const Progress& progress) {
+  const Precision r = parse_precision(config.reconstruction.reference);
+  ReferenceCache& slot = reference_cache()[reference_key(record.config_json, r)];
+  if (!slot.activations.empty()) return slot.activations;
+  if (r == config.precision && config.accumulate == Accumulate::f32) {
+    slot.activations = widened(acts, *slot.ledger);
+  } else {
+    if (progress) progress("reference forward in " + to_string(r));
+    slot.activations = r == Precision::mp ? reference_in<mp>(config, data, *slot.ledger)
+                                          : reference_in<double>(config, data, *slot.ledger);
+  }
+  return slot.activations;
+}
+
+template <class T, class Visit>
+void forward_and_invert(Trainer<T>& trainer, const RunConfig& config, const DataSplit& data, const Progress& progress,
+                        std::vector<Tensor<T>>& acts, Visit&& visit) {
+  Sequential<T>& model = trainer.model();
+  MemoryLedger::Scope scope(trainer.ledger());
+  if (progress) progress("forward in " + to_string(config.precision));
+  acts = forward_activations(model, first_batch(trainer, config, data), config.accumulate);
+  for (std::size_t end = model.size(); end > 0;) {  // layers [i, end) form a run of invertible layers
+    if (!model.invertible(end - 1)) {
+      --end;
+      continue;
+    }
+    if (progress) progress("inverting from layer " + std::to_string(end - 1));
+    Tensor<T> rebuilt = acts[end];
+    std::size_t i = end;
+    while (i > 0 && model.invertible(i - 1)) {
+      --i;
+      rebuilt = model.invertible(i)->inverse(rebuilt);
+      if (!rebuilt.is_dry()) visit(i, rebuilt, acts[i], i + 1 == end);
+    }
+    end = i;
+  }
+}
+
 template <class T>
 void reconstruct(const RunConfig& config, const DataSplit& data, RunRecord& record, const Progress& progress) {
   MemoryLedger ledger;
   Trainer<T> trainer(config, ledger);
-  MemoryLedger::Scope scope(ledger);
   Sequential<T>& model = trainer.model();
-  if (progress) progress("forward in " + to_string(config.precision));
-  const std::vector<Tensor<T>> acts = forward_activations(model, first_batch(trainer, config, data), config.accumulate);
-
+  std::vector<Tensor<T>> acts;
   const std::vector<Tensor<mp>>* reference = nullptr;
-  if (config.reconstruction.reference != "none") {
-    const Precision r = parse_precision(config.reconstruction.reference);
-    ReferenceCache& slot = reference_cache()[reference_key(record.config_json, r)];
-    if (slot.activations.empty()) {
-      if (r == config.precision && config.accumulate == Accumulate::f32) {  // this run is the reference
-        slot.activations = widened(acts, *slot.ledger);
-      } else {
-        if (progress) progress("reference forward in " + to_string(r));
-        slot.activations = r == Precision::mp ? reference_in<mp>(config, data, *slot.ledger)
-                                              : reference_in<double>(config, data, *slot.ledger);
-      }
-    }
-    reference = &slot.activations;
-    record.labels["reference"] = to_string(r);
-  }
-
-  // Inverted layers in forward order; each run of invertible layers is inverted from its end.
-  std::vector<std::string> names;
-  std::vector<double> snr, rel_self, rel_ref, forward_ref, alpha;
-  for (std::size_t end = model.size(); end-- > 0;) {
-    if (!model.invertible(end)) continue;
-    std::size_t begin = end;
-    while (begin > 0 && model.invertible(begin - 1)) --begin;
-    if (progress) progress("inverting layers " + std::to_string(begin) + ".." + std::to_string(end));
-    std::vector<std::string> run_names;
-    std::vector<double> run_snr, run_self, run_ref, run_forward;
-    Tensor<T> rebuilt = acts[end + 1];
-    for (std::size_t i = end + 1; i-- > begin;) {
-      rebuilt = model.invertible(i)->inverse(rebuilt);
-      const Sums self = sums(rebuilt, acts[i]);
-      run_names.push_back(model.layer(i).label());
-      run_snr.push_back(snr_of(self));
-      run_self.push_back(rel_of(self));
-      run_ref.push_back(reference ? rel_of(sums(rebuilt, (*reference)[i])) : NAN);
-      run_forward.push_back(reference ? rel_of(sums(acts[i], (*reference)[i])) : NAN);
-    }
-    // run_* are in inverse order (last layer first): prepend them reversed, so the lists end in forward order.
-    std::vector<double> run_alpha(run_snr.size());
-    for (std::size_t k = 0; k < run_snr.size(); ++k) run_alpha[k] = k == 0 ? NAN : run_snr[k] / run_snr[k - 1];
-    auto prepend = [](auto& all, auto run) { all.insert(all.begin(), run.rbegin(), run.rend()); };
-    prepend(names, run_names);
-    prepend(snr, run_snr);
-    prepend(rel_self, run_self);
-    prepend(rel_ref, run_ref);
-    prepend(forward_ref, run_forward);
-    prepend(alpha, run_alpha);
-    end = begin;
-  }
-  if (names.empty())
+  struct Result {
+    double snr, self, ref, forward;
+    bool last_of_run;
+  };
+  std::map<std::size_t, Result> results;  // by layer index: forward order
+  forward_and_invert(trainer, config, data, progress, acts,
+                     [&](std::size_t i, const Tensor<T>& rebuilt, const Tensor<T>& forward, bool last_of_run) {
+    if (!reference && config.reconstruction.reference != "none") reference = &reference_for(config, record, data, acts, progress);
+    const Sums self = sums(rebuilt, forward);
+    results[i] = {snr_of(self), rel_of(self), reference ? rel_of(sums(rebuilt, (*reference)[i])) : NAN,
+                  reference ? rel_of(sums(forward, (*reference)[i])) : NAN, last_of_run};
+  });
+  if (results.empty())
     throw Error("study reconstruction: model (" + config.model.arch + ") has no invertible layers to invert");
 
+  std::vector<std::string> names;
+  std::vector<double> snr, rel_self, rel_ref, forward_ref, alpha;
+  for (auto it = results.begin(); it != results.end(); ++it) {
+    const Result& r = it->second;
+    names.push_back(model.layer(it->first).label());
+    snr.push_back(r.snr);
+    rel_self.push_back(r.self);
+    rel_ref.push_back(r.ref);
+    forward_ref.push_back(r.forward);
+    alpha.push_back(r.last_of_run ? NAN : r.snr / std::next(it)->second.snr);
+  }
+  if (reference) record.labels["reference"] = config.reconstruction.reference;
   record.string_arrays["reconstruction/layer_names"] = names;
   record.arrays["reconstruction/snr"] = {snr, {}};
   record.arrays["reconstruction/rel_error_self"] = {rel_self, {}};
@@ -178,11 +196,25 @@ void reconstruct(const RunConfig& config, const DataSplit& data, RunRecord& reco
   record.status = "complete";
 }
 
+template <class T> MemoryLedger dry_reconstruction(const RunConfig& config) {
+  MemoryLedger ledger;
+  ledger.set_dry_run(true);
+  Trainer<T> trainer(config, ledger);
+  const DataSplit none;  // a dry batch reads no data
+  std::vector<Tensor<T>> acts;
+  forward_and_invert(trainer, config, none, nullptr, acts, [](auto&&...) {});
+  return ledger;
+}
+
 }  // namespace
 
 void run_reconstruction_study(const RunConfig& config, const DataSplit& data, RunRecord& record,
                               const Progress& progress) {
   dispatch_precision(config.precision, [&]<class T>() { reconstruct<T>(config, data, record, progress); });
+}
+
+MemoryLedger reconstruction_memory(const RunConfig& config) {
+  return dispatch_precision(config.precision, [&]<class T>() { return dry_reconstruction<T>(config); });
 }
 
 }  // namespace lowmem

@@ -23,6 +23,8 @@ void run_train_study(const RunConfig& config, const DataSplit& data, RunRecord& 
 void run_gradient_study(const RunConfig& config, const DataSplit& data, RunRecord& record, const Progress& progress);
 void run_reconstruction_study(const RunConfig& config, const DataSplit& data, RunRecord& record,
                               const Progress& progress);
+// The reconstruction study's allocations, on a dry-run ledger (what `lowmem plan` predicts for it).
+MemoryLedger reconstruction_memory(const RunConfig& config);
 
 // The memory columns every study reports: per-category peaks from the ledger, and the process's peak RSS.
 void record_memory(const MemoryLedger& ledger, RunRecord& record);

@@ -395,6 +395,14 @@ def check_plan():
     check_plan_matches_run("plan vs run (16-bit accumulation)", cfg)
     cfg = config("plan-mp.json", lambda c: (c.update(precision="mp"), c["train"].update(steps=1)))
     check_plan_matches_run("plan vs run (steps 1)", cfg)
+    reversible = {"input": [1, 8, 8], "classes": 3, "arch": "revnet", "stages": 2, "blocks": 2, "width": 4}
+    cfg = config("plan-reversible.json", lambda c: c.update(
+        model=reversible, technique={"type": "reversible"},
+        sweep={"model.arch": ["revnet", "hybrid", "flat"], "precision": ["f32", "bf16"]}))
+    check_plan_matches_run("plan vs run (reversible)", cfg)
+    cfg = config("plan-reconstruction.json", lambda c: c.update(
+        model=reversible, study="reconstruction", sweep={"model.arch": ["revnet", "flat"], "precision": ["f64", "f16"]}))
+    check_plan_matches_run("plan vs run (reconstruction study)", cfg)
 
 
 # ---------------------------------------------------------------------------------------------------------------
