@@ -63,6 +63,15 @@ template <class T> std::unique_ptr<Layer<T>> make_hybrid_coupling() {
   return std::make_unique<AdditiveCoupling<T>>("hybrid coupling", flat_block<T>("F", 2, 3), flat_block<T>("G", 2, 3));
 }
 
+// Affine coupling on 2 channels: F and G map 1 channel to 2 (scale logit, shift).
+template <class T> std::unique_ptr<Layer<T>> make_affine_coupling() {
+  Sequential<T> f(Shape{1, 4, 4}), g(Shape{1, 4, 4});
+  f.add(std::make_unique<Conv2d<T>>("F conv", Conv2dSpec{1, 2, 3, 1, 1, true}));
+  g.add(std::make_unique<Conv2d<T>>("G conv", Conv2dSpec{1, 2, 3, 1, 1, false}));
+  g.add(std::make_unique<BatchNorm<T>>("G bn", 2, 0.1, 1e-5));
+  return std::make_unique<AffineCoupling<T>>("affine coupling", std::move(f), std::move(g));
+}
+
 // A case from a generic maker: make.template operator()<T>() builds the layer in T.
 template <class Maker> LayerCase case_of(std::string name, Shape input, Maker make) {
   auto factory = [&]<class T>() -> LayerFactory<T> { return [make] { return make.template operator()<T>(); }; };
@@ -94,6 +103,7 @@ std::vector<LayerCase> all_layer_cases() {
       make_case<PixelShuffle>("pixel_shuffle", Shape{2, 2, 4, 6}),
       make_case<Flatten>("flatten", Shape{2, 2, 3, 3}),
       case_of("coupling", Shape{3, 2, 4, 4}, []<class T>() { return make_coupling<T>(); }),
+      case_of("affine coupling", Shape{3, 2, 4, 4}, []<class T>() { return make_affine_coupling<T>(); }),
       case_of("invertible chain", Shape{3, 2, 4, 4}, []<class T>() { return make_invertible_chain<T>(); }),
       case_of("hybrid coupling", Shape{3, 4, 3, 3}, []<class T>() { return make_hybrid_coupling<T>(); }),
       make_case<ResidualBlock>("residual identity", Shape{2, 2, 4, 4}, index_t{2}, index_t{2}, index_t{1}, 0.1, 1e-5),

@@ -3,7 +3,9 @@
 
 usage: test_pytorch_reference.py LOWMEM_BINARY
 
-For each model below, runs lowmem's "gradient" study (one forward + backward pass in training mode on the first
+For each model below (a plain CNN, a residual net, and a reversible net with every invertible block: invertible
+batch norm, leaky ReLU, additive and affine coupling, pixel shuffle, an invertible chain; the last once with
+stored activations and once with backprop by reconstruction), runs lowmem's "gradient" study (one forward + backward pass in training mode on the first
 train.batch examples) in f64 and f32, then rebuilds the same network in PyTorch in float64 from each run's own
 weights and input and compares: logits, loss (mean cross-entropy) and every parameter gradient, as
 relative error = max|lowmem - torch| / max|torch| per tensor. Tolerances: 1e-10 for the f64 run, 1e-4 for the
@@ -45,7 +47,22 @@ PLAIN_CNN = [conv(4, 3, pad=1), {"type": "batchnorm"}, {"type": "relu"},
 RESIDUAL_NET = [conv(4, 3, pad=1, bias=False), {"type": "batchnorm"}, {"type": "relu"},
                 {"type": "residual", "out": 4, "stride": 1}, {"type": "residual", "out": 8, "stride": 2},
                 {"type": "global_avgpool"}, {"type": "linear", "out": K}]
-CASES = {"plain_cnn": ([2, 16, 16], PLAIN_CNN), "residual_net": ([3, 8, 8], RESIDUAL_NET)}
+HALF_NET = [conv(2, 3, pad=1, bias=False), {"type": "batchnorm"}, {"type": "leaky_relu", "slope": 0.2},
+            conv(2, 3, pad=1, bias=False), {"type": "batchnorm"}]
+REVERSIBLE_NET = [conv(4, 3, pad=1, bias=False), {"type": "inv_batchnorm"}, {"type": "leaky_relu", "slope": 0.2},
+                  {"type": "coupling", "f": HALF_NET, "g": HALF_NET},
+                  {"type": "pixel_shuffle"},
+                  {"type": "affine_coupling", "f": [conv(16, 3, pad=1)],
+                   "g": [conv(16, 3, pad=1, bias=False), {"type": "batchnorm"}]},
+                  {"type": "invertible", "layers": [
+                      {"type": "coupling", "f": [conv(8, 3, pad=1, bias=False)], "g": [conv(8, 3, pad=1, bias=False)]},
+                      {"type": "inv_batchnorm"}, {"type": "leaky_relu", "slope": 0.3}]},
+                  {"type": "global_avgpool"}, {"type": "linear", "out": K}]
+# name: (input shape, layers, technique). The reversible network runs twice: with stored activations, and with
+# backprop by reconstruction (lowmem rebuilds every activation of the invertible layers from the last one).
+CASES = {"plain_cnn": ([2, 16, 16], PLAIN_CNN, "store_all"), "residual_net": ([3, 8, 8], RESIDUAL_NET, "store_all"),
+         "reversible_net": ([1, 8, 8], REVERSIBLE_NET, "store_all"),
+         "reversible_net_rebuilt": ([1, 8, 8], REVERSIBLE_NET, "reversible")}
 
 
 def zero_grad_biases(layers):
@@ -98,8 +115,8 @@ def compare(group, ref, zero_biases):
     return errors
 
 
-def run_lowmem(binary, tmp, name, input_shape, layers):
-    config = {"name": name, "study": "gradient", "seed": 3,
+def run_lowmem(binary, tmp, name, input_shape, layers, technique):
+    config = {"name": name, "study": "gradient", "seed": 3, "technique": {"type": technique},
               "model": {"input": input_shape, "classes": K, "layers": layers},
               "data": {"dataset": "synthetic",
                        "synthetic": {"count": 64, "test_count": 16, "shape": input_shape, "classes": K}},
@@ -113,10 +130,20 @@ def run_lowmem(binary, tmp, name, input_shape, layers):
     return out
 
 
-def check_case(binary, tmp, name, input_shape, layers):
+def written_in(written, resolved):
+    """True if every value written is in the resolved config (which adds defaults), recursively."""
+    if isinstance(written, dict):
+        return isinstance(resolved, dict) and all(written_in(v, resolved.get(k)) for k, v in written.items())
+    if isinstance(written, list):
+        return isinstance(resolved, list) and len(written) == len(resolved) and all(
+            written_in(w, r) for w, r in zip(written, resolved))
+    return written == resolved
+
+
+def check_case(binary, tmp, name, input_shape, layers, technique):
     """Returns the number of failures for one model; prints every measured error."""
     failures = 0
-    with h5py.File(run_lowmem(binary, tmp, name, input_shape, layers), "r") as f:
+    with h5py.File(run_lowmem(binary, tmp, name, input_shape, layers, technique), "r") as f:
         runs = {g.attrs["precision"]: g for g in f["runs"].values()}
         assert sorted(runs) == ["f32", "f64"], f"runs: {sorted(runs)}"
         for precision in ("f64", "f32"):
@@ -124,10 +151,8 @@ def check_case(binary, tmp, name, input_shape, layers):
             assert group.attrs["status"] == "complete", f"{precision}: status {group.attrs['status']}"
             config = json.loads(group.attrs["config"])
             # The resolved config fills in every default; what the test wrote must be there unchanged.
-            resolved = config["model"]["layers"]
-            assert len(resolved) == len(layers) and all(
-                all(r.get(k) == v for k, v in w.items()) for r, w in zip(resolved, layers)
-            ), "resolved config differs from the one written"
+            assert written_in(layers, config["model"]["layers"]), "resolved config differs from the one written"
+            assert config["technique"]["type"] == technique
             ref = reference(build_model(config), group)
             errors = compare(group, ref, zero_grad_biases(layers))
             print(f"{name} {precision} (tolerance {tol:g}):")
@@ -161,9 +186,9 @@ def main():
     torch.set_num_threads(1)
     failures = 0
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (input_shape, layers) in CASES.items():
+        for name, (input_shape, layers, technique) in CASES.items():
             try:
-                failures += check_case(binary, Path(tmp), name, input_shape, layers)
+                failures += check_case(binary, Path(tmp), name, input_shape, layers, technique)
             except AssertionError as e:
                 print(f"FAIL {name}: {e}")
                 failures += 1

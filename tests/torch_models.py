@@ -1,7 +1,9 @@
 """PyTorch twins of lowmem models, built from a lowmem config alone (shared by the PyTorch reference tests).
 
-Each lowmem layer spec becomes one torch module in float64; a residual block's submodule names are lowmem's
-HDF5 names (conv1, bn1, conv2, bn2, shortcut, shortcut_bn), so weights can be loaded by name.
+Each lowmem layer spec becomes one torch module in float64; submodule names are lowmem's HDF5 names (a residual
+block's conv1, bn1, conv2, bn2, shortcut, shortcut_bn; a coupling's f and g; an invertible chain's 0, 1, ...), so
+weights can be loaded by name. The reversible building blocks are written here from their definitions in
+PAPERS.md (section 3), independently of lowmem's code.
 """
 import torch
 import torch.nn as nn
@@ -27,6 +29,59 @@ class BasicBlock(nn.Module):
         return F.relu(y + s)
 
 
+class InvBatchNorm(nn.Module):
+    """Invertible batch norm (Hascoet et al.): batch statistics, scale |gamma| + scale_eps."""
+
+    def __init__(self, channels, eps, scale_eps):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps, self.scale_eps = eps, scale_eps
+
+    def forward(self, x):
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)
+        var = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+        scale = (self.weight.abs() + self.scale_eps).view(1, -1, 1, 1)
+        return scale * (x - mean) / torch.sqrt(var + self.eps) + self.bias.view(1, -1, 1, 1)
+
+
+class Coupling(nn.Module):
+    """RevNet additive coupling, or Real NVP affine coupling with Glow's scale sigmoid(a + 2)."""
+
+    def __init__(self, f, g, affine):
+        super().__init__()
+        self.f, self.g, self.affine = f, g, affine
+
+    def step(self, x, net_out):
+        if not self.affine:
+            return x + net_out
+        a, t = net_out.chunk(2, dim=1)
+        return torch.sigmoid(a + 2) * x + t
+
+    def forward(self, x):
+        x1, x2 = x.chunk(2, dim=1)
+        y1 = self.step(x1, self.f(x2))
+        y2 = self.step(x2, self.g(y1))
+        return torch.cat([y1, y2], dim=1)
+
+
+class PixelShuffle(nn.Module):
+    """Space to channel: (C, H, W) -> (4C, H/2, W/2), channel 4c + 2a + b from pixel (2i + a, 2j + b)."""
+
+    def forward(self, x):
+        return F.pixel_unshuffle(x, 2)
+
+
+def make_chain(specs, shape):
+    """nn.Sequential of the specs on per-sample input `shape`; returns it and its output shape."""
+    layers = []
+    for spec in specs:
+        layers.append(make_layer(spec, shape).double())
+        with torch.no_grad():
+            shape = list(layers[-1].eval()(torch.zeros(2, *shape, dtype=torch.float64)).shape[1:])
+    return nn.Sequential(*layers), shape
+
+
 def make_layer(spec, shape):
     """One torch module for one lowmem layer spec (lowmem's defaults applied); shape excludes the batch."""
     t = spec["type"]
@@ -40,6 +95,15 @@ def make_layer(spec, shape):
         return bn(shape[0], eps=spec.get("eps", 1e-5), momentum=spec.get("momentum", 0.1))
     if t == "residual":
         return BasicBlock(shape[0], spec["out"], spec.get("stride", 1))
+    if t == "inv_batchnorm":
+        return InvBatchNorm(shape[0], spec.get("eps", 1e-5), spec.get("scale_eps", 1e-4))
+    if t in ("coupling", "affine_coupling"):
+        half = [shape[0] // 2, *shape[1:]]
+        return Coupling(make_chain(spec["f"], half)[0], make_chain(spec["g"], half)[0], t == "affine_coupling")
+    if t == "invertible":
+        return make_chain(spec["layers"], shape)[0]
+    if t == "pixel_shuffle":
+        return PixelShuffle()
     if t == "maxpool":
         return nn.MaxPool2d(spec["kernel"], spec.get("stride", spec["kernel"]))
     if t == "avgpool":
@@ -51,10 +115,6 @@ def make_layer(spec, shape):
 
 def build_model(config):
     """nn.Sequential in float64, training mode, built from the config alone (not from the HDF5 shapes)."""
-    shape, layers = list(config["model"]["input"]), []
-    for spec in config["model"]["layers"]:
-        layers.append(make_layer(spec, shape).double().eval())
-        with torch.no_grad():
-            shape = list(layers[-1](torch.zeros(2, *shape, dtype=torch.float64)).shape[1:])
+    model, shape = make_chain(config["model"]["layers"], list(config["model"]["input"]))
     assert shape == [config["model"]["classes"]], f"model output {shape}"
-    return nn.Sequential(*layers).train()
+    return model.train()

@@ -35,6 +35,79 @@ template <class T> Tensor<T> combine(const Tensor<T>& a, const Tensor<T>& b, int
   return r;
 }
 
+// Shared by both couplings: F and G as the children of a block, and their parameters.
+template <class T>
+std::vector<std::pair<std::string, Layer<T>*>> children_of(Sequential<T>& f, Sequential<T>& g) {
+  std::vector<std::pair<std::string, Layer<T>*>> c;
+  for (std::size_t i = 0; i < f.size(); ++i) c.emplace_back("f/" + std::to_string(i), &f.layer(i));
+  for (std::size_t i = 0; i < g.size(); ++i) c.emplace_back("g/" + std::to_string(i), &g.layer(i));
+  return c;
+}
+
+template <class T> void initialize_both(Sequential<T>& f, Sequential<T>& g, Rng& rng) {
+  for (std::size_t i = 0; i < f.size(); ++i) f.layer(i).initialize(rng);
+  for (std::size_t i = 0; i < g.size(); ++i) g.layer(i).initialize(rng);
+}
+
+template <class T> std::vector<Param<T>*> params_of(Sequential<T>& f, Sequential<T>& g) {
+  std::vector<Param<T>*> all = f.params();
+  for (Param<T>* p : g.params()) all.push_back(p);
+  return all;
+}
+
+// F's and G's context in a block's forward: they are recomputed, never inverted, if the block is rebuilt.
+RunContext inner_context(const RunContext& ctx) {
+  RunContext inner = ctx;
+  if (ctx.keep != RunContext::Keep::all) inner.keep = RunContext::Keep::nothing;
+  return inner;
+}
+
+// ---- Affine coupling's elementwise parts. x (N, C/2, H, W); st (N, C, H, W) = [scale logits a, shifts t]. ----
+template <class W> W glow_scale(const W& a) { return W(1) / (W(1) + exp_of(W(-(a + W(2))))); }
+
+// Calls op(k, j): k indexes x (sample s, channel c, pixel p), j the scale logit in st; t is at j + half * area.
+template <class F> void for_each_pair(const Shape& x, F&& op) {
+  const index_t n = x[0], half = x[1], area = x[2] * x[3];
+  for (index_t s = 0; s < n; ++s)
+    for (index_t i = 0; i < half * area; ++i) op(s * half * area + i, 2 * s * half * area + i, half * area);
+}
+
+// y = s(a) x + t, one rounding.
+template <class T> Tensor<T> scale_shift(const Tensor<T>& x, const Tensor<T>& st) {
+  using W = wide_t<T>;
+  Tensor<T> y(x.shape(), MemoryCategory::workspace);
+  if (!x.is_dry())
+    for_each_pair(x.shape(), [&](index_t k, index_t j, index_t shift) {
+      y[k] = round_to<T>(W(glow_scale(round_to<W>(st[j])) * round_to<W>(x[k]) + round_to<W>(st[j + shift])));
+    });
+  return y;
+}
+
+// x = (y - t) / s(a), one rounding.
+template <class T> Tensor<T> unscale_shift(const Tensor<T>& y, const Tensor<T>& st) {
+  using W = wide_t<T>;
+  Tensor<T> x(y.shape(), MemoryCategory::workspace);
+  if (!y.is_dry())
+    for_each_pair(y.shape(), [&](index_t k, index_t j, index_t shift) {
+      x[k] = round_to<T>(W((round_to<W>(y[k]) - round_to<W>(st[j + shift])) / glow_scale(round_to<W>(st[j]))));
+    });
+  return x;
+}
+
+// For y = s(a) x + t and its gradient dy: dx = dy s(a), and dst = [dy x s(a) (1 - s(a)), dy], F's or G's gradient.
+template <class T> std::pair<Tensor<T>, Tensor<T>> scale_shift_grads(const Tensor<T>& dy, const Tensor<T>& x, const Tensor<T>& st) {
+  using W = wide_t<T>;
+  Tensor<T> dx(x.shape(), MemoryCategory::workspace), dst(st.shape(), MemoryCategory::workspace);
+  if (!x.is_dry())
+    for_each_pair(x.shape(), [&](index_t k, index_t j, index_t shift) {
+      const W s = glow_scale(round_to<W>(st[j])), g = round_to<W>(dy[k]);
+      dx[k] = round_to<T>(W(g * s));
+      dst[j] = round_to<T>(W(g * round_to<W>(x[k]) * s * (W(1) - s)));
+      dst[j + shift] = dy[k];
+    });
+  return {dx, dst};
+}
+
 }  // namespace
 
 template <class T>
@@ -52,28 +125,15 @@ template <class T> Shape AdditiveCoupling<T>::output_shape(const Shape& in) cons
   return in;
 }
 
-template <class T> void AdditiveCoupling<T>::initialize(Rng& rng) {
-  for (std::size_t i = 0; i < f_.size(); ++i) f_.layer(i).initialize(rng);
-  for (std::size_t i = 0; i < g_.size(); ++i) g_.layer(i).initialize(rng);
-}
-
-template <class T> std::vector<Param<T>*> AdditiveCoupling<T>::params() {
-  std::vector<Param<T>*> all = f_.params();
-  for (Param<T>* p : g_.params()) all.push_back(p);
-  return all;
-}
-
+template <class T> void AdditiveCoupling<T>::initialize(Rng& rng) { initialize_both(f_, g_, rng); }
+template <class T> std::vector<Param<T>*> AdditiveCoupling<T>::params() { return params_of(f_, g_); }
 template <class T> std::vector<std::pair<std::string, Layer<T>*>> AdditiveCoupling<T>::children() {
-  std::vector<std::pair<std::string, Layer<T>*>> c;
-  for (std::size_t i = 0; i < f_.size(); ++i) c.emplace_back("f/" + std::to_string(i), &f_.layer(i));
-  for (std::size_t i = 0; i < g_.size(); ++i) c.emplace_back("g/" + std::to_string(i), &g_.layer(i));
-  return c;
+  return children_of(f_, g_);
 }
 
 template <class T> Tensor<T> AdditiveCoupling<T>::forward(const Tensor<T>& x, const RunContext& ctx) {
   accumulate_ = ctx.accumulate;
-  RunContext inner = ctx;  // F and G are recomputed, never inverted, if this block is rebuilt
-  if (ctx.keep != RunContext::Keep::all) inner.keep = RunContext::Keep::nothing;
+  const RunContext inner = inner_context(ctx);
   const index_t half = x.dim(1) / 2;
   const Tensor<T> x2 = channels(x, half, half);
   const Tensor<T> y1 = combine(channels(x, 0, half), f_.forward(x2, inner), +1);
@@ -115,6 +175,84 @@ Reconstructed<T> AdditiveCoupling<T>::backward_from_output(const Tensor<T>& y, c
   return {join(x1, x2), join(g1, dx2)};
 }
 
+template <class T>
+AffineCoupling<T>::AffineCoupling(std::string label, Sequential<T> f, Sequential<T> g)
+    : Layer<T>(std::move(label)), f_(std::move(f)), g_(std::move(g)) {}
+
+template <class T> Shape AffineCoupling<T>::output_shape(const Shape& in) const {
+  expect_rank(this->label(), in, 3);
+  if (in[0] % 2 != 0) shape_error(this->label(), "splits its channels in halves and needs an even count, got " + in.str());
+  const Shape half{in[0] / 2, in[1], in[2]};
+  if (f_.input_shape() != half || f_.output_shape() != in || g_.input_shape() != half || g_.output_shape() != in)
+    shape_error(this->label(), "F and G must map " + half.str() + " to " + in.str() + " (scale logits and shifts; F: " +
+                                   f_.input_shape().str() + " -> " + f_.output_shape().str() + ", G: " +
+                                   g_.input_shape().str() + " -> " + g_.output_shape().str() + ")");
+  return in;
+}
+
+template <class T> void AffineCoupling<T>::initialize(Rng& rng) { initialize_both(f_, g_, rng); }
+template <class T> std::vector<Param<T>*> AffineCoupling<T>::params() { return params_of(f_, g_); }
+template <class T> std::vector<std::pair<std::string, Layer<T>*>> AffineCoupling<T>::children() {
+  return children_of(f_, g_);
+}
+
+template <class T> Tensor<T> AffineCoupling<T>::forward(const Tensor<T>& x, const RunContext& ctx) {
+  accumulate_ = ctx.accumulate;
+  const RunContext inner = inner_context(ctx);
+  const index_t half = x.dim(1) / 2;
+  const Tensor<T> x1 = channels(x, 0, half), x2 = channels(x, half, half);
+  const Tensor<T> f = f_.forward(x2, inner);
+  const Tensor<T> y1 = scale_shift(x1, f);
+  const Tensor<T> g = g_.forward(y1, inner);
+  const Tensor<T> y2 = scale_shift(x2, g);
+  if (ctx.keeps()) {
+    x1_.keep(x1);
+    x2_.keep(x2);
+    f_out_.keep(f);
+    g_out_.keep(g);
+  }
+  return join(y1, y2);
+}
+
+template <class T> Tensor<T> AffineCoupling<T>::backward(const Tensor<T>& dy, const RunContext& ctx, bool) {
+  const index_t half = dy.dim(1) / 2;
+  const auto [dx2_direct, dg] = scale_shift_grads(channels(dy, half, half), x2_.get(), g_out_.get());
+  const Tensor<T> u1 = combine(channels(dy, 0, half), g_.backward(dg, ctx, true), +1);
+  const auto [dx1, df] = scale_shift_grads(u1, x1_.get(), f_out_.get());
+  const Tensor<T> dx2 = combine(dx2_direct, f_.backward(df, ctx, true), +1);
+  for (Saved<T>* saved : {&x1_, &x2_, &f_out_, &g_out_}) saved->release();
+  return join(dx1, dx2);
+}
+
+template <class T> Tensor<T> AffineCoupling<T>::inverse(const Tensor<T>& y) {
+  const index_t half = y.dim(1) / 2;
+  const RunContext replay{true, accumulate_, /*update_statistics=*/false, RunContext::Keep::nothing};
+  const Tensor<T> y1 = channels(y, 0, half);
+  const Tensor<T> x2 = unscale_shift(channels(y, half, half), g_.forward(y1, replay));
+  return join(unscale_shift(y1, f_.forward(x2, replay)), x2);
+}
+
+// RevNet's order, as in the additive block: G recomputed and backpropagated, then F on the rebuilt x2.
+template <class T>
+Reconstructed<T> AffineCoupling<T>::backward_from_output(const Tensor<T>& y, const Tensor<T>& dy,
+                                                         const RunContext& ctx, bool) {
+  const index_t half = y.dim(1) / 2;
+  RunContext replay = ctx;
+  replay.update_statistics = false;
+  replay.keep = RunContext::Keep::all;
+  const Tensor<T> y1 = channels(y, 0, half);
+  const Tensor<T> g = g_.forward(y1, replay);
+  const Tensor<T> x2 = unscale_shift(channels(y, half, half), g);
+  const auto [dx2_direct, dg] = scale_shift_grads(channels(dy, half, half), x2, g);
+  const Tensor<T> u1 = combine(channels(dy, 0, half), g_.backward(dg, replay, true), +1);
+  const Tensor<T> f = f_.forward(x2, replay);
+  const Tensor<T> x1 = unscale_shift(y1, f);
+  const auto [dx1, df] = scale_shift_grads(u1, x1, f);
+  const Tensor<T> dx2 = combine(dx2_direct, f_.backward(df, replay, true), +1);
+  return {join(x1, x2), join(dx1, dx2)};
+}
+
 LOWMEM_INSTANTIATE_FOR_PRECISIONS(AdditiveCoupling)
+LOWMEM_INSTANTIATE_FOR_PRECISIONS(AffineCoupling)
 
 }  // namespace lowmem

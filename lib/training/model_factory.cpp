@@ -42,12 +42,14 @@ template <class T> std::unique_ptr<Layer<T>> make_layer(const LayerSpec& s, cons
     return std::make_unique<BatchNorm<T>>(s.label, in[0], s.momentum, s.eps, s.scale_eps);
   }
   if (s.type == "pixel_shuffle") return std::make_unique<PixelShuffle<T>>(s.label);
-  if (s.type == "coupling") {
+  if (s.type == "coupling" || s.type == "affine_coupling") {
     expect_rank(s.label, in, 3);
     if (in[0] % 2 != 0)
       shape_error(s.label, "splits its channels in halves and needs an even count, got " + in.str());
     const Shape half{in[0] / 2, in[1], in[2]};
-    return std::make_unique<AdditiveCoupling<T>>(s.label, make_chain<T>(s.f, half), make_chain<T>(s.g, half));
+    if (s.type == "coupling")
+      return std::make_unique<AdditiveCoupling<T>>(s.label, make_chain<T>(s.f, half), make_chain<T>(s.g, half));
+    return std::make_unique<AffineCoupling<T>>(s.label, make_chain<T>(s.f, half), make_chain<T>(s.g, half));
   }
   if (s.type == "invertible") return std::make_unique<InvertibleChain<T>>(s.label, make_chain<T>(s.layers, in));
   if (s.type == "residual") {

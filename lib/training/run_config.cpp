@@ -19,7 +19,7 @@ const std::vector<std::string> layer_types = {"conv",          "linear",        
                                               "maxpool",       "avgpool",       "global_avgpool",
                                               "batchnorm",     "inv_batchnorm", "pixel_shuffle",
                                               "flatten",       "residual",      "coupling",
-                                              "invertible"};
+                                              "affine_coupling", "invertible"};
 
 LayerSpec parse_layer(ConfigReader r) {
   LayerSpec s;
@@ -50,7 +50,7 @@ LayerSpec parse_layer(ConfigReader r) {
     s.eps = r.get_in("eps", 1e-5, 0.0, inf);
   } else if (s.type == "relu") {
     s.slope = 0.0;
-  } else if (s.type == "coupling") {
+  } else if (s.type == "coupling" || s.type == "affine_coupling") {
     for (auto [key, list] : {std::pair{"f", &s.f}, std::pair{"g", &s.g}}) {
       for (ConfigReader& sub : r.object_list(key)) list->push_back(parse_layer(std::move(sub)));
       if (list->empty()) r.fail(key, "expected at least one layer");

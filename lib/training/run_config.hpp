@@ -15,13 +15,15 @@ namespace lowmem {
 // One entry of the model's layer list; fields a layer type does not use keep their defaults.
 struct LayerSpec {
   std::string type;   // conv, linear, relu, leaky_relu, maxpool, avgpool, global_avgpool, batchnorm,
-                      // inv_batchnorm, pixel_shuffle, flatten, residual, coupling
+                      // inv_batchnorm, pixel_shuffle, flatten, residual, coupling, affine_coupling,
+                      // invertible
   std::string label;  // where it came from, for messages: "/model/layers/3 (conv)"
   index_t out = 0, kernel = 0, stride = 0, pad = 0;
   bool bias = true;
   double slope = 0.01, momentum = 0.1, eps = 1e-5;
   double scale_eps = -1;  // inv_batchnorm: scale |gamma| + scale_eps (default 1e-4); -1: ordinary batch norm
-  std::vector<LayerSpec> f, g;  // coupling: the two sub-networks, each mapping (C/2, H, W) to itself
+  std::vector<LayerSpec> f, g;  // coupling: the two sub-networks, each mapping (C/2, H, W) to itself;
+                                // affine_coupling: (C/2, H, W) to (C, H, W) (scale logits and shifts)
   std::vector<LayerSpec> layers;  // invertible: the chain, every layer of it invertible
 };
 
