@@ -50,12 +50,24 @@ def load_runs(f):
 
 
 def legend_labels(runs):
-    """Precision, or precision and run id where several runs share a precision."""
-    counts = {}
-    for r in runs:
-        counts[r["precision"]] = counts.get(r["precision"], 0) + 1
-    return [r["precision"] or r["id"] if counts[r["precision"]] == 1 else f"{r['precision']} ({r['id']})"
-            for r in runs]
+    """What tells the runs apart among model, technique and precision; the run id where that is not enough."""
+    keys = [k for k in ("model", "technique", "precision") if len({text(r["attrs"].get(k, "")) for r in runs}) > 1]
+    labels = [" ".join(text(r["attrs"].get(k, "")) for k in keys) or r["precision"] or r["id"] for r in runs]
+    return [label if labels.count(label) == 1 else f"{label} ({r['id']})" for label, r in zip(labels, runs)]
+
+
+def config_of(run):
+    try:
+        config = json.loads(text(run["attrs"].get("config", "")))
+    except ValueError:
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def model_key(run, key):
+    """A number from the run's model config (blocks, slope, ...), or None."""
+    value = config_of(run).get("model", {}).get(key)
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def loss_curve(run):
@@ -182,8 +194,112 @@ def fig_gradient_by_layer(runs, ax):
     ax.set_title("Gradient error per layer against the reference")
 
 
+PRECISION_COLORS = {"mp": "black", "f64": "tab:blue", "f32": "tab:green", "bf16": "tab:orange", "f16": "tab:red"}
+ARCH_STYLES = {"flat": "-", "hybrid": "--", "revnet": ":"}
+
+
+def lines_by_arch_and_precision(ax, points, ylabel):
+    """points: {(arch, precision): [(x, y), ...]} drawn as one line each, color by precision, style by arch."""
+    for (arch, precision), xy in sorted(points.items()):
+        xy.sort()
+        ax.plot([x for x, _ in xy], positive([y for _, y in xy]), ARCH_STYLES.get(arch, "-"), marker="o",
+                color=PRECISION_COLORS.get(precision), label=f"{arch} {precision}")
+    ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+
+
+def fig_snr_vs_depth(runs, ax):
+    """Hascoet et al.'s measurement, per precision: SNR of the network input rebuilt through every block."""
+    points = {}
+    for r in runs:
+        blocks = model_key(r, "blocks")
+        if r["study"] == "reconstruction" and "input_snr" in r["attrs"] and blocks is not None:
+            points.setdefault((text(r["attrs"].get("model", "")), r["precision"]), []).append(
+                (blocks, float(r["attrs"]["input_snr"])))
+    if not any(len(xy) > 1 for xy in points.values()):
+        raise Skip("no reconstruction runs at two or more depths (sweep model.blocks)")
+    lines_by_arch_and_precision(ax, points, "SNR of the rebuilt input, mean(x^2) / mean((x - x^)^2)")
+    ax.axhline(1, color="gray", linewidth=0.8)
+    ax.set_xlabel("reversible blocks (model.blocks)")
+    ax.set_title("Reconstruction SNR against depth (NaN/overflow not drawn)")
+
+
+def fig_alpha_vs_slope(runs, ax):
+    """Measured per-operation amplification of invertible leaky ReLU layers against the closed form."""
+    found = {}
+    for r in runs:
+        slope = model_key(r, "slope")
+        group = r["group"]
+        if r["study"] != "reconstruction" or slope is None or "reconstruction/alpha" not in group:
+            continue
+        names = [text(n) for n in group["reconstruction/layer_names"][()]]
+        alpha = np.asarray(group["reconstruction/alpha"][()], dtype=float)
+        values = [a for n, a in zip(names, alpha) if "leaky_relu" in n and np.isfinite(a) and a > 0]
+        if values:
+            found.setdefault(r["precision"], []).append((slope, np.median(values), np.min(values), np.max(values)))
+    if not found:
+        raise Skip("no reconstruction runs with leaky ReLU layers and a model.slope")
+    phi = np.linspace(0.02, 1.0, 200)
+    ax.plot(phi, 4 / ((1 + phi**2) * (1 + 1 / phi**2)), color="black",
+            label="closed form 4 / ((1+phi^2)(1+1/phi^2))")
+    for precision, rows in sorted(found.items()):
+        rows.sort()
+        x, med, lo, hi = (np.array(c) for c in zip(*rows))
+        ax.errorbar(x, med, yerr=[med - lo, hi - med], fmt="o", capsize=3, color=PRECISION_COLORS.get(precision),
+                    label=f"measured, {precision} (median, range over layers)")
+    ax.set_yscale("log")
+    ax.set_xlabel("leaky ReLU slope phi")
+    ax.set_ylabel("alpha = SNR_in / SNR_out (dimensionless)")
+    ax.set_title("Error amplification of one leaky ReLU inversion")
+
+
+def fig_gradient_angle_vs_depth(runs, ax):
+    """Angle between reversible-backprop gradients and the mp reference (stored activations), worst layer."""
+    points = {}
+    for r in runs:
+        blocks = model_key(r, "blocks")
+        group = r["group"]
+        if (r["study"] != "gradient" or text(r["attrs"].get("technique", "")) != "reversible" or blocks is None
+                or "gradient_error/angle_degrees" not in group):
+            continue
+        angles = np.asarray(group["gradient_error/angle_degrees"][()], dtype=float)
+        worst = np.nanmax(angles) if np.isfinite(angles).any() else np.nan
+        points.setdefault((text(r["attrs"].get("model", "")), r["precision"]), []).append((blocks, worst))
+    if not any(len(xy) > 1 for xy in points.values()):
+        raise Skip("no reversible gradient runs at two or more depths")
+    lines_by_arch_and_precision(ax, points, "largest angle over layers (degrees)")
+    ax.set_xlabel("reversible blocks (model.blocks)")
+    ax.set_title("Reversible-backprop gradients against mp gradients (stored activations)")
+
+
+def fig_pixel_memory(runs, ax):
+    """Peak training memory per input pixel (Hascoet et al.), per architecture, stored against rebuilt."""
+    found = [r for r in runs if r["study"] == "train" and "pixel_memory_bytes" in r["attrs"]
+             and text(r["attrs"].get("model", "")) in ARCH_STYLES]
+    if not found:
+        raise Skip("no train runs of revnet, hybrid or flat with pixel_memory_bytes")
+    archs = sorted({text(r["attrs"]["model"]) for r in found})
+    techniques = sorted({text(r["attrs"].get("technique", "")) for r in found})
+    width = 0.8 / len(techniques)
+    for k, technique in enumerate(techniques):
+        values = []
+        for arch in archs:
+            match = [float(r["attrs"]["pixel_memory_bytes"]) for r in found
+                     if text(r["attrs"]["model"]) == arch and text(r["attrs"].get("technique", "")) == technique]
+            values.append(min(match) if match else np.nan)
+        ax.bar(np.arange(len(archs)) + k * width, values, width, label=technique)
+    ax.axhline(352, color="black", linestyle="--", label="Hascoet et al. (paper): 352 B/pixel")
+    ax.set_xticks(np.arange(len(archs)) + width * (len(techniques) - 1) / 2, archs)
+    ax.set_yscale("log")
+    ax.set_xlabel("architecture")
+    ax.set_ylabel("peak training memory / (batch x H x W) (bytes per pixel)")
+    ax.set_title("Pixel-wise memory cost")
+
+
 FIGURES = [("train_loss", fig_loss), ("drift_from_f64", fig_drift), ("test_accuracy", fig_accuracy),
-           ("gradient_error", fig_gradient), ("gradient_error_by_layer", fig_gradient_by_layer)]
+           ("gradient_error", fig_gradient), ("gradient_error_by_layer", fig_gradient_by_layer),
+           ("snr_vs_depth", fig_snr_vs_depth), ("alpha_vs_slope", fig_alpha_vs_slope),
+           ("gradient_angle_vs_depth", fig_gradient_angle_vs_depth), ("pixel_memory", fig_pixel_memory)]
 
 
 def main():
