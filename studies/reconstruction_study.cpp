@@ -12,6 +12,8 @@
 //   forward_rel_error_reference  ||x_i - r_i|| / ||r_i||: the forward's own rounding, which the inverse starts from
 //   alpha                        snr_i / snr_{i+1}: SNR of the layer's rebuilt input over that of its rebuilt
 //                                output (NaN for the last layer of a run, whose output is the forward's own)
+// Weights: as initialised from the seed, or ("weights": "trained") after the config's training in f32 with
+// stored activations, rounded once into each precision: the same network in every precision and the reference.
 #include <cmath>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -43,6 +45,41 @@ template <class T> std::vector<Tensor<T>> forward_activations(Sequential<T>& mod
   std::vector<Tensor<T>> acts{x};
   for (std::size_t i = 0; i < model.size(); ++i) acts.push_back(model.layer(i).forward(acts.back(), ctx));
   return acts;
+}
+
+// Parameters after the config's training in f32 (stored activations), widened to double: computed once per
+// process for the runs of a precision sweep. Throws if the training diverges.
+using Parameters = std::vector<std::vector<double>>;
+const Parameters& trained_parameters(const RunConfig& config, const std::string& key, const DataSplit& data,
+                                     const Progress& progress) {
+  static std::map<std::string, Parameters> cache;
+  Parameters& slot = cache[key];
+  if (!slot.empty()) return slot;
+  RunConfig f32 = config;
+  f32.precision = Precision::f32;
+  f32.accumulate = Accumulate::f32;
+  f32.techniques = {TechniqueSpec{}};
+  MemoryLedger ledger;
+  Trainer<float> trainer(f32, ledger);
+  const std::int64_t total = trainer.total_steps(data.train);
+  std::int64_t step = 0;
+  for (int epoch = 0; epoch < config.train.epochs && step < total; ++epoch)
+    step = trainer.train_epoch(data.train, epoch, step, total, [&](std::int64_t s, double loss, double, double) {
+      if (!std::isfinite(loss))
+        throw Error("reconstruction.weights \"trained\": the f32 training diverged at step " + std::to_string(s));
+      if (progress && s % 20 == 0) progress("training the weights in f32: step " + std::to_string(s + 1) + "/" +
+                                            std::to_string(total) + " loss " + std::to_string(loss));
+      return true;
+    });
+  for (Param<float>* p : trainer.model().params()) slot.emplace_back(p->value.data(), p->value.data() + p->value.numel());
+  return slot;
+}
+
+template <class T> void load_parameters(Sequential<T>& model, const Parameters& values) {
+  const auto params = model.params();
+  for (std::size_t k = 0; k < params.size(); ++k)
+    for (index_t i = 0; i < params[k]->value.numel(); ++i)
+      params[k]->value[i] = round_to<T>(values[k][static_cast<std::size_t>(i)]);
 }
 
 // Sums over all elements, in mp: exact enough for every precision, the mp run included.
@@ -92,12 +129,14 @@ std::string reference_key(const std::string& config_json, Precision reference) {
 }
 
 template <class R>
-std::vector<Tensor<mp>> reference_in(const RunConfig& config, const DataSplit& data, MemoryLedger& ledger) {
+std::vector<Tensor<mp>> reference_in(const RunConfig& config, const DataSplit& data, const Parameters* weights,
+                                     MemoryLedger& ledger) {
   RunConfig ref = config;
   ref.precision = precision_of<R>();
   ref.accumulate = Accumulate::f32;
   MemoryLedger scratch;
   Trainer<R> trainer(ref, scratch);
+  if (weights) load_parameters(trainer.model(), *weights);
   MemoryLedger::Scope scope(scratch);
   return widened(forward_activations(trainer.model(), first_batch(trainer, ref, data), ref.accumulate), ledger);
 }
@@ -108,7 +147,8 @@ std::vector<Tensor<mp>> reference_in(const RunConfig& config, const DataSplit& d
 // The reference activations for this run: cached; this run's own if it is in the reference precision.
 template <class T>
 const std::vector<Tensor<mp>>& reference_for(const RunConfig& config, RunRecord& record, const DataSplit& data,
-                                             const std::vector<Tensor<T>>& acts, const Progress& progress) {
+                                             const Parameters* weights, const std::vector<Tensor<T>>& acts,
+                                             const Progress& progress) {
   const Precision r = parse_precision(config.reconstruction.reference);
   ReferenceCache& slot = reference_cache()[reference_key(record.config_json, r)];
   if (!slot.activations.empty()) return slot.activations;
@@ -116,8 +156,8 @@ const std::vector<Tensor<mp>>& reference_for(const RunConfig& config, RunRecord&
     slot.activations = widened(acts, *slot.ledger);
   } else {
     if (progress) progress("reference forward in " + to_string(r));
-    slot.activations = r == Precision::mp ? reference_in<mp>(config, data, *slot.ledger)
-                                          : reference_in<double>(config, data, *slot.ledger);
+    slot.activations = r == Precision::mp ? reference_in<mp>(config, data, weights, *slot.ledger)
+                                          : reference_in<double>(config, data, weights, *slot.ledger);
   }
   return slot.activations;
 }
@@ -148,9 +188,17 @@ void forward_and_invert(Trainer<T>& trainer, const RunConfig& config, const Data
 
 template <class T>
 void reconstruct(const RunConfig& config, const DataSplit& data, RunRecord& record, const Progress& progress) {
+  const Parameters* weights = nullptr;
+  if (config.reconstruction.weights == "trained")
+    weights = &trained_parameters(config, reference_key(record.config_json, Precision::f32), data, progress);
+  record.labels["weights"] = config.reconstruction.weights;
   MemoryLedger ledger;
   Trainer<T> trainer(config, ledger);
   Sequential<T>& model = trainer.model();
+  if (weights) {
+    load_parameters(model, *weights);
+    record.scalars["training_steps"] = static_cast<double>(trainer.total_steps(data.train));
+  }
   std::vector<Tensor<T>> acts;
   const std::vector<Tensor<mp>>* reference = nullptr;
   struct Result {
@@ -160,7 +208,8 @@ void reconstruct(const RunConfig& config, const DataSplit& data, RunRecord& reco
   std::map<std::size_t, Result> results;  // by layer index: forward order
   forward_and_invert(trainer, config, data, progress, acts,
                      [&](std::size_t i, const Tensor<T>& rebuilt, const Tensor<T>& forward, bool last_of_run) {
-    if (!reference && config.reconstruction.reference != "none") reference = &reference_for(config, record, data, acts, progress);
+    if (!reference && config.reconstruction.reference != "none")
+      reference = &reference_for(config, record, data, weights, acts, progress);
     const Sums self = sums(rebuilt, forward);
     results[i] = {snr_of(self), rel_of(self), reference ? rel_of(sums(rebuilt, (*reference)[i])) : NAN,
                   reference ? rel_of(sums(forward, (*reference)[i])) : NAN, last_of_run};

@@ -10,14 +10,16 @@
 namespace lowmem {
 namespace {
 
-RunRecord reconstruction(const std::string& arch, int blocks, const std::string& precision) {
+RunRecord reconstruction(const std::string& arch, int blocks, const std::string& precision,
+                          const std::string& weights = "random") {
   const nlohmann::json config = {
+      {"reconstruction", {{"weights", weights}}},
       {"study", "reconstruction"},
       {"seed", 3},
       {"precision", precision},
       {"model", {{"arch", arch}, {"stages", 1}, {"blocks", blocks}, {"width", 8}, {"input", {1, 8, 8}}}},
       {"data", {{"dataset", "synthetic"}, {"synthetic", {{"shape", {1, 8, 8}}, {"count", 8}}}}},
-      {"train", {{"batch", 4}, {"optimizer", {{"lr", 0.1}}}}}};
+      {"train", {{"batch", 4}, {"steps", 2}, {"optimizer", {{"lr", 0.1}}}}}};
   nlohmann::json effective;
   const RunConfig run = parse_run_config(config, "test", &effective);
   const DataSplit data = load_data(run.data, run.seed);
@@ -63,6 +65,18 @@ TEST(ReconstructionStudy, ErrorGrowsWithDepthAndIsOrderedByPrecision) {
       EXPECT_LT(error["f32"][blocks], std::min(error["f16"][blocks], error["bf16"][blocks])) << arch << " " << blocks;
     }
   }
+}
+
+// Trained weights: trained once in f32, then the same network (rounded once) in every precision and in the mp
+// reference. Were the networks different, the f64 forward would be O(1) away from the reference, not 1e-16.
+TEST(ReconstructionStudy, TrainedWeightsAreTheSameNetworkInEveryPrecision) {
+  const RunRecord random = reconstruction("hybrid", 2, "f64");
+  const RunRecord trained = reconstruction("hybrid", 2, "f64", "trained");
+  EXPECT_EQ(trained.labels.at("weights"), "trained");
+  EXPECT_EQ(trained.scalars.at("training_steps"), 2);
+  const auto& forward = trained.arrays.at("reconstruction/forward_rel_error_reference").values;
+  for (double e : forward) EXPECT_LT(e, 1e-13);
+  EXPECT_NE(trained.scalars.at("input_snr"), random.scalars.at("input_snr"));  // the weights did change
 }
 
 }  // namespace

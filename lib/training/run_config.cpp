@@ -372,6 +372,7 @@ RunConfig parse_run_config(const nlohmann::json& config, const std::string& file
   c.techniques = parse_techniques(r);
   ConfigReader reconstruction = r.object_or_empty("reconstruction");
   c.reconstruction.reference = reconstruction.get_choice("reference", "mp", {"mp", "f64", "none"});
+  c.reconstruction.weights = reconstruction.get_choice("weights", "random", {"random", "trained"});
   reconstruction.finish();
   r.allow("sweep");
   r.allow("zip");

@@ -79,6 +79,7 @@ struct TechniqueSpec {
 // Study "reconstruction": forward, then invert the model's invertible layers one by one from the last.
 struct ReconstructionSpec {
   std::string reference = "mp";  // precision of the reference activations, or "none"
+  std::string weights = "random";  // random (as initialised) | trained (by the config's "train", in f32)
 };
 
 struct RunConfig {

@@ -1,5 +1,7 @@
 #include "training/trainer.hpp"
 
+#include <chrono>
+
 #include "io/error.hpp"
 #include "tensor/compute.hpp"
 #include "training/model_factory.hpp"
@@ -38,6 +40,7 @@ DataSplit load_data(const DataSpec& spec, std::uint64_t seed) {
 template <class T>
 Trainer<T>::Trainer(const RunConfig& config, MemoryLedger& ledger)
     : ledger_(ledger),
+      config_(config),
       train_ctx_{true, config.accumulate},
       eval_ctx_{false, config.accumulate} {
   train_ctx_.reconstruct = config.uses("reversible");
@@ -92,6 +95,31 @@ typename Trainer<T>::W Trainer<T>::train_step(const Tensor<T>& x, const std::vec
   const W loss = forward_backward(x, labels);
   if (is_finite(loss)) optimizer_->step(lr);
   return loss;
+}
+
+template <class T> std::int64_t Trainer<T>::total_steps(const Dataset& data) const {
+  const std::int64_t per_epoch = data.count / config_.train.batch;
+  const std::int64_t all = per_epoch * config_.train.epochs;
+  return config_.train.steps > 0 ? std::min(all, config_.train.steps) : all;
+}
+
+template <class T>
+std::int64_t Trainer<T>::train_epoch(const Dataset& data, int epoch, std::int64_t step, std::int64_t total_steps,
+                                     const StepCallback& on_step) {
+  const TrainSpec& spec = config_.train;
+  const std::int64_t batch = spec.batch, per_epoch = data.count / batch;
+  const std::vector<std::int64_t> order = epoch_order(data.count, config_.seed, epoch);
+  Rng augment_rng(config_.seed, 2000 + static_cast<std::uint64_t>(epoch));
+  std::vector<std::int32_t> labels;
+  for (std::int64_t b = 0; b < per_epoch && step < total_steps; ++b) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const double lr = learning_rate(spec.optimizer, spec.schedule, step, per_epoch, total_steps);
+    const Tensor<T> x = make_batch(data, order.data() + b * batch, batch, config_.data.augment, augment_rng, labels);
+    const double loss = to_double(train_step(x, labels, lr));
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (!on_step(step++, loss, lr, seconds)) break;
+  }
+  return step;
 }
 
 template <class T> typename Trainer<T>::Evaluation Trainer<T>::evaluate(const Dataset& data, int batch) {

@@ -1,6 +1,7 @@
 #pragma once
 // The reference trainer: one network in precision T, built and initialised from the config's seed, charged to
 // a memory ledger, trained with the config's optimizer on batches in a fixed, seeded order. Studies drive it.
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -40,6 +41,16 @@ template <class T> class Trainer {
     double loss = 0, accuracy = 0;
   };
   Evaluation evaluate(const Dataset& data, int batch);
+
+  // Steps of one epoch of the config's training: batches of train.batch in the seeded order of `epoch` (the last
+  // incomplete batch dropped), the config's augmentation, the learning-rate schedule over `total_steps`. Starts
+  // at optimizer step `step`, stops at total_steps or when on_step(step, loss, lr, seconds) returns false.
+  // Returns the next step's index.
+  using StepCallback = std::function<bool(std::int64_t step, double loss, double lr, double seconds)>;
+  std::int64_t train_epoch(const Dataset& data, int epoch, std::int64_t step, std::int64_t total_steps,
+                           const StepCallback& on_step);
+  // Optimizer steps the config's training takes on `data`: epochs x (count / batch), capped by train.steps.
+  std::int64_t total_steps(const Dataset& data) const;
   // Sum of losses and number of correct predictions on one batch, in evaluation mode.
   std::pair<double, index_t> evaluate_batch(const Tensor<T>& x, const std::vector<std::int32_t>& labels);
 
@@ -48,6 +59,7 @@ template <class T> class Trainer {
 
  private:
   MemoryLedger& ledger_;
+  RunConfig config_;
   RunContext train_ctx_, eval_ctx_;
   std::unique_ptr<Sequential<T>> model_;
   std::unique_ptr<Optimizer<T>> optimizer_;
