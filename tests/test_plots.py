@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Smoke test of plots/plot_results.py on small results files built here with h5py.
 
-usage: test_plots.py [LOWMEM_BINARY]  (the argument, passed by CTest to every script test, is ignored)
-Exits non-zero on the first failed check.
+usage: test_plots.py [LOWMEM_BINARY]
+The reversible-network figures are drawn from a real results file: a tiny sweep run with LOWMEM_BINARY (default
+build/lowmem). Exits non-zero on the first failed check.
 """
 import json
 import subprocess
@@ -51,9 +52,39 @@ def check(condition, what):
     print(f"ok: {what}")
 
 
+REVERSIBLE_FIGURES = ["snr_vs_depth", "alpha_vs_slope", "gradient_angle_vs_depth", "pixel_memory"]
+
+
+def check_reversible_figures(binary, tmp):
+    """A tiny sweep with every study the reversible figures read, run by lowmem itself, then plotted."""
+    model = {"arch": "flat", "stages": 1, "blocks": 1, "width": 4, "slope": 0.2, "input": [1, 8, 8], "classes": 3}
+    config = {"name": "reversible", "model": model, "technique": {"type": "store_all"},
+              "data": {"dataset": "synthetic", "synthetic": {"count": 16, "test_count": 8, "shape": [1, 8, 8],
+                                                             "classes": 3}},
+              "train": {"batch": 4, "steps": 2, "optimizer": {"lr": 0.05}},
+              "sweep": [{"study": ["reconstruction"], "model.arch": ["flat", "hybrid"], "model.blocks": [1, 2],
+                         "model.slope": [0.2, 0.5], "precision": ["f32", "f16"]},
+                        {"study": ["gradient"], "technique.type": ["reversible"], "model.blocks": [1, 2],
+                         "precision": ["f32", "bf16"]},
+                        {"study": ["train"], "model.arch": ["flat", "revnet"],
+                         "technique.type": ["store_all", "reversible"]}]}
+    path, results = tmp / "reversible.json", tmp / "reversible.h5"
+    path.write_text(json.dumps(config))
+    run = subprocess.run([binary, "run", path, "--out", results, "--threads", "1", "--quiet"], capture_output=True,
+                         text=True)
+    check(run.returncode == 0, f"lowmem runs the reversible sweep ({run.stderr.strip()[-300:]})")
+    result = run_script(results, "--out", tmp / "reversible_out")
+    check(result.returncode == 0, f"plot script exits 0 on it ({result.stderr.strip()})")
+    for name in REVERSIBLE_FIGURES:
+        path = tmp / "reversible_out" / f"{name}.png"
+        check(path.is_file() and path.stat().st_size > 0, f"{name}.png written from lowmem's own results")
+
+
 def main():
+    binary = Path(sys.argv[1]) if len(sys.argv) > 1 else SCRIPT.parent.parent / "build" / "lowmem"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        check_reversible_figures(binary, tmp)
         steps = np.arange(50)
         full = tmp / "full.h5"
         with h5py.File(full, "w") as f:
