@@ -208,14 +208,20 @@ def lines_by_arch_and_precision(ax, points, ylabel):
     ax.set_ylabel(ylabel)
 
 
-def fig_snr_vs_depth(runs, ax):
-    """Hascoet et al.'s measurement, per precision: SNR of the network input rebuilt through every block."""
+def points_by_depth(runs, value):
+    """{(arch, precision): [(model.blocks, value(run)), ...]} over runs for which value(run) is not None."""
     points = {}
     for r in runs:
-        blocks = model_key(r, "blocks")
-        if r["study"] == "reconstruction" and "input_snr" in r["attrs"] and blocks is not None:
-            points.setdefault((text(r["attrs"].get("model", "")), r["precision"]), []).append(
-                (blocks, float(r["attrs"]["input_snr"])))
+        blocks, y = model_key(r, "blocks"), value(r)
+        if blocks is not None and y is not None:
+            points.setdefault((text(r["attrs"].get("model", "")), r["precision"]), []).append((blocks, y))
+    return points
+
+
+def fig_snr_vs_depth(runs, ax):
+    """Hascoet et al.'s measurement, per precision: SNR of the network input rebuilt through every block."""
+    points = points_by_depth(runs, lambda r: float(r["attrs"]["input_snr"])
+                             if r["study"] == "reconstruction" and "input_snr" in r["attrs"] else None)
     if not any(len(xy) > 1 for xy in points.values()):
         raise Skip("no reconstruction runs at two or more depths (sweep model.blocks)")
     lines_by_arch_and_precision(ax, points, "SNR of the rebuilt input, mean(x^2) / mean((x - x^)^2)")
@@ -255,16 +261,14 @@ def fig_alpha_vs_slope(runs, ax):
 
 def fig_gradient_angle_vs_depth(runs, ax):
     """Angle between reversible-backprop gradients and the mp reference (stored activations), worst layer."""
-    points = {}
-    for r in runs:
-        blocks = model_key(r, "blocks")
-        group = r["group"]
-        if (r["study"] != "gradient" or text(r["attrs"].get("technique", "")) != "reversible" or blocks is None
-                or "gradient_error/angle_degrees" not in group):
-            continue
-        angles = np.asarray(group["gradient_error/angle_degrees"][()], dtype=float)
-        worst = np.nanmax(angles) if np.isfinite(angles).any() else np.nan
-        points.setdefault((text(r["attrs"].get("model", "")), r["precision"]), []).append((blocks, worst))
+    def worst_angle(r):
+        if (r["study"] != "gradient" or text(r["attrs"].get("technique", "")) != "reversible"
+                or "gradient_error/angle_degrees" not in r["group"]):
+            return None
+        angles = np.asarray(r["group"]["gradient_error/angle_degrees"][()], dtype=float)
+        return np.nanmax(angles) if np.isfinite(angles).any() else np.nan
+
+    points = points_by_depth(runs, worst_angle)
     if not any(len(xy) > 1 for xy in points.values()):
         raise Skip("no reversible gradient runs at two or more depths")
     lines_by_arch_and_precision(ax, points, "largest angle over layers (degrees)")

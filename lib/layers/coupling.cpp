@@ -35,33 +35,6 @@ template <class T> Tensor<T> combine(const Tensor<T>& a, const Tensor<T>& b, int
   return r;
 }
 
-// Shared by both couplings: F and G as the children of a block, and their parameters.
-template <class T>
-std::vector<std::pair<std::string, Layer<T>*>> children_of(Sequential<T>& f, Sequential<T>& g) {
-  std::vector<std::pair<std::string, Layer<T>*>> c;
-  for (std::size_t i = 0; i < f.size(); ++i) c.emplace_back("f/" + std::to_string(i), &f.layer(i));
-  for (std::size_t i = 0; i < g.size(); ++i) c.emplace_back("g/" + std::to_string(i), &g.layer(i));
-  return c;
-}
-
-template <class T> void initialize_both(Sequential<T>& f, Sequential<T>& g, Rng& rng) {
-  for (std::size_t i = 0; i < f.size(); ++i) f.layer(i).initialize(rng);
-  for (std::size_t i = 0; i < g.size(); ++i) g.layer(i).initialize(rng);
-}
-
-template <class T> std::vector<Param<T>*> params_of(Sequential<T>& f, Sequential<T>& g) {
-  std::vector<Param<T>*> all = f.params();
-  for (Param<T>* p : g.params()) all.push_back(p);
-  return all;
-}
-
-// F's and G's context in a block's forward: they are recomputed, never inverted, if the block is rebuilt.
-RunContext inner_context(const RunContext& ctx) {
-  RunContext inner = ctx;
-  if (ctx.keep != RunContext::Keep::all) inner.keep = RunContext::Keep::nothing;
-  return inner;
-}
-
 // ---- Affine coupling's elementwise parts. x (N, C/2, H, W); st (N, C, H, W) = [scale logits a, shifts t]. ----
 template <class W> W glow_scale(const W& a) { return W(1) / (W(1) + exp_of(W(-(a + W(2))))); }
 
@@ -111,41 +84,71 @@ template <class T> std::pair<Tensor<T>, Tensor<T>> scale_shift_grads(const Tenso
 }  // namespace
 
 template <class T>
-AdditiveCoupling<T>::AdditiveCoupling(std::string label, Sequential<T> f, Sequential<T> g)
+Coupling<T>::Coupling(std::string label, Sequential<T> f, Sequential<T> g)
     : Layer<T>(std::move(label)), f_(std::move(f)), g_(std::move(g)) {}
 
-template <class T> Shape AdditiveCoupling<T>::output_shape(const Shape& in) const {
+template <class T> void Coupling<T>::initialize(Rng& rng) {
+  for (std::size_t i = 0; i < f_.size(); ++i) f_.layer(i).initialize(rng);
+  for (std::size_t i = 0; i < g_.size(); ++i) g_.layer(i).initialize(rng);
+}
+
+template <class T> std::vector<Param<T>*> Coupling<T>::params() {
+  std::vector<Param<T>*> all = f_.params();
+  for (Param<T>* p : g_.params()) all.push_back(p);
+  return all;
+}
+
+template <class T> std::vector<std::pair<std::string, Layer<T>*>> Coupling<T>::children() {
+  std::vector<std::pair<std::string, Layer<T>*>> c;
+  for (std::size_t i = 0; i < f_.size(); ++i) c.emplace_back("f/" + std::to_string(i), &f_.layer(i));
+  for (std::size_t i = 0; i < g_.size(); ++i) c.emplace_back("g/" + std::to_string(i), &g_.layer(i));
+  return c;
+}
+
+template <class T>
+Shape Coupling<T>::coupling_shape(const Shape& in, index_t out_factor, const std::string& what) const {
   expect_rank(this->label(), in, 3);
   if (in[0] % 2 != 0) shape_error(this->label(), "splits its channels in halves and needs an even count, got " + in.str());
-  const Shape half{in[0] / 2, in[1], in[2]};
-  if (f_.input_shape() != half || f_.output_shape() != half || g_.input_shape() != half || g_.output_shape() != half)
-    shape_error(this->label(), "F and G must map " + half.str() + " to itself (F: " + f_.input_shape().str() + " -> " +
-                                   f_.output_shape().str() + ", G: " + g_.input_shape().str() + " -> " +
-                                   g_.output_shape().str() + ")");
+  const Shape half{in[0] / 2, in[1], in[2]}, out{in[0] / 2 * out_factor, in[1], in[2]};
+  if (f_.input_shape() != half || f_.output_shape() != out || g_.input_shape() != half || g_.output_shape() != out)
+    shape_error(this->label(), "F and G must map " + half.str() + " to " + out.str() + what + " (F: " +
+                                   f_.input_shape().str() + " -> " + f_.output_shape().str() + ", G: " +
+                                   g_.input_shape().str() + " -> " + g_.output_shape().str() + ")");
   return in;
 }
 
-template <class T> void AdditiveCoupling<T>::initialize(Rng& rng) { initialize_both(f_, g_, rng); }
-template <class T> std::vector<Param<T>*> AdditiveCoupling<T>::params() { return params_of(f_, g_); }
-template <class T> std::vector<std::pair<std::string, Layer<T>*>> AdditiveCoupling<T>::children() {
-  return children_of(f_, g_);
+template <class T> RunContext Coupling<T>::forward_context(const RunContext& ctx) {
+  accumulate_ = ctx.accumulate;
+  RunContext inner = ctx;
+  if (ctx.keep != RunContext::Keep::all) inner.keep = RunContext::Keep::nothing;
+  return inner;
+}
+
+template <class T> RunContext Coupling<T>::backprop_context(const RunContext& ctx) {
+  RunContext replay = ctx;
+  replay.update_statistics = false;
+  replay.keep = RunContext::Keep::all;
+  return replay;
+}
+
+template <class T> Shape AdditiveCoupling<T>::output_shape(const Shape& in) const {
+  return this->coupling_shape(in, 1, "");
 }
 
 template <class T> Tensor<T> AdditiveCoupling<T>::forward(const Tensor<T>& x, const RunContext& ctx) {
-  accumulate_ = ctx.accumulate;
-  const RunContext inner = inner_context(ctx);
+  const RunContext inner = this->forward_context(ctx);
   const index_t half = x.dim(1) / 2;
   const Tensor<T> x2 = channels(x, half, half);
-  const Tensor<T> y1 = combine(channels(x, 0, half), f_.forward(x2, inner), +1);
-  const Tensor<T> y2 = combine(x2, g_.forward(y1, inner), +1);
+  const Tensor<T> y1 = combine(channels(x, 0, half), this->f_.forward(x2, inner), +1);
+  const Tensor<T> y2 = combine(x2, this->g_.forward(y1, inner), +1);
   return join(y1, y2);
 }
 
 template <class T> Tensor<T> AdditiveCoupling<T>::backward(const Tensor<T>& dy, const RunContext& ctx, bool) {
   const index_t half = dy.dim(1) / 2;
   const Tensor<T> dy2 = channels(dy, half, half);
-  const Tensor<T> g1 = combine(channels(dy, 0, half), g_.backward(dy2, ctx, true), +1);
-  const Tensor<T> dx2 = combine(dy2, f_.backward(g1, ctx, true), +1);
+  const Tensor<T> g1 = combine(channels(dy, 0, half), this->g_.backward(dy2, ctx, true), +1);
+  const Tensor<T> dx2 = combine(dy2, this->f_.backward(g1, ctx, true), +1);
   return join(g1, dx2);
 }
 
@@ -153,10 +156,10 @@ template <class T> Tensor<T> AdditiveCoupling<T>::inverse(const Tensor<T>& y) {
   // F and G are recomputed in training mode on the rebuilt inputs: batch norm inside them then uses batch
   // statistics that equal the forward's in exact arithmetic, and must not update its running statistics twice.
   const index_t half = y.dim(1) / 2;
-  const RunContext replay{true, accumulate_, /*update_statistics=*/false, RunContext::Keep::nothing};
+  const RunContext replay = this->inverse_context();
   const Tensor<T> y1 = channels(y, 0, half);
-  const Tensor<T> x2 = combine(channels(y, half, half), g_.forward(y1, replay), -1);
-  const Tensor<T> x1 = combine(y1, f_.forward(x2, replay), -1);
+  const Tensor<T> x2 = combine(channels(y, half, half), this->g_.forward(y1, replay), -1);
+  const Tensor<T> x1 = combine(y1, this->f_.forward(x2, replay), -1);
   return join(x1, x2);
 }
 
@@ -164,46 +167,26 @@ template <class T>
 Reconstructed<T> AdditiveCoupling<T>::backward_from_output(const Tensor<T>& y, const Tensor<T>& dy,
                                                            const RunContext& ctx, bool) {
   const index_t half = y.dim(1) / 2;
-  RunContext replay = ctx;
-  replay.update_statistics = false;
-  replay.keep = RunContext::Keep::all;
+  const RunContext replay = this->backprop_context(ctx);
   const Tensor<T> y1 = channels(y, 0, half), dy2 = channels(dy, half, half);
-  const Tensor<T> x2 = combine(channels(y, half, half), g_.forward(y1, replay), -1);
-  const Tensor<T> g1 = combine(channels(dy, 0, half), g_.backward(dy2, replay, true), +1);
-  const Tensor<T> x1 = combine(y1, f_.forward(x2, replay), -1);
-  const Tensor<T> dx2 = combine(dy2, f_.backward(g1, replay, true), +1);
+  const Tensor<T> x2 = combine(channels(y, half, half), this->g_.forward(y1, replay), -1);
+  const Tensor<T> g1 = combine(channels(dy, 0, half), this->g_.backward(dy2, replay, true), +1);
+  const Tensor<T> x1 = combine(y1, this->f_.forward(x2, replay), -1);
+  const Tensor<T> dx2 = combine(dy2, this->f_.backward(g1, replay, true), +1);
   return {join(x1, x2), join(g1, dx2)};
 }
 
-template <class T>
-AffineCoupling<T>::AffineCoupling(std::string label, Sequential<T> f, Sequential<T> g)
-    : Layer<T>(std::move(label)), f_(std::move(f)), g_(std::move(g)) {}
-
 template <class T> Shape AffineCoupling<T>::output_shape(const Shape& in) const {
-  expect_rank(this->label(), in, 3);
-  if (in[0] % 2 != 0) shape_error(this->label(), "splits its channels in halves and needs an even count, got " + in.str());
-  const Shape half{in[0] / 2, in[1], in[2]};
-  if (f_.input_shape() != half || f_.output_shape() != in || g_.input_shape() != half || g_.output_shape() != in)
-    shape_error(this->label(), "F and G must map " + half.str() + " to " + in.str() + " (scale logits and shifts; F: " +
-                                   f_.input_shape().str() + " -> " + f_.output_shape().str() + ", G: " +
-                                   g_.input_shape().str() + " -> " + g_.output_shape().str() + ")");
-  return in;
-}
-
-template <class T> void AffineCoupling<T>::initialize(Rng& rng) { initialize_both(f_, g_, rng); }
-template <class T> std::vector<Param<T>*> AffineCoupling<T>::params() { return params_of(f_, g_); }
-template <class T> std::vector<std::pair<std::string, Layer<T>*>> AffineCoupling<T>::children() {
-  return children_of(f_, g_);
+  return this->coupling_shape(in, 2, " (scale logits and shifts)");
 }
 
 template <class T> Tensor<T> AffineCoupling<T>::forward(const Tensor<T>& x, const RunContext& ctx) {
-  accumulate_ = ctx.accumulate;
-  const RunContext inner = inner_context(ctx);
+  const RunContext inner = this->forward_context(ctx);
   const index_t half = x.dim(1) / 2;
   const Tensor<T> x1 = channels(x, 0, half), x2 = channels(x, half, half);
-  const Tensor<T> f = f_.forward(x2, inner);
+  const Tensor<T> f = this->f_.forward(x2, inner);
   const Tensor<T> y1 = scale_shift(x1, f);
-  const Tensor<T> g = g_.forward(y1, inner);
+  const Tensor<T> g = this->g_.forward(y1, inner);
   const Tensor<T> y2 = scale_shift(x2, g);
   if (ctx.keeps()) {
     x1_.keep(x1);
@@ -217,19 +200,19 @@ template <class T> Tensor<T> AffineCoupling<T>::forward(const Tensor<T>& x, cons
 template <class T> Tensor<T> AffineCoupling<T>::backward(const Tensor<T>& dy, const RunContext& ctx, bool) {
   const index_t half = dy.dim(1) / 2;
   const auto [dx2_direct, dg] = scale_shift_grads(channels(dy, half, half), x2_.get(), g_out_.get());
-  const Tensor<T> u1 = combine(channels(dy, 0, half), g_.backward(dg, ctx, true), +1);
+  const Tensor<T> u1 = combine(channels(dy, 0, half), this->g_.backward(dg, ctx, true), +1);
   const auto [dx1, df] = scale_shift_grads(u1, x1_.get(), f_out_.get());
-  const Tensor<T> dx2 = combine(dx2_direct, f_.backward(df, ctx, true), +1);
+  const Tensor<T> dx2 = combine(dx2_direct, this->f_.backward(df, ctx, true), +1);
   for (Saved<T>* saved : {&x1_, &x2_, &f_out_, &g_out_}) saved->release();
   return join(dx1, dx2);
 }
 
 template <class T> Tensor<T> AffineCoupling<T>::inverse(const Tensor<T>& y) {
   const index_t half = y.dim(1) / 2;
-  const RunContext replay{true, accumulate_, /*update_statistics=*/false, RunContext::Keep::nothing};
+  const RunContext replay = this->inverse_context();
   const Tensor<T> y1 = channels(y, 0, half);
-  const Tensor<T> x2 = unscale_shift(channels(y, half, half), g_.forward(y1, replay));
-  return join(unscale_shift(y1, f_.forward(x2, replay)), x2);
+  const Tensor<T> x2 = unscale_shift(channels(y, half, half), this->g_.forward(y1, replay));
+  return join(unscale_shift(y1, this->f_.forward(x2, replay)), x2);
 }
 
 // RevNet's order, as in the additive block: G recomputed and backpropagated, then F on the rebuilt x2.
@@ -237,21 +220,20 @@ template <class T>
 Reconstructed<T> AffineCoupling<T>::backward_from_output(const Tensor<T>& y, const Tensor<T>& dy,
                                                          const RunContext& ctx, bool) {
   const index_t half = y.dim(1) / 2;
-  RunContext replay = ctx;
-  replay.update_statistics = false;
-  replay.keep = RunContext::Keep::all;
+  const RunContext replay = this->backprop_context(ctx);
   const Tensor<T> y1 = channels(y, 0, half);
-  const Tensor<T> g = g_.forward(y1, replay);
+  const Tensor<T> g = this->g_.forward(y1, replay);
   const Tensor<T> x2 = unscale_shift(channels(y, half, half), g);
   const auto [dx2_direct, dg] = scale_shift_grads(channels(dy, half, half), x2, g);
-  const Tensor<T> u1 = combine(channels(dy, 0, half), g_.backward(dg, replay, true), +1);
-  const Tensor<T> f = f_.forward(x2, replay);
+  const Tensor<T> u1 = combine(channels(dy, 0, half), this->g_.backward(dg, replay, true), +1);
+  const Tensor<T> f = this->f_.forward(x2, replay);
   const Tensor<T> x1 = unscale_shift(y1, f);
   const auto [dx1, df] = scale_shift_grads(u1, x1, f);
-  const Tensor<T> dx2 = combine(dx2_direct, f_.backward(df, replay, true), +1);
+  const Tensor<T> dx2 = combine(dx2_direct, this->f_.backward(df, replay, true), +1);
   return {join(x1, x2), join(dx1, dx2)};
 }
 
+LOWMEM_INSTANTIATE_FOR_PRECISIONS(Coupling)
 LOWMEM_INSTANTIATE_FOR_PRECISIONS(AdditiveCoupling)
 LOWMEM_INSTANTIATE_FOR_PRECISIONS(AffineCoupling)
 
