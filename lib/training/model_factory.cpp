@@ -51,6 +51,15 @@ template <class T> std::unique_ptr<Layer<T>> make_layer(const LayerSpec& s, cons
       return std::make_unique<AdditiveCoupling<T>>(s.label, make_chain<T>(s.f, half), make_chain<T>(s.g, half));
     return std::make_unique<AffineCoupling<T>>(s.label, make_chain<T>(s.f, half), make_chain<T>(s.g, half));
   }
+  if (s.type == "inv_conv") {  // Hascoet et al.'s invertible 3x3 conv: a coupling of two half-channel convs
+    expect_rank(s.label, in, 3);
+    if (in[0] % 2 != 0) shape_error(s.label, "splits its channels in halves and needs an even count, got " + in.str());
+    LayerSpec conv{"conv", s.label + " F", in[0] / 2, 3, 1, 1, false};
+    const Shape half{in[0] / 2, in[1], in[2]};
+    Sequential<T> f = make_chain<T>({conv}, half);
+    conv.label = s.label + " G";
+    return std::make_unique<AdditiveCoupling<T>>(s.label, std::move(f), make_chain<T>({conv}, half));
+  }
   if (s.type == "invertible") return std::make_unique<InvertibleChain<T>>(s.label, make_chain<T>(s.layers, in));
   if (s.type == "residual") {
     expect_rank(s.label, in, 3);

@@ -19,7 +19,7 @@ const std::vector<std::string> layer_types = {"conv",          "linear",        
                                               "maxpool",       "avgpool",       "global_avgpool",
                                               "batchnorm",     "inv_batchnorm", "pixel_shuffle",
                                               "flatten",       "residual",      "coupling",
-                                              "affine_coupling", "invertible"};
+                                              "affine_coupling", "invertible",   "inv_conv"};
 
 LayerSpec parse_layer(ConfigReader r) {
   LayerSpec s;
@@ -161,9 +161,7 @@ void expand_reversible(ConfigReader& r, ModelSpec& m) {
     s.f = f, s.g = g;
     return s;
   };
-  auto invertible_conv = [&](index_t channels, const std::string& where) {
-    return coupling({conv(channels / 2, where + " F")}, {conv(channels / 2, where + " G")}, where);
-  };
+  auto invertible_conv = [&](const std::string& where) { return layer("inv_conv", where); };
   m.layers.push_back(conv(width, "stem"));
   m.layers.push_back(layer("inv_batchnorm", "stem"));
   m.layers.push_back(layer("leaky_relu", "stem"));
@@ -177,7 +175,7 @@ void expand_reversible(ConfigReader& r, ModelSpec& m) {
       const std::string where = "stage " + std::to_string(stage) + " block " + std::to_string(b);
       const index_t half = channels / 2;
       if (m.arch == "flat") {
-        m.layers.push_back(invertible_conv(channels, where));
+        m.layers.push_back(invertible_conv(where));
         m.layers.push_back(layer("inv_batchnorm", where));
         m.layers.push_back(layer("leaky_relu", where));
       } else if (m.arch == "hybrid") {
@@ -185,7 +183,7 @@ void expand_reversible(ConfigReader& r, ModelSpec& m) {
           std::vector<LayerSpec> n;
           for (int k = 0; k < 2; ++k) {
             const std::string at = where + " " + name + std::to_string(k);
-            n.push_back(invertible_conv(half, at));
+            n.push_back(invertible_conv(at));
             n.push_back(layer("inv_batchnorm", at));
             n.push_back(layer("leaky_relu", at));
           }
