@@ -68,10 +68,15 @@ void validate_model(const RunConfig& run, const std::string& config_file) {
     Sequential<float> model = build_model<float>(run.model);
     bool any_invertible = false;
     for (std::size_t i = 0; i < model.size(); ++i) any_invertible = any_invertible || model.invertible(i);
+    const std::string invertible_types =
+        " has none (invertible: inv_batchnorm, leaky_relu with slope > 0, pixel_shuffle, coupling, "
+        "affine_coupling, inv_conv, invertible)";
     if (run.uses("reversible") && !any_invertible)
-      throw Error("/technique: \"reversible\" rebuilds invertible layers, and model (" + run.model.arch +
-                  ") has none (invertible: inv_batchnorm, leaky_relu with slope > 0, pixel_shuffle, coupling, "
-                  "invertible)");
+      throw Error("/technique: \"reversible\" rebuilds invertible layers, and model (" + run.model.arch + ")" +
+                  invertible_types);
+    if (run.study == "reconstruction" && !any_invertible)
+      throw Error("/study: \"reconstruction\" inverts invertible layers, and model (" + run.model.arch + ")" +
+                  invertible_types);
   } catch (const Error& e) {
     throw Error(config_file + ": " + e.what());
   }

@@ -199,22 +199,37 @@ ARCH_STYLES = {"flat": "-", "hybrid": "--", "revnet": ":"}
 
 
 def lines_by_arch_and_precision(ax, points, ylabel):
-    """points: {(arch, precision): [(x, y), ...]} drawn as one line each, color by precision, style by arch."""
-    for (arch, precision), xy in sorted(points.items()):
+    """points: {(arch, precision, extra): [(x, y), ...]} drawn as one line each, color by precision, style by arch."""
+    for (arch, precision, extra), xy in sorted(points.items()):
         xy.sort()
         ax.plot([x for x, _ in xy], positive([y for _, y in xy]), ARCH_STYLES.get(arch, "-"), marker="o",
-                color=PRECISION_COLORS.get(precision), label=f"{arch} {precision}")
+                color=PRECISION_COLORS.get(precision), label=f"{arch} {precision}{extra}")
     ax.set_yscale("log")
     ax.set_ylabel(ylabel)
 
 
+# Config values besides depth that may vary in a sweep: runs that differ in one are separate lines.
+LINE_KEYS = [("model", "slope"), ("model", "width"), ("model", "stages"), ("reconstruction", "weights"), ("seed",)]
+
+
+def config_value(run, path):
+    value = config_of(run)
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
 def points_by_depth(runs, value):
-    """{(arch, precision): [(model.blocks, value(run)), ...]} over runs for which value(run) is not None."""
+    """{line label: [(model.blocks, value(run)), ...]} over runs for which value(run) is not None; one line per
+    architecture and precision, and per value of any other config key (LINE_KEYS) that varies among them."""
+    selected = [(r, model_key(r, "blocks"), value(r)) for r in runs]
+    selected = [(r, b, y) for r, b, y in selected if b is not None and y is not None]
+    varying = [p for p in LINE_KEYS if len({json.dumps(config_value(r, p)) for r, _, _ in selected}) > 1]
     points = {}
-    for r in runs:
-        blocks, y = model_key(r, "blocks"), value(r)
-        if blocks is not None and y is not None:
-            points.setdefault((text(r["attrs"].get("model", "")), r["precision"]), []).append((blocks, y))
+    for r, blocks, y in selected:
+        extra = "".join(f" {p[-1]}={config_value(r, p)}" for p in varying)
+        key = (text(r["attrs"].get("model", "")), r["precision"], extra)
+        points.setdefault(key, []).append((blocks, y))
     return points
 
 
@@ -277,23 +292,24 @@ def fig_gradient_angle_vs_depth(runs, ax):
 
 
 def fig_pixel_memory(runs, ax):
-    """Peak training memory per input pixel (Hascoet et al.), per architecture, stored against rebuilt."""
+    """Peak training memory per input pixel (Hascoet et al.), per architecture, one bar per technique and
+    precision (the smallest over runs that differ otherwise)."""
     found = [r for r in runs if r["study"] == "train" and "pixel_memory_bytes" in r["attrs"]
              and text(r["attrs"].get("model", "")) in ARCH_STYLES]
     if not found:
         raise Skip("no train runs of revnet, hybrid or flat with pixel_memory_bytes")
     archs = sorted({text(r["attrs"]["model"]) for r in found})
-    techniques = sorted({text(r["attrs"].get("technique", "")) for r in found})
-    width = 0.8 / len(techniques)
-    for k, technique in enumerate(techniques):
+    bars = sorted({(text(r["attrs"].get("technique", "")), r["precision"]) for r in found})
+    width = 0.8 / len(bars)
+    for k, (technique, precision) in enumerate(bars):
         values = []
         for arch in archs:
-            match = [float(r["attrs"]["pixel_memory_bytes"]) for r in found
-                     if text(r["attrs"]["model"]) == arch and text(r["attrs"].get("technique", "")) == technique]
+            match = [float(r["attrs"]["pixel_memory_bytes"]) for r in found if text(r["attrs"]["model"]) == arch
+                     and text(r["attrs"].get("technique", "")) == technique and r["precision"] == precision]
             values.append(min(match) if match else np.nan)
-        ax.bar(np.arange(len(archs)) + k * width, values, width, label=technique)
+        ax.bar(np.arange(len(archs)) + k * width, values, width, label=f"{technique} {precision}")
     ax.axhline(352, color="black", linestyle="--", label="Hascoet et al. (paper): 352 B/pixel")
-    ax.set_xticks(np.arange(len(archs)) + width * (len(techniques) - 1) / 2, archs)
+    ax.set_xticks(np.arange(len(archs)) + width * (len(bars) - 1) / 2, archs)
     ax.set_yscale("log")
     ax.set_xlabel("architecture")
     ax.set_ylabel("peak training memory / (batch x H x W) (bytes per pixel)")

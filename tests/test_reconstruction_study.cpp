@@ -41,8 +41,19 @@ TEST(ReconstructionStudy, RecordsOneValuePerInvertedLayerInForwardOrder) {
   const auto& alpha = r.arrays.at("reconstruction/alpha").values;
   for (const char* key : {"snr", "rel_error_self", "rel_error_reference", "forward_rel_error_reference", "alpha"})
     EXPECT_EQ(r.arrays.at(std::string("reconstruction/") + key).values.size(), names.size()) << key;
-  for (std::size_t i = 0; i + 1 < names.size(); ++i) EXPECT_DOUBLE_EQ(alpha[i], snr[i] / snr[i + 1]);
   EXPECT_TRUE(std::isnan(alpha.back()));  // the last layer's output is the forward's own: no SNR to divide by
+  // alpha = SNR of a layer's rebuilt input / SNR of its rebuilt output: below 1 where the inverse amplifies error.
+  // In the chain the leaky ReLUs' error comes mostly from the sums of the couplings after them, near the closed
+  // form's noise model (same variance everywhere), which they match within 30 % (Invertible.* tests the 10 %
+  // case on exact noise). Slope 0.2: 4 / ((1 + 0.04) (1 + 25)) = 0.148.
+  for (std::size_t i = 0; i + 1 < names.size(); ++i) {
+    EXPECT_DOUBLE_EQ(alpha[i], snr[i] / snr[i + 1]);
+    if (names[i].find("leaky_relu") != std::string::npos) EXPECT_NEAR(alpha[i], 0.148, 0.3 * 0.148) << names[i];
+  }
+  // The mp run is its own reference: both relative errors are the same numbers.
+  const RunRecord exact = reconstruction("flat", 3, "mp");
+  EXPECT_EQ(exact.arrays.at("reconstruction/rel_error_reference").values,
+            exact.arrays.at("reconstruction/rel_error_self").values);
   EXPECT_EQ(r.scalars.at("input_snr"), snr.front());
   EXPECT_EQ(r.labels.at("reference"), "mp");
 }

@@ -136,6 +136,10 @@ TEST(Reversible, BadInputIsNamedBeforeAnyWork) {
   // The technique on a model with nothing to rebuild; store_all composed with it.
   e = error_of(config_for({{"arch", "cnn"}, {"input", {1, 8, 8}}}, "reversible"));
   EXPECT_NE(e.find("/technique"), std::string::npos) << e;
+  nlohmann::json study = config_for({{"arch", "cnn"}, {"input", {1, 8, 8}}}, "store_all");
+  study["study"] = "reconstruction";
+  e = error_of(study);
+  EXPECT_NE(e.find("cfg.json: /study"), std::string::npos) << e;
   nlohmann::json both = config_for({{"arch", "revnet"}, {"input", {1, 8, 8}}}, "reversible");
   both["technique"] = {{{"type", "store_all"}}, {{"type", "reversible"}}};
   e = error_of(both);

@@ -84,6 +84,9 @@ template <class T> Tensor<T> BatchNorm<T>::forward(const Tensor<T>& x, const Run
   if (ctx.keeps() || (ctx.keeps_for_inverse() && invertible())) {  // the inverse needs the batch's statistics
     mean_.keep(mean);
     inv_std_.keep(inv_std);
+  } else {  // never let a later inverse use an older forward's statistics
+    mean_.release();
+    inv_std_.release();
   }
   return y;
 }

@@ -108,6 +108,9 @@ std::int64_t Trainer<T>::train_epoch(const Dataset& data, int epoch, std::int64_
                                      const StepCallback& on_step) {
   const TrainSpec& spec = config_.train;
   const std::int64_t batch = spec.batch, per_epoch = data.count / batch;
+  if (per_epoch == 0)
+    throw Error("train.batch " + std::to_string(batch) + " is larger than the training set (" +
+                std::to_string(data.count) + " examples in " + data.source + ")");
   const std::vector<std::int64_t> order = epoch_order(data.count, config_.seed, epoch);
   Rng augment_rng(config_.seed, 2000 + static_cast<std::uint64_t>(epoch));
   std::vector<std::int32_t> labels;
