@@ -352,7 +352,8 @@ def main():
                 plt.close(fig)
                 continue
             ax.grid(True, which="major", alpha=0.3)
-            ax.legend()
+            lines = len(ax.get_legend_handles_labels()[0])
+            ax.legend(fontsize="small" if lines > 6 else None, ncol=3 if lines > 9 else 1)
             fig.tight_layout()
             for ext in ("png", "pdf"):
                 target = out / f"{name}.{ext}"
