@@ -11,6 +11,9 @@
 //       runs Eigen's GEMM in half/bfloat16 and is ~100x slower, so it runs a fixed 2 iterations.
 //   BM_TrainStep   one optimizer step (forward, loss, backward, SGD momentum 0.9) of the reference CNN through
 //       lowmem::Trainer<T>. Counters: ms/step and the ledger's peak bytes (MemoryLedger::peak_total).
+//   BM_ReversibleStep/arch:A/rebuild:R   the same step, f32, for the reversible architectures (A: 0 revnet,
+//       1 hybrid, 2 flat; stages 2, blocks 4, width 16) with stored activations (R 0) or backprop by
+//       reconstruction (R 1): what rebuilding costs in time, and saves in memory (peak and saved-activation bytes).
 // All benchmarks use wall-clock time (UseRealTime): the work runs on OpenMP threads, not only the main thread.
 #include <benchmark/benchmark.h>
 
@@ -115,8 +118,9 @@ template <class T> lowmem::RunConfig reference_cnn_config() {
   return lowmem::parse_run_config(config, "bench_layers.cpp");
 }
 
-template <class T> void BM_TrainStep(benchmark::State& state) {
-  const lowmem::RunConfig config = reference_cnn_config<T>();  // the trainer keeps a reference: outlives it
+// Times optimizer steps of `config` on one fixed random batch; counters: ms/step, the ledger's peak bytes and its
+// saved-activation peak.
+template <class T> void time_train_steps(benchmark::State& state, const lowmem::RunConfig& config) {
   lowmem::MemoryLedger ledger;
   lowmem::Trainer<T> trainer(config, ledger);
   lowmem::Tensor<T> x = trainer.empty_batch(kBatch);
@@ -127,9 +131,24 @@ template <class T> void BM_TrainStep(benchmark::State& state) {
   for (auto _ : state) benchmark::DoNotOptimize(trainer.train_step(x, labels, 0.01));
   state.SetItemsProcessed(state.iterations() * kBatch);
   state.counters["ms/step"] = 1e3 * timer.seconds() / static_cast<double>(state.iterations());
-  state.counters["peak_ledger_bytes"] =
-      benchmark::Counter(static_cast<double>(ledger.peak_total()), benchmark::Counter::kDefaults,
-                         benchmark::Counter::OneK::kIs1024);
+  for (auto [name, bytes] : {std::pair{"peak_ledger_bytes", ledger.peak_total()},
+                             std::pair{"saved_activation_bytes", ledger.peak(lowmem::MemoryCategory::saved_activations)}})
+    state.counters[name] = benchmark::Counter(static_cast<double>(bytes), benchmark::Counter::kDefaults,
+                                              benchmark::Counter::OneK::kIs1024);
+}
+
+template <class T> void BM_TrainStep(benchmark::State& state) { time_train_steps<T>(state, reference_cnn_config<T>()); }
+
+void BM_ReversibleStep(benchmark::State& state) {
+  const char* archs[] = {"revnet", "hybrid", "flat"};
+  const nlohmann::json json = {
+      {"name", "bench"},
+      {"model", {{"arch", archs[state.range(0)]}, {"stages", 2}, {"blocks", 4}, {"width", 16}, {"input", {1, 28, 28}}}},
+      {"technique", {{"type", state.range(1) ? "reversible" : "store_all"}}},
+      {"data", {{"dataset", "synthetic"}, {"synthetic", {{"count", kBatch}}}}},
+      {"train", {{"batch", kBatch}, {"optimizer", {{"type", "sgd"}, {"lr", 0.01}, {"momentum", 0.9}}}}},
+  };
+  time_train_steps<float>(state, lowmem::parse_run_config(json, "bench_layers.cpp"));
 }
 
 // Storage accumulation evaluates Eigen's GEMM in 16-bit arithmetic (~0.3 GFLOP/s): a few seconds per forward.
@@ -153,6 +172,11 @@ BENCHMARK_TEMPLATE(BM_TrainStep, float)->Unit(benchmark::kMillisecond)->UseRealT
 BENCHMARK_TEMPLATE(BM_TrainStep, double)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_TrainStep, lowmem::f16)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_TrainStep, lowmem::bf16)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_ReversibleStep)
+    ->ArgsProduct({{0, 1, 2}, {0, 1}})
+    ->ArgNames({"arch", "rebuild"})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 int main(int argc, char** argv) {
   lowmem::keep_freed_memory_in_process();
