@@ -13,7 +13,7 @@ namespace {
 // One dry step of the run's study, in its own precision: the trainer is built and the step is taken with tensors
 // that have sizes but no values (MemoryLedger::set_dry_run), so the ledger sees every allocation a real step
 // makes, in the same order, at no arithmetic cost.
-template <class T> MemoryLedger dry_step(const RunConfig& run) {
+template <class T> MemoryLedger dry_step(const RunConfig& run, std::int64_t& recomputed) {
   MemoryLedger ledger;
   ledger.set_dry_run(true);
   Trainer<T> trainer(run, ledger);
@@ -32,16 +32,18 @@ template <class T> MemoryLedger dry_step(const RunConfig& run) {
     Tensor<T> logits;  // the gradient study keeps the logits for its dump, through backward
     trainer.forward_backward(x, labels, &logits);
   }
+  recomputed = trainer.recomputed_evaluations();
   return ledger;
 }
 
 }  // namespace
 
 MemoryPrediction predict_memory(const RunConfig& run) {
-  const MemoryLedger ledger = run.study == "reconstruction"
-                                  ? reconstruction_memory(run)
-                                  : dispatch_precision(run.precision, [&]<class T>() { return dry_step<T>(run); });
   MemoryPrediction p;
+  const MemoryLedger ledger =
+      run.study == "reconstruction"
+          ? reconstruction_memory(run)
+          : dispatch_precision(run.precision, [&]<class T>() { return dry_step<T>(run, p.recomputed_evaluations); });
   p.weights = ledger.peak(MemoryCategory::weights);
   p.gradients = ledger.peak(MemoryCategory::gradients);
   p.optimizer_state = ledger.peak(MemoryCategory::optimizer_state);
@@ -54,18 +56,21 @@ MemoryPrediction predict_memory(const RunConfig& run) {
 std::string plan_table(const std::vector<PlannedRun>& runs) {
   std::string out;
   char line[512];
-  std::snprintf(line, sizeof line, "%-4s %-16s %-8s %-5s %-7s %6s %12s %12s %12s %12s %12s %12s\n", "#", "run_id", "study",
-                "prec", "model", "batch", "weights", "gradients", "optimizer", "saved_act", "workspace", "peak");
+  std::snprintf(line, sizeof line, "%-4s %-16s %-8s %-5s %-7s %6s %12s %12s %12s %12s %12s %12s %10s\n", "#", "run_id",
+                "study", "prec", "model", "batch", "weights", "gradients", "optimizer", "saved_act", "workspace", "peak",
+                "recompute");
   out += line;
   for (std::size_t i = 0; i < runs.size(); ++i) {
     const RunConfig& r = runs[i].parsed;
     const MemoryPrediction p = predict_memory(r);
-    std::snprintf(line, sizeof line, "%-4zu %-16s %-8s %-5s %-7s %6d %12zu %12zu %12zu %12zu %12zu %12zu\n", i + 1,
-                  runs[i].id.c_str(), r.study.c_str(), to_string(r.precision).c_str(), r.model.arch.c_str(),
-                  r.train.batch, p.weights, p.gradients, p.optimizer_state, p.saved_activations, p.workspace, p.peak);
+    std::snprintf(line, sizeof line, "%-4zu %-16s %-8s %-5s %-7s %6d %12zu %12zu %12zu %12zu %12zu %12zu %10lld\n",
+                  i + 1, runs[i].id.c_str(), r.study.c_str(), to_string(r.precision).c_str(), r.model.arch.c_str(),
+                  r.train.batch, p.weights, p.gradients, p.optimizer_state, p.saved_activations, p.workspace, p.peak,
+                  static_cast<long long>(p.recomputed_evaluations));
     out += line;
   }
-  out += "memory in bytes: peak of each category and of the total over one step (train: and one evaluation batch)\n";
+  out += "memory in bytes: peak of each category and of the total over one step (train: and one evaluation batch);\n"
+         "recompute: forward layer evaluations per step beyond one per layer (checkpointing)\n";
   return out;
 }
 
@@ -78,6 +83,7 @@ std::string plan_json(const std::vector<PlannedRun>& runs) {
                     {"precision", to_string(run.parsed.precision)},
                     {"config", run.config},
                     {"predicted_peak_bytes", p.peak},
+                    {"recomputed_evaluations_per_step", p.recomputed_evaluations},
                     {"predicted_bytes",
                      {{"weights", p.weights},
                       {"gradients", p.gradients},

@@ -9,6 +9,7 @@ namespace lowmem {
 // Memory a run will need, by ledger category, predicted before any training.
 struct MemoryPrediction {
   std::size_t weights = 0, gradients = 0, optimizer_state = 0, saved_activations = 0, workspace = 0, peak = 0;
+  std::int64_t recomputed_evaluations = 0;  // forward layer evaluations per step beyond one per layer
 };
 MemoryPrediction predict_memory(const RunConfig& run);
 

@@ -74,6 +74,9 @@ void validate_model(const RunConfig& run, const std::string& config_file) {
     if (run.uses("reversible") && !any_invertible)
       throw Error("/technique: \"reversible\" rebuilds invertible layers, and model (" + run.model.arch + ")" +
                   invertible_types);
+    if (const TechniqueSpec* c = run.find("checkpoint"); c && static_cast<std::size_t>(c->segments) > model.size())
+      throw Error("/technique: checkpoint segments " + std::to_string(c->segments) + " is more than model (" +
+                  run.model.arch + ")'s " + std::to_string(model.size()) + " layers");
     if (run.study == "reconstruction" && !any_invertible)
       throw Error("/study: \"reconstruction\" inverts invertible layers, and model (" + run.model.arch + ")" +
                   invertible_types);

@@ -21,6 +21,7 @@ struct GradientDump {
   std::vector<std::string> names;            // "layers/<i>[/<child>]/<param>", in model order
   std::map<std::string, RunRecord::Array> tensors;  // weight, bias, grad_weight, grad_bias per name
   MemoryLedger ledger;
+  std::int64_t recomputed = 0;  // forward layer evaluations beyond one per layer (checkpointing)
 };
 
 template <class T> RunRecord::Array widen(const Tensor<T>& t) {
@@ -42,6 +43,7 @@ template <class T> std::unique_ptr<GradientDump> compute(const RunConfig& config
   const Tensor<T> x = trainer.make_batch(data.train, first.data(), n, Augment{}, unused, labels);
   Tensor<T> logits;
   dump->loss = to_double(trainer.forward_backward(x, labels, &logits));
+  dump->recomputed = trainer.recomputed_evaluations();
   dump->input = widen(x);
   dump->logits = widen(logits);
   dump->labels.assign(labels.begin(), labels.end());
@@ -132,6 +134,7 @@ void run_gradient_study(const RunConfig& config, const DataSplit& data, RunRecor
   for (const auto& [name, array] : dump->tensors) record.arrays[name] = array;
   record.scalars["loss"] = dump->loss;
   record_memory(dump->ledger, record);
+  record.scalars["recomputed_evaluations_per_step"] = static_cast<double>(dump->recomputed);
   record.status = std::isfinite(dump->loss) ? "complete" : "diverged";
   if (record.status == "diverged") record.message = "loss is not finite";
 

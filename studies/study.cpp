@@ -11,8 +11,14 @@ void run_study(const RunConfig& config, const DataSplit& data, RunRecord& record
   record.labels["precision"] = to_string(config.precision);
   record.labels["name"] = config.name;
   record.labels["model"] = config.model.arch;
-  std::string techniques;
-  for (const TechniqueSpec& t : config.techniques) techniques += (techniques.empty() ? "" : "+") + t.type;
+  std::string techniques;  // "store_all", "reversible", "checkpoint-revolve-2", joined by "+" when composed
+  for (const TechniqueSpec& t : config.techniques) {
+    techniques += (techniques.empty() ? "" : "+") + t.type;
+    if (t.type == "checkpoint")
+      techniques += "-" + t.schedule + "-" +
+                    (t.schedule == "revolve" ? std::to_string(t.slots)
+                                             : t.segments > 0 ? std::to_string(t.segments) : std::string("sqrt"));
+  }
   record.labels["technique"] = techniques;
   if (config.study == "train") run_train_study(config, data, record, progress);
   else if (config.study == "gradient") run_gradient_study(config, data, record, progress);

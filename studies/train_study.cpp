@@ -73,6 +73,7 @@ void train(const RunConfig& config, const DataSplit& data, RunRecord& record, co
   record.scalars["final_train_loss"] = tail ? sum / static_cast<double>(tail) : NAN;
   record.scalars["test_accuracy"] = accuracies.empty() ? NAN : accuracies.back();
   record.scalars["test_loss"] = test_losses.empty() ? NAN : test_losses.back();
+  record.scalars["recomputed_evaluations_per_step"] = static_cast<double>(trainer.recomputed_evaluations());
   record_memory(ledger, record);
 }
 

@@ -376,6 +376,9 @@ def check_plan_matches_run(name, cfg):
         mismatches = []
         if attrs.get("peak_bytes") != entry["predicted_peak_bytes"]:
             mismatches.append(f"peak: predicted {entry['predicted_peak_bytes']}, measured {attrs.get('peak_bytes')}")
+        if attrs.get("recomputed_evaluations_per_step", 0) != entry.get("recomputed_evaluations_per_step"):
+            mismatches.append(f"recomputed evaluations: predicted {entry.get('recomputed_evaluations_per_step')}, "
+                              f"measured {attrs.get('recomputed_evaluations_per_step')}")
         for category, attr in MEMORY.items():
             predicted = entry["predicted_bytes"].get(category)
             if attrs.get(attr) != predicted:
@@ -400,6 +403,11 @@ def check_plan():
         model=reversible, technique={"type": "reversible"},
         sweep={"model.arch": ["revnet", "hybrid", "flat"], "precision": ["f32", "bf16"]}))
     check_plan_matches_run("plan vs run (reversible)", cfg)
+    cfg = config("plan-checkpoint.json", lambda c: c.update(
+        technique={"type": "store_all"},
+        sweep={"technique": [{"type": "checkpoint"}, {"type": "checkpoint", "schedule": "revolve", "slots": 2}],
+               "precision": ["f32", "f16"]}))
+    check_plan_matches_run("plan vs run (checkpoint)", cfg)
     cfg = config("plan-reconstruction.json", lambda c: c.update(
         model=reversible, study="reconstruction", sweep={"model.arch": ["revnet", "flat"], "precision": ["f64", "f16"]}))
     check_plan_matches_run("plan vs run (reconstruction study)", cfg)

@@ -314,7 +314,12 @@ TrainSpec parse_train(ConfigReader r, int classes) {
 
 TechniqueSpec parse_technique(ConfigReader r) {
   TechniqueSpec t;
-  t.type = r.get_choice("type", "store_all", {"store_all", "reversible"});
+  t.type = r.get_choice("type", "store_all", {"store_all", "reversible", "checkpoint"});
+  if (t.type == "checkpoint") {
+    t.schedule = r.get_choice("schedule", "uniform", {"uniform", "revolve"});
+    if (t.schedule == "uniform") t.segments = r.get_in<std::int64_t>("segments", 0, 0, i64_max);
+    else t.slots = r.required_in<std::int64_t>("slots", 1, i64_max);
+  }
   r.finish();
   return t;
 }
@@ -335,6 +340,12 @@ std::vector<TechniqueSpec> parse_techniques(ConfigReader& r) {
     for (std::size_t j = 0; j < i; ++j)
       if (list[i].type == list[j].type)
         r.fail("technique", "\"" + list[i].type + "\" is listed twice");
+  auto has = [&](const char* type) {
+    return std::any_of(list.begin(), list.end(), [&](const TechniqueSpec& t) { return t.type == type; });
+  };
+  if (has("checkpoint") && has("reversible"))
+    r.fail("technique", "checkpoint and reversible do not compose yet: both decide what the model's chain keeps "
+                        "(checkpoint its segment inputs, reversible the outputs of its invertible runs)");
   return list;
 }
 

@@ -73,7 +73,10 @@ struct TrainSpec {
 
 // One memory technique (config "technique": one object, or a list of them that compose).
 struct TechniqueSpec {
-  std::string type = "store_all";  // store_all | reversible
+  std::string type = "store_all";  // store_all | reversible | checkpoint
+  std::string schedule;            // checkpoint: uniform | revolve
+  std::int64_t segments = 0;       // checkpoint uniform: segment count (0: round(sqrt(layers)))
+  std::int64_t slots = 0;          // checkpoint revolve: snapshots, the chain's input included
 };
 
 // Study "reconstruction": forward, then invert the model's invertible layers one by one from the last.
@@ -95,10 +98,11 @@ struct RunConfig {
   std::string gradient_reference = "mp";  // gradient study: precision of the reference gradients, or "none"
   std::vector<TechniqueSpec> techniques;  // never empty: [store_all] by default
   ReconstructionSpec reconstruction;
-  bool uses(const std::string& technique) const {
+  bool uses(const std::string& technique) const { return find(technique) != nullptr; }
+  const TechniqueSpec* find(const std::string& technique) const {
     for (const TechniqueSpec& t : techniques)
-      if (t.type == technique) return true;
-    return false;
+      if (t.type == technique) return &t;
+    return nullptr;
   }
 };
 

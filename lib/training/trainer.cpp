@@ -1,6 +1,7 @@
 #include "training/trainer.hpp"
 
 #include <chrono>
+#include <cmath>
 
 #include "io/error.hpp"
 #include "tensor/compute.hpp"
@@ -48,6 +49,14 @@ Trainer<T>::Trainer(const RunConfig& config, MemoryLedger& ledger)
   model_ = std::make_unique<Sequential<T>>(build_model<T>(config.model));
   if (!ledger.dry_run()) model_->initialize(config.seed);
   optimizer_ = std::make_unique<Optimizer<T>>(config.train.optimizer, model_->params());
+  if (const TechniqueSpec* c = config.find("checkpoint")) {
+    const std::size_t n = model_->size();
+    const auto sqrt_n = static_cast<std::size_t>(std::lround(std::sqrt(static_cast<double>(n))));
+    checkpoint_ = std::make_unique<CheckpointExecutor<T>>(
+        c->schedule == "revolve" ? revolve_schedule(n, static_cast<std::size_t>(c->slots))
+                                 : uniform_schedule(n, c->segments > 0 ? static_cast<std::size_t>(c->segments)
+                                                                       : std::max<std::size_t>(1, sqrt_n)));
+  }
 }
 
 template <class T>
@@ -82,11 +91,12 @@ typename Trainer<T>::W Trainer<T>::forward_backward(const Tensor<T>& x, const st
                                                     Tensor<T>* logits_out) {
   MemoryLedger::Scope scope(ledger_);
   model_->zero_grad();
-  Tensor<T> logits = model_->forward(x, train_ctx_);
+  Tensor<T> logits = checkpoint_ ? checkpoint_->forward(*model_, x, train_ctx_) : model_->forward(x, train_ctx_);
   const W loss = loss_.forward(logits, labels, train_ctx_);
   if (logits_out) *logits_out = logits;
   logits = Tensor<T>();  // the loss kept what it needs; the logits themselves are not needed for backward
-  model_->backward(loss_.backward(), train_ctx_);
+  if (checkpoint_) checkpoint_->backward(*model_, loss_.backward(), train_ctx_);
+  else model_->backward(loss_.backward(), train_ctx_);
   return loss;
 }
 

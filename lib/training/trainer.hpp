@@ -8,6 +8,7 @@
 #include "data/dataset.hpp"
 #include "layers/sequential.hpp"
 #include "layers/softmax_cross_entropy.hpp"
+#include "techniques/checkpoint.hpp"
 #include "training/optimizer.hpp"
 #include "training/run_config.hpp"
 
@@ -55,6 +56,8 @@ template <class T> class Trainer {
   std::pair<double, index_t> evaluate_batch(const Tensor<T>& x, const std::vector<std::int32_t>& labels);
 
   Sequential<T>& model() { return *model_; }
+  // Forward layer evaluations of the last training step beyond one per layer (checkpointing recomputes).
+  std::int64_t recomputed_evaluations() const { return checkpoint_ ? checkpoint_->recomputed() : 0; }
   MemoryLedger& ledger() { return ledger_; }
 
  private:
@@ -63,6 +66,7 @@ template <class T> class Trainer {
   RunContext train_ctx_, eval_ctx_;
   std::unique_ptr<Sequential<T>> model_;
   std::unique_ptr<Optimizer<T>> optimizer_;
+  std::unique_ptr<CheckpointExecutor<T>> checkpoint_;  // technique "checkpoint": runs the model's chain
   SoftmaxCrossEntropy<T> loss_;
 };
 

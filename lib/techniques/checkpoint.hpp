@@ -1,0 +1,69 @@
+#pragma once
+// Gradient checkpointing over a chain of n layers: keep a few activations, recompute the others in backward.
+// A schedule is a list of actions in Griewank & Walther's vocabulary; one executor runs any schedule, so every
+// schedule is exact (gradients bit for bit those of stored activations: each recomputation repeats the same
+// operations on the same input) and its memory is whatever the ledger sees (lowmem plan predicts it by a dry step).
+//
+//   snapshot i   keep x_i, the input of layer i (x_0 is the chain's input)
+//   restore i    continue from the kept x_i
+//   forget i     drop the kept x_i
+//   advance i    x_{i+1} = layer_i(x_i), keeping nothing for backward
+//   record i     x_{i+1} = layer_i(x_i), keeping what layer i's backward needs
+//   reverse i    backward through layer i (after record i; records are reversed last first)
+//
+// The forward pass runs the actions up to the last layer's record (then the loss is taken), backward the rest.
+// Running statistics (batch norm) are updated by each layer's first evaluation in a step only.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "layers/sequential.hpp"
+
+namespace lowmem {
+
+struct CheckpointAction {
+  enum Kind { snapshot, restore, forget, advance, record, reverse } kind;
+  std::size_t layer;
+};
+using CheckpointSchedule = std::vector<CheckpointAction>;
+
+// Chen et al.: `segments` segments of (nearly) equal length; every segment's input kept; the last segment recorded
+// in the forward pass, the others recomputed once in backward. segments = 1 is store-all.
+CheckpointSchedule uniform_schedule(std::size_t layers, std::size_t segments);
+
+// Griewank & Walther's binomial checkpointing with `slots` snapshots (the chain's input included): the fewest
+// advances for a chain of equal steps. For l steps, with t the smallest integer with C(s + t, s) >= l, that is
+// t l - C(s + t, s + 1) advances (not counting the records).
+CheckpointSchedule revolve_schedule(std::size_t layers, std::size_t slots);
+// The minimum number of advances for l steps and s slots (dynamic programming over the first snapshot position).
+std::int64_t revolve_advances(std::size_t steps, std::size_t slots);
+
+// Forward layer evaluations (advances and records) of a schedule beyond one per layer.
+std::int64_t recomputed_evaluations(const CheckpointSchedule& schedule, std::size_t layers);
+
+// Checks that a schedule reverses every layer once, last first, after recording it from the right input.
+// Throws std::logic_error describing the first violation.
+void check_schedule(const CheckpointSchedule& schedule, std::size_t layers);
+
+// Runs a schedule on a chain. forward() runs the actions up to the last layer's record and returns the chain's
+// output; backward() runs the rest and returns dL/dx0 if asked.
+template <class T> class CheckpointExecutor {
+ public:
+  explicit CheckpointExecutor(CheckpointSchedule schedule) : schedule_(std::move(schedule)) {}
+  Tensor<T> forward(Sequential<T>& chain, const Tensor<T>& x, const RunContext& ctx);
+  Tensor<T> backward(Sequential<T>& chain, const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad = false);
+  // Layer evaluations of the last step beyond one per layer.
+  std::int64_t recomputed() const { return evaluations_ - static_cast<std::int64_t>(evaluated_.size()); }
+
+ private:
+  void run(Sequential<T>& chain, std::size_t from, std::size_t to, const RunContext& ctx, bool want_input_grad);
+  CheckpointSchedule schedule_;
+  std::size_t forward_end_ = 0;      // actions [0, forward_end_) form the forward pass
+  std::vector<Saved<T>> snapshots_;  // per layer index: its kept input
+  std::vector<bool> evaluated_;      // per layer: evaluated in this step (running statistics updated)
+  Tensor<T> current_, grad_;         // the state the actions move along, and the gradient flowing back
+  std::size_t position_ = 0;         // current_ is x_position_
+  std::int64_t evaluations_ = 0;
+};
+
+}  // namespace lowmem

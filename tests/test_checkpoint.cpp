@@ -1,0 +1,172 @@
+// Gradient checkpointing: the schedules (revolve's optimal count of advances against its closed form, validity of
+// every schedule), and the executor (gradients and running statistics bit for bit those of stored activations,
+// memory that falls with fewer snapshots and that the dry step predicts to the byte).
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "io/error.hpp"
+#include "layers/batchnorm.hpp"
+#include "plan.hpp"
+#include "runner.hpp"
+#include "techniques/checkpoint.hpp"
+#include "training/trainer.hpp"
+
+namespace lowmem {
+namespace {
+
+std::int64_t binomial(std::int64_t n, std::int64_t k) {
+  std::int64_t r = 1;
+  for (std::int64_t i = 1; i <= k; ++i) r = r * (n - k + i) / i;
+  return r;
+}
+
+// Griewank & Walther: t the smallest with C(s + t, s) >= l; F = t l - C(s + t, s + 1).
+std::int64_t revolve_closed_form(std::int64_t l, std::int64_t s) {
+  std::int64_t t = 0;
+  while (binomial(s + t, s) < l) ++t;
+  return t * l - binomial(s + t, s + 1);
+}
+
+std::int64_t advances_in(const CheckpointSchedule& schedule) {
+  std::int64_t n = 0;
+  for (const CheckpointAction& a : schedule) n += a.kind == CheckpointAction::advance;
+  return n;
+}
+
+TEST(Revolve, PerformsExactlyTheMinimumNumberOfForwardSteps) {
+  EXPECT_EQ(revolve_advances(10, 2), 20);  // the example of PAPERS.md section 2
+  EXPECT_EQ(advances_in(revolve_schedule(10, 2)), 20);
+  for (std::int64_t l = 1; l <= 60; ++l)
+    for (std::int64_t s = 1; s <= 6; ++s) {
+      const CheckpointSchedule schedule = revolve_schedule(static_cast<std::size_t>(l), static_cast<std::size_t>(s));
+      ASSERT_NO_THROW(check_schedule(schedule, static_cast<std::size_t>(l))) << "l " << l << " s " << s;
+      EXPECT_EQ(revolve_advances(static_cast<std::size_t>(l), static_cast<std::size_t>(s)), revolve_closed_form(l, s))
+          << "l " << l << " s " << s;
+      EXPECT_EQ(advances_in(schedule), revolve_closed_form(l, s)) << "l " << l << " s " << s;
+      // Each layer is recorded exactly once, right before its reverse: evaluations = advances + l.
+      EXPECT_EQ(recomputed_evaluations(schedule, static_cast<std::size_t>(l)), advances_in(schedule));
+    }
+}
+
+TEST(Uniform, RecomputesEverySegmentButTheLastOnce) {
+  for (std::size_t n : {1u, 5u, 13u, 40u})
+    for (std::size_t k : {1u, 2u, 3u, 6u}) {
+      const CheckpointSchedule schedule = uniform_schedule(n, k);
+      ASSERT_NO_THROW(check_schedule(schedule, n)) << n << " " << k;
+      const std::size_t segments = std::min(k, n), last = n - (segments - 1) * n / segments;
+      EXPECT_EQ(recomputed_evaluations(schedule, n), static_cast<std::int64_t>(n - last)) << n << " " << k;
+    }
+}
+
+TEST(CheckSchedule, CatchesAScheduleThatReversesOutOfOrder) {
+  CheckpointSchedule bad = uniform_schedule(4, 2);
+  std::swap(bad[bad.size() - 2], bad[bad.size() - 3]);  // two reverses of the first segment swapped
+  EXPECT_THROW(check_schedule(bad, 4), std::logic_error);
+}
+
+nlohmann::json config_with(const nlohmann::json& technique, const nlohmann::json& model) {
+  return {{"precision", "f64"},
+          {"model", model},
+          {"technique", technique},
+          {"data", {{"dataset", "synthetic"},
+                    {"synthetic", {{"shape", model.at("input")}, {"classes", model.value("classes", 10)}}}}},
+          {"train", {{"batch", 4}, {"optimizer", {{"lr", 0.1}}}}}};
+}
+
+struct Step {
+  std::vector<std::vector<double>> values;  // every parameter gradient, then every running statistic
+  std::size_t saved_peak = 0, peak = 0, predicted_peak = 0;
+  std::int64_t recomputed = 0;
+};
+
+void running_statistics(Layer<double>& layer, std::vector<double>& out) {
+  if (auto* bn = dynamic_cast<BatchNorm<double>*>(&layer))
+    for (const Tensor<double>* t : {&bn->running_mean(), &bn->running_var()}) out.insert(out.end(), t->data(), t->data() + t->numel());
+  for (auto& [name, child] : layer.children()) running_statistics(*child, out);
+}
+
+Step step(const nlohmann::json& config) {
+  const RunConfig run = parse_run_config(config, "test");
+  Step s;
+  MemoryLedger ledger;
+  Trainer<double> trainer(run, ledger);
+  Tensor<double> x = trainer.empty_batch(run.train.batch);
+  Rng rng(31);
+  for (index_t i = 0; i < x.numel(); ++i) x[i] = rng.normal();
+  Tensor<double> logits;  // kept through backward, as the gradient study keeps them for its dump
+  trainer.forward_backward(x, {1, 0, 2, 1}, &logits);
+  for (Param<double>* p : trainer.model().params()) s.values.emplace_back(p->grad.data(), p->grad.data() + p->grad.numel());
+  s.values.emplace_back();
+  for (std::size_t i = 0; i < trainer.model().size(); ++i) running_statistics(trainer.model().layer(i), s.values.back());
+  s.saved_peak = ledger.peak(MemoryCategory::saved_activations);
+  s.peak = ledger.peak_total();
+  s.recomputed = trainer.recomputed_evaluations();
+  RunConfig gradient = run;  // the dry step of the gradient study: forward and backward, as above
+  gradient.study = "gradient";
+  s.predicted_peak = predict_memory(gradient).peak;
+  return s;
+}
+
+TEST(Checkpoint, EverySchedulesGradientsAreBitForBitThoseOfStoredActivations) {
+  const nlohmann::json models[] = {
+      {{"arch", "cnn"}, {"channels", {4, 4, 4, 4, 4, 4}}, {"pool_every", 3}, {"input", {1, 12, 12}}, {"classes", 3}},
+      {{"arch", "resnet"}, {"depth", 10}, {"base_width", 4}, {"input", {2, 8, 8}}, {"classes", 3}}};
+  const nlohmann::json techniques[] = {{{"type", "checkpoint"}},
+                                       {{"type", "checkpoint"}, {"schedule", "uniform"}, {"segments", 2}},
+                                       {{"type", "checkpoint"}, {"schedule", "revolve"}, {"slots", 1}},
+                                       {{"type", "checkpoint"}, {"schedule", "revolve"}, {"slots", 3}}};
+  for (const nlohmann::json& model : models) {
+    const Step stored = step(config_with({{"type", "store_all"}}, model));
+    EXPECT_EQ(stored.recomputed, 0);
+    for (const nlohmann::json& technique : techniques) {
+      const Step checkpointed = step(config_with(technique, model));
+      EXPECT_EQ(checkpointed.values, stored.values) << model.dump() << " " << technique.dump();
+      EXPECT_GT(checkpointed.recomputed, 0) << technique.dump();
+      EXPECT_LT(checkpointed.saved_peak, stored.saved_peak) << technique.dump();
+      EXPECT_EQ(checkpointed.predicted_peak, checkpointed.peak) << technique.dump();  // plan = run, to the byte
+    }
+  }
+}
+
+TEST(Checkpoint, FewerSnapshotsKeepLessAndRecomputeMore) {
+  const nlohmann::json model = {{"arch", "cnn"}, {"channels", {4, 4, 4, 4, 4, 4, 4, 4}}, {"pool_every", 0},
+                                {"input", {1, 8, 8}}, {"classes", 3}};
+  std::size_t previous_saved = 0;
+  std::int64_t previous_recomputed = -1;
+  for (int slots : {8, 4, 2, 1}) {
+    const Step s = step(config_with({{"type", "checkpoint"}, {"schedule", "revolve"}, {"slots", slots}}, model));
+    if (previous_recomputed >= 0) {
+      EXPECT_LT(s.saved_peak, previous_saved) << slots;
+      EXPECT_GT(s.recomputed, previous_recomputed) << slots;
+    }
+    previous_saved = s.saved_peak, previous_recomputed = s.recomputed;
+  }
+}
+
+std::string error_of(const nlohmann::json& config) {
+  try {
+    validate_model(parse_run_config(config, "cfg.json"), "cfg.json");
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(accepted)";
+}
+
+TEST(Checkpoint, BadInputIsNamedBeforeAnyWork) {
+  const nlohmann::json cnn = {{"arch", "cnn"}, {"input", {1, 8, 8}}};
+  std::string e = error_of(config_with({{"type", "checkpoint"}, {"schedule", "revolve"}, {"slots", 0}}, cnn));
+  EXPECT_NE(e.find("cfg.json: /technique/slots"), std::string::npos) << e;
+  e = error_of(config_with({{"type", "checkpoint"}, {"schedule", "revolve"}}, cnn));
+  EXPECT_NE(e.find("slots"), std::string::npos) << e;
+  e = error_of(config_with({{"type", "checkpoint"}, {"segments", 50}}, cnn));
+  EXPECT_NE(e.find("segments 50"), std::string::npos) << e;
+  e = error_of(config_with({{"type", "checkpoint"}, {"schedule", "sqrt"}}, cnn));
+  EXPECT_NE(e.find("/technique/schedule"), std::string::npos) << e;
+  e = error_of(config_with({{{"type", "checkpoint"}}, {{"type", "reversible"}}},
+                           {{"arch", "revnet"}, {"input", {1, 8, 8}}}));
+  EXPECT_NE(e.find("do not compose"), std::string::npos) << e;
+}
+
+}  // namespace
+}  // namespace lowmem
