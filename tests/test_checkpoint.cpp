@@ -3,7 +3,11 @@
 // memory that falls with fewer snapshots and that the dry step predicts to the byte).
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <queue>
+#include <tuple>
 
 #include "io/error.hpp"
 #include "layers/batchnorm.hpp"
@@ -63,6 +67,109 @@ TEST(CheckSchedule, CatchesAScheduleThatReversesOutOfOrder) {
   CheckpointSchedule bad = uniform_schedule(4, 2);
   std::swap(bad[bad.size() - 2], bad[bad.size() - 3]);  // two reverses of the first segment swapped
   EXPECT_THROW(check_schedule(bad, 4), std::logic_error);
+}
+
+// ---- budget: the dynamic programme against an exhaustive search over every schedule of these actions ----
+
+// Memory held by a schedule at its worst moment (snapshots other than x_0, and records not yet reversed), and the
+// flops of its advances.
+std::pair<std::size_t, double> replay(const CheckpointSchedule& schedule, const ChainCosts& c) {
+  std::size_t held = 0, worst = 0;
+  double flops = 0;
+  for (const auto& [kind, i] : schedule) {
+    if (kind == CheckpointAction::snapshot && i > 0) held += c.input_bytes[i];
+    if (kind == CheckpointAction::forget && i > 0) held -= c.input_bytes[i];
+    if (kind == CheckpointAction::record) held += c.record_bytes[i];
+    if (kind == CheckpointAction::reverse) held -= c.record_bytes[i];
+    if (kind == CheckpointAction::advance) flops += c.flops[i];
+    worst = std::max(worst, held);
+  }
+  return {worst, flops};
+}
+
+// Dijkstra over the states (current position, kept inputs, recorded layers, next layer to reverse): the least
+// advance flops of any schedule whose held memory never exceeds `memory`, in the budget schedule's memory model:
+// a record is held until its reverse, a snapshot of x_i until layer i is reversed (before, the tensor lives on in
+// the record of layer i or as the current state, so forgetting it earlier frees nothing for layers that keep their
+// input); x_0 is kept throughout, free.
+double exhaustive_optimum(const ChainCosts& c, std::size_t memory) {
+  const int n = static_cast<int>(c.flops.size()), none = n + 1;
+  struct State {
+    int position, kept, recorded, next;
+    auto key() const { return std::tuple(position, kept, recorded, next); }
+    bool operator<(const State& o) const { return key() < o.key(); }
+  };
+  auto held = [&](const State& st) {
+    std::size_t bytes = 0;
+    for (int i = 0; i < n; ++i) {
+      if (i > 0 && (st.kept >> i & 1)) bytes += c.input_bytes[static_cast<std::size_t>(i)];
+      if (st.recorded >> i & 1) bytes += c.record_bytes[static_cast<std::size_t>(i)];
+    }
+    return bytes;
+  };
+  std::map<State, double> best;
+  using Item = std::pair<double, State>;
+  auto later = [](const Item& a, const Item& b) { return a.first > b.first; };
+  std::priority_queue<Item, std::vector<Item>, decltype(later)> queue(later);
+  const State start{0, 1, 0, n};
+  best[start] = 0;
+  queue.push({0.0, start});
+  while (!queue.empty()) {
+    const auto [cost, st] = queue.top();
+    queue.pop();
+    if (cost > best[st]) continue;
+    if (st.next == 0) return cost;
+    auto go = [&](State to, double extra) {
+      if (held(to) > memory) return;
+      auto it = best.find(to);
+      if (it == best.end() || cost + extra < it->second) best[to] = cost + extra, queue.push({cost + extra, to});
+    };
+    const int p = st.position;
+    if (p < st.next) {
+      go({p + 1, st.kept, st.recorded, st.next}, c.flops[static_cast<std::size_t>(p)]);  // advance p
+      if (!(st.recorded >> p & 1)) go({p + 1, st.kept, st.recorded | 1 << p, st.next}, 0);  // record p
+      if (p > 0) go({p, st.kept | 1 << p, st.recorded, st.next}, 0);                      // snapshot p
+    }
+    if (st.recorded >> (st.next - 1) & 1)  // reverse the next layer
+      go({none, st.kept, st.recorded & ~(1 << (st.next - 1)), st.next - 1}, 0);
+    for (int i = 0; i < n; ++i)
+      if (st.kept >> i & 1) {
+        go({i, st.kept, st.recorded, st.next}, 0);                                        // restore i
+        if (i > 0 && st.next <= i) go({st.position, st.kept & ~(1 << i), st.recorded, st.next}, 0);  // forget i
+      }
+  }
+  return std::numeric_limits<double>::infinity();
+}
+
+TEST(Budget, EqualsTheExhaustiveOptimumOnChainsOfUpTo8LayersAndNeverExceedsItsMemory) {
+  Rng rng(41);
+  int compared = 0, infeasible = 0;
+  for (int trial = 0; trial < 300; ++trial) {
+    const std::size_t n = 1 + static_cast<std::size_t>(trial % 8);
+    ChainCosts c;
+    for (std::size_t i = 0; i < n; ++i) {
+      c.flops.push_back(std::floor(rng.uniform(1.0, 10.0)));
+      c.input_bytes.push_back(static_cast<std::size_t>(rng.uniform(1.0, 5.0)));
+      c.record_bytes.push_back(static_cast<std::size_t>(rng.uniform(1.0, 5.0)));
+    }
+    const std::size_t memory = static_cast<std::size_t>(rng.uniform(0.0, 16.0));
+    const double optimum = exhaustive_optimum(c, memory);
+    const std::optional<BudgetPlan> plan = budget_schedule(c, memory, 1);
+    ASSERT_EQ(plan.has_value(), std::isfinite(optimum)) << "trial " << trial;
+    if (!plan) {
+      ++infeasible;
+      continue;
+    }
+    ASSERT_NO_THROW(check_schedule(plan->schedule, n)) << "trial " << trial;
+    const auto [held, flops] = replay(plan->schedule, c);
+    EXPECT_LE(held, memory) << "trial " << trial;
+    EXPECT_EQ(flops, plan->recomputed_flops) << "trial " << trial;
+    EXPECT_EQ(plan->recomputed_flops, optimum) << "trial " << trial << ", " << n << " layers, memory " << memory;
+
+    ++compared;
+  }
+  EXPECT_GT(compared, 150);
+  EXPECT_GT(infeasible, 0);  // budgets below what any schedule needs are among the cases
 }
 
 nlohmann::json config_with(const nlohmann::json& technique, const nlohmann::json& model) {

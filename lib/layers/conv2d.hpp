@@ -22,6 +22,9 @@ template <class T> class Conv2d : public Layer<T> {
   Tensor<T> backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) override;
   std::vector<Param<T>*> params() override;
   const Conv2dSpec& spec() const { return spec_; }
+  double forward_flops(const Shape& input) const override {
+    return 2.0 * static_cast<double>(output_shape(input).numel() * spec_.in_channels * spec_.kernel * spec_.kernel);
+  }
 
  private:
   Conv2dSpec spec_;

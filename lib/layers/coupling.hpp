@@ -13,6 +13,10 @@ template <class T> class Coupling : public Layer<T>, public Invertible<T> {
   void initialize(Rng& rng) override;
   std::vector<Param<T>*> params() override;
   std::vector<std::pair<std::string, Layer<T>*>> children() override;  // "f/<i>", "g/<i>"
+  double forward_flops(const Shape& in) const override {  // F, G and the elementwise combinations
+    const Shape half{in[0] / 2, in[1], in[2]};
+    return f_.forward_flops(half) + g_.forward_flops(half) + 2.0 * static_cast<double>(in.numel());
+  }
 
  protected:
   // Checks x's shape and that F and G map (C/2, H, W) to (C/2 * out_factor, H, W); returns x's shape.

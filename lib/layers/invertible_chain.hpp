@@ -22,6 +22,7 @@ template <class T> class InvertibleChain : public Layer<T>, public Invertible<T>
     return chain_.backward_from_output(y, dy, ctx, want_input_grad);
   }
   std::vector<Param<T>*> params() override { return chain_.params(); }
+  double forward_flops(const Shape& in) const override { return chain_.forward_flops(in); }
   std::vector<std::pair<std::string, Layer<T>*>> children() override;
 
  private:

@@ -58,6 +58,9 @@ template <class T> class Layer {
   virtual Tensor<T> forward(const Tensor<T>& x, const RunContext& ctx) = 0;
   virtual Tensor<T> backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) = 0;
   virtual std::vector<Param<T>*> params() { return {}; }
+  // Arithmetic of one forward evaluation per sample (multiply-adds count 2), for schedules that weigh layers by
+  // cost (checkpoint "budget"). Default: one operation per output value.
+  virtual double forward_flops(const Shape& input) const { return static_cast<double>(output_shape(input).numel()); }
   // Sub-layers of a composite layer (residual block), for reports that walk the whole network.
   virtual std::vector<std::pair<std::string, Layer<T>*>> children() { return {}; }
 

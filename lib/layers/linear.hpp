@@ -14,6 +14,7 @@ template <class T> class Linear : public Layer<T> {
   Tensor<T> forward(const Tensor<T>& x, const RunContext& ctx) override;
   Tensor<T> backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) override;
   std::vector<Param<T>*> params() override;
+  double forward_flops(const Shape&) const override { return 2.0 * static_cast<double>(in_ * out_); }
 
  private:
   index_t in_, out_;

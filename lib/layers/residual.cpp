@@ -37,6 +37,13 @@ template <class T> std::vector<std::pair<std::string, Layer<T>*>> ResidualBlock<
   return c;
 }
 
+template <class T> double ResidualBlock<T>::forward_flops(const Shape& in) const {
+  const Shape mid = conv1_->output_shape(in);
+  const double elementwise = 5.0 * static_cast<double>(mid.numel());  // two batch norms, two ReLUs, the sum
+  return conv1_->forward_flops(in) + conv2_->forward_flops(mid) + elementwise +
+         (has_projection() ? projection_->forward_flops(in) + static_cast<double>(mid.numel()) : 0.0);
+}
+
 template <class T> void ResidualBlock<T>::initialize(Rng& rng) {
   for (auto& [name, layer] : children()) layer->initialize(rng);
 }

@@ -22,6 +22,7 @@ template <class T> class ResidualBlock : public Layer<T> {
   Tensor<T> backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) override;
   std::vector<Param<T>*> params() override;
   std::vector<std::pair<std::string, Layer<T>*>> children() override;
+  double forward_flops(const Shape& input) const override;
 
  private:
   bool has_projection() const { return projection_ != nullptr; }

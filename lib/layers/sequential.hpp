@@ -91,6 +91,14 @@ template <class T> class Sequential {
   void zero_grad() {
     for (Param<T>* p : params()) p->grad.fill(T(0));
   }
+  double forward_flops(Shape in) const {
+    double flops = 0;
+    for (const auto& l : layers_) {
+      flops += l->forward_flops(in);
+      in = l->output_shape(in);
+    }
+    return flops;
+  }
   index_t parameter_count() {
     index_t n = 0;
     for (Param<T>* p : params()) n += p->value.numel();

@@ -108,6 +108,120 @@ CheckpointSchedule revolve_schedule(std::size_t layers, std::size_t slots) {
   return s;
 }
 
+namespace {
+
+// Two tables over (a, b, m): S, the least recomputation to reverse layers [a, b) when x_a is kept (it may be
+// restored any number of times); C, the same when x_a is only the current state (used once: record layer a, or
+// snapshot it first). m: memory units free for this reversal's snapshots and records.
+//   S(a, a+1, m) = C(a, a+1, m) = 0 if record_a <= m
+//   S(a, b, m) = min( C(a+1, b, m - record_a)                       record a, reverse the rest, reverse a
+//                     min_j flops[a, j) + C(j, b, m) + S(a, j, m) )  advance to x_j, reverse [j, b), then [a, j)
+//   C(a, b, m) = min( C(a+1, b, m - record_a),  S(a, b, m - input_a) )  record a, or snapshot x_a
+class BudgetSolver {
+ public:
+  BudgetSolver(const ChainCosts& costs, std::size_t memory, std::size_t unit)
+      : n_(costs.flops.size()), units_(memory / unit), flops_(costs.flops) {
+    auto in_units = [&](std::size_t bytes) { return (bytes + unit - 1) / unit; };
+    for (std::size_t i = 0; i < n_; ++i) {
+      input_.push_back(in_units(costs.input_bytes[i]));
+      record_.push_back(in_units(costs.record_bytes[i]));
+    }
+    prefix_.assign(n_ + 1, 0.0);
+    for (std::size_t i = 0; i < n_; ++i) prefix_[i + 1] = prefix_[i] + flops_[i];
+    const std::size_t cells = n_ * (n_ + 1) * (units_ + 1);
+    for (Table* t : {&kept_, &current_}) t->cost.assign(cells, unknown), t->choice.assign(cells, 0);
+  }
+
+  double solve() { return kept(0, n_, units_); }
+  void write(CheckpointSchedule& out) {
+    out.push_back({Kind::snapshot, 0});
+    write_kept(out, 0, n_, units_);
+    out.push_back({Kind::forget, 0});
+  }
+
+ private:
+  static constexpr double infinite = std::numeric_limits<double>::infinity();
+  static constexpr double unknown = -1;
+  static constexpr std::size_t record_first = 0, snapshot_first = 1;  // choices; j >= 2 means "advance to x_j"
+  struct Table {
+    std::vector<double> cost;
+    std::vector<std::size_t> choice;
+  };
+  std::size_t at(std::size_t a, std::size_t b, std::size_t m) const { return (a * (n_ + 1) + b) * (units_ + 1) + m; }
+
+  double kept(std::size_t a, std::size_t b, std::size_t m) {
+    double& cost = kept_.cost[at(a, b, m)];
+    if (cost != unknown) return cost;
+    std::size_t& choice = kept_.choice[at(a, b, m)];
+    cost = record_[a] <= m ? (b == a + 1 ? 0.0 : current(a + 1, b, m - record_[a])) : infinite;
+    choice = record_first;
+    for (std::size_t j = a + 1; j < b; ++j) {
+      const double c = prefix_[j] - prefix_[a] + current(j, b, m) + kept(a, j, m);
+      if (c < cost) cost = c, choice = j + 2;
+    }
+    return cost;
+  }
+  double current(std::size_t a, std::size_t b, std::size_t m) {
+    double& cost = current_.cost[at(a, b, m)];
+    if (cost != unknown) return cost;
+    std::size_t& choice = current_.choice[at(a, b, m)];
+    cost = record_[a] <= m ? (b == a + 1 ? 0.0 : current(a + 1, b, m - record_[a])) : infinite;
+    choice = record_first;
+    if (b > a + 1 && input_[a] <= m) {
+      const double c = kept(a, b, m - input_[a]);
+      if (c < cost) cost = c, choice = snapshot_first;
+    }
+    return cost;
+  }
+
+  // position_: the current state's index, or npos after a reverse.
+  void go_to(CheckpointSchedule& out, std::size_t a) {
+    if (position_ != a) out.push_back({Kind::restore, a});
+    position_ = a;
+  }
+  void record_then(CheckpointSchedule& out, std::size_t a, std::size_t b, std::size_t m) {
+    out.push_back({Kind::record, a});
+    position_ = a + 1;
+    if (b > a + 1) write_current(out, a + 1, b, m - record_[a]);
+    out.push_back({Kind::reverse, a});
+    position_ = npos;
+  }
+  void write_kept(CheckpointSchedule& out, std::size_t a, std::size_t b, std::size_t m) {
+    const std::size_t choice = kept_.choice[at(a, b, m)];
+    go_to(out, a);
+    if (choice == record_first) return record_then(out, a, b, m);
+    const std::size_t j = choice - 2;
+    for (std::size_t i = a; i < j; ++i) out.push_back({Kind::advance, i});
+    position_ = j;
+    write_current(out, j, b, m);
+    write_kept(out, a, j, m);
+  }
+  void write_current(CheckpointSchedule& out, std::size_t a, std::size_t b, std::size_t m) {
+    if (current_.choice[at(a, b, m)] == record_first) return record_then(out, a, b, m);
+    out.push_back({Kind::snapshot, a});
+    write_kept(out, a, b, m - input_[a]);
+    out.push_back({Kind::forget, a});
+  }
+
+  static constexpr std::size_t npos = std::numeric_limits<std::size_t>::max();
+  std::size_t n_, units_, position_ = 0;
+  std::vector<double> flops_, prefix_;
+  std::vector<std::size_t> input_, record_;
+  Table kept_, current_;
+};
+
+}  // namespace
+
+std::optional<BudgetPlan> budget_schedule(const ChainCosts& costs, std::size_t memory, std::size_t unit) {
+  if (costs.flops.empty() || unit == 0) throw std::invalid_argument("budget schedule: empty chain or zero unit");
+  BudgetSolver solver(costs, memory, unit);
+  BudgetPlan plan;
+  plan.recomputed_flops = solver.solve();
+  if (!std::isfinite(plan.recomputed_flops)) return std::nullopt;
+  solver.write(plan.schedule);
+  return plan;
+}
+
 std::int64_t recomputed_evaluations(const CheckpointSchedule& schedule, std::size_t layers) {
   std::int64_t evaluations = 0;
   for (const CheckpointAction& a : schedule) evaluations += a.kind == Kind::advance || a.kind == Kind::record;
@@ -117,8 +231,7 @@ std::int64_t recomputed_evaluations(const CheckpointSchedule& schedule, std::siz
 void check_schedule(const CheckpointSchedule& schedule, std::size_t layers) {
   constexpr std::size_t none = std::numeric_limits<std::size_t>::max();
   std::size_t position = none, next_reverse = layers;
-  std::vector<bool> kept(layers + 1, false);
-  std::vector<std::size_t> recorded;
+  std::vector<bool> kept(layers + 1, false), recorded(layers, false);
   auto fail = [](std::size_t k, const std::string& what) {
     throw std::logic_error("checkpoint schedule, action " + std::to_string(k) + ": " + what);
   };
@@ -142,12 +255,15 @@ void check_schedule(const CheckpointSchedule& schedule, std::size_t layers) {
       case Kind::advance:
       case Kind::record:
         if (position != i) fail(k, "evaluation from a state that is not the layer's input");
-        if (kind == Kind::record) recorded.push_back(i);
+        if (kind == Kind::record) {
+          if (recorded[i]) fail(k, "layer recorded twice before its reverse");
+          recorded[i] = true;
+        }
         position = i + 1;
         break;
       case Kind::reverse:
-        if (recorded.empty() || recorded.back() != i || i + 1 != next_reverse) fail(k, "reverse out of order");
-        recorded.pop_back();
+        if (!recorded[i] || i + 1 != next_reverse) fail(k, "reverse out of order or of a layer not recorded");
+        recorded[i] = false;
         next_reverse = i;
         position = none;
         break;

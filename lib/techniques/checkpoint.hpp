@@ -9,11 +9,12 @@
 //   forget i     drop the kept x_i
 //   advance i    x_{i+1} = layer_i(x_i), keeping nothing for backward
 //   record i     x_{i+1} = layer_i(x_i), keeping what layer i's backward needs
-//   reverse i    backward through layer i (after record i; records are reversed last first)
+//   reverse i    backward through layer i (after record i; layers are reversed last first)
 //
 // The forward pass runs the actions up to the last layer's record (then the loss is taken), backward the rest.
 // Running statistics (batch norm) are updated by each layer's first evaluation in a step only.
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -37,6 +38,23 @@ CheckpointSchedule uniform_schedule(std::size_t layers, std::size_t segments);
 CheckpointSchedule revolve_schedule(std::size_t layers, std::size_t slots);
 // The minimum number of advances for l steps and s slots (dynamic programming over the first snapshot position).
 std::int64_t revolve_advances(std::size_t steps, std::size_t slots);
+
+// The chain as the budget schedule sees it, per layer i: the cost of one forward evaluation (flops), the bytes of
+// its input x_i (what a snapshot holds), and the bytes its record keeps for backward.
+struct ChainCosts {
+  std::vector<double> flops;
+  std::vector<std::size_t> input_bytes, record_bytes;
+};
+
+// Beaumont et al.'s optimal checkpointing for heterogeneous chains (rotor), in these actions: the schedule of least
+// recomputation (total flops of its advances) among those whose snapshots and records never hold more than
+// `memory` bytes at once (x_0 excepted: the batch is held anyway), by dynamic programming over (segment, memory)
+// with memory counted in units of `unit` bytes (sizes rounded up, so the bound holds). nullopt if none fits.
+struct BudgetPlan {
+  CheckpointSchedule schedule;
+  double recomputed_flops = 0;
+};
+std::optional<BudgetPlan> budget_schedule(const ChainCosts& costs, std::size_t memory, std::size_t unit);
 
 // Forward layer evaluations (advances and records) of a schedule beyond one per layer.
 std::int64_t recomputed_evaluations(const CheckpointSchedule& schedule, std::size_t layers);
