@@ -8,42 +8,13 @@
 
 namespace lowmem {
 
-namespace {
-
-// One dry step of the run's study, in its own precision: the trainer is built and the step is taken with tensors
-// that have sizes but no values (MemoryLedger::set_dry_run), so the ledger sees every allocation a real step
-// makes, in the same order, at no arithmetic cost.
-template <class T> MemoryLedger dry_step(const RunConfig& run, std::int64_t& recomputed) {
-  MemoryLedger ledger;
-  ledger.set_dry_run(true);
-  Trainer<T> trainer(run, ledger);
-  const Dataset none;  // a dry batch reads no data
-  Rng rng(0);
-  std::vector<std::int32_t> labels;
-  if (run.study == "train") {
-    {
-      const Tensor<T> x = trainer.make_batch(none, nullptr, run.train.batch, Augment{}, rng, labels);
-      trainer.train_step(x, labels, run.train.optimizer.lr);
-    }  // a step's batch is freed before the evaluation, as in the train study
-    const Tensor<T> x = trainer.make_batch(none, nullptr, run.train.eval_batch, Augment{}, rng, labels);
-    trainer.evaluate_batch(x, labels);
-  } else {
-    const Tensor<T> x = trainer.make_batch(none, nullptr, run.train.batch, Augment{}, rng, labels);
-    Tensor<T> logits;  // the gradient study keeps the logits for its dump, through backward
-    trainer.forward_backward(x, labels, &logits);
-  }
-  recomputed = trainer.recomputed_evaluations();
-  return ledger;
-}
-
-}  // namespace
-
 MemoryPrediction predict_memory(const RunConfig& run) {
   MemoryPrediction p;
   const MemoryLedger ledger =
       run.study == "reconstruction"
           ? reconstruction_memory(run)
-          : dispatch_precision(run.precision, [&]<class T>() { return dry_step<T>(run, p.recomputed_evaluations); });
+          : dispatch_precision(run.precision,
+                               [&]<class T>() { return dry_step<T>(run, nullptr, &p.recomputed_evaluations); });
   p.weights = ledger.peak(MemoryCategory::weights);
   p.gradients = ledger.peak(MemoryCategory::gradients);
   p.optimizer_state = ledger.peak(MemoryCategory::optimizer_state);

@@ -77,6 +77,8 @@ void validate_model(const RunConfig& run, const std::string& config_file) {
     if (const TechniqueSpec* c = run.find("checkpoint"); c && static_cast<std::size_t>(c->segments) > model.size())
       throw Error("/technique: checkpoint segments " + std::to_string(c->segments) + " is more than model (" +
                   run.model.arch + ")'s " + std::to_string(model.size()) + " layers");
+    if (const TechniqueSpec* c = run.find("checkpoint"); c && c->schedule == "budget")  // fits, or says the minimum
+      dispatch_precision(run.precision, [&]<class T>() { checkpoint_schedule<T>(run, model.size()); });
     if (run.study == "reconstruction" && !any_invertible)
       throw Error("/study: \"reconstruction\" inverts invertible layers, and model (" + run.model.arch + ")" +
                   invertible_types);

@@ -174,6 +174,7 @@ TEST(Budget, EqualsTheExhaustiveOptimumOnChainsOfUpTo8LayersAndNeverExceedsItsMe
 
 nlohmann::json config_with(const nlohmann::json& technique, const nlohmann::json& model) {
   return {{"precision", "f64"},
+          {"study", "gradient"},  // the step measured below: forward and backward, the logits kept
           {"model", model},
           {"technique", technique},
           {"data", {{"dataset", "synthetic"},
@@ -209,9 +210,7 @@ Step step(const nlohmann::json& config) {
   s.saved_peak = ledger.peak(MemoryCategory::saved_activations);
   s.peak = ledger.peak_total();
   s.recomputed = trainer.recomputed_evaluations();
-  RunConfig gradient = run;  // the dry step of the gradient study: forward and backward, as above
-  gradient.study = "gradient";
-  s.predicted_peak = predict_memory(gradient).peak;
+  s.predicted_peak = predict_memory(run).peak;
   return s;
 }
 
@@ -251,6 +250,29 @@ TEST(Checkpoint, FewerSnapshotsKeepLessAndRecomputeMore) {
   }
 }
 
+TEST(Checkpoint, BudgetNeverExceedsItsBudgetAndTradesMemoryForRecomputation) {
+  const nlohmann::json model = {{"arch", "cnn"}, {"channels", {4, 4, 4, 4, 4, 4, 4, 4}}, {"pool_every", 4},
+                                {"input", {1, 8, 8}}, {"classes", 3}};
+  const Step stored = step(config_with({{"type", "store_all"}}, model));
+  const Step least = step(config_with({{"type", "checkpoint"}, {"schedule", "revolve"}, {"slots", 1}}, model));
+  std::int64_t previous_recomputed = -1;
+  // From the least any schedule needs up to what storing everything needs: the peak stays within the budget,
+  // the gradients stay exact, and a larger budget never recomputes more.
+  for (double f : {1.0, 0.75, 0.5, 0.25, 0.0}) {
+    const auto budget = static_cast<std::size_t>(f * static_cast<double>(least.peak) +
+                                                  (1 - f) * static_cast<double>(stored.peak));
+    const Step s = step(config_with({{"type", "checkpoint"}, {"schedule", "budget"}, {"budget_bytes", budget}}, model));
+    EXPECT_LE(s.peak, budget) << f;
+    EXPECT_EQ(s.predicted_peak, s.peak) << f;
+    EXPECT_EQ(s.values, stored.values) << f;
+    if (previous_recomputed >= 0) EXPECT_LE(s.recomputed, previous_recomputed) << f;
+    previous_recomputed = s.recomputed;
+    std::printf("    budget %zu bytes (store_all peak %zu): peak %zu, recomputed evaluations %lld\n", budget,
+                stored.peak, s.peak, static_cast<long long>(s.recomputed));
+  }
+  EXPECT_EQ(previous_recomputed, 0);  // with the store-all peak as budget, nothing is recomputed
+}
+
 std::string error_of(const nlohmann::json& config) {
   try {
     validate_model(parse_run_config(config, "cfg.json"), "cfg.json");
@@ -268,6 +290,9 @@ TEST(Checkpoint, BadInputIsNamedBeforeAnyWork) {
   EXPECT_NE(e.find("slots"), std::string::npos) << e;
   e = error_of(config_with({{"type", "checkpoint"}, {"segments", 50}}, cnn));
   EXPECT_NE(e.find("segments 50"), std::string::npos) << e;
+  e = error_of(config_with({{"type", "checkpoint"}, {"schedule", "budget"}, {"budget_bytes", 1000}}, cnn));
+  EXPECT_NE(e.find("budget_bytes 1000 is below what any schedule reaches"), std::string::npos) << e;
+  EXPECT_NE(e.find("the minimum is "), std::string::npos) << e;
   e = error_of(config_with({{"type", "checkpoint"}, {"schedule", "sqrt"}}, cnn));
   EXPECT_NE(e.find("/technique/schedule"), std::string::npos) << e;
   e = error_of(config_with({{{"type", "checkpoint"}}, {{"type", "reversible"}}},

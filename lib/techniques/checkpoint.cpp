@@ -292,9 +292,9 @@ template <class T> Tensor<T> CheckpointExecutor<T>::forward(Sequential<T>& chain
 }
 
 template <class T>
-Tensor<T> CheckpointExecutor<T>::backward(Sequential<T>& chain, const Tensor<T>& dy, const RunContext& ctx,
+Tensor<T> CheckpointExecutor<T>::backward(Sequential<T>& chain, Tensor<T> dy, const RunContext& ctx,
                                           bool want_input_grad) {
-  grad_ = dy;
+  grad_ = std::move(dy);
   run(chain, forward_end_, schedule_.size(), ctx, want_input_grad);
   Tensor<T> dx = grad_;
   grad_ = Tensor<T>();

@@ -69,7 +69,8 @@ template <class T> class CheckpointExecutor {
  public:
   explicit CheckpointExecutor(CheckpointSchedule schedule) : schedule_(std::move(schedule)) {}
   Tensor<T> forward(Sequential<T>& chain, const Tensor<T>& x, const RunContext& ctx);
-  Tensor<T> backward(Sequential<T>& chain, const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad = false);
+  // dy by value: the caller's buffer is not held through backward (as Sequential::backward).
+  Tensor<T> backward(Sequential<T>& chain, Tensor<T> dy, const RunContext& ctx, bool want_input_grad = false);
   // Layer evaluations of the last step beyond one per layer.
   std::int64_t recomputed() const { return evaluations_ - static_cast<std::int64_t>(evaluated_.size()); }
 

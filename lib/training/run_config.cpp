@@ -316,9 +316,10 @@ TechniqueSpec parse_technique(ConfigReader r) {
   TechniqueSpec t;
   t.type = r.get_choice("type", "store_all", {"store_all", "reversible", "checkpoint"});
   if (t.type == "checkpoint") {
-    t.schedule = r.get_choice("schedule", "uniform", {"uniform", "revolve"});
+    t.schedule = r.get_choice("schedule", "uniform", {"uniform", "revolve", "budget"});
     if (t.schedule == "uniform") t.segments = r.get_in<std::int64_t>("segments", 0, 0, i64_max);
-    else t.slots = r.required_in<std::int64_t>("slots", 1, i64_max);
+    else if (t.schedule == "revolve") t.slots = r.required_in<std::int64_t>("slots", 1, i64_max);
+    else t.budget_bytes = r.required_in<std::int64_t>("budget_bytes", 1, i64_max);
   }
   r.finish();
   return t;

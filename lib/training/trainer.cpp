@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <optional>
 
 #include "io/error.hpp"
 #include "tensor/compute.hpp"
@@ -38,6 +39,16 @@ DataSplit load_data(const DataSpec& spec, std::uint64_t seed) {
   return d;
 }
 
+namespace {
+
+RunConfig without_checkpoint(RunConfig config) {
+  std::erase_if(config.techniques, [](const TechniqueSpec& t) { return t.type == "checkpoint"; });
+  if (config.techniques.empty()) config.techniques.emplace_back();
+  return config;
+}
+
+}  // namespace
+
 template <class T>
 Trainer<T>::Trainer(const RunConfig& config, MemoryLedger& ledger)
     : ledger_(ledger),
@@ -49,14 +60,14 @@ Trainer<T>::Trainer(const RunConfig& config, MemoryLedger& ledger)
   model_ = std::make_unique<Sequential<T>>(build_model<T>(config.model));
   if (!ledger.dry_run()) model_->initialize(config.seed);
   optimizer_ = std::make_unique<Optimizer<T>>(config.train.optimizer, model_->params());
-  if (const TechniqueSpec* c = config.find("checkpoint")) {
-    const std::size_t n = model_->size();
-    const auto sqrt_n = static_cast<std::size_t>(std::lround(std::sqrt(static_cast<double>(n))));
-    checkpoint_ = std::make_unique<CheckpointExecutor<T>>(
-        c->schedule == "revolve" ? revolve_schedule(n, static_cast<std::size_t>(c->slots))
-                                 : uniform_schedule(n, c->segments > 0 ? static_cast<std::size_t>(c->segments)
-                                                                       : std::max<std::size_t>(1, sqrt_n)));
-  }
+  if (config.uses("checkpoint"))
+    checkpoint_ = std::make_unique<CheckpointExecutor<T>>(checkpoint_schedule<T>(config, model_->size()));
+}
+
+template <class T>
+Trainer<T>::Trainer(const RunConfig& config, MemoryLedger& ledger, const CheckpointSchedule& schedule)
+    : Trainer(without_checkpoint(config), ledger) {
+  checkpoint_ = std::make_unique<CheckpointExecutor<T>>(schedule);
 }
 
 template <class T>
@@ -165,6 +176,110 @@ std::pair<double, index_t> Trainer<T>::evaluate_batch(const Tensor<T>& x, const 
   return {loss, SoftmaxCrossEntropy<T>::correct(logits, labels)};
 }
 
+template <class T>
+MemoryLedger dry_step(const RunConfig& run, const CheckpointSchedule* schedule, std::int64_t* recomputed) {
+  MemoryLedger ledger;
+  ledger.set_dry_run(true);
+  std::unique_ptr<Trainer<T>> made =
+      schedule ? std::make_unique<Trainer<T>>(run, ledger, *schedule) : std::make_unique<Trainer<T>>(run, ledger);
+  Trainer<T>& trainer = *made;
+  const Dataset none;  // a dry batch reads no data
+  Rng rng(0);
+  std::vector<std::int32_t> labels;
+  if (run.study == "train") {
+    {
+      const Tensor<T> x = trainer.make_batch(none, nullptr, run.train.batch, Augment{}, rng, labels);
+      trainer.train_step(x, labels, run.train.optimizer.lr);
+    }  // a step's batch is freed before the evaluation, as in the train study
+    const Tensor<T> x = trainer.make_batch(none, nullptr, run.train.eval_batch, Augment{}, rng, labels);
+    trainer.evaluate_batch(x, labels);
+  } else {
+    const Tensor<T> x = trainer.make_batch(none, nullptr, run.train.batch, Augment{}, rng, labels);
+    Tensor<T> logits;  // the gradient study keeps the logits for its dump, through backward
+    trainer.forward_backward(x, labels, &logits);
+  }
+  if (recomputed) *recomputed = trainer.recomputed_evaluations();
+  made.reset();  // the model's tensors go back to the ledger before it is returned
+  return ledger;
+}
+
+namespace {
+
+// Per layer of the model's chain, on a dry model: flops of one evaluation for the batch, bytes of its input, and
+// bytes its record keeps (what a training-mode forward leaves in saved activations).
+template <class T> ChainCosts chain_costs(const RunConfig& config) {
+  MemoryLedger ledger;
+  ledger.set_dry_run(true);
+  MemoryLedger::Scope scope(ledger);
+  Sequential<T> model = build_model<T>(config.model);
+  const index_t batch = config.train.batch;
+  ChainCosts c;
+  Shape in = model.input_shape();
+  const RunContext record{true, config.accumulate};
+  for (std::size_t i = 0; i < model.size(); ++i) {
+    std::vector<index_t> dims{batch};
+    for (index_t d : in.dims()) dims.push_back(d);
+    const Tensor<T> x(Shape(dims), MemoryCategory::workspace);
+    c.flops.push_back(model.layer(i).forward_flops(in) * static_cast<double>(batch));
+    c.input_bytes.push_back(x.bytes());
+    const std::size_t before = ledger.current(MemoryCategory::saved_activations);
+    const Tensor<T> y = model.layer(i).forward(x, record);
+    c.record_bytes.push_back(ledger.current(MemoryCategory::saved_activations) - before);
+    model.layer(i).backward(Tensor<T>(y.shape(), MemoryCategory::workspace), record, false);  // releases it
+    in = model.layer(i).output_shape(in);
+  }
+  return c;
+}
+
+// The budget schedule: the dynamic programme's memory bound is searched (bisection on bytes) for the schedule of
+// least recomputation whose whole dry step stays within the budget, so the model's weights, gradients, optimizer
+// state and workspace are what the ledger sees, not a guess.
+template <class T> CheckpointSchedule fit_budget(const RunConfig& config, std::size_t layers, std::size_t budget) {
+  const ChainCosts costs = chain_costs<T>(config);
+  const std::size_t cells = layers * (layers + 1);
+  const std::size_t unit = std::max<std::size_t>(1, budget / std::max<std::size_t>(1, 4000000 / cells));
+  std::optional<BudgetPlan> best;
+  std::size_t lo = 0, hi = budget;
+  while (lo <= hi) {
+    const std::size_t memory = lo + (hi - lo) / 2;
+    std::optional<BudgetPlan> plan = budget_schedule(costs, memory, unit);
+    const bool fits = plan && dry_step<T>(config, &plan->schedule).peak_total() <= budget;
+    if (fits && (!best || plan->recomputed_flops < best->recomputed_flops)) best = std::move(plan);
+    if (fits) lo = memory + 1;
+    else if (memory == 0) break;
+    else hi = memory - 1;
+  }
+  if (best) return best->schedule;
+  const CheckpointSchedule least = revolve_schedule(layers, 1);  // one snapshot: the least any schedule keeps
+  const std::size_t minimum = dry_step<T>(config, &least).peak_total();
+  throw Error("technique checkpoint: budget_bytes " + std::to_string(budget) +
+              " is below what any schedule reaches for this model, precision and batch: the minimum is " +
+              std::to_string(minimum) + " bytes (one snapshot, every layer recomputed from the input)");
+}
+
+}  // namespace
+
+template <class T> CheckpointSchedule checkpoint_schedule(const RunConfig& config, std::size_t layers) {
+  const TechniqueSpec* c = config.find("checkpoint");
+  if (c->schedule == "revolve") return revolve_schedule(layers, static_cast<std::size_t>(c->slots));
+  if (c->schedule == "budget") return fit_budget<T>(config, layers, static_cast<std::size_t>(c->budget_bytes));
+  const auto sqrt_n = static_cast<std::size_t>(std::lround(std::sqrt(static_cast<double>(layers))));
+  return uniform_schedule(layers, c->segments > 0 ? static_cast<std::size_t>(c->segments)
+                                                   : std::max<std::size_t>(1, sqrt_n));
+}
+
+template MemoryLedger dry_step<float>(const RunConfig&, const CheckpointSchedule*, std::int64_t*);
+template MemoryLedger dry_step<double>(const RunConfig&, const CheckpointSchedule*, std::int64_t*);
+template MemoryLedger dry_step<f16>(const RunConfig&, const CheckpointSchedule*, std::int64_t*);
+template MemoryLedger dry_step<bf16>(const RunConfig&, const CheckpointSchedule*, std::int64_t*);
+template MemoryLedger dry_step<mp>(const RunConfig&, const CheckpointSchedule*, std::int64_t*);
+template CheckpointSchedule checkpoint_schedule<float>(const RunConfig&, std::size_t);
+template CheckpointSchedule checkpoint_schedule<double>(const RunConfig&, std::size_t);
+template CheckpointSchedule checkpoint_schedule<f16>(const RunConfig&, std::size_t);
+template CheckpointSchedule checkpoint_schedule<bf16>(const RunConfig&, std::size_t);
+template CheckpointSchedule checkpoint_schedule<mp>(const RunConfig&, std::size_t);
+
 LOWMEM_INSTANTIATE_FOR_PRECISIONS(Trainer)
+
 
 }  // namespace lowmem

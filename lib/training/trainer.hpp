@@ -26,6 +26,8 @@ template <class T> class Trainer {
  public:
   using W = wide_t<T>;
   Trainer(const RunConfig& config, MemoryLedger& ledger);
+  // With the model's chain run by `schedule` (checkpointing) whatever the config says: how the budget is fitted.
+  Trainer(const RunConfig& config, MemoryLedger& ledger, const CheckpointSchedule& schedule);
 
   // An input batch (n, C, H, W) charged to the ledger as workspace (in a dry run: without values).
   Tensor<T> empty_batch(index_t n) const;
@@ -69,5 +71,18 @@ template <class T> class Trainer {
   std::unique_ptr<CheckpointExecutor<T>> checkpoint_;  // technique "checkpoint": runs the model's chain
   SoftmaxCrossEntropy<T> loss_;
 };
+
+// One step of the run's study on a dry-run ledger: the trainer is built and the step taken with tensors that have
+// sizes but no values (MemoryLedger::set_dry_run), so the ledger sees every allocation a real step makes, in the
+// same order, at no arithmetic cost (train: a training step, then an evaluation batch; gradient: forward and
+// backward keeping the logits). What lowmem plan predicts. schedule: checkpointing by this schedule instead of the
+// config's technique. recomputed: receives the step's recomputed layer evaluations.
+template <class T>
+MemoryLedger dry_step(const RunConfig& run, const CheckpointSchedule* schedule = nullptr,
+                      std::int64_t* recomputed = nullptr);
+
+// The checkpoint schedule a config asks for, for its model in precision T (budget: fitted by dry steps). Throws
+// lowmem::Error if a budget is below what any schedule reaches, saying that minimum.
+template <class T> CheckpointSchedule checkpoint_schedule(const RunConfig& config, std::size_t layers);
 
 }  // namespace lowmem
