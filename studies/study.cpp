@@ -14,6 +14,7 @@ void run_study(const RunConfig& config, const DataSplit& data, RunRecord& record
   std::string techniques;  // "store_all", "reversible", "checkpoint-revolve-2", joined by "+" when composed
   for (const TechniqueSpec& t : config.techniques) {
     techniques += (techniques.empty() ? "" : "+") + t.type;
+    if (t.type == "microbatch") techniques += "-" + std::to_string(t.count);
     if (t.type == "checkpoint")
       techniques += "-" + t.schedule + "-" +
                     (t.schedule == "revolve" ? std::to_string(t.slots)

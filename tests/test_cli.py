@@ -408,6 +408,12 @@ def check_plan():
         sweep={"technique": [{"type": "checkpoint"}, {"type": "checkpoint", "schedule": "revolve", "slots": 2}],
                "precision": ["f32", "f16"]}))
     check_plan_matches_run("plan vs run (checkpoint)", cfg)
+    cfg = config("plan-microbatch.json", lambda c: c.update(
+        technique={"type": "store_all"},
+        sweep={"technique": [{"type": "microbatch", "count": 4},
+                             [{"type": "microbatch", "count": 2}, {"type": "checkpoint"}]],
+               "precision": ["f32", "bf16"]}))
+    check_plan_matches_run("plan vs run (microbatch)", cfg)
     cfg = config("plan-reconstruction.json", lambda c: c.update(
         model=reversible, study="reconstruction", sweep={"model.arch": ["revnet", "flat"], "precision": ["f64", "f16"]}))
     check_plan_matches_run("plan vs run (reconstruction study)", cfg)

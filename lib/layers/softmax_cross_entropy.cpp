@@ -5,8 +5,9 @@ namespace lowmem {
 template <class T>
 typename SoftmaxCrossEntropy<T>::W SoftmaxCrossEntropy<T>::forward(const Tensor<T>& logits,
                                                                    const std::vector<std::int32_t>& labels,
-                                                                   const RunContext& ctx) {
+                                                                   const RunContext& ctx, index_t batch) {
   const index_t n = logits.dim(0), k = logits.dim(1);
+  const index_t count = batch > 0 ? batch : n;
   Tensor<W> probabilities(logits.shape(), MemoryCategory::workspace);
   W total(0);
   for (index_t s = 0; s < (logits.is_dry() ? 0 : n); ++s) {
@@ -25,14 +26,15 @@ typename SoftmaxCrossEntropy<T>::W SoftmaxCrossEntropy<T>::forward(const Tensor<
   if (ctx.training) {
     probabilities_.keep(probabilities);
     labels_ = labels;
+    count_ = count;
   }
-  return total / round_to<W>(static_cast<double>(n));
+  return total / round_to<W>(static_cast<double>(count));
 }
 
 template <class T> Tensor<T> SoftmaxCrossEntropy<T>::backward() {
   const Tensor<W>& p = probabilities_.get();
   const index_t n = p.dim(0), k = p.dim(1);
-  const W count = round_to<W>(static_cast<double>(n));
+  const W count = round_to<W>(static_cast<double>(count_));
   Tensor<T> dz(p.shape(), MemoryCategory::workspace);
   for (index_t s = 0; s < (p.is_dry() ? 0 : n); ++s)
     for (index_t j = 0; j < k; ++j)

@@ -10,7 +10,9 @@ namespace lowmem {
 template <class T> class SoftmaxCrossEntropy {
  public:
   using W = wide_t<T>;
-  W forward(const Tensor<T>& logits, const std::vector<std::int32_t>& labels, const RunContext& ctx);
+  // batch: the number the sum is divided by (0: the rows of logits). A microbatch passes the whole batch's size,
+  // so that its losses and gradients add up to the whole batch's.
+  W forward(const Tensor<T>& logits, const std::vector<std::int32_t>& labels, const RunContext& ctx, index_t batch = 0);
   Tensor<T> backward();
   // Number of rows whose largest logit is the label (first maximum on ties).
   static index_t correct(const Tensor<T>& logits, const std::vector<std::int32_t>& labels);
@@ -18,6 +20,7 @@ template <class T> class SoftmaxCrossEntropy {
  private:
   Saved<W> probabilities_;
   std::vector<std::int32_t> labels_;
+  index_t count_ = 0;
 };
 
 }  // namespace lowmem

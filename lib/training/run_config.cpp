@@ -314,7 +314,8 @@ TrainSpec parse_train(ConfigReader r, int classes) {
 
 TechniqueSpec parse_technique(ConfigReader r) {
   TechniqueSpec t;
-  t.type = r.get_choice("type", "store_all", {"store_all", "reversible", "checkpoint"});
+  t.type = r.get_choice("type", "store_all", {"store_all", "reversible", "checkpoint", "microbatch"});
+  if (t.type == "microbatch") t.count = r.required_in<std::int64_t>("count", 1, i64_max);
   if (t.type == "checkpoint") {
     t.schedule = r.get_choice("schedule", "uniform", {"uniform", "revolve", "budget"});
     if (t.schedule == "uniform") t.segments = r.get_in<std::int64_t>("segments", 0, 0, i64_max);
@@ -380,6 +381,9 @@ RunConfig parse_run_config(const nlohmann::json& config, const std::string& file
   c.gradient_reference = gradient.get_choice("reference", "mp", {"mp", "f64", "none"});
   gradient.finish();
   c.techniques = parse_techniques(r);
+  if (const TechniqueSpec* m = c.find("microbatch"); m && c.train.batch % m->count != 0)
+    r.fail("technique", "microbatch count " + std::to_string(m->count) + " does not divide train.batch " +
+                            std::to_string(c.train.batch) + ": every microbatch must be the same size");
   ConfigReader reconstruction = r.object_or_empty("reconstruction");
   c.reconstruction.reference = reconstruction.get_choice("reference", "mp", {"mp", "f64", "none"});
   c.reconstruction.weights = reconstruction.get_choice("weights", "random", {"random", "trained"});

@@ -73,11 +73,12 @@ struct TrainSpec {
 
 // One memory technique (config "technique": one object, or a list of them that compose).
 struct TechniqueSpec {
-  std::string type = "store_all";  // store_all | reversible | checkpoint
+  std::string type = "store_all";  // store_all | reversible | checkpoint | microbatch
   std::string schedule;            // checkpoint: uniform | revolve | budget
   std::int64_t segments = 0;       // checkpoint uniform: segment count (0: round(sqrt(layers)))
   std::int64_t slots = 0;          // checkpoint revolve: snapshots, the chain's input included
   std::int64_t budget_bytes = 0;   // checkpoint budget: peak bytes of a step (every ledger category)
+  std::int64_t count = 1;          // microbatch: microbatches per optimizer step
 };
 
 // Study "reconstruction": forward, then invert the model's invertible layers one by one from the last.

@@ -41,6 +41,16 @@ DataSplit load_data(const DataSpec& spec, std::uint64_t seed) {
 
 namespace {
 
+// Rows [first, first + count) of a batch (N, ...) as a new tensor.
+template <class T> Tensor<T> batch_rows(const Tensor<T>& x, index_t first, index_t count) {
+  std::vector<index_t> dims = x.shape().dims();
+  dims[0] = count;
+  Tensor<T> rows(Shape(dims), MemoryCategory::workspace);
+  const index_t size = x.numel() / x.dim(0);
+  if (!x.is_dry()) std::copy(x.data() + first * size, x.data() + (first + count) * size, rows.data());
+  return rows;
+}
+
 RunConfig without_checkpoint(RunConfig config) {
   std::erase_if(config.techniques, [](const TechniqueSpec& t) { return t.type == "checkpoint"; });
   if (config.techniques.empty()) config.techniques.emplace_back();
@@ -56,6 +66,7 @@ Trainer<T>::Trainer(const RunConfig& config, MemoryLedger& ledger)
       train_ctx_{true, config.accumulate},
       eval_ctx_{false, config.accumulate} {
   train_ctx_.reconstruct = config.uses("reversible");
+  if (const TechniqueSpec* m = config.find("microbatch")) microbatches_ = m->count;
   MemoryLedger::Scope scope(ledger_);
   model_ = std::make_unique<Sequential<T>>(build_model<T>(config.model));
   if (!ledger.dry_run()) model_->initialize(config.seed);
@@ -102,12 +113,26 @@ typename Trainer<T>::W Trainer<T>::forward_backward(const Tensor<T>& x, const st
                                                     Tensor<T>* logits_out) {
   MemoryLedger::Scope scope(ledger_);
   model_->zero_grad();
-  Tensor<T> logits = checkpoint_ ? checkpoint_->forward(*model_, x, train_ctx_) : model_->forward(x, train_ctx_);
-  const W loss = loss_.forward(logits, labels, train_ctx_);
-  if (logits_out) *logits_out = logits;
-  logits = Tensor<T>();  // the loss kept what it needs; the logits themselves are not needed for backward
-  if (checkpoint_) checkpoint_->backward(*model_, loss_.backward(), train_ctx_);
-  else model_->backward(loss_.backward(), train_ctx_);
+  // Microbatches (technique "microbatch"): k slices of the batch in turn, each forward and backward adding into the
+  // gradients, the loss of each divided by the whole batch's size so that losses and gradients add up to the
+  // whole batch's. Layers that use batch statistics (batch norm) see each slice's instead.
+  const index_t n = x.dim(0), slices = microbatches_, rows = n / slices;
+  if (logits_out && slices > 1) *logits_out = Tensor<T>(Shape{n, model_->output_shape()[0]}, MemoryCategory::workspace);
+  W loss(0);
+  recomputed_ = 0;
+  for (index_t k = 0; k < slices; ++k) {
+    const Tensor<T> slice = slices == 1 ? x : batch_rows(x, k * rows, rows);
+    const std::vector<std::int32_t> slice_labels(labels.begin() + k * rows, labels.begin() + (k + 1) * rows);
+    Tensor<T> logits = checkpoint_ ? checkpoint_->forward(*model_, slice, train_ctx_) : model_->forward(slice, train_ctx_);
+    loss = loss + loss_.forward(logits, slice_labels, train_ctx_, n);
+    if (logits_out && slices == 1) *logits_out = logits;
+    else if (logits_out && !logits.is_dry())
+      std::copy(logits.data(), logits.data() + logits.numel(), logits_out->data() + k * logits.numel());
+    logits = Tensor<T>();  // the loss kept what it needs; the logits themselves are not needed for backward
+    if (checkpoint_) checkpoint_->backward(*model_, loss_.backward(), train_ctx_);
+    else model_->backward(loss_.backward(), train_ctx_);
+    if (checkpoint_) recomputed_ += checkpoint_->recomputed();
+  }
   return loss;
 }
 

@@ -59,7 +59,7 @@ template <class T> class Trainer {
 
   Sequential<T>& model() { return *model_; }
   // Forward layer evaluations of the last training step beyond one per layer (checkpointing recomputes).
-  std::int64_t recomputed_evaluations() const { return checkpoint_ ? checkpoint_->recomputed() : 0; }
+  std::int64_t recomputed_evaluations() const { return recomputed_; }
   MemoryLedger& ledger() { return ledger_; }
 
  private:
@@ -69,6 +69,8 @@ template <class T> class Trainer {
   std::unique_ptr<Sequential<T>> model_;
   std::unique_ptr<Optimizer<T>> optimizer_;
   std::unique_ptr<CheckpointExecutor<T>> checkpoint_;  // technique "checkpoint": runs the model's chain
+  index_t microbatches_ = 1;                            // technique "microbatch": slices per optimizer step
+  std::int64_t recomputed_ = 0;                         // of the last step, over all its microbatches
   SoftmaxCrossEntropy<T> loss_;
 };
 
