@@ -57,7 +57,9 @@ template <class T> std::unique_ptr<GradientDump> compute(const RunConfig& config
       const std::string name = prefix + "/" + p->name;
       dump->names.push_back(name);
       dump->tensors[name] = widen(p->value);
-      dump->tensors[prefix + "/grad_" + p->name] = widen(p->grad);
+      RunRecord::Array grad = widen(p->grad);
+      for (double& g : grad.values) g /= trainer.loss_scale();  // mixed precision: scaled by a power of two
+      dump->tensors[prefix + "/grad_" + p->name] = grad;
     }
   };
   for (std::size_t i = 0; i < model.size(); ++i) add("layers/" + std::to_string(i), model.layer(i));

@@ -15,6 +15,7 @@ void run_study(const RunConfig& config, const DataSplit& data, RunRecord& record
   for (const TechniqueSpec& t : config.techniques) {
     techniques += (techniques.empty() ? "" : "+") + t.type;
     if (t.type == "microbatch") techniques += "-" + std::to_string(t.count);
+    if (t.type == "mixed_precision") techniques += "-" + t.compute;
     if (t.type == "checkpoint")
       techniques += "-" + t.schedule + "-" +
                     (t.schedule == "revolve" ? std::to_string(t.slots)

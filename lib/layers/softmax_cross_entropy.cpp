@@ -31,10 +31,10 @@ typename SoftmaxCrossEntropy<T>::W SoftmaxCrossEntropy<T>::forward(const Tensor<
   return total / round_to<W>(static_cast<double>(count));
 }
 
-template <class T> Tensor<T> SoftmaxCrossEntropy<T>::backward() {
+template <class T> Tensor<T> SoftmaxCrossEntropy<T>::backward(double scale) {
   const Tensor<W>& p = probabilities_.get();
   const index_t n = p.dim(0), k = p.dim(1);
-  const W count = round_to<W>(static_cast<double>(count_));
+  const W count = round_to<W>(static_cast<double>(count_) / scale);
   Tensor<T> dz(p.shape(), MemoryCategory::workspace);
   for (index_t s = 0; s < (p.is_dry() ? 0 : n); ++s)
     for (index_t j = 0; j < k; ++j)

@@ -13,7 +13,7 @@ template <class T> class SoftmaxCrossEntropy {
   // batch: the number the sum is divided by (0: the rows of logits). A microbatch passes the whole batch's size,
   // so that its losses and gradients add up to the whole batch's.
   W forward(const Tensor<T>& logits, const std::vector<std::int32_t>& labels, const RunContext& ctx, index_t batch = 0);
-  Tensor<T> backward();
+  Tensor<T> backward(double scale = 1);  // dz times `scale` (loss scaling of mixed precision), rounded once
   // Number of rows whose largest logit is the label (first maximum on ties).
   static index_t correct(const Tensor<T>& logits, const std::vector<std::int32_t>& labels);
 

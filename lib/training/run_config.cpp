@@ -314,8 +314,13 @@ TrainSpec parse_train(ConfigReader r, int classes) {
 
 TechniqueSpec parse_technique(ConfigReader r) {
   TechniqueSpec t;
-  t.type = r.get_choice("type", "store_all", {"store_all", "reversible", "checkpoint", "microbatch"});
+  t.type = r.get_choice("type", "store_all", {"store_all", "reversible", "checkpoint", "microbatch", "mixed_precision"});
   if (t.type == "microbatch") t.count = r.required_in<std::int64_t>("count", 1, i64_max);
+  if (t.type == "mixed_precision") {
+    t.compute = r.get_choice("compute", "f16", {"f16", "bf16"});
+    if (r.has("loss_scale") && r.raw("loss_scale").is_number()) t.loss_scale = r.required_in("loss_scale", 1e-30, inf);
+    else if (r.get_choice("loss_scale", "dynamic", {"dynamic"}) != "dynamic") r.fail("loss_scale", "unreachable");
+  }
   if (t.type == "checkpoint") {
     t.schedule = r.get_choice("schedule", "uniform", {"uniform", "revolve", "budget"});
     if (t.schedule == "uniform") t.segments = r.get_in<std::int64_t>("segments", 0, 0, i64_max);
@@ -381,6 +386,12 @@ RunConfig parse_run_config(const nlohmann::json& config, const std::string& file
   c.gradient_reference = gradient.get_choice("reference", "mp", {"mp", "f64", "none"});
   gradient.finish();
   c.techniques = parse_techniques(r);
+  if (const TechniqueSpec* m = c.find("mixed_precision")) {  // the model computes in 16 bits, masters stay in f32
+    if (c.precision != Precision::f32 || c.accumulate != Accumulate::f32)
+      r.fail("precision", "mixed_precision keeps its master weights in f32 and accumulates in f32: set \"precision\": "
+                          "\"f32\" (the model's precision is the technique's \"compute\")");
+    c.precision = parse_precision(m->compute);
+  }
   if (const TechniqueSpec* m = c.find("microbatch"); m && c.train.batch % m->count != 0)
     r.fail("technique", "microbatch count " + std::to_string(m->count) + " does not divide train.batch " +
                             std::to_string(c.train.batch) + ": every microbatch must be the same size");

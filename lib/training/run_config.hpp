@@ -73,12 +73,14 @@ struct TrainSpec {
 
 // One memory technique (config "technique": one object, or a list of them that compose).
 struct TechniqueSpec {
-  std::string type = "store_all";  // store_all | reversible | checkpoint | microbatch
+  std::string type = "store_all";  // store_all | reversible | checkpoint | microbatch | mixed_precision
   std::string schedule;            // checkpoint: uniform | revolve | budget
   std::int64_t segments = 0;       // checkpoint uniform: segment count (0: round(sqrt(layers)))
   std::int64_t slots = 0;          // checkpoint revolve: snapshots, the chain's input included
   std::int64_t budget_bytes = 0;   // checkpoint budget: peak bytes of a step (every ledger category)
   std::int64_t count = 1;          // microbatch: microbatches per optimizer step
+  std::string compute;             // mixed_precision: f16 | bf16, the model's precision (masters: f32)
+  double loss_scale = 0;           // mixed_precision: a fixed loss scale, or 0 for dynamic scaling
 };
 
 // Study "reconstruction": forward, then invert the model's invertible layers one by one from the last.
@@ -91,7 +93,7 @@ struct RunConfig {
   std::string name = "run";
   std::string study = "train";  // train | gradient | reconstruction
   std::uint64_t seed = 0;
-  Precision precision = Precision::f32;
+  Precision precision = Precision::f32;  // the model's (technique mixed_precision: its "compute")
   Accumulate accumulate = Accumulate::f32;
   int mp_bits = 113;
   ModelSpec model;

@@ -70,7 +70,31 @@ Trainer<T>::Trainer(const RunConfig& config, MemoryLedger& ledger)
   MemoryLedger::Scope scope(ledger_);
   model_ = std::make_unique<Sequential<T>>(build_model<T>(config.model));
   if (!ledger.dry_run()) model_->initialize(config.seed);
-  optimizer_ = std::make_unique<Optimizer<T>>(config.train.optimizer, model_->params());
+  if (const TechniqueSpec* m = config.find("mixed_precision")) {
+    // Masters start from the f32 network of the same seed; the model's weights are their rounding.
+    MemoryLedger uncounted;  // the temporary f32 network: drawn, copied into the masters, dropped
+    std::unique_ptr<Sequential<float>> initial;
+    if (!ledger.dry_run()) {
+      MemoryLedger::Scope draw(uncounted);
+      initial = std::make_unique<Sequential<float>>(build_model<float>(config.model));
+      initial->initialize(config.seed);
+    }
+    const auto params = model_->params();
+    for (std::size_t k = 0; k < params.size(); ++k) {
+      masters_.push_back(make_param<float>(params[k]->name, params[k]->value.shape()));
+      if (!initial) continue;
+      const Tensor<float>& drawn = initial->params()[k]->value;
+      std::copy(drawn.data(), drawn.data() + drawn.numel(), masters_.back().value.data());
+      for (index_t i = 0; i < drawn.numel(); ++i) params[k]->value[i] = round_to<T>(drawn[i]);
+    }
+    std::vector<Param<float>*> master_params;
+    for (Param<float>& p : masters_) master_params.push_back(&p);
+    master_optimizer_ = std::make_unique<Optimizer<float>>(config.train.optimizer, master_params);
+    dynamic_scale_ = m->loss_scale == 0;
+    loss_scale_ = dynamic_scale_ ? 65536.0 : m->loss_scale;  // PyTorch's GradScaler starts at 2^16
+  } else {
+    optimizer_ = std::make_unique<Optimizer<T>>(config.train.optimizer, model_->params());
+  }
   if (config.uses("checkpoint"))
     checkpoint_ = std::make_unique<CheckpointExecutor<T>>(checkpoint_schedule<T>(config, model_->size()));
 }
@@ -129,8 +153,8 @@ typename Trainer<T>::W Trainer<T>::forward_backward(const Tensor<T>& x, const st
     else if (logits_out && !logits.is_dry())
       std::copy(logits.data(), logits.data() + logits.numel(), logits_out->data() + k * logits.numel());
     logits = Tensor<T>();  // the loss kept what it needs; the logits themselves are not needed for backward
-    if (checkpoint_) checkpoint_->backward(*model_, loss_.backward(), train_ctx_);
-    else model_->backward(loss_.backward(), train_ctx_);
+    if (checkpoint_) checkpoint_->backward(*model_, loss_.backward(loss_scale_), train_ctx_);
+    else model_->backward(loss_.backward(loss_scale_), train_ctx_);
     if (checkpoint_) recomputed_ += checkpoint_->recomputed();
   }
   return loss;
@@ -139,8 +163,34 @@ typename Trainer<T>::W Trainer<T>::forward_backward(const Tensor<T>& x, const st
 template <class T>
 typename Trainer<T>::W Trainer<T>::train_step(const Tensor<T>& x, const std::vector<std::int32_t>& labels, double lr) {
   const W loss = forward_backward(x, labels);
-  if (is_finite(loss)) optimizer_->step(lr);
+  if (!is_finite(loss)) return loss;
+  if (master_optimizer_) mixed_step(lr);
+  else optimizer_->step(lr);
   return loss;
+}
+
+// Dynamic loss scaling as PyTorch's GradScaler: an overflowed gradient skips the step and halves the scale; 2000
+// steps in a row without one double it. The unscaled gradient is computed in f32 (dividing by a power of two).
+template <class T> bool Trainer<T>::mixed_step(double lr) {
+  const auto params = model_->params();
+  bool finite = true;
+  for (Param<T>* p : params)
+    for (index_t i = 0; i < (p->grad.is_dry() ? 0 : p->grad.numel()) && finite; ++i) finite = is_finite(p->grad[i]);
+  if (!finite) {
+    ++skipped_steps_;
+    if (dynamic_scale_) loss_scale_ /= 2, good_steps_ = 0;
+    return false;
+  }
+  const float unscale = static_cast<float>(1.0 / loss_scale_);
+  for (std::size_t k = 0; k < params.size(); ++k)
+    for (index_t i = 0; i < (params[k]->grad.is_dry() ? 0 : params[k]->grad.numel()); ++i)
+      masters_[k].grad[i] = round_to<float>(params[k]->grad[i]) * unscale;
+  master_optimizer_->step(lr);
+  for (std::size_t k = 0; k < params.size(); ++k)
+    for (index_t i = 0; i < (params[k]->value.is_dry() ? 0 : params[k]->value.numel()); ++i)
+      params[k]->value[i] = round_to<T>(masters_[k].value[i]);
+  if (dynamic_scale_ && ++good_steps_ == 2000) loss_scale_ *= 2, good_steps_ = 0;
+  return true;
 }
 
 template <class T> std::int64_t Trainer<T>::total_steps(const Dataset& data) const {

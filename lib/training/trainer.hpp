@@ -60,6 +60,10 @@ template <class T> class Trainer {
   Sequential<T>& model() { return *model_; }
   // Forward layer evaluations of the last training step beyond one per layer (checkpointing recomputes).
   std::int64_t recomputed_evaluations() const { return recomputed_; }
+  // Technique mixed_precision: the loss scale now, and the steps skipped because a gradient overflowed.
+  double loss_scale() const { return loss_scale_; }
+  std::int64_t skipped_steps() const { return skipped_steps_; }
+  void set_loss_scale(double scale) { loss_scale_ = scale; }  // for experiments and tests (an injected overflow)
   MemoryLedger& ledger() { return ledger_; }
 
  private:
@@ -71,6 +75,13 @@ template <class T> class Trainer {
   std::unique_ptr<CheckpointExecutor<T>> checkpoint_;  // technique "checkpoint": runs the model's chain
   index_t microbatches_ = 1;                            // technique "microbatch": slices per optimizer step
   std::int64_t recomputed_ = 0;                         // of the last step, over all its microbatches
+  // Technique mixed_precision: f32 master weights and their optimizer; the model's weights are their rounding.
+  std::vector<Param<float>> masters_;
+  std::unique_ptr<Optimizer<float>> master_optimizer_;
+  double loss_scale_ = 1;
+  bool dynamic_scale_ = false;
+  std::int64_t good_steps_ = 0, skipped_steps_ = 0;
+  bool mixed_step(double lr);  // unscales into the masters and steps; false (skipped) if a gradient overflowed
   SoftmaxCrossEntropy<T> loss_;
 };
 
