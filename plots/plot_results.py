@@ -316,10 +316,65 @@ def fig_pixel_memory(runs, ax):
     ax.set_title("Pixel-wise memory cost")
 
 
+def technique_runs(runs):
+    """Completed train runs of a sweep over techniques (two or more distinct technique labels)."""
+    found = [r for r in runs if r["study"] == "train" and text(r["attrs"].get("status", "")) == "complete"
+             and "memory/at_total_peak_bytes" in r["group"]]
+    if len({(text(r["attrs"].get("technique", "")), r["precision"]) for r in found}) < 2:
+        raise Skip("no train runs of two or more techniques or precisions")
+    return found
+
+
+def fig_memory_by_category(runs, ax):
+    """What the peak is made of, per technique: the ledger's categories at the moment of the total peak."""
+    found = technique_runs(runs)
+    labels = legend_labels(found)
+    categories = [text(c) for c in found[0]["group"]["memory/categories"][()]]
+    bottom = np.zeros(len(found))
+    for k, category in enumerate(categories):
+        values = np.array([float(r["group"]["memory/at_total_peak_bytes"][()][k]) for r in found]) / 2**20
+        ax.bar(np.arange(len(found)), values, bottom=bottom, label=category)
+        bottom += values
+    ax.set_xticks(np.arange(len(found)), labels, rotation=30, ha="right", fontsize="small")
+    ax.set_ylabel("peak training memory (MiB), by ledger category")
+    ax.set_title("Memory at the peak, per technique")
+
+
+def fig_memory_vs_time(runs, ax):
+    """Peak memory against time per step, with the Pareto front (no other run is both smaller and faster)."""
+    found = [r for r in technique_runs(runs) if "step_seconds" in r["attrs"]]
+    points = [(float(r["attrs"]["step_seconds"]), float(r["attrs"]["peak_bytes"]) / 2**20) for r in found]
+    for (t, m), label in zip(points, legend_labels(found)):
+        ax.scatter(t, m)
+        ax.annotate(label, (t, m), fontsize="x-small", xytext=(3, 3), textcoords="offset points")
+    front = sorted(p for p in points if not any(q[0] <= p[0] and q[1] <= p[1] and q != p for q in points))
+    ax.plot([t for t, _ in front], [m for _, m in front], "k--", linewidth=0.8, label="Pareto front")
+    ax.set_yscale("log")
+    ax.set_xlabel("time per training step (s, median)")
+    ax.set_ylabel("peak training memory (MiB)")
+    ax.set_title("Memory against compute")
+
+
+def fig_accuracy_vs_memory(runs, ax):
+    found = [r for r in technique_runs(runs) if np.isfinite(float(r["attrs"].get("test_accuracy", np.nan)))]
+    if not found:
+        raise Skip("no technique runs with a test accuracy")
+    for r, label in zip(found, legend_labels(found)):
+        m, a = float(r["attrs"]["peak_bytes"]) / 2**20, float(r["attrs"]["test_accuracy"])
+        ax.scatter(m, a)
+        ax.annotate(label, (m, a), fontsize="x-small", xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("peak training memory (MiB)")
+    ax.set_ylabel("test accuracy (fraction correct)")
+    ax.set_title("Accuracy against memory")
+
+
 FIGURES = [("train_loss", fig_loss), ("drift_from_f64", fig_drift), ("test_accuracy", fig_accuracy),
            ("gradient_error", fig_gradient), ("gradient_error_by_layer", fig_gradient_by_layer),
            ("snr_vs_depth", fig_snr_vs_depth), ("alpha_vs_slope", fig_alpha_vs_slope),
-           ("gradient_angle_vs_depth", fig_gradient_angle_vs_depth), ("pixel_memory", fig_pixel_memory)]
+           ("gradient_angle_vs_depth", fig_gradient_angle_vs_depth), ("pixel_memory", fig_pixel_memory),
+           ("memory_by_category", fig_memory_by_category), ("memory_vs_time", fig_memory_vs_time),
+           ("accuracy_vs_memory", fig_accuracy_vs_memory)]
 
 
 def main():
@@ -353,7 +408,8 @@ def main():
                 continue
             ax.grid(True, which="major", alpha=0.3)
             lines = len(ax.get_legend_handles_labels()[0])
-            ax.legend(fontsize="small" if lines > 6 else None, ncol=3 if lines > 9 else 1)
+            if lines:  # figures that annotate their points need no legend
+                ax.legend(fontsize="small" if lines > 6 else None, ncol=3 if lines > 9 else 1)
             fig.tight_layout()
             for ext in ("png", "pdf"):
                 target = out / f"{name}.{ext}"
