@@ -24,24 +24,33 @@ MemoryPrediction predict_memory(const RunConfig& run) {
   return p;
 }
 
+namespace {
+
+// Input pixels of one training batch: the denominator of the pixel-wise memory cost (Hascoet et al.).
+double pixels_per_batch(const RunConfig& run) {
+  return static_cast<double>(run.train.batch) * static_cast<double>(run.model.input[1] * run.model.input[2]);
+}
+
+}  // namespace
+
 std::string plan_table(const std::vector<PlannedRun>& runs) {
   std::string out;
   char line[512];
-  std::snprintf(line, sizeof line, "%-4s %-16s %-8s %-5s %-7s %6s %12s %12s %12s %12s %12s %12s %10s\n", "#", "run_id",
-                "study", "prec", "model", "batch", "weights", "gradients", "optimizer", "saved_act", "workspace", "peak",
-                "recompute");
+  std::snprintf(line, sizeof line, "%-4s %-16s %-8s %-5s %-7s %6s %12s %12s %12s %12s %12s %12s %9s %10s\n", "#",
+                "run_id", "study", "prec", "model", "batch", "weights", "gradients", "optimizer", "saved_act",
+                "workspace", "peak", "B/pixel", "recompute");
   out += line;
   for (std::size_t i = 0; i < runs.size(); ++i) {
     const RunConfig& r = runs[i].parsed;
     const MemoryPrediction p = predict_memory(r);
-    std::snprintf(line, sizeof line, "%-4zu %-16s %-8s %-5s %-7s %6d %12zu %12zu %12zu %12zu %12zu %12zu %10lld\n",
+    std::snprintf(line, sizeof line, "%-4zu %-16s %-8s %-5s %-7s %6d %12zu %12zu %12zu %12zu %12zu %12zu %9.0f %10lld\n",
                   i + 1, runs[i].id.c_str(), r.study.c_str(), to_string(r.precision).c_str(), r.model.arch.c_str(),
                   r.train.batch, p.weights, p.gradients, p.optimizer_state, p.saved_activations, p.workspace, p.peak,
-                  static_cast<long long>(p.recomputed_evaluations));
+                  static_cast<double>(p.peak) / pixels_per_batch(r), static_cast<long long>(p.recomputed_evaluations));
     out += line;
   }
   out += "memory in bytes: peak of each category and of the total over one step (train: and one evaluation batch);\n"
-         "recompute: forward layer evaluations per step beyond one per layer (checkpointing)\n";
+         "B/pixel: peak / (batch x H x W); recompute: forward layer evaluations per step beyond one per layer\n";
   return out;
 }
 
@@ -55,6 +64,7 @@ std::string plan_json(const std::vector<PlannedRun>& runs) {
                     {"config", run.config},
                     {"predicted_peak_bytes", p.peak},
                     {"recomputed_evaluations_per_step", p.recomputed_evaluations},
+                    {"pixel_memory_bytes", static_cast<double>(p.peak) / pixels_per_batch(run.parsed)},
                     {"predicted_bytes",
                      {{"weights", p.weights},
                       {"gradients", p.gradients},

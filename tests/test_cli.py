@@ -376,6 +376,10 @@ def check_plan_matches_run(name, cfg):
         mismatches = []
         if attrs.get("peak_bytes") != entry["predicted_peak_bytes"]:
             mismatches.append(f"peak: predicted {entry['predicted_peak_bytes']}, measured {attrs.get('peak_bytes')}")
+        if abs(attrs.get("pixel_memory_bytes", -1) - entry.get("pixel_memory_bytes", -2)) > 1e-9 * entry.get(
+                "pixel_memory_bytes", 1):
+            mismatches.append(f"pixel memory: predicted {entry.get('pixel_memory_bytes')}, "
+                              f"measured {attrs.get('pixel_memory_bytes')}")
         if attrs.get("recomputed_evaluations_per_step", 0) != entry.get("recomputed_evaluations_per_step"):
             mismatches.append(f"recomputed evaluations: predicted {entry.get('recomputed_evaluations_per_step')}, "
                               f"measured {attrs.get('recomputed_evaluations_per_step')}")
