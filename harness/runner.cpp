@@ -14,6 +14,7 @@
 #include "io/error.hpp"
 #include "io/results_file.hpp"
 #include "io/sweep.hpp"
+#include "plan.hpp"
 #include "provenance.hpp"
 #include "study.hpp"
 #include "training/model_factory.hpp"
@@ -146,6 +147,7 @@ int run_all(const std::vector<PlannedRun>& runs, const RunOptions& options, std:
       if (!options.quiet && terminal)
         progress = [&](const std::string& s) { std::cerr << "\r" << prefix << " " << s << "\033[K" << std::flush; };
       run_study(run.parsed, data, record, progress);
+      record.scalars["predicted_peak_bytes"] = static_cast<double>(predict_memory(run.parsed).peak);
     } catch (const std::exception& e) {
       // The run cannot be done (bad data, a shape that does not fit, out of memory): record it, go on.
       record.status = "failed";

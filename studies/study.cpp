@@ -15,11 +15,14 @@ void run_study(const RunConfig& config, const DataSplit& data, RunRecord& record
   for (const TechniqueSpec& t : config.techniques) {
     techniques += (techniques.empty() ? "" : "+") + t.type;
     if (t.type == "microbatch") techniques += "-" + std::to_string(t.count);
-    if (t.type == "mixed_precision") techniques += "-" + t.compute;
+    if (t.type == "mixed_precision")
+      techniques += "-" + t.compute + (t.loss_scale > 0 ? "-scale-" + std::to_string(static_cast<long long>(t.loss_scale)) : "");
     if (t.type == "checkpoint")
       techniques += "-" + t.schedule + "-" +
-                    (t.schedule == "revolve" ? std::to_string(t.slots)
-                                             : t.segments > 0 ? std::to_string(t.segments) : std::string("sqrt"));
+                    (t.schedule == "revolve"  ? std::to_string(t.slots)
+                     : t.schedule == "budget" ? std::to_string(t.budget_bytes)
+                     : t.segments > 0         ? std::to_string(t.segments)
+                                              : std::string("sqrt"));
   }
   record.labels["technique"] = techniques;
   if (config.study == "train") run_train_study(config, data, record, progress);

@@ -67,6 +67,17 @@ TEST(CheckSchedule, CatchesAScheduleThatReversesOutOfOrder) {
   CheckpointSchedule bad = uniform_schedule(4, 2);
   std::swap(bad[bad.size() - 2], bad[bad.size() - 3]);  // two reverses of the first segment swapped
   EXPECT_THROW(check_schedule(bad, 4), std::logic_error);
+  using A = CheckpointAction;
+  // Evaluating a layer again after its reverse; advancing a layer whose record waits for its reverse (batch norm
+  // would drop the statistics its reverse needs); a schedule that never reverses everything.
+  EXPECT_THROW(check_schedule({{A::snapshot, 0}, {A::record, 0}, {A::record, 1}, {A::reverse, 1}, {A::restore, 0},
+                               {A::advance, 0}, {A::record, 1}, {A::reverse, 0}, {A::forget, 0}}, 2),
+               std::logic_error);
+  EXPECT_THROW(check_schedule({{A::snapshot, 0}, {A::record, 0}, {A::restore, 0}, {A::advance, 0}, {A::record, 1},
+                               {A::reverse, 1}, {A::reverse, 0}, {A::forget, 0}}, 2),
+               std::logic_error);
+  EXPECT_THROW(check_schedule({{A::record, 0}, {A::record, 1}, {A::reverse, 1}}, 2), std::logic_error);
+  EXPECT_NO_THROW(check_schedule({{A::record, 0}, {A::record, 1}, {A::reverse, 1}, {A::reverse, 0}}, 2));
 }
 
 // ---- budget: the dynamic programme against an exhaustive search over every schedule of these actions ----
@@ -271,6 +282,15 @@ TEST(Checkpoint, BudgetNeverExceedsItsBudgetAndTradesMemoryForRecomputation) {
                 stored.peak, s.peak, static_cast<long long>(s.recomputed));
   }
   EXPECT_EQ(previous_recomputed, 0);  // with the store-all peak as budget, nothing is recomputed
+  // Composed with microbatches: the layers are sized for one slice, and the budget still holds.
+  const nlohmann::json sliced = {{"type", "microbatch"}, {"count", 2}};
+  const Step half = step(config_with(sliced, model));
+  nlohmann::json both = config_with(sliced, model);
+  const std::size_t budget = (least.peak + half.peak) / 2;
+  both["technique"] = {sliced, {{"type", "checkpoint"}, {"schedule", "budget"}, {"budget_bytes", budget}}};
+  const Step s = step(both);
+  EXPECT_LE(s.peak, budget);
+  EXPECT_GT(s.recomputed, 0);
 }
 
 std::string error_of(const nlohmann::json& config) {

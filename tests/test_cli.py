@@ -376,6 +376,8 @@ def check_plan_matches_run(name, cfg):
         mismatches = []
         if attrs.get("peak_bytes") != entry["predicted_peak_bytes"]:
             mismatches.append(f"peak: predicted {entry['predicted_peak_bytes']}, measured {attrs.get('peak_bytes')}")
+        if attrs.get("predicted_peak_bytes") != entry["predicted_peak_bytes"]:
+            mismatches.append(f"the run's predicted_peak_bytes {attrs.get('predicted_peak_bytes')} is not plan's")
         if abs(attrs.get("pixel_memory_bytes", -1) - entry.get("pixel_memory_bytes", -2)) > 1e-9 * entry.get(
                 "pixel_memory_bytes", 1):
             mismatches.append(f"pixel memory: predicted {entry.get('pixel_memory_bytes')}, "

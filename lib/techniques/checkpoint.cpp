@@ -255,10 +255,9 @@ void check_schedule(const CheckpointSchedule& schedule, std::size_t layers) {
       case Kind::advance:
       case Kind::record:
         if (position != i) fail(k, "evaluation from a state that is not the layer's input");
-        if (kind == Kind::record) {
-          if (recorded[i]) fail(k, "layer recorded twice before its reverse");
-          recorded[i] = true;
-        }
+        if (i >= next_reverse) fail(k, "evaluation of a layer already reversed");
+        if (recorded[i]) fail(k, "evaluation of a layer whose record is not reversed yet");
+        if (kind == Kind::record) recorded[i] = true;
         position = i + 1;
         break;
       case Kind::reverse:
@@ -275,6 +274,7 @@ void check_schedule(const CheckpointSchedule& schedule, std::size_t layers) {
 
 template <class T> Tensor<T> CheckpointExecutor<T>::forward(Sequential<T>& chain, const Tensor<T>& x, const RunContext& ctx) {
   const std::size_t n = chain.size();
+  if (!checked_) check_schedule(schedule_, n), checked_ = true;
   forward_end_ = 0;
   while (forward_end_ < schedule_.size() &&
          !(schedule_[forward_end_].kind == Kind::record && schedule_[forward_end_].layer + 1 == n))

@@ -83,6 +83,7 @@ template <class T> class CheckpointExecutor {
   Tensor<T> current_, grad_;         // the state the actions move along, and the gradient flowing back
   std::size_t position_ = 0;         // current_ is x_position_
   std::int64_t evaluations_ = 0;
+  bool checked_ = false;  // the schedule was checked against the chain (check_schedule) on the first forward
 };
 
 }  // namespace lowmem

@@ -318,7 +318,7 @@ TechniqueSpec parse_technique(ConfigReader r) {
   if (t.type == "microbatch") t.count = r.required_in<std::int64_t>("count", 1, i64_max);
   if (t.type == "mixed_precision") {
     t.compute = r.get_choice("compute", "f16", {"f16", "bf16"});
-    if (r.has("loss_scale") && r.raw("loss_scale").is_number()) t.loss_scale = r.required_in("loss_scale", 1e-30, inf);
+    if (r.has("loss_scale") && r.raw("loss_scale").is_number()) t.loss_scale = r.required_in("loss_scale", 1.0, inf);
     else if (r.get_choice("loss_scale", "dynamic", {"dynamic"}) != "dynamic") r.fail("loss_scale", "unreachable");
   }
   if (t.type == "checkpoint") {

@@ -141,6 +141,9 @@ typename Trainer<T>::W Trainer<T>::forward_backward(const Tensor<T>& x, const st
   // gradients, the loss of each divided by the whole batch's size so that losses and gradients add up to the
   // whole batch's. Layers that use batch statistics (batch norm) see each slice's instead.
   const index_t n = x.dim(0), slices = microbatches_, rows = n / slices;
+  if (n % slices != 0)
+    throw Error("technique microbatch: count " + std::to_string(slices) + " does not divide the batch of " +
+                std::to_string(n) + " examples");
   if (logits_out && slices > 1) *logits_out = Tensor<T>(Shape{n, model_->output_shape()[0]}, MemoryCategory::workspace);
   W loss(0);
   recomputed_ = 0;
@@ -163,7 +166,10 @@ typename Trainer<T>::W Trainer<T>::forward_backward(const Tensor<T>& x, const st
 template <class T>
 typename Trainer<T>::W Trainer<T>::train_step(const Tensor<T>& x, const std::vector<std::int32_t>& labels, double lr) {
   const W loss = forward_backward(x, labels);
-  if (!is_finite(loss)) return loss;
+  if (!is_finite(loss)) {
+    if (master_optimizer_) ++skipped_steps_;  // an overflow in the forward pass: no step either
+    return loss;
+  }
   if (master_optimizer_) mixed_step(lr);
   else optimizer_->step(lr);
   return loss;
@@ -287,7 +293,9 @@ template <class T> ChainCosts chain_costs(const RunConfig& config) {
   ledger.set_dry_run(true);
   MemoryLedger::Scope scope(ledger);
   Sequential<T> model = build_model<T>(config.model);
-  const index_t batch = config.train.batch;
+  // Each forward sees one microbatch (technique "microbatch"), not the whole batch.
+  const TechniqueSpec* slices = config.find("microbatch");
+  const index_t batch = config.train.batch / (slices ? slices->count : 1);
   ChainCosts c;
   Shape in = model.input_shape();
   const RunContext record{true, config.accumulate};
@@ -314,19 +322,22 @@ template <class T> CheckpointSchedule fit_budget(const RunConfig& config, std::s
   const std::size_t cells = layers * (layers + 1);
   const std::size_t unit = std::max<std::size_t>(1, budget / std::max<std::size_t>(1, 4000000 / cells));
   std::optional<BudgetPlan> best;
-  std::size_t lo = 0, hi = budget;
+  // Below the largest record no schedule exists: the search starts there. No plan: more memory; a plan whose
+  // dry step is over the budget: less.
+  std::size_t lo = *std::max_element(costs.record_bytes.begin(), costs.record_bytes.end()), hi = budget;
   while (lo <= hi) {
     const std::size_t memory = lo + (hi - lo) / 2;
     std::optional<BudgetPlan> plan = budget_schedule(costs, memory, unit);
     const bool fits = plan && dry_step<T>(config, &plan->schedule).peak_total() <= budget;
     if (fits && (!best || plan->recomputed_flops < best->recomputed_flops)) best = std::move(plan);
-    if (fits) lo = memory + 1;
+    if (fits || !plan) lo = memory + 1;
     else if (memory == 0) break;
     else hi = memory - 1;
   }
   if (best) return best->schedule;
   const CheckpointSchedule least = revolve_schedule(layers, 1);  // one snapshot: the least any schedule keeps
   const std::size_t minimum = dry_step<T>(config, &least).peak_total();
+  if (minimum <= budget) return least;
   throw Error("technique checkpoint: budget_bytes " + std::to_string(budget) +
               " is below what any schedule reaches for this model, precision and batch: the minimum is " +
               std::to_string(minimum) + " bytes (one snapshot, every layer recomputed from the input)");
