@@ -15,6 +15,7 @@ void run_study(const RunConfig& config, const DataSplit& data, RunRecord& record
   for (const TechniqueSpec& t : config.techniques) {
     techniques += (techniques.empty() ? "" : "+") + t.type;
     if (t.type == "microbatch") techniques += "-" + std::to_string(t.count);
+    if (t.type == "approx_activations") techniques += "-" + t.method + "-" + std::to_string(t.bits);
     if (t.type == "mixed_precision")
       techniques += "-" + t.compute + (t.loss_scale > 0 ? "-scale-" + std::to_string(static_cast<long long>(t.loss_scale)) : "");
     if (t.type == "checkpoint")

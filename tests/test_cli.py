@@ -420,6 +420,12 @@ def check_plan():
                              [{"type": "microbatch", "count": 2}, {"type": "checkpoint"}]],
                "precision": ["f32", "bf16"]}))
     check_plan_matches_run("plan vs run (microbatch)", cfg)
+    cfg = config("plan-approx.json", lambda c: c.update(
+        technique={"type": "store_all"},
+        sweep={"technique": [{"type": "approx_activations", "bits": 4, "method": "actnn"},
+                             [{"type": "approx_activations", "bits": 2, "method": "naive"}, {"type": "checkpoint"}]],
+               "precision": ["f32", "f16"]}))
+    check_plan_matches_run("plan vs run (approx_activations)", cfg)
     cfg = config("plan-reconstruction.json", lambda c: c.update(
         model=reversible, study="reconstruction", sweep={"model.arch": ["revnet", "flat"], "precision": ["f64", "f16"]}))
     check_plan_matches_run("plan vs run (reconstruction study)", cfg)

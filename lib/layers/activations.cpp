@@ -26,14 +26,33 @@ template <class T> Tensor<T> LeakyRelu<T>::forward(const Tensor<T>& x, const Run
       }
     }
   }
-  if (ctx.keeps()) output_.keep(y);
+  if (ctx.keeps() && active_compression()) {
+    Tensor<std::uint8_t> mask(Shape{(y.numel() + 7) / 8}, MemoryCategory::workspace);
+    if (!y.is_dry()) {
+      std::fill(mask.data(), mask.data() + mask.numel(), std::uint8_t{0});
+      for (index_t i = 0; i < y.numel(); ++i) mask[i / 8] |= static_cast<std::uint8_t>((y[i] > T(0)) << (i % 8));
+    }
+    mask_.keep(mask);
+  } else if (ctx.keeps()) {
+    output_.keep(y);
+  }
   return y;
 }
 
 template <class T> Tensor<T> LeakyRelu<T>::backward(const Tensor<T>& dy, const RunContext&, bool want_input_grad) {
   Tensor<T> dx;
-  if (want_input_grad) dx = input_grad(output_.get(), dy);
+  if (want_input_grad) dx = mask_.held() ? input_grad_from_mask(mask_.get(), dy) : input_grad(output_.get(), dy);
   output_.release();
+  mask_.release();
+  return dx;
+}
+
+template <class T>
+Tensor<T> LeakyRelu<T>::input_grad_from_mask(const Tensor<std::uint8_t>& mask, const Tensor<T>& dy) const {
+  Tensor<T> dx(dy.shape(), MemoryCategory::workspace);
+  if (dy.is_dry()) return dx;
+  for (index_t i = 0; i < dy.numel(); ++i)
+    dx[i] = (mask[i / 8] >> (i % 8)) & 1 ? dy[i] : (slope_ == 0.0 ? T(0) : T(slope_t_ * dy[i]));
   return dx;
 }
 

@@ -22,9 +22,11 @@ template <class T> class LeakyRelu : public Layer<T>, public Invertible<T> {
 
  private:
   Tensor<T> input_grad(const Tensor<T>& y, const Tensor<T>& dy) const;  // from the output alone
+  Tensor<T> input_grad_from_mask(const Tensor<std::uint8_t>& mask, const Tensor<T>& dy) const;
   double slope_;
   T slope_t_;
   Saved<T> output_;
+  Saved<std::uint8_t> mask_;  // approximate activations: 1 bit per value, y > 0, exact
 };
 
 // Pixel shuffle, space to channel (lossless downsampling of reversible networks): x (N, C, H, W) ->

@@ -17,6 +17,7 @@
 
 #include "numerics/random.hpp"
 #include "numerics/scalar.hpp"
+#include "techniques/compression.hpp"
 #include "tensor/tensor.hpp"
 
 namespace lowmem {
@@ -105,21 +106,40 @@ template <class T> Param<T> make_param(std::string name, Shape shape) {
 // What a layer keeps between forward and backward. Keeping re-labels the buffer as saved activations in the
 // ledger; release() drops this holder's reference. (Storage policies for checkpointing, compression and
 // reversible reconstruction plug in here.)
+// While a compression policy is active (technique approx_activations), an activation (a floating-point tensor of
+// rank >= 2; not per-channel statistics, not indices) is kept in K bits and decompressed when backward asks.
 template <class U> class Saved {
  public:
   void keep(const Tensor<U>& t) {
+    release();
+    if constexpr (!std::is_integral_v<U>) {
+      if (const CompressionPolicy* policy = active_compression(); policy && t.shape().rank() >= 2) {
+        packed_ = std::make_shared<CompressedTensor>(compress(t, *policy));
+        return;
+      }
+    }
     t_ = t;
     t_.set_category(MemoryCategory::saved_activations);
   }
   const Tensor<U>& get() const {
+    if constexpr (!std::is_integral_v<U>) {
+      if (packed_) {
+        if (t_.empty()) t_ = decompress<U>(*packed_);  // workspace, until released
+        return t_;
+      }
+    }
     if (t_.empty()) throw std::logic_error("backward called without a training-mode forward");
     return t_;
   }
-  void release() { t_ = Tensor<U>(); }
-  bool held() const { return !t_.empty(); }
+  void release() {
+    t_ = Tensor<U>();
+    packed_.reset();
+  }
+  bool held() const { return packed_ || !t_.empty(); }
 
  private:
-  Tensor<U> t_;
+  mutable Tensor<U> t_;  // the kept tensor, or the decompressed one
+  std::shared_ptr<CompressedTensor> packed_;  // shared by copies, as a Tensor's buffer is
 };
 
 // Shape checks shared by layers: throws Error("layer <name>: ...").

@@ -37,12 +37,18 @@ template <class T> class Sequential {
     for (std::size_t i = 0; i < layers_.size(); ++i) {
       if (!reconstructing_ || !invertible_[i]) {
         x = layers_[i]->forward(x, ctx);
+        if (const CompressionPolicy* p = active_compression(); p && p->method == CompressionPolicy::naive &&
+                                                               ctx.keeps() && i + 1 < layers_.size())
+          x = decompress<T>(compress(x, *p));  // naive: the next layer computes from the approximation
         continue;
       }
       RunContext rebuilt_later = ctx;
       rebuilt_later.keep = RunContext::Keep::for_inverse;
       x = layers_[i]->forward(x, rebuilt_later);
-      if (ends_run(i)) run_outputs_[i].keep(x);
+      if (ends_run(i)) {
+        const CompressionScope exact(nullptr);  // the run is rebuilt from this exact output
+        run_outputs_[i].keep(x);
+      }
     }
     return x;
   }

@@ -307,7 +307,11 @@ void CheckpointExecutor<T>::run(Sequential<T>& chain, std::size_t from, std::siz
   for (std::size_t k = from; k < to; ++k) {
     const auto [kind, i] = schedule_[k];
     switch (kind) {
-      case Kind::snapshot: snapshots_[i].keep(current_); break;
+      case Kind::snapshot: {
+        const CompressionScope exact(nullptr);  // recomputation starts from exact states
+        snapshots_[i].keep(current_);
+        break;
+      }
       case Kind::restore: current_ = snapshots_[i].get(), position_ = i; break;
       case Kind::forget: snapshots_[i].release(); break;
       case Kind::advance:

@@ -51,5 +51,6 @@ template <class T> void Tensor<T>::fill(const T& value) {
 
 LOWMEM_INSTANTIATE_FOR_PRECISIONS(Tensor)
 template class Tensor<std::int32_t>;  // max-pool argmax indices
+template class Tensor<std::uint8_t>;  // packed codes and masks (approximate activations)
 
 }  // namespace lowmem

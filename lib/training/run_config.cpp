@@ -314,7 +314,14 @@ TrainSpec parse_train(ConfigReader r, int classes) {
 
 TechniqueSpec parse_technique(ConfigReader r) {
   TechniqueSpec t;
-  t.type = r.get_choice("type", "store_all", {"store_all", "reversible", "checkpoint", "microbatch", "mixed_precision"});
+  t.type = r.get_choice("type", "store_all",
+                        {"store_all", "reversible", "checkpoint", "microbatch", "mixed_precision", "approx_activations"});
+  if (t.type == "approx_activations") {
+    t.bits = r.get_in("bits", 8, 1, 64);
+    if (t.bits != 2 && t.bits != 4 && t.bits != 8)
+      r.fail("bits", "expected 2, 4 or 8 (the supported K-bit activations), got " + std::to_string(t.bits));
+    t.method = r.get_choice("method", "blpa", {"blpa", "naive", "actnn"});
+  }
   if (t.type == "microbatch") t.count = r.required_in<std::int64_t>("count", 1, i64_max);
   if (t.type == "mixed_precision") {
     t.compute = r.get_choice("compute", "f16", {"f16", "bf16"});

@@ -80,6 +80,8 @@ struct TechniqueSpec {
   std::int64_t budget_bytes = 0;   // checkpoint budget: peak bytes of a step (every ledger category)
   std::int64_t count = 1;          // microbatch: microbatches per optimizer step
   std::string compute;             // mixed_precision: f16 | bf16, the model's precision (masters: f32)
+  int bits = 8;                    // approx_activations: 2, 4 or 8
+  std::string method;              // approx_activations: blpa | naive | actnn
   double loss_scale = 0;           // mixed_precision: a fixed loss scale, or 0 for dynamic scaling
 };
 

@@ -67,6 +67,14 @@ Trainer<T>::Trainer(const RunConfig& config, MemoryLedger& ledger)
       eval_ctx_{false, config.accumulate} {
   train_ctx_.reconstruct = config.uses("reversible");
   if (const TechniqueSpec* m = config.find("microbatch")) microbatches_ = m->count;
+  if (const TechniqueSpec* a = config.find("approx_activations")) {
+    compression_ = std::make_unique<CompressionPolicy>();
+    compression_->bits = a->bits;
+    compression_->method = a->method == "actnn"   ? CompressionPolicy::actnn
+                           : a->method == "naive" ? CompressionPolicy::naive
+                                                  : CompressionPolicy::blpa;
+    compression_->seed = config.seed;
+  }
   MemoryLedger::Scope scope(ledger_);
   model_ = std::make_unique<Sequential<T>>(build_model<T>(config.model));
   if (!ledger.dry_run()) model_->initialize(config.seed);
@@ -150,12 +158,17 @@ typename Trainer<T>::W Trainer<T>::forward_backward(const Tensor<T>& x, const st
   for (index_t k = 0; k < slices; ++k) {
     const Tensor<T> slice = slices == 1 ? x : batch_rows(x, k * rows, rows);
     const std::vector<std::int32_t> slice_labels(labels.begin() + k * rows, labels.begin() + (k + 1) * rows);
-    Tensor<T> logits = checkpoint_ ? checkpoint_->forward(*model_, slice, train_ctx_) : model_->forward(slice, train_ctx_);
+    Tensor<T> logits;
+    {
+      const CompressionScope approximate(compression_.get());  // what the model keeps, in K bits
+      logits = checkpoint_ ? checkpoint_->forward(*model_, slice, train_ctx_) : model_->forward(slice, train_ctx_);
+    }
     loss = loss + loss_.forward(logits, slice_labels, train_ctx_, n);
     if (logits_out && slices == 1) *logits_out = logits;
     else if (logits_out && !logits.is_dry())
       std::copy(logits.data(), logits.data() + logits.numel(), logits_out->data() + k * logits.numel());
     logits = Tensor<T>();  // the loss kept what it needs; the logits themselves are not needed for backward
+    const CompressionScope approximate(compression_.get());  // checkpoint records in backward, in K bits too
     if (checkpoint_) checkpoint_->backward(*model_, loss_.backward(loss_scale_), train_ctx_);
     else model_->backward(loss_.backward(loss_scale_), train_ctx_);
     if (checkpoint_) recomputed_ += checkpoint_->recomputed();

@@ -75,6 +75,7 @@ template <class T> class Trainer {
   std::unique_ptr<CheckpointExecutor<T>> checkpoint_;  // technique "checkpoint": runs the model's chain
   index_t microbatches_ = 1;                            // technique "microbatch": slices per optimizer step
   std::int64_t recomputed_ = 0;                         // of the last step, over all its microbatches
+  std::unique_ptr<CompressionPolicy> compression_;      // technique approx_activations
   // Technique mixed_precision: f32 master weights and their optimizer; the model's weights are their rounding.
   std::vector<Param<float>> masters_;
   std::unique_ptr<Optimizer<float>> master_optimizer_;
