@@ -45,7 +45,9 @@ Runs every run of CONFIG (its "sweep" expanded) and appends each finished run to
 const char* plan_help = R"(usage: lowmem plan CONFIG.json [--set path.to.key=value ...] [--threads N] [--json]
 
 Validates CONFIG and lists its runs (id, study, precision, model) with the memory each will need, by
-category: weights, gradients, optimizer state, saved activations and workspace, and their peak total.
+category: weights, gradients, optimizer state, saved activations and workspace, and their peak total; the
+pixel-wise cost (peak / (batch x H x W)) and the layer evaluations recomputed per step (checkpointing).
+Predicted by a dry step, equal to the byte to what `lowmem run` measures.
   --set PATH=VALUE   as for run
   --threads N        as for run: convolution workspace grows with the thread count (default: all cores)
   --json             print a JSON list instead of a table
