@@ -92,13 +92,10 @@ def positive(y):
 
 
 def config_without_precision(run):
-    try:
-        config = json.loads(text(run["attrs"].get("config", "")))
-    except ValueError:
-        return None
-    if isinstance(config, dict):
-        config.pop("precision", None)
-    return config
+    """The run's config without its precision; None if the config attribute does not parse."""
+    config = dict(config_of(run))
+    config.pop("precision", None)
+    return config or None
 
 
 def train_runs_with_loss(runs):

@@ -4,7 +4,6 @@
 #include <cmath>
 #include <functional>
 #include <map>
-#include <nlohmann/json.hpp>
 
 #include "io/error.hpp"
 #include "study.hpp"
@@ -35,12 +34,8 @@ template <class T> RunRecord::Array widen(const Tensor<T>& t) {
 template <class T> std::unique_ptr<GradientDump> compute(const RunConfig& config, const DataSplit& data) {
   auto dump = std::make_unique<GradientDump>();
   Trainer<T> trainer(config, dump->ledger);
-  const std::int64_t n = std::min<std::int64_t>(config.train.batch, data.train.count);
-  std::vector<std::int64_t> first(static_cast<std::size_t>(n));
-  for (std::int64_t i = 0; i < n; ++i) first[static_cast<std::size_t>(i)] = i;
-  Rng unused(0);
   std::vector<std::int32_t> labels;
-  const Tensor<T> x = trainer.make_batch(data.train, first.data(), n, Augment{}, unused, labels);
+  const Tensor<T> x = trainer.first_batch(data.train, &labels);
   Tensor<T> logits;
   dump->loss = to_double(trainer.forward_backward(x, labels, &logits));
   dump->recomputed = trainer.recomputed_evaluations();
@@ -98,22 +93,13 @@ std::map<std::string, std::unique_ptr<GradientDump>>& reference_cache() {
   return cache;
 }
 
-std::string reference_key(const std::string& config_json, Precision reference) {
-  nlohmann::json key = nlohmann::json::parse(config_json);
-  key.erase("precision");
-  key.erase("accumulate");
-  key.erase("technique");
-  key["reference"] = to_string(reference);
-  return key.dump();
-}
-
 void remember_reference(const std::string& config_json, Precision reference, const GradientDump& dump) {
-  reference_cache()[reference_key(config_json, reference)] = std::make_unique<GradientDump>(dump);
+  reference_cache()[reference_key(config_json, to_string(reference))] = std::make_unique<GradientDump>(dump);
 }
 
 const GradientDump& reference_for(const RunConfig& config, const std::string& config_json, const DataSplit& data,
                                   Precision reference) {
-  auto& slot = reference_cache()[reference_key(config_json, reference)];
+  auto& slot = reference_cache()[reference_key(config_json, to_string(reference))];
   if (!slot) {
     RunConfig ref = config;
     ref.precision = reference;

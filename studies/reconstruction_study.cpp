@@ -16,7 +16,6 @@
 // stored activations, rounded once into each precision: the same network in every precision and the reference.
 #include <cmath>
 #include <map>
-#include <nlohmann/json.hpp>
 
 #include "io/error.hpp"
 #include "study.hpp"
@@ -25,15 +24,6 @@ namespace lowmem {
 
 namespace {
 
-template <class T> Tensor<T> first_batch(Trainer<T>& trainer, const RunConfig& config, const DataSplit& data) {
-  const std::int64_t n = trainer.ledger().dry_run() ? config.train.batch
-                                                    : std::min<std::int64_t>(config.train.batch, data.train.count);
-  std::vector<std::int64_t> first(static_cast<std::size_t>(n));
-  for (std::int64_t i = 0; i < n; ++i) first[static_cast<std::size_t>(i)] = i;
-  Rng unused(0);
-  std::vector<std::int32_t> labels;
-  return trainer.make_batch(data.train, first.data(), n, Augment{}, unused, labels);
-}
 
 // The chain's activations x_0 (input) .. x_L (logits) of one training-mode forward.
 // Keeps only what the inverses need (invertible batch norm's batch statistics): every activation is held here.
@@ -121,13 +111,6 @@ std::map<std::string, ReferenceCache>& reference_cache() {
   return cache;
 }
 
-std::string reference_key(const std::string& config_json, Precision reference) {
-  nlohmann::json key = nlohmann::json::parse(config_json);
-  for (const char* k : {"precision", "accumulate", "technique"}) key.erase(k);
-  key["reference"] = to_string(reference);
-  return key.dump();
-}
-
 template <class R>
 std::vector<Tensor<mp>> reference_in(const RunConfig& config, const DataSplit& data, const Parameters* weights,
                                      MemoryLedger& ledger) {
@@ -138,7 +121,7 @@ std::vector<Tensor<mp>> reference_in(const RunConfig& config, const DataSplit& d
   Trainer<R> trainer(ref, scratch);
   if (weights) load_parameters(trainer.model(), *weights);
   MemoryLedger::Scope scope(scratch);
-  return widened(forward_activations(trainer.model(), first_batch(trainer, ref, data), ref.accumulate), ledger);
+  return widened(forward_activations(trainer.model(), trainer.first_batch(data.train), ref.accumulate), ledger);
 }
 
 // The study's computation on the run's ledger: the forward keeping every activation, then each run of invertible
@@ -150,7 +133,7 @@ const std::vector<Tensor<mp>>& reference_for(const RunConfig& config, RunRecord&
                                              const Parameters* weights, const std::vector<Tensor<T>>& acts,
                                              const Progress& progress) {
   const Precision r = parse_precision(config.reconstruction.reference);
-  ReferenceCache& slot = reference_cache()[reference_key(record.config_json, r)];
+  ReferenceCache& slot = reference_cache()[reference_key(record.config_json, to_string(r))];
   if (!slot.activations.empty()) return slot.activations;
   if (r == config.precision && config.accumulate == Accumulate::f32) {
     slot.activations = widened(acts, *slot.ledger);
@@ -168,7 +151,7 @@ void forward_and_invert(Trainer<T>& trainer, const RunConfig& config, const Data
   Sequential<T>& model = trainer.model();
   MemoryLedger::Scope scope(trainer.ledger());
   if (progress) progress("forward in " + to_string(config.precision));
-  acts = forward_activations(model, first_batch(trainer, config, data), config.accumulate);
+  acts = forward_activations(model, trainer.first_batch(data.train), config.accumulate);
   for (std::size_t end = model.size(); end > 0;) {  // layers [i, end) form a run of invertible layers
     if (!model.invertible(end - 1)) {
       --end;
@@ -190,7 +173,7 @@ template <class T>
 void reconstruct(const RunConfig& config, const DataSplit& data, RunRecord& record, const Progress& progress) {
   const Parameters* weights = nullptr;
   if (config.reconstruction.weights == "trained")
-    weights = &trained_parameters(config, reference_key(record.config_json, Precision::f32), data, progress);
+    weights = &trained_parameters(config, reference_key(record.config_json, "trained in f32"), data, progress);
   record.labels["weights"] = config.reconstruction.weights;
   MemoryLedger ledger;
   Trainer<T> trainer(config, ledger);

@@ -1,6 +1,7 @@
 #include "study.hpp"
 
 #include <algorithm>
+#include <nlohmann/json.hpp>
 
 #include "io/error.hpp"
 
@@ -35,6 +36,13 @@ void run_study(const RunConfig& config, const DataSplit& data, RunRecord& record
                         static_cast<double>(config.model.input[1] * config.model.input[2]);
   record.scalars["pixel_memory_bytes"] = record.scalars.at("peak_bytes") / pixels;
   record.scalars["pixel_activation_bytes"] = record.scalars.at("activation_peak_bytes") / pixels;
+}
+
+std::string reference_key(const std::string& config_json, const std::string& reference) {
+  nlohmann::json key = nlohmann::json::parse(config_json);
+  for (const char* k : {"precision", "accumulate", "technique"}) key.erase(k);
+  key["reference"] = reference;
+  return key.dump();
 }
 
 void record_memory(const MemoryLedger& ledger, RunRecord& record) {

@@ -26,6 +26,10 @@ void run_reconstruction_study(const RunConfig& config, const DataSplit& data, Ru
 // The reconstruction study's allocations, on a dry-run ledger (what `lowmem plan` predicts for it).
 MemoryLedger reconstruction_memory(const RunConfig& config);
 
+// Key of a reference computation shared by the runs of a sweep (gradient, reconstruction): the resolved config
+// without what the runs vary (precision, accumulation, technique), plus what the reference is.
+std::string reference_key(const std::string& config_json, const std::string& reference);
+
 // The memory columns every study reports: per-category peaks from the ledger, and the process's peak RSS.
 void record_memory(const MemoryLedger& ledger, RunRecord& record);
 

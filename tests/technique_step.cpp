@@ -3,6 +3,7 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
+#include "layers/batchnorm.hpp"
 #include "training/trainer.hpp"
 
 namespace lowmem::testing {
@@ -26,6 +27,13 @@ TechniqueStep technique_step(const nlohmann::json& config, std::uint64_t seed) {
   s.saved_peak = ledger.peak(MemoryCategory::saved_activations);
   s.peak = ledger.peak_total();
   return s;
+}
+
+void collect_running_statistics(Layer<double>& layer, std::vector<double>& out) {
+  if (auto* bn = dynamic_cast<BatchNorm<double>*>(&layer))
+    for (const Tensor<double>* t : {&bn->running_mean(), &bn->running_var()})
+      out.insert(out.end(), t->data(), t->data() + t->numel());
+  for (auto& [name, child] : layer.children()) collect_running_statistics(*child, out);
 }
 
 double relative_difference(const std::vector<double>& a, const std::vector<double>& b) {

@@ -4,7 +4,7 @@
 #include <nlohmann/json_fwd.hpp>
 #include <vector>
 
-#include "tensor/memory_ledger.hpp"
+#include "layers/layer.hpp"
 
 namespace lowmem::testing {
 
@@ -15,6 +15,9 @@ struct TechniqueStep {
 };
 
 TechniqueStep technique_step(const nlohmann::json& config, std::uint64_t seed);
+
+// Every batch norm's running mean and variance under `layer`, appended to out (composites walked by children).
+void collect_running_statistics(Layer<double>& layer, std::vector<double>& out);
 
 // ||a - b|| / ||b||
 double relative_difference(const std::vector<double>& a, const std::vector<double>& b);

@@ -10,9 +10,9 @@
 #include <tuple>
 
 #include "io/error.hpp"
-#include "layers/batchnorm.hpp"
 #include "plan.hpp"
 #include "runner.hpp"
+#include "technique_step.hpp"
 #include "techniques/checkpoint.hpp"
 #include "training/trainer.hpp"
 
@@ -199,12 +199,6 @@ struct Step {
   std::int64_t recomputed = 0;
 };
 
-void running_statistics(Layer<double>& layer, std::vector<double>& out) {
-  if (auto* bn = dynamic_cast<BatchNorm<double>*>(&layer))
-    for (const Tensor<double>* t : {&bn->running_mean(), &bn->running_var()}) out.insert(out.end(), t->data(), t->data() + t->numel());
-  for (auto& [name, child] : layer.children()) running_statistics(*child, out);
-}
-
 Step step(const nlohmann::json& config) {
   const RunConfig run = parse_run_config(config, "test");
   Step s;
@@ -217,7 +211,7 @@ Step step(const nlohmann::json& config) {
   trainer.forward_backward(x, {1, 0, 2, 1}, &logits);
   for (Param<double>* p : trainer.model().params()) s.values.emplace_back(p->grad.data(), p->grad.data() + p->grad.numel());
   s.values.emplace_back();
-  for (std::size_t i = 0; i < trainer.model().size(); ++i) running_statistics(trainer.model().layer(i), s.values.back());
+  for (std::size_t i = 0; i < trainer.model().size(); ++i) testing::collect_running_statistics(trainer.model().layer(i), s.values.back());
   s.saved_peak = ledger.peak(MemoryCategory::saved_activations);
   s.peak = ledger.peak_total();
   s.recomputed = trainer.recomputed_evaluations();

@@ -6,7 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/error.hpp"
-#include "layers/batchnorm.hpp"
+#include "technique_step.hpp"
 #include "plan.hpp"
 #include "runner.hpp"
 #include "training/trainer.hpp"
@@ -20,13 +20,6 @@ nlohmann::json config_for(const nlohmann::json& model, const std::string& techni
           {"technique", {{"type", technique}}},
           {"data", {{"dataset", "synthetic"}, {"synthetic", {{"shape", model.at("input")}}}}},
           {"train", {{"batch", 4}, {"optimizer", {{"lr", 0.1}}}}}};
-}
-
-// Every batch norm's running mean and variance, walking composite layers (F and G of couplings).
-void collect_running_statistics(Layer<double>& layer, std::vector<double>& out) {
-  if (auto* bn = dynamic_cast<BatchNorm<double>*>(&layer))
-    for (const Tensor<double>* t : {&bn->running_mean(), &bn->running_var()}) out.insert(out.end(), t->data(), t->data() + t->numel());
-  for (auto& [name, child] : layer.children()) collect_running_statistics(*child, out);
 }
 
 // Every parameter gradient of one forward and backward pass on a fixed random batch; then (last entry) every
@@ -43,7 +36,7 @@ std::vector<std::vector<double>> gradients(const nlohmann::json& config) {
   std::vector<std::vector<double>> grads;
   for (Param<double>* p : trainer.model().params()) grads.emplace_back(p->grad.data(), p->grad.data() + p->grad.numel());
   grads.emplace_back();
-  for (std::size_t i = 0; i < trainer.model().size(); ++i) collect_running_statistics(trainer.model().layer(i), grads.back());
+  for (std::size_t i = 0; i < trainer.model().size(); ++i) testing::collect_running_statistics(trainer.model().layer(i), grads.back());
   return grads;
 }
 

@@ -149,12 +149,15 @@ class BudgetSolver {
   };
   std::size_t at(std::size_t a, std::size_t b, std::size_t m) const { return (a * (n_ + 1) + b) * (units_ + 1) + m; }
 
+  // Record layer a, reverse the rest from its output, reverse a: both tables' first option.
+  double record_then_cost(std::size_t a, std::size_t b, std::size_t m) {
+    return record_[a] > m ? infinite : b == a + 1 ? 0.0 : current(a + 1, b, m - record_[a]);
+  }
   double kept(std::size_t a, std::size_t b, std::size_t m) {
     double& cost = kept_.cost[at(a, b, m)];
     if (cost != unknown) return cost;
     std::size_t& choice = kept_.choice[at(a, b, m)];
-    cost = record_[a] <= m ? (b == a + 1 ? 0.0 : current(a + 1, b, m - record_[a])) : infinite;
-    choice = record_first;
+    cost = record_then_cost(a, b, m), choice = record_first;
     for (std::size_t j = a + 1; j < b; ++j) {
       const double c = prefix_[j] - prefix_[a] + current(j, b, m) + kept(a, j, m);
       if (c < cost) cost = c, choice = j + 2;
@@ -165,8 +168,7 @@ class BudgetSolver {
     double& cost = current_.cost[at(a, b, m)];
     if (cost != unknown) return cost;
     std::size_t& choice = current_.choice[at(a, b, m)];
-    cost = record_[a] <= m ? (b == a + 1 ? 0.0 : current(a + 1, b, m - record_[a])) : infinite;
-    choice = record_first;
+    cost = record_then_cost(a, b, m), choice = record_first;
     if (b > a + 1 && input_[a] <= m) {
       const double c = kept(a, b, m - input_[a]);
       if (c < cost) cost = c, choice = snapshot_first;
@@ -284,7 +286,6 @@ template <class T> Tensor<T> CheckpointExecutor<T>::forward(Sequential<T>& chain
   evaluated_.assign(n, false);
   evaluations_ = 0;
   current_ = x;
-  position_ = 0;
   run(chain, 0, forward_end_, ctx, false);
   Tensor<T> out = current_;
   current_ = Tensor<T>();
@@ -312,7 +313,7 @@ void CheckpointExecutor<T>::run(Sequential<T>& chain, std::size_t from, std::siz
         snapshots_[i].keep(current_);
         break;
       }
-      case Kind::restore: current_ = snapshots_[i].get(), position_ = i; break;
+      case Kind::restore: current_ = snapshots_[i].get(); break;
       case Kind::forget: snapshots_[i].release(); break;
       case Kind::advance:
       case Kind::record: {
@@ -322,7 +323,6 @@ void CheckpointExecutor<T>::run(Sequential<T>& chain, std::size_t from, std::siz
         current_ = chain.layer(i).forward(current_, step);
         evaluated_[i] = true;
         ++evaluations_;
-        position_ = i + 1;
         break;
       }
       case Kind::reverse:

@@ -81,7 +81,6 @@ template <class T> class CheckpointExecutor {
   std::vector<Saved<T>> snapshots_;  // per layer index: its kept input
   std::vector<bool> evaluated_;      // per layer: evaluated in this step (running statistics updated)
   Tensor<T> current_, grad_;         // the state the actions move along, and the gradient flowing back
-  std::size_t position_ = 0;         // current_ is x_position_
   std::int64_t evaluations_ = 0;
   bool checked_ = false;  // the schedule was checked against the chain (check_schedule) on the first forward
 };

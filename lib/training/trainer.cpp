@@ -134,6 +134,16 @@ Tensor<T> Trainer<T>::make_batch(const Dataset& data, const std::int64_t* indice
   return x;
 }
 
+template <class T>
+Tensor<T> Trainer<T>::first_batch(const Dataset& data, std::vector<std::int32_t>* labels) const {
+  const index_t n = ledger_.dry_run() ? config_.train.batch : std::min<index_t>(config_.train.batch, data.count);
+  std::vector<std::int64_t> first(static_cast<std::size_t>(n));
+  for (index_t i = 0; i < n; ++i) first[static_cast<std::size_t>(i)] = i;
+  Rng unused(0);
+  std::vector<std::int32_t> kept;
+  return make_batch(data, first.data(), n, Augment{}, unused, labels ? *labels : kept);
+}
+
 template <class T> Tensor<T> Trainer<T>::empty_batch(index_t n) const {
   MemoryLedger::Scope scope(ledger_);
   const Shape& in = model_->input_shape();

@@ -35,6 +35,9 @@ template <class T> class Trainer {
   // In a dry run: the same allocations, no data read (labels all 0).
   Tensor<T> make_batch(const Dataset& data, const std::int64_t* indices, index_t n, const Augment& augment, Rng& rng,
                        std::vector<std::int32_t>& labels) const;
+  // The first train.batch examples of `data` in data order, without augmentation (fewer if data has fewer; in a
+  // dry run train.batch), as the gradient and reconstruction studies use them; labels, if asked.
+  Tensor<T> first_batch(const Dataset& data, std::vector<std::int32_t>* labels = nullptr) const;
   // Forward, loss and backward on one batch; gradients are zeroed first. Returns the loss; leaves the logits.
   W forward_backward(const Tensor<T>& x, const std::vector<std::int32_t>& labels, Tensor<T>* logits = nullptr);
   // forward_backward, then one optimizer step with learning rate lr.
