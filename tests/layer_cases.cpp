@@ -10,6 +10,7 @@
 #include "layers/linear.hpp"
 #include "layers/pooling.hpp"
 #include "layers/residual.hpp"
+#include "techniques/sparsity.hpp"
 
 namespace lowmem::testing {
 
@@ -72,6 +73,18 @@ template <class T> std::unique_ptr<Layer<T>> make_affine_coupling() {
   return std::make_unique<AffineCoupling<T>>("affine coupling", std::move(f), std::move(g));
 }
 
+// The layer with its first parameter (the weight) made sparse (technique sparsity): about half of the entries,
+// chosen by a seeded draw, and row 0 left empty, which CSR must handle too.
+template <class T> std::unique_ptr<Layer<T>> with_sparse_weight(std::unique_ptr<Layer<T>> layer) {
+  Param<T>& w = *layer->params().front();
+  const index_t rows = w.value.dim(0), cols = w.value.numel() / rows;
+  Rng rng(7);
+  std::vector<bool> keep(static_cast<std::size_t>(rows * cols));
+  for (index_t i = cols; i < rows * cols; ++i) keep[static_cast<std::size_t>(i)] = rng.uniform() < 0.5;
+  make_sparse(w, pattern_from_mask(rows, cols, keep));
+  return layer;
+}
+
 // A case from a generic maker: make.template operator()<T>() builds the layer in T.
 template <class Maker> LayerCase case_of(std::string name, Shape input, Maker make) {
   auto factory = [&]<class T>() -> LayerFactory<T> { return [make] { return make.template operator()<T>(); }; };
@@ -90,6 +103,12 @@ std::vector<LayerCase> all_layer_cases() {
       make_case<Conv2d>("conv 5x5 stride 3 pad 2", Shape{3, 2, 7, 8}, Conv2dSpec{2, 2, 5, 3, 2, true}),
       make_case<Linear>("linear", Shape{3, 7}, index_t{7}, index_t{4}, true),
       make_case<Linear>("linear no bias", Shape{2, 5}, index_t{5}, index_t{3}, false),
+      case_of("conv sparse weight", Shape{2, 2, 5, 5}, []<class T>() {
+        return with_sparse_weight<T>(std::make_unique<Conv2d<T>>("conv", Conv2dSpec{2, 3, 3, 1, 1, true}));
+      }),
+      case_of("linear sparse weight", Shape{3, 7}, []<class T>() {
+        return with_sparse_weight<T>(std::make_unique<Linear<T>>("linear", 7, 4, true));
+      }),
       make_case<LeakyRelu>("relu", Shape{2, 3, 4, 4}, 0.0),
       make_case<LeakyRelu>("leaky_relu", Shape{2, 3, 4, 4}, 0.2),
       make_case<MaxPool>("maxpool 2", Shape{2, 2, 6, 6}, index_t{2}, index_t{2}),

@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "tensor/compute.hpp"
+#include "techniques/sparse_products.hpp"
 
 namespace lowmem {
 
@@ -74,7 +74,9 @@ Conv2d<T>::Conv2d(std::string label, Conv2dSpec spec)
     : Layer<T>(std::move(label)),
       spec_(spec),
       weight_(make_param<T>("weight", Shape{spec.out_channels, spec.in_channels, spec.kernel, spec.kernel})),
-      bias_(spec.bias ? make_param<T>("bias", Shape{spec.out_channels}) : Param<T>{}) {}
+      bias_(spec.bias ? make_param<T>("bias", Shape{spec.out_channels}) : Param<T>{}) {
+  weight_.may_be_sparse = true;
+}
 
 template <class T> Shape Conv2d<T>::output_shape(const Shape& in) const {
   expect_rank(this->label(), in, 3);
@@ -114,7 +116,6 @@ template <class T> Tensor<T> Conv2d<T>::forward(const Tensor<T>& x, const RunCon
     Tensor<G> widened;
     if constexpr (!std::is_same_v<G, T>) widened = Tensor<G>(Shape{threads, image}, MemoryCategory::workspace);
     if (cols.is_dry() || x.is_dry()) return;
-    const ConstMatrixMap<G> W(w.data(), cout, K);
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (index_t s = 0; s < n; ++s) {
       G* my_cols = cols.data() + omp_get_thread_num() * K * P;
@@ -126,7 +127,9 @@ template <class T> Tensor<T> Conv2d<T>::forward(const Tensor<T>& x, const RunCon
         convert(x.data() + s * image, my_image, image);
         im2col(my_image, g, my_cols);
       }
-      MatrixMap<G>(my_out, cout, P).noalias() = W * ConstMatrixMap<G>(my_cols, K, P);
+      with_weight_matrix(weight_, w, cout, K, [&](const auto& W) {
+        MatrixMap<G>(my_out, cout, P).noalias() = W * ConstMatrixMap<G>(my_cols, K, P);
+      });
       if (spec_.bias)
         for (index_t c = 0; c < cout; ++c) {
           const G b = round_to<G>(bias_.value[c]);
@@ -154,10 +157,10 @@ template <class T> Tensor<T> Conv2d<T>::backward(const Tensor<T>& dy, const RunC
     // Per-thread input-gradient image; with 16-bit storage also where each input image is widened once.
     Tensor<G> dimage;
     if (want_input_grad || !std::is_same_v<G, T>) dimage = Tensor<G>(Shape{threads, image}, MemoryCategory::workspace);
-    Tensor<G> dweight(Shape{threads, cout, K}, MemoryCategory::workspace);  // per-thread partial sums
+    const index_t wn = weight_.value.numel();  // cout K, or the nonzeros of a sparse weight
+    Tensor<G> dweight(Shape{threads, wn}, MemoryCategory::workspace);  // per-thread partial sums
     Tensor<G> dbias(Shape{threads, cout}, MemoryCategory::workspace);
     if (cols.is_dry() || x.is_dry()) return;
-    const ConstMatrixMap<G> W(w.data(), cout, K);
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (index_t s = 0; s < n; ++s) {
       const int t = omp_get_thread_num();
@@ -172,24 +175,26 @@ template <class T> Tensor<T> Conv2d<T>::backward(const Tensor<T>& dy, const RunC
         convert(x.data() + s * image, my_dimage, image);
         im2col(my_dimage, g, my_cols);
       }
-      MatrixMap<G>(dweight.data() + t * cout * K, cout, K).noalias() += dY * ConstMatrixMap<G>(my_cols, K, P).transpose();
+      add_weight_gradient(weight_, dY, ConstMatrixMap<G>(my_cols, K, P), dweight.data() + t * wn);
       for (index_t c = 0; c < cout; ++c)
         for (index_t p = 0; p < P; ++p)
           my_dbias[c] += my_dout[c * P + p];  // G is the accumulation rule: float, or 16-bit rounding each add
       if (want_input_grad) {
-        MatrixMap<G>(my_cols, K, P).noalias() = W.transpose() * dY;
+        with_weight_matrix(weight_, w, cout, K, [&](const auto& W) {
+          MatrixMap<G>(my_cols, K, P).noalias() = W.transpose() * dY;
+        });
         std::fill(my_dimage, my_dimage + image, G(0));
         col2im_add(my_cols, g, my_dimage);
         store_rounded(my_dimage, dx.data() + s * image, image, false);
       }
     }
     for (int t = 1; t < threads; ++t) {
-      for (index_t i = 0; i < cout * K; ++i)
-        dweight[i] += dweight[t * cout * K + i];
+      for (index_t i = 0; i < wn; ++i)
+        dweight[i] += dweight[t * wn + i];
       for (index_t c = 0; c < cout; ++c)
         dbias[c] += dbias[t * cout + c];
     }
-    store_rounded(dweight.data(), weight_.grad.data(), cout * K, true);
+    store_rounded(dweight.data(), weight_.grad.data(), wn, true);
     if (spec_.bias) store_rounded(dbias.data(), bias_.grad.data(), cout, true);
   });
   input_.release();

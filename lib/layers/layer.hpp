@@ -38,10 +38,16 @@ struct RunContext {
   bool keeps_for_inverse() const { return training && keep != Keep::nothing; }
 };
 
+struct SparsePattern;  // techniques/sparsity.hpp
+
 template <class T> struct Param {
   std::string name;  // "weight", "bias" (batch norm: gamma is "weight", beta is "bias", as in PyTorch)
   Tensor<T> value;   // MemoryCategory::weights
   Tensor<T> grad;    // MemoryCategory::gradients
+  // Technique sparsity: set on the weights of layers that compute with a CSR matrix (conv, linear). Once a
+  // pattern is set, value and grad hold only its nonzeros, in CSR order.
+  bool may_be_sparse = false;
+  std::shared_ptr<const SparsePattern> pattern;
 };
 
 template <class T> class Layer {
@@ -100,7 +106,11 @@ template <class T> Invertible<T>* as_invertible(Layer<T>& layer) {
 
 // A parameter tensor and its zeroed gradient, both charged to the ledger.
 template <class T> Param<T> make_param(std::string name, Shape shape) {
-  return Param<T>{std::move(name), Tensor<T>(shape, MemoryCategory::weights), Tensor<T>(shape, MemoryCategory::gradients)};
+  Param<T> p;
+  p.name = std::move(name);
+  p.value = Tensor<T>(shape, MemoryCategory::weights);
+  p.grad = Tensor<T>(shape, MemoryCategory::gradients);
+  return p;
 }
 
 // What a layer keeps between forward and backward. Keeping re-labels the buffer as saved activations in the

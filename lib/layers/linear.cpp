@@ -2,7 +2,7 @@
 
 #include <cmath>
 
-#include "tensor/compute.hpp"
+#include "techniques/sparse_products.hpp"
 
 namespace lowmem {
 
@@ -13,7 +13,9 @@ Linear<T>::Linear(std::string label, index_t in_features, index_t out_features, 
       out_(out_features),
       has_bias_(bias),
       weight_(make_param<T>("weight", Shape{out_features, in_features})),
-      bias_(bias ? make_param<T>("bias", Shape{out_features}) : Param<T>{}) {}
+      bias_(bias ? make_param<T>("bias", Shape{out_features}) : Param<T>{}) {
+  weight_.may_be_sparse = true;
+}
 
 template <class T> Shape Linear<T>::output_shape(const Shape& in) const {
   expect_rank(this->label(), in, 1);
@@ -42,7 +44,9 @@ template <class T> Tensor<T> Linear<T>::forward(const Tensor<T>& x, const RunCon
     Tensor<G> out = result_buffer<G>(y);
     if (out.is_dry() || x.is_dry()) return;
     MatrixMap<G> Y(out.data(), n, out_);
-    Y.noalias() = ConstMatrixMap<G>(xg.data(), n, in_) * ConstMatrixMap<G>(w.data(), out_, in_).transpose();
+    with_weight_matrix(weight_, w, out_, in_, [&](const auto& W) {
+      Y.noalias() = ConstMatrixMap<G>(xg.data(), n, in_) * W.transpose();
+    });
     if (has_bias_)
       for (index_t o = 0; o < out_; ++o) {
         const G b = round_to<G>(bias_.value[o]);
@@ -64,7 +68,7 @@ template <class T> Tensor<T> Linear<T>::backward(const Tensor<T>& dy, const RunC
     const ConstMatrixMap<G> X(xg.data(), n, in_), dY(dyg.data(), n, out_);
     Tensor<G> dweight(weight_.value.shape(), MemoryCategory::workspace);
     if (!dry) {
-      MatrixMap<G>(dweight.data(), out_, in_).noalias() = dY.transpose() * X;
+      add_weight_gradient(weight_, dY.transpose(), X.transpose(), dweight.data());
       store_rounded(dweight.data(), weight_.grad.data(), dweight.numel(), true);
     }
     if (has_bias_) {
@@ -81,7 +85,9 @@ template <class T> Tensor<T> Linear<T>::backward(const Tensor<T>& dy, const RunC
       dx = Tensor<T>(x.shape(), MemoryCategory::workspace);
       Tensor<G> dxg = result_buffer<G>(dx);
       if (!dry) {
-        MatrixMap<G>(dxg.data(), n, in_).noalias() = dY * ConstMatrixMap<G>(w.data(), out_, in_);
+        with_weight_matrix(weight_, w, out_, in_, [&](const auto& W) {
+          MatrixMap<G>(dxg.data(), n, in_).noalias() = dY * W;
+        });
         round_into(dxg, dx);
       }
     }

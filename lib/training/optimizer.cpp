@@ -15,6 +15,13 @@ Optimizer<T>::Optimizer(const OptimizerSpec& spec, std::vector<Param<T>*> params
   }
 }
 
+template <class T> std::vector<Tensor<T>*> Optimizer<T>::state(std::size_t k) {
+  std::vector<Tensor<T>*> tensors;
+  if (!first_.empty()) tensors.push_back(&first_[k]);
+  if (!second_.empty()) tensors.push_back(&second_[k]);
+  return tensors;
+}
+
 template <class T> void Optimizer<T>::step(double lr_value) {
   using W = wide_t<T>;
   ++steps_;

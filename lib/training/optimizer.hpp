@@ -14,6 +14,8 @@ template <class T> class Optimizer {
   Optimizer(const OptimizerSpec& spec, std::vector<Param<T>*> params);
   void step(double lr);  // one update of every parameter from its gradient
   std::int64_t steps_taken() const { return steps_; }
+  // The state tensors of parameter k (momentum; Adam's m and v), aligned with its value.
+  std::vector<Tensor<T>*> state(std::size_t k);
 
  private:
   OptimizerSpec spec_;

@@ -315,7 +315,8 @@ TrainSpec parse_train(ConfigReader r, int classes) {
 TechniqueSpec parse_technique(ConfigReader r) {
   TechniqueSpec t;
   t.type = r.get_choice("type", "store_all",
-                        {"store_all", "reversible", "checkpoint", "microbatch", "mixed_precision", "approx_activations"});
+                        {"store_all", "reversible", "checkpoint", "microbatch", "mixed_precision", "approx_activations",
+                         "sparsity"});
   if (t.type == "approx_activations") {
     t.bits = r.get_in("bits", 8, 1, 64);
     if (t.bits != 2 && t.bits != 4 && t.bits != 8)
@@ -327,6 +328,16 @@ TechniqueSpec parse_technique(ConfigReader r) {
     t.compute = r.get_choice("compute", "f16", {"f16", "bf16"});
     if (r.has("loss_scale") && r.raw("loss_scale").is_number()) t.loss_scale = r.required_in("loss_scale", 1.0, inf);
     else if (r.get_choice("loss_scale", "dynamic", {"dynamic"}) != "dynamic") r.fail("loss_scale", "unreachable");
+  }
+  if (t.type == "sparsity") {
+    t.density = r.required_in("density", 0.0, 1.0);
+    if (t.density <= 0.0) r.fail("density", "expected a density in (0, 1] (the fraction of weights kept), got 0");
+    t.method = r.get_choice("method", "magnitude", {"magnitude", "dsr"});
+    if (t.method == "dsr") {
+      t.interval = r.get_in<std::int64_t>("interval", 100, 1, i64_max);
+      t.prune_fraction = r.get_in("prune_fraction", 0.02, 0.0, 1.0);
+      t.threshold = r.get_in("threshold", 0.001, 0.0, inf);
+    }
   }
   if (t.type == "checkpoint") {
     t.schedule = r.get_choice("schedule", "uniform", {"uniform", "revolve", "budget"});
@@ -399,6 +410,9 @@ RunConfig parse_run_config(const nlohmann::json& config, const std::string& file
                           "\"f32\" (the model's precision is the technique's \"compute\")");
     c.precision = parse_precision(m->compute);
   }
+  if (c.find("sparsity") && c.study != "train")
+    r.fail("technique", "sparsity changes the network itself (its weights are pruned), so it applies to the train "
+                        "study only; the " + c.study + " study compares against a dense reference");
   if (const TechniqueSpec* m = c.find("microbatch"); m && c.train.batch % m->count != 0)
     r.fail("technique", "microbatch count " + std::to_string(m->count) + " does not divide train.batch " +
                             std::to_string(c.train.batch) + ": every microbatch must be the same size");

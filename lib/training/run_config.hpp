@@ -73,7 +73,8 @@ struct TrainSpec {
 
 // One memory technique (config "technique": one object, or a list of them that compose).
 struct TechniqueSpec {
-  std::string type = "store_all";  // store_all | reversible | checkpoint | microbatch | mixed_precision
+  std::string type = "store_all";  // store_all | reversible | checkpoint | microbatch | mixed_precision |
+                                   // approx_activations | sparsity
   std::string schedule;            // checkpoint: uniform | revolve | budget
   std::int64_t segments = 0;       // checkpoint uniform: segment count (0: round(sqrt(layers)))
   std::int64_t slots = 0;          // checkpoint revolve: snapshots, the chain's input included
@@ -81,7 +82,11 @@ struct TechniqueSpec {
   std::int64_t count = 1;          // microbatch: microbatches per optimizer step
   std::string compute;             // mixed_precision: f16 | bf16, the model's precision (masters: f32)
   int bits = 8;                    // approx_activations: 2, 4 or 8
-  std::string method;              // approx_activations: blpa | naive | actnn
+  std::string method;              // approx_activations: blpa | naive | actnn; sparsity: magnitude | dsr
+  double density = 1;              // sparsity: fraction of each sparse layer's weights kept, in (0, 1]
+  std::int64_t interval = 100;     // sparsity dsr: optimizer steps between reallocations
+  double prune_fraction = 0.02;    // sparsity dsr: N_p, the nonzeros pruned per reallocation, as a fraction
+  double threshold = 0.001;        // sparsity dsr: the initial pruning threshold H
   double loss_scale = 0;           // mixed_precision: a fixed loss scale, or 0 for dynamic scaling
 };
 

@@ -5,6 +5,7 @@
 #include <optional>
 
 #include "io/error.hpp"
+#include "techniques/sparsity.hpp"
 #include "tensor/compute.hpp"
 #include "training/model_factory.hpp"
 
@@ -51,6 +52,13 @@ template <class T> Tensor<T> batch_rows(const Tensor<T>& x, index_t first, index
   return rows;
 }
 
+template <class U> std::vector<double> magnitudes(const Tensor<U>& t) {
+  if (t.is_dry()) return {};
+  std::vector<double> m(static_cast<std::size_t>(t.numel()));
+  for (index_t i = 0; i < t.numel(); ++i) m[static_cast<std::size_t>(i)] = std::abs(to_double(t[i]));
+  return m;
+}
+
 RunConfig without_checkpoint(RunConfig config) {
   std::erase_if(config.techniques, [](const TechniqueSpec& t) { return t.type == "checkpoint"; });
   if (config.techniques.empty()) config.techniques.emplace_back();
@@ -78,15 +86,19 @@ Trainer<T>::Trainer(const RunConfig& config, MemoryLedger& ledger)
   MemoryLedger::Scope scope(ledger_);
   model_ = std::make_unique<Sequential<T>>(build_model<T>(config.model));
   if (!ledger.dry_run()) model_->initialize(config.seed);
-  if (const TechniqueSpec* m = config.find("mixed_precision")) {
-    // Masters start from the f32 network of the same seed; the model's weights are their rounding.
-    MemoryLedger uncounted;  // the temporary f32 network: drawn, copied into the masters, dropped
-    std::unique_ptr<Sequential<float>> initial;
-    if (!ledger.dry_run()) {
-      MemoryLedger::Scope draw(uncounted);
-      initial = std::make_unique<Sequential<float>>(build_model<float>(config.model));
-      initial->initialize(config.seed);
-    }
+  const TechniqueSpec* mixed = config.find("mixed_precision");
+  const TechniqueSpec* sparsity = config.find("sparsity");
+  // The f32 network of the same seed, drawn and dropped uncounted: mixed precision's masters start from it and
+  // sparsity chooses its pattern on it, so that every precision gets the same masters and the same pattern.
+  MemoryLedger uncounted;
+  std::unique_ptr<Sequential<float>> initial;
+  if ((mixed || sparsity) && !ledger.dry_run()) {
+    MemoryLedger::Scope draw(uncounted);
+    initial = std::make_unique<Sequential<float>>(build_model<float>(config.model));
+    initial->initialize(config.seed);
+  }
+  if (sparsity) make_weights_sparse(*sparsity, initial.get(), uncounted);
+  if (mixed) {
     const auto params = model_->params();
     for (std::size_t k = 0; k < params.size(); ++k) {
       masters_.push_back(make_param<float>(params[k]->name, params[k]->value.shape()));
@@ -98,13 +110,70 @@ Trainer<T>::Trainer(const RunConfig& config, MemoryLedger& ledger)
     std::vector<Param<float>*> master_params;
     for (Param<float>& p : masters_) master_params.push_back(&p);
     master_optimizer_ = std::make_unique<Optimizer<float>>(config.train.optimizer, master_params);
-    dynamic_scale_ = m->loss_scale == 0;
-    loss_scale_ = dynamic_scale_ ? 65536.0 : m->loss_scale;  // PyTorch's GradScaler starts at 2^16
+    dynamic_scale_ = mixed->loss_scale == 0;
+    loss_scale_ = dynamic_scale_ ? 65536.0 : mixed->loss_scale;  // PyTorch's GradScaler starts at 2^16
   } else {
     optimizer_ = std::make_unique<Optimizer<T>>(config.train.optimizer, model_->params());
   }
   if (config.uses("checkpoint"))
     checkpoint_ = std::make_unique<CheckpointExecutor<T>>(checkpoint_schedule<T>(config, model_->size()));
+}
+
+// Technique sparsity: the chosen weights keep the largest magnitudes of the f32 draw (drawn; in a dry run, which has
+// no values, patterns of the same sizes), and the draw is made sparse alike for the masters to copy.
+template <class T>
+void Trainer<T>::make_weights_sparse(const TechniqueSpec& spec, Sequential<float>* drawn, MemoryLedger& uncounted) {
+  const auto params = model_->params();
+  sparse_weights_ = sparse_weight_indices(params);
+  if (sparse_weights_.empty())
+    throw Error("technique sparsity: the model has fewer than 3 conv or linear layers, and the first and the last "
+                "stay dense, so no weight would be sparse");
+  for (std::size_t k : sparse_weights_) {
+    Param<T>& p = *params[k];
+    const index_t rows = p.value.dim(0), cols = p.value.numel() / rows;
+    const index_t keep = sparse_count(p.value.numel(), spec.density);
+    std::shared_ptr<const SparsePattern> pattern;
+    if (drawn) {
+      pattern = pattern_from_mask(rows, cols, largest_magnitudes(magnitudes(drawn->params()[k]->value), keep));
+      MemoryLedger::Scope draw(uncounted);
+      make_sparse(*drawn->params()[k], pattern);
+    } else {
+      pattern = dry_pattern(rows, cols, keep);
+    }
+    make_sparse(p, pattern);
+  }
+  if (spec.method == "dsr") {
+    dynamic_sparsity_ = std::make_unique<DynamicSparsity>(spec.prune_fraction, spec.threshold, config_.seed);
+    reallocation_interval_ = spec.interval;
+  }
+}
+
+// DSR: prune and regrow (on the masters' magnitudes under mixed precision), then move every tensor that follows a
+// weight's pattern onto the new one: the weight, its gradient, its optimizer state, and its master and theirs.
+template <class T> void Trainer<T>::reallocate_sparse_weights() {
+  MemoryLedger::Scope scope(ledger_);
+  const auto params = model_->params();
+  std::vector<const SparsePattern*> patterns;
+  std::vector<std::vector<double>> sizes;
+  for (std::size_t k : sparse_weights_) {
+    patterns.push_back(params[k]->pattern.get());
+    sizes.push_back(masters_.empty() ? magnitudes(params[k]->value) : magnitudes(masters_[k].value));
+  }
+  const DynamicSparsity::Result r = dynamic_sparsity_->reallocate(patterns, sizes);
+  for (std::size_t l = 0; l < sparse_weights_.size(); ++l) {
+    const std::size_t k = sparse_weights_[l];
+    const std::vector<index_t>& sources = r.sources[l];
+    remap_entries(params[k]->value, sources);
+    remap_entries(params[k]->grad, sources);
+    params[k]->pattern = r.patterns[l];
+    if (optimizer_)
+      for (Tensor<T>* state : optimizer_->state(k)) remap_entries(*state, sources);
+    if (master_optimizer_) {
+      remap_entries(masters_[k].value, sources);
+      remap_entries(masters_[k].grad, sources);
+      for (Tensor<float>* state : master_optimizer_->state(k)) remap_entries(*state, sources);
+    }
+  }
 }
 
 template <class T>
@@ -193,8 +262,10 @@ typename Trainer<T>::W Trainer<T>::train_step(const Tensor<T>& x, const std::vec
     if (master_optimizer_) ++skipped_steps_;  // an overflow in the forward pass: no step either
     return loss;
   }
-  if (master_optimizer_) mixed_step(lr);
-  else optimizer_->step(lr);
+  const bool stepped = master_optimizer_ ? mixed_step(lr) : (optimizer_->step(lr), true);
+  // A dry step reallocates too, so that plan sees the transient buffers of a reallocation step.
+  if (stepped && dynamic_sparsity_ && (++sparse_steps_ % reallocation_interval_ == 0 || ledger_.dry_run()))
+    reallocate_sparse_weights();
   return loss;
 }
 

@@ -9,6 +9,7 @@
 #include "layers/sequential.hpp"
 #include "layers/softmax_cross_entropy.hpp"
 #include "techniques/checkpoint.hpp"
+#include "techniques/sparsity.hpp"
 #include "training/optimizer.hpp"
 #include "training/run_config.hpp"
 
@@ -86,6 +87,12 @@ template <class T> class Trainer {
   bool dynamic_scale_ = false;
   std::int64_t good_steps_ = 0, skipped_steps_ = 0;
   bool mixed_step(double lr);  // unscales into the masters and steps; false (skipped) if a gradient overflowed
+  // Technique sparsity: the model's sparse weights (positions in params()) and DSR's reallocations.
+  std::vector<std::size_t> sparse_weights_;
+  std::unique_ptr<DynamicSparsity> dynamic_sparsity_;
+  std::int64_t reallocation_interval_ = 0, sparse_steps_ = 0;
+  void make_weights_sparse(const TechniqueSpec& spec, Sequential<float>* drawn, MemoryLedger& uncounted);
+  void reallocate_sparse_weights();
   SoftmaxCrossEntropy<T> loss_;
 };
 

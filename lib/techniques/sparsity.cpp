@@ -1,0 +1,177 @@
+#include "techniques/sparsity.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <stdexcept>
+
+namespace lowmem {
+
+index_t sparse_count(index_t numel, double density) {
+  return std::clamp<index_t>(std::llround(density * static_cast<double>(numel)), 1, numel);
+}
+
+std::shared_ptr<const SparsePattern> dry_pattern(index_t rows, index_t cols, index_t nonzeros) {
+  auto p = std::make_shared<SparsePattern>();
+  p->rows = rows;
+  p->cols = cols;
+  p->row_start = Tensor<std::int32_t>(Shape{rows + 1}, MemoryCategory::weights);
+  p->column = Tensor<std::int32_t>(Shape{nonzeros}, MemoryCategory::weights);
+  return p;
+}
+
+std::shared_ptr<const SparsePattern> pattern_from_mask(index_t rows, index_t cols, const std::vector<bool>& keep) {
+  if (static_cast<index_t>(keep.size()) != rows * cols) throw std::logic_error("pattern_from_mask: mask size");
+  if (rows * cols > std::numeric_limits<std::int32_t>::max())
+    throw std::logic_error("pattern_from_mask: a CSR weight of more than 2^31 entries");
+  auto p = std::const_pointer_cast<SparsePattern>(
+      dry_pattern(rows, cols, static_cast<index_t>(std::count(keep.begin(), keep.end(), true))));
+  if (p->column.is_dry()) return p;
+  std::int32_t entry = 0;
+  for (index_t r = 0; r < rows; ++r) {
+    p->row_start[r] = entry;
+    for (index_t c = 0; c < cols; ++c)
+      if (keep[static_cast<std::size_t>(r * cols + c)]) p->column[entry++] = static_cast<std::int32_t>(c);
+  }
+  p->row_start[rows] = entry;
+  return p;
+}
+
+std::vector<bool> largest_magnitudes(const std::vector<double>& magnitudes, index_t count) {
+  std::vector<index_t> order(magnitudes.size());
+  std::iota(order.begin(), order.end(), index_t(0));
+  const auto larger = [&](index_t a, index_t b) {
+    const double ma = magnitudes[static_cast<std::size_t>(a)], mb = magnitudes[static_cast<std::size_t>(b)];
+    return ma > mb || (ma == mb && a < b);
+  };
+  std::nth_element(order.begin(), order.begin() + count, order.end(), larger);
+  std::vector<bool> keep(magnitudes.size(), false);
+  for (index_t i = 0; i < count; ++i) keep[static_cast<std::size_t>(order[static_cast<std::size_t>(i)])] = true;
+  return keep;
+}
+
+namespace {
+
+// For each entry of `to`, the old entry at its position (entry_at[r cols + c]), or -1.
+std::vector<index_t> sources_at(const SparsePattern& to, const std::vector<index_t>& entry_at) {
+  std::vector<index_t> sources(static_cast<std::size_t>(to.nonzeros()));
+  for (index_t r = 0; r < to.rows; ++r)
+    for (index_t e = to.row_start[r]; e < to.row_start[r + 1]; ++e)
+      sources[static_cast<std::size_t>(e)] = entry_at[static_cast<std::size_t>(r * to.cols + to.column[e])];
+  return sources;
+}
+
+}  // namespace
+
+template <class T> void make_sparse(Param<T>& p, std::shared_ptr<const SparsePattern> pattern) {
+  const Shape& shape = p.value.shape();
+  if (!p.may_be_sparse || p.pattern || shape.rank() < 2 || pattern->rows != shape[0] ||
+      pattern->rows * pattern->cols != shape.numel())
+    throw std::logic_error("make_sparse: weight " + shape.str() + " cannot take this pattern");
+  Tensor<T> values(Shape{pattern->nonzeros()}, MemoryCategory::weights);
+  if (!values.is_dry() && !p.value.is_dry())
+    for (index_t r = 0; r < pattern->rows; ++r)
+      for (index_t e = pattern->row_start[r]; e < pattern->row_start[r + 1]; ++e)
+        values[e] = p.value[r * pattern->cols + pattern->column[e]];
+  p.value = values;
+  p.grad = Tensor<T>(Shape{pattern->nonzeros()}, MemoryCategory::gradients);
+  p.pattern = std::move(pattern);
+}
+
+template <class U> void remap_entries(Tensor<U>& t, const std::vector<index_t>& sources) {
+  Tensor<U> moved(Shape{static_cast<index_t>(sources.size())}, t.category());
+  if (!moved.is_dry() && !t.is_dry())
+    for (std::size_t e = 0; e < sources.size(); ++e)
+      if (sources[e] >= 0) moved[static_cast<index_t>(e)] = t[sources[e]];
+  t = moved;
+}
+
+template <class T> std::vector<std::size_t> sparse_weight_indices(const std::vector<Param<T>*>& params) {
+  std::vector<std::size_t> weights;
+  for (std::size_t k = 0; k < params.size(); ++k)
+    if (params[k]->may_be_sparse) weights.push_back(k);
+  if (weights.size() <= 2) return {};
+  return {weights.begin() + 1, weights.end() - 1};
+}
+
+DynamicSparsity::Result DynamicSparsity::reallocate(const std::vector<const SparsePattern*>& patterns,
+                                                    const std::vector<std::vector<double>>& magnitudes) {
+  const std::size_t layers = patterns.size();
+  Result result;
+  if (!patterns.empty() && patterns[0]->column.is_dry()) {  // a dry step: the same allocations, every count kept
+    for (const SparsePattern* p : patterns) {
+      result.patterns.push_back(dry_pattern(p->rows, p->cols, p->nonzeros()));
+      result.sources.emplace_back(static_cast<std::size_t>(p->nonzeros()), -1);
+    }
+    return result;
+  }
+  // Prune: entries below the threshold go (each layer keeps at least its largest, so none dies).
+  std::vector<std::vector<bool>> survives(layers);
+  std::vector<index_t> survivors(layers, 0), capacity(layers);
+  index_t nonzeros = 0;
+  for (std::size_t l = 0; l < layers; ++l) {
+    const std::vector<double>& m = magnitudes[l];
+    survives[l].resize(m.size());
+    for (std::size_t e = 0; e < m.size(); ++e) survivors[l] += (survives[l][e] = m[e] >= threshold_);
+    if (survivors[l] == 0 && !m.empty()) {
+      survives[l][static_cast<std::size_t>(std::max_element(m.begin(), m.end()) - m.begin())] = true;
+      survivors[l] = 1;
+    }
+    nonzeros += static_cast<index_t>(m.size());
+    result.pruned += static_cast<index_t>(m.size()) - survivors[l];
+    capacity[l] = patterns[l]->rows * patterns[l]->cols - survivors[l];
+  }
+  // Adapt the threshold towards N_p pruned per reallocation.
+  const double target = prune_fraction_ * static_cast<double>(nonzeros);
+  if (static_cast<double>(result.pruned) < 0.9 * target) threshold_ *= 2;
+  else if (static_cast<double>(result.pruned) > 1.1 * target) threshold_ /= 2;
+  // Regrow as many as were pruned, in proportion to the survivors (largest remainder), within each layer's room.
+  const index_t all_survivors = std::accumulate(survivors.begin(), survivors.end(), index_t(0));
+  std::vector<index_t> grow(layers, 0);
+  index_t left = result.pruned;
+  for (std::size_t l = 0; l < layers; ++l) {
+    grow[l] = std::min(capacity[l], result.pruned * survivors[l] / std::max<index_t>(1, all_survivors));
+    left -= grow[l];
+  }
+  for (std::size_t l = 0; left > 0; l = (l + 1) % layers) {  // the remainder, one at a time, in layer order
+    if (grow[l] < capacity[l]) ++grow[l], --left;
+  }
+  // Positions: uniformly at random among each layer's zeros after pruning.
+  for (std::size_t l = 0; l < layers; ++l) {
+    const SparsePattern& old = *patterns[l];
+    std::vector<index_t> survivor_at(static_cast<std::size_t>(old.rows * old.cols), -1);
+    std::vector<bool> keep(survivor_at.size(), false);
+    for (index_t r = 0; r < old.rows; ++r)
+      for (index_t e = old.row_start[r]; e < old.row_start[r + 1]; ++e)
+        if (survives[l][static_cast<std::size_t>(e)]) {
+          const auto at = static_cast<std::size_t>(r * old.cols + old.column[e]);
+          survivor_at[at] = e;
+          keep[at] = true;
+        }
+    std::vector<index_t> zeros;
+    for (std::size_t i = 0; i < keep.size(); ++i)
+      if (!keep[i]) zeros.push_back(static_cast<index_t>(i));
+    Rng rng(seed_, 7000 + calls_ * layers + l);
+    for (index_t g = 0; g < grow[l]; ++g) {  // a partial Fisher-Yates shuffle picks grow[l] of them
+      const auto pick = g + static_cast<index_t>(rng.below(static_cast<std::uint64_t>(zeros.size()) - g));
+      std::swap(zeros[static_cast<std::size_t>(g)], zeros[static_cast<std::size_t>(pick)]);
+      keep[static_cast<std::size_t>(zeros[static_cast<std::size_t>(g)])] = true;
+    }
+    result.patterns.push_back(pattern_from_mask(old.rows, old.cols, keep));
+    result.sources.push_back(sources_at(*result.patterns.back(), survivor_at));  // regrown entries start at 0
+  }
+  ++calls_;
+  return result;
+}
+
+#define LOWMEM_INSTANTIATE_SPARSITY(T)                                                   \
+  template void make_sparse<T>(Param<T>&, std::shared_ptr<const SparsePattern>);       \
+  template void remap_entries<T>(Tensor<T>&, const std::vector<index_t>&);              \
+  template std::vector<std::size_t> sparse_weight_indices<T>(const std::vector<Param<T>*>&);
+LOWMEM_INSTANTIATE_SPARSITY(float)
+LOWMEM_INSTANTIATE_SPARSITY(double)
+LOWMEM_INSTANTIATE_SPARSITY(f16)
+LOWMEM_INSTANTIATE_SPARSITY(bf16)
+LOWMEM_INSTANTIATE_SPARSITY(mp)
+
+}  // namespace lowmem
