@@ -117,6 +117,9 @@ Trainer<T>::Trainer(const RunConfig& config, MemoryLedger& ledger)
   }
   if (config.uses("checkpoint"))
     checkpoint_ = std::make_unique<CheckpointExecutor<T>>(checkpoint_schedule<T>(config, model_->size()));
+  // Peaks start with training: setup's one-time buffers (a dense weight beside its sparse copy while it is pruned)
+  // are not memory that training needs.
+  ledger_.reset_peaks();
 }
 
 // Technique sparsity: the chosen weights keep the largest magnitudes of the f32 draw (drawn; in a dry run, which has
