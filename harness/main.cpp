@@ -1,8 +1,9 @@
-// lowmem: the command line. Subcommands run, plan and show; every error is one readable line and exit code 1
+// lowmem: the command line. Subcommands run, plan, show and merge; every error is one readable line and exit code 1
 // (usage errors: 2).
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <iostream>
 #include <sstream>
 #include <string>
@@ -27,39 +28,64 @@ commands:
   run CONFIG.json    run every run the config describes, results into an HDF5 file
   plan CONFIG.json   validate the config and list its runs with the memory each will need
   show FILE.h5       print the summary table of a results file
+  merge OUT.h5 IN.h5...  combine the results files of one sweep's shards into one
 
 `lowmem <command> --help` describes each command's options.
 )";
 
-const char* run_help = R"(usage: lowmem run CONFIG.json [--out FILE.h5] [--set path.to.key=value ...] [--threads N] [--quiet]
+const char* run_help = R"(usage: lowmem run CONFIG.json [--out FILE.h5] [--resume [--force]] [--jobs N] [--shard I/N]
+                  [--set path.to.key=value ...] [--threads N] [--quiet]
 
-Runs every run of CONFIG (its "sweep" expanded) and appends each finished run to the results file.
-  --out FILE.h5      results file (default results/<config name>.h5); an existing file is never
+Runs every run of CONFIG (its "sweep" expanded) and commits each run to the results file the moment it ends, so
+a crash or kill loses at most the runs in flight and the file always opens. Ctrl-C stops after the runs already
+committed (exit status 130); --resume then continues.
+  --out FILE.h5      results file (default results/<config name>.h5, with --shard
+                     results/<config name>.shard-I-of-N.h5); without --resume an existing file is never
                      overwritten: the results go beside it (FILE.2.h5, ...) and lowmem says so
+  --resume           write into --out itself: skip the runs it holds as complete or diverged, redo failed and
+                     missing ones. Refuses a file written by another config (another sweep_id)
+  --force            with --resume: add to a file of another sweep anyway
+  --jobs N           N runs side by side, each in a process of its own (default 1)
+  --shard I/N        only the runs at positions I, I+N, I+2N, ... of the sweep (I from 0 to N-1): N
+                     machines or array tasks split a sweep; `lowmem merge` joins their files
   --set PATH=VALUE   override a config value before the sweep, e.g. --set train.batch=32
                      (VALUE is JSON if it parses, else a string); may be repeated
-  --threads N        threads for matrix products (default: all cores); recorded with every run
+  --threads N        threads per run for matrix products (default: all cores, divided among the jobs);
+                     recorded with every run. The same config, seed and thread count give the same numbers
   --quiet            no progress lines
 )";
 
-const char* plan_help = R"(usage: lowmem plan CONFIG.json [--set path.to.key=value ...] [--threads N] [--json]
+const char* plan_help = R"(usage: lowmem plan CONFIG.json [--out FILE.h5] [--shard I/N] [--set path.to.key=value ...]
+                   [--threads N] [--json]
 
 Validates CONFIG and lists its runs (id, study, precision, model) with the memory each will need, by
 category: weights, gradients, optimizer state, saved activations and workspace, and their peak total; the
 pixel-wise cost (peak / (batch x H x W)) and the layer evaluations recomputed per step (checkpointing).
 Predicted by a dry step, equal to the byte to what `lowmem run` measures.
+  --out FILE.h5      the results file a `run --resume` would continue (default as for run): column "resume"
+                     says which runs it would skip (done) and which it would run
+  --shard I/N        as for run: only that shard's runs
   --set PATH=VALUE   as for run
   --threads N        as for run: convolution workspace grows with the thread count (default: all cores)
   --json             print a JSON list instead of a table
 )";
 
-const char* show_help = R"(usage: lowmem show FILE.h5 [--columns a,b,c] [--sort COLUMN] [--all]
+const char* show_help = R"(usage: lowmem show FILE.h5 [--columns a,b,c] [--where COLUMN=VALUE ...] [--sort COLUMN] [--all]
 
 Prints the summary table of a results file, one row per run.
+  --where COLUMN=VALUE   only rows whose COLUMN is VALUE (COLUMN!=VALUE: is not); may be repeated
   --columns a,b,c    columns to show, in order (default: run_id, study, precision, status, wall_seconds,
                      peak_bytes, activation_peak_bytes, final_train_loss, test_accuracy, message)
   --sort COLUMN      sort rows by this column (numerically where it can)
   --all              every column
+)";
+
+const char* merge_help = R"(usage: lowmem merge OUT.h5 IN.h5 [IN.h5 ...] [--force]
+
+Writes every run of the IN files, results files of one sweep (its shards, or interrupted and resumed
+parts), into the new file OUT, in the sweep's order. Where files hold the same run, a result (complete or
+diverged) wins over a failure, then the first file's. Refuses files written by different configs (different
+sweep_id) unless --force, and an existing OUT.
 )";
 
 struct UsageError : std::runtime_error {
@@ -74,13 +100,15 @@ std::vector<std::string> split(const std::string& s, char sep) {
   return parts;
 }
 
-// Minimal option parser: one positional argument, then --flag [value] pairs.
+// Minimal option parser: positional arguments, then --flag [value] pairs.
 struct Args {
-  std::string positional;
+  std::vector<std::string> positionals;
+  std::string positional;  // the first
   std::vector<std::pair<std::string, std::string>> options;
   bool help = false;
 
-  Args(int argc, char** argv, const std::vector<std::string>& with_value, const std::vector<std::string>& flags) {
+  Args(int argc, char** argv, const std::vector<std::string>& with_value, const std::vector<std::string>& flags,
+       std::size_t max_positionals = 1) {
     for (int i = 2; i < argc; ++i) {
       const std::string a = argv[i];
       if (a == "--help" || a == "-h") {
@@ -92,12 +120,13 @@ struct Args {
         options.emplace_back(a, "");
       } else if (a.rfind("--", 0) == 0) {
         throw UsageError("unknown option " + a);
-      } else if (positional.empty()) {
-        positional = a;
+      } else if (positionals.size() < max_positionals) {
+        positionals.push_back(a);
       } else {
         throw UsageError("unexpected argument " + a);
       }
     }
+    if (!positionals.empty()) positional = positionals.front();
   }
   std::vector<std::string> all(const std::string& name) const {
     std::vector<std::string> v;
@@ -125,50 +154,118 @@ void sort_table(SummaryTable& table, const std::string& column) {
   });
 }
 
-int parse_threads(const std::string& text) {
+int parse_count(const std::string& option, const std::string& text) {
   char* end = nullptr;
   const long n = std::strtol(text.c_str(), &end, 10);
   if (text.empty() || *end != '\0' || n < 1 || n > 1024)
-    throw UsageError("--threads expects a whole number from 1 to 1024, got \"" + text + "\"");
+    throw UsageError(option + " expects a whole number from 1 to 1024, got \"" + text + "\"");
   return static_cast<int>(n);
 }
 
 unsigned all_cores() { return std::max(1u, std::thread::hardware_concurrency()); }
 
+// "I/N" with 0 <= I < N.
+Shard parse_shard(const std::string& text) {
+  unsigned long index = 0, count = 0;
+  char rest = 0;
+  if (std::sscanf(text.c_str(), "%lu/%lu%c", &index, &count, &rest) != 2 || count == 0 || index >= count)
+    throw UsageError("--shard expects I/N with 0 <= I < N (e.g. 0/4 for the first of 4 shards), got \"" + text + "\"");
+  return {index, count};
+}
+
+std::string default_out(const std::vector<PlannedRun>& runs, const Args& args, const Shard& shard) {
+  std::string stem = "results/" + runs.front().parsed.name;
+  if (shard.count > 1) stem += ".shard-" + std::to_string(shard.index) + "-of-" + std::to_string(shard.count);
+  return args.get("--out", stem + ".h5");
+}
+
+// This program's own path, to start job processes with.
+std::string self_path(const char* argv0) {
+  std::error_code ec;
+  const auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  return ec ? std::string(argv0) : exe.string();
+}
+
 int command_run(int argc, char** argv) {
-  const Args args(argc, argv, {"--out", "--set", "--threads"}, {"--quiet"});
+  const Args args(argc, argv, {"--out", "--set", "--threads", "--jobs", "--shard"}, {"--quiet", "--resume", "--force"});
   if (args.help) return std::cout << run_help, 0;
   if (args.positional.empty()) throw UsageError("run needs a CONFIG.json");
+  if (args.has("--force") && !args.has("--resume")) throw UsageError("--force goes with --resume");
   const auto runs = plan_runs(args.positional, args.all("--set"));
   RunOptions options;
-  options.threads = parse_threads(args.get("--threads", std::to_string(all_cores())));
-  options.out = args.get("--out", "results/" + runs.front().parsed.name + ".h5");
+  options.jobs = parse_count("--jobs", args.get("--jobs", "1"));
+  options.threads = parse_count("--threads", args.get("--threads", std::to_string(std::max(1u, all_cores() / options.jobs))));
+  options.shard = parse_shard(args.get("--shard", "0/1"));
+  options.out = default_out(runs, args, options.shard);
+  options.resume = args.has("--resume");
+  options.force = args.has("--force");
   options.quiet = args.has("--quiet");
-  std::string written;
-  const int failed = run_all(runs, options, written);
-  std::cout << "results: " << written << " (" << runs.size() << " run" << (runs.size() == 1 ? "" : "s")
-            << (failed ? ", " + std::to_string(failed) + " failed" : "") << ")\n";
-  return failed ? 1 : 0;
+  options.self = self_path(argv[0]);
+  const SweepOutcome outcome = run_all(runs, options);
+  std::cout << "results: " << outcome.path << " (" << outcome.planned << " run" << (outcome.planned == 1 ? "" : "s");
+  if (outcome.skipped) std::cout << ", " << outcome.skipped << " already done";
+  if (outcome.failed) std::cout << ", " << outcome.failed << " failed";
+  std::cout << ")\n";
+  if (outcome.interrupted) {
+    std::cerr << "lowmem: interrupted: " << outcome.done + outcome.failed << " run(s) committed to " << outcome.path
+              << "; `lowmem run " << args.positional << " --resume --out " << outcome.path << "` continues\n";
+    return 130;
+  }
+  return outcome.failed ? 1 : 0;
 }
 
 int command_plan(int argc, char** argv) {
-  const Args args(argc, argv, {"--set", "--threads"}, {"--json"});
+  const Args args(argc, argv, {"--set", "--threads", "--out", "--shard"}, {"--json"});
   if (args.help) return std::cout << plan_help, 0;
   if (args.positional.empty()) throw UsageError("plan needs a CONFIG.json");
-  set_threads(parse_threads(args.get("--threads", std::to_string(all_cores()))));
+  set_threads(parse_count("--threads", args.get("--threads", std::to_string(all_cores()))));
   const auto runs = plan_runs(args.positional, args.all("--set"));
-  std::cout << (args.has("--json") ? plan_json(runs) : plan_table(runs));
+  const Shard shard = parse_shard(args.get("--shard", "0/1"));
+  // What a resume would skip; a file of another sweep would be refused by run --resume, so plan says so too.
+  const auto statuses = resumable_statuses(default_out(runs, args, shard), runs, false);
+  const auto positions = shard_positions(runs.size(), shard);
+  std::cout << (args.has("--json") ? plan_json(runs, positions, statuses) : plan_table(runs, positions, statuses));
   return 0;
 }
 
+// Keeps the rows where every --where COLUMN=VALUE (or COLUMN!=VALUE) holds.
+void filter_table(SummaryTable& table, const std::vector<std::string>& conditions) {
+  for (const std::string& condition : conditions) {
+    const std::size_t eq = condition.find('=');
+    if (eq == std::string::npos || eq == 0) throw UsageError("--where expects COLUMN=VALUE or COLUMN!=VALUE, got \"" + condition + "\"");
+    const bool negate = condition[eq - 1] == '!';
+    const std::string column = condition.substr(0, negate ? eq - 1 : eq), value = condition.substr(eq + 1);
+    const auto it = std::find(table.columns.begin(), table.columns.end(), column);
+    if (it == table.columns.end()) {
+      std::string valid;
+      for (const auto& c : table.columns) valid += (valid.empty() ? "" : ", ") + c;
+      throw Error("--where: no column \"" + column + "\" in this results file; columns: " + valid);
+    }
+    const auto k = static_cast<std::size_t>(it - table.columns.begin());
+    std::erase_if(table.rows, [&](const auto& row) { return (k < row.size() && row[k] == value) == negate; });
+  }
+}
+
 int command_show(int argc, char** argv) {
-  const Args args(argc, argv, {"--columns", "--sort"}, {"--all"});
+  const Args args(argc, argv, {"--columns", "--sort", "--where"}, {"--all"});
   if (args.help) return std::cout << show_help, 0;
   if (args.positional.empty()) throw UsageError("show needs a FILE.h5");
   SummaryTable table = read_summary(args.positional);
+  filter_table(table, args.all("--where"));
   if (args.has("--sort")) sort_table(table, args.get("--sort", ""));
   const std::vector<std::string> columns = args.has("--all") ? table.columns : split(args.get("--columns", ""), ',');
   std::cout << format_table(table, columns);
+  return 0;
+}
+
+int command_merge(int argc, char** argv) {
+  const Args args(argc, argv, {}, {"--force"}, 1000000);
+  if (args.help) return std::cout << merge_help, 0;
+  if (args.positionals.size() < 2) throw UsageError("merge needs OUT.h5 and at least one IN.h5");
+  const std::vector<std::string> inputs(args.positionals.begin() + 1, args.positionals.end());
+  const std::size_t n = merge_results(args.positional, inputs, args.has("--force"));
+  std::cout << "merged " << n << " run" << (n == 1 ? "" : "s") << " from " << inputs.size() << " file"
+            << (inputs.size() == 1 ? "" : "s") << " into " << args.positional << "\n";
   return 0;
 }
 
@@ -181,6 +278,7 @@ int main(int argc, char** argv) {
     if (command == "run") return command_run(argc, argv);
     if (command == "plan") return command_plan(argc, argv);
     if (command == "show") return command_show(argc, argv);
+    if (command == "merge") return command_merge(argc, argv);
     if (command == "--help" || command == "-h" || command == "help") return std::cout << main_help, 0;
     throw UsageError(command.empty() ? "no command given" : "unknown command \"" + command + "\"");
   } catch (const UsageError& e) {

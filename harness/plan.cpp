@@ -33,35 +33,54 @@ double pixels_per_batch(const RunConfig& run) {
 
 }  // namespace
 
-std::string plan_table(const std::vector<PlannedRun>& runs) {
+std::string plan_table(const std::vector<PlannedRun>& runs, const std::vector<std::size_t>& positions,
+                       const std::map<std::string, std::string>& statuses) {
+  const bool resuming = !statuses.empty();
   std::string out;
   char line[512];
-  std::snprintf(line, sizeof line, "%-4s %-16s %-8s %-5s %-7s %6s %12s %12s %12s %12s %12s %12s %9s %10s\n", "#",
+  std::snprintf(line, sizeof line, "%-4s %-16s %-8s %-5s %-7s %6s %12s %12s %12s %12s %12s %12s %9s %10s%s\n", "#",
                 "run_id", "study", "prec", "model", "batch", "weights", "gradients", "optimizer", "saved_act",
-                "workspace", "peak", "B/pixel", "recompute");
+                "workspace", "peak", "B/pixel", "recompute", resuming ? "  resume" : "");
   out += line;
-  for (std::size_t i = 0; i < runs.size(); ++i) {
+  std::size_t skipped = 0;
+  for (std::size_t i : positions) {
     const RunConfig& r = runs[i].parsed;
     const MemoryPrediction p = predict_memory(r);
-    std::snprintf(line, sizeof line, "%-4zu %-16s %-8s %-5s %-7s %6d %12zu %12zu %12zu %12zu %12zu %12zu %9.0f %10lld\n",
+    const auto status = statuses.find(runs[i].id);
+    const bool skip = status != statuses.end() && is_done(status->second);
+    skipped += skip;
+    const std::string resume = !resuming                  ? ""
+                               : skip                      ? "  skip (" + status->second + ")"
+                               : status != statuses.end() ? "  redo (failed)"
+                                                          : "  run";
+    std::snprintf(line, sizeof line, "%-4zu %-16s %-8s %-5s %-7s %6d %12zu %12zu %12zu %12zu %12zu %12zu %9.0f %10lld%s\n",
                   i + 1, runs[i].id.c_str(), r.study.c_str(), to_string(r.precision).c_str(), r.model.arch.c_str(),
                   r.train.batch, p.weights, p.gradients, p.optimizer_state, p.saved_activations, p.workspace, p.peak,
-                  static_cast<double>(p.peak) / pixels_per_batch(r), static_cast<long long>(p.recomputed_evaluations));
+                  static_cast<double>(p.peak) / pixels_per_batch(r), static_cast<long long>(p.recomputed_evaluations),
+                  resume.c_str());
     out += line;
   }
   out += "memory in bytes: peak of each category and of the total over one step (train: and one evaluation batch);\n"
          "B/pixel: peak / (batch x H x W); recompute: forward layer evaluations per step beyond one per layer\n";
+  if (resuming)
+    out += "resume: run --resume would skip " + std::to_string(skipped) + " of these " +
+           std::to_string(positions.size()) + " runs (done in the results file) and run the others\n";
   return out;
 }
 
-std::string plan_json(const std::vector<PlannedRun>& runs) {
+std::string plan_json(const std::vector<PlannedRun>& runs, const std::vector<std::size_t>& positions,
+                      const std::map<std::string, std::string>& statuses) {
   nlohmann::json list = nlohmann::json::array();
-  for (const PlannedRun& run : runs) {
+  for (std::size_t i : positions) {
+    const PlannedRun& run = runs[i];
     const MemoryPrediction p = predict_memory(run.parsed);
+    const auto status = statuses.find(run.id);
     list.push_back({{"run_id", run.id},
+                    {"position", i},
                     {"study", run.parsed.study},
                     {"precision", to_string(run.parsed.precision)},
                     {"config", run.config},
+                    {"resume_skips", status != statuses.end() && is_done(status->second)},
                     {"predicted_peak_bytes", p.peak},
                     {"recomputed_evaluations_per_step", p.recomputed_evaluations},
                     {"pixel_memory_bytes", static_cast<double>(p.peak) / pixels_per_batch(run.parsed)},

@@ -13,7 +13,11 @@ struct MemoryPrediction {
 };
 MemoryPrediction predict_memory(const RunConfig& run);
 
-std::string plan_table(const std::vector<PlannedRun>& runs);
-std::string plan_json(const std::vector<PlannedRun>& runs);
+// The runs at `positions` of the sweep, with what each will need; `statuses` (of an existing results file) adds
+// whether run --resume would skip each.
+std::string plan_table(const std::vector<PlannedRun>& runs, const std::vector<std::size_t>& positions,
+                       const std::map<std::string, std::string>& statuses);
+std::string plan_json(const std::vector<PlannedRun>& runs, const std::vector<std::size_t>& positions,
+                      const std::map<std::string, std::string>& statuses);
 
 }  // namespace lowmem

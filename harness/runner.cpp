@@ -4,11 +4,21 @@
 #include <unistd.h>
 
 #include <Eigen/Core>
+#include <fcntl.h>
+#include <sys/wait.h>
+
+#include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <limits>
 #include <map>
 #include <memory>
+#include <optional>
 
 #include "io/config_reader.hpp"
 #include "io/error.hpp"
@@ -116,67 +126,347 @@ const DataSplit& cached_data(const PlannedRun& run) {
 
 }  // namespace
 
-int run_all(const std::vector<PlannedRun>& runs, const RunOptions& options, std::string& results_path) {
-  const OutputChoice out = choose_output_path(options.out);
-  if (!out.note.empty()) std::cerr << "lowmem: " << out.note << "\n";
-  results_path = out.path;
+std::vector<std::size_t> shard_positions(std::size_t runs, const Shard& shard) {
+  std::vector<std::size_t> positions;
+  for (std::size_t k = shard.index; k < runs; k += shard.count) positions.push_back(k);
+  return positions;
+}
+
+std::string sweep_id(const std::vector<PlannedRun>& runs) {
+  nlohmann::json ids = nlohmann::json::array();
+  for (const PlannedRun& run : runs) ids.push_back(run.id);
+  return run_id(ids);
+}
+
+bool is_done(const std::string& status) { return status == "complete" || status == "diverged"; }
+
+std::map<std::string, std::string> resumable_statuses(const std::string& path, const std::vector<PlannedRun>& runs,
+                                                      bool force) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) return {};
+  const auto attributes = read_file_attributes(path);
+  const auto id = attributes.find("sweep_id");
+  const std::string ours = sweep_id(runs);
+  if (!force && (id == attributes.end() || id->second != ours)) {
+    const auto name = attributes.find("sweep_name");
+    throw Error(path + " was written by " +
+                (id == attributes.end() ? std::string("no lowmem sweep (it has no sweep_id)")
+                                        : "another sweep (sweep_id " + id->second + ", config name \"" +
+                                              (name == attributes.end() ? "?" : name->second) + "\")") +
+                ", not by this config's (sweep_id " + ours + ", " + std::to_string(runs.size()) +
+                " runs): choose another --out, or --force to add this sweep's runs to it anyway");
+  }
+  std::map<std::string, std::string> statuses;
+  const SummaryTable table = read_summary(path);
+  const auto column = [&](const char* name) {
+    return static_cast<std::size_t>(std::find(table.columns.begin(), table.columns.end(), name) - table.columns.begin());
+  };
+  const std::size_t id_column = column("run_id"), status_column = column("status");
+  for (const auto& row : table.rows)
+    if (id_column < row.size() && status_column < row.size()) statuses[row[id_column]] = row[status_column];
+  return statuses;
+}
+
+namespace {
+
+// Ctrl-C (SIGINT) and SIGTERM ask the sweep to stop; the runs in flight are dropped at their next step, and a
+// second signal ends the process at once (the handler restores the default).
+std::atomic<bool> stop_requested{false};
+extern "C" void request_stop(int signal) {
+  stop_requested = true;
+  std::signal(signal, SIG_DFL);
+}
+struct Interrupted {};  // not a std::exception: nothing on the way may record it as a failed run
+
+struct StopSignals {
+  StopSignals() {
+    stop_requested = false;
+    previous_int = std::signal(SIGINT, request_stop);
+    previous_term = std::signal(SIGTERM, request_stop);
+  }
+  ~StopSignals() {
+    std::signal(SIGINT, previous_int);
+    std::signal(SIGTERM, previous_term);
+  }
+  void (*previous_int)(int);
+  void (*previous_term)(int);
+};
+
+// The labels a run that failed before its study began still gets (the study sets them otherwise).
+void failed_labels(const PlannedRun& run, RunRecord& record) {
+  record.labels["study"] = run.parsed.study;
+  record.labels["precision"] = to_string(run.parsed.precision);
+  record.labels["seed"] = std::to_string(run.parsed.seed);
+}
+
+// One run, in this process: its record, status "failed" with the error if it could not be done. Throws
+// Interrupted on a stop request.
+RunRecord execute(const PlannedRun& run, int threads, const Progress& show) {
+  RunRecord record;
+  record.run_id = run.id;
+  record.config_json = run.config.dump();
+  record.attributes = provenance(threads);
+  record.attributes["start_time"] = iso_time_now();
+  const auto t0 = std::chrono::steady_clock::now();
+  reset_process_peak_rss();
+  const Progress progress = [&](const std::string& text) {
+    if (stop_requested) throw Interrupted{};
+    if (show) show(text);
+  };
+  try {
+    run_study(run.parsed, cached_data(run), record, progress);
+    record.scalars["predicted_peak_bytes"] = static_cast<double>(predict_memory(run.parsed).peak);
+  } catch (const std::exception& e) {
+    // The run cannot be done (bad data, a shape that does not fit, out of memory): record it, go on.
+    record.status = "failed";
+    record.message = e.what();
+    failed_labels(run, record);
+  }
+  record.scalars["wall_seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  record.attributes["end_time"] = iso_time_now();
+  return record;
+}
+
+// The one line a finished run gets.
+std::string run_line(const std::string& prefix, const RunRecord& record) {
+  std::string line = prefix + " " + record.status;
+  char figures[200];
+  const auto scalar = [&](const char* key) {
+    const auto it = record.scalars.find(key);
+    return it == record.scalars.end() ? std::optional<double>() : it->second;
+  };
+  std::snprintf(figures, sizeof figures, " %.1fs", scalar("wall_seconds").value_or(0));
+  line += figures;
+  if (auto v = scalar("test_accuracy")) std::snprintf(figures, sizeof figures, " test_accuracy %.4f", *v), line += figures;
+  if (auto v = scalar("grad_max_rel_error"))
+    std::snprintf(figures, sizeof figures, " grad_max_rel_error %.3g", *v), line += figures;
+  if (auto v = scalar("peak_bytes")) line += " peak " + human_bytes(*v);
+  if (!record.message.empty()) line += ": " + record.message;
+  return line;
+}
+
+std::string duration_text(double seconds) {
+  char text[32];
+  const long s = std::lround(seconds);
+  if (s >= 3600) std::snprintf(text, sizeof text, "%ldh%02ldm", s / 3600, s / 60 % 60);
+  else std::snprintf(text, sizeof text, "%ldm%02lds", s / 60, s % 60);
+  return text;
+}
+
+// A run in a process of its own (--jobs): this program runs the run's resolved config into a file of its own,
+// which the sweep then reads and commits.
+struct Job {
+  std::size_t position;
+  std::string config_file, results_file;
+  std::chrono::steady_clock::time_point start;
+};
+
+pid_t start_job(const RunOptions& options, const PlannedRun& run, Job& job) {
+  std::ofstream(job.config_file) << run.config.dump();
+  const std::string threads = std::to_string(options.threads);
+  std::vector<std::string> args = {options.self, "run", job.config_file, "--out", job.results_file,
+                                   "--threads", threads, "--quiet"};
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const int null = open("/dev/null", O_WRONLY);  // the job's "results:" line: the sweep reports the run itself
+    if (null >= 0) dup2(null, STDOUT_FILENO);
+    execv(options.self.c_str(), argv.data());
+    std::perror(("lowmem: cannot start " + options.self).c_str());
+    _exit(127);
+  }
+  if (pid < 0) throw Error(std::string("cannot start a job process: ") + std::strerror(errno));
+  job.start = std::chrono::steady_clock::now();
+  return pid;
+}
+
+// The record a finished job left, or a failed one saying why there is none.
+RunRecord finish_job(const PlannedRun& run, const Job& job, int status) {
+  RunRecord record;
+  std::error_code ec;
+  if (WIFEXITED(status) && std::filesystem::exists(job.results_file, ec)) {
+    const std::vector<std::string> ids = list_runs(job.results_file);
+    if (ids.size() == 1 && ids[0] == run.id) record = read_run(job.results_file, run.id);
+  }
+  if (record.run_id.empty()) {
+    record.run_id = run.id;
+    record.config_json = run.config.dump();
+    record.status = "failed";
+    failed_labels(run, record);
+    record.message = WIFSIGNALED(status) ? "the job process was killed by signal " + std::to_string(WTERMSIG(status))
+                                         : "the job process exited with status " + std::to_string(WEXITSTATUS(status)) +
+                                               " and left no result";
+    record.scalars["wall_seconds"] =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - job.start).count();
+  }
+  std::filesystem::remove(job.config_file, ec);
+  std::filesystem::remove(job.results_file, ec);
+  return record;
+}
+
+}  // namespace
+
+SweepOutcome run_all(const std::vector<PlannedRun>& runs, const RunOptions& options) {
+  SweepOutcome outcome;
+  std::map<std::string, std::string> statuses;
+  if (options.resume) {
+    choose_output_path(options.out + ".probe");  // the directory exists and is writable
+    statuses = resumable_statuses(options.out, runs, options.force);
+    outcome.path = options.out;
+  } else {
+    const OutputChoice out = choose_output_path(options.out);
+    if (!out.note.empty()) std::cerr << "lowmem: " << out.note << "\n";
+    outcome.path = out.path;
+  }
+  std::vector<std::size_t> todo;
+  for (std::size_t position : shard_positions(runs.size(), options.shard)) {
+    ++outcome.planned;
+    const auto it = statuses.find(runs[position].id);
+    if (it != statuses.end() && is_done(it->second)) ++outcome.skipped;
+    else todo.push_back(position);
+  }
+  if (outcome.skipped && !options.quiet)
+    std::cerr << "lowmem: resuming " << outcome.path << ": " << outcome.skipped << " of " << outcome.planned
+              << " runs are done, " << todo.size() << " to run\n";
   set_threads(options.threads);
   // Every data set the sweep needs, before any run: a missing or corrupt file, or data that does not fit the
   // model, stops the sweep at once.
-  for (const PlannedRun& run : runs) check_data_fits(run.parsed, cached_data(run));
-  int failed = 0;
-  // On a terminal a live progress line; otherwise (logs, CI) one plain line per run.
-  const bool terminal = isatty(STDERR_FILENO) != 0;
-  const char* line_start = terminal ? "\r" : "";
-  const char* line_clear = terminal ? "\033[K" : "";
-  for (std::size_t i = 0; i < runs.size(); ++i) {
-    const PlannedRun& run = runs[i];
-    RunRecord record;
-    record.run_id = run.id;
-    record.config_json = run.config.dump();
-    record.attributes = provenance(options.threads);
-    record.attributes["seed"] = std::to_string(run.parsed.seed);
-    record.attributes["start_time"] = iso_time_now();
-    const std::string prefix = "[" + std::to_string(i + 1) + "/" + std::to_string(runs.size()) + "] " + run.id + " " +
-                               run.parsed.study + " " + to_string(run.parsed.precision);
-    const auto t0 = std::chrono::steady_clock::now();
-    reset_process_peak_rss();
-    try {
-      const DataSplit& data = cached_data(run);
-      Progress progress;
-      if (!options.quiet && terminal)
-        progress = [&](const std::string& s) { std::cerr << "\r" << prefix << " " << s << "\033[K" << std::flush; };
-      run_study(run.parsed, data, record, progress);
-      record.scalars["predicted_peak_bytes"] = static_cast<double>(predict_memory(run.parsed).peak);
-    } catch (const std::exception& e) {
-      // The run cannot be done (bad data, a shape that does not fit, out of memory): record it, go on.
-      record.status = "failed";
-      record.message = e.what();
-      record.labels["study"] = run.parsed.study;
-      record.labels["precision"] = to_string(run.parsed.precision);
-      ++failed;
+  for (std::size_t position : todo) check_data_fits(runs[position].parsed, cached_data(runs[position]));
+  const std::map<std::string, std::string> file_attributes = {
+      {"sweep_id", sweep_id(runs)}, {"sweep_name", runs.front().parsed.name}, {"sweep_runs", std::to_string(runs.size())}};
+  const StopSignals signals;
+  // On a terminal a live progress line (the run's step and loss, and the sweep's ETA); otherwise (logs, CI) one
+  // plain line per run.
+  const bool terminal = isatty(STDERR_FILENO) != 0 && !options.quiet;
+  const auto sweep_start = std::chrono::steady_clock::now();
+  std::size_t finished = 0;
+  auto prefix_of = [&](std::size_t position) {
+    const PlannedRun& run = runs[position];
+    return "[" + std::to_string(position + 1) + "/" + std::to_string(runs.size()) + "] " + run.id + " " +
+           run.parsed.study + " " + to_string(run.parsed.precision);
+  };
+  auto eta = [&] {
+    if (finished == 0) return std::string();
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - sweep_start).count();
+    const double left = elapsed / static_cast<double>(finished) * static_cast<double>(todo.size() - finished);
+    return " | sweep " + std::to_string(finished) + "/" + std::to_string(todo.size()) + " done, ETA " +
+           duration_text(left / options.jobs);
+  };
+  auto commit = [&](std::size_t position, RunRecord record) {
+    record.attributes["sweep_index"] = std::to_string(position);
+    append_run(outcome.path, record, file_attributes);  // throws if the file cannot be written: completed runs stay
+    ++finished;
+    if (record.status == "failed") ++outcome.failed;
+    else ++outcome.done;
+    if (!options.quiet) std::cerr << (terminal ? "\r" : "") << run_line(prefix_of(position), record)
+                                  << (terminal ? "\033[K" : "") << "\n";
+    else if (record.status == "failed") std::cerr << "lowmem: run " << record.run_id << " failed: " << record.message << "\n";
+  };
+
+  if (options.jobs <= 1) {
+    for (std::size_t position : todo) {
+      if (stop_requested) break;
+      const std::string prefix = prefix_of(position);
+      auto last_shown = std::chrono::steady_clock::now() - std::chrono::seconds(1);
+      const Progress show = [&](const std::string& text) {
+        if (!terminal) return;
+        const auto now = std::chrono::steady_clock::now();
+        if (now - last_shown < std::chrono::milliseconds(200)) return;
+        last_shown = now;
+        std::cerr << "\r" << prefix << " " << text << eta() << "\033[K" << std::flush;
+      };
+      try {
+        commit(position, execute(runs[position], options.threads, show));
+      } catch (const Interrupted&) {
+        break;
+      }
     }
-    record.scalars["wall_seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    record.attributes["end_time"] = iso_time_now();
-    append_run(results_path, record);  // throws Error if the file cannot be written: completed runs stay
-    if (!options.quiet) {
-      std::string line = prefix + " " + record.status;
-      char figures[200];
-      std::snprintf(figures, sizeof figures, " %.1fs", record.scalars["wall_seconds"]);
-      line += figures;
-      if (auto it = record.scalars.find("test_accuracy"); it != record.scalars.end())
-        std::snprintf(figures, sizeof figures, " test_accuracy %.4f", it->second), line += figures;
-      if (auto it = record.scalars.find("grad_max_rel_error"); it != record.scalars.end())
-        std::snprintf(figures, sizeof figures, " grad_max_rel_error %.3g", it->second), line += figures;
-      if (auto it = record.scalars.find("peak_bytes"); it != record.scalars.end())
-        line += " peak " + human_bytes(it->second);
-      if (!record.message.empty()) line += ": " + record.message;
-      std::cerr << line_start << line << line_clear << "\n";
-    } else if (record.status == "failed") {
-      std::cerr << "lowmem: run " << run.id << " failed: " << record.message << "\n";
+  } else {
+    // Job processes, at most `jobs` at a time, each with its own files beside the results file.
+    std::map<pid_t, Job> active;
+    std::size_t next = 0;
+    while (next < todo.size() || !active.empty()) {
+      while (!stop_requested && next < todo.size() && active.size() < static_cast<std::size_t>(options.jobs)) {
+        Job job;
+        job.position = todo[next++];
+        const std::string stem = outcome.path + ".job-" + std::to_string(job.position);
+        job.config_file = stem + ".json";
+        job.results_file = stem + ".h5";
+        active[start_job(options, runs[job.position], job)] = job;
+      }
+      int status = 0;
+      const pid_t pid = waitpid(-1, &status, 0);
+      if (pid < 0) {
+        if (errno == EINTR) continue;  // a stop request: the jobs got it too and end at their next step
+        break;
+      }
+      const auto it = active.find(pid);
+      if (it == active.end()) continue;
+      const Job job = it->second;
+      active.erase(it);
+      const bool interrupted_job = WIFEXITED(status) && WEXITSTATUS(status) == 130;
+      RunRecord record = finish_job(runs[job.position], job, status);
+      if (stop_requested && (interrupted_job || record.status == "failed")) continue;  // dropped, not failed
+      commit(job.position, std::move(record));
     }
   }
-  return failed;
+  outcome.interrupted = stop_requested;
+  return outcome;
+}
+
+std::size_t merge_results(const std::string& out, const std::vector<std::string>& inputs, bool force) {
+  std::error_code ec;
+  if (std::filesystem::exists(std::filesystem::symlink_status(out, ec)))
+    throw Error(out + " exists; merge writes a new file (choose another name, or remove it)");
+  choose_output_path(out);  // its directory exists and is writable
+  std::map<std::string, std::string> attributes;
+  std::string first;
+  for (const std::string& in : inputs) {
+    const auto a = read_file_attributes(in);
+    const auto id = a.find("sweep_id");
+    if (id == a.end() && !force)
+      throw Error(in + " has no sweep_id (not written by lowmem run); merge it anyway with --force");
+    if (first.empty()) {
+      first = in;
+      attributes = a;
+      continue;
+    }
+    const auto ours = attributes.find("sweep_id");
+    if (!force && (ours == attributes.end() || id == a.end() || ours->second != id->second)) {
+      const auto name = [](const std::map<std::string, std::string>& m) {
+        const auto it = m.find("sweep_name");
+        return it == m.end() ? std::string("?") : it->second;
+      };
+      throw Error(in + " was written by another sweep than " + first + " (sweep_id " + id->second + ", config \"" +
+                  name(a) + "\" against " + (ours == attributes.end() ? "none" : ours->second) + ", config \"" +
+                  name(attributes) + "\"): merging them would mix two experiments; --force merges anyway");
+    }
+  }
+  // The best record of every run: a result over a failure, then the first file's.
+  std::map<std::string, RunRecord> best;
+  std::vector<std::string> order;
+  for (const std::string& in : inputs)
+    for (const std::string& id : list_runs(in)) {
+      RunRecord record = read_run(in, id);
+      const auto it = best.find(id);
+      if (it == best.end()) order.push_back(id), best[id] = std::move(record);
+      else if (!is_done(it->second.status) && is_done(record.status)) it->second = std::move(record);
+    }
+  auto position = [&](const std::string& id) {
+    const auto& a = best[id].attributes;
+    const auto it = a.find("sweep_index");
+    return it == a.end() ? std::numeric_limits<long long>::max() : std::stoll(it->second);
+  };
+  std::stable_sort(order.begin(), order.end(), [&](const std::string& a, const std::string& b) { return position(a) < position(b); });
+  std::vector<RunRecord> records;
+  for (const std::string& id : order) records.push_back(std::move(best[id]));
+  std::map<std::string, std::string> file_attributes;
+  for (const char* key : {"sweep_id", "sweep_name", "sweep_runs"})
+    if (attributes.count(key)) file_attributes[key] = attributes[key];
+  append_runs(out, records, file_attributes);
+  return records.size();
 }
 
 }  // namespace lowmem

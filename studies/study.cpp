@@ -1,6 +1,7 @@
 #include "study.hpp"
 
 #include <algorithm>
+#include <cstdio>
 #include <nlohmann/json.hpp>
 
 #include "io/error.hpp"
@@ -12,11 +13,17 @@ void run_study(const RunConfig& config, const DataSplit& data, RunRecord& record
   record.labels["precision"] = to_string(config.precision);
   record.labels["name"] = config.name;
   record.labels["model"] = config.model.arch;
+  record.labels["seed"] = std::to_string(config.seed);
   std::string techniques;  // "store_all", "reversible", "checkpoint-revolve-2", joined by "+" when composed
   for (const TechniqueSpec& t : config.techniques) {
     techniques += (techniques.empty() ? "" : "+") + t.type;
     if (t.type == "microbatch") techniques += "-" + std::to_string(t.count);
     if (t.type == "approx_activations") techniques += "-" + t.method + "-" + std::to_string(t.bits);
+    if (t.type == "sparsity") {
+      char density[32];
+      std::snprintf(density, sizeof density, "%g", t.density);
+      techniques += "-" + t.method + "-" + density;
+    }
     if (t.type == "mixed_precision")
       techniques += "-" + t.compute + (t.loss_scale > 0 ? "-scale-" + std::to_string(static_cast<long long>(t.loss_scale)) : "");
     if (t.type == "checkpoint")

@@ -11,7 +11,8 @@
 
 namespace lowmem {
 
-// Called with short progress text ("epoch 1/3 step 120/937 loss 0.512").
+// Called with short progress text ("epoch 1/3 step 120/937 loss 0.512"), as often as every training step. The
+// harness's callback may throw to stop the run (Ctrl-C).
 using Progress = std::function<void(const std::string&)>;
 
 // Fills record.status ("complete" or "diverged"), message, curves, memory and summary columns. Throws

@@ -42,7 +42,7 @@ void train(const RunConfig& config, const DataSplit& data, RunRecord& record, co
                          (std::isfinite(loss) ? " (above train.diverge_loss)" : "");
         return false;
       }
-      if (progress && (s % 20 == 0 || s + 1 == total_steps)) {
+      if (progress) {  // every step: the harness throttles what it prints, and stops here on Ctrl-C
         char line[160];
         std::snprintf(line, sizeof line, "epoch %d/%d step %lld/%lld loss %.4f", epoch + 1, spec.epochs,
                       static_cast<long long>(s + 1), static_cast<long long>(total_steps), loss);

@@ -9,78 +9,24 @@ a few seconds.
 """
 import copy
 import gzip
-import hashlib
 import json
 import os
 import shutil
 import struct
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-BINARY = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "build" / "lowmem")
-RUN_OPTS = ["--threads", "1", "--quiet"]
-CRASH_TEXT = ["Traceback", "terminate called", "Segmentation", "Aborted", "core dumped", "what():",
-              "AddressSanitizer", "runtime error:"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cli_helpers import *  # noqa: E402,F401,F403  lowmem, check, describe, TINY, ...
 
-TINY = {
-    "name": "tiny",
-    "seed": 1,
-    "precision": "f32",
-    "model": {"input": [1, 8, 8], "classes": 3, "layers": [
-        {"type": "conv", "out": 4, "pad": 1}, {"type": "batchnorm"}, {"type": "relu"},
-        {"type": "maxpool", "kernel": 2}, {"type": "flatten"}, {"type": "linear", "out": 3}]},
-    "data": {"dataset": "synthetic", "synthetic": {"count": 64, "test_count": 16, "shape": [1, 8, 8], "classes": 3}},
-    "train": {"batch": 8, "steps": 3, "optimizer": {"type": "sgd", "lr": 0.05, "momentum": 0.9}},
-}
-
-PROVENANCE = ["git_commit", "git_dirty", "build_type", "compiler", "eigen_version", "boost_version", "hdf5_version",
-              "host", "threads", "seed", "start_time", "end_time"]
-SUMMARY_COLUMNS = ["run_id", "study", "precision", "status", "wall_seconds", "peak_bytes", "activation_peak_bytes",
-                   "final_train_loss", "test_accuracy"]
-# plan --json category -> run attribute
-MEMORY = {"weights": "weights_bytes", "gradients": "gradients_bytes", "optimizer_state": "optimizer_state_bytes",
-          "saved_activations": "activation_peak_bytes", "workspace": "workspace_peak_bytes"}
-
-failures = []
 TMP = None  # Path of the scratch directory
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
-
-def lowmem(*args, cwd=None, prefix=()):
-    cmd = [*prefix, str(BINARY), *map(str, args)]
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=300, cwd=cwd)
-    except subprocess.TimeoutExpired as e:
-        p = subprocess.CompletedProcess(cmd, -999, e.stdout or "", (e.stderr or "") + "\n<timeout>")
-    p.cmdline = " ".join(cmd)
-    return p
-
-
-def describe(p):
-    return (f"\n    command: {p.cmdline}\n    exit code: {p.returncode}"
-            f"\n    stdout: {p.stdout.strip()[:1500]!r}\n    stderr: {p.stderr.strip()[:1500]!r}")
-
-
-def check(condition, what, detail=""):
-    if condition:
-        print(f"ok: {what}", flush=True)
-    else:
-        print(f"FAILED: {what}{detail}", flush=True)
-        failures.append(what)
-    return condition
-
-
-def skip(what, why):
-    print(f"skipped: {what} ({why})", flush=True)
-
 
 def config(tmp_name, changes=None, base=None):
     """Writes a copy of `base` (TINY) changed by `changes(c)` to TMP/tmp_name; returns its path."""
@@ -92,30 +38,6 @@ def config(tmp_name, changes=None, base=None):
     return path
 
 
-def crash_free(p):
-    text = p.stdout + p.stderr
-    return p.returncode in (1, 2) and not any(t in text for t in CRASH_TEXT)
-
-
-def missing_words(text, words):
-    return [w for w in words if w not in text]
-
-
-def expect_error(what, p, code, words):
-    """Exit code `code` (1 or 2), a 'lowmem: ' line on stderr holding every word, no crash text."""
-    missing = missing_words(p.stderr, words)
-    ok = (p.returncode == code and crash_free(p) and not missing and p.stderr.startswith("lowmem: "))
-    detail = describe(p) + (f"\n    missing in stderr: {missing}" if missing else "") + f"\n    expected exit {code}"
-    return check(ok, what, detail)
-
-
-def run_messages(h5):
-    """(status, message) of each run of a results file, in run order."""
-    with h5py.File(h5, "r") as f:
-        runs = sorted(f["runs"].values(), key=lambda g: int(g.attrs["index"]))
-        return [(str(g.attrs["status"]), str(g.attrs["message"])) for g in runs]
-
-
 def expect_failed_run(what, cfg, words):
     """A config whose runs cannot be done (a shape that does not fit, missing or corrupt data): lowmem run stops
     before any run with exit 1 and one 'lowmem: ' line holding `words`, and creates no results file."""
@@ -123,29 +45,6 @@ def expect_failed_run(what, cfg, words):
     p = lowmem("run", cfg, "--out", out, *RUN_OPTS)
     expect_error(f"run {what}: exit 1 before any run, message names {words}", p, 1, words)
     check(not out.exists(), f"run {what}: no results file is created", describe(p))
-
-
-def sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def runs_of(h5):
-    """run_id -> attributes (dict) and curves, in run order."""
-    with h5py.File(h5, "r") as f:
-        out = {}
-        for g in sorted(f["runs"].values(), key=lambda g: int(g.attrs["index"])):
-            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in g.attrs.items()}
-            curves = {k: np.array(v) for k, v in g["curves"].items()} if "curves" in g else {}
-            out[g.name.split("/")[-1]] = (attrs, curves)
-        return out
-
-
-def plan_json(cfg, *extra):
-    p = lowmem("plan", cfg, "--json", *extra)
-    try:
-        return p, json.loads(p.stdout)
-    except ValueError:
-        return p, None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -414,6 +313,10 @@ def check_plan():
         model=reversible, technique={"type": "reversible"},
         sweep={"model.arch": ["revnet", "hybrid", "flat"], "precision": ["f32", "bf16"]}))
     check_plan_matches_run("plan vs run (reversible)", cfg)
+    cfg = config("plan-reversible-checkpoint.json", lambda c: c.update(
+        model=reversible, technique=[{"type": "reversible"}, {"type": "checkpoint"}],
+        sweep={"model.arch": ["revnet", "flat"], "precision": ["f32", "f16"]}))
+    check_plan_matches_run("plan vs run (reversible + checkpoint)", cfg)
     cfg = config("plan-checkpoint.json", lambda c: c.update(
         technique={"type": "store_all"},
         sweep={"technique": [{"type": "checkpoint"}, {"type": "checkpoint", "schedule": "revolve", "slots": 2}],
@@ -545,28 +448,17 @@ def check_set():
 
 
 def main():
-    global TMP
-    start = time.monotonic()
-    if not BINARY.exists():
-        print(f"FAILED: lowmem binary {BINARY} not found")
-        return 1
-    with tempfile.TemporaryDirectory(prefix="lowmem-test-cli-") as tmp:
-        TMP = Path(tmp)
+    def with_scratch(tmp):
+        global TMP
+        TMP = tmp
         for section in (check_bad_input, check_determinism, check_plan, check_results_file, check_divergence,
                         check_set):
             try:
                 section()
             except Exception as e:  # a broken section must not hide the others
                 check(False, f"{section.__name__} raised {type(e).__name__}: {e}")
-        # restore permissions so the temporary directory can be removed
-        for d in TMP.rglob("*"):
-            if d.is_dir():
-                d.chmod(0o755)
-    print(f"{len(failures)} check(s) failed in {time.monotonic() - start:.1f} s" if failures
-          else f"all checks passed in {time.monotonic() - start:.1f} s")
-    for f in failures:
-        print(f"  failed: {f}")
-    return 1 if failures else 0
+
+    return run_sections([with_scratch])
 
 
 if __name__ == "__main__":

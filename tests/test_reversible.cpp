@@ -139,5 +139,31 @@ TEST(Reversible, BadInputIsNamedBeforeAnyWork) {
   EXPECT_NE(e.find("cfg.json: /technique"), std::string::npos) << e;
 }
 
+// Checkpoint composed with reversible: the runs of non-invertible layers between invertible runs keep only their
+// inputs and are recomputed in backward. The arithmetic is the same, so gradients and running statistics are those
+// of reversible alone, bit for bit; saved activations fall.
+TEST(Reversible, CheckpointRecomputesTheNonInvertibleRunsBitForBit) {
+  const nlohmann::json conv = {{"type", "conv"}, {"out", 4}, {"pad", 1}}, half = {{"type", "conv"}, {"out", 2}, {"pad", 1}};
+  const nlohmann::json bn = {{"type", "batchnorm"}}, relu = {{"type", "relu"}};
+  const nlohmann::json coupling = {{"type", "coupling"}, {"f", {half, bn, relu}}, {"g", {half, bn, relu}}};
+  const nlohmann::json model = {
+      {"input", {2, 8, 8}},
+      {"layers", {conv, bn, relu, conv, bn, relu,                                    // 6 non-invertible
+                  coupling, {{"type", "inv_batchnorm"}}, {{"type", "leaky_relu"}, {"slope", 0.2}},
+                  {{"type", "conv"}, {"out", 4}, {"pad", 1}, {"stride", 2}}, bn, relu,  // 3 non-invertible
+                  coupling, {{"type", "global_avgpool"}}, {{"type", "flatten"}}, {{"type", "linear"}, {"out", 10}}}}};
+  const nlohmann::json reversible = config_for(model, "reversible");
+  nlohmann::json composed = reversible;
+  composed["technique"] = {{{"type", "reversible"}}, {{"type", "checkpoint"}}};
+  EXPECT_EQ(gradients(composed), gradients(reversible));
+  const testing::TechniqueStep alone = testing::technique_step(reversible, 5), both = testing::technique_step(composed, 5);
+  EXPECT_EQ(both.gradients, alone.gradients);
+  EXPECT_LT(both.saved_peak, alone.saved_peak);
+  const RunConfig run = parse_run_config(composed, "test");
+  std::int64_t recomputed = -1;
+  dry_step<double>(run, nullptr, &recomputed);
+  EXPECT_EQ(recomputed, 6 + 3 + 3);  // every non-invertible layer once more
+}
+
 }  // namespace
 }  // namespace lowmem

@@ -533,6 +533,32 @@ H5::H5File create_file(const std::string& file) {
   return out;
 }
 
+// Checks that the disk has room for the new file before HDF5 writes any of it: HDF5 1.10 does not survive a
+// write that fails halfway through its structures (a full disk made it crash closing the file), while a failed
+// check is an ordinary error. A probe file of a generous bound is allocated and removed: twice the old file (the
+// rewritten /summary may sit beside the old one), four times every value and string the new runs add, and 64 KiB.
+void check_space(const std::string& path, const std::string& probe, const std::vector<RunRecord>& added) {
+  std::error_code ec;
+  std::uintmax_t bytes = fs::exists(path, ec) ? 2 * fs::file_size(path, ec) : 0;
+  for (const RunRecord& run : added) {
+    std::uintmax_t payload = run.config_json.size() + run.message.size() + 4096;
+    for (const auto& [key, value] : run.labels) payload += key.size() + value.size() + 64;
+    for (const auto& [key, value] : run.attributes) payload += key.size() + value.size() + 64;
+    payload += run.scalars.size() * 96;
+    for (const auto& [key, array] : run.arrays) payload += key.size() + array.values.size() * sizeof(double) + 512;
+    for (const auto& [key, strings] : run.string_arrays)
+      for (const std::string& text : strings) payload += text.size() + 32;
+    bytes += 4 * payload;
+  }
+  bytes += 64 << 10;
+  const int fd = ::open(probe.c_str(), O_CREAT | O_EXCL | O_WRONLY, 0600);
+  const int error = fd < 0 ? errno : ::posix_fallocate(fd, 0, static_cast<off_t>(bytes));
+  if (fd >= 0) ::close(fd), ::unlink(probe.c_str());
+  if (error != 0)
+    throw Error(path + ": no room for the new file (" + std::to_string(bytes) + " bytes could not be reserved: " +
+                std::strerror(error) + "); the file is unchanged");
+}
+
 H5::H5File open_existing(const std::string& path, const std::string& file, unsigned flags) {
   H5::FileAccPropList fapl;
   fapl.setLibverBounds(H5F_LIBVER_V18, H5F_LIBVER_LATEST);
@@ -548,7 +574,7 @@ H5::H5File open_existing(const std::string& path, const std::string& file, unsig
 // Rebuilds the results file `in` into the empty file `out`: root attributes, any other top-level object, and
 // every run but `skip` (which is about to be replaced). Returns the rows of all runs in creation order.
 std::vector<Row> copy_compacted(const std::string& path, const H5::H5File& in, const H5::H5File& out,
-                                const std::string& skip) {
+                                const std::set<std::string>& skip) {
   copy_attributes(in, out);
   for (const auto& name : child_names(in)) {
     if (name == "summary" || name == "runs") continue;
@@ -566,7 +592,7 @@ std::vector<Row> copy_compacted(const std::string& path, const H5::H5File& in, c
     const H5::Group g = runs_in.openGroup(name);
     RunRecord r = read_run_attributes(g, name);
     const std::int64_t index = read_index(g);
-    if (name != skip) {
+    if (!skip.count(name)) {
       // Read and rewrite rather than H5Ocopy, for the crash above (a config over 64 KiB needs dense storage).
       read_datasets(g, "", r);
       write_run(runs_out, r, index);
@@ -690,9 +716,20 @@ OutputChoice choose_output_path(const std::string& requested) {
   }
 }
 
-void append_run(const std::string& path, const RunRecord& run) {
-  validate(path, run);
-  with_hdf5(path, "adding run '" + run.run_id + "'", [&] {
+void append_run(const std::string& path, const RunRecord& run, const std::map<std::string, std::string>& file_attributes) {
+  append_runs(path, {run}, file_attributes);
+}
+
+void append_runs(const std::string& path, const std::vector<RunRecord>& added,
+                 const std::map<std::string, std::string>& file_attributes) {
+  std::set<std::string> ids;
+  for (const RunRecord& run : added) {
+    validate(path, run);
+    if (!ids.insert(run.run_id).second) throw Error(path + ": run '" + run.run_id + "' is added twice");
+  }
+  const std::string doing = added.size() == 1 ? "adding run '" + added[0].run_id + "'"
+                                              : "adding " + std::to_string(added.size()) + " runs";
+  with_hdf5(path, doing, [&] {
     std::error_code ec;
     const bool exists = fs::exists(fs::symlink_status(path, ec));
     const std::string dir = require_directory(path);
@@ -707,8 +744,10 @@ void append_run(const std::string& path, const RunRecord& run) {
         fs::remove(p, e);
       }
     } cleanup{tmp};
+    check_space(path, tmp + ".space", added);
     {
-      std::int64_t appends = 0, next = 0, index = -1;
+      std::int64_t appends = 0, next = 0;
+      std::map<std::string, std::int64_t> kept_index;  // runs replaced: they keep their index and row
       bool compact = true;  // a new file, or a rebuilt one
       std::vector<Row> rows;  // the other runs' summary rows, in creation order
       H5::H5File in, out;
@@ -719,7 +758,8 @@ void append_run(const std::string& path, const RunRecord& run) {
       } else {
         const H5::Group runs = open_runs(path, in);
         next = next_index(in, runs);
-        index = existing_index(runs, run.run_id);
+        for (const RunRecord& run : added)
+          if (const std::int64_t index = existing_index(runs, run.run_id); index >= 0) kept_index[run.run_id] = index;
         // Usually: edit a byte copy in place, cheap whatever the file holds. But HDF5 1.10 loses ~4 KiB of the
         // file on every reopening for writing, so every max(4, runs/4) appends the file is rebuilt compactly
         // instead; that costs O(runs), hence O(1) per append on average.
@@ -727,7 +767,7 @@ void append_run(const std::string& path, const RunRecord& run) {
         compact = appends + 1 >= std::max<std::int64_t>(4, static_cast<std::int64_t>(runs.getNumObjs() / 4));
         if (compact) {
           out = create_file(tmp);
-          rows = copy_compacted(path, in, out, run.run_id);
+          rows = copy_compacted(path, in, out, ids);
         } else {
           fs::copy_file(path, tmp, fs::copy_options::overwrite_existing);
           out = open_existing(path, tmp, H5F_ACC_RDWR);
@@ -736,23 +776,45 @@ void append_run(const std::string& path, const RunRecord& run) {
           const bool ours = in.attrExists(kAppendsAttr) && out.nameExists("summary");
           rows = ours ? summary_rows(path, out.openDataSet("summary")) : read_rows(out.openGroup("runs"));
           if (!out.attrExists("format")) put_string(out, "format", kFormat);
-          if (out.openGroup("runs").nameExists(run.run_id)) out.openGroup("runs").unlink(run.run_id);
+          for (const RunRecord& run : added)
+            if (out.openGroup("runs").nameExists(run.run_id)) out.openGroup("runs").unlink(run.run_id);
         }
       }
-      if (index < 0) index = next;
-      write_run(out.openGroup("runs"), run, index);
-      auto row = std::find_if(rows.begin(), rows.end(), [&](const Row& r) { return r.run.run_id == run.run_id; });
-      if (row != rows.end()) row->run = without_datasets(run);  // a replaced run keeps its row
-      else rows.push_back({index, without_datasets(run)});
+      for (const auto& [name, value] : file_attributes)
+        if (!out.attrExists(name)) put_string(out, name, value);
+      for (const RunRecord& run : added) {
+        const auto kept = kept_index.find(run.run_id);
+        const std::int64_t index = kept != kept_index.end() ? kept->second : next++;
+        write_run(out.openGroup("runs"), run, index);
+        auto row = std::find_if(rows.begin(), rows.end(), [&](const Row& r) { return r.run.run_id == run.run_id; });
+        if (row != rows.end()) row->run = without_datasets(run);  // a replaced run keeps its row
+        else rows.push_back({index, without_datasets(run)});
+      }
       write_summary(path, out, rows);
-      set_int(out, kNextIndexAttr, std::max(next, index + 1));
+      set_int(out, kNextIndexAttr, next);
       set_int(out, kAppendsAttr, compact ? 0 : appends + 1);
-      out.close();  // fails if a handle were still open, rather than renaming an incomplete file
+      out.close();  // writes the file; fails if a handle were still open, rather than renaming an incomplete file
     }
     fsync_path(tmp, O_RDONLY);
     fs::rename(tmp, path);
     fsync_path(dir, O_RDONLY | O_DIRECTORY);  // make the rename durable
   }, "; the file is unchanged");
+}
+
+std::map<std::string, std::string> read_file_attributes(const std::string& path) {
+  return with_hdf5(path, "reading the file's attributes", [&] {
+    require_hdf5_file(path);
+    const H5::H5File file(path, H5F_ACC_RDONLY);
+    std::map<std::string, std::string> attributes;
+    for (const std::string& name : attribute_names(file)) {
+      const H5::Attribute a = file.openAttribute(name);
+      if (a.getTypeClass() == H5T_STRING) {
+        const std::vector<std::string> values = read_strings(a);
+        if (values.size() == 1) attributes[name] = values[0];
+      }
+    }
+    return attributes;
+  });
 }
 
 std::vector<std::string> list_runs(const std::string& path) {

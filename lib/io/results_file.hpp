@@ -49,8 +49,16 @@ struct OutputChoice {
 OutputChoice choose_output_path(const std::string& requested);
 
 // Adds (or replaces, keeping its row) /runs/<run.run_id> and rewrites /summary. Creates `path` if missing.
-// Throws Error naming the file if it is not a lowmem HDF5 results file or is corrupt; the file is then untouched.
-void append_run(const std::string& path, const RunRecord& run);
+// file_attributes: string attributes of the root, set where the file lacks them (the runner's sweep identity).
+// Throws Error naming the file if it is not a lowmem HDF5 results file or is corrupt, or if it cannot be written
+// (a full disk); the file is then untouched.
+void append_run(const std::string& path, const RunRecord& run,
+                const std::map<std::string, std::string>& file_attributes = {});
+// Several runs in one rewrite of the file (lowmem merge), in order.
+void append_runs(const std::string& path, const std::vector<RunRecord>& runs,
+                 const std::map<std::string, std::string>& file_attributes = {});
+// The root's string attributes ("format", and the runner's "sweep_id", "sweep_name", "sweep_runs").
+std::map<std::string, std::string> read_file_attributes(const std::string& path);
 
 // Summary cells as printed text: strings as stored, numbers with %.6g, NaN as "-".
 struct SummaryTable {

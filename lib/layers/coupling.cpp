@@ -128,6 +128,7 @@ template <class T> RunContext Coupling<T>::backprop_context(const RunContext& ct
   RunContext replay = ctx;
   replay.update_statistics = false;
   replay.keep = RunContext::Keep::all;
+  replay.recompute_between_runs = false;  // F and G are being recomputed already: once is enough
   return replay;
 }
 

@@ -34,6 +34,9 @@ struct RunContext {
   // Backprop by reconstruction (technique "reversible"): a chain keeps only the last output of each run of
   // invertible layers and rebuilds the inputs from it, layer by layer, in backward (Sequential).
   bool reconstruct = false;
+  // With reconstruct (technique checkpoint composed with reversible): each run of non-invertible layers keeps only
+  // its input in the forward pass and is recomputed from it in backward.
+  bool recompute_between_runs = false;
   bool keeps() const { return training && keep == Keep::all; }
   bool keeps_for_inverse() const { return training && keep != Keep::nothing; }
 };

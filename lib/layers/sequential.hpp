@@ -19,6 +19,7 @@ template <class T> class Sequential {
     invertible_.push_back(as_invertible(*layer));
     layers_.push_back(std::move(layer));
     run_outputs_.emplace_back();
+    segment_inputs_.emplace_back();
   }
   const Shape& input_shape() const { return input_; }   // per sample
   const Shape& output_shape() const { return output_; } // per sample
@@ -35,6 +36,16 @@ template <class T> class Sequential {
   Tensor<T> forward(Tensor<T> x, const RunContext& ctx) {
     reconstructing_ = ctx.reconstruct && ctx.keeps();
     for (std::size_t i = 0; i < layers_.size(); ++i) {
+      if (reconstructing_ && ctx.recompute_between_runs && !invertible_[i]) {
+        if (starts_segment(i)) {
+          const CompressionScope exact(nullptr);  // recomputation starts from the exact input
+          segment_inputs_[i].keep(x);
+        }
+        RunContext recomputed_later = ctx;
+        recomputed_later.keep = RunContext::Keep::nothing;
+        x = layers_[i]->forward(x, recomputed_later);
+        continue;
+      }
       if (!reconstructing_ || !invertible_[i]) {
         x = layers_[i]->forward(x, ctx);
         if (const CompressionPolicy* p = active_compression(); p && p->method == CompressionPolicy::naive &&
@@ -55,10 +66,17 @@ template <class T> class Sequential {
   // Returns dL/dx0 only if asked (the data needs no gradient; the layer checker does).
   Tensor<T> backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad = false) {
     Tensor<T> output;  // of layer i, rebuilt by layer i + 1 (inside a run of invertible layers)
+    recomputed_ = 0;
     for (std::size_t i = layers_.size(); i-- > 0;) {
       const bool want = i > 0 || want_input_grad;
+      if (reconstructing_ && ctx.recompute_between_runs && !invertible_[i] && ends_segment(i)) {
+        std::size_t first = i;
+        while (!starts_segment(first)) --first;
+        recompute(first, i, ctx);
+      }
       if (!reconstructing_ || !invertible_[i]) {
         dy = layers_[i]->backward(dy, ctx, want);
+        segment_inputs_[i].release();
         continue;
       }
       if (ends_run(i)) {
@@ -105,6 +123,8 @@ template <class T> class Sequential {
     }
     return flops;
   }
+  // Layer evaluations the last backward recomputed (RunContext::recompute_between_runs).
+  std::int64_t recomputed() const { return recomputed_; }
   index_t parameter_count() {
     index_t n = 0;
     for (Param<T>* p : params()) n += p->value.numel();
@@ -113,10 +133,27 @@ template <class T> class Sequential {
 
  private:
   bool ends_run(std::size_t i) const { return invertible_[i] && (i + 1 == layers_.size() || !invertible_[i + 1]); }
+  // Runs of non-invertible layers ("segments"), for RunContext::recompute_between_runs.
+  bool starts_segment(std::size_t i) const { return !invertible_[i] && (i == 0 || invertible_[i - 1]); }
+  bool ends_segment(std::size_t i) const { return !invertible_[i] && (i + 1 == layers_.size() || invertible_[i + 1]); }
+  // Layers first..last again from the segment's kept input, keeping what their backward needs; running statistics
+  // were updated by the forward pass and are left alone.
+  void recompute(std::size_t first, std::size_t last, const RunContext& ctx) {
+    RunContext record = ctx;
+    record.keep = RunContext::Keep::all;
+    record.update_statistics = false;
+    Tensor<T> x = segment_inputs_[first].get();
+    for (std::size_t j = first; j <= last; ++j) {
+      x = layers_[j]->forward(x, record);
+      ++recomputed_;
+    }
+  }
   Shape input_, output_;
   std::vector<std::unique_ptr<Layer<T>>> layers_;
   std::vector<Invertible<T>*> invertible_;  // per layer: itself if invertible, else nullptr
   std::vector<Saved<T>> run_outputs_;       // reconstruct: the last output of each run of invertible layers
+  std::vector<Saved<T>> segment_inputs_;    // recompute_between_runs: the input of each run of the others
+  std::int64_t recomputed_ = 0;
   bool reconstructing_ = false;             // the last forward was a reconstructing one
 };
 

@@ -1,5 +1,8 @@
 #include "tensor/tensor.hpp"
 
+#include <algorithm>
+#include <memory>
+#include <new>
 #include <stdexcept>
 
 #include "numerics/scalar.hpp"
@@ -15,8 +18,17 @@ std::string Shape::str() const {
 template <class T>
 Tensor<T>::Storage::Storage(std::size_t n, MemoryCategory c)
     : bytes(n * sizeof(T)), category(c), ledger(MemoryLedger::active()) {
-  if (!ledger || !ledger->dry_run()) values.reset(new T[n]());
+  if (!ledger || !ledger->dry_run()) {
+    T* p = static_cast<T*>(::operator new(std::max<std::size_t>(n, 1) * sizeof(T), std::align_val_t{64}));
+    std::uninitialized_value_construct_n(p, n);
+    values = std::unique_ptr<T[], Release>(p, Release{n});
+  }
   if (ledger) ledger->allocate(category, bytes);
+}
+
+template <class T> void Tensor<T>::Storage::Release::operator()(T* p) const {
+  std::destroy_n(p, n);
+  ::operator delete(p, std::align_val_t{64});
 }
 
 template <class T> Tensor<T>::Storage::~Storage() {

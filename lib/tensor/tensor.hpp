@@ -71,7 +71,14 @@ template <class T> class Tensor {
     ~Storage();
     Storage(const Storage&) = delete;
     Storage& operator=(const Storage&) = delete;
-    std::unique_ptr<T[]> values;
+    // Every buffer starts on a 64-byte boundary: Eigen's vectorised loops peel a different number of scalar
+    // iterations at an unaligned start, so results would otherwise depend on where the allocator put a buffer,
+    // and the same run would give other bits after other runs in the same process.
+    struct Release {
+      std::size_t n = 0;
+      void operator()(T* p) const;
+    };
+    std::unique_ptr<T[], Release> values;
     std::size_t bytes;
     MemoryCategory category;
     MemoryLedger* ledger;

@@ -368,9 +368,13 @@ std::vector<TechniqueSpec> parse_techniques(ConfigReader& r) {
   auto has = [&](const char* type) {
     return std::any_of(list.begin(), list.end(), [&](const TechniqueSpec& t) { return t.type == type; });
   };
-  if (has("checkpoint") && has("reversible"))
-    r.fail("technique", "checkpoint and reversible do not compose yet: both decide what the model's chain keeps "
-                        "(checkpoint its segment inputs, reversible the outputs of its invertible runs)");
+  if (has("checkpoint") && has("reversible")) {
+    const TechniqueSpec& c = *std::find_if(list.begin(), list.end(), [](const TechniqueSpec& t) { return t.type == "checkpoint"; });
+    if (c.schedule != "uniform" || c.segments != 0)
+      r.fail("technique", "checkpoint composed with reversible recomputes each run of non-invertible layers from its "
+                          "input (reversible rebuilds the invertible runs between them): use {\"type\": "
+                          "\"checkpoint\"} without a schedule or segments");
+  }
   return list;
 }
 

@@ -74,6 +74,9 @@ Trainer<T>::Trainer(const RunConfig& config, MemoryLedger& ledger)
       train_ctx_{true, config.accumulate},
       eval_ctx_{false, config.accumulate} {
   train_ctx_.reconstruct = config.uses("reversible");
+  // Checkpoint composed with reversible: the runs of non-invertible layers between the rebuilt invertible runs are
+  // recomputed from their inputs (Sequential), not run by the checkpoint executor.
+  train_ctx_.recompute_between_runs = train_ctx_.reconstruct && config.uses("checkpoint");
   if (const TechniqueSpec* m = config.find("microbatch")) microbatches_ = m->count;
   if (const TechniqueSpec* a = config.find("approx_activations")) {
     compression_ = std::make_unique<CompressionPolicy>();
@@ -115,7 +118,7 @@ Trainer<T>::Trainer(const RunConfig& config, MemoryLedger& ledger)
   } else {
     optimizer_ = std::make_unique<Optimizer<T>>(config.train.optimizer, model_->params());
   }
-  if (config.uses("checkpoint"))
+  if (config.uses("checkpoint") && !train_ctx_.recompute_between_runs)
     checkpoint_ = std::make_unique<CheckpointExecutor<T>>(checkpoint_schedule<T>(config, model_->size()));
   // Peaks start with training: setup's one-time buffers (a dense weight beside its sparse copy while it is pruned)
   // are not memory that training needs.
@@ -253,7 +256,7 @@ typename Trainer<T>::W Trainer<T>::forward_backward(const Tensor<T>& x, const st
     const CompressionScope approximate(compression_.get());  // checkpoint records in backward, in K bits too
     if (checkpoint_) checkpoint_->backward(*model_, loss_.backward(loss_scale_), train_ctx_);
     else model_->backward(loss_.backward(loss_scale_), train_ctx_);
-    if (checkpoint_) recomputed_ += checkpoint_->recomputed();
+    recomputed_ += checkpoint_ ? checkpoint_->recomputed() : model_->recomputed();
   }
   return loss;
 }
