@@ -5,6 +5,7 @@
 #include <cstring>
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -221,8 +222,13 @@ int command_plan(int argc, char** argv) {
   set_threads(parse_count("--threads", args.get("--threads", std::to_string(all_cores()))));
   const auto runs = plan_runs(args.positional, args.all("--set"));
   const Shard shard = parse_shard(args.get("--shard", "0/1"));
-  // What a resume would skip; a file of another sweep would be refused by run --resume, so plan says so too.
-  const auto statuses = resumable_statuses(default_out(runs, args, shard), runs, false);
+  // What a resume would skip. A file of another sweep: run --resume would refuse it, and plan says so.
+  std::map<std::string, std::string> statuses;
+  try {
+    statuses = resumable_statuses(default_out(runs, args, shard), runs, false);
+  } catch (const Error& e) {
+    std::cerr << "lowmem: note: " << e.what() << "\n";
+  }
   const auto positions = shard_positions(runs.size(), shard);
   std::cout << (args.has("--json") ? plan_json(runs, positions, statuses) : plan_table(runs, positions, statuses));
   return 0;

@@ -254,6 +254,24 @@ def check_show_where(tmp):
     expect_error("show --where on an unknown column lists the columns", p, 1, ["colour", "columns:", "seed"])
 
 
+def check_shipped_configs(tmp):
+    """Every config in configs/ plans (all its runs validate, memory predicted), so none rots unnoticed."""
+    root = Path(__file__).resolve().parent.parent
+    for cfg in sorted((root / "configs").rglob("*.json")):
+        p = lowmem("plan", cfg, "--json", "--threads", "2", "--out", tmp / "none.h5")
+        try:
+            runs = json.loads(p.stdout)
+        except ValueError:
+            runs = None
+        check(p.returncode == 0 and isinstance(runs, list) and runs,
+              f"configs: {cfg.relative_to(root)} plans ({len(runs or [])} runs)", describe(p))
+    # A results file of another sweep at plan's --out: plan notes that a resume would refuse it, and goes on.
+    other = lowmem_result(tmp, sweep_config(tmp, "foreign", range(1, 2), steps=2))
+    p = lowmem("plan", root / "configs" / "reference-cnn.json", "--out", other)
+    check(p.returncode == 0 and "note:" in p.stderr and "another sweep" in p.stderr,
+          "plan --out on another sweep's file: a note, exit 0", describe(p))
+
+
 if __name__ == "__main__":
     sys.exit(run_sections([check_sigkill_and_resume, check_ctrl_c, check_shards_jobs_and_merge, check_resume_guards,
-                           check_full_disk, check_show_where]))
+                           check_full_disk, check_show_where, check_shipped_configs]))
