@@ -203,13 +203,26 @@ int command_run(int argc, char** argv) {
   options.quiet = args.has("--quiet");
   options.self = self_path(argv[0]);
   const SweepOutcome outcome = run_all(runs, options);
+  if (outcome.planned == 0) {
+    std::cout << "shard " << options.shard.index << "/" << options.shard.count << " of " << runs.size()
+              << " runs holds none; nothing written\n";
+    return 0;
+  }
   std::cout << "results: " << outcome.path << " (" << outcome.planned << " run" << (outcome.planned == 1 ? "" : "s");
   if (outcome.skipped) std::cout << ", " << outcome.skipped << " already done";
   if (outcome.failed) std::cout << ", " << outcome.failed << " failed";
   std::cout << ")\n";
   if (outcome.interrupted) {
+    // The same command (shard, overrides, jobs and threads included), resuming into the same file.
+    std::string again = "lowmem";
+    for (int i = 1; i < argc; ++i) {
+      const std::string a = argv[i];
+      if (a == "--out") ++i;
+      else if (a != "--resume" && a != "--force") again += " " + a;
+    }
     std::cerr << "lowmem: interrupted: " << outcome.done + outcome.failed << " run(s) committed to " << outcome.path
-              << "; `lowmem run " << args.positional << " --resume --out " << outcome.path << "` continues\n";
+              << "; `" << again << " --resume" << (options.force ? " --force" : "") << " --out " << outcome.path
+              << "` continues\n";
     return 130;
   }
   return outcome.failed ? 1 : 0;

@@ -5,6 +5,7 @@
 
 #include <Eigen/Core>
 #include <fcntl.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 
 #include <atomic>
@@ -115,8 +116,9 @@ std::string human_bytes(double bytes) {
 }
 
 // Data sets are loaded once per process and shared by the runs that ask for the same one.
+std::map<std::string, std::unique_ptr<DataSplit>> data_cache;
 const DataSplit& cached_data(const PlannedRun& run) {
-  static std::map<std::string, std::unique_ptr<DataSplit>> cache;
+  auto& cache = data_cache;
   nlohmann::json key = run.config.at("data");
   if (run.parsed.data.dataset == "synthetic") key["seed"] = run.parsed.seed;
   auto& slot = cache[key.dump()];
@@ -170,7 +172,9 @@ std::map<std::string, std::string> resumable_statuses(const std::string& path, c
 namespace {
 
 // Ctrl-C (SIGINT) and SIGTERM ask the sweep to stop; the runs in flight are dropped at their next step, and a
-// second signal ends the process at once (the handler restores the default).
+// second signal ends the process at once (the handler restores the default). Installed without SA_RESTART, so
+// that a wait for job processes returns and passes the request on to them. A signal that was ignored (a sweep
+// started in the background, or under nohup) stays ignored.
 std::atomic<bool> stop_requested{false};
 extern "C" void request_stop(int signal) {
   stop_requested = true;
@@ -181,15 +185,19 @@ struct Interrupted {};  // not a std::exception: nothing on the way may record i
 struct StopSignals {
   StopSignals() {
     stop_requested = false;
-    previous_int = std::signal(SIGINT, request_stop);
-    previous_term = std::signal(SIGTERM, request_stop);
+    struct sigaction stop {};
+    stop.sa_handler = request_stop;
+    sigemptyset(&stop.sa_mask);
+    for (int k = 0; k < 2; ++k) {
+      sigaction(signals[k], nullptr, &previous[k]);
+      if (previous[k].sa_handler != SIG_IGN) sigaction(signals[k], &stop, nullptr);
+    }
   }
   ~StopSignals() {
-    std::signal(SIGINT, previous_int);
-    std::signal(SIGTERM, previous_term);
+    for (int k = 0; k < 2; ++k) sigaction(signals[k], &previous[k], nullptr);
   }
-  void (*previous_int)(int);
-  void (*previous_term)(int);
+  const int signals[2] = {SIGINT, SIGTERM};
+  struct sigaction previous[2] {};
 };
 
 // The labels a run that failed before its study began still gets (the study sets them otherwise).
@@ -254,10 +262,11 @@ std::string duration_text(double seconds) {
 }
 
 // A run in a process of its own (--jobs): this program runs the run's resolved config into a file of its own,
-// which the sweep then reads and commits.
+// which the sweep then reads and commits. The job's files carry the sweep's pid, so that no file left by an
+// earlier sweep is taken for its result.
 struct Job {
   std::size_t position;
-  std::string config_file, results_file;
+  std::string config_file, results_file, log_file;
   std::chrono::steady_clock::time_point start;
 };
 
@@ -269,42 +278,71 @@ pid_t start_job(const RunOptions& options, const PlannedRun& run, Job& job) {
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
+  const pid_t parent = getpid();
   const pid_t pid = fork();
   if (pid == 0) {
-    const int null = open("/dev/null", O_WRONLY);  // the job's "results:" line: the sweep reports the run itself
-    if (null >= 0) dup2(null, STDOUT_FILENO);
-    execv(options.self.c_str(), argv.data());
-    std::perror(("lowmem: cannot start " + options.self).c_str());
-    _exit(127);
+    prctl(PR_SET_PDEATHSIG, SIGTERM);  // the sweep killed: its jobs stop too
+    if (getppid() != parent) _exit(130);
+    // The job's own lines ("results:", its messages) go to its log; the sweep reports the run itself.
+    const int log = open(job.log_file.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
+    if (log >= 0) dup2(log, STDOUT_FILENO), dup2(log, STDERR_FILENO);
+    execv(argv[0], argv.data());
+    _exit(127);  // nothing that allocates after fork: the log stays empty and the sweep says "no result"
   }
   if (pid < 0) throw Error(std::string("cannot start a job process: ") + std::strerror(errno));
   job.start = std::chrono::steady_clock::now();
   return pid;
 }
 
-// The record a finished job left, or a failed one saying why there is none.
+// The record a finished job left, or a failed one saying why there is none (the job's last message, if any).
 RunRecord finish_job(const PlannedRun& run, const Job& job, int status) {
   RunRecord record;
   std::error_code ec;
-  if (WIFEXITED(status) && std::filesystem::exists(job.results_file, ec)) {
-    const std::vector<std::string> ids = list_runs(job.results_file);
-    if (ids.size() == 1 && ids[0] == run.id) record = read_run(job.results_file, run.id);
+  std::string why;
+  try {
+    if (WIFEXITED(status) && std::filesystem::exists(job.results_file, ec)) {
+      const std::vector<std::string> ids = list_runs(job.results_file);
+      if (ids.size() == 1 && ids[0] == run.id) record = read_run(job.results_file, run.id);
+    }
+  } catch (const std::exception& e) {
+    why = std::string(": its results file is unreadable (") + e.what() + ")";
   }
   if (record.run_id.empty()) {
+    std::ifstream log(job.log_file);
+    for (std::string line; std::getline(log, line);)
+      if (!line.empty()) why = ": " + line;
     record.run_id = run.id;
     record.config_json = run.config.dump();
     record.status = "failed";
     failed_labels(run, record);
-    record.message = WIFSIGNALED(status) ? "the job process was killed by signal " + std::to_string(WTERMSIG(status))
-                                         : "the job process exited with status " + std::to_string(WEXITSTATUS(status)) +
-                                               " and left no result";
+    record.message = (WIFSIGNALED(status) ? "the job process was killed by signal " + std::to_string(WTERMSIG(status))
+                                          : "the job process exited with status " + std::to_string(WEXITSTATUS(status)) +
+                                                " and left no result") + why;
     record.scalars["wall_seconds"] =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - job.start).count();
   }
-  std::filesystem::remove(job.config_file, ec);
-  std::filesystem::remove(job.results_file, ec);
+  for (const std::string* file : {&job.config_file, &job.results_file, &job.log_file}) std::filesystem::remove(*file, ec);
   return record;
 }
+
+// The running jobs. Whatever way the sweep ends (an error, a stop request), none is left running: the destructor
+// stops and reaps those still active.
+struct ActiveJobs {
+  std::map<pid_t, Job> jobs;
+  void stop_all() {
+    for (const auto& [pid, job] : jobs) kill(pid, SIGTERM);
+  }
+  ~ActiveJobs() {
+    stop_all();
+    for (const auto& [pid, job] : jobs) {
+      int status = 0;
+      waitpid(pid, &status, 0);
+      std::error_code ec;
+      for (const std::string* file : {&job.config_file, &job.results_file, &job.log_file})
+        std::filesystem::remove(*file, ec);
+    }
+  }
+};
 
 }  // namespace
 
@@ -334,6 +372,7 @@ SweepOutcome run_all(const std::vector<PlannedRun>& runs, const RunOptions& opti
   // Every data set the sweep needs, before any run: a missing or corrupt file, or data that does not fit the
   // model, stops the sweep at once.
   for (std::size_t position : todo) check_data_fits(runs[position].parsed, cached_data(runs[position]));
+  if (options.jobs > 1) data_cache.clear();  // each job loads what it needs; the sweep holds no copy meanwhile
   const std::map<std::string, std::string> file_attributes = {
       {"sweep_id", sweep_id(runs)}, {"sweep_name", runs.front().parsed.name}, {"sweep_runs", std::to_string(runs.size())}};
   const StopSignals signals;
@@ -385,28 +424,33 @@ SweepOutcome run_all(const std::vector<PlannedRun>& runs, const RunOptions& opti
     }
   } else {
     // Job processes, at most `jobs` at a time, each with its own files beside the results file.
-    std::map<pid_t, Job> active;
+    ActiveJobs active;
     std::size_t next = 0;
-    while (next < todo.size() || !active.empty()) {
-      while (!stop_requested && next < todo.size() && active.size() < static_cast<std::size_t>(options.jobs)) {
+    bool passed_on = false;  // the stop request, to the jobs
+    while (next < todo.size() || !active.jobs.empty()) {
+      while (!stop_requested && next < todo.size() && active.jobs.size() < static_cast<std::size_t>(options.jobs)) {
         Job job;
         job.position = todo[next++];
-        const std::string stem = outcome.path + ".job-" + std::to_string(job.position);
+        const std::string stem = outcome.path + ".job-" + std::to_string(getpid()) + "-" + std::to_string(job.position);
         job.config_file = stem + ".json";
         job.results_file = stem + ".h5";
-        active[start_job(options, runs[job.position], job)] = job;
+        job.log_file = stem + ".log";
+        active.jobs[start_job(options, runs[job.position], job)] = job;
       }
+      if (active.jobs.empty()) break;
       int status = 0;
       const pid_t pid = waitpid(-1, &status, 0);
+      if (stop_requested && !passed_on) active.stop_all(), passed_on = true;  // each ends at its next step
       if (pid < 0) {
-        if (errno == EINTR) continue;  // a stop request: the jobs got it too and end at their next step
-        break;
+        if (errno == EINTR) continue;
+        throw Error(std::string("waiting for the job processes failed: ") + std::strerror(errno));
       }
-      const auto it = active.find(pid);
-      if (it == active.end()) continue;
+      const auto it = active.jobs.find(pid);
+      if (it == active.jobs.end()) continue;
       const Job job = it->second;
-      active.erase(it);
-      const bool interrupted_job = WIFEXITED(status) && WEXITSTATUS(status) == 130;
+      active.jobs.erase(it);
+      const bool interrupted_job = (WIFEXITED(status) && WEXITSTATUS(status) == 130) ||
+                                   (WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM);
       RunRecord record = finish_job(runs[job.position], job, status);
       if (stop_requested && (interrupted_job || record.status == "failed")) continue;  // dropped, not failed
       commit(job.position, std::move(record));

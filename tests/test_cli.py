@@ -331,7 +331,8 @@ def check_plan():
     cfg = config("plan-approx.json", lambda c: c.update(
         technique={"type": "store_all"},
         sweep={"technique": [{"type": "approx_activations", "bits": 4, "method": "actnn"},
-                             [{"type": "approx_activations", "bits": 2, "method": "naive"}, {"type": "checkpoint"}]],
+                             {"type": "approx_activations", "bits": 2, "method": "naive"},
+                             [{"type": "approx_activations", "bits": 2, "method": "blpa"}, {"type": "checkpoint"}]],
                "precision": ["f32", "f16"]}))
     check_plan_matches_run("plan vs run (approx_activations)", cfg)
     cnn = {"input": [1, 8, 8], "classes": 3, "arch": "cnn", "channels": [4, 4, 4]}  # 3 convs + linear: 2 sparse

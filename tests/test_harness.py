@@ -145,6 +145,29 @@ def check_ctrl_c(tmp):
     check(r.returncode == 0 and len(ids) == 6 and once, "Ctrl-C: resume completes the sweep", describe(r))
 
 
+def check_jobs_stop(tmp):
+    """SIGTERM to the sweep alone (as `timeout` or a scheduler sends it) stops its job processes too."""
+    cfg = sweep_config(tmp, "jobs-stopped", range(1, 9), steps=400, heavy=True)
+    out = tmp / "jobs-stopped.h5"
+    p = subprocess.Popen([str(BINARY), "run", str(cfg), "--out", str(out), "--jobs", "2", "--threads", "1", "--quiet"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while committed_runs(out) < 1 and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    p.send_signal(signal.SIGTERM)
+    try:
+        _, stderr = p.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        _, stderr = p.communicate()
+    time.sleep(0.2)
+    left = [f.name for f in tmp.glob("jobs-stopped.h5.job-*")]
+    running = subprocess.run(["pgrep", "-f", "jobs-stopped.h5.job-"], capture_output=True, text=True).stdout.split()
+    check(p.returncode == 130 and not left and not running,
+          "jobs: SIGTERM to the sweep stops its jobs at their next step, leaving no process and no job file",
+          f"\n    exit {p.returncode}, files {left}, processes {running}\n    stderr {stderr[-400:]!r}")
+
+
 def check_shards_jobs_and_merge(tmp):
     cfg = sweep_config(tmp, "sharded", range(1, 8), steps=20)
     whole = tmp / "whole.h5"
@@ -273,5 +296,5 @@ def check_shipped_configs(tmp):
 
 
 if __name__ == "__main__":
-    sys.exit(run_sections([check_sigkill_and_resume, check_ctrl_c, check_shards_jobs_and_merge, check_resume_guards,
+    sys.exit(run_sections([check_sigkill_and_resume, check_ctrl_c, check_jobs_stop, check_shards_jobs_and_merge, check_resume_guards,
                            check_full_disk, check_show_where, check_shipped_configs]))

@@ -4,6 +4,7 @@
 
 #include <H5Cpp.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -539,7 +540,8 @@ H5::H5File create_file(const std::string& file) {
 // rewritten /summary may sit beside the old one), four times every value and string the new runs add, and 64 KiB.
 void check_space(const std::string& path, const std::string& probe, const std::vector<RunRecord>& added) {
   std::error_code ec;
-  std::uintmax_t bytes = fs::exists(path, ec) ? 2 * fs::file_size(path, ec) : 0;
+  const std::uintmax_t old_size = fs::exists(path, ec) ? fs::file_size(path, ec) : 0;
+  std::uintmax_t bytes = ec ? 0 : 2 * old_size;
   for (const RunRecord& run : added) {
     std::uintmax_t payload = run.config_json.size() + run.message.size() + 4096;
     for (const auto& [key, value] : run.labels) payload += key.size() + value.size() + 64;
@@ -551,9 +553,10 @@ void check_space(const std::string& path, const std::string& probe, const std::v
     bytes += 4 * payload;
   }
   bytes += 64 << 10;
-  const int fd = ::open(probe.c_str(), O_CREAT | O_EXCL | O_WRONLY, 0600);
+  const int fd = ::open(probe.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0600);  // one left by a kill: reused
   const int error = fd < 0 ? errno : ::posix_fallocate(fd, 0, static_cast<off_t>(bytes));
   if (fd >= 0) ::close(fd), ::unlink(probe.c_str());
+  if (error == EOPNOTSUPP || error == ENOSYS || error == EINVAL) return;  // a file system that cannot tell
   if (error != 0)
     throw Error(path + ": no room for the new file (" + std::to_string(bytes) + " bytes could not be reserved: " +
                 std::strerror(error) + "); the file is unchanged");
@@ -731,12 +734,22 @@ void append_runs(const std::string& path, const std::vector<RunRecord>& added,
                                               : "adding " + std::to_string(added.size()) + " runs";
   with_hdf5(path, doing, [&] {
     std::error_code ec;
-    const bool exists = fs::exists(fs::symlink_status(path, ec));
     const std::string dir = require_directory(path);
+    // One writer at a time in a directory (sweeps, shards or array tasks given the same file, a sweep and its
+    // jobs): an advisory lock on the directory, held until the new file has replaced the old.
+    struct Lock {
+      int fd;
+      ~Lock() {
+        if (fd >= 0) ::close(fd);  // releases the lock
+      }
+    } lock{::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)};
+    if (lock.fd < 0 || ::flock(lock.fd, LOCK_EX) != 0)
+      throw Error(path + ": cannot lock its directory " + dir + " (" + std::strerror(errno) + "); the file is unchanged");
+    const bool exists = fs::exists(fs::symlink_status(path, ec));
     if (exists) require_hdf5_file(path);
     // Crash safety: the original is only ever read. The new file is written beside it and renamed over it
     // once complete and on disk, so a kill at any moment leaves the old file or the new one, both whole.
-    const std::string tmp = path + ".partial";
+    const std::string tmp = path + ".partial-" + std::to_string(::getpid());
     struct RemoveTmp {
       std::string p;
       ~RemoveTmp() {

@@ -29,7 +29,8 @@ Geometry geometry(const Conv2dSpec& s, index_t h, index_t w) {
           (w + 2 * s.pad - s.kernel) / s.stride + 1};
 }
 
-// Output rows are processed in bands of at most this many columns (positions, whole rows), so that a thread holds
+// Output rows are processed in bands of whole rows, as many as fit in this many columns (positions; one row if a
+// row is wider), so that a thread holds
 // the column matrix of a band, not of a whole image: for the reference CNN's second layer (32 channels, 28 x 28)
 // K x 252 values instead of K x 784, 290 KB instead of 903 KB in f32. Bands of 256 cost no measurable speed
 // (lowmem_bench: BM_Conv2dForward 17.8 ms before and after, BM_TrainStep 160 / 156 ms); bands of 128 cost 10 %.

@@ -124,7 +124,7 @@ DynamicSparsity::Result DynamicSparsity::reallocate(const std::vector<const Spar
   // Adapt the threshold towards N_p pruned per reallocation.
   const double target = prune_fraction_ * static_cast<double>(nonzeros);
   if (static_cast<double>(result.pruned) < 0.9 * target) threshold_ *= 2;
-  else if (static_cast<double>(result.pruned) > 1.1 * target) threshold_ /= 2;
+  else if (static_cast<double>(result.pruned) > 1.1 * target) threshold_ = std::max(threshold_ / 2, 1e-300);
   // Regrow as many as were pruned, in proportion to the survivors (largest remainder), within each layer's room.
   const index_t all_survivors = std::accumulate(survivors.begin(), survivors.end(), index_t(0));
   std::vector<index_t> grow(layers, 0);
@@ -151,7 +151,7 @@ DynamicSparsity::Result DynamicSparsity::reallocate(const std::vector<const Spar
     std::vector<index_t> zeros;
     for (std::size_t i = 0; i < keep.size(); ++i)
       if (!keep[i]) zeros.push_back(static_cast<index_t>(i));
-    Rng rng(seed_, 7000 + calls_ * layers + l);
+    Rng rng(seed_, (std::uint64_t{1} << 62) + calls_ * layers + l);  // a stream family of its own
     for (index_t g = 0; g < grow[l]; ++g) {  // a partial Fisher-Yates shuffle picks grow[l] of them
       const auto pick = g + static_cast<index_t>(rng.below(static_cast<std::uint64_t>(zeros.size()) - g));
       std::swap(zeros[static_cast<std::size_t>(g)], zeros[static_cast<std::size_t>(pick)]);

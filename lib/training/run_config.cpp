@@ -337,6 +337,7 @@ TechniqueSpec parse_technique(ConfigReader r) {
       t.interval = r.get_in<std::int64_t>("interval", 100, 1, i64_max);
       t.prune_fraction = r.get_in("prune_fraction", 0.02, 0.0, 1.0);
       t.threshold = r.get_in("threshold", 0.001, 0.0, inf);
+      if (t.threshold <= 0.0) r.fail("threshold", "expected an initial pruning threshold above 0 (it only ever doubles or halves)");
     }
   }
   if (t.type == "checkpoint") {
@@ -368,6 +369,12 @@ std::vector<TechniqueSpec> parse_techniques(ConfigReader& r) {
   auto has = [&](const char* type) {
     return std::any_of(list.begin(), list.end(), [&](const TechniqueSpec& t) { return t.type == type; });
   };
+  if (has("checkpoint") && std::any_of(list.begin(), list.end(), [](const TechniqueSpec& t) {
+        return t.type == "approx_activations" && t.method == "naive";
+      }))
+    r.fail("technique", "approx_activations \"naive\" approximates each layer's output in the forward pass, and "
+                        "checkpoint's recomputations would not repeat that: use method \"blpa\" or \"actnn\" with "
+                        "checkpoint");
   if (has("checkpoint") && has("reversible")) {
     const TechniqueSpec& c = *std::find_if(list.begin(), list.end(), [](const TechniqueSpec& t) { return t.type == "checkpoint"; });
     if (c.schedule != "uniform" || c.segments != 0)
