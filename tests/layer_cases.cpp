@@ -6,6 +6,7 @@
 #include "layers/batchnorm.hpp"
 #include "layers/conv2d.hpp"
 #include "layers/coupling.hpp"
+#include "layers/groupnorm.hpp"
 #include "layers/invertible_chain.hpp"
 #include "layers/linear.hpp"
 #include "layers/pooling.hpp"
@@ -118,6 +119,8 @@ std::vector<LayerCase> all_layer_cases() {
       make_case<GlobalAvgPool>("global_avgpool", Shape{2, 3, 4, 5}),
       make_case<BatchNorm>("batchnorm 2d", Shape{3, 2, 3, 3}, index_t{2}, 0.1, 1e-5),
       make_case<BatchNorm>("batchnorm 1d", Shape{5, 4}, index_t{4}, 0.1, 1e-5),
+      make_case<GroupNorm>("groupnorm 2d", Shape{3, 4, 3, 3}, index_t{4}, index_t{2}, 1e-5),
+      make_case<GroupNorm>("groupnorm 1d (layer norm)", Shape{3, 6}, index_t{6}, index_t{1}, 1e-5),
       make_case<BatchNorm>("inv_batchnorm", Shape{3, 2, 3, 3}, index_t{2}, 0.1, 1e-5, 1e-4),
       make_case<PixelShuffle>("pixel_shuffle", Shape{2, 2, 4, 6}),
       make_case<Flatten>("flatten", Shape{2, 2, 3, 3}),

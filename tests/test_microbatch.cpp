@@ -13,15 +13,19 @@
 namespace lowmem {
 namespace {
 
-nlohmann::json config_with(const nlohmann::json& technique) {
+// groupnorm 0: no normalisation; G > 0: group norm with G groups, which is batch-independent too.
+nlohmann::json config_with(const nlohmann::json& technique, int groupnorm = 0) {
   return {{"precision", "f64"},
-          {"model", {{"arch", "cnn"}, {"channels", {6, 6}}, {"batchnorm", false}, {"input", {1, 8, 8}}, {"classes", 4}}},
+          {"model", {{"arch", "cnn"}, {"channels", {6, 6}}, {"batchnorm", groupnorm > 0}, {"groupnorm", groupnorm},
+                     {"input", {1, 8, 8}}, {"classes", 4}}},
           {"technique", technique},
           {"data", {{"dataset", "synthetic"}, {"synthetic", {{"shape", {1, 8, 8}}, {"classes", 4}}}}},
           {"train", {{"batch", 16}, {"optimizer", {{"lr", 0.1}}}}}};
 }
 
-testing::TechniqueStep step(const nlohmann::json& technique) { return testing::technique_step(config_with(technique), 51); }
+testing::TechniqueStep step(const nlohmann::json& technique, int groupnorm = 0) {
+  return testing::technique_step(config_with(technique, groupnorm), 51);
+}
 using testing::relative_difference;
 
 TEST(Microbatch, SlicesAddUpToTheWholeBatchGradientAndKeepLess) {
@@ -35,6 +39,16 @@ TEST(Microbatch, SlicesAddUpToTheWholeBatchGradientAndKeepLess) {
     EXPECT_LT(relative_difference(sliced.logits, whole.logits), 1e-15) << count;
     EXPECT_LT(sliced.saved_peak, previous) << count;
     previous = sliced.saved_peak;
+  }
+}
+
+// Group norm normalises each sample on its own, so microbatches keep the full-batch gradient (batch norm would not).
+TEST(Microbatch, GroupNormIsBatchIndependent) {
+  const testing::TechniqueStep whole = step({{"type", "store_all"}}, 3);
+  for (int count : {2, 16}) {
+    const testing::TechniqueStep sliced = step({{"type", "microbatch"}, {"count", count}}, 3);
+    EXPECT_LT(relative_difference(sliced.gradients, whole.gradients), 1e-13) << count;
+    EXPECT_LT(sliced.saved_peak, whole.saved_peak) << count;
   }
 }
 

@@ -3,7 +3,7 @@
 
 usage: test_pytorch_reference.py LOWMEM_BINARY
 
-For each model below (a plain CNN, a residual net, and a reversible net with every invertible block: invertible
+For each model below (a plain CNN, a residual net, a group-norm net, and a reversible net with every invertible block: invertible
 batch norm, leaky ReLU, additive and affine coupling, pixel shuffle, an invertible chain; the last once with
 stored activations and once with backprop by reconstruction), runs lowmem's "gradient" study (one forward + backward pass in training mode on the first
 train.batch examples) in f64 and f32, then rebuilds the same network in PyTorch in float64 from each run's own
@@ -58,9 +58,15 @@ REVERSIBLE_NET = [conv(4, 3, pad=1, bias=False), {"type": "inv_batchnorm"}, {"ty
                       {"type": "coupling", "f": [conv(8, 3, pad=1, bias=False)], "g": [conv(8, 3, pad=1, bias=False)]},
                       {"type": "inv_batchnorm"}, {"type": "leaky_relu", "slope": 0.3}]},
                   {"type": "global_avgpool"}, {"type": "linear", "out": K}]
+# Group norm in 2-d (2 groups of 3 channels, then one group per channel: instance norm) and in 1-d (layer norm).
+GROUPNORM_NET = [conv(6, 3, pad=1), {"type": "groupnorm", "groups": 2}, {"type": "relu"},
+                 conv(4, 3, stride=2, pad=1, bias=False), {"type": "groupnorm", "groups": 4}, {"type": "relu"},
+                 {"type": "flatten"}, {"type": "linear", "out": 7}, {"type": "groupnorm", "groups": 1},
+                 {"type": "relu"}, {"type": "linear", "out": K}]
 # name: (input shape, layers, technique). The reversible network runs twice: with stored activations, and with
 # backprop by reconstruction (lowmem rebuilds every activation of the invertible layers from the last one).
 CASES = {"plain_cnn": ([2, 16, 16], PLAIN_CNN, "store_all"), "residual_net": ([3, 8, 8], RESIDUAL_NET, "store_all"),
+         "groupnorm_net": ([2, 8, 8], GROUPNORM_NET, "store_all"),
          "reversible_net": ([1, 8, 8], REVERSIBLE_NET, "store_all"),
          "reversible_net_rebuilt": ([1, 8, 8], REVERSIBLE_NET, "reversible")}
 

@@ -93,6 +93,8 @@ def make_layer(spec, shape):
     if t == "batchnorm":
         bn = nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d
         return bn(shape[0], eps=spec.get("eps", 1e-5), momentum=spec.get("momentum", 0.1))
+    if t == "groupnorm":
+        return nn.GroupNorm(spec["groups"], shape[0], eps=spec.get("eps", 1e-5))
     if t == "residual":
         return BasicBlock(shape[0], spec["out"], spec.get("stride", 1))
     if t == "inv_batchnorm":

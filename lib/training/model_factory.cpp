@@ -3,6 +3,7 @@
 #include "io/error.hpp"
 #include "layers/activations.hpp"
 #include "layers/batchnorm.hpp"
+#include "layers/groupnorm.hpp"
 #include "layers/conv2d.hpp"
 #include "layers/coupling.hpp"
 #include "layers/invertible_chain.hpp"
@@ -40,6 +41,10 @@ template <class T> std::unique_ptr<Layer<T>> make_layer(const LayerSpec& s, cons
   if (s.type == "batchnorm" || s.type == "inv_batchnorm") {
     if (in.rank() == 0) shape_error(s.label, "has no input");
     return std::make_unique<BatchNorm<T>>(s.label, in[0], s.momentum, s.eps, s.scale_eps);
+  }
+  if (s.type == "groupnorm") {
+    if (in.rank() == 0) shape_error(s.label, "has no input");
+    return std::make_unique<GroupNorm<T>>(s.label, in[0], s.groups, s.eps);
   }
   if (s.type == "pixel_shuffle") return std::make_unique<PixelShuffle<T>>(s.label);
   if (s.type == "coupling" || s.type == "affine_coupling") {

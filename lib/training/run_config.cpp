@@ -17,7 +17,7 @@ constexpr double inf = std::numeric_limits<double>::infinity();
 
 const std::vector<std::string> layer_types = {"conv",          "linear",        "relu",    "leaky_relu",
                                               "maxpool",       "avgpool",       "global_avgpool",
-                                              "batchnorm",     "inv_batchnorm", "pixel_shuffle",
+                                              "batchnorm",     "inv_batchnorm", "groupnorm",     "pixel_shuffle",
                                               "flatten",       "residual",      "coupling",
                                               "affine_coupling", "invertible",   "inv_conv"};
 
@@ -43,6 +43,9 @@ LayerSpec parse_layer(ConfigReader r) {
     s.momentum = r.get_in("momentum", 0.1, 0.0, 1.0);
     s.eps = r.get_in("eps", 1e-5, 0.0, inf);
     if (s.type == "inv_batchnorm") s.scale_eps = r.get_in("scale_eps", 1e-4, 0.0, inf);
+  } else if (s.type == "groupnorm") {
+    s.groups = r.required_in<std::int64_t>("groups", 1, i64_max);
+    s.eps = r.get_in("eps", 1e-5, 0.0, inf);
   } else if (s.type == "residual") {
     s.out = r.required_in<std::int64_t>("out", 1, i64_max);
     s.stride = r.get_in<std::int64_t>("stride", 1, 1, i64_max);
@@ -77,6 +80,8 @@ void expand_cnn(ConfigReader& r, ModelSpec& m) {
   const auto channels = r.get_list<std::int64_t>("channels", {32, 32, 64, 64});
   const int pool_every = r.get_in("pool_every", 2, 0, int_max);
   const bool batchnorm = r.get("batchnorm", true);
+  // groupnorm G > 0: group norm with G groups where batch norm would be (batch-independent, for microbatches)
+  const std::int64_t groups = r.get_in<std::int64_t>("groupnorm", 0, 0, i64_max);
   if (channels.empty()) r.fail("channels", "expected at least one channel count");
   auto add = [&](std::string type) -> LayerSpec& {
     m.layers.push_back(generated("cnn", m.layers.size(), std::move(type)));
@@ -86,7 +91,14 @@ void expand_cnn(ConfigReader& r, ModelSpec& m) {
     if (channels[i] < 1) r.fail("channels", "channel counts must be >= 1");
     LayerSpec& conv = add("conv");
     conv.out = channels[i], conv.kernel = 3, conv.stride = 1, conv.pad = 1;
-    if (batchnorm) add("batchnorm");
+    if (batchnorm && groups > 0) {
+      if (channels[i] % groups != 0)
+        r.fail("groupnorm", std::to_string(groups) + " groups do not split " + std::to_string(channels[i]) +
+                                " channels evenly");
+      add("groupnorm").groups = groups;
+    } else if (batchnorm) {
+      add("batchnorm");
+    }
     add("relu");
     if (pool_every > 0 && (i + 1) % pool_every == 0) {
       LayerSpec& pool = add("maxpool");

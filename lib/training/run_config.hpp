@@ -15,7 +15,7 @@ namespace lowmem {
 // One entry of the model's layer list; fields a layer type does not use keep their defaults.
 struct LayerSpec {
   std::string type;   // conv, linear, relu, leaky_relu, maxpool, avgpool, global_avgpool, batchnorm,
-                      // inv_batchnorm, pixel_shuffle, flatten, residual, coupling, affine_coupling,
+                      // inv_batchnorm, groupnorm, pixel_shuffle, flatten, residual, coupling, affine_coupling,
                       // invertible
   std::string label;  // where it came from, for messages: "/model/layers/3 (conv)"
   index_t out = 0, kernel = 0, stride = 0, pad = 0;
@@ -25,6 +25,7 @@ struct LayerSpec {
   std::vector<LayerSpec> f, g;  // coupling: the two sub-networks, each mapping (C/2, H, W) to itself;
                                 // affine_coupling: (C/2, H, W) to (C, H, W) (scale logits and shifts)
   std::vector<LayerSpec> layers;  // invertible: the chain, every layer of it invertible
+  index_t groups = 0;             // groupnorm: channel groups, each normalised on its own
 };
 
 struct ModelSpec {

@@ -1,0 +1,128 @@
+#include "layers/groupnorm.hpp"
+
+#include "tensor/compute.hpp"
+
+namespace lowmem {
+
+template <class T>
+GroupNorm<T>::GroupNorm(std::string label, index_t channels, index_t groups, double eps)
+    : Layer<T>(std::move(label)),
+      channels_(channels),
+      groups_(groups),
+      eps_(eps),
+      gamma_(make_param<T>("weight", Shape{channels})),
+      beta_(make_param<T>("bias", Shape{channels})) {
+  if (groups < 1 || channels % groups != 0)
+    shape_error(this->label(), std::to_string(groups) + " groups do not split " + std::to_string(channels) +
+                                   " channels evenly");
+}
+
+template <class T> Shape GroupNorm<T>::output_shape(const Shape& in) const {
+  if (in.rank() != 3 && in.rank() != 1) shape_error(this->label(), "expects (C, H, W) or (C), got " + in.str());
+  if (in[0] != channels_)
+    shape_error(this->label(), "expects " + std::to_string(channels_) + " channels, got " + in.str());
+  return in;
+}
+
+template <class T> void GroupNorm<T>::initialize(Rng&) {
+  gamma_.value.fill(T(1));
+  beta_.value.fill(T(0));
+}
+
+// Sample s, group g holds the values [(s C + g C/G) area, (s C + (g + 1) C/G) area): contiguous in NCHW.
+template <class T> Tensor<T> GroupNorm<T>::forward(const Tensor<T>& x, const RunContext& ctx) {
+  const index_t n = x.dim(0), area = x.numel() / (n * channels_), per_group = channels_ / groups_;
+  const index_t size = per_group * area;  // values per group
+  Tensor<T> y(x.shape(), MemoryCategory::workspace);
+  Tensor<W> mean(Shape{n, groups_}, MemoryCategory::workspace), inv_std(Shape{n, groups_}, MemoryCategory::workspace);
+  const W eps = round_to<W>(eps_), count = round_to<W>(static_cast<double>(size));
+#pragma omp parallel for schedule(static)
+  for (index_t sg = 0; sg < (x.is_dry() ? 0 : n * groups_); ++sg) {
+    const index_t first = sg * size;  // (s C + g C/G) area
+    W sum(0);
+    for (index_t i = 0; i < size; ++i) sum = accumulate_round<T>(sum + round_to<W>(x[first + i]), ctx.accumulate);
+    const W m = sum / count;
+    W squares(0);
+    for (index_t i = 0; i < size; ++i) {
+      const W d = round_to<W>(x[first + i]) - m;
+      squares = accumulate_round<T>(squares + d * d, ctx.accumulate);
+    }
+    mean[sg] = m;
+    inv_std[sg] = W(1) / sqrt_of(W(squares / count + eps));
+    const index_t c0 = (sg % groups_) * per_group;
+    for (index_t k = 0; k < per_group; ++k) {
+      const W g = round_to<W>(gamma_.value[c0 + k]), b = round_to<W>(beta_.value[c0 + k]);
+      for (index_t i = 0; i < area; ++i) {
+        const index_t at = first + k * area + i;
+        y[at] = round_to<T>(W(g * ((round_to<W>(x[at]) - m) * inv_std[sg]) + b));
+      }
+    }
+  }
+  if (ctx.keeps()) {
+    input_.keep(x);
+    mean_.keep(mean);
+    inv_std_.keep(inv_std);
+  }
+  return y;
+}
+
+// Per group, with x^ = (x - mean) / sigma over its M values and dx^ = gamma_c dy:
+//   dx = (dx^ - mean(dx^) - x^ mean(dx^ x^)) / sigma;  per channel: dbeta = sum dy, dgamma = sum dy x^.
+template <class T> Tensor<T> GroupNorm<T>::backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) {
+  const Tensor<T> x = input_.get();
+  const Tensor<W>&mean = mean_.get(), &inv_std = inv_std_.get();
+  const index_t n = x.dim(0), area = x.numel() / (n * channels_), per_group = channels_ / groups_;
+  const index_t size = per_group * area;
+  const W count = round_to<W>(static_cast<double>(size));
+  auto xhat = [&](index_t s, index_t c, index_t i) {
+    const index_t sg = s * groups_ + c / per_group;
+    return W((round_to<W>(x[(s * channels_ + c) * area + i]) - mean[sg]) * inv_std[sg]);
+  };
+  // Parameter gradients, channel by channel (each thread owns its channels; samples summed in order).
+#pragma omp parallel for schedule(static)
+  for (index_t c = 0; c < (x.is_dry() ? 0 : channels_); ++c) {
+    W dbeta(0), dgamma(0);
+    for (index_t s = 0; s < n; ++s)
+      for (index_t i = 0; i < area; ++i) {
+        const W g = round_to<W>(dy[(s * channels_ + c) * area + i]);
+        dbeta = accumulate_round<T>(dbeta + g, ctx.accumulate);
+        dgamma = accumulate_round<T>(dgamma + g * xhat(s, c, i), ctx.accumulate);
+      }
+    gamma_.grad[c] = round_to<T>(W(round_to<W>(gamma_.grad[c]) + dgamma));
+    beta_.grad[c] = round_to<T>(W(round_to<W>(beta_.grad[c]) + dbeta));
+  }
+  Tensor<T> dx;
+  if (want_input_grad) {
+    dx = Tensor<T>(x.shape(), MemoryCategory::workspace);
+#pragma omp parallel for schedule(static)
+    for (index_t sg = 0; sg < (x.is_dry() ? 0 : n * groups_); ++sg) {
+      const index_t s = sg / groups_, c0 = (sg % groups_) * per_group;
+      W sum(0), sum_xhat(0);  // of dx^ and dx^ x^ over the group
+      for (index_t k = 0; k < per_group; ++k) {
+        const W g = round_to<W>(gamma_.value[c0 + k]);
+        for (index_t i = 0; i < area; ++i) {
+          const W d = g * round_to<W>(dy[(s * channels_ + c0 + k) * area + i]);
+          sum = accumulate_round<T>(sum + d, ctx.accumulate);
+          sum_xhat = accumulate_round<T>(sum_xhat + d * xhat(s, c0 + k, i), ctx.accumulate);
+        }
+      }
+      const W mean_d = sum / count, mean_d_xhat = sum_xhat / count;
+      for (index_t k = 0; k < per_group; ++k) {
+        const W g = round_to<W>(gamma_.value[c0 + k]);
+        for (index_t i = 0; i < area; ++i) {
+          const index_t at = (s * channels_ + c0 + k) * area + i;
+          const W d = g * round_to<W>(dy[at]);
+          dx[at] = round_to<T>(W((d - mean_d - xhat(s, c0 + k, i) * mean_d_xhat) * inv_std[sg]));
+        }
+      }
+    }
+  }
+  input_.release();
+  mean_.release();
+  inv_std_.release();
+  return dx;
+}
+
+LOWMEM_INSTANTIATE_FOR_PRECISIONS(GroupNorm)
+
+}  // namespace lowmem

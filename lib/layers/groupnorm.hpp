@@ -1,0 +1,31 @@
+#pragma once
+#include "layers/layer.hpp"
+
+namespace lowmem {
+
+// Group normalisation (Wu & He 2018), for x (N, C, H, W) or (N, C): the C channels of each sample are split into
+// `groups` groups of C / groups consecutive channels, and each group is normalised by its own mean and biased
+// variance over (C / groups) x H x W values, then y = gamma_c x^ + beta_c per channel. No batch statistics, so
+// training and evaluation compute the same thing and microbatches of any size see the same layer (the point of
+// batch-independent normalisation). groups = 1 is layer norm over (C, H, W); groups = C is instance norm.
+// Backward keeps x and each group's mean and 1/sqrt(var + eps) (wide type) and recomputes x^.
+template <class T> class GroupNorm : public Layer<T> {
+ public:
+  GroupNorm(std::string label, index_t channels, index_t groups, double eps);
+  const char* kind() const override { return "groupnorm"; }
+  Shape output_shape(const Shape& input) const override;
+  void initialize(Rng& rng) override;
+  Tensor<T> forward(const Tensor<T>& x, const RunContext& ctx) override;
+  Tensor<T> backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) override;
+  std::vector<Param<T>*> params() override { return {&gamma_, &beta_}; }
+
+ private:
+  using W = wide_t<T>;
+  index_t channels_, groups_;
+  double eps_;
+  Param<T> gamma_, beta_;
+  Saved<T> input_;
+  Saved<W> mean_, inv_std_;  // (N, groups)
+};
+
+}  // namespace lowmem
