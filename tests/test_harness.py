@@ -64,6 +64,24 @@ def committed_runs(h5):
         return 0
 
 
+def signal_midway(cfg, out, sig, *extra, wait_for=1, settle=0.0):
+    """Starts `lowmem run cfg --out out`, sends `sig` once `wait_for` runs are committed (and `settle` seconds
+    more), and returns (exit code, stderr)."""
+    p = subprocess.Popen([str(BINARY), "run", str(cfg), "--out", str(out), "--threads", "1", "--quiet", *extra],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while committed_runs(out) < wait_for and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(settle)
+    p.send_signal(sig)
+    try:
+        _, stderr = p.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        _, stderr = p.communicate()
+    return p.returncode, stderr
+
+
 def same_results(a, b):
     """Differences between two results files in everything but timing: run ids, statuses, labels, scalars and
     curves."""
@@ -90,18 +108,12 @@ def same_results(a, b):
 def check_sigkill_and_resume(tmp):
     cfg = sweep_config(tmp, "killed", range(1, 9), steps=200, heavy=True)
     out = tmp / "killed.h5"
-    p = subprocess.Popen([str(BINARY), "run", str(cfg), "--out", str(out), "--threads", "1", "--quiet"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while committed_runs(out) < 2 and p.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.1)  # somewhere inside the next run, or inside the commit of one
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+    # somewhere inside the third run, or inside the commit of one
+    code, _ = signal_midway(cfg, out, signal.SIGKILL, wait_for=2, settle=0.1)
     done = committed_runs(out)
-    check(p.returncode == -signal.SIGKILL and 2 <= done < 8,
+    check(code == -signal.SIGKILL and 2 <= done < 8,
           f"SIGKILL: the sweep was killed for real in the middle ({done} of 8 runs committed)",
-          f"\n    exit {p.returncode}, runs {done}")
+          f"\n    exit {code}, runs {done}")
     ok, err = h5dump_reads(out)
     check(ok, "SIGKILL: h5dump reads the killed sweep's file", f"\n    {err}")
     r = lowmem("run", cfg, "--out", out, "--resume", "--threads", "1")
@@ -122,21 +134,11 @@ def check_sigkill_and_resume(tmp):
 def check_ctrl_c(tmp):
     cfg = sweep_config(tmp, "interrupted", range(1, 7), steps=400, heavy=True)
     out = tmp / "interrupted.h5"
-    p = subprocess.Popen([str(BINARY), "run", str(cfg), "--out", str(out), "--threads", "1", "--quiet"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while committed_runs(out) < 1 and p.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    p.send_signal(signal.SIGINT)
-    try:
-        stdout, stderr = p.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        stdout, stderr = p.communicate()
+    code, stderr = signal_midway(cfg, out, signal.SIGINT)
     done = committed_runs(out)
-    check(p.returncode == 130 and "interrupted" in stderr and "--resume" in stderr and 1 <= done < 6,
+    check(code == 130 and "interrupted" in stderr and "--resume" in stderr and 1 <= done < 6,
           f"Ctrl-C: exit 130 soon after, says how to resume ({done} runs committed)",
-          f"\n    exit {p.returncode}\n    stderr {stderr[-600:]!r}")
+          f"\n    exit {code}\n    stderr {stderr[-600:]!r}")
     statuses = [a["status"] for a, _ in runs_of(out).values()]
     check(statuses and all(s == "complete" for s in statuses),
           "Ctrl-C: the run in flight is dropped, not recorded as failed", f"\n    {statuses}")
@@ -149,23 +151,13 @@ def check_jobs_stop(tmp):
     """SIGTERM to the sweep alone (as `timeout` or a scheduler sends it) stops its job processes too."""
     cfg = sweep_config(tmp, "jobs-stopped", range(1, 9), steps=400, heavy=True)
     out = tmp / "jobs-stopped.h5"
-    p = subprocess.Popen([str(BINARY), "run", str(cfg), "--out", str(out), "--jobs", "2", "--threads", "1", "--quiet"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while committed_runs(out) < 1 and p.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    p.send_signal(signal.SIGTERM)
-    try:
-        _, stderr = p.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        _, stderr = p.communicate()
+    code, stderr = signal_midway(cfg, out, signal.SIGTERM, "--jobs", "2")
     time.sleep(0.2)
     left = [f.name for f in tmp.glob("jobs-stopped.h5.job-*")]
     running = subprocess.run(["pgrep", "-f", "jobs-stopped.h5.job-"], capture_output=True, text=True).stdout.split()
-    check(p.returncode == 130 and not left and not running,
+    check(code == 130 and not left and not running,
           "jobs: SIGTERM to the sweep stops its jobs at their next step, leaving no process and no job file",
-          f"\n    exit {p.returncode}, files {left}, processes {running}\n    stderr {stderr[-400:]!r}")
+          f"\n    exit {code}, files {left}, processes {running}\n    stderr {stderr[-400:]!r}")
 
 
 def check_shards_jobs_and_merge(tmp):

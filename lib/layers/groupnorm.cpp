@@ -18,9 +18,7 @@ GroupNorm<T>::GroupNorm(std::string label, index_t channels, index_t groups, dou
 }
 
 template <class T> Shape GroupNorm<T>::output_shape(const Shape& in) const {
-  if (in.rank() != 3 && in.rank() != 1) shape_error(this->label(), "expects (C, H, W) or (C), got " + in.str());
-  if (in[0] != channels_)
-    shape_error(this->label(), "expects " + std::to_string(channels_) + " channels, got " + in.str());
+  expect_channels(this->label(), in, channels_);
   return in;
 }
 

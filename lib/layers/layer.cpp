@@ -12,4 +12,9 @@ void expect_rank(const std::string& layer, const Shape& s, std::size_t rank) {
                            " input, got " + s.str() + (rank == 1 ? " (add a flatten layer before it)" : ""));
 }
 
+void expect_channels(const std::string& layer, const Shape& s, index_t channels) {
+  if (s.rank() != 3 && s.rank() != 1) shape_error(layer, "expects (C, H, W) or (C), got " + s.str());
+  if (s[0] != channels) shape_error(layer, "expects " + std::to_string(channels) + " channels, got " + s.str());
+}
+
 }  // namespace lowmem

@@ -158,5 +158,7 @@ template <class U> class Saved {
 // Shape checks shared by layers: throws Error("layer <name>: ...").
 [[noreturn]] void shape_error(const std::string& layer, const std::string& what);
 void expect_rank(const std::string& layer, const Shape& s, std::size_t rank);
+// A normalisation layer's input: (C, H, W) or (C), with C = channels.
+void expect_channels(const std::string& layer, const Shape& s, index_t channels);
 
 }  // namespace lowmem
