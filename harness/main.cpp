@@ -214,14 +214,21 @@ int command_run(int argc, char** argv) {
   std::cout << ")\n";
   if (outcome.interrupted) {
     // The same command (shard, overrides, jobs and threads included), resuming into the same file.
+    auto quoted = [](const std::string& a) {  // for a POSIX shell: '...' with each ' as '\''
+      if (a.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./=:,") == std::string::npos)
+        return a;
+      std::string q = "'";
+      for (char ch : a) q += ch == '\'' ? std::string("'\\''") : std::string(1, ch);
+      return q + "'";
+    };
     std::string again = "lowmem";
     for (int i = 1; i < argc; ++i) {
       const std::string a = argv[i];
       if (a == "--out") ++i;
-      else if (a != "--resume" && a != "--force") again += " " + a;
+      else if (a != "--resume" && a != "--force") again += " " + quoted(a);
     }
     std::cerr << "lowmem: interrupted: " << outcome.done + outcome.failed << " run(s) committed to " << outcome.path
-              << "; `" << again << " --resume" << (options.force ? " --force" : "") << " --out " << outcome.path
+              << "; `" << again << " --resume" << (options.force ? " --force" : "") << " --out " << quoted(outcome.path)
               << "` continues\n";
     return 130;
   }

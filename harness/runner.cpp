@@ -281,6 +281,13 @@ pid_t start_job(const RunOptions& options, const PlannedRun& run, Job& job) {
   const pid_t parent = getpid();
   const pid_t pid = fork();
   if (pid == 0) {
+    // The sweep's stop handler must not catch a signal meant for the job before exec resets it.
+    struct sigaction plain {};
+    plain.sa_handler = SIG_DFL;
+    sigaction(SIGTERM, &plain, nullptr);
+    struct sigaction interrupt {};
+    if (sigaction(SIGINT, nullptr, &interrupt) == 0 && interrupt.sa_handler == request_stop)
+      sigaction(SIGINT, &plain, nullptr);
     prctl(PR_SET_PDEATHSIG, SIGTERM);  // the sweep killed: its jobs stop too
     if (getppid() != parent) _exit(130);
     // The job's own lines ("results:", its messages) go to its log; the sweep reports the run itself.
@@ -294,8 +301,8 @@ pid_t start_job(const RunOptions& options, const PlannedRun& run, Job& job) {
   return pid;
 }
 
-// The record a finished job left, or a failed one saying why there is none (the job's last message, if any).
-RunRecord finish_job(const PlannedRun& run, const Job& job, int status) {
+// The record a finished job left (left = true), or a failed one saying why there is none (the job's message).
+RunRecord finish_job(const PlannedRun& run, const Job& job, int status, bool& left) {
   RunRecord record;
   std::error_code ec;
   std::string why;
@@ -307,10 +314,11 @@ RunRecord finish_job(const PlannedRun& run, const Job& job, int status) {
   } catch (const std::exception& e) {
     why = std::string(": its results file is unreadable (") + e.what() + ")";
   }
-  if (record.run_id.empty()) {
+  left = !record.run_id.empty();
+  if (!left) {
     std::ifstream log(job.log_file);
-    for (std::string line; std::getline(log, line);)
-      if (!line.empty()) why = ": " + line;
+    for (std::string line; why.empty() && std::getline(log, line);)  // the job's own error message
+      if (line.rfind("lowmem: ", 0) == 0) why = ": " + line.substr(8);
     record.run_id = run.id;
     record.config_json = run.config.dump();
     record.status = "failed";
@@ -336,7 +344,8 @@ struct ActiveJobs {
     stop_all();
     for (const auto& [pid, job] : jobs) {
       int status = 0;
-      waitpid(pid, &status, 0);
+      while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+      }
       std::error_code ec;
       for (const std::string* file : {&job.config_file, &job.results_file, &job.log_file})
         std::filesystem::remove(*file, ec);
@@ -449,10 +458,9 @@ SweepOutcome run_all(const std::vector<PlannedRun>& runs, const RunOptions& opti
       if (it == active.jobs.end()) continue;
       const Job job = it->second;
       active.jobs.erase(it);
-      const bool interrupted_job = (WIFEXITED(status) && WEXITSTATUS(status) == 130) ||
-                                   (WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM);
-      RunRecord record = finish_job(runs[job.position], job, status);
-      if (stop_requested && (interrupted_job || record.status == "failed")) continue;  // dropped, not failed
+      bool left = false;
+      RunRecord record = finish_job(runs[job.position], job, status, left);
+      if (stop_requested && !left) continue;  // stopped before it finished: dropped, not failed
       commit(job.position, std::move(record));
     }
   }

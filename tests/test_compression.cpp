@@ -8,6 +8,7 @@
 #include "io/error.hpp"
 #include "technique_step.hpp"
 #include "layers/activations.hpp"
+#include "layers/groupnorm.hpp"
 #include "techniques/compression.hpp"
 #include "training/trainer.hpp"
 
@@ -85,6 +86,29 @@ TEST(ApproxActivations, EightBitGradientsStayCloseAndMemoryShrinks) {
       previous_error = error, previous_saved = s.saved_peak;
     }
   }
+}
+
+// Group norm's per-sample statistics are kept exact, as batch norm's are: under a compression policy its input is
+// stored in K bits and its means and inverse deviations (N groups values each, in the wide type) whole.
+TEST(ApproxActivations, GroupNormStatisticsStayExact) {
+  MemoryLedger ledger;
+  MemoryLedger::Scope scope(ledger);
+  GroupNorm<double> layer("gn", 6, 3, 1e-5);
+  Rng rng(5);
+  layer.initialize(rng);
+  Tensor<double> x(Shape{2, 6, 4, 4}, MemoryCategory::workspace);
+  for (index_t i = 0; i < x.numel(); ++i) x[i] = rng.normal();
+  CompressionPolicy policy;
+  policy.method = CompressionPolicy::blpa;
+  std::size_t packed = 0;
+  {
+    const CompressedTensor c = compress(x, policy);
+    packed = c.codes.bytes() + c.offset.bytes() + c.step.bytes();
+  }
+  const CompressionScope approximate(&policy);
+  const std::size_t before = ledger.current(MemoryCategory::saved_activations);
+  const Tensor<double> y = layer.forward(x, RunContext{});
+  EXPECT_EQ(ledger.current(MemoryCategory::saved_activations) - before, packed + 2 * 2 * 3 * sizeof(double));
 }
 
 TEST(ApproxActivations, BitsOutsideTheSupportedSetAreRefused) {

@@ -736,15 +736,24 @@ void append_runs(const std::string& path, const std::vector<RunRecord>& added,
     std::error_code ec;
     const std::string dir = require_directory(path);
     // One writer at a time in a directory (sweeps, shards or array tasks given the same file, a sweep and its
-    // jobs): an advisory lock on the directory, held until the new file has replaced the old.
+    // jobs): an advisory lock on a file there, held until the new file has replaced the old. Where the file
+    // system has no locks (ENOLCK, EOPNOTSUPP), writers go on unlocked, each with its own temporary name.
     struct Lock {
       int fd;
       ~Lock() {
         if (fd >= 0) ::close(fd);  // releases the lock
       }
-    } lock{::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)};
-    if (lock.fd < 0 || ::flock(lock.fd, LOCK_EX) != 0)
-      throw Error(path + ": cannot lock its directory " + dir + " (" + std::strerror(errno) + "); the file is unchanged");
+    } lock{::open((fs::path(dir) / ".lowmem.lock").c_str(), O_CREAT | O_RDWR | O_CLOEXEC, 0644)};
+    int locked = -1;
+    if (lock.fd >= 0)
+      while ((locked = ::flock(lock.fd, LOCK_EX)) != 0 && errno == EINTR) {
+      }
+    if (locked != 0 && errno != ENOLCK && errno != EOPNOTSUPP && errno != EBADF)
+      throw Error(path + ": cannot lock " + dir + "/.lowmem.lock (" + std::strerror(errno) + "); the file is unchanged");
+    if (locked == 0)  // temporary copies left by writers that were killed: nobody else is writing now
+      for (const auto& entry : fs::directory_iterator(dir, ec))
+        if (entry.path().filename().string().rfind(fs::path(path).filename().string() + ".partial-", 0) == 0)
+          fs::remove(entry.path(), ec);
     const bool exists = fs::exists(fs::symlink_status(path, ec));
     if (exists) require_hdf5_file(path);
     // Crash safety: the original is only ever read. The new file is written beside it and renamed over it

@@ -32,7 +32,8 @@ template <class T> Tensor<T> GroupNorm<T>::forward(const Tensor<T>& x, const Run
   const index_t n = x.dim(0), area = x.numel() / (n * channels_), per_group = channels_ / groups_;
   const index_t size = per_group * area;  // values per group
   Tensor<T> y(x.shape(), MemoryCategory::workspace);
-  Tensor<W> mean(Shape{n, groups_}, MemoryCategory::workspace), inv_std(Shape{n, groups_}, MemoryCategory::workspace);
+  // Statistics as flat vectors (N groups): Saved compresses only rank >= 2 tensors, and these must stay exact.
+  Tensor<W> mean(Shape{n * groups_}, MemoryCategory::workspace), inv_std(Shape{n * groups_}, MemoryCategory::workspace);
   const W eps = round_to<W>(eps_), count = round_to<W>(static_cast<double>(size));
 #pragma omp parallel for schedule(static)
   for (index_t sg = 0; sg < (x.is_dry() ? 0 : n * groups_); ++sg) {

@@ -25,7 +25,7 @@ template <class T> class GroupNorm : public Layer<T> {
   double eps_;
   Param<T> gamma_, beta_;
   Saved<T> input_;
-  Saved<W> mean_, inv_std_;  // (N, groups)
+  Saved<W> mean_, inv_std_;  // (N groups), flat: statistics are never compressed
 };
 
 }  // namespace lowmem

@@ -80,7 +80,7 @@ void expand_cnn(ConfigReader& r, ModelSpec& m) {
   const auto channels = r.get_list<std::int64_t>("channels", {32, 32, 64, 64});
   const int pool_every = r.get_in("pool_every", 2, 0, int_max);
   const bool batchnorm = r.get("batchnorm", true);
-  // groupnorm G > 0: group norm with G groups where batch norm would be (batch-independent, for microbatches)
+  // groupnorm G > 0: group norm with G groups instead of batch norm (batch-independent, for microbatches)
   const std::int64_t groups = r.get_in<std::int64_t>("groupnorm", 0, 0, i64_max);
   if (channels.empty()) r.fail("channels", "expected at least one channel count");
   auto add = [&](std::string type) -> LayerSpec& {
@@ -91,7 +91,7 @@ void expand_cnn(ConfigReader& r, ModelSpec& m) {
     if (channels[i] < 1) r.fail("channels", "channel counts must be >= 1");
     LayerSpec& conv = add("conv");
     conv.out = channels[i], conv.kernel = 3, conv.stride = 1, conv.pad = 1;
-    if (batchnorm && groups > 0) {
+    if (groups > 0) {
       if (channels[i] % groups != 0)
         r.fail("groupnorm", std::to_string(groups) + " groups do not split " + std::to_string(channels[i]) +
                                 " channels evenly");
