@@ -118,10 +118,9 @@ std::string human_bytes(double bytes) {
 // Data sets are loaded once per process and shared by the runs that ask for the same one.
 std::map<std::string, std::unique_ptr<DataSplit>> data_cache;
 const DataSplit& cached_data(const PlannedRun& run) {
-  auto& cache = data_cache;
   nlohmann::json key = run.config.at("data");
   if (run.parsed.data.dataset == "synthetic") key["seed"] = run.parsed.seed;
-  auto& slot = cache[key.dump()];
+  auto& slot = data_cache[key.dump()];
   if (!slot) slot = std::make_unique<DataSplit>(load_data(run.parsed.data, run.parsed.seed));
   return *slot;
 }
@@ -359,7 +358,7 @@ SweepOutcome run_all(const std::vector<PlannedRun>& runs, const RunOptions& opti
   SweepOutcome outcome;
   std::map<std::string, std::string> statuses;
   if (options.resume) {
-    choose_output_path(options.out + ".probe");  // the directory exists and is writable
+    check_writable_location(options.out);
     statuses = resumable_statuses(options.out, runs, options.force);
     outcome.path = options.out;
   } else {
@@ -472,7 +471,7 @@ std::size_t merge_results(const std::string& out, const std::vector<std::string>
   std::error_code ec;
   if (std::filesystem::exists(std::filesystem::symlink_status(out, ec)))
     throw Error(out + " exists; merge writes a new file (choose another name, or remove it)");
-  choose_output_path(out);  // its directory exists and is writable
+  check_writable_location(out);
   std::map<std::string, std::string> attributes;
   std::string first;
   for (const std::string& in : inputs) {

@@ -690,7 +690,7 @@ std::string format_number(double v) {
 
 }  // namespace
 
-OutputChoice choose_output_path(const std::string& requested) {
+void check_writable_location(const std::string& requested) {
   if (requested.empty()) throw Error("empty results path; expected a file name such as results/run.h5");
   const fs::path p(requested);
   std::error_code ec;
@@ -706,7 +706,12 @@ OutputChoice choose_output_path(const std::string& requested) {
   }
   ::close(fd);
   ::unlink(probe.c_str());
+}
 
+OutputChoice choose_output_path(const std::string& requested) {
+  check_writable_location(requested);
+  const fs::path p(requested);
+  std::error_code ec;
   if (!fs::exists(fs::symlink_status(p, ec))) return {requested, ""};
   // Never overwrite: results/default.h5 -> results/default.2.h5, .3.h5, ...
   const std::string ext = p.has_extension() ? p.extension().string() : ".h5";

@@ -47,6 +47,9 @@ struct OutputChoice {
   std::string note;  // empty unless the path was changed
 };
 OutputChoice choose_output_path(const std::string& requested);
+// The checks of choose_output_path alone: `requested` is not a directory, and its directory exists and is
+// writable. Throws Error saying which does not hold.
+void check_writable_location(const std::string& requested);
 
 // Adds (or replaces, keeping its row) /runs/<run.run_id> and rewrites /summary. Creates `path` if missing.
 // file_attributes: string attributes of the root, set where the file lacks them (the runner's sweep identity).

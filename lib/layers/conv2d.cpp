@@ -198,7 +198,9 @@ template <class T> Tensor<T> Conv2d<T>::backward(const Tensor<T>& dy, const RunC
       G *my_cols = cols.data() + t * K * band_width, *my_dout = dout.data() + t * cout * band_width;
       G* my_dbias = dbias.data() + t * cout;
       G* my_dimage = dimage.empty() ? nullptr : dimage.data() + t * image;
-      auto output_gradient = [&](const Band& b, index_t width) {  // dy of this image and band, (cout, width)
+      // dy of this image and band, (cout, width), widened into a band-sized buffer: converted again for the input
+      // gradient rather than kept for the whole image, so the buffer stays one band.
+      auto output_gradient = [&](const Band& b, index_t width) {
         for (index_t c = 0; c < cout; ++c)
           convert(dy.data() + (s * cout + c) * P + b.first * g.out_width, my_dout + c * width, width);
         return ConstMatrixMap<G>(my_dout, cout, width);

@@ -28,7 +28,6 @@ struct SparsePattern {
   Tensor<std::int32_t> row_start;  // rows + 1: row r's entries are [row_start[r], row_start[r + 1])
   Tensor<std::int32_t> column;     // one per entry, increasing within a row
   index_t nonzeros() const { return column.numel(); }
-  std::size_t bytes() const { return row_start.bytes() + column.bytes(); }
 };
 
 // Nonzeros a layer of `numel` weights keeps at `density`: round(density numel), at least 1.
