@@ -1,0 +1,151 @@
+"""Bit-for-bit guard for restructurings: runs tests/golden/sweep.json (140 small runs: every technique alone and in
+combination, every precision, the train, gradient and reconstruction studies) and compares every number of the
+results file (losses, learning rates, accuracies, gradient errors, SNRs, peaks per category, predicted peaks, run
+ids, labels, the effective configs) and its layout (groups, datasets, attribute names) with
+tests/golden/expected.json, recorded by this script's --record before the code was restructured.
+
+Only what differs from run to run by nature is left out: timings, RSS, start/end times, host, git state.
+The numbers are those of one build on one instruction set, at --threads 1: -march=native lets the compiler pick
+other vector code on another CPU, so on a machine whose instruction-set flags differ from those recorded the
+comparison is skipped (and says so) instead of failing on a legitimate rounding difference.
+
+usage: test_golden.py LOWMEM_BINARY              compare
+       test_golden.py LOWMEM_BINARY --record     write tests/golden/expected.json (only before a restructuring)
+"""
+import hashlib
+import json
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+CONFIG = HERE / "golden" / "sweep.json"
+EXPECTED = HERE / "golden" / "expected.json"
+VOLATILE = {"wall_seconds", "step_seconds", "rss_peak_bytes", "start_time", "end_time", "host", "git_commit",
+            "git_dirty", "curves/step_seconds"}
+# The instruction-set flags -march=native turns into different vector code (and so different rounding).
+ISA_FLAGS = ["sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512_bf16",
+             "avx512_fp16", "avx512vnni", "amx_bf16"]
+
+
+def isa():
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    return sorted(f for f in ISA_FLAGS if f in flags)
+
+
+def plain(v):
+    """An HDF5 value as JSON: strings decoded, floats exact (repr round-trips), NaN/Inf as strings."""
+    if isinstance(v, bytes):
+        v = v.decode()
+    if isinstance(v, str) and len(v) > 120:  # effective configs: their hash keeps the fixture small
+        return "sha256:" + hashlib.sha256(v.encode()).hexdigest()
+    if isinstance(v, np.ndarray) and v.dtype.kind == "f" and v.size > 16:
+        # large arrays (inputs, weights, gradients dumped by the gradient study) by the hash of their float64 bits
+        return {"n": int(v.size), "head": [plain(x) for x in v.ravel()[:4].tolist()],
+                "sha256": hashlib.sha256(np.ascontiguousarray(v, dtype="<f8").tobytes()).hexdigest()}
+    if isinstance(v, np.ndarray):
+        return [plain(x) for x in v.tolist()]
+    if isinstance(v, (list, tuple)):
+        return [plain(x) for x in v]
+    if isinstance(v, (np.floating, float)):
+        v = float(v)
+        return v if math.isfinite(v) else repr(v)
+    if isinstance(v, np.integer):
+        return int(v)
+    return v
+
+
+def figures(h5):
+    """Every number and name of a results file, except the volatile ones, as a JSON-able dict."""
+    out = {}
+    with h5py.File(h5, "r") as f:
+        out["file_attributes"] = {k: plain(v) for k, v in sorted(f.attrs.items())}
+        summary = f["summary"]
+        names = [n for n in summary.dtype.names if n not in VOLATILE]
+        out["summary_columns"] = list(summary.dtype.names)
+        out["summary"] = [{n: plain(row[n]) for n in names} for row in summary[()]]
+        runs = {}
+        for run_id, g in f["runs"].items():
+            run = {"attributes": {k: plain(v) for k, v in sorted(g.attrs.items()) if k not in VOLATILE}}
+            layout, data = [], {}
+
+            def visit(name, obj, layout=layout, data=data):
+                layout.append(name + ("/" if isinstance(obj, h5py.Group) else ""))
+                if isinstance(obj, h5py.Dataset) and name not in VOLATILE:
+                    data[name] = plain(obj[()])
+            g.visititems(visit)
+            run["layout"] = sorted(layout)
+            run["data"] = data
+            runs[run_id] = run
+        out["runs"] = runs
+    return out
+
+
+def run_sweep(binary, tmp):
+    import subprocess
+    out = Path(tmp) / "golden.h5"
+    p = subprocess.run([binary, "run", str(CONFIG), "--out", str(out), "--threads", "1", "--quiet"],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        print(f"FAILED: lowmem run {CONFIG} exited {p.returncode}\n{p.stderr}")
+        sys.exit(1)
+    return figures(out)
+
+
+def differences(expected, got, where="", limit=20):
+    """Paths at which two JSON values differ (at most `limit`)."""
+    found = []
+
+    def walk(a, b, path):
+        if len(found) >= limit:
+            return
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                if k not in a or k not in b:
+                    found.append(f"{path}/{k}: {'missing' if k not in b else 'new'}")
+                else:
+                    walk(a[k], b[k], f"{path}/{k}")
+        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            for i, (x, y) in enumerate(zip(a, b)):
+                walk(x, y, f"{path}[{i}]")
+        elif a != b or type(a) is not type(b):
+            found.append(f"{path}: expected {a!r}, got {b!r}")
+    walk(expected, got, where)
+    return found
+
+
+def main():
+    binary = sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("--") else str(HERE.parent / "build" / "lowmem")
+    with tempfile.TemporaryDirectory(prefix="lowmem-golden-") as tmp:
+        got = run_sweep(binary, tmp)
+    if "--record" in sys.argv:
+        EXPECTED.write_text(json.dumps({"isa": isa(), "threads": 1, "figures": got}, sort_keys=True) + "\n")
+        print(f"recorded {len(got['runs'])} runs into {EXPECTED}")
+        return 0
+    expected = json.loads(EXPECTED.read_text())
+    if expected["isa"] != isa():
+        print(f"skipped: figures recorded on a CPU with {expected['isa']}, this one has {isa()}; "
+              "-march=native code differs between them, so bit-for-bit equality is not expected here")
+        return 0
+    runs = len(expected["figures"]["runs"])
+    diff = differences(expected["figures"], got)
+    if diff:
+        print(f"FAILED: the golden sweep's figures differ from those recorded ({runs} runs); first differences:")
+        for d in diff:
+            print("  " + d)
+        return 1
+    print(f"ok: all {runs} runs of {CONFIG.name} equal the recorded figures bit for bit "
+          f"(losses, accuracies, gradient errors, SNRs, peaks per category, run ids, configs, layout)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
