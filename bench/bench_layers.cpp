@@ -24,7 +24,7 @@
 #include <string>
 #include <vector>
 
-#include "runner.hpp"  // lowmem::set_threads (harness/)
+#include "numerics/threads.hpp"
 #include "layers/conv2d.hpp"
 #include "tensor/memory_ledger.hpp"
 #include "training/run_config.hpp"

@@ -11,7 +11,8 @@
 #include <thread>
 #include <vector>
 
-#include "io/error.hpp"
+#include "numerics/error.hpp"
+#include "numerics/threads.hpp"
 #include "tensor/memory_ledger.hpp"
 #include "io/results_file.hpp"
 #include "plan.hpp"
@@ -163,7 +164,6 @@ int parse_count(const std::string& option, const std::string& text) {
   return static_cast<int>(n);
 }
 
-unsigned all_cores() { return std::max(1u, std::thread::hardware_concurrency()); }
 
 // "I/N" with 0 <= I < N.
 Shard parse_shard(const std::string& text) {

@@ -22,7 +22,8 @@
 #include <optional>
 
 #include "io/config_reader.hpp"
-#include "io/error.hpp"
+#include "numerics/error.hpp"
+#include "numerics/threads.hpp"
 #include "io/results_file.hpp"
 #include "io/sweep.hpp"
 #include "plan.hpp"
@@ -97,11 +98,6 @@ void validate_model(const RunConfig& run, const std::string& config_file) {
   } catch (const Error& e) {
     throw Error(config_file + ": " + e.what());
   }
-}
-
-void set_threads(int threads) {
-  omp_set_num_threads(threads);
-  Eigen::setNbThreads(threads);
 }
 
 namespace {

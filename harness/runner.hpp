@@ -75,7 +75,4 @@ void validate_model(const RunConfig& run, const std::string& config_file);
 // Data that the run's model cannot take (image shape, more classes than outputs, fewer examples than a batch).
 void check_data_fits(const RunConfig& run, const DataSplit& data);
 
-// Sets the thread count for Eigen and OpenMP.
-void set_threads(int threads);
-
 }  // namespace lowmem

@@ -5,7 +5,7 @@
 #include <functional>
 #include <map>
 
-#include "io/error.hpp"
+#include "numerics/error.hpp"
 #include "study.hpp"
 
 namespace lowmem {

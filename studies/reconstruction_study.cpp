@@ -17,7 +17,7 @@
 #include <cmath>
 #include <map>
 
-#include "io/error.hpp"
+#include "numerics/error.hpp"
 #include "study.hpp"
 
 namespace lowmem {

@@ -4,7 +4,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
-#include "io/error.hpp"
+#include "numerics/error.hpp"
 
 namespace lowmem {
 

@@ -3,7 +3,7 @@
 #include <cmath>
 #include <cstdio>
 
-#include "io/error.hpp"
+#include "numerics/error.hpp"
 
 #include "study.hpp"
 

@@ -9,7 +9,7 @@
 #include <queue>
 #include <tuple>
 
-#include "io/error.hpp"
+#include "numerics/error.hpp"
 #include "plan.hpp"
 #include "runner.hpp"
 #include "technique_step.hpp"

@@ -13,7 +13,7 @@
 #include <set>
 
 #include "data/dataset.hpp"
-#include "io/error.hpp"
+#include "numerics/error.hpp"
 
 namespace fs = std::filesystem;
 using namespace lowmem;

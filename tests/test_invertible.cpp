@@ -5,7 +5,7 @@
 #include <cmath>
 
 #include "layer_cases.hpp"
-#include "io/error.hpp"
+#include "numerics/error.hpp"
 #include "layers/activations.hpp"
 #include "layers/batchnorm.hpp"
 

@@ -5,7 +5,7 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
-#include "io/error.hpp"
+#include "numerics/error.hpp"
 #include "layers/batchnorm.hpp"
 #include "layers/conv2d.hpp"
 #include "training/model_factory.hpp"

@@ -4,7 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "io/error.hpp"
+#include "numerics/error.hpp"
 #include "plan.hpp"
 #include "training/trainer.hpp"
 

@@ -13,7 +13,7 @@
 #include <iterator>
 #include <string>
 
-#include "io/error.hpp"
+#include "numerics/error.hpp"
 
 namespace fs = std::filesystem;
 using lowmem::RunRecord;

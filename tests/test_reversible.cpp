@@ -5,7 +5,7 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
-#include "io/error.hpp"
+#include "numerics/error.hpp"
 #include "technique_step.hpp"
 #include "plan.hpp"
 #include "runner.hpp"

@@ -8,7 +8,7 @@
 #include <numeric>
 #include <nlohmann/json.hpp>
 
-#include "io/error.hpp"
+#include "numerics/error.hpp"
 #include "layers/conv2d.hpp"
 #include "layers/linear.hpp"
 #include "techniques/sparsity.hpp"

@@ -4,7 +4,7 @@
 #include <numeric>
 
 #include "data/dataset.hpp"
-#include "io/error.hpp"
+#include "numerics/error.hpp"
 
 namespace lowmem {
 

@@ -6,7 +6,7 @@
 #include <fstream>
 
 #include "data/dataset.hpp"
-#include "io/error.hpp"
+#include "numerics/error.hpp"
 
 namespace lowmem {
 namespace {

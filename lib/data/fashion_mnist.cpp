@@ -8,7 +8,7 @@
 #include <memory>
 
 #include "data/dataset.hpp"
-#include "io/error.hpp"
+#include "numerics/error.hpp"
 
 namespace lowmem {
 namespace {

@@ -3,7 +3,7 @@
 #include <algorithm>
 
 #include "data/dataset.hpp"
-#include "io/error.hpp"
+#include "numerics/error.hpp"
 
 namespace lowmem {
 

@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "io/error.hpp"
+#include "numerics/error.hpp"
 
 namespace lowmem {
 

@@ -18,7 +18,7 @@
 #include <set>
 #include <variant>
 
-#include "io/error.hpp"
+#include "numerics/error.hpp"
 
 namespace lowmem {
 namespace {

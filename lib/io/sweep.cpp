@@ -3,7 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/config_reader.hpp"
-#include "io/error.hpp"
+#include "numerics/error.hpp"
 
 namespace lowmem {
 namespace {

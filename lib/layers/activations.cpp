@@ -1,6 +1,6 @@
 #include "layers/activations.hpp"
 
-#include "io/error.hpp"
+#include "numerics/error.hpp"
 
 namespace lowmem {
 

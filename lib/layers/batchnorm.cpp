@@ -1,6 +1,6 @@
 #include "layers/batchnorm.hpp"
 
-#include "io/error.hpp"
+#include "numerics/error.hpp"
 #include "tensor/compute.hpp"
 
 namespace lowmem {

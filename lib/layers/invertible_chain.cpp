@@ -1,6 +1,6 @@
 #include "layers/invertible_chain.hpp"
 
-#include "io/error.hpp"
+#include "numerics/error.hpp"
 
 namespace lowmem {
 

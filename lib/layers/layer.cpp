@@ -1,6 +1,6 @@
 #include "layers/layer.hpp"
 
-#include "io/error.hpp"
+#include "numerics/error.hpp"
 
 namespace lowmem {
 

@@ -1,6 +1,6 @@
 #include "numerics/scalar.hpp"
 
-#include "io/error.hpp"
+#include "numerics/error.hpp"
 
 namespace lowmem {
 

@@ -1,6 +1,6 @@
 #include "training/model_factory.hpp"
 
-#include "io/error.hpp"
+#include "numerics/error.hpp"
 #include "layers/activations.hpp"
 #include "layers/batchnorm.hpp"
 #include "layers/groupnorm.hpp"

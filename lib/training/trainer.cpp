@@ -4,7 +4,7 @@
 #include <cmath>
 #include <optional>
 
-#include "io/error.hpp"
+#include "numerics/error.hpp"
 #include "techniques/sparsity.hpp"
 #include "tensor/compute.hpp"
 #include "training/model_factory.hpp"
