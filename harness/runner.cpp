@@ -81,20 +81,10 @@ void validate_model(const RunConfig& run, const std::string& config_file) {
     Sequential<float> model = build_model<float>(run.model);
     bool any_invertible = false;
     for (std::size_t i = 0; i < model.size(); ++i) any_invertible = any_invertible || model.invertible(i);
-    const std::string invertible_types =
-        " has none (invertible: inv_batchnorm, leaky_relu with slope > 0, pixel_shuffle, coupling, "
-        "affine_coupling, inv_conv, invertible)";
-    if (run.uses("reversible") && !any_invertible)
-      throw Error("/technique: \"reversible\" rebuilds invertible layers, and model (" + run.model.arch + ")" +
-                  invertible_types);
-    if (const TechniqueSpec* c = run.find("checkpoint"); c && static_cast<std::size_t>(c->segments) > model.size())
-      throw Error("/technique: checkpoint segments " + std::to_string(c->segments) + " is more than model (" +
-                  run.model.arch + ")'s " + std::to_string(model.size()) + " layers");
-    if (const TechniqueSpec* c = run.find("checkpoint"); c && c->schedule == "budget")  // fits, or says the minimum
-      dispatch_precision(run.precision, [&]<class T>() { checkpoint_schedule<T>(run, model.size()); });
+    check_techniques(run, ModelFacts{run.model.arch, model.size(), any_invertible});
     if (run.study == "reconstruction" && !any_invertible)
-      throw Error("/study: \"reconstruction\" inverts invertible layers, and model (" + run.model.arch + ")" +
-                  invertible_types);
+      throw Error("/study: \"reconstruction\" inverts invertible layers, and model (" + run.model.arch + ") has none " +
+                  "(invertible: " + invertible_layer_types + ")");
   } catch (const Error& e) {
     throw Error(config_file + ": " + e.what());
   }

@@ -6,6 +6,7 @@
 #include <map>
 
 #include "numerics/error.hpp"
+#include "techniques/registry.hpp"
 #include "study.hpp"
 
 namespace lowmem {
@@ -104,7 +105,7 @@ const GradientDump& reference_for(const RunConfig& config, const std::string& co
     RunConfig ref = config;
     ref.precision = reference;
     ref.accumulate = Accumulate::f32;
-    ref.techniques = {TechniqueSpec{}};
+    ref.techniques = store_all_only();
     slot = compute_in(reference, ref, data);
   }
   return *slot;

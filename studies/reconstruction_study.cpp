@@ -18,6 +18,7 @@
 #include <map>
 
 #include "numerics/error.hpp"
+#include "techniques/registry.hpp"
 #include "study.hpp"
 
 namespace lowmem {
@@ -48,7 +49,7 @@ const Parameters& trained_parameters(const RunConfig& config, const std::string&
   RunConfig f32 = config;
   f32.precision = Precision::f32;
   f32.accumulate = Accumulate::f32;
-  f32.techniques = {TechniqueSpec{}};
+  f32.techniques = store_all_only();
   MemoryLedger ledger;
   Trainer<float> trainer(f32, ledger);
   const std::int64_t total = trainer.total_steps(data.train);

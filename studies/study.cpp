@@ -1,10 +1,10 @@
 #include "study.hpp"
 
 #include <algorithm>
-#include <cstdio>
 #include <nlohmann/json.hpp>
 
 #include "numerics/error.hpp"
+#include "techniques/registry.hpp"
 
 namespace lowmem {
 
@@ -14,26 +14,7 @@ void run_study(const RunConfig& config, const DataSplit& data, RunRecord& record
   record.labels["name"] = config.name;
   record.labels["model"] = config.model.arch;
   record.labels["seed"] = std::to_string(config.seed);
-  std::string techniques;  // "store_all", "reversible", "checkpoint-revolve-2", joined by "+" when composed
-  for (const TechniqueSpec& t : config.techniques) {
-    techniques += (techniques.empty() ? "" : "+") + t.type;
-    if (t.type == "microbatch") techniques += "-" + std::to_string(t.count);
-    if (t.type == "approx_activations") techniques += "-" + t.method + "-" + std::to_string(t.bits);
-    if (t.type == "sparsity") {
-      char density[32];
-      std::snprintf(density, sizeof density, "%g", t.density);
-      techniques += "-" + t.method + "-" + density;
-    }
-    if (t.type == "mixed_precision")
-      techniques += "-" + t.compute + (t.loss_scale > 0 ? "-scale-" + std::to_string(static_cast<long long>(t.loss_scale)) : "");
-    if (t.type == "checkpoint")
-      techniques += "-" + t.schedule + "-" +
-                    (t.schedule == "revolve"  ? std::to_string(t.slots)
-                     : t.schedule == "budget" ? std::to_string(t.budget_bytes)
-                     : t.segments > 0         ? std::to_string(t.segments)
-                                              : std::string("sqrt"));
-  }
-  record.labels["technique"] = techniques;
+  record.labels["technique"] = techniques_label(config.techniques);  // "store_all", "checkpoint-revolve-2+microbatch-4"
   if (config.study == "train") run_train_study(config, data, record, progress);
   else if (config.study == "gradient") run_gradient_study(config, data, record, progress);
   else if (config.study == "reconstruction") run_reconstruction_study(config, data, record, progress);

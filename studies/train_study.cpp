@@ -74,10 +74,7 @@ void train(const RunConfig& config, const DataSplit& data, RunRecord& record, co
   record.scalars["test_accuracy"] = accuracies.empty() ? NAN : accuracies.back();
   record.scalars["test_loss"] = test_losses.empty() ? NAN : test_losses.back();
   record.scalars["recomputed_evaluations_per_step"] = static_cast<double>(trainer.recomputed_evaluations());
-  if (config.uses("mixed_precision")) {
-    record.scalars["skipped_steps"] = static_cast<double>(trainer.skipped_steps());
-    record.scalars["final_loss_scale"] = trainer.loss_scale();
-  }
+  for (const auto& [name, value] : trainer.technique_report()) record.scalars[name] = value;
   record_memory(ledger, record);
 }
 

@@ -9,7 +9,7 @@
 #include "technique_step.hpp"
 #include "layers/activations.hpp"
 #include "layers/groupnorm.hpp"
-#include "techniques/compression.hpp"
+#include "techniques/approx_activations.hpp"
 #include "training/trainer.hpp"
 
 namespace lowmem {
@@ -48,7 +48,8 @@ TEST(Compression, TheReluMaskIsExact) {
     CompressionPolicy policy;
     policy.bits = 2;
     {
-      const CompressionScope scope(&policy);
+      const CompressionHook<double> hook(policy);
+      const SaveHookScope<double> scope(&hook);
       approximate.forward(x, RunContext{});
     }
     const Tensor<double> got = approximate.backward(dy, RunContext{}, true);
@@ -105,7 +106,8 @@ TEST(ApproxActivations, GroupNormStatisticsStayExact) {
     const CompressedTensor c = compress(x, policy);
     packed = c.codes.bytes() + c.offset.bytes() + c.step.bytes();
   }
-  const CompressionScope approximate(&policy);
+  const CompressionHook<double> hook(policy);
+  const SaveHookScope<double> approximate(&hook);
   const std::size_t before = ledger.current(MemoryCategory::saved_activations);
   const Tensor<double> y = layer.forward(x, RunContext{});
   EXPECT_EQ(ledger.current(MemoryCategory::saved_activations) - before, packed + 2 * 2 * 3 * sizeof(double));

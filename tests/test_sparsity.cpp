@@ -52,7 +52,7 @@ template <class T> void expect_csr_accounting(const nlohmann::json& config, std:
     gradients += n * sizeof(T);
     if (const SparsePattern* s = p->pattern.get()) {
       ++sparse_layers;
-      EXPECT_EQ(p->value.numel(), sparse_count(s->rows * s->cols, run.techniques[0].density));
+      EXPECT_EQ(p->value.numel(), sparse_count(s->rows * s->cols, find_technique<Sparsity>(run.techniques)->density()));
       weights += n * 4 + static_cast<std::size_t>(s->rows + 1) * 4;
     }
   }

@@ -26,7 +26,7 @@ template <class T> Tensor<T> LeakyRelu<T>::forward(const Tensor<T>& x, const Run
       }
     }
   }
-  if (ctx.keeps() && active_compression()) {
+  if (ctx.keeps() && active_save_hook<T>()) {  // kept activations are approximated: keep the exact mask
     Tensor<std::uint8_t> mask(Shape{(y.numel() + 7) / 8}, MemoryCategory::workspace);
     if (!y.is_dry()) {
       std::fill(mask.data(), mask.data() + mask.numel(), std::uint8_t{0});

@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "techniques/sparse_products.hpp"
+#include "layers/weight_products.hpp"
 
 namespace lowmem {
 

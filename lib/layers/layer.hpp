@@ -17,7 +17,8 @@
 
 #include "numerics/random.hpp"
 #include "numerics/scalar.hpp"
-#include "techniques/compression.hpp"
+#include "layers/saved.hpp"
+#include "tensor/csr.hpp"
 #include "tensor/tensor.hpp"
 
 namespace lowmem {
@@ -40,8 +41,6 @@ struct RunContext {
   bool keeps() const { return training && keep == Keep::all; }
   bool keeps_for_inverse() const { return training && keep != Keep::nothing; }
 };
-
-struct SparsePattern;  // techniques/sparsity.hpp
 
 template <class T> struct Param {
   std::string name;  // "weight", "bias" (batch norm: gamma is "weight", beta is "bias", as in PyTorch)
@@ -101,6 +100,10 @@ template <class T> class Invertible {
                                                 bool want_input_grad) = 0;
 };
 
+// The layer types that are invertible, for messages that ask for one.
+inline constexpr const char* invertible_layer_types =
+    "inv_batchnorm, leaky_relu with slope > 0, pixel_shuffle, coupling, affine_coupling, inv_conv, invertible";
+
 // The layer as an invertible one if it is invertible(), else nullptr.
 template <class T> Invertible<T>* as_invertible(Layer<T>& layer) {
   auto* inv = dynamic_cast<Invertible<T>*>(&layer);
@@ -115,45 +118,6 @@ template <class T> Param<T> make_param(std::string name, Shape shape) {
   p.grad = Tensor<T>(shape, MemoryCategory::gradients);
   return p;
 }
-
-// What a layer keeps between forward and backward. Keeping re-labels the buffer as saved activations in the
-// ledger; release() drops this holder's reference. (Storage policies for checkpointing, compression and
-// reversible reconstruction plug in here.)
-// While a compression policy is active (technique approx_activations), an activation (a floating-point tensor of
-// rank >= 2; not per-channel statistics, not indices) is kept in K bits and decompressed when backward asks.
-template <class U> class Saved {
- public:
-  void keep(const Tensor<U>& t) {
-    release();
-    if constexpr (!std::is_integral_v<U>) {
-      if (const CompressionPolicy* policy = active_compression(); policy && t.shape().rank() >= 2) {
-        packed_ = std::make_shared<CompressedTensor>(compress(t, *policy));
-        return;
-      }
-    }
-    t_ = t;
-    t_.set_category(MemoryCategory::saved_activations);
-  }
-  const Tensor<U>& get() const {
-    if constexpr (!std::is_integral_v<U>) {
-      if (packed_) {
-        if (t_.empty()) t_ = decompress<U>(*packed_);  // workspace, until released
-        return t_;
-      }
-    }
-    if (t_.empty()) throw std::logic_error("backward called without a training-mode forward");
-    return t_;
-  }
-  void release() {
-    t_ = Tensor<U>();
-    packed_.reset();
-  }
-  bool held() const { return packed_ || !t_.empty(); }
-
- private:
-  mutable Tensor<U> t_;  // the kept tensor, or the decompressed one
-  std::shared_ptr<CompressedTensor> packed_;  // shared by copies, as a Tensor's buffer is
-};
 
 // Shape checks shared by layers: throws Error("layer <name>: ...").
 [[noreturn]] void shape_error(const std::string& layer, const std::string& what);

@@ -2,7 +2,7 @@
 
 #include <cmath>
 
-#include "techniques/sparse_products.hpp"
+#include "layers/weight_products.hpp"
 
 namespace lowmem {
 

@@ -38,7 +38,7 @@ template <class T> class Sequential {
     for (std::size_t i = 0; i < layers_.size(); ++i) {
       if (reconstructing_ && ctx.recompute_between_runs && !invertible_[i]) {
         if (starts_segment(i)) {
-          const CompressionScope exact(nullptr);  // recomputation starts from the exact input
+          const SaveHookScope<T> exact(nullptr);  // recomputation starts from the exact input
           segment_inputs_[i].keep(x);
         }
         RunContext recomputed_later = ctx;
@@ -48,16 +48,15 @@ template <class T> class Sequential {
       }
       if (!reconstructing_ || !invertible_[i]) {
         x = layers_[i]->forward(x, ctx);
-        if (const CompressionPolicy* p = active_compression(); p && p->method == CompressionPolicy::naive &&
-                                                               ctx.keeps() && i + 1 < layers_.size())
-          x = decompress<T>(compress(x, *p));  // naive: the next layer computes from the approximation
+        if (const SaveHook<T>* hook = active_save_hook<T>(); hook && ctx.keeps() && i + 1 < layers_.size())
+          x = hook->forward_output(std::move(x));  // e.g. naive approximation: the next layer sees the K-bit x
         continue;
       }
       RunContext rebuilt_later = ctx;
       rebuilt_later.keep = RunContext::Keep::for_inverse;
       x = layers_[i]->forward(x, rebuilt_later);
       if (ends_run(i)) {
-        const CompressionScope exact(nullptr);  // the run is rebuilt from this exact output
+        const SaveHookScope<T> exact(nullptr);  // the run is rebuilt from this exact output
         run_outputs_[i].keep(x);
       }
     }

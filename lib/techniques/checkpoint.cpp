@@ -1,5 +1,7 @@
 #include "techniques/checkpoint.hpp"
 
+#include "techniques/reversible.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -309,7 +311,7 @@ void CheckpointExecutor<T>::run(Sequential<T>& chain, std::size_t from, std::siz
     const auto [kind, i] = schedule_[k];
     switch (kind) {
       case Kind::snapshot: {
-        const CompressionScope exact(nullptr);  // recomputation starts from exact states
+        const SaveHookScope<T> exact(nullptr);  // recomputation starts from exact states
         snapshots_[i].keep(current_);
         break;
       }
@@ -334,5 +336,103 @@ void CheckpointExecutor<T>::run(Sequential<T>& chain, std::size_t from, std::siz
 }
 
 LOWMEM_INSTANTIATE_FOR_PRECISIONS(CheckpointExecutor)
+
+Checkpoint::Checkpoint(ConfigReader& r) {
+  constexpr std::int64_t i64_max = std::numeric_limits<std::int64_t>::max();
+  schedule_ = r.get_choice("schedule", "uniform", {"uniform", "revolve", "budget"});
+  if (schedule_ == "uniform") segments_ = r.get_in<std::int64_t>("segments", 0, 0, i64_max);
+  else if (schedule_ == "revolve") slots_ = r.required_in<std::int64_t>("slots", 1, i64_max);
+  else budget_bytes_ = r.required_in<std::int64_t>("budget_bytes", 1, i64_max);
+}
+
+std::string Checkpoint::label() const {
+  return std::string(name) + "-" + schedule_ + "-" +
+         (schedule_ == "revolve"  ? std::to_string(slots_)
+          : schedule_ == "budget" ? std::to_string(budget_bytes_)
+          : segments_ > 0         ? std::to_string(segments_)
+                                  : std::string("sqrt"));
+}
+
+void Checkpoint::check_composition(const TechniqueList& all, const ConfigReader& run) const {
+  if (find_technique<Reversible>(all) && (schedule_ != "uniform" || segments_ != 0))
+    run.fail("technique", "checkpoint composed with reversible recomputes each run of non-invertible layers from its "
+                          "input (reversible rebuilds the invertible runs between them): use {\"type\": "
+                          "\"checkpoint\"} without a schedule or segments");
+}
+
+void Checkpoint::check_model(const ModelFacts& model) const {
+  if (static_cast<std::size_t>(segments_) > model.layers)
+    throw Error("/technique: checkpoint segments " + std::to_string(segments_) + " is more than model (" + model.arch +
+                ")'s " + std::to_string(model.layers) + " layers");
+}
+
+namespace {
+
+// The budget schedule: the dynamic programme's memory bound is searched (bisection on bytes) for the schedule of
+// least recomputation whose whole dry step stays within the budget, so the model's weights, gradients, optimizer
+// state and workspace are what the ledger sees, not a guess.
+template <class T>
+CheckpointSchedule fit_budget(std::size_t layers, std::size_t budget, const TechniqueServices<T>& s) {
+  const ChainCosts costs = s.chain_costs();
+  const std::size_t cells = layers * (layers + 1);
+  const std::size_t unit = std::max<std::size_t>(1, budget / std::max<std::size_t>(1, 4000000 / cells));
+  std::optional<BudgetPlan> best;
+  // Below the largest record no schedule exists: the search starts there. No plan: more memory; a plan whose
+  // dry step is over the budget: less.
+  std::size_t lo = *std::max_element(costs.record_bytes.begin(), costs.record_bytes.end()), hi = budget;
+  while (lo <= hi) {
+    const std::size_t memory = lo + (hi - lo) / 2;
+    std::optional<BudgetPlan> plan = budget_schedule(costs, memory, unit);
+    const bool fits = plan && s.peak_with(plan->schedule) <= budget;
+    if (fits && (!best || plan->recomputed_flops < best->recomputed_flops)) best = std::move(plan);
+    if (fits || !plan) lo = memory + 1;
+    else if (memory == 0) break;
+    else hi = memory - 1;
+  }
+  if (best) return best->schedule;
+  const CheckpointSchedule least = revolve_schedule(layers, 1);  // one snapshot: the least any schedule keeps
+  const std::size_t minimum = s.peak_with(least);
+  if (minimum <= budget) return least;
+  throw Error("technique checkpoint: budget_bytes " + std::to_string(budget) +
+              " is below what any schedule reaches for this model, precision and batch: the minimum is " +
+              std::to_string(minimum) + " bytes (one snapshot, every layer recomputed from the input)");
+}
+
+template <class T> class CheckpointHooks : public TechniqueHooks<T> {
+ public:
+  CheckpointHooks(const Checkpoint& technique, const TechniqueServices<T>& s)
+      : technique_(technique), services_(s), with_reversible_(find_technique<Reversible>(*s.all) != nullptr) {}
+  void configure(RunContext& train) override { train.recompute_between_runs = with_reversible_; }
+  std::unique_ptr<ChainRunner<T>> chain(Sequential<T>& model) override {
+    if (with_reversible_) return nullptr;  // Sequential recomputes the runs between the rebuilt ones
+    return std::make_unique<CheckpointExecutor<T>>(technique_.schedule(model.size(), services_));
+  }
+
+ private:
+  const Checkpoint& technique_;
+  TechniqueServices<T> services_;
+  bool with_reversible_;
+};
+
+}  // namespace
+
+template <class T>
+CheckpointSchedule Checkpoint::schedule(std::size_t layers, const TechniqueServices<T>& s) const {
+  if (schedule_ == "revolve") return revolve_schedule(layers, static_cast<std::size_t>(slots_));
+  if (schedule_ == "budget") return fit_budget<T>(layers, static_cast<std::size_t>(budget_bytes_), s);
+  const auto sqrt_n = static_cast<std::size_t>(std::lround(std::sqrt(static_cast<double>(layers))));
+  return uniform_schedule(layers, segments_ > 0 ? static_cast<std::size_t>(segments_) : std::max<std::size_t>(1, sqrt_n));
+}
+
+template <class T> std::unique_ptr<TechniqueHooks<T>> Checkpoint::hooks_for(const TechniqueServices<T>& s) const {
+  return std::make_unique<CheckpointHooks<T>>(*this, s);
+}
+
+LOWMEM_INSTANTIATE_TECHNIQUE_HOOKS(Checkpoint)
+template CheckpointSchedule Checkpoint::schedule(std::size_t, const TechniqueServices<float>&) const;
+template CheckpointSchedule Checkpoint::schedule(std::size_t, const TechniqueServices<double>&) const;
+template CheckpointSchedule Checkpoint::schedule(std::size_t, const TechniqueServices<f16>&) const;
+template CheckpointSchedule Checkpoint::schedule(std::size_t, const TechniqueServices<bf16>&) const;
+template CheckpointSchedule Checkpoint::schedule(std::size_t, const TechniqueServices<mp>&) const;
 
 }  // namespace lowmem

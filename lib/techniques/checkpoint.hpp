@@ -13,12 +13,19 @@
 //
 // The forward pass runs the actions up to the last layer's record (then the loss is taken), backward the rest.
 // Running statistics (batch norm) are updated by each layer's first evaluation in a step only.
+//
+// Technique "checkpoint" ({"schedule": "uniform" [, "segments": s] | "revolve", "slots": s | "budget",
+// "budget_bytes": b}) runs the model's chain by one of these schedules (its chain hook). Composed with reversible,
+// it takes no schedule: each run of non-invertible layers between the rebuilt invertible runs keeps only its input
+// and is recomputed from it (Sequential, RunContext::recompute_between_runs).
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "io/config_reader.hpp"
 #include "layers/sequential.hpp"
+#include "techniques/technique.hpp"
 
 namespace lowmem {
 
@@ -65,14 +72,15 @@ void check_schedule(const CheckpointSchedule& schedule, std::size_t layers);
 
 // Runs a schedule on a chain. forward() runs the actions up to the last layer's record and returns the chain's
 // output; backward() runs the rest and returns dL/dx0 if asked.
-template <class T> class CheckpointExecutor {
+template <class T> class CheckpointExecutor : public ChainRunner<T> {
  public:
   explicit CheckpointExecutor(CheckpointSchedule schedule) : schedule_(std::move(schedule)) {}
-  Tensor<T> forward(Sequential<T>& chain, const Tensor<T>& x, const RunContext& ctx);
+  Tensor<T> forward(Sequential<T>& chain, const Tensor<T>& x, const RunContext& ctx) override;
   // dy by value: the caller's buffer is not held through backward (as Sequential::backward).
-  Tensor<T> backward(Sequential<T>& chain, Tensor<T> dy, const RunContext& ctx, bool want_input_grad = false);
+  Tensor<T> backward(Sequential<T>& chain, Tensor<T> dy, const RunContext& ctx, bool want_input_grad = false) override;
   // Layer evaluations of the last step beyond one per layer.
   std::int64_t recomputed() const { return evaluations_ - static_cast<std::int64_t>(evaluated_.size()); }
+  std::int64_t recomputed(const Sequential<T>&) const override { return recomputed(); }
 
  private:
   void run(Sequential<T>& chain, std::size_t from, std::size_t to, const RunContext& ctx, bool want_input_grad);
@@ -83,6 +91,27 @@ template <class T> class CheckpointExecutor {
   Tensor<T> current_, grad_;         // the state the actions move along, and the gradient flowing back
   std::int64_t evaluations_ = 0;
   bool checked_ = false;  // the schedule was checked against the chain (check_schedule) on the first forward
+};
+
+class Checkpoint : public Technique {
+ public:
+  static constexpr const char* name = "checkpoint";
+  explicit Checkpoint(ConfigReader& r);
+  const char* type() const override { return name; }
+  std::string label() const override;
+  bool fitted_by_dry_steps() const override { return schedule_ == "budget"; }
+  void check_composition(const TechniqueList& all, const ConfigReader& run) const override;
+  void check_model(const ModelFacts& model) const override;
+  // The schedule for a chain of `layers` (budget: fitted by the services' dry steps). Throws lowmem::Error if a
+  // budget is below what any schedule reaches, saying that minimum.
+  template <class T> CheckpointSchedule schedule(std::size_t layers, const TechniqueServices<T>& s) const;
+  LOWMEM_TECHNIQUE_HOOKS
+
+ private:
+  std::string schedule_;           // uniform | revolve | budget
+  std::int64_t segments_ = 0;      // uniform: segment count (0: round(sqrt(layers)))
+  std::int64_t slots_ = 0;         // revolve: snapshots, the chain's input included
+  std::int64_t budget_bytes_ = 0;  // budget: peak bytes of a step (every ledger category)
 };
 
 }  // namespace lowmem

@@ -3,7 +3,11 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <cstdio>
+#include <limits>
 #include <stdexcept>
+
+#include "tensor/memory_ledger.hpp"
 
 namespace lowmem {
 
@@ -76,14 +80,6 @@ template <class T> void make_sparse(Param<T>& p, std::shared_ptr<const SparsePat
   p.value = values;
   p.grad = Tensor<T>(Shape{pattern->nonzeros()}, MemoryCategory::gradients);
   p.pattern = std::move(pattern);
-}
-
-template <class U> void remap_entries(Tensor<U>& t, const std::vector<index_t>& sources) {
-  Tensor<U> moved(Shape{static_cast<index_t>(sources.size())}, t.category());
-  if (!moved.is_dry() && !t.is_dry())
-    for (std::size_t e = 0; e < sources.size(); ++e)
-      if (sources[e] >= 0) moved[static_cast<index_t>(e)] = t[sources[e]];
-  t = moved;
 }
 
 template <class T> std::vector<std::size_t> sparse_weight_indices(const std::vector<Param<T>*>& params) {
@@ -164,9 +160,105 @@ DynamicSparsity::Result DynamicSparsity::reallocate(const std::vector<const Spar
   return result;
 }
 
+Sparsity::Sparsity(ConfigReader& r) {
+  constexpr std::int64_t i64_max = std::numeric_limits<std::int64_t>::max();
+  density_ = r.required_in("density", 0.0, 1.0);
+  if (density_ <= 0.0) r.fail("density", "expected a density in (0, 1] (the fraction of weights kept), got 0");
+  method_ = r.get_choice("method", "magnitude", {"magnitude", "dsr"});
+  if (method_ == "dsr") {
+    interval_ = r.get_in<std::int64_t>("interval", 100, 1, i64_max);
+    prune_fraction_ = r.get_in("prune_fraction", 0.02, 0.0, 1.0);
+    threshold_ = r.get_in("threshold", 0.001, 0.0, std::numeric_limits<double>::infinity());
+    if (threshold_ <= 0.0)
+      r.fail("threshold", "expected an initial pruning threshold above 0 (it only ever doubles or halves)");
+  }
+}
+
+std::string Sparsity::label() const {
+  char density[32];
+  std::snprintf(density, sizeof density, "%g", density_);
+  return std::string(name) + "-" + method_ + "-" + density;
+}
+
+void Sparsity::check_run(const RunFacts& run, const ConfigReader& reader) const {
+  if (run.study != "train")
+    reader.fail("technique", "sparsity changes the network itself (its weights are pruned), so it applies to the "
+                             "train study only; the " + run.study + " study compares against a dense reference");
+}
+
+namespace {
+
+template <class T> class SparsityHooks : public TechniqueHooks<T> {
+ public:
+  SparsityHooks(double density, bool dynamic, std::int64_t interval, double prune_fraction, double threshold,
+                std::uint64_t seed)
+      : density_(density), interval_(interval) {
+    if (dynamic) dynamic_ = std::make_unique<DynamicSparsity>(prune_fraction, threshold, seed);
+  }
+
+  // The chosen weights keep the largest magnitudes of the f32 draw (drawn; in a dry step, which has no values,
+  // patterns of the same sizes), and the draw is made sparse alike for mixed precision's masters to copy.
+  void store_parameters(Sequential<T>& model, Sequential<float>* drawn, MemoryLedger& uncounted) override {
+    const auto params = model.params();
+    sparse_ = sparse_weight_indices(params);
+    if (sparse_.empty())
+      throw Error("technique sparsity: the model has fewer than 3 conv or linear layers, and the first and the last "
+                  "stay dense, so no weight would be sparse");
+    for (std::size_t k : sparse_) {
+      Param<T>& p = *params[k];
+      const index_t rows = p.value.dim(0), cols = p.value.numel() / rows;
+      const index_t keep = sparse_count(p.value.numel(), density_);
+      std::shared_ptr<const SparsePattern> pattern;
+      if (drawn) {
+        pattern = pattern_from_mask(rows, cols, largest_magnitudes(magnitudes(drawn->params()[k]->value), keep));
+        MemoryLedger::Scope draw(uncounted);
+        make_sparse(*drawn->params()[k], pattern);
+      } else {
+        pattern = dry_pattern(rows, cols, keep);
+      }
+      make_sparse(p, pattern);
+    }
+  }
+
+  // DSR: prune and regrow (on the update's magnitudes: the masters under mixed precision), then move every tensor
+  // that follows a weight's pattern onto the new one: the weight, its gradient, and what the update keeps (optimizer
+  // state; masters and theirs). A dry step reallocates too, so that plan sees a reallocation step's transients.
+  void after_step(Sequential<T>& model, ParameterUpdate<T>& update, bool dry) override {
+    if (!dynamic_ || (++steps_ % interval_ != 0 && !dry)) return;
+    const auto params = model.params();
+    std::vector<const SparsePattern*> patterns;
+    std::vector<std::vector<double>> sizes;
+    for (std::size_t k : sparse_) {
+      patterns.push_back(params[k]->pattern.get());
+      sizes.push_back(update.magnitudes(k));
+    }
+    const DynamicSparsity::Result r = dynamic_->reallocate(patterns, sizes);
+    for (std::size_t l = 0; l < sparse_.size(); ++l) {
+      const std::size_t k = sparse_[l];
+      remap_entries(params[k]->value, r.sources[l]);
+      remap_entries(params[k]->grad, r.sources[l]);
+      params[k]->pattern = r.patterns[l];
+      update.remap(k, r.sources[l]);
+    }
+  }
+
+ private:
+  double density_;
+  std::int64_t interval_, steps_ = 0;
+  std::unique_ptr<DynamicSparsity> dynamic_;
+  std::vector<std::size_t> sparse_;  // positions in the model's params()
+};
+
+}  // namespace
+
+template <class T> std::unique_ptr<TechniqueHooks<T>> Sparsity::hooks_for(const TechniqueServices<T>& s) const {
+  return std::make_unique<SparsityHooks<T>>(density_, method_ == "dsr", interval_, prune_fraction_, threshold_, s.seed);
+}
+
+LOWMEM_INSTANTIATE_TECHNIQUE_HOOKS(Sparsity)
+
 #define LOWMEM_INSTANTIATE_SPARSITY(T)                                                   \
   template void make_sparse<T>(Param<T>&, std::shared_ptr<const SparsePattern>);       \
-  template void remap_entries<T>(Tensor<T>&, const std::vector<index_t>&);              \
   template std::vector<std::size_t> sparse_weight_indices<T>(const std::vector<Param<T>*>&);
 LOWMEM_INSTANTIATE_SPARSITY(float)
 LOWMEM_INSTANTIATE_SPARSITY(double)

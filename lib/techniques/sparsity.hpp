@@ -14,21 +14,17 @@
 //              shared among layers in proportion to their surviving weights. H starts at `threshold` (0.001) and adapts to
 //              prune about N_p = prune_fraction nnz per reallocation: it doubles when fewer than 0.9 N_p were
 //              pruned and halves when more than 1.1 N_p. The total count of nonzeros never changes.
-// The first and the last weight layers stay dense, as in Mostafa & Wang's networks.
+// The first and the last weight layers stay dense, as in Mostafa & Wang's networks. Applies to the train study only
+// (the others compare against a dense reference).
 #include <cstdint>
 #include <memory>
 #include <vector>
 
+#include "io/config_reader.hpp"
 #include "layers/layer.hpp"
+#include "techniques/technique.hpp"
 
 namespace lowmem {
-
-struct SparsePattern {
-  index_t rows = 0, cols = 0;
-  Tensor<std::int32_t> row_start;  // rows + 1: row r's entries are [row_start[r], row_start[r + 1])
-  Tensor<std::int32_t> column;     // one per entry, increasing within a row
-  index_t nonzeros() const { return column.numel(); }
-};
 
 // Nonzeros a layer of `numel` weights keeps at `density`: round(density numel), at least 1.
 index_t sparse_count(index_t numel, double density);
@@ -42,9 +38,6 @@ std::vector<bool> largest_magnitudes(const std::vector<double>& magnitudes, inde
 // Makes a dense weight (rank >= 2) sparse: value keeps the pattern's entries in CSR order, grad becomes that many
 // zeros, both charged to the active ledger.
 template <class T> void make_sparse(Param<T>& p, std::shared_ptr<const SparsePattern> pattern);
-// Moves a tensor aligned with an old pattern onto a new one: new entry e takes old entry sources[e], or 0 where
-// sources[e] is -1. The new buffer is charged to the tensor's category.
-template <class U> void remap_entries(Tensor<U>& t, const std::vector<index_t>& sources);
 
 // The positions in a model's parameter list that technique sparsity makes sparse: the weights that support it
 // (conv, linear), except the first and the last.
@@ -70,6 +63,25 @@ class DynamicSparsity {
   std::uint64_t seed_;
   double threshold_;
   std::uint64_t calls_ = 0;
+};
+
+class Sparsity : public Technique {
+ public:
+  static constexpr const char* name = "sparsity";
+  explicit Sparsity(ConfigReader& r);
+  const char* type() const override { return name; }
+  std::string label() const override;
+  double density() const { return density_; }
+  bool needs_f32_draw() const override { return true; }
+  void check_run(const RunFacts& run, const ConfigReader& reader) const override;
+  LOWMEM_TECHNIQUE_HOOKS
+
+ private:
+  double density_ = 1;           // fraction of each sparse layer's weights kept, in (0, 1]
+  std::string method_;           // magnitude | dsr
+  std::int64_t interval_ = 100;  // dsr: optimizer steps between reallocations
+  double prune_fraction_ = 0.02; // dsr: N_p, the nonzeros pruned per reallocation, as a fraction
+  double threshold_ = 0.001;     // dsr: the initial pruning threshold H
 };
 
 }  // namespace lowmem

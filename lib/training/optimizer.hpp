@@ -5,17 +5,18 @@
 #include <vector>
 
 #include "layers/layer.hpp"
+#include "techniques/technique.hpp"
 #include "training/run_config.hpp"
 
 namespace lowmem {
 
-template <class T> class Optimizer {
+template <class T> class Optimizer : public OptimizerBase<T> {
  public:
   Optimizer(const OptimizerSpec& spec, std::vector<Param<T>*> params);
-  void step(double lr);  // one update of every parameter from its gradient
+  void step(double lr) override;  // one update of every parameter from its gradient
   std::int64_t steps_taken() const { return steps_; }
   // The state tensors of parameter k (momentum; Adam's m and v), aligned with its value.
-  std::vector<Tensor<T>*> state(std::size_t k);
+  std::vector<Tensor<T>*> state(std::size_t k) override;
 
  private:
   OptimizerSpec spec_;

@@ -2,6 +2,7 @@
 // One run, fully resolved and validated: the config format's single parser. Field names are the public
 // contract (README "Config format"); every key read here is valid, any other key is an error.
 #include <cstdint>
+#include <memory>
 #include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
@@ -72,24 +73,10 @@ struct TrainSpec {
   ScheduleSpec schedule;
 };
 
-// One memory technique (config "technique": one object, or a list of them that compose).
-struct TechniqueSpec {
-  std::string type = "store_all";  // store_all | reversible | checkpoint | microbatch | mixed_precision |
-                                   // approx_activations | sparsity
-  std::string schedule;            // checkpoint: uniform | revolve | budget
-  std::int64_t segments = 0;       // checkpoint uniform: segment count (0: round(sqrt(layers)))
-  std::int64_t slots = 0;          // checkpoint revolve: snapshots, the chain's input included
-  std::int64_t budget_bytes = 0;   // checkpoint budget: peak bytes of a step (every ledger category)
-  std::int64_t count = 1;          // microbatch: microbatches per optimizer step
-  std::string compute;             // mixed_precision: f16 | bf16, the model's precision (masters: f32)
-  int bits = 8;                    // approx_activations: 2, 4 or 8
-  std::string method;              // approx_activations: blpa | naive | actnn; sparsity: magnitude | dsr
-  double density = 1;              // sparsity: fraction of each sparse layer's weights kept, in (0, 1]
-  std::int64_t interval = 100;     // sparsity dsr: optimizer steps between reallocations
-  double prune_fraction = 0.02;    // sparsity dsr: N_p, the nonzeros pruned per reallocation, as a fraction
-  double threshold = 0.001;        // sparsity dsr: the initial pruning threshold H
-  double loss_scale = 0;           // mixed_precision: a fixed loss scale, or 0 for dynamic scaling
-};
+// The run's memory techniques (config "technique": one object, or a list of them that compose), each parsed by
+// its own class in lib/techniques (registry.hpp).
+class Technique;
+using TechniqueList = std::vector<std::shared_ptr<const Technique>>;
 
 // Study "reconstruction": forward, then invert the model's invertible layers one by one from the last.
 struct ReconstructionSpec {
@@ -108,14 +95,11 @@ struct RunConfig {
   DataSpec data;
   TrainSpec train;
   std::string gradient_reference = "mp";  // gradient study: precision of the reference gradients, or "none"
-  std::vector<TechniqueSpec> techniques;  // never empty: [store_all] by default
+  TechniqueList techniques;  // never empty: [store_all] by default
   ReconstructionSpec reconstruction;
-  bool uses(const std::string& technique) const { return find(technique) != nullptr; }
-  const TechniqueSpec* find(const std::string& technique) const {
-    for (const TechniqueSpec& t : techniques)
-      if (t.type == technique) return &t;
-    return nullptr;
-  }
+  bool uses(const std::string& technique_type) const;
+  // Slices of each optimizer step's batch (technique microbatch; 1 without).
+  index_t microbatches() const;
 };
 
 // Validates one resolved config (no "sweep" left). Throws lowmem::Error "<file>: <json pointer>: <problem>".

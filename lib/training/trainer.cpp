@@ -5,7 +5,7 @@
 #include <optional>
 
 #include "numerics/error.hpp"
-#include "techniques/sparsity.hpp"
+#include "techniques/microbatch.hpp"
 #include "tensor/compute.hpp"
 #include "training/model_factory.hpp"
 
@@ -42,150 +42,91 @@ DataSplit load_data(const DataSpec& spec, std::uint64_t seed) {
 
 namespace {
 
-// Rows [first, first + count) of a batch (N, ...) as a new tensor.
-template <class T> Tensor<T> batch_rows(const Tensor<T>& x, index_t first, index_t count) {
-  std::vector<index_t> dims = x.shape().dims();
-  dims[0] = count;
-  Tensor<T> rows(Shape(dims), MemoryCategory::workspace);
-  const index_t size = x.numel() / x.dim(0);
-  if (!x.is_dry()) std::copy(x.data() + first * size, x.data() + (first + count) * size, rows.data());
-  return rows;
-}
-
-template <class U> std::vector<double> magnitudes(const Tensor<U>& t) {
-  if (t.is_dry()) return {};
-  std::vector<double> m(static_cast<std::size_t>(t.numel()));
-  for (index_t i = 0; i < t.numel(); ++i) m[static_cast<std::size_t>(i)] = std::abs(to_double(t[i]));
-  return m;
-}
-
-RunConfig without_checkpoint(RunConfig config) {
-  std::erase_if(config.techniques, [](const TechniqueSpec& t) { return t.type == "checkpoint"; });
-  if (config.techniques.empty()) config.techniques.emplace_back();
-  return config;
+// Per layer of the model's chain, on a dry model: flops of one evaluation for the batch, bytes of its input, and
+// bytes its record keeps (what a training-mode forward leaves in saved activations).
+template <class T> ChainCosts chain_costs(const RunConfig& config) {
+  MemoryLedger ledger;
+  ledger.set_dry_run(true);
+  MemoryLedger::Scope scope(ledger);
+  Sequential<T> model = build_model<T>(config.model);
+  // Each forward sees one microbatch (technique "microbatch"), not the whole batch.
+  const index_t batch = config.train.batch / config.microbatches();
+  ChainCosts c;
+  Shape in = model.input_shape();
+  const RunContext record{true, config.accumulate};
+  for (std::size_t i = 0; i < model.size(); ++i) {
+    std::vector<index_t> dims{batch};
+    for (index_t d : in.dims()) dims.push_back(d);
+    const Tensor<T> x(Shape(dims), MemoryCategory::workspace);
+    c.flops.push_back(model.layer(i).forward_flops(in) * static_cast<double>(batch));
+    c.input_bytes.push_back(x.bytes());
+    const std::size_t before = ledger.current(MemoryCategory::saved_activations);
+    const Tensor<T> y = model.layer(i).forward(x, record);
+    c.record_bytes.push_back(ledger.current(MemoryCategory::saved_activations) - before);
+    model.layer(i).backward(Tensor<T>(y.shape(), MemoryCategory::workspace), record, false);  // releases it
+    in = model.layer(i).output_shape(in);
+  }
+  return c;
 }
 
 }  // namespace
 
 template <class T>
-Trainer<T>::Trainer(const RunConfig& config, MemoryLedger& ledger)
+Trainer<T>::Trainer(const RunConfig& config, MemoryLedger& ledger, const CheckpointSchedule* schedule)
     : ledger_(ledger),
       config_(config),
       train_ctx_{true, config.accumulate},
       eval_ctx_{false, config.accumulate} {
-  train_ctx_.reconstruct = config.uses("reversible");
-  // Checkpoint composed with reversible: the runs of non-invertible layers between the rebuilt invertible runs are
-  // recomputed from their inputs (Sequential), not run by the checkpoint executor.
-  train_ctx_.recompute_between_runs = train_ctx_.reconstruct && config.uses("checkpoint");
-  if (const TechniqueSpec* m = config.find("microbatch")) microbatches_ = m->count;
-  if (const TechniqueSpec* a = config.find("approx_activations")) {
-    compression_ = std::make_unique<CompressionPolicy>();
-    compression_->bits = a->bits;
-    compression_->method = a->method == "actnn"   ? CompressionPolicy::actnn
-                           : a->method == "naive" ? CompressionPolicy::naive
-                                                  : CompressionPolicy::blpa;
-    compression_->seed = config.seed;
+  const TechniqueServices<T> services = this->services();
+  bool draw = false;
+  for (const auto& t : config_.techniques) {
+    microbatches_ *= t->microbatches();
+    draw = draw || t->needs_f32_draw();
+    if (auto hooks = t->hooks<T>(services)) hooks_.push_back(std::move(hooks));
   }
+  for (auto& h : hooks_) h->configure(train_ctx_);
   MemoryLedger::Scope scope(ledger_);
   model_ = std::make_unique<Sequential<T>>(build_model<T>(config.model));
   if (!ledger.dry_run()) model_->initialize(config.seed);
-  const TechniqueSpec* mixed = config.find("mixed_precision");
-  const TechniqueSpec* sparsity = config.find("sparsity");
   // The f32 network of the same seed, drawn and dropped uncounted: mixed precision's masters start from it and
   // sparsity chooses its pattern on it, so that every precision gets the same masters and the same pattern.
   MemoryLedger uncounted;
   std::unique_ptr<Sequential<float>> initial;
-  if ((mixed || sparsity) && !ledger.dry_run()) {
-    MemoryLedger::Scope draw(uncounted);
+  if (draw && !ledger.dry_run()) {
+    MemoryLedger::Scope drawing(uncounted);
     initial = std::make_unique<Sequential<float>>(build_model<float>(config.model));
     initial->initialize(config.seed);
   }
-  if (sparsity) make_weights_sparse(*sparsity, initial.get(), uncounted);
-  if (mixed) {
-    const auto params = model_->params();
-    for (std::size_t k = 0; k < params.size(); ++k) {
-      masters_.push_back(make_param<float>(params[k]->name, params[k]->value.shape()));
-      if (!initial) continue;
-      const Tensor<float>& drawn = initial->params()[k]->value;
-      std::copy(drawn.data(), drawn.data() + drawn.numel(), masters_.back().value.data());
-      for (index_t i = 0; i < drawn.numel(); ++i) params[k]->value[i] = round_to<T>(drawn[i]);
-    }
-    std::vector<Param<float>*> master_params;
-    for (Param<float>& p : masters_) master_params.push_back(&p);
-    master_optimizer_ = std::make_unique<Optimizer<float>>(config.train.optimizer, master_params);
-    dynamic_scale_ = mixed->loss_scale == 0;
-    loss_scale_ = dynamic_scale_ ? 65536.0 : mixed->loss_scale;  // PyTorch's GradScaler starts at 2^16
-  } else {
-    optimizer_ = std::make_unique<Optimizer<T>>(config.train.optimizer, model_->params());
-  }
-  if (config.uses("checkpoint") && !train_ctx_.recompute_between_runs)
-    checkpoint_ = std::make_unique<CheckpointExecutor<T>>(checkpoint_schedule<T>(config, model_->size()));
+  for (auto& h : hooks_) h->store_parameters(*model_, initial.get(), uncounted);
+  for (auto& h : hooks_)
+    if (!update_) update_ = h->update(*model_, initial.get());
+  if (!update_) update_ = std::make_unique<PlainUpdate<T>>(*model_, services.optimizer);
+  if (schedule) chain_ = std::make_unique<CheckpointExecutor<T>>(*schedule);
+  for (auto& h : hooks_)
+    if (!chain_) chain_ = h->chain(*model_);
+  if (!chain_) chain_ = std::make_unique<ChainRunner<T>>();
+  for (auto& h : hooks_)
+    if (!save_hook_) save_hook_ = h->save_hook();
   // Peaks start with training: setup's one-time buffers (a dense weight beside its sparse copy while it is pruned)
   // are not memory that training needs.
   ledger_.reset_peaks();
 }
 
-// Technique sparsity: the chosen weights keep the largest magnitudes of the f32 draw (drawn; in a dry run, which has
-// no values, patterns of the same sizes), and the draw is made sparse alike for the masters to copy.
-template <class T>
-void Trainer<T>::make_weights_sparse(const TechniqueSpec& spec, Sequential<float>* drawn, MemoryLedger& uncounted) {
-  const auto params = model_->params();
-  sparse_weights_ = sparse_weight_indices(params);
-  if (sparse_weights_.empty())
-    throw Error("technique sparsity: the model has fewer than 3 conv or linear layers, and the first and the last "
-                "stay dense, so no weight would be sparse");
-  for (std::size_t k : sparse_weights_) {
-    Param<T>& p = *params[k];
-    const index_t rows = p.value.dim(0), cols = p.value.numel() / rows;
-    const index_t keep = sparse_count(p.value.numel(), spec.density);
-    std::shared_ptr<const SparsePattern> pattern;
-    if (drawn) {
-      pattern = pattern_from_mask(rows, cols, largest_magnitudes(magnitudes(drawn->params()[k]->value), keep));
-      MemoryLedger::Scope draw(uncounted);
-      make_sparse(*drawn->params()[k], pattern);
-    } else {
-      pattern = dry_pattern(rows, cols, keep);
-    }
-    make_sparse(p, pattern);
-  }
-  if (spec.method == "dsr") {
-    dynamic_sparsity_ = std::make_unique<DynamicSparsity>(spec.prune_fraction, spec.threshold, config_.seed);
-    reallocation_interval_ = spec.interval;
-  }
-}
-
-// DSR: prune and regrow (on the masters' magnitudes under mixed precision), then move every tensor that follows a
-// weight's pattern onto the new one: the weight, its gradient, its optimizer state, and its master and theirs.
-template <class T> void Trainer<T>::reallocate_sparse_weights() {
-  MemoryLedger::Scope scope(ledger_);
-  const auto params = model_->params();
-  std::vector<const SparsePattern*> patterns;
-  std::vector<std::vector<double>> sizes;
-  for (std::size_t k : sparse_weights_) {
-    patterns.push_back(params[k]->pattern.get());
-    sizes.push_back(masters_.empty() ? magnitudes(params[k]->value) : magnitudes(masters_[k].value));
-  }
-  const DynamicSparsity::Result r = dynamic_sparsity_->reallocate(patterns, sizes);
-  for (std::size_t l = 0; l < sparse_weights_.size(); ++l) {
-    const std::size_t k = sparse_weights_[l];
-    const std::vector<index_t>& sources = r.sources[l];
-    remap_entries(params[k]->value, sources);
-    remap_entries(params[k]->grad, sources);
-    params[k]->pattern = r.patterns[l];
-    if (optimizer_)
-      for (Tensor<T>* state : optimizer_->state(k)) remap_entries(*state, sources);
-    if (master_optimizer_) {
-      remap_entries(masters_[k].value, sources);
-      remap_entries(masters_[k].grad, sources);
-      for (Tensor<float>* state : master_optimizer_->state(k)) remap_entries(*state, sources);
-    }
-  }
-}
-
-template <class T>
-Trainer<T>::Trainer(const RunConfig& config, MemoryLedger& ledger, const CheckpointSchedule& schedule)
-    : Trainer(without_checkpoint(config), ledger) {
-  checkpoint_ = std::make_unique<CheckpointExecutor<T>>(schedule);
+template <class T> TechniqueServices<T> Trainer<T>::services() const {
+  TechniqueServices<T> s;
+  s.all = &config_.techniques;
+  s.seed = config_.seed;
+  s.optimizer = [spec = config_.train.optimizer](std::vector<Param<T>*> params) -> std::unique_ptr<OptimizerBase<T>> {
+    return std::make_unique<Optimizer<T>>(spec, std::move(params));
+  };
+  s.f32_optimizer = [spec = config_.train.optimizer](std::vector<Param<float>*> params) -> std::unique_ptr<OptimizerBase<float>> {
+    return std::make_unique<Optimizer<float>>(spec, std::move(params));
+  };
+  s.chain_costs = [config = config_] { return chain_costs<T>(config); };
+  s.peak_with = [config = config_](const CheckpointSchedule& schedule) {
+    return dry_step<T>(config, &schedule).peak_total();
+  };
+  return s;
 }
 
 template <class T>
@@ -245,18 +186,17 @@ typename Trainer<T>::W Trainer<T>::forward_backward(const Tensor<T>& x, const st
     const std::vector<std::int32_t> slice_labels(labels.begin() + k * rows, labels.begin() + (k + 1) * rows);
     Tensor<T> logits;
     {
-      const CompressionScope approximate(compression_.get());  // what the model keeps, in K bits
-      logits = checkpoint_ ? checkpoint_->forward(*model_, slice, train_ctx_) : model_->forward(slice, train_ctx_);
+      const SaveHookScope<T> kept(save_hook_);  // what the model keeps, as the techniques store it
+      logits = chain_->forward(*model_, slice, train_ctx_);
     }
     loss = loss + loss_.forward(logits, slice_labels, train_ctx_, n);
     if (logits_out && slices == 1) *logits_out = logits;
     else if (logits_out && !logits.is_dry())
       std::copy(logits.data(), logits.data() + logits.numel(), logits_out->data() + k * logits.numel());
     logits = Tensor<T>();  // the loss kept what it needs; the logits themselves are not needed for backward
-    const CompressionScope approximate(compression_.get());  // checkpoint records in backward, in K bits too
-    if (checkpoint_) checkpoint_->backward(*model_, loss_.backward(loss_scale_), train_ctx_);
-    else model_->backward(loss_.backward(loss_scale_), train_ctx_);
-    recomputed_ += checkpoint_ ? checkpoint_->recomputed() : model_->recomputed();
+    const SaveHookScope<T> kept(save_hook_);  // what recomputations in backward keep, too
+    chain_->backward(*model_, loss_.backward(update_->loss_scale()), train_ctx_);
+    recomputed_ += chain_->recomputed(*model_);
   }
   return loss;
 }
@@ -265,38 +205,14 @@ template <class T>
 typename Trainer<T>::W Trainer<T>::train_step(const Tensor<T>& x, const std::vector<std::int32_t>& labels, double lr) {
   const W loss = forward_backward(x, labels);
   if (!is_finite(loss)) {
-    if (master_optimizer_) ++skipped_steps_;  // an overflow in the forward pass: no step either
+    update_->skip();
     return loss;
   }
-  const bool stepped = master_optimizer_ ? mixed_step(lr) : (optimizer_->step(lr), true);
-  // A dry step reallocates too, so that plan sees the transient buffers of a reallocation step.
-  if (stepped && dynamic_sparsity_ && (++sparse_steps_ % reallocation_interval_ == 0 || ledger_.dry_run()))
-    reallocate_sparse_weights();
-  return loss;
-}
-
-// Dynamic loss scaling as PyTorch's GradScaler: an overflowed gradient skips the step and halves the scale; 2000
-// steps in a row without one double it. The unscaled gradient is computed in f32 (dividing by a power of two).
-template <class T> bool Trainer<T>::mixed_step(double lr) {
-  const auto params = model_->params();
-  bool finite = true;
-  for (Param<T>* p : params)
-    for (index_t i = 0; i < (p->grad.is_dry() ? 0 : p->grad.numel()) && finite; ++i) finite = is_finite(p->grad[i]);
-  if (!finite) {
-    ++skipped_steps_;
-    if (dynamic_scale_) loss_scale_ /= 2, good_steps_ = 0;
-    return false;
+  if (update_->step(lr)) {
+    MemoryLedger::Scope scope(ledger_);
+    for (auto& h : hooks_) h->after_step(*model_, *update_, ledger_.dry_run());
   }
-  const float unscale = static_cast<float>(1.0 / loss_scale_);
-  for (std::size_t k = 0; k < params.size(); ++k)
-    for (index_t i = 0; i < (params[k]->grad.is_dry() ? 0 : params[k]->grad.numel()); ++i)
-      masters_[k].grad[i] = round_to<float>(params[k]->grad[i]) * unscale;
-  master_optimizer_->step(lr);
-  for (std::size_t k = 0; k < params.size(); ++k)
-    for (index_t i = 0; i < (params[k]->value.is_dry() ? 0 : params[k]->value.numel()); ++i)
-      params[k]->value[i] = round_to<T>(masters_[k].value[i]);
-  if (dynamic_scale_ && ++good_steps_ == 2000) loss_scale_ *= 2, good_steps_ = 0;
-  return true;
+  return loss;
 }
 
 template <class T> std::int64_t Trainer<T>::total_steps(const Dataset& data) const {
@@ -384,74 +300,13 @@ MemoryLedger dry_step(const RunConfig& run, const CheckpointSchedule* schedule, 
   return ledger;
 }
 
-namespace {
-
-// Per layer of the model's chain, on a dry model: flops of one evaluation for the batch, bytes of its input, and
-// bytes its record keeps (what a training-mode forward leaves in saved activations).
-template <class T> ChainCosts chain_costs(const RunConfig& config) {
-  MemoryLedger ledger;
-  ledger.set_dry_run(true);
-  MemoryLedger::Scope scope(ledger);
-  Sequential<T> model = build_model<T>(config.model);
-  // Each forward sees one microbatch (technique "microbatch"), not the whole batch.
-  const TechniqueSpec* slices = config.find("microbatch");
-  const index_t batch = config.train.batch / (slices ? slices->count : 1);
-  ChainCosts c;
-  Shape in = model.input_shape();
-  const RunContext record{true, config.accumulate};
-  for (std::size_t i = 0; i < model.size(); ++i) {
-    std::vector<index_t> dims{batch};
-    for (index_t d : in.dims()) dims.push_back(d);
-    const Tensor<T> x(Shape(dims), MemoryCategory::workspace);
-    c.flops.push_back(model.layer(i).forward_flops(in) * static_cast<double>(batch));
-    c.input_bytes.push_back(x.bytes());
-    const std::size_t before = ledger.current(MemoryCategory::saved_activations);
-    const Tensor<T> y = model.layer(i).forward(x, record);
-    c.record_bytes.push_back(ledger.current(MemoryCategory::saved_activations) - before);
-    model.layer(i).backward(Tensor<T>(y.shape(), MemoryCategory::workspace), record, false);  // releases it
-    in = model.layer(i).output_shape(in);
+void check_techniques(const RunConfig& run, const ModelFacts& model) {
+  bool dry_steps = false;
+  for (const auto& t : run.techniques) {
+    t->check_model(model);
+    dry_steps = dry_steps || t->fitted_by_dry_steps();
   }
-  return c;
-}
-
-// The budget schedule: the dynamic programme's memory bound is searched (bisection on bytes) for the schedule of
-// least recomputation whose whole dry step stays within the budget, so the model's weights, gradients, optimizer
-// state and workspace are what the ledger sees, not a guess.
-template <class T> CheckpointSchedule fit_budget(const RunConfig& config, std::size_t layers, std::size_t budget) {
-  const ChainCosts costs = chain_costs<T>(config);
-  const std::size_t cells = layers * (layers + 1);
-  const std::size_t unit = std::max<std::size_t>(1, budget / std::max<std::size_t>(1, 4000000 / cells));
-  std::optional<BudgetPlan> best;
-  // Below the largest record no schedule exists: the search starts there. No plan: more memory; a plan whose
-  // dry step is over the budget: less.
-  std::size_t lo = *std::max_element(costs.record_bytes.begin(), costs.record_bytes.end()), hi = budget;
-  while (lo <= hi) {
-    const std::size_t memory = lo + (hi - lo) / 2;
-    std::optional<BudgetPlan> plan = budget_schedule(costs, memory, unit);
-    const bool fits = plan && dry_step<T>(config, &plan->schedule).peak_total() <= budget;
-    if (fits && (!best || plan->recomputed_flops < best->recomputed_flops)) best = std::move(plan);
-    if (fits || !plan) lo = memory + 1;
-    else if (memory == 0) break;
-    else hi = memory - 1;
-  }
-  if (best) return best->schedule;
-  const CheckpointSchedule least = revolve_schedule(layers, 1);  // one snapshot: the least any schedule keeps
-  const std::size_t minimum = dry_step<T>(config, &least).peak_total();
-  if (minimum <= budget) return least;
-  throw Error("technique checkpoint: budget_bytes " + std::to_string(budget) +
-              " is below what any schedule reaches for this model, precision and batch: the minimum is " +
-              std::to_string(minimum) + " bytes (one snapshot, every layer recomputed from the input)");
-}
-
-}  // namespace
-
-template <class T> CheckpointSchedule checkpoint_schedule(const RunConfig& config, std::size_t layers) {
-  const TechniqueSpec* c = config.find("checkpoint");
-  if (c->schedule == "revolve") return revolve_schedule(layers, static_cast<std::size_t>(c->slots));
-  if (c->schedule == "budget") return fit_budget<T>(config, layers, static_cast<std::size_t>(c->budget_bytes));
-  const auto sqrt_n = static_cast<std::size_t>(std::lround(std::sqrt(static_cast<double>(layers))));
-  return uniform_schedule(layers, c->segments > 0 ? static_cast<std::size_t>(c->segments)
-                                                   : std::max<std::size_t>(1, sqrt_n));
+  if (dry_steps) dispatch_precision(run.precision, [&]<class T>() { dry_step<T>(run); });  // fits, or says why not
 }
 
 template MemoryLedger dry_step<float>(const RunConfig&, const CheckpointSchedule*, std::int64_t*);
@@ -459,11 +314,6 @@ template MemoryLedger dry_step<double>(const RunConfig&, const CheckpointSchedul
 template MemoryLedger dry_step<f16>(const RunConfig&, const CheckpointSchedule*, std::int64_t*);
 template MemoryLedger dry_step<bf16>(const RunConfig&, const CheckpointSchedule*, std::int64_t*);
 template MemoryLedger dry_step<mp>(const RunConfig&, const CheckpointSchedule*, std::int64_t*);
-template CheckpointSchedule checkpoint_schedule<float>(const RunConfig&, std::size_t);
-template CheckpointSchedule checkpoint_schedule<double>(const RunConfig&, std::size_t);
-template CheckpointSchedule checkpoint_schedule<f16>(const RunConfig&, std::size_t);
-template CheckpointSchedule checkpoint_schedule<bf16>(const RunConfig&, std::size_t);
-template CheckpointSchedule checkpoint_schedule<mp>(const RunConfig&, std::size_t);
 
 LOWMEM_INSTANTIATE_FOR_PRECISIONS(Trainer)
 

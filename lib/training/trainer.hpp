@@ -1,7 +1,11 @@
 #pragma once
 // The reference trainer: one network in precision T, built and initialised from the config's seed, charged to
 // a memory ledger, trained with the config's optimizer on batches in a fixed, seeded order. Studies drive it.
+// It is the plain training loop: the run's memory techniques act only through their hooks (techniques/technique.hpp),
+// which it asks at fixed points: when it is built (configure, store_parameters, update, chain, save_hook) and in
+// each step (microbatch slices, the chain's forward and backward, the update, after_step).
 #include <functional>
+#include <map>
 #include <memory>
 #include <vector>
 
@@ -9,7 +13,7 @@
 #include "layers/sequential.hpp"
 #include "layers/softmax_cross_entropy.hpp"
 #include "techniques/checkpoint.hpp"
-#include "techniques/sparsity.hpp"
+#include "techniques/technique.hpp"
 #include "training/optimizer.hpp"
 #include "training/run_config.hpp"
 
@@ -26,9 +30,10 @@ DataSplit load_data(const DataSpec& spec, std::uint64_t seed);
 template <class T> class Trainer {
  public:
   using W = wide_t<T>;
-  Trainer(const RunConfig& config, MemoryLedger& ledger);
+  Trainer(const RunConfig& config, MemoryLedger& ledger) : Trainer(config, ledger, nullptr) {}
   // With the model's chain run by `schedule` (checkpointing) whatever the config says: how the budget is fitted.
-  Trainer(const RunConfig& config, MemoryLedger& ledger, const CheckpointSchedule& schedule);
+  Trainer(const RunConfig& config, MemoryLedger& ledger, const CheckpointSchedule& schedule)
+      : Trainer(config, ledger, &schedule) {}
 
   // An input batch (n, C, H, W) charged to the ledger as workspace (in a dry run: without values).
   Tensor<T> empty_batch(index_t n) const;
@@ -64,35 +69,27 @@ template <class T> class Trainer {
   Sequential<T>& model() { return *model_; }
   // Forward layer evaluations of the last training step beyond one per layer (checkpointing recomputes).
   std::int64_t recomputed_evaluations() const { return recomputed_; }
-  // Technique mixed_precision: the loss scale now, and the steps skipped because a gradient overflowed.
-  double loss_scale() const { return loss_scale_; }
-  std::int64_t skipped_steps() const { return skipped_steps_; }
-  void set_loss_scale(double scale) { loss_scale_ = scale; }  // for experiments and tests (an injected overflow)
+  // The loss scale now (mixed precision; 1 without), and the steps skipped because a gradient overflowed.
+  double loss_scale() const { return update_->loss_scale(); }
+  std::int64_t skipped_steps() const { return update_->skipped_steps(); }
+  void set_loss_scale(double scale) { update_->set_loss_scale(scale); }  // for tests (an injected overflow)
+  // Figures the run's techniques report (mixed precision: skipped_steps, final_loss_scale).
+  std::map<std::string, double> technique_report() const { return update_->report(); }
   MemoryLedger& ledger() { return ledger_; }
 
  private:
+  Trainer(const RunConfig& config, MemoryLedger& ledger, const CheckpointSchedule* schedule);
+  TechniqueServices<T> services() const;
   MemoryLedger& ledger_;
   RunConfig config_;
   RunContext train_ctx_, eval_ctx_;
   std::unique_ptr<Sequential<T>> model_;
-  std::unique_ptr<Optimizer<T>> optimizer_;
-  std::unique_ptr<CheckpointExecutor<T>> checkpoint_;  // technique "checkpoint": runs the model's chain
-  index_t microbatches_ = 1;                            // technique "microbatch": slices per optimizer step
-  std::int64_t recomputed_ = 0;                         // of the last step, over all its microbatches
-  std::unique_ptr<CompressionPolicy> compression_;      // technique approx_activations
-  // Technique mixed_precision: f32 master weights and their optimizer; the model's weights are their rounding.
-  std::vector<Param<float>> masters_;
-  std::unique_ptr<Optimizer<float>> master_optimizer_;
-  double loss_scale_ = 1;
-  bool dynamic_scale_ = false;
-  std::int64_t good_steps_ = 0, skipped_steps_ = 0;
-  bool mixed_step(double lr);  // unscales into the masters and steps; false (skipped) if a gradient overflowed
-  // Technique sparsity: the model's sparse weights (positions in params()) and DSR's reallocations.
-  std::vector<std::size_t> sparse_weights_;
-  std::unique_ptr<DynamicSparsity> dynamic_sparsity_;
-  std::int64_t reallocation_interval_ = 0, sparse_steps_ = 0;
-  void make_weights_sparse(const TechniqueSpec& spec, Sequential<float>* drawn, MemoryLedger& uncounted);
-  void reallocate_sparse_weights();
+  std::vector<std::unique_ptr<TechniqueHooks<T>>> hooks_;  // the run's techniques, in config order
+  std::unique_ptr<ParameterUpdate<T>> update_;             // how gradients become weights
+  std::unique_ptr<ChainRunner<T>> chain_;                  // how the model's chain runs forward and backward
+  const SaveHook<T>* save_hook_ = nullptr;                 // how kept activations are stored (nullptr: whole)
+  index_t microbatches_ = 1;                               // slices per optimizer step
+  std::int64_t recomputed_ = 0;                            // of the last step, over all its microbatches
   SoftmaxCrossEntropy<T> loss_;
 };
 
@@ -105,8 +102,8 @@ template <class T>
 MemoryLedger dry_step(const RunConfig& run, const CheckpointSchedule* schedule = nullptr,
                       std::int64_t* recomputed = nullptr);
 
-// The checkpoint schedule a config asks for, for its model in precision T (budget: fitted by dry steps). Throws
-// lowmem::Error if a budget is below what any schedule reaches, saying that minimum.
-template <class T> CheckpointSchedule checkpoint_schedule(const RunConfig& config, std::size_t layers);
+// Checks a run's techniques against its model: each technique's check_model, then, for a technique fitted by dry
+// steps (checkpoint budget), a dry step, which fits it or says why it cannot. Throws lowmem::Error.
+void check_techniques(const RunConfig& run, const ModelFacts& model);
 
 }  // namespace lowmem

@@ -1,4 +1,4 @@
-#include "techniques/compression.hpp"
+#include "techniques/approx_activations.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -9,13 +9,8 @@
 namespace lowmem {
 
 namespace {
-thread_local const CompressionPolicy* active = nullptr;
 constexpr index_t group_size = 256;  // actnn and naive: values per group
 }  // namespace
-
-const CompressionPolicy* active_compression() { return active; }
-CompressionScope::CompressionScope(const CompressionPolicy* policy) : previous_(active) { active = policy; }
-CompressionScope::~CompressionScope() { active = previous_; }
 
 namespace {
 
@@ -105,6 +100,70 @@ template <class T> Tensor<T> decompress(const CompressedTensor& c) {
   });
   return t;
 }
+
+namespace {
+template <class T> class Packed : public PackedTensor<T> {
+ public:
+  explicit Packed(CompressedTensor c) : c_(std::move(c)) {}
+  Tensor<T> unpack() const override { return decompress<T>(c_); }
+
+ private:
+  CompressedTensor c_;
+};
+}  // namespace
+
+template <class T> std::shared_ptr<const PackedTensor<T>> CompressionHook<T>::pack(const Tensor<T>& t) const {
+  return std::make_shared<const Packed<T>>(compress(t, policy_));
+}
+
+template <class T> Tensor<T> CompressionHook<T>::forward_output(Tensor<T> y) const {
+  if (policy_.method != CompressionPolicy::naive) return y;
+  return decompress<T>(compress(y, policy_));  // naive: the next layer computes from the approximation
+}
+
+ApproxActivations::ApproxActivations(ConfigReader& r) {
+  bits_ = r.get_in("bits", 8, 1, 64);
+  if (bits_ != 2 && bits_ != 4 && bits_ != 8)
+    r.fail("bits", "expected 2, 4 or 8 (the supported K-bit activations), got " + std::to_string(bits_));
+  method_name_ = r.get_choice("method", "blpa", {"blpa", "naive", "actnn"});
+  method_ = method_name_ == "actnn"   ? CompressionPolicy::actnn
+            : method_name_ == "naive" ? CompressionPolicy::naive
+                                      : CompressionPolicy::blpa;
+}
+
+std::string ApproxActivations::label() const {
+  return std::string(name) + "-" + method_name_ + "-" + std::to_string(bits_);
+}
+
+void ApproxActivations::check_composition(const TechniqueList& all, const ConfigReader& run) const {
+  const bool checkpoint = std::any_of(all.begin(), all.end(), [](const auto& t) { return std::string(t->type()) == "checkpoint"; });
+  if (method_ == CompressionPolicy::naive && checkpoint)
+    run.fail("technique", "approx_activations \"naive\" approximates each layer's output in the forward pass, and "
+                          "checkpoint's recomputations would not repeat that: use method \"blpa\" or \"actnn\" with "
+                          "checkpoint");
+}
+
+namespace {
+template <class T> class ApproxHooks : public TechniqueHooks<T> {
+ public:
+  explicit ApproxHooks(const CompressionPolicy& policy) : hook_(policy) {}
+  const SaveHook<T>* save_hook() const override { return &hook_; }
+
+ private:
+  CompressionHook<T> hook_;
+};
+}  // namespace
+
+template <class T> std::unique_ptr<TechniqueHooks<T>> ApproxActivations::hooks_for(const TechniqueServices<T>& s) const {
+  CompressionPolicy policy;
+  policy.bits = bits_;
+  policy.method = method_;
+  policy.seed = s.seed;
+  return std::make_unique<ApproxHooks<T>>(policy);
+}
+
+LOWMEM_INSTANTIATE_TECHNIQUE_HOOKS(ApproxActivations)
+LOWMEM_INSTANTIATE_FOR_PRECISIONS(CompressionHook)
 
 #define LOWMEM_INSTANTIATE_COMPRESSION(T)                                                  \
   template CompressedTensor compress<T>(const Tensor<T>&, const CompressionPolicy&); \

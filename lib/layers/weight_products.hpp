@@ -1,11 +1,12 @@
 #pragma once
-// The products of a layer's weight matrix W (rows x cols), dense or CSR (technique sparsity), written once for
-// both: the layers that support sparse weights (conv, linear) call these instead of Eigen directly. Included only
-// by those layers' sources (Eigen's sparse module is heavy).
+// The products of a layer's weight matrix W (rows x cols), dense or CSR (tensor/csr.hpp; technique sparsity sets
+// the pattern), written once for both: the layers that support sparse weights (conv, linear) call these instead of
+// Eigen directly. Included only by those layers' sources (Eigen's sparse module is heavy).
 #include <Eigen/SparseCore>
 
-#include "techniques/sparsity.hpp"
+#include "layers/layer.hpp"
 #include "tensor/compute.hpp"
+#include "tensor/csr.hpp"
 
 namespace lowmem {
 

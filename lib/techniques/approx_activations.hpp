@@ -10,11 +10,15 @@
 //   naive  the baseline that approximates inside ordinary backprop: the actnn quantizer with nearest rounding,
 //          and every layer's output of the model's chain is replaced by its K-bit version in the forward pass too,
 //          so errors accumulate from layer to layer.
-// A policy is active for a lexical scope (CompressionScope), as the memory ledger is: Saved<T>::keep compresses
-// while one is active.
+// Checkpoint snapshots and reversible runs' outputs stay exact (they open a scope without a hook). The technique
+// works through one hook (layers/saved.hpp): CompressionHook packs what Saved<T> keeps.
+// Composes with every technique; "naive" not with checkpoint, whose recomputations would not repeat its
+// approximated forward pass.
 #include <cstdint>
 #include <string>
 
+#include "io/config_reader.hpp"
+#include "techniques/technique.hpp"
 #include "tensor/tensor.hpp"
 
 namespace lowmem {
@@ -24,18 +28,6 @@ struct CompressionPolicy {
   int bits = 8;
   std::uint64_t seed = 0;        // actnn's stochastic rounding
   mutable std::uint64_t calls = 0;  // one random stream per compressed tensor, in call order
-};
-
-const CompressionPolicy* active_compression();
-class CompressionScope {
- public:
-  explicit CompressionScope(const CompressionPolicy* policy);  // nullptr: none
-  ~CompressionScope();
-  CompressionScope(const CompressionScope&) = delete;
-  CompressionScope& operator=(const CompressionScope&) = delete;
-
- private:
-  const CompressionPolicy* previous_;
 };
 
 // A tensor in K bits: packed codes (saved activations in the ledger) and per-channel or per-group offsets and
@@ -50,5 +42,32 @@ struct CompressedTensor {
 
 template <class T> CompressedTensor compress(const Tensor<T>& t, const CompressionPolicy& policy);
 template <class T> Tensor<T> decompress(const CompressedTensor& c);  // charged as workspace
+
+// The save hook of a policy: what layers keep is compressed; under "naive" the chain's outputs are replaced by
+// their K-bit versions in the forward pass too.
+template <class T> class CompressionHook : public SaveHook<T> {
+ public:
+  explicit CompressionHook(const CompressionPolicy& policy) : policy_(policy) {}
+  std::shared_ptr<const PackedTensor<T>> pack(const Tensor<T>& t) const override;
+  Tensor<T> forward_output(Tensor<T> y) const override;
+
+ private:
+  CompressionPolicy policy_;
+};
+
+class ApproxActivations : public Technique {
+ public:
+  static constexpr const char* name = "approx_activations";
+  explicit ApproxActivations(ConfigReader& r);
+  const char* type() const override { return name; }
+  std::string label() const override;
+  void check_composition(const TechniqueList& all, const ConfigReader& run) const override;
+  LOWMEM_TECHNIQUE_HOOKS
+
+ private:
+  CompressionPolicy::Method method_ = CompressionPolicy::blpa;
+  std::string method_name_;
+  int bits_ = 8;
+};
 
 }  // namespace lowmem

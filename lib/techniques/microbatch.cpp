@@ -1,0 +1,32 @@
+#include "techniques/microbatch.hpp"
+
+#include <algorithm>
+#include <limits>
+
+namespace lowmem {
+
+Microbatch::Microbatch(ConfigReader& r)
+    : count_(r.required_in<std::int64_t>("count", 1, std::numeric_limits<std::int64_t>::max())) {}
+
+void Microbatch::check_run(const RunFacts& run, const ConfigReader& reader) const {
+  if (run.batch % count_ != 0)
+    reader.fail("technique", "microbatch count " + std::to_string(count_) + " does not divide train.batch " +
+                                 std::to_string(run.batch) + ": every microbatch must be the same size");
+}
+
+template <class T> Tensor<T> batch_rows(const Tensor<T>& x, index_t first, index_t count) {
+  std::vector<index_t> dims = x.shape().dims();
+  dims[0] = count;
+  Tensor<T> rows(Shape(dims), MemoryCategory::workspace);
+  const index_t size = x.numel() / x.dim(0);
+  if (!x.is_dry()) std::copy(x.data() + first * size, x.data() + (first + count) * size, rows.data());
+  return rows;
+}
+
+template Tensor<float> batch_rows(const Tensor<float>&, index_t, index_t);
+template Tensor<double> batch_rows(const Tensor<double>&, index_t, index_t);
+template Tensor<f16> batch_rows(const Tensor<f16>&, index_t, index_t);
+template Tensor<bf16> batch_rows(const Tensor<bf16>&, index_t, index_t);
+template Tensor<mp> batch_rows(const Tensor<mp>&, index_t, index_t);
+
+}  // namespace lowmem

@@ -1,0 +1,84 @@
+#include "techniques/registry.hpp"
+
+#include <functional>
+#include <nlohmann/json.hpp>
+
+#include "io/config_reader.hpp"
+#include "techniques/approx_activations.hpp"
+#include "techniques/checkpoint.hpp"
+#include "techniques/microbatch.hpp"
+#include "techniques/mixed_precision.hpp"
+#include "techniques/reversible.hpp"
+#include "techniques/sparsity.hpp"
+#include "techniques/store_all.hpp"
+
+namespace lowmem {
+
+namespace {
+
+struct TechniqueType {
+  std::string name;
+  std::function<std::shared_ptr<const Technique>(ConfigReader&)> parse;
+};
+
+template <class C> TechniqueType registered() {
+  return {C::name, [](ConfigReader& r) { return std::make_shared<const C>(r); }};
+}
+
+// Every technique, one line each.
+const std::vector<TechniqueType>& registry() {
+  static const std::vector<TechniqueType> types = {
+      registered<StoreAll>(),  registered<Reversible>(),     registered<Checkpoint>(),       registered<Microbatch>(),
+      registered<MixedPrecision>(), registered<ApproxActivations>(), registered<Sparsity>(),
+  };
+  return types;
+}
+
+std::shared_ptr<const Technique> parse_technique(ConfigReader r) {
+  const std::string type = r.get_choice("type", StoreAll::name, technique_types());
+  for (const TechniqueType& t : registry())
+    if (t.name == type) {
+      std::shared_ptr<const Technique> technique = t.parse(r);
+      r.finish();
+      return technique;
+    }
+  r.fail("type", "unknown technique");  // unreachable: get_choice checked it
+}
+
+}  // namespace
+
+std::vector<std::string> technique_types() {
+  std::vector<std::string> names;
+  for (const TechniqueType& t : registry()) names.push_back(t.name);
+  return names;
+}
+
+TechniqueList parse_techniques(ConfigReader& run) {
+  TechniqueList list;
+  if (run.has("technique") && run.raw("technique").is_array()) {
+    for (ConfigReader& t : run.object_list("technique")) list.push_back(parse_technique(std::move(t)));
+    if (list.empty()) run.fail("technique", "expected at least one technique");
+  } else {
+    list.push_back(parse_technique(run.object_or_empty("technique")));
+  }
+  for (std::size_t i = 0; i < list.size(); ++i)
+    for (std::size_t j = 0; j < i; ++j)
+      if (std::string(list[i]->type()) == list[j]->type())
+        run.fail("technique", "\"" + std::string(list[i]->type()) + "\" is listed twice");
+  for (const auto& t : list) t->check_composition(list, run);
+  return list;
+}
+
+TechniqueList store_all_only() {
+  const nlohmann::json none = nlohmann::json::object();
+  ConfigReader r(none, "/technique", "");
+  return {std::make_shared<const StoreAll>(r)};
+}
+
+std::string techniques_label(const TechniqueList& all) {
+  std::string label;
+  for (const auto& t : all) label += (label.empty() ? "" : "+") + t->label();
+  return label;
+}
+
+}  // namespace lowmem

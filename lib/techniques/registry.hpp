@@ -1,0 +1,24 @@
+#pragma once
+// The memory techniques lowmem knows, by their config "type": the one place a new technique is registered
+// (registry.cpp, one line), and the parser of a run's "technique" entry.
+#include <string>
+#include <vector>
+
+#include "techniques/technique.hpp"
+
+namespace lowmem {
+
+// The registered types, in registration order (as error messages list them).
+std::vector<std::string> technique_types();
+
+// A run's "technique": one object, or a list of objects that compose (absent: store_all). Each technique parses
+// its own object and checks its composition with the others; a type listed twice is an error.
+TechniqueList parse_techniques(ConfigReader& run);
+
+// [store_all]: what references and baselines run with.
+TechniqueList store_all_only();
+
+// "store_all", "checkpoint-revolve-2+microbatch-4": every technique's label, joined by "+" when composed.
+std::string techniques_label(const TechniqueList& all);
+
+}  // namespace lowmem

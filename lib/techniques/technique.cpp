@@ -1,0 +1,17 @@
+#include "techniques/technique.hpp"
+
+#include "tensor/csr.hpp"
+
+namespace lowmem {
+
+template <class T> std::vector<double> PlainUpdate<T>::magnitudes(std::size_t k) const {
+  return lowmem::magnitudes(params_[k]->value);
+}
+
+template <class T> void PlainUpdate<T>::remap(std::size_t k, const std::vector<index_t>& sources) {
+  for (Tensor<T>* state : optimizer_->state(k)) remap_entries(*state, sources);
+}
+
+LOWMEM_INSTANTIATE_FOR_PRECISIONS(PlainUpdate)
+
+}  // namespace lowmem

@@ -1,0 +1,177 @@
+#include "training/architectures.hpp"
+
+#include <limits>
+
+#include "io/config_reader.hpp"
+
+namespace lowmem {
+
+namespace {
+
+constexpr int int_max = std::numeric_limits<int>::max();
+constexpr std::int64_t i64_max = std::numeric_limits<std::int64_t>::max();
+constexpr double inf = std::numeric_limits<double>::infinity();
+
+LayerSpec generated(const std::string& arch, std::size_t index, std::string type) {
+  LayerSpec s;
+  s.type = std::move(type);
+  s.label = "/model (" + arch + " layer " + std::to_string(index) + ": " + s.type + ")";
+  if (s.type == "relu") s.slope = 0.0;
+  return s;
+}
+
+// A plain conv net: for each entry of `channels`, conv 3x3 pad 1 [+ batchnorm] + relu, a 2x2 max pool after every
+// `pool_every` convs, then flatten and one linear layer. channels [32, 32, 64, 64], pool_every 2 is the reference CNN.
+void expand_cnn(ConfigReader& r, ModelSpec& m) {
+  const auto channels = r.get_list<std::int64_t>("channels", {32, 32, 64, 64});
+  const int pool_every = r.get_in("pool_every", 2, 0, int_max);
+  const bool batchnorm = r.get("batchnorm", true);
+  // groupnorm G > 0: group norm with G groups instead of batch norm (batch-independent, for microbatches)
+  const std::int64_t groups = r.get_in<std::int64_t>("groupnorm", 0, 0, i64_max);
+  if (channels.empty()) r.fail("channels", "expected at least one channel count");
+  auto add = [&](std::string type) -> LayerSpec& {
+    m.layers.push_back(generated("cnn", m.layers.size(), std::move(type)));
+    return m.layers.back();
+  };
+  for (std::size_t i = 0; i < channels.size(); ++i) {
+    if (channels[i] < 1) r.fail("channels", "channel counts must be >= 1");
+    LayerSpec& conv = add("conv");
+    conv.out = channels[i], conv.kernel = 3, conv.stride = 1, conv.pad = 1;
+    if (groups > 0) {
+      if (channels[i] % groups != 0)
+        r.fail("groupnorm", std::to_string(groups) + " groups do not split " + std::to_string(channels[i]) +
+                                " channels evenly");
+      add("groupnorm").groups = groups;
+    } else if (batchnorm) {
+      add("batchnorm");
+    }
+    add("relu");
+    if (pool_every > 0 && (i + 1) % pool_every == 0) {
+      LayerSpec& pool = add("maxpool");
+      pool.kernel = 2, pool.stride = 2;
+    }
+  }
+  add("flatten");
+  add("linear").out = m.classes;
+}
+
+// Wide ResNet (Zagoruyko & Komodakis) with post-activation basic blocks: depth = 6 n + 4, n blocks per stage,
+// stage widths base_width * widen * (1, 2, 4), strides (1, 2, 2). WRN-28-2: depth 28, widen 2, base_width 16.
+void expand_resnet(ConfigReader& r, ModelSpec& m) {
+  const int depth = r.required_in("depth", 10, int_max);
+  const int widen = r.get_in("widen", 1, 1, int_max);
+  const int base = r.get_in("base_width", 16, 1, int_max);
+  if ((depth - 4) % 6 != 0)
+    r.fail("depth", "expected depth = 6 n + 4 (10, 16, 22, 28, ...), got " + std::to_string(depth));
+  const int blocks = (depth - 4) / 6;
+  auto add = [&](std::string type) -> LayerSpec& {
+    m.layers.push_back(generated("resnet", m.layers.size(), std::move(type)));
+    return m.layers.back();
+  };
+  LayerSpec& stem = add("conv");
+  stem.out = base, stem.kernel = 3, stem.stride = 1, stem.pad = 1, stem.bias = false;
+  add("batchnorm");
+  add("relu");
+  for (int stage = 0; stage < 3; ++stage)
+    for (int b = 0; b < blocks; ++b) {
+      LayerSpec& block = add("residual");
+      block.out = static_cast<index_t>(base) * widen * (1 << stage);
+      block.stride = (stage > 0 && b == 0) ? 2 : 1;
+    }
+  add("global_avgpool");
+  add("linear").out = m.classes;
+}
+
+// Reversible networks: a stem conv 3x3 (input -> width) + invertible batch norm + leaky ReLU; `stages` stages of
+// `blocks` blocks, a pixel shuffle (channels x4, H and W / 2) before every stage but the first; global average pool
+// and a linear classifier. The block:
+//  revnet (Gomez et al. 2017, with i-RevNet's lossless downsampling): an additive coupling whose F and G are
+//    conv 3x3, batch norm, leaky ReLU, conv 3x3, batch norm on half the channels;
+//  hybrid (Hascoet et al.): an additive coupling whose F and G are invertible layer by layer, 2 x (invertible
+//    3x3 conv, invertible batch norm, leaky ReLU) on half the channels;
+//  flat (Hascoet et al., invertible layer by layer): invertible 3x3 conv, invertible batch norm, leaky ReLU.
+// The invertible 3x3 conv on c channels is an additive coupling whose F and G are one conv on c/2 channels each.
+void expand_reversible(ConfigReader& r, ModelSpec& m) {
+  const int stages = r.get_in("stages", 2, 1, 8);
+  const int blocks = r.get_in("blocks", 2, 0, int_max);
+  const int width = r.get_in("width", 16, 2, int_max);
+  const double slope = r.get_in("slope", 0.2, 0.0, inf);
+  const int split = m.arch == "hybrid" ? 4 : 2;  // hybrid: invertible convs inside F and G split the half again
+  if (width % split != 0)
+    r.fail("width", std::string(m.arch == "hybrid" ? "hybrid blocks split channels in quarters"
+                                                    : "coupling blocks split channels in halves") +
+                        ": expected a multiple of " + std::to_string(split) + ", got " + std::to_string(width));
+  if (slope == 0.0) r.fail("slope", "a leaky ReLU with slope 0 is not invertible: expected a slope > 0");
+  auto layer = [&](std::string type, const std::string& where) {
+    LayerSpec s = generated(m.arch, 0, std::move(type));
+    s.label = "/model (" + m.arch + " " + where + ": " + s.type + ")";
+    if (s.type == "leaky_relu") s.slope = slope;
+    if (s.type == "inv_batchnorm") s.scale_eps = 1e-4;
+    return s;
+  };
+  auto conv = [&](index_t out, const std::string& where) {
+    LayerSpec s = layer("conv", where);
+    s.out = out, s.kernel = 3, s.stride = 1, s.pad = 1, s.bias = false;
+    return s;
+  };
+  auto coupling = [&](const std::vector<LayerSpec>& f, const std::vector<LayerSpec>& g, const std::string& where) {
+    LayerSpec s = layer("coupling", where);
+    s.f = f, s.g = g;
+    return s;
+  };
+  auto invertible_conv = [&](const std::string& where) { return layer("inv_conv", where); };
+  m.layers.push_back(conv(width, "stem"));
+  m.layers.push_back(layer("inv_batchnorm", "stem"));
+  m.layers.push_back(layer("leaky_relu", "stem"));
+  index_t channels = width;
+  for (int stage = 0; stage < stages; ++stage) {
+    if (stage > 0) {
+      m.layers.push_back(layer("pixel_shuffle", "stage " + std::to_string(stage)));
+      channels *= 4;
+    }
+    for (int b = 0; b < blocks; ++b) {
+      const std::string where = "stage " + std::to_string(stage) + " block " + std::to_string(b);
+      const index_t half = channels / 2;
+      if (m.arch == "flat") {
+        m.layers.push_back(invertible_conv(where));
+        m.layers.push_back(layer("inv_batchnorm", where));
+        m.layers.push_back(layer("leaky_relu", where));
+      } else if (m.arch == "hybrid") {
+        auto net = [&](const std::string& name) {
+          std::vector<LayerSpec> n;
+          for (int k = 0; k < 2; ++k) {
+            const std::string at = where + " " + name + std::to_string(k);
+            n.push_back(invertible_conv(at));
+            n.push_back(layer("inv_batchnorm", at));
+            n.push_back(layer("leaky_relu", at));
+          }
+          return n;
+        };
+        m.layers.push_back(coupling(net("F"), net("G"), where));
+      } else {
+        auto net = [&](const std::string& name) {
+          const std::string at = where + " " + name;
+          return std::vector<LayerSpec>{conv(half, at), layer("batchnorm", at), layer("leaky_relu", at),
+                                        conv(half, at), layer("batchnorm", at)};
+        };
+        m.layers.push_back(coupling(net("F"), net("G"), where));
+      }
+    }
+  }
+  m.layers.push_back(layer("global_avgpool", "head"));
+  LayerSpec head = layer("linear", "head");
+  head.out = m.classes;
+  m.layers.push_back(head);
+}
+
+}  // namespace
+
+std::vector<std::string> architecture_names() { return {"cnn", "resnet", "revnet", "hybrid", "flat"}; }
+
+void expand_architecture(ConfigReader& r, ModelSpec& m) {
+  if (m.arch == "cnn") expand_cnn(r, m);
+  else if (m.arch == "resnet") expand_resnet(r, m);
+  else expand_reversible(r, m);
+}
+
+}  // namespace lowmem
