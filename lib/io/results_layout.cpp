@@ -1,0 +1,291 @@
+// The results layout (declared in results_layout.hpp): run groups under /runs, written and read, and the
+// /summary table, written after every append and read back.
+#include "io/results_layout.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <set>
+
+namespace lowmem::io_detail {
+
+// ---- run groups ---------------------------------------------------------------------------------------------
+
+std::int64_t read_index(const H5::Group& run) {
+  std::int64_t index = kNoIndex;
+  if (run.attrExists("index")) run.openAttribute("index").read(H5::PredType::NATIVE_INT64, &index);
+  return index;
+}
+
+RunRecord read_run_attributes(const H5::Group& g, const std::string& run_id) {
+  RunRecord r;
+  r.run_id = run_id;
+  std::set<std::string> label_keys;
+  if (g.attrExists("label_keys")) {
+    for (auto& k : read_strings(g.openAttribute("label_keys"))) label_keys.insert(k);
+  }
+  for (const auto& name : attribute_names(g)) {
+    if (name == "index" || name == "label_keys") continue;
+    const H5::Attribute a = g.openAttribute(name);
+    const H5T_class_t cls = a.getTypeClass();
+    if (cls == H5T_FLOAT || cls == H5T_INTEGER) {
+      if (a.getSpace().getSimpleExtentNpoints() != 1) continue;  // not something append_run writes
+      double v = 0;
+      a.read(H5::PredType::NATIVE_DOUBLE, &v);
+      r.scalars[name] = v;
+    } else if (cls == H5T_STRING) {
+      const auto values = read_strings(a);
+      const std::string v = values.empty() ? "" : values.front();
+      if (name == "config") r.config_json = v;
+      else if (name == "status") r.status = v;
+      else if (name == "message") r.message = v;
+      else if (label_keys.count(name)) r.labels[name] = v;
+      else r.attributes[name] = v;
+    }
+  }
+  return r;
+}
+
+void read_datasets(const H5::Group& g, const std::string& prefix, RunRecord& r) {
+  for (const auto& name : child_names(g)) {
+    const std::string key = prefix.empty() ? name : prefix + "/" + name;
+    const H5O_type_t kind = g.childObjType(name);
+    if (kind == H5O_TYPE_GROUP) {
+      read_datasets(g.openGroup(name), key, r);
+    } else if (kind == H5O_TYPE_DATASET) {
+      const H5::DataSet d = g.openDataSet(name);
+      if (d.getTypeClass() == H5T_STRING) {
+        r.string_arrays[key] = read_strings(d);
+        continue;
+      }
+      const H5::DataSpace space = d.getSpace();
+      std::vector<hsize_t> dims(static_cast<std::size_t>(space.getSimpleExtentNdims()));
+      space.getSimpleExtentDims(dims.data());
+      RunRecord::Array a;
+      a.shape.assign(dims.begin(), dims.end());
+      a.values.resize(static_cast<std::size_t>(space.getSimpleExtentNpoints()));
+      if (!a.values.empty()) read_dataset(d, a.values.data(), H5::PredType::NATIVE_DOUBLE);
+      r.arrays[key] = std::move(a);
+    }
+  }
+}
+
+void write_run(const H5::Group& runs, const RunRecord& run, std::int64_t index) {
+  // Attributes in the object header (compact), however many: smaller and faster than the default dense
+  // storage beyond 8 attributes. One over 64 KiB (a huge config) still goes to dense storage by itself.
+  H5::PropList gcpl(H5P_GROUP_CREATE);
+  H5Pset_attr_phase_change(gcpl.getId(), 65535, 0);
+  const hid_t id = H5Gcreate2(runs.getId(), run.run_id.c_str(), H5P_DEFAULT, gcpl.getId(), H5P_DEFAULT);
+  if (id < 0) throw H5::GroupIException("H5Gcreate2", "cannot create run group " + run.run_id);
+  const H5::Group g(id);
+  H5Idec_ref(id);  // H5::Group(id) took its own reference
+  put_string(g, "config", run.config_json);
+  put_string(g, "status", run.status);
+  put_string(g, "message", run.message);
+  g.createAttribute("index", H5::PredType::STD_I64LE, H5::DataSpace(H5S_SCALAR))
+      .write(H5::PredType::NATIVE_INT64, &index);
+  // Labels and provenance are both string attributes; this list tells the summary which are columns.
+  std::vector<const char*> keys;
+  for (const auto& [k, v] : run.labels) keys.push_back(k.c_str());
+  const hsize_t n = keys.size();
+  const H5::StrType t = vlen_string();
+  H5::Attribute label_keys = g.createAttribute("label_keys", t, H5::DataSpace(1, &n));
+  if (n) label_keys.write(t, keys.data());
+  for (const auto& [k, v] : run.labels) put_string(g, k, v);
+  for (const auto& [k, v] : run.scalars) put_double(g, k, v);
+  for (const auto& [k, v] : run.attributes) put_string(g, k, v);
+
+  H5::LinkCreatPropList lcpl;  // "curves/train_loss" creates the group "curves" on the way
+  lcpl.setCreateIntermediateGroup(true);
+  for (const auto& [key, a] : run.arrays) {
+    std::vector<hsize_t> dims(a.shape.begin(), a.shape.end());
+    if (dims.empty()) dims.push_back(a.values.size());
+    H5::DataSet d = g.createDataSet(key, H5::PredType::IEEE_F64LE,
+                                    H5::DataSpace(static_cast<int>(dims.size()), dims.data()),
+                                    H5::DSetCreatPropList::DEFAULT, H5::DSetAccPropList::DEFAULT, lcpl);
+    if (!a.values.empty()) write_dataset(d, a.values.data(), H5::PredType::NATIVE_DOUBLE);
+  }
+  for (const auto& [key, values] : run.string_arrays) write_strings(g, key, values, lcpl);
+}
+
+RunRecord without_datasets(RunRecord run) {
+  run.arrays.clear();
+  run.string_arrays.clear();
+  return run;
+}
+
+void sort_rows(std::vector<Row>& rows) {
+  std::stable_sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) { return a.index < b.index; });
+}
+
+std::vector<Row> read_rows(const H5::Group& runs) {
+  std::vector<Row> rows;
+  for (const auto& name : child_names(runs)) {
+    if (runs.childObjType(name) != H5O_TYPE_GROUP) continue;
+    const H5::Group g = runs.openGroup(name);
+    rows.push_back({read_index(g), read_run_attributes(g, name)});
+  }
+  sort_rows(rows);
+  return rows;
+}
+
+// ---- /summary -----------------------------------------------------------------------------------------------
+
+void write_summary(const std::string& path, const H5::H5File& file, const std::vector<Row>& rows) {
+  std::vector<const RunRecord*> runs;
+  for (const auto& row : rows) runs.push_back(&row.run);
+  std::set<std::string> label_keys, scalar_keys;
+  for (const RunRecord* r : runs) {
+    for (const auto& [k, v] : r->labels) label_keys.insert(k);
+    for (const auto& [k, v] : r->scalars) scalar_keys.insert(k);
+  }
+  for (const auto& k : label_keys) {
+    if (scalar_keys.count(k)) {
+      throw Error(path + ": summary column '" + k + "' is a label (string) in one run and a scalar in another");
+    }
+  }
+  // Columns in the promised order; a string column is as wide as its longest cell + 1 (NUL), at least 1.
+  struct Column {
+    std::string name;
+    bool is_string;
+    std::size_t size = 8, offset = 0;
+  };
+  std::vector<Column> cols;
+  for (const char* c : {"run_id", "status", "message"}) cols.push_back({c, true});
+  for (const auto& k : label_keys) cols.push_back({k, true});
+  for (const auto& k : scalar_keys) cols.push_back({k, false});
+  auto text = [](const RunRecord& r, const std::string& col) -> std::string {
+    if (col == "run_id") return r.run_id;
+    if (col == "status") return r.status;
+    if (col == "message") return r.message;
+    auto it = r.labels.find(col);
+    return it == r.labels.end() ? "" : it->second;
+  };
+  std::size_t row_size = 0;
+  for (auto& c : cols) {
+    if (c.is_string) {
+      c.size = 1;
+      for (const RunRecord* r : runs) c.size = std::max(c.size, text(*r, c.name).size() + 1);
+    }
+    c.offset = row_size;
+    row_size += c.size;
+  }
+  H5::CompType type(row_size);
+  for (const auto& c : cols) {
+    if (c.is_string) {
+      H5::StrType s(H5::PredType::C_S1, c.size);
+      s.setCset(H5T_CSET_UTF8);
+      s.setStrpad(H5T_STR_NULLTERM);
+      type.insertMember(c.name, c.offset, s);
+    } else {
+      type.insertMember(c.name, c.offset, H5::PredType::NATIVE_DOUBLE);
+    }
+  }
+  std::vector<char> buf(runs.size() * row_size, 0);
+  for (std::size_t i = 0; i < runs.size(); ++i) {
+    for (const auto& c : cols) {
+      char* cell = buf.data() + i * row_size + c.offset;
+      if (c.is_string) {
+        const std::string s = text(*runs[i], c.name);
+        std::memcpy(cell, s.data(), s.size());
+      } else {
+        auto it = runs[i]->scalars.find(c.name);
+        const double v = it == runs[i]->scalars.end() ? std::nan("") : it->second;
+        std::memcpy(cell, &v, sizeof v);
+      }
+    }
+  }
+  const hsize_t n = runs.size();
+  if (file.nameExists("summary")) file.unlink("summary");
+  H5::DataSet d = file.createDataSet("summary", type, H5::DataSpace(1, &n));
+  if (n) write_dataset(d, buf.data(), type);
+}
+
+Table read_table(const std::string& path, const H5::DataSet& d) {
+  if (d.getTypeClass() != H5T_COMPOUND) throw Error(path + ": /summary is not a table (compound dataset)");
+  const H5::CompType file_type = d.getCompType();
+  // Memory layout of our own: strings as stored (fixed or variable length), every number as double.
+  struct Column {
+    std::string name;
+    enum { kFixed, kVariable, kNumber } kind;
+    std::size_t size, offset;
+    H5T_cset_t cset = H5T_CSET_ASCII;  // must match the file's: HDF5 converts no character sets
+  };
+  std::vector<Column> cols;
+  std::size_t row_size = 0;
+  for (unsigned m = 0; m < static_cast<unsigned>(file_type.getNmembers()); ++m) {
+    const H5T_class_t cls = file_type.getMemberClass(m);
+    Column c{file_type.getMemberName(m), Column::kNumber, sizeof(double), 0};
+    if (cls == H5T_STRING) {
+      const H5::StrType s = file_type.getMemberStrType(m);
+      c.kind = s.isVariableStr() ? Column::kVariable : Column::kFixed;
+      c.size = s.isVariableStr() ? sizeof(char*) : s.getSize();
+      c.cset = s.getCset();
+    } else if (cls != H5T_FLOAT && cls != H5T_INTEGER) {
+      continue;  // nothing printable
+    }
+    c.offset = row_size;
+    row_size += c.size;
+    cols.push_back(c);
+  }
+  Table t;
+  for (const auto& c : cols) t.columns.push_back(c.name);
+  const H5::DataSpace space = d.getSpace();
+  const auto n = static_cast<std::size_t>(space.getSimpleExtentNpoints());
+  if (n == 0 || cols.empty()) return t;
+  H5::CompType mem(row_size);
+  for (const auto& c : cols) {
+    if (c.kind == Column::kNumber) {
+      mem.insertMember(c.name, c.offset, H5::PredType::NATIVE_DOUBLE);
+      continue;
+    }
+    H5::StrType s(H5::PredType::C_S1, c.kind == Column::kVariable ? H5T_VARIABLE : c.size);
+    s.setCset(c.cset);
+    mem.insertMember(c.name, c.offset, s);
+  }
+  std::vector<char> buf(n * row_size, 0);
+  read_dataset(d, buf.data(), mem);
+  for (std::size_t i = 0; i < n; ++i) {
+    auto& row = t.rows.emplace_back();
+    for (const auto& c : cols) {
+      const char* cell = buf.data() + i * row_size + c.offset;
+      if (c.kind == Column::kFixed) {
+        row.emplace_back(std::string(cell, strnlen(cell, c.size)));
+      } else if (c.kind == Column::kVariable) {
+        const char* str = nullptr;
+        std::memcpy(&str, cell, sizeof str);
+        row.emplace_back(std::string(str ? str : ""));
+      } else {
+        double v;
+        std::memcpy(&v, cell, sizeof v);
+        row.emplace_back(v);
+      }
+    }
+  }
+  H5Dvlen_reclaim(mem.getId(), space.getId(), H5P_DEFAULT, buf.data());  // frees variable-length cells only
+  return t;
+}
+
+std::vector<Row> summary_rows(const std::string& path, const H5::DataSet& d) {
+  const Table t = read_table(path, d);
+  std::vector<Row> rows;
+  for (const auto& cells : t.rows) {
+    RunRecord r;
+    for (std::size_t c = 0; c < t.columns.size(); ++c) {
+      const std::string& col = t.columns[c];
+      if (const double* v = std::get_if<double>(&cells[c])) {
+        if (!std::isnan(*v)) r.scalars[col] = *v;
+        continue;
+      }
+      const std::string& text = std::get<std::string>(cells[c]);
+      if (col == "run_id") r.run_id = text;
+      else if (col == "status") r.status = text;
+      else if (col == "message") r.message = text;
+      else if (!text.empty()) r.labels[col] = text;
+    }
+    rows.push_back({static_cast<std::int64_t>(rows.size()), std::move(r)});
+  }
+  return rows;
+}
+
+}  // namespace lowmem::io_detail
