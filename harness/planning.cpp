@@ -1,0 +1,79 @@
+// Planning a sweep: the config expanded into runs (PlannedRun, with their ids), every run's model checked against
+// its techniques before the first starts, the check of the data against a model, and --shard's positions.
+// (The `lowmem plan` table and memory prediction are in plan.cpp.)
+#include "runner.hpp"
+
+#include <cstdio>
+#include <map>
+
+#include "io/config_reader.hpp"
+#include "io/sweep.hpp"
+#include "numerics/error.hpp"
+#include "training/model_factory.hpp"
+
+namespace lowmem {
+
+std::string run_id(const nlohmann::json& resolved) {
+  std::uint64_t hash = 0xcbf29ce484222325ULL;
+  for (unsigned char c : resolved.dump()) hash = (hash ^ c) * 0x100000001b3ULL;
+  char text[17];
+  std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(hash));
+  return text;
+}
+
+std::vector<PlannedRun> plan_runs(const std::string& config_file, const std::vector<std::string>& overrides) {
+  nlohmann::json config = read_json_file(config_file);
+  for (const std::string& o : overrides) apply_override(config, o);
+  std::vector<PlannedRun> runs;
+  std::map<std::string, std::size_t> seen;
+  for (nlohmann::json& resolved : expand_sweep(config, config_file)) {
+    nlohmann::json effective;
+    RunConfig parsed = parse_run_config(resolved, config_file, &effective);
+    PlannedRun run{run_id(effective), effective, std::move(parsed)};
+    validate_model(run.parsed, config_file);
+    if (auto [it, fresh] = seen.emplace(run.id, runs.size()); !fresh)
+      throw Error(config_file + ": /sweep: runs " + std::to_string(it->second + 1) + " and " +
+                  std::to_string(runs.size() + 1) + " are the same config (a sweep value is repeated, or is the default)");
+    runs.push_back(std::move(run));
+  }
+  return runs;
+}
+
+void check_data_fits(const RunConfig& run, const DataSplit& data) {
+  const Shape images{data.train.channels, data.train.height, data.train.width};
+  if (images != run.model.input)
+    throw Error("data " + data.train.source + " has images of shape " + images.str() + " but model.input is " +
+                run.model.input.str());
+  if (data.train.classes > run.model.classes)
+    throw Error("data " + data.train.source + " has " + std::to_string(data.train.classes) +
+                " classes but model.classes is " + std::to_string(run.model.classes));
+  if (run.train.batch > data.train.count)
+    throw Error("train.batch " + std::to_string(run.train.batch) + " is larger than the training set (" +
+                std::to_string(data.train.count) + " examples in " + data.train.source + ")");
+}
+
+void validate_model(const RunConfig& run, const std::string& config_file) {
+  // Shapes are checked while the model is built; a dry-run ledger keeps this free of real allocations.
+  MemoryLedger ledger;
+  ledger.set_dry_run(true);
+  MemoryLedger::Scope scope(ledger);
+  try {
+    Sequential<float> model = build_model<float>(run.model);
+    bool any_invertible = false;
+    for (std::size_t i = 0; i < model.size(); ++i) any_invertible = any_invertible || model.invertible(i);
+    check_techniques(run, ModelFacts{run.model.arch, model.size(), any_invertible});
+    if (run.study == "reconstruction" && !any_invertible)
+      throw Error("/study: \"reconstruction\" inverts invertible layers, and model (" + run.model.arch + ") has none " +
+                  "(invertible: " + invertible_layer_types + ")");
+  } catch (const Error& e) {
+    throw Error(config_file + ": " + e.what());
+  }
+}
+
+std::vector<std::size_t> shard_positions(std::size_t runs, const Shard& shard) {
+  std::vector<std::size_t> positions;
+  for (std::size_t k = shard.index; k < runs; k += shard.count) positions.push_back(k);
+  return positions;
+}
+
+}  // namespace lowmem
