@@ -63,7 +63,7 @@ void append_runs(const std::string& path, const std::vector<RunRecord>& runs,
 // The root's string attributes ("format", and the runner's "sweep_id", "sweep_name", "sweep_runs").
 std::map<std::string, std::string> read_file_attributes(const std::string& path);
 
-// Summary cells as printed text: strings as stored, numbers with %.6g, NaN as "-".
+// Summary cells as printed text: strings as stored, whole numbers exactly (byte counts), others with %.6g, NaN as "-".
 struct SummaryTable {
   std::vector<std::string> columns;
   std::vector<std::vector<std::string>> rows;
@@ -73,8 +73,8 @@ RunRecord read_run(const std::string& path, const std::string& run_id);
 std::vector<std::string> list_runs(const std::string& path);  // in creation order
 
 // Fixed-width text table of the chosen columns in the given order. Empty `columns` = run_id, study, precision,
-// status, wall_seconds, peak_bytes, activation_peak_bytes, final_train_loss, test_accuracy (those present), then
-// every other column. An unknown column name throws Error listing the valid ones.
+// status, wall_seconds, peak_bytes, activation_peak_bytes, final_train_loss, test_accuracy, message (those
+// present). An unknown column name throws Error listing the valid ones.
 std::string format_table(const SummaryTable& t, const std::vector<std::string>& columns);
 
 }  // namespace lowmem
