@@ -7,6 +7,7 @@
 
 #include "numerics/error.hpp"
 #include "techniques/registry.hpp"
+#include "techniques/store_all.hpp"
 #include "study.hpp"
 
 namespace lowmem {
@@ -129,7 +130,7 @@ void run_gradient_study(const RunConfig& config, const DataSplit& data, RunRecor
 
   if (config.gradient_reference == "none") return;
   const Precision reference = parse_precision(config.gradient_reference);
-  if (reference == config.precision && config.accumulate == Accumulate::f32 && config.uses("store_all")) {
+  if (reference == config.precision && config.accumulate == Accumulate::f32 && find_technique<StoreAll>(config.techniques)) {
     remember_reference(record.config_json, reference, *dump);  // later runs of the sweep compare with this one
     return;
   }

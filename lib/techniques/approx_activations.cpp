@@ -1,5 +1,7 @@
 #include "techniques/approx_activations.hpp"
 
+#include "techniques/checkpoint.hpp"
+
 #include <algorithm>
 #include <cmath>
 
@@ -136,8 +138,7 @@ std::string ApproxActivations::label() const {
 }
 
 void ApproxActivations::check_composition(const TechniqueList& all, const ConfigReader& run) const {
-  const bool checkpoint = std::any_of(all.begin(), all.end(), [](const auto& t) { return std::string(t->type()) == "checkpoint"; });
-  if (method_ == CompressionPolicy::naive && checkpoint)
+  if (method_ == CompressionPolicy::naive && find_technique<Checkpoint>(all))
     run.fail("technique", "approx_activations \"naive\" approximates each layer's output in the forward pass, and "
                           "checkpoint's recomputations would not repeat that: use method \"blpa\" or \"actnn\" with "
                           "checkpoint");

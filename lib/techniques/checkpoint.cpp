@@ -371,6 +371,10 @@ namespace {
 // The budget schedule: the dynamic programme's memory bound is searched (bisection on bytes) for the schedule of
 // least recomputation whose whole dry step stays within the budget, so the model's weights, gradients, optimizer
 // state and workspace are what the ledger sees, not a guess.
+template <class T> MakeChainRunner<T> runner(const CheckpointSchedule& schedule) {
+  return [schedule] { return std::make_unique<CheckpointExecutor<T>>(schedule); };
+}
+
 template <class T>
 CheckpointSchedule fit_budget(std::size_t layers, std::size_t budget, const TechniqueServices<T>& s) {
   const ChainCosts costs = s.chain_costs();
@@ -383,7 +387,7 @@ CheckpointSchedule fit_budget(std::size_t layers, std::size_t budget, const Tech
   while (lo <= hi) {
     const std::size_t memory = lo + (hi - lo) / 2;
     std::optional<BudgetPlan> plan = budget_schedule(costs, memory, unit);
-    const bool fits = plan && s.peak_with(plan->schedule) <= budget;
+    const bool fits = plan && s.peak_with(runner<T>(plan->schedule)) <= budget;
     if (fits && (!best || plan->recomputed_flops < best->recomputed_flops)) best = std::move(plan);
     if (fits || !plan) lo = memory + 1;
     else if (memory == 0) break;
@@ -391,7 +395,7 @@ CheckpointSchedule fit_budget(std::size_t layers, std::size_t budget, const Tech
   }
   if (best) return best->schedule;
   const CheckpointSchedule least = revolve_schedule(layers, 1);  // one snapshot: the least any schedule keeps
-  const std::size_t minimum = s.peak_with(least);
+  const std::size_t minimum = s.peak_with(runner<T>(least));
   if (minimum <= budget) return least;
   throw Error("technique checkpoint: budget_bytes " + std::to_string(budget) +
               " is below what any schedule reaches for this model, precision and batch: the minimum is " +
@@ -401,7 +405,7 @@ CheckpointSchedule fit_budget(std::size_t layers, std::size_t budget, const Tech
 template <class T> class CheckpointHooks : public TechniqueHooks<T> {
  public:
   CheckpointHooks(const Checkpoint& technique, const TechniqueServices<T>& s)
-      : technique_(technique), services_(s), with_reversible_(find_technique<Reversible>(*s.all) != nullptr) {}
+      : technique_(technique), services_(s), with_reversible_(find_technique<Reversible>(s.all) != nullptr) {}
   void configure(RunContext& train) override { train.recompute_between_runs = with_reversible_; }
   std::unique_ptr<ChainRunner<T>> chain(Sequential<T>& model) override {
     if (with_reversible_) return nullptr;  // Sequential recomputes the runs between the rebuilt ones

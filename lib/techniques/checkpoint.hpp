@@ -46,12 +46,8 @@ CheckpointSchedule revolve_schedule(std::size_t layers, std::size_t slots);
 // The minimum number of advances for l steps and s slots (dynamic programming over the first snapshot position).
 std::int64_t revolve_advances(std::size_t steps, std::size_t slots);
 
-// The chain as the budget schedule sees it, per layer i: the cost of one forward evaluation (flops), the bytes of
-// its input x_i (what a snapshot holds), and the bytes its record keeps for backward.
-struct ChainCosts {
-  std::vector<double> flops;
-  std::vector<std::size_t> input_bytes, record_bytes;
-};
+// The chain as the budget schedule sees it: ChainCosts (techniques/technique.hpp), per layer the cost of one
+// forward evaluation, the bytes of its input x_i (what a snapshot holds), and the bytes its record keeps.
 
 // Beaumont et al.'s optimal checkpointing for heterogeneous chains (rotor), in these actions: the schedule of least
 // recomputation (total flops of its advances) among those whose snapshots and records never hold more than

@@ -61,12 +61,20 @@ TechniqueList parse_techniques(ConfigReader& run) {
   } else {
     list.push_back(parse_technique(run.object_or_empty("technique")));
   }
+  for (const auto& t : in_registry_order(list)) t->check_composition(list, run);
   for (std::size_t i = 0; i < list.size(); ++i)
     for (std::size_t j = 0; j < i; ++j)
       if (std::string(list[i]->type()) == list[j]->type())
         run.fail("technique", "\"" + std::string(list[i]->type()) + "\" is listed twice");
-  for (const auto& t : list) t->check_composition(list, run);
   return list;
+}
+
+TechniqueList in_registry_order(const TechniqueList& all) {
+  TechniqueList sorted;
+  for (const TechniqueType& type : registry())
+    for (const auto& t : all)
+      if (type.name == t->type()) sorted.push_back(t);
+  return sorted;
 }
 
 TechniqueList store_all_only() {

@@ -12,8 +12,12 @@ namespace lowmem {
 std::vector<std::string> technique_types();
 
 // A run's "technique": one object, or a list of objects that compose (absent: store_all). Each technique parses
-// its own object and checks its composition with the others; a type listed twice is an error.
+// its own object and checks its composition with the others (in registry order, so that of several problems the
+// same one is reported whatever the list's order); then a type listed twice is an error.
 TechniqueList parse_techniques(ConfigReader& run);
+
+// The list sorted by registration (the order checks run in).
+TechniqueList in_registry_order(const TechniqueList& all);
 
 // [store_all]: what references and baselines run with.
 TechniqueList store_all_only();

@@ -20,6 +20,7 @@
 //                          config's optimizer on the model's parameters (PlainUpdate). At most one technique.
 //   chain                  how the model's chain runs forward and backward (checkpoint: a schedule of
 //                          snapshots and recomputations); default: store everything. At most one technique.
+//                          A technique that fits its schedule to memory gets the run's dry step (services).
 //   save_hook              how a kept activation is stored and given back (approx_activations: K bits).
 //   after_step             after an optimizer step (sparsity dsr: prune and regrow).
 // microbatching is the step's slice count (Technique::microbatches), which the trainer's loop runs.
@@ -40,9 +41,6 @@ namespace lowmem {
 
 class ConfigReader;   // io/config_reader.hpp
 class MemoryLedger;   // tensor/memory_ledger.hpp
-struct CheckpointAction;  // techniques/checkpoint.hpp
-using CheckpointSchedule = std::vector<CheckpointAction>;
-struct ChainCosts;
 
 class Technique;
 using TechniqueList = std::vector<std::shared_ptr<const Technique>>;
@@ -96,7 +94,7 @@ class Technique {
 };
 
 // In a technique's class: its hooks are hooks_for<T>, one template defined in its .cpp and instantiated there with
-// LOWMEM_INSTANTIATE_TECHNIQUE_HOOKS(Class).
+// LOWMEM_INSTANTIATE_TECHNIQUE_HOOKS(Class). The macro leaves the class's access public.
 #define LOWMEM_TECHNIQUE_HOOKS_FOR(T) \
   std::unique_ptr<TechniqueHooks<T>> make_hooks(const TechniqueServices<T>& s) const override { return hooks_for(s); }
 #define LOWMEM_TECHNIQUE_HOOKS                                                                  \
@@ -108,7 +106,9 @@ class Technique {
   LOWMEM_TECHNIQUE_HOOKS_FOR(double)                                                            \
   LOWMEM_TECHNIQUE_HOOKS_FOR(::lowmem::f16)                                                     \
   LOWMEM_TECHNIQUE_HOOKS_FOR(::lowmem::bf16)                                                    \
-  LOWMEM_TECHNIQUE_HOOKS_FOR(::lowmem::mp)
+  LOWMEM_TECHNIQUE_HOOKS_FOR(::lowmem::mp)                                                      \
+                                                                                                \
+ public:
 #define LOWMEM_INSTANTIATE_TECHNIQUE_HOOKS(Class)                                                              \
   template std::unique_ptr<TechniqueHooks<float>> Class::hooks_for(const TechniqueServices<float>&) const;     \
   template std::unique_ptr<TechniqueHooks<double>> Class::hooks_for(const TechniqueServices<double>&) const;   \
@@ -145,12 +145,14 @@ template <class T> class ParameterUpdate {
   virtual double loss_scale() const { return 1; }
   virtual void set_loss_scale(double) {}
   virtual std::int64_t skipped_steps() const { return 0; }
-  // Figures this update reports with the run (mixed precision: skipped steps, final loss scale).
+  // Figures this update reports with the run (mixed precision: skipped steps, final loss scale); each becomes a
+  // run attribute and a /summary column of the results file.
   virtual std::map<std::string, double> report() const { return {}; }
-  // |w| of parameter k, as magnitude pruning sees it (mixed precision: the f32 master).
-  virtual std::vector<double> magnitudes(std::size_t k) const = 0;
-  // Parameter k moved to a new sparsity pattern: moves every tensor the update keeps aligned with it.
-  virtual void remap(std::size_t k, const std::vector<index_t>& sources) = 0;
+  // For techniques that change parameter storage while training (sparsity dsr); an update that keeps tensors
+  // aligned with the parameters implements both. |w| of parameter k as pruning sees it (mixed precision: the f32
+  // master), and: parameter k moved to a new sparsity pattern, so move every tensor kept aligned with it.
+  virtual std::vector<double> magnitudes(std::size_t k) const;
+  virtual void remap(std::size_t k, const std::vector<index_t>& sources);
 };
 
 template <class T> class PlainUpdate : public ParameterUpdate<T> {
@@ -183,29 +185,48 @@ template <class T> class ChainRunner {
   virtual std::int64_t recomputed(const Sequential<T>& chain) const { return chain.recomputed(); }
 };
 
+// Makes the runner of a model's chain (a schedule a technique is trying out).
+template <class T> using MakeChainRunner = std::function<std::unique_ptr<ChainRunner<T>>()>;
+
+// The model's chain as a schedule sees it, per layer i: the cost of one forward evaluation for a microbatch
+// (flops), the bytes of its input x_i, and the bytes a training-mode forward of it keeps for backward.
+struct ChainCosts {
+  std::vector<double> flops;
+  std::vector<std::size_t> input_bytes, record_bytes;
+};
+
 // What the trainer gives a technique's hooks.
 template <class T> struct TechniqueServices {
-  const TechniqueList* all = nullptr;  // the run's techniques, for composition at run time
+  TechniqueList all;                   // the run's techniques, for composition at run time
   std::uint64_t seed = 0;              // the run's seed
   MakeOptimizer<T> optimizer;          // the config's optimizer, over parameters in T ...
   MakeOptimizer<float> f32_optimizer;  // ... and over f32 parameters (master weights)
-  // Checkpoint budget: the chain's per-layer costs, and the peak of a dry step whose chain runs a schedule.
+  // For techniques that fit themselves to memory (checkpoint budget): the chain's costs, and the peak of a whole
+  // dry step of this run with its chain run by what `chain` makes (every other technique as configured).
   std::function<ChainCosts()> chain_costs;
-  std::function<std::size_t(const CheckpointSchedule&)> peak_with;
+  std::function<std::size_t(const MakeChainRunner<T>& chain)> peak_with;
 };
 
+// The trainer builds a run in this order: every technique's hooks (config order; no allocation here: the ledger
+// is not active yet), configure (each), the model, the f32 draw (if a technique needs_f32_draw), store_parameters
+// (each), update, chain and save_hook (at most one technique provides each; two are an error), then the peaks
+// are reset: setup's one-time buffers are not a run's memory.
 template <class T> class TechniqueHooks {
  public:
   virtual ~TechniqueHooks() = default;
   virtual void configure(RunContext& /*train*/) {}
-  // drawn: the f32 network of the same seed (nullptr in a dry step); changes to it are charged to `uncounted`.
+  // drawn: the f32 network of the same seed, if the technique said needs_f32_draw(), and nullptr in a dry step
+  // (a dry step has sizes only); changes to it are charged to `uncounted`.
   virtual void store_parameters(Sequential<T>& /*model*/, Sequential<float>* /*drawn*/, MemoryLedger& /*uncounted*/) {}
   virtual std::unique_ptr<ParameterUpdate<T>> update(Sequential<T>& /*model*/, Sequential<float>* /*drawn*/) {
     return nullptr;
   }
   virtual std::unique_ptr<ChainRunner<T>> chain(Sequential<T>& /*model*/) { return nullptr; }
+  // Active while the chain runs forward and backward. It packs the Saved<T> of the model's type (rank >= 2);
+  // its forward_output is applied by Sequential::forward between layers (not by a ChainRunner of its own).
   virtual const SaveHook<T>* save_hook() const { return nullptr; }
-  // After a step that updated the weights; dry: a dry step (do what a real step allocates, whatever the schedule).
+  // After a step that updated the weights (not after a skipped one); dry: a dry step (do what a real step
+  // allocates, whatever the technique's own timing).
   virtual void after_step(Sequential<T>& /*model*/, ParameterUpdate<T>& /*update*/, bool /*dry*/) {}
 };
 

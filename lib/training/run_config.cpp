@@ -203,7 +203,7 @@ RunConfig parse_run_config(const nlohmann::json& config, const std::string& file
   gradient.finish();
   c.techniques = parse_techniques(r);
   const RunFacts facts{c.study, c.train.batch, c.precision, c.accumulate};
-  for (const auto& t : c.techniques) {
+  for (const auto& t : in_registry_order(c.techniques)) {
     t->check_run(facts, r);
     if (auto p = t->model_precision()) c.precision = *p;  // mixed precision: the model computes in 16 bits
   }
@@ -215,12 +215,6 @@ RunConfig parse_run_config(const nlohmann::json& config, const std::string& file
   r.allow("zip");
   r.finish();
   return c;
-}
-
-bool RunConfig::uses(const std::string& technique_type) const {
-  for (const auto& t : techniques)
-    if (technique_type == t->type()) return true;
-  return false;
 }
 
 index_t RunConfig::microbatches() const {

@@ -97,7 +97,6 @@ struct RunConfig {
   std::string gradient_reference = "mp";  // gradient study: precision of the reference gradients, or "none"
   TechniqueList techniques;  // never empty: [store_all] by default
   ReconstructionSpec reconstruction;
-  bool uses(const std::string& technique_type) const;
   // Slices of each optimizer step's batch (technique microbatch; 1 without).
   index_t microbatches() const;
 };

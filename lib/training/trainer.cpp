@@ -72,7 +72,7 @@ template <class T> ChainCosts chain_costs(const RunConfig& config) {
 }  // namespace
 
 template <class T>
-Trainer<T>::Trainer(const RunConfig& config, MemoryLedger& ledger, const CheckpointSchedule* schedule)
+Trainer<T>::Trainer(const RunConfig& config, MemoryLedger& ledger, const MakeChainRunner<T>* chain)
     : ledger_(ledger),
       config_(config),
       train_ctx_{true, config.accumulate},
@@ -82,7 +82,7 @@ Trainer<T>::Trainer(const RunConfig& config, MemoryLedger& ledger, const Checkpo
   for (const auto& t : config_.techniques) {
     microbatches_ *= t->microbatches();
     draw = draw || t->needs_f32_draw();
-    if (auto hooks = t->hooks<T>(services)) hooks_.push_back(std::move(hooks));
+    if (auto hooks = t->hooks<T>(services)) hooks_.push_back(std::move(hooks)), hook_types_.push_back(t->type());
   }
   for (auto& h : hooks_) h->configure(train_ctx_);
   MemoryLedger::Scope scope(ledger_);
@@ -98,15 +98,24 @@ Trainer<T>::Trainer(const RunConfig& config, MemoryLedger& ledger, const Checkpo
     initial->initialize(config.seed);
   }
   for (auto& h : hooks_) h->store_parameters(*model_, initial.get(), uncounted);
-  for (auto& h : hooks_)
-    if (!update_) update_ = h->update(*model_, initial.get());
+  // At most one technique decides each of these; a second one is a composition its techniques should refuse.
+  auto take = [&](auto& slot, const char* what, auto offer) {
+    std::string provider;
+    for (std::size_t k = 0; k < hooks_.size(); ++k) {
+      auto offered = offer(*hooks_[k]);
+      if (!offered) continue;
+      if (!provider.empty())
+        throw std::logic_error("techniques " + provider + " and " + hook_types_[k] + " both provide the " + what);
+      slot = std::move(offered);
+      provider = hook_types_[k];
+    }
+  };
+  take(update_, "update", [&](TechniqueHooks<T>& h) { return h.update(*model_, initial.get()); });
   if (!update_) update_ = std::make_unique<PlainUpdate<T>>(*model_, services.optimizer);
-  if (schedule) chain_ = std::make_unique<CheckpointExecutor<T>>(*schedule);
-  for (auto& h : hooks_)
-    if (!chain_) chain_ = h->chain(*model_);
+  if (chain) chain_ = (*chain)();
+  else take(chain_, "chain", [&](TechniqueHooks<T>& h) { return h.chain(*model_); });
   if (!chain_) chain_ = std::make_unique<ChainRunner<T>>();
-  for (auto& h : hooks_)
-    if (!save_hook_) save_hook_ = h->save_hook();
+  take(save_hook_, "save hook", [](TechniqueHooks<T>& h) { return h.save_hook(); });
   // Peaks start with training: setup's one-time buffers (a dense weight beside its sparse copy while it is pruned)
   // are not memory that training needs.
   ledger_.reset_peaks();
@@ -114,7 +123,7 @@ Trainer<T>::Trainer(const RunConfig& config, MemoryLedger& ledger, const Checkpo
 
 template <class T> TechniqueServices<T> Trainer<T>::services() const {
   TechniqueServices<T> s;
-  s.all = &config_.techniques;
+  s.all = config_.techniques;
   s.seed = config_.seed;
   s.optimizer = [spec = config_.train.optimizer](std::vector<Param<T>*> params) -> std::unique_ptr<OptimizerBase<T>> {
     return std::make_unique<Optimizer<T>>(spec, std::move(params));
@@ -123,9 +132,7 @@ template <class T> TechniqueServices<T> Trainer<T>::services() const {
     return std::make_unique<Optimizer<float>>(spec, std::move(params));
   };
   s.chain_costs = [config = config_] { return chain_costs<T>(config); };
-  s.peak_with = [config = config_](const CheckpointSchedule& schedule) {
-    return dry_step<T>(config, &schedule).peak_total();
-  };
+  s.peak_with = [config = config_](const MakeChainRunner<T>& chain) { return dry_step<T>(config, &chain).peak_total(); };
   return s;
 }
 
@@ -274,11 +281,11 @@ std::pair<double, index_t> Trainer<T>::evaluate_batch(const Tensor<T>& x, const 
 }
 
 template <class T>
-MemoryLedger dry_step(const RunConfig& run, const CheckpointSchedule* schedule, std::int64_t* recomputed) {
+MemoryLedger dry_step(const RunConfig& run, const MakeChainRunner<T>* chain, std::int64_t* recomputed) {
   MemoryLedger ledger;
   ledger.set_dry_run(true);
   std::unique_ptr<Trainer<T>> made =
-      schedule ? std::make_unique<Trainer<T>>(run, ledger, *schedule) : std::make_unique<Trainer<T>>(run, ledger);
+      std::make_unique<Trainer<T>>(run, ledger, chain);
   Trainer<T>& trainer = *made;
   const Dataset none;  // a dry batch reads no data
   Rng rng(0);
@@ -309,11 +316,11 @@ void check_techniques(const RunConfig& run, const ModelFacts& model) {
   if (dry_steps) dispatch_precision(run.precision, [&]<class T>() { dry_step<T>(run); });  // fits, or says why not
 }
 
-template MemoryLedger dry_step<float>(const RunConfig&, const CheckpointSchedule*, std::int64_t*);
-template MemoryLedger dry_step<double>(const RunConfig&, const CheckpointSchedule*, std::int64_t*);
-template MemoryLedger dry_step<f16>(const RunConfig&, const CheckpointSchedule*, std::int64_t*);
-template MemoryLedger dry_step<bf16>(const RunConfig&, const CheckpointSchedule*, std::int64_t*);
-template MemoryLedger dry_step<mp>(const RunConfig&, const CheckpointSchedule*, std::int64_t*);
+template MemoryLedger dry_step<float>(const RunConfig&, const MakeChainRunner<float>*, std::int64_t*);
+template MemoryLedger dry_step<double>(const RunConfig&, const MakeChainRunner<double>*, std::int64_t*);
+template MemoryLedger dry_step<f16>(const RunConfig&, const MakeChainRunner<f16>*, std::int64_t*);
+template MemoryLedger dry_step<bf16>(const RunConfig&, const MakeChainRunner<bf16>*, std::int64_t*);
+template MemoryLedger dry_step<mp>(const RunConfig&, const MakeChainRunner<mp>*, std::int64_t*);
 
 LOWMEM_INSTANTIATE_FOR_PRECISIONS(Trainer)
 

@@ -12,7 +12,6 @@
 #include "data/dataset.hpp"
 #include "layers/sequential.hpp"
 #include "layers/softmax_cross_entropy.hpp"
-#include "techniques/checkpoint.hpp"
 #include "techniques/technique.hpp"
 #include "training/optimizer.hpp"
 #include "training/run_config.hpp"
@@ -30,10 +29,11 @@ DataSplit load_data(const DataSpec& spec, std::uint64_t seed);
 template <class T> class Trainer {
  public:
   using W = wide_t<T>;
-  Trainer(const RunConfig& config, MemoryLedger& ledger) : Trainer(config, ledger, nullptr) {}
-  // With the model's chain run by `schedule` (checkpointing) whatever the config says: how the budget is fitted.
-  Trainer(const RunConfig& config, MemoryLedger& ledger, const CheckpointSchedule& schedule)
-      : Trainer(config, ledger, &schedule) {}
+  // chain: if given, runs the model's chain whatever the techniques say (how a technique tries out schedules in
+  // dry steps: TechniqueServices::peak_with).
+  Trainer(const RunConfig& config, MemoryLedger& ledger, const MakeChainRunner<T>* chain = nullptr);
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
 
   // An input batch (n, C, H, W) charged to the ledger as workspace (in a dry run: without values).
   Tensor<T> empty_batch(index_t n) const;
@@ -78,13 +78,13 @@ template <class T> class Trainer {
   MemoryLedger& ledger() { return ledger_; }
 
  private:
-  Trainer(const RunConfig& config, MemoryLedger& ledger, const CheckpointSchedule* schedule);
   TechniqueServices<T> services() const;
   MemoryLedger& ledger_;
   RunConfig config_;
   RunContext train_ctx_, eval_ctx_;
   std::unique_ptr<Sequential<T>> model_;
   std::vector<std::unique_ptr<TechniqueHooks<T>>> hooks_;  // the run's techniques, in config order
+  std::vector<std::string> hook_types_;                    // their types, for messages
   std::unique_ptr<ParameterUpdate<T>> update_;             // how gradients become weights
   std::unique_ptr<ChainRunner<T>> chain_;                  // how the model's chain runs forward and backward
   const SaveHook<T>* save_hook_ = nullptr;                 // how kept activations are stored (nullptr: whole)
@@ -96,11 +96,10 @@ template <class T> class Trainer {
 // One step of the run's study on a dry-run ledger: the trainer is built and the step taken with tensors that have
 // sizes but no values (MemoryLedger::set_dry_run), so the ledger sees every allocation a real step makes, in the
 // same order, at no arithmetic cost (train: a training step, then an evaluation batch; gradient: forward and
-// backward keeping the logits). What lowmem plan predicts. schedule: checkpointing by this schedule instead of the
-// config's technique. recomputed: receives the step's recomputed layer evaluations.
+// backward keeping the logits). What lowmem plan predicts. chain: the model's chain run by what it makes instead of
+// by the techniques (see Trainer). recomputed: receives the step's recomputed layer evaluations.
 template <class T>
-MemoryLedger dry_step(const RunConfig& run, const CheckpointSchedule* schedule = nullptr,
-                      std::int64_t* recomputed = nullptr);
+MemoryLedger dry_step(const RunConfig& run, const MakeChainRunner<T>* chain = nullptr, std::int64_t* recomputed = nullptr);
 
 // Checks a run's techniques against its model: each technique's check_model, then, for a technique fitted by dry
 // steps (checkpoint budget), a dry step, which fits it or says why it cannot. Throws lowmem::Error.
