@@ -58,7 +58,7 @@ committed (exit status 130); --resume then continues.
 )";
 
 const char* plan_help = R"(usage: lowmem plan CONFIG.json [--out FILE.h5] [--shard I/N] [--set path.to.key=value ...]
-                   [--threads N] [--json]
+                   [--threads N] [--json | --timeline]
 
 Validates CONFIG and lists its runs (id, study, precision, model) with the memory each will need, by
 category: weights, gradients, optimizer state, saved activations and workspace, and their peak total; the
@@ -70,6 +70,9 @@ Predicted by a dry step, equal to the byte to what `lowmem run` measures.
   --set PATH=VALUE   as for run
   --threads N        as for run: convolution workspace grows with the thread count (default: all cores)
   --json             print a JSON list instead of a table
+  --timeline         for each run, the moment of its peak in the dry step's memory timeline (the event, the
+                     phase of the step and the layer running) and the buffers alive at it, largest first, with
+                     their category and owner: the reason for the peak (not for reconstruction studies)
 )";
 
 const char* show_help = R"(usage: lowmem show FILE.h5 [--columns a,b,c] [--where COLUMN=VALUE ...] [--sort COLUMN] [--all]
@@ -236,7 +239,7 @@ int command_run(int argc, char** argv) {
 }
 
 int command_plan(int argc, char** argv) {
-  const Args args(argc, argv, {"--set", "--threads", "--out", "--shard"}, {"--json"});
+  const Args args(argc, argv, {"--set", "--threads", "--out", "--shard"}, {"--json", "--timeline"});
   if (args.help) return std::cout << plan_help, 0;
   if (args.positional.empty()) throw UsageError("plan needs a CONFIG.json");
   set_threads(parse_count("--threads", args.get("--threads", std::to_string(all_cores()))));
@@ -250,7 +253,10 @@ int command_plan(int argc, char** argv) {
     std::cerr << "lowmem: note: " << e.what() << "\n";
   }
   const auto positions = shard_positions(runs.size(), shard);
-  std::cout << (args.has("--json") ? plan_json(runs, positions, statuses) : plan_table(runs, positions, statuses));
+  if (args.has("--timeline") && args.has("--json")) throw UsageError("give either --timeline or --json, not both");
+  std::cout << (args.has("--timeline") ? plan_timeline(runs, positions)
+                : args.has("--json")   ? plan_json(runs, positions, statuses)
+                                       : plan_table(runs, positions, statuses));
   return 0;
 }
 

@@ -3,7 +3,10 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "numerics/error.hpp"
 #include "study.hpp"
+#include "techniques/registry.hpp"
+#include "tensor/memory_timeline.hpp"
 #include "training/trainer.hpp"
 
 namespace lowmem {
@@ -92,6 +95,47 @@ std::string plan_json(const std::vector<PlannedRun>& runs, const std::vector<std
                       {"workspace", p.workspace}}}});
   }
   return list.dump(2) + "\n";
+}
+
+std::string plan_timeline(const std::vector<PlannedRun>& runs, const std::vector<std::size_t>& positions,
+                          std::size_t top) {
+  std::string out;
+  char line[512];
+  for (std::size_t i : positions) {
+    const RunConfig& r = runs[i].parsed;
+    if (r.study == "reconstruction")
+      throw Error("plan --timeline: run " + std::to_string(i + 1) + " (" + runs[i].id +
+                  ") is a reconstruction study, which takes no training step and so has no timeline (select the "
+                  "other runs with --set or --shard)");
+    const MemoryLedger ledger =
+        dispatch_precision(r.precision, [&]<class T>() { return dry_step<T>(r, nullptr, nullptr, true); });
+    const TimelinePeak peak = timeline_peak(ledger);
+    std::snprintf(line, sizeof line, "run %zu %s (%s, %s, %s): peak %zu B after event %zu of %zu (%s, %s)\n", i + 1,
+                  runs[i].id.c_str(), r.study.c_str(), to_string(r.precision).c_str(),
+                  techniques_label(r.techniques).c_str(), peak.total, peak.events, ledger.events().size(),
+                  to_string(peak.phase), peak.owner.c_str());
+    out += line;
+    std::snprintf(line, sizeof line, "  %12s  %-17s  %-10s  %s\n", "bytes", "category", "allocated", "owner");
+    out += line;
+    std::size_t rest = 0;
+    for (std::size_t k = 0; k < peak.alive.size(); ++k) {
+      const TimelinePeak::Buffer& b = peak.alive[k];
+      if (k >= top) {
+        rest += b.bytes;
+        continue;
+      }
+      std::snprintf(line, sizeof line, "  %12zu  %-17s  %-10s  %s\n", b.bytes, to_string(b.category),
+                    to_string(b.phase), b.owner.c_str());
+      out += line;
+    }
+    if (peak.alive.size() > top) {
+      std::snprintf(line, sizeof line, "  %12zu  (%zu smaller buffers)\n", rest, peak.alive.size() - top);
+      out += line;
+    }
+  }
+  out += "buffers alive at each run's peak, largest first: the category each holds then, the phase of the step in "
+         "which it was allocated, and who allocated it (a layer's label, or the trainer's batch, loss or optimizer)\n";
+  return out;
 }
 
 }  // namespace lowmem

@@ -19,5 +19,9 @@ std::string plan_table(const std::vector<PlannedRun>& runs, const std::vector<st
                        const std::map<std::string, std::string>& statuses);
 std::string plan_json(const std::vector<PlannedRun>& runs, const std::vector<std::size_t>& positions,
                       const std::map<std::string, std::string>& statuses);
+// Per run, the memory timeline of its dry step: the moment of the peak (the event, its phase and owner) and the
+// `top` largest buffers alive at it with their owners. Throws Error for a study without a step (reconstruction).
+std::string plan_timeline(const std::vector<PlannedRun>& runs, const std::vector<std::size_t>& positions,
+                          std::size_t top = 15);
 
 }  // namespace lowmem

@@ -355,6 +355,28 @@ def check_plan():
 # ---------------------------------------------------------------------------------------------------------------
 # 4. results file contents
 
+def check_plan_timeline():
+    """plan --timeline: per run, a peak equal to plan's predicted peak, made of the buffers it lists; refused for
+    a study without a step, and beside --json."""
+    cfg = config("timeline.json", lambda c: c.update(sweep={"technique": [{"type": "store_all"},
+                                                                          {"type": "checkpoint"}]}))
+    p = lowmem("plan", cfg, "--timeline", "--threads", "1")
+    _, planned = plan_json(cfg, "--threads", "1")
+    peaks = [int(line.split(" peak ")[1].split(" B")[0]) for line in p.stdout.splitlines() if line.startswith("run ")]
+    check(p.returncode == 0 and planned is not None and peaks == [r["predicted_peak_bytes"] for r in planned],
+          "plan --timeline: each run's peak is plan's predicted peak", describe(p))
+    first = p.stdout.split("\nrun ")[0].splitlines()
+    listed = sum(int(line.split()[0]) for line in first[2:] if line.split() and line.split()[0].isdigit())
+    check(listed == peaks[0] and "/model/layers/0 (conv)" in p.stdout and "backward" in p.stdout,
+          "plan --timeline: the buffers listed at the peak add up to it and name their layers", describe(p))
+    rec = config("timeline-rec.json", lambda c: c.update(
+        study="reconstruction", model={"input": [1, 8, 8], "classes": 3, "arch": "flat", "blocks": 1, "width": 4}))
+    expect_error("plan --timeline refuses a reconstruction study", lowmem("plan", rec, "--timeline"), 1,
+                 ["reconstruction", "no timeline"])
+    expect_error("plan --timeline with --json is a usage error", lowmem("plan", cfg, "--timeline", "--json"), 2,
+                 ["--timeline", "--json"])
+
+
 def check_results_file():
     h5 = TMP / "det-a.h5"
     if not h5.exists():
@@ -452,8 +474,8 @@ def main():
     def with_scratch(tmp):
         global TMP
         TMP = tmp
-        for section in (check_bad_input, check_determinism, check_plan, check_results_file, check_divergence,
-                        check_set):
+        for section in (check_bad_input, check_determinism, check_plan, check_plan_timeline, check_results_file,
+                        check_divergence, check_set):
             try:
                 section()
             except Exception as e:  # a broken section must not hide the others

@@ -36,6 +36,7 @@ template <class T> class Sequential {
   Tensor<T> forward(Tensor<T> x, const RunContext& ctx) {
     reconstructing_ = ctx.reconstruct && ctx.keeps();
     for (std::size_t i = 0; i < layers_.size(); ++i) {
+      const MemoryOwner owner(layers_[i]->label());  // the memory timeline's owner of what this layer allocates
       if (reconstructing_ && ctx.recompute_between_runs && !invertible_[i]) {
         if (starts_segment(i)) {
           const SaveHookScope<T> exact(nullptr);  // recomputation starts from the exact input
@@ -67,6 +68,7 @@ template <class T> class Sequential {
     Tensor<T> output;  // of layer i, rebuilt by layer i + 1 (inside a run of invertible layers)
     recomputed_ = 0;
     for (std::size_t i = layers_.size(); i-- > 0;) {
+      const MemoryOwner owner(layers_[i]->label());
       const bool want = i > 0 || want_input_grad;
       if (reconstructing_ && ctx.recompute_between_runs && !invertible_[i] && ends_segment(i)) {
         std::size_t first = i;
@@ -141,8 +143,10 @@ template <class T> class Sequential {
     RunContext record = ctx;
     record.keep = RunContext::Keep::all;
     record.update_statistics = false;
+    const MemoryPhaseScope phase(MemoryPhase::recompute);
     Tensor<T> x = segment_inputs_[first].get();
     for (std::size_t j = first; j <= last; ++j) {
+      const MemoryOwner owner(layers_[j]->label());
       x = layers_[j]->forward(x, record);
       ++recomputed_;
     }

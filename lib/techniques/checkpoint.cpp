@@ -309,6 +309,11 @@ void CheckpointExecutor<T>::run(Sequential<T>& chain, std::size_t from, std::siz
                                 bool want_input_grad) {
   for (std::size_t k = from; k < to; ++k) {
     const auto [kind, i] = schedule_[k];
+    static const std::string chain_output = "(chain output)";
+    const MemoryOwner owner(i < chain.size() ? chain.layer(i).label() : chain_output);
+    // Forward evaluations after the forward pass are recomputations, for the memory timeline.
+    const MemoryPhaseScope phase(k >= forward_end_ && kind != Kind::reverse ? MemoryPhase::recompute
+                                                                             : current_memory_phase());
     switch (kind) {
       case Kind::snapshot: {
         const SaveHookScope<T> exact(nullptr);  // recomputation starts from exact states

@@ -19,29 +19,62 @@ const char* to_string(MemoryCategory c) {
   return "?";
 }
 
-namespace {
-thread_local MemoryLedger* active_ledger = nullptr;
+const char* to_string(MemoryPhase p) {
+  switch (p) {
+    case MemoryPhase::setup: return "setup";
+    case MemoryPhase::forward: return "forward";
+    case MemoryPhase::backward: return "backward";
+    case MemoryPhase::recompute: return "recompute";
+    case MemoryPhase::optimizer: return "optimizer";
+    case MemoryPhase::evaluation: return "evaluation";
+  }
+  return "?";
 }
 
-void MemoryLedger::allocate(MemoryCategory c, std::size_t bytes) {
+namespace {
+thread_local MemoryLedger* active_ledger = nullptr;
+const std::string no_owner = "(trainer)";
+thread_local const std::string* active_owner = &no_owner;
+thread_local MemoryPhase active_phase = MemoryPhase::setup;
+}  // namespace
+
+std::uint64_t MemoryLedger::allocate(MemoryCategory c, std::size_t bytes) {
   current_[index(c)] += bytes;
   current_total_ += bytes;
   update_peaks();
+  ++buffers_;
+  if (recording_) record(MemoryEvent::allocate, c, c, buffers_, bytes);
+  return buffers_;
 }
 
-void MemoryLedger::release(MemoryCategory c, std::size_t bytes) {
+void MemoryLedger::release(MemoryCategory c, std::size_t bytes, std::uint64_t buffer) {
   if (current_[index(c)] < bytes) throw std::logic_error("memory ledger: release of more bytes than allocated");
   current_[index(c)] -= bytes;
   current_total_ -= bytes;
+  if (recording_) record(MemoryEvent::release, c, c, buffer, bytes);
 }
 
-void MemoryLedger::move(MemoryCategory from, MemoryCategory to, std::size_t bytes) {
+void MemoryLedger::move(MemoryCategory from, MemoryCategory to, std::size_t bytes, std::uint64_t buffer) {
   if (from == to) return;
   if (current_[index(from)] < bytes) throw std::logic_error("memory ledger: move of more bytes than allocated");
   current_[index(from)] -= bytes;
   current_[index(to)] += bytes;
   update_peaks();
+  if (recording_) record(MemoryEvent::move, to, from, buffer, bytes);
 }
+
+void MemoryLedger::record(MemoryEvent::Kind kind, MemoryCategory category, MemoryCategory from, std::uint64_t buffer,
+                          std::size_t bytes) {
+  const auto [it, fresh] = owner_index_.emplace(*active_owner, static_cast<std::uint32_t>(owners_.size()));
+  if (fresh) owners_.push_back(*active_owner);
+  events_.push_back({kind, category, from, active_phase, it->second, buffer, bytes});
+}
+
+MemoryOwner::MemoryOwner(const std::string& owner) : previous_(active_owner) { active_owner = &owner; }
+MemoryOwner::~MemoryOwner() { active_owner = previous_; }
+MemoryPhaseScope::MemoryPhaseScope(MemoryPhase phase) : previous_(active_phase) { active_phase = phase; }
+MemoryPhaseScope::~MemoryPhaseScope() { active_phase = previous_; }
+MemoryPhase current_memory_phase() { return active_phase; }
 
 void MemoryLedger::update_peaks() {
   for (std::size_t i = 0; i < memory_category_count; ++i) peak_[i] = std::max(peak_[i], current_[i]);
@@ -52,6 +85,7 @@ void MemoryLedger::update_peaks() {
 }
 
 void MemoryLedger::reset_peaks() {
+  peaks_reset_at_ = events_.size();
   peak_ = current_;
   peak_total_ = current_total_;
   at_total_peak_ = current_;

@@ -23,7 +23,7 @@ Tensor<T>::Storage::Storage(std::size_t n, MemoryCategory c)
     std::uninitialized_value_construct_n(p, n);
     values = std::unique_ptr<T[], Release>(p, Release{n});
   }
-  if (ledger) ledger->allocate(category, bytes);
+  if (ledger) id = ledger->allocate(category, bytes);
 }
 
 template <class T> void Tensor<T>::Storage::Release::operator()(T* p) const {
@@ -32,7 +32,7 @@ template <class T> void Tensor<T>::Storage::Release::operator()(T* p) const {
 }
 
 template <class T> Tensor<T>::Storage::~Storage() {
-  if (ledger) ledger->release(category, bytes);
+  if (ledger) ledger->release(category, bytes, id);
 }
 
 template <class T>
@@ -40,7 +40,7 @@ Tensor<T>::Tensor(Shape shape, MemoryCategory category)
     : storage_(std::make_shared<Storage>(static_cast<std::size_t>(shape.numel()), category)), shape_(std::move(shape)) {}
 
 template <class T> void Tensor<T>::set_category(MemoryCategory c) {
-  if (storage_->ledger) storage_->ledger->move(storage_->category, c, storage_->bytes);
+  if (storage_->ledger) storage_->ledger->move(storage_->category, c, storage_->bytes, storage_->id);
   storage_->category = c;
 }
 

@@ -82,6 +82,7 @@ template <class T> class Tensor {
     std::size_t bytes;
     MemoryCategory category;
     MemoryLedger* ledger;
+    std::uint64_t id = 0;  // the ledger's name for this buffer (memory timeline)
   };
   std::shared_ptr<Storage> storage_;
   Shape shape_;

@@ -20,7 +20,10 @@ template <class T> std::unique_ptr<Layer<T>> make_layer(const LayerSpec& s, cons
 // A chain of layer specs as a Sequential on per-sample input shape `in`.
 template <class T> Sequential<T> make_chain(const std::vector<LayerSpec>& specs, const Shape& in) {
   Sequential<T> chain(in);
-  for (const LayerSpec& s : specs) chain.add(make_layer<T>(s, chain.output_shape()));
+  for (const LayerSpec& s : specs) {
+    const MemoryOwner owner(s.label);  // its parameters, in the memory timeline
+    chain.add(make_layer<T>(s, chain.output_shape()));
+  }
   return chain;
 }
 

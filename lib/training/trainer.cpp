@@ -42,6 +42,8 @@ DataSplit load_data(const DataSpec& spec, std::uint64_t seed) {
 
 namespace {
 
+const std::string loss_owner = "loss";
+
 // Per layer of the model's chain, on a dry model: flops of one evaluation for the batch, bytes of its input, and
 // bytes its record keeps (what a training-mode forward leaves in saved activations).
 template <class T> ChainCosts chain_costs(const RunConfig& config) {
@@ -86,6 +88,7 @@ Trainer<T>::Trainer(const RunConfig& config, MemoryLedger& ledger, const MakeCha
   }
   for (auto& h : hooks_) h->configure(train_ctx_);
   MemoryLedger::Scope scope(ledger_);
+  const MemoryPhaseScope phase(MemoryPhase::setup);
   model_ = std::make_unique<Sequential<T>>(build_model<T>(config.model));
   if (!ledger.dry_run()) model_->initialize(config.seed);
   // The f32 network of the same seed, drawn and dropped uncounted: mixed precision's masters start from it and
@@ -110,8 +113,12 @@ Trainer<T>::Trainer(const RunConfig& config, MemoryLedger& ledger, const MakeCha
       provider = hook_types_[k];
     }
   };
-  take(update_, "update", [&](TechniqueHooks<T>& h) { return h.update(*model_, initial.get()); });
-  if (!update_) update_ = std::make_unique<PlainUpdate<T>>(*model_, services.optimizer);
+  {
+    static const std::string owner_name = "optimizer";
+    const MemoryOwner owner(owner_name);
+    take(update_, "update", [&](TechniqueHooks<T>& h) { return h.update(*model_, initial.get()); });
+    if (!update_) update_ = std::make_unique<PlainUpdate<T>>(*model_, services.optimizer);
+  }
   if (chain) chain_ = (*chain)();
   else take(chain_, "chain", [&](TechniqueHooks<T>& h) { return h.chain(*model_); });
   if (!chain_) chain_ = std::make_unique<ChainRunner<T>>();
@@ -139,6 +146,8 @@ template <class T> TechniqueServices<T> Trainer<T>::services() const {
 template <class T>
 Tensor<T> Trainer<T>::make_batch(const Dataset& data, const std::int64_t* indices, index_t n, const Augment& augment,
                                  Rng& rng, std::vector<std::int32_t>& labels) const {
+  static const std::string owner_name = "batch";
+  const MemoryOwner owner(owner_name);
   Tensor<T> x = empty_batch(n);
   MemoryLedger::Scope scope(ledger_);
   Tensor<float> pixels(x.shape(), MemoryCategory::workspace);  // staging: the data set holds float32 pixels
@@ -177,6 +186,7 @@ template <class T>
 typename Trainer<T>::W Trainer<T>::forward_backward(const Tensor<T>& x, const std::vector<std::int32_t>& labels,
                                                     Tensor<T>* logits_out) {
   MemoryLedger::Scope scope(ledger_);
+  const MemoryPhaseScope phase(MemoryPhase::forward);  // until backward, per microbatch
   model_->zero_grad();
   // Microbatches (technique "microbatch"): k slices of the batch in turn, each forward and backward adding into the
   // gradients, the loss of each divided by the whole batch's size so that losses and gradients add up to the
@@ -196,13 +206,22 @@ typename Trainer<T>::W Trainer<T>::forward_backward(const Tensor<T>& x, const st
       const SaveHookScope<T> kept(save_hook_);  // what the model keeps, as the techniques store it
       logits = chain_->forward(*model_, slice, train_ctx_);
     }
-    loss = loss + loss_.forward(logits, slice_labels, train_ctx_, n);
+    {
+      const MemoryOwner owner(loss_owner);
+      loss = loss + loss_.forward(logits, slice_labels, train_ctx_, n);
+    }
     if (logits_out && slices == 1) *logits_out = logits;
     else if (logits_out && !logits.is_dry())
       std::copy(logits.data(), logits.data() + logits.numel(), logits_out->data() + k * logits.numel());
     logits = Tensor<T>();  // the loss kept what it needs; the logits themselves are not needed for backward
     const SaveHookScope<T> kept(save_hook_);  // what recomputations in backward keep, too
-    chain_->backward(*model_, loss_.backward(update_->loss_scale()), train_ctx_);
+    const MemoryPhaseScope backward(MemoryPhase::backward);
+    Tensor<T> dlogits;
+    {
+      const MemoryOwner owner(loss_owner);
+      dlogits = loss_.backward(update_->loss_scale());
+    }
+    chain_->backward(*model_, std::move(dlogits), train_ctx_);
     recomputed_ += chain_->recomputed(*model_);
   }
   return loss;
@@ -215,6 +234,9 @@ typename Trainer<T>::W Trainer<T>::train_step(const Tensor<T>& x, const std::vec
     update_->skip();
     return loss;
   }
+  static const std::string owner_name = "optimizer";
+  const MemoryOwner owner(owner_name);
+  const MemoryPhaseScope phase(MemoryPhase::optimizer);
   if (update_->step(lr)) {
     MemoryLedger::Scope scope(ledger_);
     for (auto& h : hooks_) h->after_step(*model_, *update_, ledger_.dry_run());
@@ -242,6 +264,7 @@ std::int64_t Trainer<T>::train_epoch(const Dataset& data, int epoch, std::int64_
   for (std::int64_t b = 0; b < per_epoch && step < total_steps; ++b) {
     const auto t0 = std::chrono::steady_clock::now();
     const double lr = learning_rate(spec.optimizer, spec.schedule, step, per_epoch, total_steps);
+    const MemoryPhaseScope phase(MemoryPhase::forward);  // the step's input batch
     const Tensor<T> x = make_batch(data, order.data() + b * batch, batch, config_.data.augment, augment_rng, labels);
     const double loss = to_double(train_step(x, labels, lr));
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -260,6 +283,7 @@ template <class T> typename Trainer<T>::Evaluation Trainer<T>::evaluate(const Da
   std::vector<std::int32_t> labels;
   for (std::int64_t start = 0; start < data.count; start += batch) {
     const index_t n = std::min<index_t>(batch, data.count - start);
+    const MemoryPhaseScope phase(MemoryPhase::evaluation);
     const Tensor<T> x = make_batch(data, order.data() + start, n, Augment{}, unused, labels);
     const auto [batch_loss, batch_correct] = evaluate_batch(x, labels);
     loss_sum += batch_loss;
@@ -275,36 +299,62 @@ template <class T> typename Trainer<T>::Evaluation Trainer<T>::evaluate(const Da
 template <class T>
 std::pair<double, index_t> Trainer<T>::evaluate_batch(const Tensor<T>& x, const std::vector<std::int32_t>& labels) {
   MemoryLedger::Scope scope(ledger_);
+  const MemoryPhaseScope phase(MemoryPhase::evaluation);
   const Tensor<T> logits = model_->forward(x, eval_ctx_);
+  const MemoryOwner owner(loss_owner);
   const double loss = to_double(loss_.forward(logits, labels, eval_ctx_)) * static_cast<double>(x.dim(0));
   return {loss, SoftmaxCrossEntropy<T>::correct(logits, labels)};
 }
 
+namespace {
+
+// One step of the run's study as dry_step describes it; with data, a real one on its first examples (the memory
+// timeline a run measures), else a dry one.
 template <class T>
-MemoryLedger dry_step(const RunConfig& run, const MakeChainRunner<T>* chain, std::int64_t* recomputed) {
+MemoryLedger one_step(const RunConfig& run, const MakeChainRunner<T>* chain, std::int64_t* recomputed, bool timeline,
+                      const DataSplit* data) {
   MemoryLedger ledger;
-  ledger.set_dry_run(true);
-  std::unique_ptr<Trainer<T>> made =
-      std::make_unique<Trainer<T>>(run, ledger, chain);
+  ledger.set_dry_run(!data);
+  ledger.record_timeline(timeline);
+  std::unique_ptr<Trainer<T>> made = std::make_unique<Trainer<T>>(run, ledger, chain);
   Trainer<T>& trainer = *made;
   const Dataset none;  // a dry batch reads no data
+  const Dataset& train = data ? data->train : none;
+  const Dataset& test = data ? data->test : none;
+  std::vector<std::int64_t> first(static_cast<std::size_t>(std::max(run.train.batch, run.train.eval_batch)));
+  for (std::size_t i = 0; i < first.size(); ++i) first[i] = static_cast<std::int64_t>(i);
+  const std::int64_t* indices = data ? first.data() : nullptr;
   Rng rng(0);
   std::vector<std::int32_t> labels;
   if (run.study == "train") {
     {
-      const Tensor<T> x = trainer.make_batch(none, nullptr, run.train.batch, Augment{}, rng, labels);
+      const MemoryPhaseScope phase(MemoryPhase::forward);  // the step's input batch, as in Trainer::train_epoch
+      const Tensor<T> x = trainer.make_batch(train, indices, run.train.batch, Augment{}, rng, labels);
       trainer.train_step(x, labels, run.train.optimizer.lr);
     }  // a step's batch is freed before the evaluation, as in the train study
-    const Tensor<T> x = trainer.make_batch(none, nullptr, run.train.eval_batch, Augment{}, rng, labels);
+    const MemoryPhaseScope phase(MemoryPhase::evaluation);
+    const Tensor<T> x = trainer.make_batch(test, indices, run.train.eval_batch, Augment{}, rng, labels);
     trainer.evaluate_batch(x, labels);
   } else {
-    const Tensor<T> x = trainer.make_batch(none, nullptr, run.train.batch, Augment{}, rng, labels);
+    const MemoryPhaseScope phase(MemoryPhase::forward);
+    const Tensor<T> x = trainer.make_batch(train, indices, run.train.batch, Augment{}, rng, labels);
     Tensor<T> logits;  // the gradient study keeps the logits for its dump, through backward
     trainer.forward_backward(x, labels, &logits);
   }
   if (recomputed) *recomputed = trainer.recomputed_evaluations();
   made.reset();  // the model's tensors go back to the ledger before it is returned
   return ledger;
+}
+
+}  // namespace
+
+template <class T>
+MemoryLedger dry_step(const RunConfig& run, const MakeChainRunner<T>* chain, std::int64_t* recomputed, bool timeline) {
+  return one_step<T>(run, chain, recomputed, timeline, nullptr);
+}
+
+template <class T> MemoryLedger measured_step(const RunConfig& run, const DataSplit& data) {
+  return one_step<T>(run, nullptr, nullptr, true, &data);
 }
 
 void check_techniques(const RunConfig& run, const ModelFacts& model) {
@@ -316,11 +366,16 @@ void check_techniques(const RunConfig& run, const ModelFacts& model) {
   if (dry_steps) dispatch_precision(run.precision, [&]<class T>() { dry_step<T>(run); });  // fits, or says why not
 }
 
-template MemoryLedger dry_step<float>(const RunConfig&, const MakeChainRunner<float>*, std::int64_t*);
-template MemoryLedger dry_step<double>(const RunConfig&, const MakeChainRunner<double>*, std::int64_t*);
-template MemoryLedger dry_step<f16>(const RunConfig&, const MakeChainRunner<f16>*, std::int64_t*);
-template MemoryLedger dry_step<bf16>(const RunConfig&, const MakeChainRunner<bf16>*, std::int64_t*);
-template MemoryLedger dry_step<mp>(const RunConfig&, const MakeChainRunner<mp>*, std::int64_t*);
+template MemoryLedger dry_step<float>(const RunConfig&, const MakeChainRunner<float>*, std::int64_t*, bool);
+template MemoryLedger measured_step<float>(const RunConfig&, const DataSplit&);
+template MemoryLedger dry_step<double>(const RunConfig&, const MakeChainRunner<double>*, std::int64_t*, bool);
+template MemoryLedger measured_step<double>(const RunConfig&, const DataSplit&);
+template MemoryLedger dry_step<f16>(const RunConfig&, const MakeChainRunner<f16>*, std::int64_t*, bool);
+template MemoryLedger measured_step<f16>(const RunConfig&, const DataSplit&);
+template MemoryLedger dry_step<bf16>(const RunConfig&, const MakeChainRunner<bf16>*, std::int64_t*, bool);
+template MemoryLedger measured_step<bf16>(const RunConfig&, const DataSplit&);
+template MemoryLedger dry_step<mp>(const RunConfig&, const MakeChainRunner<mp>*, std::int64_t*, bool);
+template MemoryLedger measured_step<mp>(const RunConfig&, const DataSplit&);
 
 LOWMEM_INSTANTIATE_FOR_PRECISIONS(Trainer)
 

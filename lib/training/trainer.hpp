@@ -97,9 +97,14 @@ template <class T> class Trainer {
 // sizes but no values (MemoryLedger::set_dry_run), so the ledger sees every allocation a real step makes, in the
 // same order, at no arithmetic cost (train: a training step, then an evaluation batch; gradient: forward and
 // backward keeping the logits). What lowmem plan predicts. chain: the model's chain run by what it makes instead of
-// by the techniques (see Trainer). recomputed: receives the step's recomputed layer evaluations.
+// by the techniques (see Trainer). recomputed: receives the step's recomputed layer evaluations. timeline: the
+// ledger records its memory timeline (MemoryLedger::events).
 template <class T>
-MemoryLedger dry_step(const RunConfig& run, const MakeChainRunner<T>* chain = nullptr, std::int64_t* recomputed = nullptr);
+MemoryLedger dry_step(const RunConfig& run, const MakeChainRunner<T>* chain = nullptr, std::int64_t* recomputed = nullptr,
+                      bool timeline = false);
+// The same step taken for real on the first examples of `data`, recording its memory timeline: what a run
+// measures, equal to the dry step's timeline event for event (test).
+template <class T> MemoryLedger measured_step(const RunConfig& run, const DataSplit& data);
 
 // Checks a run's techniques against its model: each technique's check_model, then, for a technique fitted by dry
 // steps (checkpoint budget), a dry step, which fits it or says why it cannot. Throws lowmem::Error.
