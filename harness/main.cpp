@@ -58,7 +58,7 @@ committed (exit status 130); --resume then continues.
 )";
 
 const char* plan_help = R"(usage: lowmem plan CONFIG.json [--out FILE.h5] [--shard I/N] [--set path.to.key=value ...]
-                   [--threads N] [--json | --timeline]
+                   [--threads N] [--json] [--timeline]
 
 Validates CONFIG and lists its runs (id, study, precision, model) with the memory each will need, by
 category: weights, gradients, optimizer state, saved activations and workspace, and their peak total; the
@@ -72,7 +72,8 @@ Predicted by a dry step, equal to the byte to what `lowmem run` measures.
   --json             print a JSON list instead of a table
   --timeline         for each run, the moment of its peak in the dry step's memory timeline (the event, the
                      phase of the step and the layer running) and the buffers alive at it, largest first, with
-                     their category and owner: the reason for the peak (not for reconstruction studies)
+                     their category and owner: the reason for the peak (not for reconstruction studies);
+                     with --json: every event of each run's timeline as JSON columns (plots/plot_timeline.py)
 )";
 
 const char* show_help = R"(usage: lowmem show FILE.h5 [--columns a,b,c] [--where COLUMN=VALUE ...] [--sort COLUMN] [--all]
@@ -253,10 +254,11 @@ int command_plan(int argc, char** argv) {
     std::cerr << "lowmem: note: " << e.what() << "\n";
   }
   const auto positions = shard_positions(runs.size(), shard);
-  if (args.has("--timeline") && args.has("--json")) throw UsageError("give either --timeline or --json, not both");
-  std::cout << (args.has("--timeline") ? plan_timeline(runs, positions)
-                : args.has("--json")   ? plan_json(runs, positions, statuses)
-                                       : plan_table(runs, positions, statuses));
+  const bool timeline = args.has("--timeline"), json = args.has("--json");
+  std::cout << (timeline && json ? plan_timeline_json(runs, positions)
+                : timeline       ? plan_timeline(runs, positions)
+                : json           ? plan_json(runs, positions, statuses)
+                                 : plan_table(runs, positions, statuses));
   return 0;
 }
 

@@ -97,18 +97,27 @@ std::string plan_json(const std::vector<PlannedRun>& runs, const std::vector<std
   return list.dump(2) + "\n";
 }
 
+namespace {
+
+// The dry step's timeline of run i, which must have one (not a reconstruction study).
+MemoryLedger run_timeline(const std::vector<PlannedRun>& runs, std::size_t i) {
+  const RunConfig& r = runs[i].parsed;
+  if (r.study == "reconstruction")
+    throw Error("plan --timeline: run " + std::to_string(i + 1) + " (" + runs[i].id +
+                ") is a reconstruction study, which takes no training step and so has no timeline (select the "
+                "other runs with --set or --shard)");
+  return dispatch_precision(r.precision, [&]<class T>() { return dry_step<T>(r, nullptr, nullptr, true); });
+}
+
+}  // namespace
+
 std::string plan_timeline(const std::vector<PlannedRun>& runs, const std::vector<std::size_t>& positions,
                           std::size_t top) {
   std::string out;
   char line[512];
   for (std::size_t i : positions) {
     const RunConfig& r = runs[i].parsed;
-    if (r.study == "reconstruction")
-      throw Error("plan --timeline: run " + std::to_string(i + 1) + " (" + runs[i].id +
-                  ") is a reconstruction study, which takes no training step and so has no timeline (select the "
-                  "other runs with --set or --shard)");
-    const MemoryLedger ledger =
-        dispatch_precision(r.precision, [&]<class T>() { return dry_step<T>(r, nullptr, nullptr, true); });
+    const MemoryLedger ledger = run_timeline(runs, i);
     const TimelinePeak peak = timeline_peak(ledger);
     std::snprintf(line, sizeof line, "run %zu %s (%s, %s, %s): peak %zu B after event %zu of %zu (%s, %s)\n", i + 1,
                   runs[i].id.c_str(), r.study.c_str(), to_string(r.precision).c_str(),
@@ -136,6 +145,51 @@ std::string plan_timeline(const std::vector<PlannedRun>& runs, const std::vector
   out += "buffers alive at each run's peak, largest first: the category each holds then, the phase of the step in "
          "which it was allocated, and who allocated it (a layer's label, or the trainer's batch, loss or optimizer)\n";
   return out;
+}
+
+std::string plan_timeline_json(const std::vector<PlannedRun>& runs, const std::vector<std::size_t>& positions) {
+  nlohmann::json list = nlohmann::json::array();
+  for (std::size_t i : positions) {
+    const RunConfig& r = runs[i].parsed;
+    const MemoryLedger ledger = run_timeline(runs, i);
+    const TimelinePeak peak = timeline_peak(ledger);
+    nlohmann::json alive = nlohmann::json::array();
+    for (const TimelinePeak::Buffer& b : peak.alive)
+      alive.push_back({{"buffer", b.id}, {"bytes", b.bytes}, {"category", to_string(b.category)},
+                       {"phase", to_string(b.phase)}, {"owner", b.owner}});
+    nlohmann::json columns = {{"kind", nlohmann::json::array()},  {"category", nlohmann::json::array()},
+                              {"from", nlohmann::json::array()},  {"phase", nlohmann::json::array()},
+                              {"owner", nlohmann::json::array()}, {"buffer", nlohmann::json::array()},
+                              {"bytes", nlohmann::json::array()}};
+    for (const MemoryEvent& e : ledger.events()) {
+      columns["kind"].push_back(static_cast<int>(e.kind));
+      columns["category"].push_back(static_cast<int>(e.category));
+      columns["from"].push_back(static_cast<int>(e.from));
+      columns["phase"].push_back(static_cast<int>(e.phase));
+      columns["owner"].push_back(e.owner);
+      columns["buffer"].push_back(e.buffer);
+      columns["bytes"].push_back(e.bytes);
+    }
+    nlohmann::json categories = nlohmann::json::array(), phases = nlohmann::json::array();
+    for (std::size_t c = 0; c < memory_category_count; ++c) categories.push_back(to_string(static_cast<MemoryCategory>(c)));
+    for (std::size_t p = 0; p < memory_phase_count; ++p) phases.push_back(to_string(static_cast<MemoryPhase>(p)));
+    list.push_back({{"run_id", runs[i].id},
+                    {"position", i},
+                    {"study", r.study},
+                    {"precision", to_string(r.precision)},
+                    {"model", r.model.arch},
+                    {"technique", techniques_label(r.techniques)},
+                    {"peak", {{"after_event", peak.events}, {"bytes", peak.total}, {"phase", to_string(peak.phase)},
+                              {"owner", peak.owner}}},
+                    {"setup_events", ledger.peaks_reset_at()},
+                    {"alive_at_peak", alive},
+                    {"kinds", {"allocate", "release", "move"}},
+                    {"categories", categories},
+                    {"phases", phases},
+                    {"owners", ledger.owners()},
+                    {"events", columns}});
+  }
+  return list.dump() + "\n";
 }
 
 }  // namespace lowmem

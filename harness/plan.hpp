@@ -23,5 +23,7 @@ std::string plan_json(const std::vector<PlannedRun>& runs, const std::vector<std
 // `top` largest buffers alive at it with their owners. Throws Error for a study without a step (reconstruction).
 std::string plan_timeline(const std::vector<PlannedRun>& runs, const std::vector<std::size_t>& positions,
                           std::size_t top = 15);
+// The same as JSON, with every event of each timeline (columns), for plots/plot_timeline.py.
+std::string plan_timeline_json(const std::vector<PlannedRun>& runs, const std::vector<std::size_t>& positions);
 
 }  // namespace lowmem

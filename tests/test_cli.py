@@ -356,8 +356,8 @@ def check_plan():
 # 4. results file contents
 
 def check_plan_timeline():
-    """plan --timeline: per run, a peak equal to plan's predicted peak, made of the buffers it lists; refused for
-    a study without a step, and beside --json."""
+    """plan --timeline: per run, a peak equal to plan's predicted peak, made of the buffers it lists; as JSON with
+    every event; refused for a study without a step."""
     cfg = config("timeline.json", lambda c: c.update(sweep={"technique": [{"type": "store_all"},
                                                                           {"type": "checkpoint"}]}))
     p = lowmem("plan", cfg, "--timeline", "--threads", "1")
@@ -373,8 +373,14 @@ def check_plan_timeline():
         study="reconstruction", model={"input": [1, 8, 8], "classes": 3, "arch": "flat", "blocks": 1, "width": 4}))
     expect_error("plan --timeline refuses a reconstruction study", lowmem("plan", rec, "--timeline"), 1,
                  ["reconstruction", "no timeline"])
-    expect_error("plan --timeline with --json is a usage error", lowmem("plan", cfg, "--timeline", "--json"), 2,
-                 ["--timeline", "--json"])
+    p = lowmem("plan", cfg, "--timeline", "--json", "--threads", "1")
+    try:
+        timelines = json.loads(p.stdout)
+    except ValueError:
+        timelines = None
+    check(timelines is not None and [t["peak"]["bytes"] for t in timelines] == peaks and
+          all(len(t["events"]["kind"]) == len(t["events"]["bytes"]) >= t["peak"]["after_event"] for t in timelines),
+          "plan --timeline --json: every event of each run's timeline, with the same peaks", describe(p))
 
 
 def check_results_file():

@@ -80,11 +80,41 @@ def check_reversible_figures(binary, tmp):
         check(path.is_file() and path.stat().st_size > 0, f"{name}.png written from lowmem's own results")
 
 
+def check_timeline_figures(binary, tmp):
+    """plots/plot_timeline.py on lowmem plan --timeline --json of a two-run sweep: one figure per run; a file that
+    is not such output: one line, exit 1."""
+    config = {"name": "timeline", "model": {"arch": "cnn", "channels": [4], "input": [1, 8, 8], "classes": 3},
+              "data": {"dataset": "synthetic", "synthetic": {"shape": [1, 8, 8], "classes": 3}},
+              "train": {"batch": 4, "optimizer": {"lr": 0.05}},
+              "sweep": {"technique": [{"type": "store_all"}, {"type": "checkpoint"}]}}
+    path, timeline = tmp / "timeline.json", tmp / "timeline-out.json"
+    path.write_text(json.dumps(config))
+    plan = subprocess.run([binary, "plan", path, "--timeline", "--json", "--threads", "1"], capture_output=True,
+                          text=True)
+    check(plan.returncode == 0, f"lowmem plan --timeline --json ({plan.stderr.strip()[-300:]})")
+    timeline.write_text(plan.stdout)
+    runs = json.loads(plan.stdout)
+    script = SCRIPT.parent / "plot_timeline.py"
+    result = subprocess.run([sys.executable, str(script), timeline, "--out", tmp / "timeline_out"],
+                            capture_output=True, text=True)
+    check(result.returncode == 0, f"plot_timeline exits 0 ({result.stderr.strip()})")
+    for run in runs:
+        png = tmp / "timeline_out" / f"timeline-{run['position'] + 1:03d}-{run['run_id']}.png"
+        check(png.is_file() and png.stat().st_size > 0 and str(png) in result.stdout,
+              f"{png.name} written and printed")
+    bad = tmp / "not-a-timeline.json"
+    bad.write_text("{}")
+    result = subprocess.run([sys.executable, str(script), bad], capture_output=True, text=True)
+    check(result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1 and str(bad) in result.stderr,
+          "plot_timeline on a file that is not a timeline: one line naming it, exit 1")
+
+
 def main():
     binary = Path(sys.argv[1]) if len(sys.argv) > 1 else SCRIPT.parent.parent / "build" / "lowmem"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         check_reversible_figures(binary, tmp)
+        check_timeline_figures(binary, tmp)
         steps = np.arange(50)
         full = tmp / "full.h5"
         with h5py.File(full, "w") as f:

@@ -342,6 +342,7 @@ MemoryLedger one_step(const RunConfig& run, const MakeChainRunner<T>* chain, std
     trainer.forward_backward(x, labels, &logits);
   }
   if (recomputed) *recomputed = trainer.recomputed_evaluations();
+  ledger.record_timeline(false);  // the timeline ends with the step; tearing the trainer down is not part of it
   made.reset();  // the model's tensors go back to the ledger before it is returned
   return ledger;
 }
