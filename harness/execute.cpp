@@ -26,7 +26,7 @@ void failed_labels(const PlannedRun& run, RunRecord& record) {
   record.labels["seed"] = std::to_string(run.parsed.seed);
 }
 
-RunRecord execute(const PlannedRun& run, int threads, const Progress& show) {
+RunRecord execute(const PlannedRun& run, int threads, const Progress& show, const StudyOptions& options) {
   RunRecord record;
   record.run_id = run.id;
   record.config_json = run.config.dump();
@@ -39,7 +39,7 @@ RunRecord execute(const PlannedRun& run, int threads, const Progress& show) {
     if (show) show(text);
   };
   try {
-    run_study(run.parsed, cached_data(run), record, progress);
+    run_study(run.parsed, cached_data(run), record, progress, options);
     record.scalars["predicted_peak_bytes"] = static_cast<double>(predict_memory(run.parsed).peak);
   } catch (const std::exception& e) {
     // The run cannot be done (bad data, a shape that does not fit, out of memory): record it, go on.

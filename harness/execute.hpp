@@ -20,6 +20,6 @@ void failed_labels(const PlannedRun& run, RunRecord& record);
 
 // One run, in this process: its record, status "failed" with the error if it could not be done. Throws
 // Interrupted on a stop request.
-RunRecord execute(const PlannedRun& run, int threads, const Progress& show);
+RunRecord execute(const PlannedRun& run, int threads, const Progress& show, const StudyOptions& options = {});
 
 }  // namespace lowmem

@@ -23,6 +23,7 @@ pid_t start_job(const RunOptions& options, const PlannedRun& run, Job& job) {
   const std::string threads = std::to_string(options.threads);
   std::vector<std::string> args = {options.self, "run", job.config_file, "--out", job.results_file,
                                    "--threads", threads, "--quiet"};
+  if (options.timeline) args.push_back("--timeline");
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);

@@ -36,7 +36,7 @@ commands:
 )";
 
 const char* run_help = R"(usage: lowmem run CONFIG.json [--out FILE.h5] [--resume [--force]] [--jobs N] [--shard I/N]
-                  [--set path.to.key=value ...] [--threads N] [--quiet]
+                  [--set path.to.key=value ...] [--threads N] [--quiet] [--timeline]
 
 Runs every run of CONFIG (its "sweep" expanded) and commits each run to the results file the moment it ends, so
 a crash or kill loses at most the runs in flight and the file always opens. Ctrl-C stops after the runs already
@@ -55,6 +55,8 @@ committed (exit status 130); --resume then continues.
   --threads N        threads per run for matrix products (default: all cores, divided among the jobs);
                      recorded with every run. The same config, seed and thread count give the same numbers
   --quiet            no progress lines
+  --timeline         each run records the memory timeline of its setup and first training step in
+                     /runs/<id>/memory/timeline (train study only; see lowmem plan --timeline)
 )";
 
 const char* plan_help = R"(usage: lowmem plan CONFIG.json [--out FILE.h5] [--shard I/N] [--set path.to.key=value ...]
@@ -192,7 +194,8 @@ std::string self_path(const char* argv0) {
 }
 
 int command_run(int argc, char** argv) {
-  const Args args(argc, argv, {"--out", "--set", "--threads", "--jobs", "--shard"}, {"--quiet", "--resume", "--force"});
+  const Args args(argc, argv, {"--out", "--set", "--threads", "--jobs", "--shard"},
+                  {"--quiet", "--resume", "--force", "--timeline"});
   if (args.help) return std::cout << run_help, 0;
   if (args.positional.empty()) throw UsageError("run needs a CONFIG.json");
   if (args.has("--force") && !args.has("--resume")) throw UsageError("--force goes with --resume");
@@ -205,6 +208,11 @@ int command_run(int argc, char** argv) {
   options.resume = args.has("--resume");
   options.force = args.has("--force");
   options.quiet = args.has("--quiet");
+  options.timeline = args.has("--timeline");
+  for (const PlannedRun& run : runs)  // before any run starts
+    if (options.timeline && run.parsed.study != "train")
+      throw Error(args.positional + ": run " + run.id + " is a " + run.parsed.study + " study, which records no "
+                  "timeline (--timeline: train study only; lowmem plan --timeline shows the gradient study's)");
   options.self = self_path(argv[0]);
   const SweepOutcome outcome = run_all(runs, options);
   if (outcome.planned == 0) {

@@ -96,7 +96,7 @@ SweepOutcome run_all(const std::vector<PlannedRun>& runs, const RunOptions& opti
         std::cerr << "\r" << prefix << " " << text << eta() << "\033[K" << std::flush;
       };
       try {
-        commit(position, execute(runs[position], options.threads, show));
+        commit(position, execute(runs[position], options.threads, show, StudyOptions{options.timeline}));
       } catch (const Interrupted&) {
         break;
       }

@@ -49,6 +49,7 @@ struct RunOptions {
   bool resume = false;  // write into `out` itself, skipping the runs it holds done; redo failed and missing ones
   bool force = false;   // resume into a file that another sweep wrote
   bool quiet = false;
+  bool timeline = false;  // each run records its memory timeline (train study)
   std::string self;     // this program, to start job processes
 };
 

@@ -8,14 +8,18 @@
 
 namespace lowmem {
 
-void run_study(const RunConfig& config, const DataSplit& data, RunRecord& record, const Progress& progress) {
+void run_study(const RunConfig& config, const DataSplit& data, RunRecord& record, const Progress& progress,
+               const StudyOptions& options) {
+  if (options.timeline && config.study != "train")
+    throw Error("run --timeline: the " + config.study + " study records no timeline (only the train study does; "
+                "lowmem plan --timeline shows the gradient study's)");
   record.labels["study"] = config.study;
   record.labels["precision"] = to_string(config.precision);
   record.labels["name"] = config.name;
   record.labels["model"] = config.model.arch;
   record.labels["seed"] = std::to_string(config.seed);
   record.labels["technique"] = techniques_label(config.techniques);  // "store_all", "checkpoint-revolve-2+microbatch-4"
-  if (config.study == "train") run_train_study(config, data, record, progress);
+  if (config.study == "train") run_train_study(config, data, record, progress, options);
   else if (config.study == "gradient") run_gradient_study(config, data, record, progress);
   else if (config.study == "reconstruction") run_reconstruction_study(config, data, record, progress);
   else throw Error("unknown study \"" + config.study + "\"");
@@ -52,6 +56,23 @@ void record_memory(const MemoryLedger& ledger, RunRecord& record) {
   record.scalars["optimizer_state_bytes"] = static_cast<double>(ledger.peak(MemoryCategory::optimizer_state));
   record.scalars["workspace_peak_bytes"] = static_cast<double>(ledger.peak(MemoryCategory::workspace));
   record.scalars["rss_peak_bytes"] = static_cast<double>(process_peak_rss_bytes());
+}
+
+void record_timeline(const MemoryLedger& ledger, RunRecord& record) {
+  RunRecord::Array events;
+  for (const MemoryEvent& e : ledger.events())
+    for (double v : {static_cast<double>(e.kind), static_cast<double>(e.category), static_cast<double>(e.from),
+                     static_cast<double>(e.phase), static_cast<double>(e.owner), static_cast<double>(e.buffer),
+                     static_cast<double>(e.bytes)})
+      events.values.push_back(v);
+  events.shape = {ledger.events().size(), 7};
+  record.arrays["memory/timeline/events"] = events;
+  record.string_arrays["memory/timeline/columns"] = {"kind", "category", "from", "phase", "owner", "buffer", "bytes"};
+  record.string_arrays["memory/timeline/kinds"] = {"allocate", "release", "move"};
+  std::vector<std::string> phases;
+  for (std::size_t p = 0; p < memory_phase_count; ++p) phases.emplace_back(to_string(static_cast<MemoryPhase>(p)));
+  record.string_arrays["memory/timeline/phases"] = phases;
+  record.string_arrays["memory/timeline/owners"] = ledger.owners();
 }
 
 }  // namespace lowmem

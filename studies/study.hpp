@@ -15,12 +15,21 @@ namespace lowmem {
 // harness's callback may throw to stop the run (Ctrl-C).
 using Progress = std::function<void(const std::string&)>;
 
+// What a run records besides its results, chosen on the command line (not part of the config, so run ids keep).
+struct StudyOptions {
+  // The memory timeline of the run's setup and first training step (train study only), in
+  // /runs/<id>/memory/timeline.
+  bool timeline = false;
+};
+
 // Fills record.status ("complete" or "diverged"), message, curves, memory and summary columns. Throws
 // lowmem::Error when the run cannot be done at all; the harness records that as "failed".
-void run_study(const RunConfig& config, const DataSplit& data, RunRecord& record, const Progress& progress);
+void run_study(const RunConfig& config, const DataSplit& data, RunRecord& record, const Progress& progress,
+               const StudyOptions& options = {});
 
 // Studies, one per "study" value.
-void run_train_study(const RunConfig& config, const DataSplit& data, RunRecord& record, const Progress& progress);
+void run_train_study(const RunConfig& config, const DataSplit& data, RunRecord& record, const Progress& progress,
+                     const StudyOptions& options = {});
 void run_gradient_study(const RunConfig& config, const DataSplit& data, RunRecord& record, const Progress& progress);
 void run_reconstruction_study(const RunConfig& config, const DataSplit& data, RunRecord& record,
                               const Progress& progress);
@@ -33,5 +42,9 @@ std::string reference_key(const std::string& config_json, const std::string& ref
 
 // The memory columns every study reports: per-category peaks from the ledger, and the process's peak RSS.
 void record_memory(const MemoryLedger& ledger, RunRecord& record);
+// The ledger's recorded timeline: memory/timeline/events (events x 7: kind, category, from, phase, owner, buffer,
+// bytes), memory/timeline/columns, /kinds, /phases and /owners (names the indices refer to; categories are
+// memory/categories).
+void record_timeline(const MemoryLedger& ledger, RunRecord& record);
 
 }  // namespace lowmem

@@ -18,9 +18,11 @@ double median(std::vector<double> v) {
 }
 
 template <class T>
-void train(const RunConfig& config, const DataSplit& data, RunRecord& record, const Progress& progress) {
+void train(const RunConfig& config, const DataSplit& data, RunRecord& record, const Progress& progress,
+           const StudyOptions& options) {
   const TrainSpec& spec = config.train;
   MemoryLedger ledger;
+  ledger.record_timeline(options.timeline);  // the trainer stops it when the second step starts
   Trainer<T> trainer(config, ledger);
   const std::int64_t total_steps = trainer.total_steps(data.train);
   record.scalars["parameters"] = static_cast<double>(trainer.model().parameter_count());
@@ -76,12 +78,14 @@ void train(const RunConfig& config, const DataSplit& data, RunRecord& record, co
   record.scalars["recomputed_evaluations_per_step"] = static_cast<double>(trainer.recomputed_evaluations());
   for (const auto& [name, value] : trainer.technique_report()) record.scalars[name] = value;
   record_memory(ledger, record);
+  if (options.timeline) record_timeline(ledger, record);
 }
 
 }  // namespace
 
-void run_train_study(const RunConfig& config, const DataSplit& data, RunRecord& record, const Progress& progress) {
-  dispatch_precision(config.precision, [&]<class T>() { train<T>(config, data, record, progress); });
+void run_train_study(const RunConfig& config, const DataSplit& data, RunRecord& record, const Progress& progress,
+                     const StudyOptions& options) {
+  dispatch_precision(config.precision, [&]<class T>() { train<T>(config, data, record, progress, options); });
 }
 
 }  // namespace lowmem

@@ -369,10 +369,6 @@ def check_plan_timeline():
     listed = sum(int(line.split()[0]) for line in first[2:] if line.split() and line.split()[0].isdigit())
     check(listed == peaks[0] and "/model/layers/0 (conv)" in p.stdout and "backward" in p.stdout,
           "plan --timeline: the buffers listed at the peak add up to it and name their layers", describe(p))
-    rec = config("timeline-rec.json", lambda c: c.update(
-        study="reconstruction", model={"input": [1, 8, 8], "classes": 3, "arch": "flat", "blocks": 1, "width": 4}))
-    expect_error("plan --timeline refuses a reconstruction study", lowmem("plan", rec, "--timeline"), 1,
-                 ["reconstruction", "no timeline"])
     p = lowmem("plan", cfg, "--timeline", "--json", "--threads", "1")
     try:
         timelines = json.loads(p.stdout)
@@ -381,6 +377,34 @@ def check_plan_timeline():
     check(timelines is not None and [t["peak"]["bytes"] for t in timelines] == peaks and
           all(len(t["events"]["kind"]) == len(t["events"]["bytes"]) >= t["peak"]["after_event"] for t in timelines),
           "plan --timeline --json: every event of each run's timeline, with the same peaks", describe(p))
+    # run --timeline: each run's measured timeline (setup and first step) is plan's up to its evaluation batch.
+    out = TMP / "timeline.h5"
+    p = lowmem("run", cfg, "--timeline", "--out", out, *RUN_OPTS)
+    same = p.returncode == 0 and timelines is not None
+    if same:
+        with h5py.File(out, "r") as f:
+            for t in timelines:
+                g = f["runs"][t["run_id"]]["memory"]["timeline"]
+                measured = np.array(g["events"])
+                owners = [o.decode() if isinstance(o, bytes) else o for o in g["owners"][()]]
+                ev = t["events"]
+                phases = t["phases"]
+                end = next(i for i, ph in enumerate(ev["phase"]) if phases[ph] == "evaluation")
+                predicted = [[ev[c][i] for c in ("kind", "category", "from", "phase")] + [t["owners"][ev["owner"][i]]] +
+                             [ev["buffer"][i], ev["bytes"][i]] for i in range(end)]
+                got = [[int(r[0]), int(r[1]), int(r[2]), int(r[3]), owners[int(r[4])], int(r[5]), int(r[6])]
+                       for r in measured]
+                same = same and got == predicted and len(got) > 10
+    check(same, "run --timeline: the measured timeline equals plan's event for event (setup and first step)",
+          describe(p))
+    rec = config("timeline-rec.json", lambda c: c.update(
+        study="reconstruction", model={"input": [1, 8, 8], "classes": 3, "arch": "flat", "blocks": 1, "width": 4}))
+    expect_error("plan --timeline refuses a reconstruction study", lowmem("plan", rec, "--timeline"), 1,
+                 ["reconstruction", "no timeline"])
+    expect_error("run --timeline refuses a reconstruction study before any run",
+                 lowmem("run", rec, "--timeline", "--out", TMP / "timeline-rec.h5", *RUN_OPTS), 1,
+                 ["reconstruction", "records no timeline"])
+    check(not (TMP / "timeline-rec.h5").exists(), "run --timeline on a reconstruction study writes nothing")
 
 
 def check_results_file():

@@ -55,6 +55,7 @@ class MemoryLedger {
   // The memory timeline: while on, every event is recorded with the owner and phase active on this thread
   // (MemoryOwner, MemoryPhaseScope). Off by default (a run records only when asked).
   void record_timeline(bool on) { recording_ = on; }
+  bool recording_timeline() const { return recording_; }
   const std::vector<MemoryEvent>& events() const { return events_; }
   const std::vector<std::string>& owners() const { return owners_; }
   // Events before this index precede the last reset_peaks (setup): the peak is sought after it.

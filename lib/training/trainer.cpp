@@ -262,6 +262,7 @@ std::int64_t Trainer<T>::train_epoch(const Dataset& data, int epoch, std::int64_
   Rng augment_rng(config_.seed, 2000 + static_cast<std::uint64_t>(epoch));
   std::vector<std::int32_t> labels;
   for (std::int64_t b = 0; b < per_epoch && step < total_steps; ++b) {
+    if (step > 0) ledger_.record_timeline(false);  // a run's timeline: its setup and first step
     const auto t0 = std::chrono::steady_clock::now();
     const double lr = learning_rate(spec.optimizer, spec.schedule, step, per_epoch, total_steps);
     const MemoryPhaseScope phase(MemoryPhase::forward);  // the step's input batch
@@ -274,6 +275,7 @@ std::int64_t Trainer<T>::train_epoch(const Dataset& data, int epoch, std::int64_
 }
 
 template <class T> typename Trainer<T>::Evaluation Trainer<T>::evaluate(const Dataset& data, int batch) {
+  ledger_.record_timeline(false);  // a run's timeline: its setup and first step
   Evaluation e;
   index_t correct = 0;
   double loss_sum = 0;
