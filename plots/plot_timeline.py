@@ -4,10 +4,13 @@ of the step shaded, one figure (PNG and PDF) per run.
 
 usage: ./build/lowmem plan CONFIG.json --timeline --json > timeline.json
        /usr/bin/python3 plots/plot_timeline.py timeline.json [--out DIR]
+   or: ./build/lowmem run CONFIG.json --timeline --out results.h5
+       /usr/bin/python3 plots/plot_timeline.py results.h5 [--out DIR]
 
-DIR defaults to plots/out/timeline-<stem of the JSON file>. The timeline is the dry step's (what `lowmem plan`
+DIR defaults to plots/out/timeline-<stem of the input>. From plan: the dry step's timeline (what `lowmem plan`
 predicts; a real step records the same events): setup (model, gradients, optimizer state), one training step and,
-for the train study, one evaluation batch. Prints the path of every file written.
+for the train study, one evaluation batch. From a results file: what each run that recorded a timeline measured
+(setup and its first training step). Prints the path of every file written.
 """
 import argparse
 import json
@@ -22,6 +25,44 @@ import numpy as np  # noqa: E402
 
 PHASE_SHADE = {"setup": "#f2f2f2", "forward": "#ffffff", "backward": "#eef4fb", "recompute": "#fbefe6",
                "optimizer": "#eef8ee", "evaluation": "#f6eefa"}
+
+
+def from_results(path):
+    """The runs of a results file that recorded a timeline, in the form plan --timeline --json gives."""
+    import h5py
+    runs = []
+    with h5py.File(path, "r") as f:
+        for run_id, g in f["runs"].items():
+            if "memory/timeline/events" not in g:
+                continue
+            t = g["memory/timeline"]
+            names = lambda d: [x.decode() if isinstance(x, bytes) else str(x) for x in d[()]]  # noqa: E731
+            columns, events = names(t["columns"]), np.array(t["events"]).astype(np.int64)
+            attr = lambda k: (g.attrs[k].decode() if isinstance(g.attrs[k], bytes) else str(g.attrs[k])) \
+                if k in g.attrs else ""  # noqa: E731
+            run = {"run_id": run_id, "position": int(g.attrs.get("index", len(runs))), "study": attr("study"),
+                   "precision": attr("precision"), "model": attr("model"), "technique": attr("technique"),
+                   "kinds": names(t["kinds"]), "phases": names(t["phases"]), "owners": names(t["owners"]),
+                   "categories": names(g["memory/categories"]),
+                   "events": {c: events[:, i].tolist() for i, c in enumerate(columns)}}
+            run["peak"] = peak_of(run)
+            runs.append(run)
+    runs.sort(key=lambda r: r["position"])
+    return runs
+
+
+def peak_of(run):
+    """The first moment at which the total is highest, as plan reports it (measured timelines end with the first
+    step, so the whole timeline is searched)."""
+    ev, total, best, at = run["events"], 0, -1, 0
+    for i, kind in enumerate(ev["kind"]):
+        name = run["kinds"][kind]
+        total += ev["bytes"][i] if name == "allocate" else -ev["bytes"][i] if name == "release" else 0
+        if total > best:
+            best, at = total, i + 1
+    last = at - 1
+    return {"after_event": at, "bytes": best, "phase": run["phases"][ev["phase"][last]],
+            "owner": run["owners"][ev["owner"][last]]}
 
 
 def replay(run):
@@ -88,11 +129,19 @@ def main():
     args = parser.parse_args()
     path = Path(args.timeline)
     try:
-        runs = json.loads(path.read_text())
-        if not isinstance(runs, list) or not all(isinstance(r, dict) and "events" in r for r in runs):
-            raise ValueError("not a list of timelines")
-    except (OSError, ValueError) as e:
-        print(f"plot_timeline: {path}: not the output of `lowmem plan --timeline --json` ({e})", file=sys.stderr)
+        if path.read_bytes()[:8] == b"\x89HDF\r\n\x1a\n":
+            runs = from_results(path)
+            if not runs:
+                print(f"plot_timeline: {path}: no run in this results file recorded a timeline (run it with "
+                      "lowmem run --timeline)", file=sys.stderr)
+                return 1
+        else:
+            runs = json.loads(path.read_text())
+            if not isinstance(runs, list) or not all(isinstance(r, dict) and "events" in r for r in runs):
+                raise ValueError("not a list of timelines")
+    except (OSError, ValueError, KeyError) as e:
+        print(f"plot_timeline: {path}: neither the output of `lowmem plan --timeline --json` nor a results file "
+              f"of `lowmem run --timeline` ({e})", file=sys.stderr)
         return 1
     out_dir = Path(args.out) if args.out else Path(__file__).resolve().parent / "out" / f"timeline-{path.stem}"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -102,6 +102,22 @@ def check_timeline_figures(binary, tmp):
         png = tmp / "timeline_out" / f"timeline-{run['position'] + 1:03d}-{run['run_id']}.png"
         check(png.is_file() and png.stat().st_size > 0 and str(png) in result.stdout,
               f"{png.name} written and printed")
+    results = tmp / "timeline.h5"
+    run = subprocess.run([binary, "run", path, "--timeline", "--out", results, "--threads", "1", "--quiet"],
+                         capture_output=True, text=True)
+    check(run.returncode == 0, f"lowmem run --timeline ({run.stderr.strip()[-300:]})")
+    result = subprocess.run([sys.executable, str(script), results, "--out", tmp / "timeline_h5"],
+                            capture_output=True, text=True)
+    pngs = sorted((tmp / "timeline_h5").glob("*.png"))
+    check(result.returncode == 0 and len(pngs) == len(runs) and all(p.stat().st_size > 0 for p in pngs),
+          f"plot_timeline draws each run's measured timeline from a results file ({result.stderr.strip()})")
+    without = tmp / "without-timelines.h5"
+    run = subprocess.run([binary, "run", path, "--out", without, "--threads", "1", "--quiet"], capture_output=True,
+                         text=True)
+    result = subprocess.run([sys.executable, str(script), without], capture_output=True, text=True)
+    check(run.returncode == 0 and result.returncode == 1 and "recorded a timeline" in result.stderr and
+          len(result.stderr.strip().splitlines()) == 1,
+          "plot_timeline on a results file without timelines: one line, exit 1")
     bad = tmp / "not-a-timeline.json"
     bad.write_text("{}")
     result = subprocess.run([sys.executable, str(script), bad], capture_output=True, text=True)
