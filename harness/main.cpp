@@ -209,10 +209,10 @@ int command_run(int argc, char** argv) {
   options.force = args.has("--force");
   options.quiet = args.has("--quiet");
   options.timeline = args.has("--timeline");
-  for (const PlannedRun& run : runs)  // before any run starts
-    if (options.timeline && run.parsed.study != "train")
-      throw Error(args.positional + ": run " + run.id + " is a " + run.parsed.study + " study, which records no "
-                  "timeline (--timeline: train study only; lowmem plan --timeline shows the gradient study's)");
+  for (std::size_t i : shard_positions(runs.size(), options.shard))  // the runs this process will do, before any
+    if (options.timeline && runs[i].parsed.study != "train")
+      throw Error(args.positional + ": run " + runs[i].id + " is a " + runs[i].parsed.study + " study, which records "
+                  "no timeline (--timeline: train study only; lowmem plan --timeline shows the gradient study's)");
   options.self = self_path(argv[0]);
   const SweepOutcome outcome = run_all(runs, options);
   if (outcome.planned == 0) {

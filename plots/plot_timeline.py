@@ -40,7 +40,9 @@ def from_results(path):
             columns, events = names(t["columns"]), np.array(t["events"]).astype(np.int64)
             attr = lambda k: (g.attrs[k].decode() if isinstance(g.attrs[k], bytes) else str(g.attrs[k])) \
                 if k in g.attrs else ""  # noqa: E731
-            run = {"run_id": run_id, "position": int(g.attrs.get("index", len(runs))), "study": attr("study"),
+            position = attr("sweep_index") or attr("index") or str(len(runs))  # the sweep's order, as plan's
+            setup = int(np.array(t["setup_events"]).ravel()[0]) if "setup_events" in t else 0
+            run = {"run_id": run_id, "position": int(position), "study": attr("study"), "setup_events": setup,
                    "precision": attr("precision"), "model": attr("model"), "technique": attr("technique"),
                    "kinds": names(t["kinds"]), "phases": names(t["phases"]), "owners": names(t["owners"]),
                    "categories": names(g["memory/categories"]),
@@ -52,17 +54,22 @@ def from_results(path):
 
 
 def peak_of(run):
-    """The first moment at which the total is highest, as plan reports it (measured timelines end with the first
-    step, so the whole timeline is searched)."""
-    ev, total, best, at = run["events"], 0, -1, 0
+    """The first moment after setup at which the total is highest, as plan reports it."""
+    ev, total, best, at = run["events"], 0, None, 0
+    setup = run["setup_events"]
     for i, kind in enumerate(ev["kind"]):
+        if i == setup:
+            best, at = total, i
         name = run["kinds"][kind]
         total += ev["bytes"][i] if name == "allocate" else -ev["bytes"][i] if name == "release" else 0
-        if total > best:
+        if i >= setup and total > best:
             best, at = total, i + 1
-    last = at - 1
-    return {"after_event": at, "bytes": best, "phase": run["phases"][ev["phase"][last]],
-            "owner": run["owners"][ev["owner"][last]]}
+    if best is None:  # no event after setup
+        best, at = total, len(ev["kind"])
+    if at == 0:
+        return {"after_event": 0, "bytes": 0, "phase": "setup", "owner": ""}
+    return {"after_event": at, "bytes": best, "phase": run["phases"][ev["phase"][at - 1]],
+            "owner": run["owners"][ev["owner"][at - 1]]}
 
 
 def replay(run):
@@ -128,8 +135,12 @@ def main():
     parser.add_argument("--out", help="directory for the figures")
     args = parser.parse_args()
     path = Path(args.timeline)
+    keys = {"run_id", "position", "study", "precision", "model", "technique", "peak", "kinds", "categories", "phases",
+            "owners", "events"}
     try:
-        if path.read_bytes()[:8] == b"\x89HDF\r\n\x1a\n":
+        with open(path, "rb") as f:
+            hdf5 = f.read(8) == b"\x89HDF\r\n\x1a\n"
+        if hdf5:
             runs = from_results(path)
             if not runs:
                 print(f"plot_timeline: {path}: no run in this results file recorded a timeline (run it with "
@@ -137,8 +148,8 @@ def main():
                 return 1
         else:
             runs = json.loads(path.read_text())
-            if not isinstance(runs, list) or not all(isinstance(r, dict) and "events" in r for r in runs):
-                raise ValueError("not a list of timelines")
+            if not isinstance(runs, list) or not all(isinstance(r, dict) and keys <= set(r) for r in runs):
+                raise ValueError("not a list of timelines with " + ", ".join(sorted(keys)))
     except (OSError, ValueError, KeyError) as e:
         print(f"plot_timeline: {path}: neither the output of `lowmem plan --timeline --json` nor a results file "
               f"of `lowmem run --timeline` ({e})", file=sys.stderr)

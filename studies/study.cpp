@@ -67,6 +67,8 @@ void record_timeline(const MemoryLedger& ledger, RunRecord& record) {
       events.values.push_back(v);
   events.shape = {ledger.events().size(), 7};
   record.arrays["memory/timeline/events"] = events;
+  // Events of setup, before the step: the peak is sought after them, as the ledger's peak is.
+  record.arrays["memory/timeline/setup_events"] = {{static_cast<double>(ledger.peaks_reset_at())}, {}};
   record.string_arrays["memory/timeline/columns"] = {"kind", "category", "from", "phase", "owner", "buffer", "bytes"};
   record.string_arrays["memory/timeline/kinds"] = {"allocate", "release", "move"};
   std::vector<std::string> phases;

@@ -43,8 +43,8 @@ std::string reference_key(const std::string& config_json, const std::string& ref
 // The memory columns every study reports: per-category peaks from the ledger, and the process's peak RSS.
 void record_memory(const MemoryLedger& ledger, RunRecord& record);
 // The ledger's recorded timeline: memory/timeline/events (events x 7: kind, category, from, phase, owner, buffer,
-// bytes), memory/timeline/columns, /kinds, /phases and /owners (names the indices refer to; categories are
-// memory/categories).
+// bytes), memory/timeline/setup_events (events before the step), memory/timeline/columns, /kinds, /phases and
+// /owners (names the indices refer to; categories are memory/categories).
 void record_timeline(const MemoryLedger& ledger, RunRecord& record);
 
 }  // namespace lowmem

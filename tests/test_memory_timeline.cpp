@@ -100,3 +100,26 @@ TEST(MemoryTimeline, OwnersAndPhasesNameTheLayersAndTheStep) {
 
 }  // namespace
 }  // namespace lowmem
+
+namespace lowmem {
+namespace {
+
+// A timeline replays to the ledger's totals only if it saw every buffer: it starts on an empty ledger, and once
+// stopped it cannot resume.
+TEST(MemoryTimeline, StartsOnAnEmptyLedgerOnly) {
+  MemoryLedger ledger;
+  ledger.record_timeline(true);
+  const std::uint64_t a = ledger.allocate(MemoryCategory::workspace, 64);
+  ledger.release(MemoryCategory::workspace, 64, a);
+  ledger.record_timeline(false);
+  EXPECT_THROW(ledger.record_timeline(true), std::logic_error);
+  MemoryLedger used;
+  used.allocate(MemoryCategory::weights, 8);
+  EXPECT_THROW(used.record_timeline(true), std::logic_error);
+  ASSERT_EQ(ledger.events().size(), 2u);
+  EXPECT_EQ(ledger.events()[1].buffer, a);
+  EXPECT_EQ(ledger.events()[1].kind, MemoryEvent::release);
+}
+
+}  // namespace
+}  // namespace lowmem

@@ -63,9 +63,15 @@ void MemoryLedger::move(MemoryCategory from, MemoryCategory to, std::size_t byte
   if (recording_) record(MemoryEvent::move, to, from, buffer, bytes);
 }
 
+void MemoryLedger::record_timeline(bool on) {
+  if (on && !recording_ && (current_total_ != 0 || buffers_ != 0))
+    throw std::logic_error("memory ledger: a timeline starts on an empty ledger that has seen no buffer");
+  recording_ = on;
+}
+
 void MemoryLedger::record(MemoryEvent::Kind kind, MemoryCategory category, MemoryCategory from, std::uint64_t buffer,
                           std::size_t bytes) {
-  const auto [it, fresh] = owner_index_.emplace(*active_owner, static_cast<std::uint32_t>(owners_.size()));
+  const auto [it, fresh] = owner_index_.try_emplace(*active_owner, static_cast<std::uint32_t>(owners_.size()));
   if (fresh) owners_.push_back(*active_owner);
   events_.push_back({kind, category, from, active_phase, it->second, buffer, bytes});
 }

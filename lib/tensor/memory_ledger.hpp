@@ -53,8 +53,10 @@ class MemoryLedger {
   bool dry_run() const { return dry_run_; }
 
   // The memory timeline: while on, every event is recorded with the owner and phase active on this thread
-  // (MemoryOwner, MemoryPhaseScope). Off by default (a run records only when asked).
-  void record_timeline(bool on) { recording_ = on; }
+  // (MemoryOwner, MemoryPhaseScope). Off by default (a run records only when asked). A timeline starts on an
+  // empty ledger and, once turned off, stays off (so that replaying its events gives the ledger's totals);
+  // turning it on otherwise throws std::logic_error.
+  void record_timeline(bool on);
   bool recording_timeline() const { return recording_; }
   const std::vector<MemoryEvent>& events() const { return events_; }
   const std::vector<std::string>& owners() const { return owners_; }
