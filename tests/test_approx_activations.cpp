@@ -81,7 +81,7 @@ TEST(ApproxActivations, EightBitGradientsStayCloseAndMemoryShrinks) {
       const double error = relative_difference(s.gradients, exact.gradients);
       std::printf("    %-5s %d bits: gradient relative error %.3g, saved activations %zu of %zu bytes\n",
                   method.c_str(), bits, error, s.saved_peak, exact.saved_peak);
-      if (bits == 8) EXPECT_LT(error, 0.05) << method;
+      if (bits == 8) { EXPECT_LT(error, 0.05) << method; }
       EXPECT_GT(error, previous_error) << method << " " << bits;
       EXPECT_LT(s.saved_peak, previous_saved) << method << " " << bits;
       previous_error = error, previous_saved = s.saved_peak;

@@ -270,7 +270,7 @@ TEST(Checkpoint, BudgetNeverExceedsItsBudgetAndTradesMemoryForRecomputation) {
     EXPECT_LE(s.peak, budget) << f;
     EXPECT_EQ(s.predicted_peak, s.peak) << f;
     EXPECT_EQ(s.values, stored.values) << f;
-    if (previous_recomputed >= 0) EXPECT_LE(s.recomputed, previous_recomputed) << f;
+    if (previous_recomputed >= 0) { EXPECT_LE(s.recomputed, previous_recomputed) << f; }
     previous_recomputed = s.recomputed;
     std::printf("    budget %zu bytes (store_all peak %zu): peak %zu, recomputed evaluations %lld\n", budget,
                 stored.peak, s.peak, static_cast<long long>(s.recomputed));

@@ -48,7 +48,7 @@ TEST(ReconstructionStudy, RecordsOneValuePerInvertedLayerInForwardOrder) {
   // case on exact noise). Slope 0.2: 4 / ((1 + 0.04) (1 + 25)) = 0.148.
   for (std::size_t i = 0; i + 1 < names.size(); ++i) {
     EXPECT_DOUBLE_EQ(alpha[i], snr[i] / snr[i + 1]);
-    if (names[i].find("leaky_relu") != std::string::npos) EXPECT_NEAR(alpha[i], 0.148, 0.3 * 0.148) << names[i];
+    if (names[i].find("leaky_relu") != std::string::npos) { EXPECT_NEAR(alpha[i], 0.148, 0.3 * 0.148) << names[i]; }
   }
   // The mp run is its own reference: both relative errors are the same numbers.
   const RunRecord exact = reconstruction("flat", 3, "mp");

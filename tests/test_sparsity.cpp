@@ -141,7 +141,7 @@ TEST(Sparsity, DsrPrunesBelowTheThresholdAndRegrowsAsManyAtZero) {
     const auto survivors = std::count_if(sources.begin(), sources.end(), [](index_t s) { return s >= 0; });
     EXPECT_EQ(survivors, l == 0 ? 6 : 3);
     for (index_t s : sources)
-      if (s >= 0) EXPECT_GE(m[l][static_cast<std::size_t>(s)], 0.001);  // only survivors carry a value over
+      if (s >= 0) { EXPECT_GE(m[l][static_cast<std::size_t>(s)], 0.001); }  // only survivors carry a value over
   }
   Tensor<double> values(Shape{8}, MemoryCategory::weights);
   for (index_t i = 0; i < 8; ++i) values[i] = m[0][static_cast<std::size_t>(i)];
@@ -180,7 +180,7 @@ TEST(Sparsity, DsrTrainingKeepsItsMemoryAndEveryTensorOnThePattern) {
         EXPECT_EQ(ledger.current(MemoryCategory::weights), weights) << precision << " step " << step;
         for (Param<T>* p : trainer.model().params()) {
           EXPECT_EQ(p->grad.numel(), p->value.numel());
-          if (p->pattern) EXPECT_EQ(p->pattern->nonzeros(), p->value.numel());
+          if (p->pattern) { EXPECT_EQ(p->pattern->nonzeros(), p->value.numel()); }
         }
       }
       EXPECT_NE(columns(), first) << precision << ": six reallocations left every pattern in place";

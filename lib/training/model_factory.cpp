@@ -62,7 +62,9 @@ template <class T> std::unique_ptr<Layer<T>> make_layer(const LayerSpec& s, cons
   if (s.type == "inv_conv") {  // Hascoet et al.'s invertible 3x3 conv: a coupling of two half-channel convs
     expect_rank(s.label, in, 3);
     if (in[0] % 2 != 0) shape_error(s.label, "splits its channels in halves and needs an even count, got " + in.str());
-    LayerSpec conv{"conv", s.label + " F", in[0] / 2, 3, 1, 1, false};
+    LayerSpec conv;
+    conv.type = "conv", conv.label = s.label + " F", conv.out = in[0] / 2;
+    conv.kernel = 3, conv.stride = 1, conv.pad = 1, conv.bias = false;
     const Shape half{in[0] / 2, in[1], in[2]};
     Sequential<T> f = make_chain<T>({conv}, half);
     conv.label = s.label + " G";
