@@ -43,25 +43,42 @@ namespace {
 // Input gradients of pooling: overlapping windows (stride < kernel) add several contributions into one input.
 // They are summed in the wide type and rounded once into T (16-bit storage: float sums, rounded after every
 // addition only with 16-bit accumulation).
+// A 16-bit type sums in the wide type, one plane at a time: a window never leaves its plane, so a plane's sums
+// are complete when the adds move on to the next plane, and are converted into dx then. The wide buffer is one
+// plane, not the whole input, and each value is summed in the same order as over a whole-tensor buffer.
+// Adds must come plane by plane, in increasing order.
 template <class T> class InputGradientSums {
  public:
   using W = wide_t<T>;
-  InputGradientSums(const Shape& shape, Accumulate mode) : dx_(shape, MemoryCategory::workspace), mode_(mode) {
-    if constexpr (!std::is_same_v<W, T>) wide_ = Tensor<W>(shape, MemoryCategory::workspace);
+  InputGradientSums(const Shape& shape, Accumulate mode)
+      : dx_(shape, MemoryCategory::workspace), plane_(shape[2] * shape[3]), mode_(mode) {
+    if constexpr (!std::is_same_v<W, T>) wide_ = Tensor<W>(Shape{plane_}, MemoryCategory::workspace);
   }
   void add(index_t at, const W& value) {
-    if constexpr (std::is_same_v<W, T>) dx_[at] = dx_[at] + value;
-    else wide_[at] = accumulate_round<T>(wide_[at] + value, mode_);
+    if constexpr (std::is_same_v<W, T>) {
+      dx_[at] = dx_[at] + value;
+    } else {
+      if (at / plane_ != current_) flush(at / plane_);
+      wide_[at - current_ * plane_] = accumulate_round<T>(wide_[at - current_ * plane_] + value, mode_);
+    }
   }
   Tensor<T> result() {
-    if constexpr (!std::is_same_v<W, T>)
-      if (!wide_.is_dry()) convert(wide_.data(), dx_.data(), dx_.numel());
+    if constexpr (!std::is_same_v<W, T>) flush(current_ + 1);
     return dx_;
   }
 
  private:
+  void flush(index_t next) {  // plane current_ is complete: into dx, and start `next` from zeros
+    if (!wide_.is_dry() && !dx_.is_dry()) {
+      convert(wide_.data(), dx_.data() + current_ * plane_, plane_);
+      wide_.fill(W(0));
+    }
+    current_ = next;
+  }
   Tensor<T> dx_;
+  index_t plane_;
   Tensor<W> wide_;
+  index_t current_ = 0;
   Accumulate mode_;
 };
 
