@@ -59,30 +59,35 @@ template <class T> Tensor<T> Linear<T>::forward(const Tensor<T>& x, const RunCon
 }
 
 template <class T> Tensor<T> Linear<T>::backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) {
-  const Tensor<T>& x = input_.get();
-  const index_t n = x.dim(0);
+  const Shape x_shape = input_.get().shape();
+  const index_t n = x_shape[0];
   Tensor<T> dx;
   with_compute_type<T>(ctx.accumulate, [&]<class G>() {
-    const Tensor<G> xg = in_compute_type<G>(x), dyg = in_compute_type<G>(dy);
-    const bool dry = xg.is_dry() || dyg.is_dry();
-    const ConstMatrixMap<G> X(xg.data(), n, in_), dY(dyg.data(), n, out_);
-    Tensor<G> dweight(weight_.value.shape(), MemoryCategory::workspace);
-    if (!dry) {
-      add_weight_gradient(weight_, dY.transpose(), X.transpose(), dweight.data());
-      store_rounded(dweight.data(), weight_.grad.data(), dweight.numel(), true);
-    }
-    if (has_bias_) {
-      Tensor<G> dbias(Shape{out_}, MemoryCategory::workspace);
+    const Tensor<G> dyg = in_compute_type<G>(dy);
+    const bool dry = input_.get().is_dry() || dyg.is_dry();
+    const ConstMatrixMap<G> dY(dyg.data(), n, out_);
+    {  // the parameter gradients: the last use of the kept input, released (with its converted copy) before dx
+      const Tensor<G> xg = in_compute_type<G>(input_.get());
+      const ConstMatrixMap<G> X(xg.data(), n, in_);
+      Tensor<G> dweight(weight_.value.shape(), MemoryCategory::workspace);
       if (!dry) {
-        for (index_t s = 0; s < n; ++s)
-          for (index_t o = 0; o < out_; ++o)
-            dbias[o] += dY(s, o);  // G is the accumulation rule: float, or 16-bit rounding each add
-        store_rounded(dbias.data(), bias_.grad.data(), out_, true);
+        add_weight_gradient(weight_, dY.transpose(), X.transpose(), dweight.data());
+        store_rounded(dweight.data(), weight_.grad.data(), dweight.numel(), true);
+      }
+      if (has_bias_) {
+        Tensor<G> dbias(Shape{out_}, MemoryCategory::workspace);
+        if (!dry) {
+          for (index_t s = 0; s < n; ++s)
+            for (index_t o = 0; o < out_; ++o)
+              dbias[o] += dY(s, o);  // G is the accumulation rule: float, or 16-bit rounding each add
+          store_rounded(dbias.data(), bias_.grad.data(), out_, true);
+        }
       }
     }
+    input_.release();
     if (want_input_grad) {
       const Tensor<G> w = in_compute_type<G>(weight_.value);
-      dx = Tensor<T>(x.shape(), MemoryCategory::workspace);
+      dx = Tensor<T>(x_shape, MemoryCategory::workspace);
       Tensor<G> dxg = result_buffer<G>(dx);
       if (!dry) {
         with_weight_matrix(weight_, w, out_, in_, [&](const auto& W) {
@@ -92,7 +97,6 @@ template <class T> Tensor<T> Linear<T>::backward(const Tensor<T>& dy, const RunC
       }
     }
   });
-  input_.release();
   return dx;
 }
 
