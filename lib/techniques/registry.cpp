@@ -1,7 +1,6 @@
 #include "techniques/registry.hpp"
 
 #include <functional>
-#include <nlohmann/json.hpp>
 
 #include "io/config_reader.hpp"
 #include "techniques/approx_activations.hpp"
@@ -77,11 +76,7 @@ TechniqueList in_registry_order(const TechniqueList& all) {
   return sorted;
 }
 
-TechniqueList store_all_only() {
-  const nlohmann::json none = nlohmann::json::object();
-  ConfigReader r(none, "/technique", "");
-  return {std::make_shared<const StoreAll>(r)};
-}
+TechniqueList store_all_only() { return {std::make_shared<const StoreAll>()}; }
 
 std::string techniques_label(const TechniqueList& all) {
   std::string label;

@@ -9,6 +9,7 @@ namespace lowmem {
 class StoreAll : public Technique {
  public:
   static constexpr const char* name = "store_all";
+  StoreAll() = default;
   explicit StoreAll(ConfigReader&) {}
   const char* type() const override { return name; }
   void check_composition(const TechniqueList& all, const ConfigReader& run) const override {

@@ -42,7 +42,8 @@ DataSplit load_data(const DataSpec& spec, std::uint64_t seed) {
 
 namespace {
 
-const std::string loss_owner = "loss";
+// Owners in the memory timeline of what the trainer itself allocates.
+const std::string loss_owner = "loss", batch_owner = "batch", optimizer_owner = "optimizer";
 
 // Per layer of the model's chain, on a dry model: flops of one evaluation for the batch, bytes of its input, and
 // bytes its record keeps (what a training-mode forward leaves in saved activations).
@@ -82,7 +83,6 @@ Trainer<T>::Trainer(const RunConfig& config, MemoryLedger& ledger, const MakeCha
   const TechniqueServices<T> services = this->services();
   bool draw = false;
   for (const auto& t : config_.techniques) {
-    microbatches_ *= t->microbatches();
     draw = draw || t->needs_f32_draw();
     if (auto hooks = t->hooks<T>(services)) hooks_.push_back(std::move(hooks)), hook_types_.push_back(t->type());
   }
@@ -114,8 +114,7 @@ Trainer<T>::Trainer(const RunConfig& config, MemoryLedger& ledger, const MakeCha
     }
   };
   {
-    static const std::string owner_name = "optimizer";
-    const MemoryOwner owner(owner_name);
+    const MemoryOwner owner(optimizer_owner);
     take(update_, "update", [&](TechniqueHooks<T>& h) { return h.update(*model_, initial.get()); });
     if (!update_) update_ = std::make_unique<PlainUpdate<T>>(*model_, services.optimizer);
   }
@@ -146,8 +145,7 @@ template <class T> TechniqueServices<T> Trainer<T>::services() const {
 template <class T>
 Tensor<T> Trainer<T>::make_batch(const Dataset& data, const std::int64_t* indices, index_t n, const Augment& augment,
                                  Rng& rng, std::vector<std::int32_t>& labels) const {
-  static const std::string owner_name = "batch";
-  const MemoryOwner owner(owner_name);
+  const MemoryOwner owner(batch_owner);
   Tensor<T> x = empty_batch(n);
   MemoryLedger::Scope scope(ledger_);
   Tensor<float> pixels(x.shape(), MemoryCategory::workspace);  // staging: the data set holds float32 pixels
@@ -191,7 +189,7 @@ typename Trainer<T>::W Trainer<T>::forward_backward(const Tensor<T>& x, const st
   // Microbatches (technique "microbatch"): k slices of the batch in turn, each forward and backward adding into the
   // gradients, the loss of each divided by the whole batch's size so that losses and gradients add up to the
   // whole batch's. Layers that use batch statistics (batch norm) see each slice's instead.
-  const index_t n = x.dim(0), slices = microbatches_, rows = n / slices;
+  const index_t n = x.dim(0), slices = config_.microbatches(), rows = n / slices;
   if (n % slices != 0)
     throw Error("technique microbatch: count " + std::to_string(slices) + " does not divide the batch of " +
                 std::to_string(n) + " examples");
@@ -234,8 +232,7 @@ typename Trainer<T>::W Trainer<T>::train_step(const Tensor<T>& x, const std::vec
     update_->skip();
     return loss;
   }
-  static const std::string owner_name = "optimizer";
-  const MemoryOwner owner(owner_name);
+  const MemoryOwner owner(optimizer_owner);
   const MemoryPhaseScope phase(MemoryPhase::optimizer);
   if (update_->step(lr)) {
     MemoryLedger::Scope scope(ledger_);

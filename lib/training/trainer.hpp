@@ -88,7 +88,6 @@ template <class T> class Trainer {
   std::unique_ptr<ParameterUpdate<T>> update_;             // how gradients become weights
   std::unique_ptr<ChainRunner<T>> chain_;                  // how the model's chain runs forward and backward
   const SaveHook<T>* save_hook_ = nullptr;                 // how kept activations are stored (nullptr: whole)
-  index_t microbatches_ = 1;                               // slices per optimizer step
   std::int64_t recomputed_ = 0;                            // of the last step, over all its microbatches
   SoftmaxCrossEntropy<T> loss_;
 };
