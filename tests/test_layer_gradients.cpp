@@ -129,13 +129,13 @@ template <class T> class SlightlyWrongSquare : public Layer<T> {
   SlightlyWrongSquare() : Layer<T>("wrong square") {}
   const char* kind() const override { return "wrong_square"; }
   Shape output_shape(const Shape& in) const override { return in; }
-  Tensor<T> forward(const Tensor<T>& x, const RunContext&) override {
+  Tensor<T> forward(Tensor<T> x, const RunContext&) override {
     input_ = x;
     Tensor<T> y(x.shape(), MemoryCategory::workspace);
     for (index_t i = 0; i < x.numel(); ++i) y[i] = x[i] * x[i];
     return y;
   }
-  Tensor<T> backward(const Tensor<T>& dy, const RunContext&, bool) override {
+  Tensor<T> backward(Tensor<T> dy, const RunContext&, bool) override {
     Tensor<T> dx(dy.shape(), MemoryCategory::workspace);
     for (index_t i = 0; i < dy.numel(); ++i) dx[i] = dy[i] * input_[i] * round_to<T>(2.0 + 2e-15);
     return dx;

@@ -10,7 +10,7 @@ LeakyRelu<T>::LeakyRelu(std::string label, double slope)
   if (!(slope >= 0.0)) throw Error("layer " + this->label() + ": slope must be >= 0, got " + std::to_string(slope));
 }
 
-template <class T> Tensor<T> LeakyRelu<T>::forward(const Tensor<T>& x, const RunContext& ctx) {
+template <class T> Tensor<T> LeakyRelu<T>::forward(Tensor<T> x, const RunContext& ctx) {
   Tensor<T> y(x.shape(), MemoryCategory::workspace);
   if (!x.is_dry()) {
     // Both arms computed, then selected: vectorises without branches (the signs are random), and NaN propagates.
@@ -39,7 +39,7 @@ template <class T> Tensor<T> LeakyRelu<T>::forward(const Tensor<T>& x, const Run
   return y;
 }
 
-template <class T> Tensor<T> LeakyRelu<T>::backward(const Tensor<T>& dy, const RunContext&, bool want_input_grad) {
+template <class T> Tensor<T> LeakyRelu<T>::backward(Tensor<T> dy, const RunContext&, bool want_input_grad) {
   Tensor<T> dx;
   if (want_input_grad) dx = mask_.held() ? input_grad_from_mask(mask_.get(), dy) : input_grad(output_.get(), dy);
   output_.release();
@@ -87,7 +87,7 @@ template <class T> Tensor<T> LeakyRelu<T>::inverse(const Tensor<T>& y) {
 
 // The output is all the gradient needs: y > 0 exactly when x > 0.
 template <class T>
-Reconstructed<T> LeakyRelu<T>::backward_from_output(const Tensor<T>& y, const Tensor<T>& dy, const RunContext&,
+Reconstructed<T> LeakyRelu<T>::backward_from_output(Tensor<T> y, Tensor<T> dy, const RunContext&,
                                                     bool want_input_grad) {
   return {inverse(y), want_input_grad ? input_grad(y, dy) : Tensor<T>()};
 }
@@ -119,13 +119,13 @@ template <class T> Shape PixelShuffle<T>::output_shape(const Shape& in) const {
   return Shape{4 * in[0], in[1] / 2, in[2] / 2};
 }
 
-template <class T> Tensor<T> PixelShuffle<T>::forward(const Tensor<T>& x, const RunContext&) {
+template <class T> Tensor<T> PixelShuffle<T>::forward(Tensor<T> x, const RunContext&) {
   Tensor<T> y(Shape{x.dim(0), 4 * x.dim(1), x.dim(2) / 2, x.dim(3) / 2}, MemoryCategory::workspace);
   shuffle(x, y, true);
   return y;
 }
 
-template <class T> Tensor<T> PixelShuffle<T>::backward(const Tensor<T>& dy, const RunContext&, bool want_input_grad) {
+template <class T> Tensor<T> PixelShuffle<T>::backward(Tensor<T> dy, const RunContext&, bool want_input_grad) {
   if (!want_input_grad) return {};
   return inverse(dy);
 }
@@ -137,17 +137,17 @@ template <class T> Tensor<T> PixelShuffle<T>::inverse(const Tensor<T>& y) {
 }
 
 template <class T>
-Reconstructed<T> PixelShuffle<T>::backward_from_output(const Tensor<T>& y, const Tensor<T>& dy, const RunContext& ctx,
+Reconstructed<T> PixelShuffle<T>::backward_from_output(Tensor<T> y, Tensor<T> dy, const RunContext& ctx,
                                                        bool want_input_grad) {
   return {inverse(y), backward(dy, ctx, want_input_grad)};
 }
 
-template <class T> Tensor<T> Flatten<T>::forward(const Tensor<T>& x, const RunContext&) {
+template <class T> Tensor<T> Flatten<T>::forward(Tensor<T> x, const RunContext&) {
   input_shape_ = x.shape();
   return x.reshaped(Shape{x.dim(0), x.numel() / x.dim(0)});
 }
 
-template <class T> Tensor<T> Flatten<T>::backward(const Tensor<T>& dy, const RunContext&, bool) {
+template <class T> Tensor<T> Flatten<T>::backward(Tensor<T> dy, const RunContext&, bool) {
   return dy.reshaped(input_shape_);
 }
 

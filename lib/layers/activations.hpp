@@ -12,12 +12,12 @@ template <class T> class LeakyRelu : public Layer<T>, public Invertible<T> {
   LeakyRelu(std::string label, double slope);  // slope 0 is ReLU
   const char* kind() const override { return slope_ == 0.0 ? "relu" : "leaky_relu"; }
   Shape output_shape(const Shape& input) const override { return input; }
-  Tensor<T> forward(const Tensor<T>& x, const RunContext& ctx) override;
-  Tensor<T> backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) override;
+  Tensor<T> forward(Tensor<T> x, const RunContext& ctx) override;
+  Tensor<T> backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) override;
   bool invertible() const override { return slope_ > 0.0; }
   std::string why_not_invertible() const override;
   Tensor<T> inverse(const Tensor<T>& y) override;  // throws lowmem::Error for slope 0 (ReLU loses its negatives)
-  Reconstructed<T> backward_from_output(const Tensor<T>& y, const Tensor<T>& dy, const RunContext& ctx,
+  Reconstructed<T> backward_from_output(Tensor<T> y, Tensor<T> dy, const RunContext& ctx,
                                         bool want_input_grad) override;
 
  private:
@@ -37,10 +37,10 @@ template <class T> class PixelShuffle : public Layer<T>, public Invertible<T> {
   explicit PixelShuffle(std::string label) : Layer<T>(std::move(label)) {}
   const char* kind() const override { return "pixel_shuffle"; }
   Shape output_shape(const Shape& input) const override;
-  Tensor<T> forward(const Tensor<T>& x, const RunContext& ctx) override;
-  Tensor<T> backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) override;
+  Tensor<T> forward(Tensor<T> x, const RunContext& ctx) override;
+  Tensor<T> backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) override;
   Tensor<T> inverse(const Tensor<T>& y) override;
-  Reconstructed<T> backward_from_output(const Tensor<T>& y, const Tensor<T>& dy, const RunContext& ctx,
+  Reconstructed<T> backward_from_output(Tensor<T> y, Tensor<T> dy, const RunContext& ctx,
                                         bool want_input_grad) override;
 };
 
@@ -50,8 +50,8 @@ template <class T> class Flatten : public Layer<T> {
   explicit Flatten(std::string label) : Layer<T>(std::move(label)) {}
   const char* kind() const override { return "flatten"; }
   Shape output_shape(const Shape& input) const override { return Shape{input.numel()}; }
-  Tensor<T> forward(const Tensor<T>& x, const RunContext& ctx) override;
-  Tensor<T> backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) override;
+  Tensor<T> forward(Tensor<T> x, const RunContext& ctx) override;
+  Tensor<T> backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) override;
 
  private:
   Shape input_shape_;

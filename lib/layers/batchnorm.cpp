@@ -40,7 +40,7 @@ template <class T> typename BatchNorm<T>::W BatchNorm<T>::scale_slope(index_t c)
   return round_to<W>(gamma_.value[c]) < W(0) ? W(-1) : W(1);
 }
 
-template <class T> Tensor<T> BatchNorm<T>::forward(const Tensor<T>& x, const RunContext& ctx) {
+template <class T> Tensor<T> BatchNorm<T>::forward(Tensor<T> x, const RunContext& ctx) {
   const index_t n = x.dim(0), area = x.numel() / (n * channels_), count = n * area;
   auto at = [&](index_t s, index_t c, index_t i) { return (s * channels_ + c) * area + i; };
   Tensor<T> y(x.shape(), MemoryCategory::workspace);
@@ -91,14 +91,14 @@ template <class T> Tensor<T> BatchNorm<T>::forward(const Tensor<T>& x, const Run
 
 // With x^ = (x - mean) / sigma over M = N H W values per channel:
 //   dbeta = sum dy,  dgamma = sum dy x^,  dx = gamma / sigma (dy - dbeta / M - x^ dgamma / M).
-template <class T> Tensor<T> BatchNorm<T>::backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) {
+template <class T> Tensor<T> BatchNorm<T>::backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) {
   const Tensor<T> x = input_.get();
   input_.release();
   return backward_from_input(x, dy, ctx, want_input_grad);
 }
 
 template <class T>
-Reconstructed<T> BatchNorm<T>::backward_from_output(const Tensor<T>& y, const Tensor<T>& dy, const RunContext& ctx,
+Reconstructed<T> BatchNorm<T>::backward_from_output(Tensor<T> y, Tensor<T> dy, const RunContext& ctx,
                                                     bool want_input_grad) {
   const Tensor<T> x = inverse(y);
   return {x, backward_from_input(x, dy, ctx, want_input_grad)};

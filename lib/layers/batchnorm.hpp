@@ -18,12 +18,12 @@ template <class T> class BatchNorm : public Layer<T>, public Invertible<T> {
   bool invertible() const override { return scale_eps_ >= 0; }
   std::string why_not_invertible() const override;
   Tensor<T> inverse(const Tensor<T>& y) override;  // with the statistics of the last forward (see .cpp)
-  Reconstructed<T> backward_from_output(const Tensor<T>& y, const Tensor<T>& dy, const RunContext& ctx,
+  Reconstructed<T> backward_from_output(Tensor<T> y, Tensor<T> dy, const RunContext& ctx,
                                         bool want_input_grad) override;
   Shape output_shape(const Shape& input) const override;
   void initialize(Rng& rng) override;
-  Tensor<T> forward(const Tensor<T>& x, const RunContext& ctx) override;
-  Tensor<T> backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) override;
+  Tensor<T> forward(Tensor<T> x, const RunContext& ctx) override;
+  Tensor<T> backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) override;
   std::vector<Param<T>*> params() override { return {&gamma_, &beta_}; }
   const Tensor<T>& running_mean() const { return running_mean_; }
   const Tensor<T>& running_var() const { return running_var_; }

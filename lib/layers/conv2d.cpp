@@ -123,7 +123,7 @@ template <class T> std::vector<Param<T>*> Conv2d<T>::params() {
 // Images are spread over the OpenMP threads in fixed contiguous blocks (schedule static), each thread with its own
 // column buffer; weight gradients are summed per thread and then over threads in thread order, so results are
 // identical from run to run at a given thread count. Workspace grows with the thread count.
-template <class T> Tensor<T> Conv2d<T>::forward(const Tensor<T>& x, const RunContext& ctx) {
+template <class T> Tensor<T> Conv2d<T>::forward(Tensor<T> x, const RunContext& ctx) {
   const index_t n = x.dim(0);
   const Geometry g = geometry(spec_, x.dim(2), x.dim(3));
   const index_t cout = spec_.out_channels, K = g.rows(), P = g.cols(), image = g.channels * g.height * g.width;
@@ -171,7 +171,7 @@ template <class T> Tensor<T> Conv2d<T>::forward(const Tensor<T>& x, const RunCon
   return y;
 }
 
-template <class T> Tensor<T> Conv2d<T>::backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) {
+template <class T> Tensor<T> Conv2d<T>::backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) {
   const Tensor<T>& x = input_.get();
   const index_t n = x.dim(0);
   const Geometry g = geometry(spec_, x.dim(2), x.dim(3));

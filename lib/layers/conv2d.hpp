@@ -18,8 +18,8 @@ template <class T> class Conv2d : public Layer<T> {
   const char* kind() const override { return "conv"; }
   Shape output_shape(const Shape& input) const override;
   void initialize(Rng& rng) override;
-  Tensor<T> forward(const Tensor<T>& x, const RunContext& ctx) override;
-  Tensor<T> backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) override;
+  Tensor<T> forward(Tensor<T> x, const RunContext& ctx) override;
+  Tensor<T> backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) override;
   std::vector<Param<T>*> params() override;
   const Conv2dSpec& spec() const { return spec_; }
   double forward_flops(const Shape& input) const override {

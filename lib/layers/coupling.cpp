@@ -136,7 +136,7 @@ template <class T> Shape AdditiveCoupling<T>::output_shape(const Shape& in) cons
   return this->coupling_shape(in, 1, "");
 }
 
-template <class T> Tensor<T> AdditiveCoupling<T>::forward(const Tensor<T>& x, const RunContext& ctx) {
+template <class T> Tensor<T> AdditiveCoupling<T>::forward(Tensor<T> x, const RunContext& ctx) {
   const RunContext inner = this->forward_context(ctx);
   const index_t half = x.dim(1) / 2;
   const Tensor<T> x2 = channels(x, half, half);
@@ -145,7 +145,7 @@ template <class T> Tensor<T> AdditiveCoupling<T>::forward(const Tensor<T>& x, co
   return join(y1, y2);
 }
 
-template <class T> Tensor<T> AdditiveCoupling<T>::backward(const Tensor<T>& dy, const RunContext& ctx, bool) {
+template <class T> Tensor<T> AdditiveCoupling<T>::backward(Tensor<T> dy, const RunContext& ctx, bool) {
   const index_t half = dy.dim(1) / 2;
   const Tensor<T> dy2 = channels(dy, half, half);
   const Tensor<T> g1 = combine(channels(dy, 0, half), this->g_.backward(dy2, ctx, true), +1);
@@ -165,7 +165,7 @@ template <class T> Tensor<T> AdditiveCoupling<T>::inverse(const Tensor<T>& y) {
 }
 
 template <class T>
-Reconstructed<T> AdditiveCoupling<T>::backward_from_output(const Tensor<T>& y, const Tensor<T>& dy,
+Reconstructed<T> AdditiveCoupling<T>::backward_from_output(Tensor<T> y, Tensor<T> dy,
                                                            const RunContext& ctx, bool) {
   const index_t half = y.dim(1) / 2;
   const RunContext replay = this->backprop_context(ctx);
@@ -181,7 +181,7 @@ template <class T> Shape AffineCoupling<T>::output_shape(const Shape& in) const 
   return this->coupling_shape(in, 2, " (scale logits and shifts)");
 }
 
-template <class T> Tensor<T> AffineCoupling<T>::forward(const Tensor<T>& x, const RunContext& ctx) {
+template <class T> Tensor<T> AffineCoupling<T>::forward(Tensor<T> x, const RunContext& ctx) {
   const RunContext inner = this->forward_context(ctx);
   const index_t half = x.dim(1) / 2;
   const Tensor<T> x1 = channels(x, 0, half), x2 = channels(x, half, half);
@@ -198,7 +198,7 @@ template <class T> Tensor<T> AffineCoupling<T>::forward(const Tensor<T>& x, cons
   return join(y1, y2);
 }
 
-template <class T> Tensor<T> AffineCoupling<T>::backward(const Tensor<T>& dy, const RunContext& ctx, bool) {
+template <class T> Tensor<T> AffineCoupling<T>::backward(Tensor<T> dy, const RunContext& ctx, bool) {
   const index_t half = dy.dim(1) / 2;
   const auto [dx2_direct, dg] = scale_shift_grads(channels(dy, half, half), x2_.get(), g_out_.get());
   const Tensor<T> u1 = combine(channels(dy, 0, half), this->g_.backward(dg, ctx, true), +1);
@@ -218,7 +218,7 @@ template <class T> Tensor<T> AffineCoupling<T>::inverse(const Tensor<T>& y) {
 
 // RevNet's order, as in the additive block: G recomputed and backpropagated, then F on the rebuilt x2.
 template <class T>
-Reconstructed<T> AffineCoupling<T>::backward_from_output(const Tensor<T>& y, const Tensor<T>& dy,
+Reconstructed<T> AffineCoupling<T>::backward_from_output(Tensor<T> y, Tensor<T> dy,
                                                          const RunContext& ctx, bool) {
   const index_t half = y.dim(1) / 2;
   const RunContext replay = this->backprop_context(ctx);

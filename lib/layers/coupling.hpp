@@ -45,10 +45,10 @@ template <class T> class AdditiveCoupling : public Coupling<T> {
   using Coupling<T>::Coupling;
   const char* kind() const override { return "coupling"; }
   Shape output_shape(const Shape& input) const override;
-  Tensor<T> forward(const Tensor<T>& x, const RunContext& ctx) override;
-  Tensor<T> backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) override;
+  Tensor<T> forward(Tensor<T> x, const RunContext& ctx) override;
+  Tensor<T> backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) override;
   Tensor<T> inverse(const Tensor<T>& y) override;
-  Reconstructed<T> backward_from_output(const Tensor<T>& y, const Tensor<T>& dy, const RunContext& ctx,
+  Reconstructed<T> backward_from_output(Tensor<T> y, Tensor<T> dy, const RunContext& ctx,
                                         bool want_input_grad) override;
 };
 
@@ -63,10 +63,10 @@ template <class T> class AffineCoupling : public Coupling<T> {
   using Coupling<T>::Coupling;
   const char* kind() const override { return "affine_coupling"; }
   Shape output_shape(const Shape& input) const override;
-  Tensor<T> forward(const Tensor<T>& x, const RunContext& ctx) override;
-  Tensor<T> backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) override;
+  Tensor<T> forward(Tensor<T> x, const RunContext& ctx) override;
+  Tensor<T> backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) override;
   Tensor<T> inverse(const Tensor<T>& y) override;
-  Reconstructed<T> backward_from_output(const Tensor<T>& y, const Tensor<T>& dy, const RunContext& ctx,
+  Reconstructed<T> backward_from_output(Tensor<T> y, Tensor<T> dy, const RunContext& ctx,
                                         bool want_input_grad) override;
 
  private:

@@ -28,7 +28,7 @@ template <class T> void GroupNorm<T>::initialize(Rng&) {
 }
 
 // Sample s, group g holds the values [(s C + g C/G) area, (s C + (g + 1) C/G) area): contiguous in NCHW.
-template <class T> Tensor<T> GroupNorm<T>::forward(const Tensor<T>& x, const RunContext& ctx) {
+template <class T> Tensor<T> GroupNorm<T>::forward(Tensor<T> x, const RunContext& ctx) {
   const index_t n = x.dim(0), area = x.numel() / (n * channels_), per_group = channels_ / groups_;
   const index_t size = per_group * area;  // values per group
   Tensor<T> y(x.shape(), MemoryCategory::workspace);
@@ -67,7 +67,7 @@ template <class T> Tensor<T> GroupNorm<T>::forward(const Tensor<T>& x, const Run
 
 // Per group, with x^ = (x - mean) / sigma over its M values and dx^ = gamma_c dy:
 //   dx = (dx^ - mean(dx^) - x^ mean(dx^ x^)) / sigma;  per channel: dbeta = sum dy, dgamma = sum dy x^.
-template <class T> Tensor<T> GroupNorm<T>::backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) {
+template <class T> Tensor<T> GroupNorm<T>::backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) {
   const Tensor<T> x = input_.get();
   const Tensor<W>&mean = mean_.get(), &inv_std = inv_std_.get();
   const index_t n = x.dim(0), area = x.numel() / (n * channels_), per_group = channels_ / groups_;

@@ -12,14 +12,14 @@ template <class T> class InvertibleChain : public Layer<T>, public Invertible<T>
   const char* kind() const override { return "invertible"; }
   Shape output_shape(const Shape& input) const override;
   void initialize(Rng& rng) override;
-  Tensor<T> forward(const Tensor<T>& x, const RunContext& ctx) override { return chain_.forward(x, ctx); }
-  Tensor<T> backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) override {
-    return chain_.backward(dy, ctx, want_input_grad);
+  Tensor<T> forward(Tensor<T> x, const RunContext& ctx) override { return chain_.forward(std::move(x), ctx); }
+  Tensor<T> backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) override {
+    return chain_.backward(std::move(dy), ctx, want_input_grad);
   }
   Tensor<T> inverse(const Tensor<T>& y) override { return chain_.inverse(y); }
-  Reconstructed<T> backward_from_output(const Tensor<T>& y, const Tensor<T>& dy, const RunContext& ctx,
+  Reconstructed<T> backward_from_output(Tensor<T> y, Tensor<T> dy, const RunContext& ctx,
                                         bool want_input_grad) override {
-    return chain_.backward_from_output(y, dy, ctx, want_input_grad);
+    return chain_.backward_from_output(std::move(y), std::move(dy), ctx, want_input_grad);
   }
   std::vector<Param<T>*> params() override { return chain_.params(); }
   double forward_flops(const Shape& in) const override { return chain_.forward_flops(in); }

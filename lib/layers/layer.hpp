@@ -64,8 +64,8 @@ template <class T> class Layer {
   virtual const char* kind() const = 0;  // "conv", "batchnorm", ... as in the config
   virtual Shape output_shape(const Shape& input) const = 0;
   virtual void initialize(Rng&) {}
-  virtual Tensor<T> forward(const Tensor<T>& x, const RunContext& ctx) = 0;
-  virtual Tensor<T> backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) = 0;
+  virtual Tensor<T> forward(Tensor<T> x, const RunContext& ctx) = 0;
+  virtual Tensor<T> backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) = 0;
   virtual std::vector<Param<T>*> params() { return {}; }
   // Arithmetic of one forward evaluation per sample (multiply-adds count 2), for schedules that weigh layers by
   // cost (checkpoint "budget"). Default: one operation per output value.
@@ -96,7 +96,7 @@ template <class T> class Invertible {
   // The backward pass of a layer whose forward kept only Keep::for_inverse: rebuilds the input from the output y
   // (kept, or itself rebuilt by the next layer) in the run's own precision and computes every gradient from the
   // rebuilt values, as backward does from kept ones: adds parameter gradients, returns {x, dL/dx if asked}.
-  virtual Reconstructed<T> backward_from_output(const Tensor<T>& y, const Tensor<T>& dy, const RunContext& ctx,
+  virtual Reconstructed<T> backward_from_output(Tensor<T> y, Tensor<T> dy, const RunContext& ctx,
                                                 bool want_input_grad) = 0;
 };
 

@@ -36,7 +36,7 @@ template <class T> std::vector<Param<T>*> Linear<T>::params() {
   return {&weight_};
 }
 
-template <class T> Tensor<T> Linear<T>::forward(const Tensor<T>& x, const RunContext& ctx) {
+template <class T> Tensor<T> Linear<T>::forward(Tensor<T> x, const RunContext& ctx) {
   const index_t n = x.dim(0);
   Tensor<T> y(Shape{n, out_}, MemoryCategory::workspace);
   with_compute_type<T>(ctx.accumulate, [&]<class G>() {
@@ -58,7 +58,7 @@ template <class T> Tensor<T> Linear<T>::forward(const Tensor<T>& x, const RunCon
   return y;
 }
 
-template <class T> Tensor<T> Linear<T>::backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) {
+template <class T> Tensor<T> Linear<T>::backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) {
   const Shape x_shape = input_.get().shape();
   const index_t n = x_shape[0];
   Tensor<T> dx;

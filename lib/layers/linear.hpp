@@ -11,8 +11,8 @@ template <class T> class Linear : public Layer<T> {
   const char* kind() const override { return "linear"; }
   Shape output_shape(const Shape& input) const override;
   void initialize(Rng& rng) override;
-  Tensor<T> forward(const Tensor<T>& x, const RunContext& ctx) override;
-  Tensor<T> backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) override;
+  Tensor<T> forward(Tensor<T> x, const RunContext& ctx) override;
+  Tensor<T> backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) override;
   std::vector<Param<T>*> params() override;
   double forward_flops(const Shape&) const override { return 2.0 * static_cast<double>(in_ * out_); }
 

@@ -11,7 +11,7 @@ template <class T> Shape Pool2d<T>::output_shape(const Shape& in) const {
   return Shape{in[0], (in[1] - kernel_) / stride_ + 1, (in[2] - kernel_) / stride_ + 1};
 }
 
-template <class T> Tensor<T> MaxPool<T>::forward(const Tensor<T>& x, const RunContext& ctx) {
+template <class T> Tensor<T> MaxPool<T>::forward(Tensor<T> x, const RunContext& ctx) {
   input_shape_ = x.shape();
   const index_t planes = x.dim(0) * x.dim(1), h = x.dim(2), w = x.dim(3);
   const Shape out = this->output_shape(Shape{x.dim(1), h, w});
@@ -84,7 +84,7 @@ template <class T> class InputGradientSums {
 
 }  // namespace
 
-template <class T> Tensor<T> MaxPool<T>::backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) {
+template <class T> Tensor<T> MaxPool<T>::backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) {
   const Tensor<std::int32_t>& argmax = argmax_.get();
   Tensor<T> dx;
   if (want_input_grad) {
@@ -98,7 +98,7 @@ template <class T> Tensor<T> MaxPool<T>::backward(const Tensor<T>& dy, const Run
   return dx;
 }
 
-template <class T> Tensor<T> AvgPool<T>::forward(const Tensor<T>& x, const RunContext& ctx) {
+template <class T> Tensor<T> AvgPool<T>::forward(Tensor<T> x, const RunContext& ctx) {
   input_shape_ = x.shape();
   const index_t planes = x.dim(0) * x.dim(1), h = x.dim(2), w = x.dim(3);
   const Shape out = this->output_shape(Shape{x.dim(1), h, w});
@@ -119,7 +119,7 @@ template <class T> Tensor<T> AvgPool<T>::forward(const Tensor<T>& x, const RunCo
   return y;
 }
 
-template <class T> Tensor<T> AvgPool<T>::backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) {
+template <class T> Tensor<T> AvgPool<T>::backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) {
   if (!want_input_grad) return {};
   InputGradientSums<T> sums(input_shape_, ctx.accumulate);
   const index_t planes = input_shape_[0] * input_shape_[1], h = input_shape_[2], w = input_shape_[3];
@@ -141,7 +141,7 @@ template <class T> Shape GlobalAvgPool<T>::output_shape(const Shape& in) const {
   return Shape{in[0]};
 }
 
-template <class T> Tensor<T> GlobalAvgPool<T>::forward(const Tensor<T>& x, const RunContext& ctx) {
+template <class T> Tensor<T> GlobalAvgPool<T>::forward(Tensor<T> x, const RunContext& ctx) {
   input_shape_ = x.shape();
   const index_t planes = x.dim(0) * x.dim(1), area = x.dim(2) * x.dim(3);
   Tensor<T> y(Shape{x.dim(0), x.dim(1)}, MemoryCategory::workspace);
@@ -155,7 +155,7 @@ template <class T> Tensor<T> GlobalAvgPool<T>::forward(const Tensor<T>& x, const
   return y;
 }
 
-template <class T> Tensor<T> GlobalAvgPool<T>::backward(const Tensor<T>& dy, const RunContext&, bool want_input_grad) {
+template <class T> Tensor<T> GlobalAvgPool<T>::backward(Tensor<T> dy, const RunContext&, bool want_input_grad) {
   if (!want_input_grad) return {};
   Tensor<T> dx(input_shape_, MemoryCategory::workspace);
   const index_t planes = input_shape_[0] * input_shape_[1], area = input_shape_[2] * input_shape_[3];

@@ -21,8 +21,8 @@ template <class T> class MaxPool : public Pool2d<T> {
  public:
   using Pool2d<T>::Pool2d;
   const char* kind() const override { return "maxpool"; }
-  Tensor<T> forward(const Tensor<T>& x, const RunContext& ctx) override;
-  Tensor<T> backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) override;
+  Tensor<T> forward(Tensor<T> x, const RunContext& ctx) override;
+  Tensor<T> backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) override;
 
  private:
   using Pool2d<T>::kernel_, Pool2d<T>::stride_, Pool2d<T>::input_shape_;
@@ -34,8 +34,8 @@ template <class T> class AvgPool : public Pool2d<T> {
  public:
   using Pool2d<T>::Pool2d;
   const char* kind() const override { return "avgpool"; }
-  Tensor<T> forward(const Tensor<T>& x, const RunContext& ctx) override;
-  Tensor<T> backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) override;
+  Tensor<T> forward(Tensor<T> x, const RunContext& ctx) override;
+  Tensor<T> backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) override;
 
  private:
   using Pool2d<T>::kernel_, Pool2d<T>::stride_, Pool2d<T>::input_shape_;
@@ -47,8 +47,8 @@ template <class T> class GlobalAvgPool : public Layer<T> {
   explicit GlobalAvgPool(std::string label) : Layer<T>(std::move(label)) {}
   const char* kind() const override { return "global_avgpool"; }
   Shape output_shape(const Shape& input) const override;
-  Tensor<T> forward(const Tensor<T>& x, const RunContext& ctx) override;
-  Tensor<T> backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) override;
+  Tensor<T> forward(Tensor<T> x, const RunContext& ctx) override;
+  Tensor<T> backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) override;
 
  private:
   Shape input_shape_;

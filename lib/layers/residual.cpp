@@ -55,14 +55,14 @@ template <class T> std::vector<Param<T>*> ResidualBlock<T>::params() {
   return all;
 }
 
-template <class T> Tensor<T> ResidualBlock<T>::forward(const Tensor<T>& x, const RunContext& ctx) {
+template <class T> Tensor<T> ResidualBlock<T>::forward(Tensor<T> x, const RunContext& ctx) {
   Tensor<T> main = bn2_->forward(conv2_->forward(relu1_->forward(bn1_->forward(conv1_->forward(x, ctx), ctx), ctx), ctx), ctx);
   const Tensor<T> shortcut = has_projection() ? projection_bn_->forward(projection_->forward(x, ctx), ctx) : x;
   for (index_t i = 0; i < (main.is_dry() ? 0 : main.numel()); ++i) main[i] = T(main[i] + shortcut[i]);  // one rounding
   return relu_out_->forward(main, ctx);
 }
 
-template <class T> Tensor<T> ResidualBlock<T>::backward(const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad) {
+template <class T> Tensor<T> ResidualBlock<T>::backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) {
   const Tensor<T> dsum = relu_out_->backward(dy, ctx, true);
   Tensor<T> dx = conv1_->backward(
       bn1_->backward(relu1_->backward(conv2_->backward(bn2_->backward(dsum, ctx, true), ctx, true), ctx, true), ctx, true),

@@ -44,18 +44,18 @@ template <class T> class Sequential {
         }
         RunContext recomputed_later = ctx;
         recomputed_later.keep = RunContext::Keep::nothing;
-        x = layers_[i]->forward(x, recomputed_later);
+        x = layers_[i]->forward(std::move(x), recomputed_later);
         continue;
       }
       if (!reconstructing_ || !invertible_[i]) {
-        x = layers_[i]->forward(x, ctx);
+        x = layers_[i]->forward(std::move(x), ctx);
         if (const SaveHook<T>* hook = active_save_hook<T>(); hook && ctx.keeps() && i + 1 < layers_.size())
           x = hook->forward_output(std::move(x));  // e.g. naive approximation: the next layer sees the K-bit x
         continue;
       }
       RunContext rebuilt_later = ctx;
       rebuilt_later.keep = RunContext::Keep::for_inverse;
-      x = layers_[i]->forward(x, rebuilt_later);
+      x = layers_[i]->forward(std::move(x), rebuilt_later);
       if (ends_run(i)) {
         const SaveHookScope<T> exact(nullptr);  // the run is rebuilt from this exact output
         run_outputs_[i].keep(x);
@@ -76,7 +76,7 @@ template <class T> class Sequential {
         recompute(first, i, ctx);
       }
       if (!reconstructing_ || !invertible_[i]) {
-        dy = layers_[i]->backward(dy, ctx, want);
+        dy = layers_[i]->backward(std::move(dy), ctx, want);
         segment_inputs_[i].release();
         continue;
       }
@@ -84,9 +84,9 @@ template <class T> class Sequential {
         output = run_outputs_[i].get();
         run_outputs_[i].release();
       }
-      Reconstructed<T> r = invertible_[i]->backward_from_output(output, dy, ctx, want);
-      output = (i > 0 && invertible_[i - 1]) ? r.input : Tensor<T>();
-      dy = r.input_grad;
+      Reconstructed<T> r = invertible_[i]->backward_from_output(std::move(output), std::move(dy), ctx, want);
+      output = (i > 0 && invertible_[i - 1]) ? std::move(r.input) : Tensor<T>();
+      dy = std::move(r.input_grad);
     }
     return dy;
   }
@@ -100,9 +100,10 @@ template <class T> class Sequential {
   }
   Reconstructed<T> backward_from_output(Tensor<T> y, Tensor<T> dy, const RunContext& ctx, bool want_input_grad) {
     for (std::size_t i = layers_.size(); i-- > 0;) {
-      Reconstructed<T> r = invertible_[i]->backward_from_output(y, dy, ctx, i > 0 || want_input_grad);
-      y = r.input;
-      dy = r.input_grad;
+      Reconstructed<T> r =
+          invertible_[i]->backward_from_output(std::move(y), std::move(dy), ctx, i > 0 || want_input_grad);
+      y = std::move(r.input);
+      dy = std::move(r.input_grad);
     }
     return {y, dy};
   }
@@ -147,7 +148,7 @@ template <class T> class Sequential {
     Tensor<T> x = segment_inputs_[first].get();
     for (std::size_t j = first; j <= last; ++j) {
       const MemoryOwner owner(layers_[j]->label());
-      x = layers_[j]->forward(x, record);
+      x = layers_[j]->forward(std::move(x), record);
       ++recomputed_;
     }
   }

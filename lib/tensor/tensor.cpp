@@ -57,6 +57,12 @@ template <class T> Tensor<T> Tensor<T>::clone(MemoryCategory category) const {
   return t;
 }
 
+template <class T> Tensor<T>& Tensor<T>::make_own(MemoryCategory category) {
+  if (shared()) *this = clone(category);
+  else if (this->category() != category) set_category(category);
+  return *this;
+}
+
 template <class T> void Tensor<T>::fill(const T& value) {
   if (!is_dry()) std::fill(data(), data() + numel(), value);
 }

@@ -63,6 +63,11 @@ template <class T> class Tensor {
   Tensor reshaped(Shape shape) const;
   // A new buffer with the same values.
   Tensor clone(MemoryCategory category) const;
+  // In-place arithmetic: a layer that receives a tensor by value may overwrite it only if nothing else holds its
+  // buffer (a caller that keeps its argument keeps a reference, and then gets a copy here, so a value someone
+  // else sees never changes). Makes the buffer this tensor's own (a copy if shared) and labels it `category`.
+  bool shared() const { return storage_.use_count() > 1; }
+  Tensor& make_own(MemoryCategory category);
   void fill(const T& value);  // no-op on a dry-run tensor
 
  private:
