@@ -184,6 +184,18 @@ def main():
             print("  " + d)
         return 1
     if "--record-memory" in sys.argv:
+        # Only peaks that `plan` predicted to the byte are recorded; the report says which peaks moved.
+        wrong = [r for r, run in got["runs"].items()
+                 if run["attributes"].get("predicted_peak_bytes") != run["attributes"].get("peak_bytes")]
+        if wrong:
+            print(f"FAILED: plan != run for {len(wrong)} runs (e.g. {wrong[0]}); memory figures not recorded")
+            return 1
+        before = {r: run["attributes"]["peak_bytes"] for r, run in expected["figures"]["runs"].items()}
+        after = {r: run["attributes"]["peak_bytes"] for r, run in got["runs"].items()}
+        fell = sum(after[r] < before[r] for r in after)
+        rose = [r for r in after if after[r] > before[r]]
+        print(f"plan = run for all {runs} runs; peaks: {fell} fell, {len(rose)} rose"
+              + (f" ({', '.join(f'{r}: {before[r]:.0f} -> {after[r]:.0f}' for r in rose)})" if rose else ""))
         EXPECTED.write_text(json.dumps({"isa": isa(), "threads": 1, "figures": join(want_numbers, got_memory)},
                                        sort_keys=True) + "\n")
         print(f"numbers of all {runs} runs unchanged; memory figures re-recorded into {EXPECTED}")

@@ -11,12 +11,12 @@ LeakyRelu<T>::LeakyRelu(std::string label, double slope)
 }
 
 template <class T> Tensor<T> LeakyRelu<T>::forward(Tensor<T> x, const RunContext& ctx) {
-  Tensor<T> y(x.shape(), MemoryCategory::workspace);
+  Tensor<T> y = x.overwritable(MemoryCategory::workspace);  // in place unless x is held elsewhere
   if (!x.is_dry()) {
     // Both arms computed, then selected: vectorises without branches (the signs are random), and NaN propagates.
     const T zero(0), slope = slope_t_;
-    const T* __restrict in = x.data();
-    T* __restrict out = y.data();
+    const T* in = x.data();  // may be out
+    T* out = y.data();
     if (slope_ == 0.0) {  // ReLU: select 0 itself (0 * -inf would be NaN; PyTorch gives 0)
       for (index_t i = 0; i < x.numel(); ++i) out[i] = in[i] > zero ? in[i] : (is_nan(in[i]) ? in[i] : zero);
     } else {
@@ -41,27 +41,28 @@ template <class T> Tensor<T> LeakyRelu<T>::forward(Tensor<T> x, const RunContext
 
 template <class T> Tensor<T> LeakyRelu<T>::backward(Tensor<T> dy, const RunContext&, bool want_input_grad) {
   Tensor<T> dx;
-  if (want_input_grad) dx = mask_.held() ? input_grad_from_mask(mask_.get(), dy) : input_grad(output_.get(), dy);
+  if (want_input_grad)
+    dx = mask_.held() ? input_grad_from_mask(mask_.get(), std::move(dy)) : input_grad(output_.get(), std::move(dy));
   output_.release();
   mask_.release();
   return dx;
 }
 
 template <class T>
-Tensor<T> LeakyRelu<T>::input_grad_from_mask(const Tensor<std::uint8_t>& mask, const Tensor<T>& dy) const {
-  Tensor<T> dx(dy.shape(), MemoryCategory::workspace);
+Tensor<T> LeakyRelu<T>::input_grad_from_mask(const Tensor<std::uint8_t>& mask, Tensor<T> dy) const {
+  Tensor<T> dx = dy.overwritable(MemoryCategory::workspace);
   if (dy.is_dry()) return dx;
   for (index_t i = 0; i < dy.numel(); ++i)
     dx[i] = (mask[i / 8] >> (i % 8)) & 1 ? dy[i] : (slope_ == 0.0 ? T(0) : T(slope_t_ * dy[i]));
   return dx;
 }
 
-template <class T> Tensor<T> LeakyRelu<T>::input_grad(const Tensor<T>& y, const Tensor<T>& dy) const {
-  Tensor<T> dx(y.shape(), MemoryCategory::workspace);
+template <class T> Tensor<T> LeakyRelu<T>::input_grad(const Tensor<T>& y, Tensor<T> dy) const {
+  Tensor<T> dx = dy.overwritable(MemoryCategory::workspace);  // in place unless dy is held elsewhere
   if (y.is_dry()) return dx;
   const T zero(0), slope = slope_t_;
-  const T *__restrict out = y.data(), *__restrict grad = dy.data();
-  T* __restrict result = dx.data();
+  const T *out = y.data(), *grad = dy.data();  // grad may be result
+  T* result = dx.data();
   if (slope_ == 0.0) {  // exactly 0 where the unit is off, even for an infinite gradient (as PyTorch)
     for (index_t i = 0; i < y.numel(); ++i) result[i] = out[i] > zero ? grad[i] : zero;
   } else {
@@ -77,19 +78,22 @@ template <class T> std::string LeakyRelu<T>::why_not_invertible() const {
   return slope_ > 0.0 ? "" : "a leaky ReLU with slope 0 (ReLU) is not invertible: negative inputs map to 0";
 }
 
-template <class T> Tensor<T> LeakyRelu<T>::inverse(const Tensor<T>& y) {
+template <class T> Tensor<T> LeakyRelu<T>::inverse(const Tensor<T>& y) { return rebuild_input(y); }
+
+template <class T> Tensor<T> LeakyRelu<T>::rebuild_input(Tensor<T> y) const {
   if (!invertible()) throw Error("layer " + this->label() + ": " + why_not_invertible());
-  Tensor<T> x(y.shape(), MemoryCategory::workspace);
+  Tensor<T> x = y.overwritable(MemoryCategory::workspace);
   if (!y.is_dry())
     for (index_t i = 0; i < y.numel(); ++i) x[i] = y[i] > T(0) ? y[i] : T(y[i] / slope_t_);
   return x;
 }
 
-// The output is all the gradient needs: y > 0 exactly when x > 0.
+// The output is all the gradient needs: y > 0 exactly when x > 0. The gradient first (it reads y), then x over y.
 template <class T>
 Reconstructed<T> LeakyRelu<T>::backward_from_output(Tensor<T> y, Tensor<T> dy, const RunContext&,
                                                     bool want_input_grad) {
-  return {inverse(y), want_input_grad ? input_grad(y, dy) : Tensor<T>()};
+  Tensor<T> dx = want_input_grad ? input_grad(y, std::move(dy)) : Tensor<T>();
+  return {rebuild_input(std::move(y)), std::move(dx)};
 }
 
 namespace {
@@ -139,7 +143,9 @@ template <class T> Tensor<T> PixelShuffle<T>::inverse(const Tensor<T>& y) {
 template <class T>
 Reconstructed<T> PixelShuffle<T>::backward_from_output(Tensor<T> y, Tensor<T> dy, const RunContext& ctx,
                                                        bool want_input_grad) {
-  return {inverse(y), backward(dy, ctx, want_input_grad)};
+  Tensor<T> x = inverse(y);
+  y = Tensor<T>();  // released before dL/dx is formed: a permutation cannot be written over its own input
+  return {std::move(x), backward(std::move(dy), ctx, want_input_grad)};
 }
 
 template <class T> Tensor<T> Flatten<T>::forward(Tensor<T> x, const RunContext&) {

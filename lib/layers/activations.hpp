@@ -21,8 +21,10 @@ template <class T> class LeakyRelu : public Layer<T>, public Invertible<T> {
                                         bool want_input_grad) override;
 
  private:
-  Tensor<T> input_grad(const Tensor<T>& y, const Tensor<T>& dy) const;  // from the output alone
-  Tensor<T> input_grad_from_mask(const Tensor<std::uint8_t>& mask, const Tensor<T>& dy) const;
+  // dL/dx from the output alone (or from the mask of where it is positive), written over dy's buffer if free.
+  Tensor<T> input_grad(const Tensor<T>& y, Tensor<T> dy) const;
+  Tensor<T> input_grad_from_mask(const Tensor<std::uint8_t>& mask, Tensor<T> dy) const;
+  Tensor<T> rebuild_input(Tensor<T> y) const;  // the inverse, written over y's buffer if free
   double slope_;
   T slope_t_;
   Saved<T> output_;

@@ -43,7 +43,8 @@ template <class T> typename BatchNorm<T>::W BatchNorm<T>::scale_slope(index_t c)
 template <class T> Tensor<T> BatchNorm<T>::forward(Tensor<T> x, const RunContext& ctx) {
   const index_t n = x.dim(0), area = x.numel() / (n * channels_), count = n * area;
   auto at = [&](index_t s, index_t c, index_t i) { return (s * channels_ + c) * area + i; };
-  Tensor<T> y(x.shape(), MemoryCategory::workspace);
+  if (ctx.keeps()) input_.keep(x);  // first: y takes x's buffer only if nothing keeps x
+  Tensor<T> y = x.overwritable(MemoryCategory::workspace);  // per channel: statistics of x, then y over x
   Tensor<W> mean(Shape{channels_}, MemoryCategory::workspace), inv_std(Shape{channels_}, MemoryCategory::workspace);
   const W eps = round_to<W>(eps_);
   last_forward_training_ = ctx.training;
@@ -78,7 +79,6 @@ template <class T> Tensor<T> BatchNorm<T>::forward(Tensor<T> x, const RunContext
       for (index_t i = 0; i < area; ++i)
         y[at(s, c, i)] = round_to<T>(W(g * ((round_to<W>(x[at(s, c, i)]) - mean[c]) * inv_std[c]) + b));
   }
-  if (ctx.keeps()) input_.keep(x);
   if (ctx.keeps() || (ctx.keeps_for_inverse() && invertible())) {  // the inverse needs the batch's statistics
     mean_.keep(mean);
     inv_std_.keep(inv_std);
@@ -94,14 +94,14 @@ template <class T> Tensor<T> BatchNorm<T>::forward(Tensor<T> x, const RunContext
 template <class T> Tensor<T> BatchNorm<T>::backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) {
   const Tensor<T> x = input_.get();
   input_.release();
-  return backward_from_input(x, dy, ctx, want_input_grad);
+  return backward_from_input(x, std::move(dy), ctx, want_input_grad);
 }
 
 template <class T>
 Reconstructed<T> BatchNorm<T>::backward_from_output(Tensor<T> y, Tensor<T> dy, const RunContext& ctx,
                                                     bool want_input_grad) {
-  const Tensor<T> x = inverse(y);
-  return {x, backward_from_input(x, dy, ctx, want_input_grad)};
+  const Tensor<T> x = rebuild_input(std::move(y));  // in y's buffer if nothing else holds it
+  return {x, backward_from_input(x, std::move(dy), ctx, want_input_grad)};
 }
 
 template <class T> std::string BatchNorm<T>::why_not_invertible() const {
@@ -109,14 +109,14 @@ template <class T> std::string BatchNorm<T>::why_not_invertible() const {
 }
 
 template <class T>
-Tensor<T> BatchNorm<T>::backward_from_input(const Tensor<T>& x, const Tensor<T>& dy, const RunContext& ctx,
+Tensor<T> BatchNorm<T>::backward_from_input(const Tensor<T>& x, Tensor<T> dy, const RunContext& ctx,
                                             bool want_input_grad) {
   const Tensor<W>&mean = mean_.get(), &inv_std = inv_std_.get();
   const index_t n = x.dim(0), area = x.numel() / (n * channels_);
   const W count = round_to<W>(static_cast<double>(n * area));
   auto at = [&](index_t s, index_t c, index_t i) { return (s * channels_ + c) * area + i; };
   Tensor<T> dx;
-  if (want_input_grad) dx = Tensor<T>(x.shape(), MemoryCategory::workspace);
+  if (want_input_grad) dx = dy.overwritable(MemoryCategory::workspace);  // per channel: sums of dy, then dx over dy
 #pragma omp parallel for schedule(static)
   for (index_t c = 0; c < (x.is_dry() ? 0 : channels_); ++c) {
     W dbeta(0), dgamma(0);
@@ -145,12 +145,14 @@ Tensor<T> BatchNorm<T>::backward_from_input(const Tensor<T>& x, const Tensor<T>&
 
 // x = (y - beta) / scale * sigma + mean, with the statistics the last forward used: the batch's (kept until
 // backward) after a training forward, the running ones after an evaluation forward.
-template <class T> Tensor<T> BatchNorm<T>::inverse(const Tensor<T>& y) {
+template <class T> Tensor<T> BatchNorm<T>::inverse(const Tensor<T>& y) { return rebuild_input(y); }
+
+template <class T> Tensor<T> BatchNorm<T>::rebuild_input(Tensor<T> y) {
   if (last_forward_training_ && !mean_.held())
     throw Error("layer " + this->label() +
                 ": inverse needs the batch statistics of the last training forward, and backward has released them");
   const index_t n = y.dim(0), area = y.numel() / (n * channels_);
-  Tensor<T> x(y.shape(), MemoryCategory::workspace);
+  Tensor<T> x = y.overwritable(MemoryCategory::workspace);
   for (index_t c = 0; c < (y.is_dry() ? 0 : channels_); ++c) {
     const W mean_c = last_forward_training_ ? mean_.get()[c] : round_to<W>(running_mean_[c]);
     const W inv_std_c = last_forward_training_

@@ -33,7 +33,9 @@ template <class T> class BatchNorm : public Layer<T>, public Invertible<T> {
   W scale(index_t c) const;        // gamma, or |gamma| + scale_eps
   W scale_slope(index_t c) const;  // d scale / d gamma: 1, or sign(gamma)
   // backward with the input x given (kept, or rebuilt by the inverse); releases the statistics.
-  Tensor<T> backward_from_input(const Tensor<T>& x, const Tensor<T>& dy, const RunContext& ctx, bool want_input_grad);
+  Tensor<T> backward_from_input(const Tensor<T>& x, Tensor<T> dy, const RunContext& ctx, bool want_input_grad);
+  // The inverse, written over y's buffer when nothing else holds it.
+  Tensor<T> rebuild_input(Tensor<T> y);
   index_t channels_;
   double momentum_, eps_, scale_eps_;
   Param<T> gamma_, beta_;

@@ -172,13 +172,15 @@ template <class T> Tensor<T> Conv2d<T>::forward(Tensor<T> x, const RunContext& c
 }
 
 template <class T> Tensor<T> Conv2d<T>::backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) {
-  const Tensor<T>& x = input_.get();
+  const Tensor<T> x = input_.take();
   const index_t n = x.dim(0);
   const Geometry g = geometry(spec_, x.dim(2), x.dim(3));
   const index_t cout = spec_.out_channels, K = g.rows(), P = g.cols(), image = g.channels * g.height * g.width;
   const int threads = static_cast<int>(std::min<index_t>(omp_get_max_threads(), n));
+  // dL/dx over the kept input when nothing else holds it: image s is read whole (every band of its weight
+  // gradient) before its input gradient is stored, and each image belongs to one thread.
   Tensor<T> dx;
-  if (want_input_grad) dx = Tensor<T>(x.shape(), MemoryCategory::workspace);
+  if (want_input_grad) dx = x.overwritable(MemoryCategory::workspace);
   const std::vector<Band> row_bands = bands(g);
   const index_t band_width = (row_bands[0].end - row_bands[0].first) * g.out_width;  // the widest band
   with_compute_type<T>(ctx.accumulate, [&]<class G>() {
@@ -245,7 +247,6 @@ template <class T> Tensor<T> Conv2d<T>::backward(Tensor<T> dy, const RunContext&
     store_rounded(dweight.data(), weight_.grad.data(), wn, true);
     if (spec_.bias) store_rounded(dbias.data(), bias_.grad.data(), cout, true);
   });
-  input_.release();
   return dx;
 }
 

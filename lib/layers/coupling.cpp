@@ -15,6 +15,18 @@ template <class T> Tensor<T> channels(const Tensor<T>& x, index_t first, index_t
   return part;
 }
 
+// x[:, first : first + part's channels] = x + sign * part, in place, one rounding per element (x must be the
+// caller's own buffer: Tensor::make_own).
+template <class T> void add_channels(Tensor<T>& x, index_t first, const Tensor<T>& part, int sign) {
+  const index_t n = x.dim(0), c = x.dim(1), count = part.dim(1), area = x.dim(2) * x.dim(3);
+  if (x.is_dry()) return;
+  for (index_t s = 0; s < n; ++s) {
+    T* to = x.data() + (s * c + first) * area;
+    const T* from = part.data() + s * count * area;
+    for (index_t i = 0; i < count * area; ++i) to[i] = sign > 0 ? T(to[i] + from[i]) : T(to[i] - from[i]);
+  }
+}
+
 // [a, b] along channels.
 template <class T> Tensor<T> join(const Tensor<T>& a, const Tensor<T>& b) {
   const index_t n = a.dim(0), half = a.dim(1), area = a.dim(2) * a.dim(3);
@@ -136,21 +148,23 @@ template <class T> Shape AdditiveCoupling<T>::output_shape(const Shape& in) cons
   return this->coupling_shape(in, 1, "");
 }
 
+// Every step below overwrites one half of a single buffer (x's, or dy's, or y's: Tensor::make_own), so a block
+// holds its input or output once, plus one half for F's or G's input; F and G see contiguous copies of a half.
 template <class T> Tensor<T> AdditiveCoupling<T>::forward(Tensor<T> x, const RunContext& ctx) {
   const RunContext inner = this->forward_context(ctx);
   const index_t half = x.dim(1) / 2;
-  const Tensor<T> x2 = channels(x, half, half);
-  const Tensor<T> y1 = combine(channels(x, 0, half), this->f_.forward(x2, inner), +1);
-  const Tensor<T> y2 = combine(x2, this->g_.forward(y1, inner), +1);
-  return join(y1, y2);
+  Tensor<T>& y = x.make_own(MemoryCategory::workspace);
+  add_channels(y, 0, this->f_.forward(channels(y, half, half), inner), +1);     // y1 = x1 + F(x2)
+  add_channels(y, half, this->g_.forward(channels(y, 0, half), inner), +1);     // y2 = x2 + G(y1)
+  return y;
 }
 
 template <class T> Tensor<T> AdditiveCoupling<T>::backward(Tensor<T> dy, const RunContext& ctx, bool) {
   const index_t half = dy.dim(1) / 2;
-  const Tensor<T> dy2 = channels(dy, half, half);
-  const Tensor<T> g1 = combine(channels(dy, 0, half), this->g_.backward(dy2, ctx, true), +1);
-  const Tensor<T> dx2 = combine(dy2, this->f_.backward(g1, ctx, true), +1);
-  return join(g1, dx2);
+  Tensor<T>& dx = dy.make_own(MemoryCategory::workspace);
+  add_channels(dx, 0, this->g_.backward(channels(dx, half, half), ctx, true), +1);  // g1 = dy1 + G'^T dy2
+  add_channels(dx, half, this->f_.backward(channels(dx, 0, half), ctx, true), +1);  // dx2 = dy2 + F'^T g1
+  return dx;
 }
 
 template <class T> Tensor<T> AdditiveCoupling<T>::inverse(const Tensor<T>& y) {
@@ -158,23 +172,25 @@ template <class T> Tensor<T> AdditiveCoupling<T>::inverse(const Tensor<T>& y) {
   // statistics that equal the forward's in exact arithmetic, and must not update its running statistics twice.
   const index_t half = y.dim(1) / 2;
   const RunContext replay = this->inverse_context();
-  const Tensor<T> y1 = channels(y, 0, half);
-  const Tensor<T> x2 = combine(channels(y, half, half), this->g_.forward(y1, replay), -1);
-  const Tensor<T> x1 = combine(y1, this->f_.forward(x2, replay), -1);
-  return join(x1, x2);
+  Tensor<T> x = y;
+  x.make_own(MemoryCategory::workspace);
+  add_channels(x, half, this->g_.forward(channels(x, 0, half), replay), -1);  // x2 = y2 - G(y1)
+  add_channels(x, 0, this->f_.forward(channels(x, half, half), replay), -1);  // x1 = y1 - F(x2)
+  return x;
 }
 
+// x is rebuilt over y's buffer and dL/dx over dy's (when nothing else holds them), half by half.
 template <class T>
-Reconstructed<T> AdditiveCoupling<T>::backward_from_output(Tensor<T> y, Tensor<T> dy,
-                                                           const RunContext& ctx, bool) {
+Reconstructed<T> AdditiveCoupling<T>::backward_from_output(Tensor<T> y, Tensor<T> dy, const RunContext& ctx, bool) {
   const index_t half = y.dim(1) / 2;
   const RunContext replay = this->backprop_context(ctx);
-  const Tensor<T> y1 = channels(y, 0, half), dy2 = channels(dy, half, half);
-  const Tensor<T> x2 = combine(channels(y, half, half), this->g_.forward(y1, replay), -1);
-  const Tensor<T> g1 = combine(channels(dy, 0, half), this->g_.backward(dy2, replay, true), +1);
-  const Tensor<T> x1 = combine(y1, this->f_.forward(x2, replay), -1);
-  const Tensor<T> dx2 = combine(dy2, this->f_.backward(g1, replay, true), +1);
-  return {join(x1, x2), join(g1, dx2)};
+  Tensor<T>& x = y.make_own(MemoryCategory::workspace);
+  Tensor<T>& dx = dy.make_own(MemoryCategory::workspace);
+  add_channels(x, half, this->g_.forward(channels(x, 0, half), replay), -1);          // x2 = y2 - G(y1)
+  add_channels(dx, 0, this->g_.backward(channels(dx, half, half), replay, true), +1);  // g1 = dy1 + G'^T dy2
+  add_channels(x, 0, this->f_.forward(channels(x, half, half), replay), -1);          // x1 = y1 - F(x2)
+  add_channels(dx, half, this->f_.backward(channels(dx, 0, half), replay, true), +1);  // dx2 = dy2 + F'^T g1
+  return {std::move(x), std::move(dx)};
 }
 
 template <class T> Shape AffineCoupling<T>::output_shape(const Shape& in) const {

@@ -66,6 +66,13 @@ template <class U> class Saved {
     if (t_.empty()) throw std::logic_error("backward called without a training-mode forward");
     return t_;
   }
+  // The kept tensor (unpacked if packed), and this holder lets go of it: backward's last use, after which the
+  // caller may write over it if nothing else holds it (Tensor::overwritable).
+  Tensor<U> take() {
+    Tensor<U> t = get();
+    release();
+    return t;
+  }
   void release() {
     t_ = Tensor<U>();
     packed_.reset();

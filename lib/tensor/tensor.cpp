@@ -63,6 +63,13 @@ template <class T> Tensor<T>& Tensor<T>::make_own(MemoryCategory category) {
   return *this;
 }
 
+template <class T> Tensor<T> Tensor<T>::overwritable(MemoryCategory category) const {
+  if (shared()) return Tensor(shape_, category);
+  Tensor t = *this;
+  if (t.category() != category) t.set_category(category);
+  return t;
+}
+
 template <class T> void Tensor<T>::fill(const T& value) {
   if (!is_dry()) std::fill(data(), data() + numel(), value);
 }

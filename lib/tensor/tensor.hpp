@@ -68,6 +68,10 @@ template <class T> class Tensor {
   // else sees never changes). Makes the buffer this tensor's own (a copy if shared) and labels it `category`.
   bool shared() const { return storage_.use_count() > 1; }
   Tensor& make_own(MemoryCategory category);
+  // Where a layer that works element by element (each output value from input values at its own index, read
+  // before it is written) puts its result: this buffer if nothing else holds it, relabelled `category` (the
+  // result overwrites the input), else a new zero-filled one of the same shape.
+  Tensor overwritable(MemoryCategory category) const;
   void fill(const T& value);  // no-op on a dry-run tensor
 
  private:
