@@ -16,8 +16,11 @@ MemoryPrediction predict_memory(const RunConfig& run) {
   const MemoryLedger ledger =
       run.study == "reconstruction"
           ? reconstruction_memory(run)
-          : dispatch_precision(run.precision,
-                               [&]<class T>() { return dry_step<T>(run, nullptr, &p.recomputed_evaluations); });
+          : dispatch_precision(run.precision, [&]<class T>() {
+              MemoryLedger step = dry_step<T>(run, nullptr, &p.recomputed_evaluations);
+              p.own_need = own_need<T>(run, step);
+              return step;
+            });
   p.weights = ledger.peak(MemoryCategory::weights);
   p.gradients = ledger.peak(MemoryCategory::gradients);
   p.optimizer_state = ledger.peak(MemoryCategory::optimizer_state);
@@ -41,9 +44,9 @@ std::string plan_table(const std::vector<PlannedRun>& runs, const std::vector<st
   const bool resuming = !statuses.empty();
   std::string out;
   char line[512];
-  std::snprintf(line, sizeof line, "%-4s %-16s %-8s %-5s %-7s %6s %12s %12s %12s %12s %12s %12s %9s %10s%s\n", "#",
-                "run_id", "study", "prec", "model", "batch", "weights", "gradients", "optimizer", "saved_act",
-                "workspace", "peak", "B/pixel", "recompute", resuming ? "  resume" : "");
+  std::snprintf(line, sizeof line, "%-4s %-16s %-8s %-5s %-7s %6s %12s %12s %12s %12s %12s %12s %12s %6s %9s %10s%s\n",
+                "#", "run_id", "study", "prec", "model", "batch", "weights", "gradients", "optimizer", "saved_act",
+                "workspace", "peak", "own_need", "over", "B/pixel", "recompute", resuming ? "  resume" : "");
   out += line;
   std::size_t skipped = 0;
   for (std::size_t i : positions) {
@@ -56,14 +59,20 @@ std::string plan_table(const std::vector<PlannedRun>& runs, const std::vector<st
                                : skip                      ? "  skip (" + status->second + ")"
                                : status != statuses.end() ? "  redo (failed)"
                                                           : "  run";
-    std::snprintf(line, sizeof line, "%-4zu %-16s %-8s %-5s %-7s %6d %12zu %12zu %12zu %12zu %12zu %12zu %9.0f %10lld%s\n",
-                  i + 1, runs[i].id.c_str(), r.study.c_str(), to_string(r.precision).c_str(), r.model.arch.c_str(),
+    const std::string need = p.own_need ? std::to_string(p.own_need) : "-";
+    char over[16] = "-";
+    if (p.own_need) std::snprintf(over, sizeof over, "%+.0f%%", 100.0 * (static_cast<double>(p.peak) / p.own_need - 1));
+    std::snprintf(line, sizeof line,
+                  "%-4zu %-16s %-8s %-5s %-7s %6d %12zu %12zu %12zu %12zu %12zu %12zu %12s %6s %9.0f %10lld%s\n", i + 1,
+                  runs[i].id.c_str(), r.study.c_str(), to_string(r.precision).c_str(), r.model.arch.c_str(),
                   r.train.batch, p.weights, p.gradients, p.optimizer_state, p.saved_activations, p.workspace, p.peak,
-                  static_cast<double>(p.peak) / pixels_per_batch(r), static_cast<long long>(p.recomputed_evaluations),
-                  resume.c_str());
+                  need.c_str(), over, static_cast<double>(p.peak) / pixels_per_batch(r),
+                  static_cast<long long>(p.recomputed_evaluations), resume.c_str());
     out += line;
   }
   out += "memory in bytes: peak of each category and of the total over one step (train: and one evaluation batch);\n"
+         "own_need: what the techniques themselves require (model state + saved-activation peak + the widest layer's\n"
+         "input and output), over: how far the peak is above it (lowmem's own overhead);\n"
          "B/pixel: peak / (batch x H x W); recompute: forward layer evaluations per step beyond one per layer\n";
   if (resuming)
     out += "resume: run --resume would skip " + std::to_string(skipped) + " of these " +
@@ -87,6 +96,7 @@ std::string plan_json(const std::vector<PlannedRun>& runs, const std::vector<std
                     {"predicted_peak_bytes", p.peak},
                     {"recomputed_evaluations_per_step", p.recomputed_evaluations},
                     {"pixel_memory_bytes", static_cast<double>(p.peak) / pixels_per_batch(run.parsed)},
+                    {"own_need_bytes", p.own_need},
                     {"predicted_bytes",
                      {{"weights", p.weights},
                       {"gradients", p.gradients},

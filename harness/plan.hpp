@@ -10,6 +10,7 @@ namespace lowmem {
 struct MemoryPrediction {
   std::size_t weights = 0, gradients = 0, optimizer_state = 0, saved_activations = 0, workspace = 0, peak = 0;
   std::int64_t recomputed_evaluations = 0;  // forward layer evaluations per step beyond one per layer
+  std::size_t own_need = 0;                 // what the techniques themselves require (training/trainer.hpp)
 };
 MemoryPrediction predict_memory(const RunConfig& run);
 

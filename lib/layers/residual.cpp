@@ -55,20 +55,35 @@ template <class T> std::vector<Param<T>*> ResidualBlock<T>::params() {
   return all;
 }
 
+// One statement per layer: a by-value argument lives to the end of its full expression (Itanium C++ ABI), so
+// nested calls would hold every intermediate buffer until the outermost returns, and no layer could work in place.
 template <class T> Tensor<T> ResidualBlock<T>::forward(Tensor<T> x, const RunContext& ctx) {
-  Tensor<T> main = bn2_->forward(conv2_->forward(relu1_->forward(bn1_->forward(conv1_->forward(x, ctx), ctx), ctx), ctx), ctx);
-  const Tensor<T> shortcut = has_projection() ? projection_bn_->forward(projection_->forward(x, ctx), ctx) : x;
+  Tensor<T> main = conv1_->forward(x, ctx);
+  main = bn1_->forward(std::move(main), ctx);
+  main = relu1_->forward(std::move(main), ctx);
+  main = conv2_->forward(std::move(main), ctx);
+  main = bn2_->forward(std::move(main), ctx);
+  Tensor<T> shortcut = x;
+  if (has_projection()) {
+    shortcut = projection_->forward(std::move(shortcut), ctx);
+    shortcut = projection_bn_->forward(std::move(shortcut), ctx);
+  }
+  x = Tensor<T>();
   for (index_t i = 0; i < (main.is_dry() ? 0 : main.numel()); ++i) main[i] = T(main[i] + shortcut[i]);  // one rounding
-  return relu_out_->forward(main, ctx);
+  shortcut = Tensor<T>();
+  return relu_out_->forward(std::move(main), ctx);
 }
 
 template <class T> Tensor<T> ResidualBlock<T>::backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) {
-  const Tensor<T> dsum = relu_out_->backward(dy, ctx, true);
-  Tensor<T> dx = conv1_->backward(
-      bn1_->backward(relu1_->backward(conv2_->backward(bn2_->backward(dsum, ctx, true), ctx, true), ctx, true), ctx, true),
-      ctx, want_input_grad);
+  const Tensor<T> dsum = relu_out_->backward(std::move(dy), ctx, true);  // held for the shortcut to the end
+  Tensor<T> dx = bn2_->backward(dsum, ctx, true);
+  dx = conv2_->backward(std::move(dx), ctx, true);
+  dx = relu1_->backward(std::move(dx), ctx, true);
+  dx = bn1_->backward(std::move(dx), ctx, true);
+  dx = conv1_->backward(std::move(dx), ctx, want_input_grad);
   if (has_projection()) {
-    const Tensor<T> dshort = projection_->backward(projection_bn_->backward(dsum, ctx, true), ctx, want_input_grad);
+    Tensor<T> dshort = projection_bn_->backward(dsum, ctx, true);
+    dshort = projection_->backward(std::move(dshort), ctx, want_input_grad);
     if (want_input_grad && !dx.is_dry())
       for (index_t i = 0; i < dx.numel(); ++i) dx[i] = T(dx[i] + dshort[i]);
   } else if (want_input_grad && !dx.is_dry()) {

@@ -357,6 +357,29 @@ template <class T> MemoryLedger measured_step(const RunConfig& run, const DataSp
   return one_step<T>(run, nullptr, nullptr, true, &data);
 }
 
+template <class T> std::size_t own_need(const RunConfig& run, const MemoryLedger& step) {
+  MemoryLedger ledger;  // the model is built only for its shapes
+  ledger.set_dry_run(true);
+  const MemoryLedger::Scope scope(ledger);
+  Sequential<T> model = build_model<T>(run.model);
+  const auto rows = [&](index_t n) { return static_cast<std::size_t>(n) * sizeof(T); };
+  const index_t slice = (run.train.batch + run.microbatches() - 1) / run.microbatches();
+  std::size_t layer = 0;  // values in and out of the widest layer, per row
+  Shape in = model.input_shape();
+  for (std::size_t i = 0; i < model.size(); ++i) {
+    const Shape out = model.layer(i).output_shape(in);
+    layer = std::max(layer, static_cast<std::size_t>(in.numel() + out.numel()));
+    in = out;
+  }
+  const std::size_t state = step.peak(MemoryCategory::weights) + step.peak(MemoryCategory::gradients) +
+                            step.peak(MemoryCategory::optimizer_state);
+  // Slices of a microbatched step are cut from the whole batch, which is held meanwhile.
+  const std::size_t batch = run.microbatches() > 1 ? rows(run.train.batch) * model.input_shape().numel() : 0;
+  const std::size_t training = state + step.peak(MemoryCategory::saved_activations) + batch + rows(slice) * layer;
+  const std::size_t evaluation = run.study == "train" ? state + rows(run.train.eval_batch) * layer : 0;
+  return std::max(training, evaluation);
+}
+
 void check_techniques(const RunConfig& run, const ModelFacts& model) {
   bool dry_steps = false;
   for (const auto& t : run.techniques) {
@@ -368,14 +391,19 @@ void check_techniques(const RunConfig& run, const ModelFacts& model) {
 
 template MemoryLedger dry_step<float>(const RunConfig&, const MakeChainRunner<float>*, std::int64_t*, bool);
 template MemoryLedger measured_step<float>(const RunConfig&, const DataSplit&);
+template std::size_t own_need<float>(const RunConfig&, const MemoryLedger&);
 template MemoryLedger dry_step<double>(const RunConfig&, const MakeChainRunner<double>*, std::int64_t*, bool);
 template MemoryLedger measured_step<double>(const RunConfig&, const DataSplit&);
+template std::size_t own_need<double>(const RunConfig&, const MemoryLedger&);
 template MemoryLedger dry_step<f16>(const RunConfig&, const MakeChainRunner<f16>*, std::int64_t*, bool);
 template MemoryLedger measured_step<f16>(const RunConfig&, const DataSplit&);
+template std::size_t own_need<f16>(const RunConfig&, const MemoryLedger&);
 template MemoryLedger dry_step<bf16>(const RunConfig&, const MakeChainRunner<bf16>*, std::int64_t*, bool);
 template MemoryLedger measured_step<bf16>(const RunConfig&, const DataSplit&);
+template std::size_t own_need<bf16>(const RunConfig&, const MemoryLedger&);
 template MemoryLedger dry_step<mp>(const RunConfig&, const MakeChainRunner<mp>*, std::int64_t*, bool);
 template MemoryLedger measured_step<mp>(const RunConfig&, const DataSplit&);
+template std::size_t own_need<mp>(const RunConfig&, const MemoryLedger&);
 
 LOWMEM_INSTANTIATE_FOR_PRECISIONS(Trainer)
 

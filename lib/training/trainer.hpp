@@ -105,6 +105,13 @@ MemoryLedger dry_step(const RunConfig& run, const MakeChainRunner<T>* chain = nu
 // measures, equal to the dry step's timeline event for event (test).
 template <class T> MemoryLedger measured_step(const RunConfig& run, const DataSplit& data);
 
+// What the run's techniques themselves require, given its dry step (`plan` prints it beside the peak): model
+// state (the weights, gradients and optimizer state peaks) + the saved-activation peak + the working set of the
+// widest layer of the chain (its input and output at one step's slice of rows; a composite layer such as a
+// coupling block counts as one), + the whole batch when it is cut into microbatches; or, if larger, the state +
+// the widest layer at the evaluation batch. A bound any executor of the same techniques could meet: the peak's
+// distance above it is lowmem's own overhead.
+template <class T> std::size_t own_need(const RunConfig& run, const MemoryLedger& step);
 // Checks a run's techniques against its model: each technique's check_model, then, for a technique fitted by dry
 // steps (checkpoint budget), a dry step, which fits it or says why it cannot. Throws lowmem::Error.
 void check_techniques(const RunConfig& run, const ModelFacts& model);
