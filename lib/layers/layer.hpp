@@ -6,6 +6,9 @@
 //                          starts from the same values.
 //   forward(x, ctx)        x is (N, ...); returns (N, ...). In training mode keeps what backward needs.
 //   backward(dy, ctx, dx?) adds (+=) parameter gradients, returns dL/dx if asked, releases what forward kept.
+//   x and dy come by value: a caller that moves them in hands their buffers over, and a layer may then write its
+//   result over them (Tensor::overwritable, make_own) where nothing else holds them: in place, with no effect on
+//   the numbers. Callers pass one layer per statement (a by-value argument lives to the end of its full expression).
 //   params()               trainable parameters with their gradients.
 // Invertible layers (below) add inverse(y) and backward_from_output(y, dy): backprop by reconstruction.
 // In a dry run (tensors without values, see MemoryLedger::set_dry_run) forward and backward allocate and keep
