@@ -95,8 +95,11 @@ def figures(h5):
 
 
 def is_memory(key):
-    """Memory figures: byte counts, pixel-wise costs, the memory/ datasets (peaks per category, timelines)."""
-    return key.endswith("_bytes") or key.startswith("pixel_") or key.startswith("memory/")
+    """Memory figures: byte counts, pixel-wise costs, the memory/ datasets (peaks per category, timelines), and the
+    recomputation count, which a checkpoint budget schedule chooses from the step's memory (every loss and
+    gradient stays exact whatever it recomputes, and those are compared as numbers)."""
+    return (key.endswith("_bytes") or key.startswith("pixel_") or key.startswith("memory/")
+            or key == "recomputed_evaluations_per_step")
 
 
 def split(figs):

@@ -156,7 +156,7 @@ template <class T> Tensor<T> AdditiveCoupling<T>::forward(Tensor<T> x, const Run
   Tensor<T>& y = x.make_own(MemoryCategory::workspace);
   add_channels(y, 0, this->f_.forward(channels(y, half, half), inner), +1);     // y1 = x1 + F(x2)
   add_channels(y, half, this->g_.forward(channels(y, 0, half), inner), +1);     // y2 = x2 + G(y1)
-  return y;
+  return std::move(y);
 }
 
 template <class T> Tensor<T> AdditiveCoupling<T>::backward(Tensor<T> dy, const RunContext& ctx, bool) {
@@ -164,7 +164,7 @@ template <class T> Tensor<T> AdditiveCoupling<T>::backward(Tensor<T> dy, const R
   Tensor<T>& dx = dy.make_own(MemoryCategory::workspace);
   add_channels(dx, 0, this->g_.backward(channels(dx, half, half), ctx, true), +1);  // g1 = dy1 + G'^T dy2
   add_channels(dx, half, this->f_.backward(channels(dx, 0, half), ctx, true), +1);  // dx2 = dy2 + F'^T g1
-  return dx;
+  return std::move(dx);
 }
 
 template <class T> Tensor<T> AdditiveCoupling<T>::inverse(const Tensor<T>& y) {

@@ -31,7 +31,8 @@ template <class T> void GroupNorm<T>::initialize(Rng&) {
 template <class T> Tensor<T> GroupNorm<T>::forward(Tensor<T> x, const RunContext& ctx) {
   const index_t n = x.dim(0), area = x.numel() / (n * channels_), per_group = channels_ / groups_;
   const index_t size = per_group * area;  // values per group
-  Tensor<T> y(x.shape(), MemoryCategory::workspace);
+  if (ctx.keeps()) input_.keep(x);  // first: y takes x's buffer only if nothing keeps x
+  Tensor<T> y = x.overwritable(MemoryCategory::workspace);  // per group: statistics of x, then y over x
   // Statistics as flat vectors (N groups): Saved compresses only rank >= 2 tensors, and these must stay exact.
   Tensor<W> mean(Shape{n * groups_}, MemoryCategory::workspace), inv_std(Shape{n * groups_}, MemoryCategory::workspace);
   const W eps = round_to<W>(eps_), count = round_to<W>(static_cast<double>(size));
@@ -58,7 +59,6 @@ template <class T> Tensor<T> GroupNorm<T>::forward(Tensor<T> x, const RunContext
     }
   }
   if (ctx.keeps()) {
-    input_.keep(x);
     mean_.keep(mean);
     inv_std_.keep(inv_std);
   }
@@ -68,7 +68,7 @@ template <class T> Tensor<T> GroupNorm<T>::forward(Tensor<T> x, const RunContext
 // Per group, with x^ = (x - mean) / sigma over its M values and dx^ = gamma_c dy:
 //   dx = (dx^ - mean(dx^) - x^ mean(dx^ x^)) / sigma;  per channel: dbeta = sum dy, dgamma = sum dy x^.
 template <class T> Tensor<T> GroupNorm<T>::backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) {
-  const Tensor<T> x = input_.get();
+  const Tensor<T> x = input_.take();
   const Tensor<W>&mean = mean_.get(), &inv_std = inv_std_.get();
   const index_t n = x.dim(0), area = x.numel() / (n * channels_), per_group = channels_ / groups_;
   const index_t size = per_group * area;
@@ -92,7 +92,7 @@ template <class T> Tensor<T> GroupNorm<T>::backward(Tensor<T> dy, const RunConte
   }
   Tensor<T> dx;
   if (want_input_grad) {
-    dx = Tensor<T>(x.shape(), MemoryCategory::workspace);
+    dx = dy.overwritable(MemoryCategory::workspace);  // per group: sums of dy, then dx over dy
 #pragma omp parallel for schedule(static)
     for (index_t sg = 0; sg < (x.is_dry() ? 0 : n * groups_); ++sg) {
       const index_t s = sg / groups_, c0 = (sg % groups_) * per_group;
@@ -116,7 +116,6 @@ template <class T> Tensor<T> GroupNorm<T>::backward(Tensor<T> dy, const RunConte
       }
     }
   }
-  input_.release();
   mean_.release();
   inv_std_.release();
   return dx;

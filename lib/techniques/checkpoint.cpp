@@ -289,9 +289,7 @@ template <class T> Tensor<T> CheckpointExecutor<T>::forward(Sequential<T>& chain
   evaluations_ = 0;
   current_ = x;
   run(chain, 0, forward_end_, ctx, false);
-  Tensor<T> out = current_;
-  current_ = Tensor<T>();
-  return out;
+  return std::move(current_);
 }
 
 template <class T>
@@ -299,9 +297,7 @@ Tensor<T> CheckpointExecutor<T>::backward(Sequential<T>& chain, Tensor<T> dy, co
                                           bool want_input_grad) {
   grad_ = std::move(dy);
   run(chain, forward_end_, schedule_.size(), ctx, want_input_grad);
-  Tensor<T> dx = grad_;
-  grad_ = Tensor<T>();
-  return dx;
+  return std::move(grad_);
 }
 
 template <class T>
@@ -327,14 +323,14 @@ void CheckpointExecutor<T>::run(Sequential<T>& chain, std::size_t from, std::siz
         RunContext step = ctx;
         step.keep = kind == Kind::record ? RunContext::Keep::all : RunContext::Keep::nothing;
         step.update_statistics = ctx.update_statistics && !evaluated_[i];  // recomputations leave them alone
-        current_ = chain.layer(i).forward(current_, step);
+        current_ = chain.layer(i).forward(std::move(current_), step);  // in place unless a snapshot holds it
         evaluated_[i] = true;
         ++evaluations_;
         break;
       }
       case Kind::reverse:
         current_ = Tensor<T>();  // the recorded output is not needed any more
-        grad_ = chain.layer(i).backward(grad_, ctx, i > 0 || want_input_grad);
+        grad_ = chain.layer(i).backward(std::move(grad_), ctx, i > 0 || want_input_grad);
         break;
     }
   }
