@@ -172,8 +172,7 @@ template <class T> Tensor<T> AdditiveCoupling<T>::inverse(const Tensor<T>& y) {
   // statistics that equal the forward's in exact arithmetic, and must not update its running statistics twice.
   const index_t half = y.dim(1) / 2;
   const RunContext replay = this->inverse_context();
-  Tensor<T> x = y;
-  x.make_own(MemoryCategory::workspace);
+  Tensor<T> x = y.clone(MemoryCategory::workspace);  // the caller keeps y
   add_channels(x, half, this->g_.forward(channels(x, 0, half), replay), -1);  // x2 = y2 - G(y1)
   add_channels(x, 0, this->f_.forward(channels(x, half, half), replay), -1);  // x1 = y1 - F(x2)
   return x;

@@ -59,15 +59,16 @@ template <class T> Tensor<T> Linear<T>::forward(Tensor<T> x, const RunContext& c
 }
 
 template <class T> Tensor<T> Linear<T>::backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) {
-  const Shape x_shape = input_.get().shape();
+  Tensor<T> x = input_.take();
+  const Shape x_shape = x.shape();
   const index_t n = x_shape[0];
   Tensor<T> dx;
   with_compute_type<T>(ctx.accumulate, [&]<class G>() {
     const Tensor<G> dyg = in_compute_type<G>(dy);
-    const bool dry = input_.get().is_dry() || dyg.is_dry();
+    const bool dry = x.is_dry() || dyg.is_dry();
     const ConstMatrixMap<G> dY(dyg.data(), n, out_);
     {  // the parameter gradients: the last use of the kept input, released (with its converted copy) before dx
-      const Tensor<G> xg = in_compute_type<G>(input_.get());
+      const Tensor<G> xg = in_compute_type<G>(x);
       const ConstMatrixMap<G> X(xg.data(), n, in_);
       Tensor<G> dweight(weight_.value.shape(), MemoryCategory::workspace);
       if (!dry) {
@@ -84,7 +85,7 @@ template <class T> Tensor<T> Linear<T>::backward(Tensor<T> dy, const RunContext&
         }
       }
     }
-    input_.release();
+    x = Tensor<T>();
     if (want_input_grad) {
       const Tensor<G> w = in_compute_type<G>(weight_.value);
       dx = Tensor<T>(x_shape, MemoryCategory::workspace);

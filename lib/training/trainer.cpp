@@ -362,7 +362,7 @@ template <class T> std::size_t own_need(const RunConfig& run, const MemoryLedger
   ledger.set_dry_run(true);
   const MemoryLedger::Scope scope(ledger);
   Sequential<T> model = build_model<T>(run.model);
-  const auto rows = [&](index_t n) { return static_cast<std::size_t>(n) * sizeof(T); };
+  const auto bytes = [](index_t values) { return static_cast<std::size_t>(values) * sizeof(T); };
   const index_t slice = (run.train.batch + run.microbatches() - 1) / run.microbatches();
   std::size_t layer = 0;  // values in and out of the widest layer, per row
   Shape in = model.input_shape();
@@ -374,9 +374,10 @@ template <class T> std::size_t own_need(const RunConfig& run, const MemoryLedger
   const std::size_t state = step.peak(MemoryCategory::weights) + step.peak(MemoryCategory::gradients) +
                             step.peak(MemoryCategory::optimizer_state);
   // Slices of a microbatched step are cut from the whole batch, which is held meanwhile.
-  const std::size_t batch = run.microbatches() > 1 ? rows(run.train.batch) * model.input_shape().numel() : 0;
-  const std::size_t training = state + step.peak(MemoryCategory::saved_activations) + batch + rows(slice) * layer;
-  const std::size_t evaluation = run.study == "train" ? state + rows(run.train.eval_batch) * layer : 0;
+  const std::size_t batch = run.microbatches() > 1 ? bytes(run.train.batch * model.input_shape().numel()) : 0;
+  const std::size_t training =
+      state + step.peak(MemoryCategory::saved_activations) + batch + bytes(slice * static_cast<index_t>(layer));
+  const std::size_t evaluation = run.study == "train" ? state + bytes(run.train.eval_batch * static_cast<index_t>(layer)) : 0;
   return std::max(training, evaluation);
 }
 
