@@ -8,6 +8,7 @@
 
 #include "numerics/error.hpp"
 #include "technique_step.hpp"
+#include "techniques/microbatch.hpp"
 #include "training/trainer.hpp"
 
 namespace lowmem {
@@ -50,6 +51,34 @@ TEST(Microbatch, GroupNormIsBatchIndependent) {
     EXPECT_LT(relative_difference(sliced.gradients, whole.gradients), 1e-13) << count;
     EXPECT_LT(sliced.saved_peak, whole.saved_peak) << count;
   }
+}
+
+// A slice that starts on a 64-byte boundary is a view of the batch: nothing charged, the same values in place, and
+// a layer that receives it copies before writing (shared). One that does not start there is a copy, so a
+// vectorised reduction over a slice never rounds differently for where the slice sits.
+TEST(Microbatch, AnAlignedSliceIsAViewAndAnyOtherACopy) {
+  MemoryLedger ledger;
+  const MemoryLedger::Scope scope(ledger);
+  Tensor<float> batch(Shape{4, 16}, MemoryCategory::workspace);  // rows of 64 bytes
+  for (index_t i = 0; i < batch.numel(); ++i) batch[i] = static_cast<float>(i);
+  const std::size_t before = ledger.current(MemoryCategory::workspace);
+  Tensor<float> view = batch_rows(batch, 2, 2);
+  EXPECT_EQ(ledger.current(MemoryCategory::workspace), before);
+  EXPECT_EQ(view.shape(), (Shape{2, 16}));
+  EXPECT_EQ(view.data(), batch.data() + 32);
+  EXPECT_TRUE(view.is_view());
+  EXPECT_TRUE(view.shared());
+  EXPECT_THROW(view.set_category(MemoryCategory::saved_activations), std::logic_error);
+  Tensor<float>& own = view.make_own(MemoryCategory::workspace);  // a copy: the batch keeps its values
+  own[0] = -1.0f;
+  EXPECT_EQ(batch[32], 32.0f);
+  EXPECT_EQ(ledger.current(MemoryCategory::workspace), before + 2 * 16 * sizeof(float));
+
+  Tensor<f16> narrow(Shape{4, 8}, MemoryCategory::workspace);  // rows of 16 bytes: only every fourth is aligned
+  EXPECT_TRUE(batch_rows(narrow, 0, 1).is_view());
+    const Tensor<f16> copied = batch_rows(narrow, 1, 2);
+  EXPECT_FALSE(copied.is_view());
+  EXPECT_NE(copied.data(), narrow.data() + 8);
 }
 
 TEST(Microbatch, ACountThatDoesNotDivideTheBatchIsRefused) {

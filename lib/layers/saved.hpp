@@ -54,7 +54,7 @@ template <class U> class Saved {
       }
     }
     t_ = t;
-    t_.set_category(MemoryCategory::saved_activations);
+    if (!t_.is_view()) t_.set_category(MemoryCategory::saved_activations);  // a view's bytes are its buffer's
   }
   const Tensor<U>& get() const {
     if constexpr (!std::is_integral_v<U>) {

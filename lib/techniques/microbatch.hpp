@@ -22,7 +22,8 @@ class Microbatch : public Technique {
   index_t count_ = 1;
 };
 
-// Rows [first, first + count) of a batch (N, ...) as a new tensor (workspace).
+// Rows [first, first + count) of a batch (N, ...): a view of its buffer where the slice starts 64-byte aligned,
+// else a copy (workspace).
 template <class T> Tensor<T> batch_rows(const Tensor<T>& x, index_t first, index_t count);
 
 }  // namespace lowmem

@@ -37,9 +37,12 @@ template <class T> Tensor<T>::Storage::~Storage() {
 
 template <class T>
 Tensor<T>::Tensor(Shape shape, MemoryCategory category)
-    : storage_(std::make_shared<Storage>(static_cast<std::size_t>(shape.numel()), category)), shape_(std::move(shape)) {}
+    : storage_(std::make_shared<Storage>(static_cast<std::size_t>(shape.numel()), category)),
+      shape_(std::move(shape)),
+      data_(storage_->values.get()) {}
 
 template <class T> void Tensor<T>::set_category(MemoryCategory c) {
+  if (view_) throw std::logic_error("a view of " + shape_.str() + " cannot relabel the buffer it sees part of");
   if (storage_->ledger) storage_->ledger->move(storage_->category, c, storage_->bytes, storage_->id);
   storage_->category = c;
 }
@@ -48,6 +51,19 @@ template <class T> Tensor<T> Tensor<T>::reshaped(Shape shape) const {
   if (shape.numel() != numel()) throw std::logic_error("reshape " + shape_.str() + " -> " + shape.str() + ": sizes differ");
   Tensor t = *this;
   t.shape_ = std::move(shape);
+  return t;
+}
+
+template <class T> Tensor<T> Tensor<T>::rows(index_t first, index_t count) const {
+  if (shape_.rank() == 0 || first < 0 || count < 0 || first + count > shape_[0])
+    throw std::logic_error("rows " + std::to_string(first) + " + " + std::to_string(count) + " of " + shape_.str());
+  std::vector<index_t> dims = shape_.dims();
+  const index_t row = dims[0] ? numel() / dims[0] : 0;
+  dims[0] = count;
+  Tensor t = *this;
+  t.shape_ = Shape(std::move(dims));
+  t.view_ = true;
+  if (!is_dry()) t.data_ = data_ + first * row;
   return t;
 }
 

@@ -51,8 +51,8 @@ template <class T> class Tensor {
   bool is_dry() const { return storage_ && !storage_->values; }
   std::size_t bytes() const { return static_cast<std::size_t>(numel()) * sizeof(T); }
 
-  T* data() { return storage_->values.get(); }
-  const T* data() const { return storage_->values.get(); }
+  T* data() { return data_; }
+  const T* data() const { return data_; }
   T& operator[](index_t i) { return data()[i]; }
   const T& operator[](index_t i) const { return data()[i]; }
 
@@ -61,12 +61,17 @@ template <class T> class Tensor {
   void set_category(MemoryCategory c);
   // Same buffer seen with another shape of equal size (flatten).
   Tensor reshaped(Shape shape) const;
+  // Rows [first, first + count) of the leading dimension, a view of this buffer (no copy, nothing charged). The
+  // view counts as shared, so a layer that receives it copies before writing in place (`make_own`), and its bytes
+  // stay under the category of the buffer it views (a view cannot relabel a buffer it only partly sees).
+  Tensor rows(index_t first, index_t count) const;
+  bool is_view() const { return view_; }
   // A new buffer with the same values.
   Tensor clone(MemoryCategory category) const;
   // In-place arithmetic: a layer that receives a tensor by value may overwrite it only if nothing else holds its
   // buffer (a caller that keeps its argument keeps a reference, and then gets a copy here, so a value someone
   // else sees never changes). Makes the buffer this tensor's own (a copy if shared) and labels it `category`.
-  bool shared() const { return storage_.use_count() > 1; }
+  bool shared() const { return view_ || storage_.use_count() > 1; }
   Tensor& make_own(MemoryCategory category);
   // Where a layer that works element by element (each output value from input values at its own index, read
   // before it is written) puts its result: this buffer if nothing else holds it, relabelled `category` (the
@@ -95,6 +100,8 @@ template <class T> class Tensor {
   };
   std::shared_ptr<Storage> storage_;
   Shape shape_;
+  T* data_ = nullptr;  // the first value this tensor sees in storage_ (a view starts inside it); null when dry
+  bool view_ = false;  // sees part of storage_ (rows)
 };
 
 }  // namespace lowmem
