@@ -13,6 +13,7 @@
 #include <fstream>
 
 #include "execute.hpp"
+#include "io/limits.hpp"
 #include "numerics/error.hpp"
 #include "signals.hpp"
 
@@ -24,6 +25,10 @@ pid_t start_job(const RunOptions& options, const PlannedRun& run, Job& job) {
   std::vector<std::string> args = {options.self, "run", job.config_file, "--out", job.results_file,
                                    "--threads", threads, "--quiet"};
   if (options.timeline) args.push_back("--timeline");
+  // The sweep's limits, which it checked already: the job must accept what the sweep accepted.
+  const Limits& l = limits();
+  for (auto [name, value] : {std::pair{"runs", l.runs}, std::pair{"layers", l.layers}, std::pair{"memory", memory_limit_bytes()}})
+    args.insert(args.end(), {"--limit", std::string(name) + "=" + std::to_string(value)});
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);

@@ -1,6 +1,7 @@
 // lowmem: the command line. Subcommands run, plan, show and merge; every error is one readable line and exit code 1
 // (usage errors: 2).
 #include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -14,6 +15,7 @@
 #include "numerics/error.hpp"
 #include "numerics/threads.hpp"
 #include "tensor/memory_ledger.hpp"
+#include "io/limits.hpp"
 #include "io/results_file.hpp"
 #include "plan.hpp"
 #include "runner.hpp"
@@ -36,7 +38,7 @@ commands:
 )";
 
 const char* run_help = R"(usage: lowmem run CONFIG.json [--out FILE.h5] [--resume [--force]] [--jobs N] [--shard I/N]
-                  [--set path.to.key=value ...] [--threads N] [--quiet] [--timeline]
+                  [--set path.to.key=value ...] [--threads N] [--quiet] [--timeline] [--limit NAME=N]
 
 Runs every run of CONFIG (its "sweep" expanded) and commits each run to the results file the moment it ends, so
 a crash or kill loses at most the runs in flight and the file always opens. Ctrl-C stops after the runs already
@@ -57,10 +59,14 @@ committed (exit status 130); --resume then continues.
   --quiet            no progress lines
   --timeline         each run records the memory timeline of its setup and first training step in
                      /runs/<id>/memory/timeline (train study only; see lowmem plan --timeline)
+  --limit NAME=N     raise (or lower) a bound checked before anything runs: runs=N (runs a config may
+                     expand to, default 100000), layers=N (layers of one model, nested ones included,
+                     default 100000), memory=BYTES (a run's weights plus one input batch; default: this
+                     machine's physical memory); may be repeated
 )";
 
 const char* plan_help = R"(usage: lowmem plan CONFIG.json [--out FILE.h5] [--shard I/N] [--set path.to.key=value ...]
-                   [--threads N] [--json] [--timeline]
+                   [--threads N] [--json] [--timeline] [--limit NAME=N]
 
 Validates CONFIG and lists its runs (id, study, precision, model) with the memory each will need, by
 category: weights, gradients, optimizer state, saved activations and workspace, and their peak total; the
@@ -70,6 +76,7 @@ Predicted by a dry step, equal to the byte to what `lowmem run` measures.
                      says which runs it would skip (done) and which it would run
   --shard I/N        as for run: only that shard's runs
   --set PATH=VALUE   as for run
+  --limit NAME=N     as for run
   --threads N        as for run: convolution workspace grows with the thread count (default: all cores)
   --json             print a JSON list instead of a table
   --timeline         for each run, the moment of its peak in the dry step's memory timeline (the event, the
@@ -180,8 +187,18 @@ Shard parse_shard(const std::string& text) {
   return {index, count};
 }
 
+// A config's name as a file name: every character but letters, digits and . _ + - becomes _, and so does a
+// leading dot, so no name leads outside results/ or hides its file (--out is the way to write elsewhere).
+std::string file_stem(const std::string& name) {
+  std::string stem = name;
+  for (char& c : stem)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '+' && c != '-') c = '_';
+  if (!stem.empty() && stem[0] == '.') stem[0] = '_';
+  return stem;
+}
+
 std::string default_out(const std::vector<PlannedRun>& runs, const Args& args, const Shard& shard) {
-  std::string stem = "results/" + runs.front().parsed.name;
+  std::string stem = "results/" + file_stem(runs.front().parsed.name);
   if (shard.count > 1) stem += ".shard-" + std::to_string(shard.index) + "-of-" + std::to_string(shard.count);
   return args.get("--out", stem + ".h5");
 }
@@ -194,10 +211,11 @@ std::string self_path(const char* argv0) {
 }
 
 int command_run(int argc, char** argv) {
-  const Args args(argc, argv, {"--out", "--set", "--threads", "--jobs", "--shard"},
+  const Args args(argc, argv, {"--out", "--set", "--threads", "--jobs", "--shard", "--limit"},
                   {"--quiet", "--resume", "--force", "--timeline"});
   if (args.help) return std::cout << run_help, 0;
   if (args.positional.empty()) throw UsageError("run needs a CONFIG.json");
+  for (const std::string& limit : args.all("--limit")) set_limit(limit);
   if (args.has("--force") && !args.has("--resume")) throw UsageError("--force goes with --resume");
   const auto runs = plan_runs(args.positional, args.all("--set"));
   RunOptions options;
@@ -248,9 +266,10 @@ int command_run(int argc, char** argv) {
 }
 
 int command_plan(int argc, char** argv) {
-  const Args args(argc, argv, {"--set", "--threads", "--out", "--shard"}, {"--json", "--timeline"});
+  const Args args(argc, argv, {"--set", "--threads", "--out", "--shard", "--limit"}, {"--json", "--timeline"});
   if (args.help) return std::cout << plan_help, 0;
   if (args.positional.empty()) throw UsageError("plan needs a CONFIG.json");
+  for (const std::string& limit : args.all("--limit")) set_limit(limit);
   set_threads(parse_count("--threads", args.get("--threads", std::to_string(all_cores()))));
   const auto runs = plan_runs(args.positional, args.all("--set"));
   const Shard shard = parse_shard(args.get("--shard", "0/1"));

@@ -7,6 +7,7 @@
 #include <map>
 
 #include "io/config_reader.hpp"
+#include "io/limits.hpp"
 #include "io/sweep.hpp"
 #include "numerics/error.hpp"
 #include "training/model_factory.hpp"
@@ -52,6 +53,41 @@ void check_data_fits(const RunConfig& run, const DataSplit& data) {
                 std::to_string(data.train.count) + " examples in " + data.train.source + ")");
 }
 
+namespace {
+
+std::int64_t value_bytes(Precision p) {
+  switch (p) {
+    case Precision::f32: return sizeof(float);
+    case Precision::f64: return sizeof(double);
+    case Precision::f16: return sizeof(f16);
+    case Precision::bf16: return sizeof(bf16);
+    case Precision::mp: return sizeof(mp);
+  }
+  return sizeof(mp);
+}
+
+// A lower bound on a run's memory, known before any step: its weights and one input batch. Past the limit (the
+// machine's memory by default) the run could not even start, and a dry step over such sizes takes long itself.
+void check_memory_limit(const RunConfig& run, Sequential<float>& model) {
+  const long double bytes = static_cast<long double>(value_bytes(run.precision));
+  long double weights = 0;
+  for (const Param<float>* p : model.params()) weights += static_cast<long double>(p->value.numel()) * bytes;
+  const long double batch = static_cast<long double>(run.train.batch) * run.model.input.numel() * bytes;
+  const std::int64_t limit = memory_limit_bytes();
+  const auto text = [](long double b) {
+    char s[64];
+    std::snprintf(s, sizeof s, "%.0Lf bytes", b);
+    return std::string(s);
+  };
+  if (weights + batch > static_cast<long double>(limit))
+    throw Error("the weights (" + text(weights) + ") and one input batch of /train/batch " +
+                std::to_string(run.train.batch) + " (" + text(batch) + ") alone exceed the memory limit of " +
+                text(limit) + " (" +
+                (limits().memory_bytes ? "--limit memory" : "this machine's memory") + "; " + raise_hint("memory") + ")");
+}
+
+}  // namespace
+
 void validate_model(const RunConfig& run, const std::string& config_file) {
   // Shapes are checked while the model is built; a dry-run ledger keeps this free of real allocations.
   MemoryLedger ledger;
@@ -62,6 +98,7 @@ void validate_model(const RunConfig& run, const std::string& config_file) {
     bool any_invertible = false;
     for (std::size_t i = 0; i < model.size(); ++i) any_invertible = any_invertible || model.invertible(i);
     check_techniques(run, ModelFacts{run.model.arch, model.size(), any_invertible});
+    check_memory_limit(run, model);
     if (run.study == "reconstruction" && !any_invertible)
       throw Error("/study: \"reconstruction\" inverts invertible layers, and model (" + run.model.arch + ") has none " +
                   "(invertible: " + invertible_layer_types + ")");

@@ -14,10 +14,12 @@
 #include <iostream>
 #include <limits>
 #include <map>
+#include <optional>
 
 #include "execute.hpp"
 #include "io/results_file.hpp"
 #include "jobs.hpp"
+#include "output_lock.hpp"
 #include "numerics/error.hpp"
 #include "numerics/threads.hpp"
 #include "progress.hpp"
@@ -28,15 +30,19 @@ namespace lowmem {
 SweepOutcome run_all(const std::vector<PlannedRun>& runs, const RunOptions& options) {
   SweepOutcome outcome;
   std::map<std::string, std::string> statuses;
+  std::optional<OutputLock> lock;  // held until the sweep ends: one writer per results file
   if (options.resume) {
     check_writable_location(options.out);
+    lock.emplace(options.out);
     statuses = resumable_statuses(options.out, runs, options.force);
     outcome.path = options.out;
   } else {
     const OutputChoice out = choose_output_path(options.out);
+    lock.emplace(out.path);
     if (!out.note.empty()) std::cerr << "lowmem: " << out.note << "\n";
     outcome.path = out.path;
   }
+  remove_stale_job_files(outcome.path);
   std::vector<std::size_t> todo;
   for (std::size_t position : shard_positions(runs.size(), options.shard)) {
     ++outcome.planned;

@@ -11,16 +11,13 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
+#include "io/limits.hpp"
+
 namespace lowmem {
 namespace {
 
 using json = nlohmann::json;
 
-// The value as the user wrote it, shortened so a large list does not swamp the message.
-std::string show(const json& v) {
-  std::string s = v.dump();
-  return s.size() <= 80 ? s : s.substr(0, 77) + "...";
-}
 
 std::string quoted_list(const std::vector<std::string>& items) {
   std::string s;
@@ -47,7 +44,7 @@ template <class T> std::string kind_in(T lo, T hi) {
 // Converts without any leniency beyond "an integral float is an integer" and "an integer is a number".
 template <class T> T convert(const json& v, const std::string& where) {
   auto fail = [&](const std::string& expected) -> T {
-    throw Error(where + ": expected " + expected + ", got " + show(v));
+    throw Error(where + ": expected " + expected + ", got " + json_excerpt(v));
   };
   if constexpr (std::is_same_v<T, bool>) {
     return v.is_boolean() ? v.get<bool>() : fail(kind<T>());
@@ -102,28 +99,30 @@ std::string suggestion(const std::string& word, const std::vector<std::string>& 
   return match ? " (did you mean " + json(*match).dump() + "?)" : "";
 }
 
-// Parser callback that tracks the JSON pointer of the current position, to name a repeated key.
-class DuplicateKeyCheck {
+// A first pass over JSON text, building nothing: it tracks the JSON pointer of the current position, to name a
+// repeated key (nlohmann would keep one of them silently), and refuses nesting deeper than max_json_depth before
+// any value is built (printing or destroying a value recurses). A syntax error stops it; the parse that follows
+// reports it. (nlohmann's callback parser does the same checks in one pass but takes quadratic time in long lists.)
+class ConfigTextCheck : public nlohmann::json_sax<json> {
  public:
-  explicit DuplicateKeyCheck(std::string file) : file_(std::move(file)) {}
-  bool operator()(int, json::parse_event_t event, json& parsed) {
-    switch (event) {
-      case json::parse_event_t::object_start: stack_.emplace_back(false); break;
-      case json::parse_event_t::array_start: stack_.emplace_back(true); break;
-      case json::parse_event_t::key:
-        stack_.back().key = parsed.get<std::string>();
-        if (!stack_.back().seen.insert(stack_.back().key).second) throw Error(file_ + ": " + pointer() + ": duplicate key");
-        break;
-      case json::parse_event_t::object_end:
-      case json::parse_event_t::array_end:
-        stack_.pop_back();
-        [[fallthrough]];  // a finished container is one element of its parent
-      case json::parse_event_t::value:
-        if (!stack_.empty() && stack_.back().array) ++stack_.back().index;
-        break;
-    }
+  explicit ConfigTextCheck(std::string source) : source_(std::move(source)) {}
+  bool null() override { return value(); }
+  bool boolean(bool) override { return value(); }
+  bool number_integer(number_integer_t) override { return value(); }
+  bool number_unsigned(number_unsigned_t) override { return value(); }
+  bool number_float(number_float_t, const string_t&) override { return value(); }
+  bool string(string_t&) override { return value(); }
+  bool binary(binary_t&) override { return value(); }
+  bool start_object(std::size_t) override { return open(false); }
+  bool start_array(std::size_t) override { return open(true); }
+  bool key(string_t& key) override {
+    stack_.back().key = key;
+    if (!stack_.back().seen.insert(key).second) throw Error(source_ + ": " + pointer() + ": duplicate key");
     return true;
   }
+  bool end_object() override { return close(); }
+  bool end_array() override { return close(); }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override { return false; }
 
  private:
   struct Frame {
@@ -133,12 +132,27 @@ class DuplicateKeyCheck {
     std::string key;
     std::set<std::string> seen;
   };
+  bool open(bool array) {
+    if (stack_.size() >= static_cast<std::size_t>(max_json_depth))
+      throw Error(source_ + ": " + pointer() + ": nested deeper than " + std::to_string(max_json_depth) +
+                  " levels of objects and lists");
+    stack_.emplace_back(array);
+    return true;
+  }
+  bool close() {
+    stack_.pop_back();
+    return value();  // a finished container is one element of its parent
+  }
+  bool value() {
+    if (!stack_.empty() && stack_.back().array) ++stack_.back().index;
+    return true;
+  }
   std::string pointer() const {
     std::string p;
     for (const auto& f : stack_) p += "/" + (f.array ? std::to_string(f.index) : json_pointer_token(f.key));
     return p;
   }
-  std::string file_;
+  std::string source_;
   std::vector<Frame> stack_;
 };
 
@@ -167,7 +181,7 @@ std::string json_pointer_token(const std::string& key) {
 
 ConfigReader::ConfigReader(const json& object, std::string path, std::string file, json* effective)
     : object_(&object), effective_(effective), path_(std::move(path)), file_(std::move(file)) {
-  if (!object.is_object()) fail("", "expected an object, got " + show(object));
+  if (!object.is_object()) fail("", "expected an object, got " + json_excerpt(object));
   if (effective_ && !effective_->is_object()) *effective_ = json::object();
 }
 
@@ -211,7 +225,7 @@ template <ConfigScalar T> T ConfigReader::get(const std::string& key, const T& f
 template <ConfigNumber T> T ConfigReader::required_in(const std::string& key, T lo, T hi) {
   const json& v = need(key);
   const T x = convert<T>(v, where(key));
-  if (x < lo || x > hi) fail(key, "expected " + kind_in(lo, hi) + ", got " + show(v));
+  if (x < lo || x > hi) fail(key, "expected " + kind_in(lo, hi) + ", got " + json_excerpt(v));
   return record(key, x);
 }
 
@@ -223,7 +237,7 @@ template <ConfigNumber T> T ConfigReader::get_in(const std::string& key, const T
 template <ConfigScalar T> std::vector<T> ConfigReader::get_list(const std::string& key, const std::vector<T>& fallback) {
   const json* v = find(key);
   if (!v) return record(key, fallback);
-  if (!v->is_array()) fail(key, "expected a list of " + kind<T>(true) + ", got " + show(*v));
+  if (!v->is_array()) fail(key, "expected a list of " + kind<T>(true) + ", got " + json_excerpt(*v));
   std::vector<T> out;
   for (std::size_t i = 0; i < v->size(); ++i) out.push_back(convert<T>((*v)[i], where(key) + "/" + std::to_string(i)));
   return record(key, out);
@@ -232,7 +246,7 @@ template <ConfigScalar T> std::vector<T> ConfigReader::get_list(const std::strin
 std::string ConfigReader::choice(const std::string& key, const json& v, const std::vector<std::string>& choices) const {
   if (v.is_string() && std::find(choices.begin(), choices.end(), v.get<std::string>()) != choices.end())
     return v.get<std::string>();
-  fail(key, "expected one of " + quoted_list(choices) + ", got " + show(v) +
+  fail(key, "expected one of " + quoted_list(choices) + ", got " + json_excerpt(v) +
                 (v.is_string() ? suggestion(v.get<std::string>(), choices) : ""));
 }
 
@@ -268,7 +282,7 @@ ConfigReader ConfigReader::object_or_empty(const std::string& key) {
 
 std::vector<ConfigReader> ConfigReader::object_list(const std::string& key) {
   const json& v = need(key);
-  if (!v.is_array()) fail(key, "expected a list of objects, got " + show(v));
+  if (!v.is_array()) fail(key, "expected a list of objects, got " + json_excerpt(v));
   json* list = effective_ ? &((*effective_)[key] = json::array()) : nullptr;
   if (list)
     for (std::size_t i = 0; i < v.size(); ++i) list->push_back(json::object());  // sized first: pointers stay valid
@@ -294,19 +308,42 @@ json read_json_file(const std::string& file) {
   std::ifstream in(file, std::ios::binary);
   if (!in) throw Error(file + ": cannot open (" + std::strerror(errno) + ")");
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  try {
-    return json::parse(text, DuplicateKeyCheck(file));
-  } catch (const json::parse_error& e) {
-    // e.byte counts characters read, so the parser stopped at e.byte - 1: the last character of the bad token.
-    const std::size_t at = std::min<std::size_t>(e.byte == 0 ? 0 : e.byte - 1, text.size());
+  return parse_json_text(text, file);
+}
+
+json parse_json_text(const std::string& text, const std::string& source) {
+  // "line L, column C" of text offset `at`.
+  auto position = [&](std::size_t at) {
+    at = std::min(at, text.size());
     const std::size_t line = 1 + std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(at), '\n');
     const std::size_t line_start = at == 0 ? 0 : text.rfind('\n', at - 1) + 1;  // npos + 1 == 0
+    return "line " + std::to_string(line) + ", column " + std::to_string(at - line_start + 1);
+  };
+  try {
+    ConfigTextCheck check(source);
+    json::sax_parse(text, &check);  // stops at a syntax error, which the parse below then reports
+    return json::parse(text);
+  } catch (const json::parse_error& e) {
+    // e.byte counts characters read, so the parser stopped at e.byte - 1: the last character of the bad token.
     // nlohmann's message reads "[json.exception.parse_error.101] parse error at line 1, column 2: <reason>".
     const std::string what = e.what();
     const auto colon = what.find(": ");
-    throw Error(file + ": line " + std::to_string(line) + ", column " + std::to_string(at - line_start + 1) +
+    throw Error(source + ": " + position(e.byte == 0 ? 0 : e.byte - 1) +
                 ": invalid JSON: " + (colon == std::string::npos ? what : what.substr(colon + 2)));
+  } catch (const json::out_of_range& e) {
+    // A number beyond a double (1e400): nlohmann names the token but not where it is.
+    const std::string what = e.what();
+    const std::size_t open = what.find('\''), close = what.rfind('\'');
+    const std::string token = open < close ? what.substr(open + 1, close - open - 1) : "";
+    const std::size_t at = token.empty() ? std::string::npos : text.find(token);
+    throw Error(source + ": " + (at == std::string::npos ? "" : position(at) + ": ") + "the number " + token +
+                " is beyond the range of a double (about 1.8e308)");
   }
+}
+
+std::string json_excerpt(const json& value) {
+  std::string s = value.dump(-1, ' ', false, json::error_handler_t::replace);
+  return s.size() <= 80 ? s : s.substr(0, 77) + "...";
 }
 
 #define LOWMEM_CONFIG_SCALAR(T)                                               \

@@ -76,6 +76,11 @@ class ConfigReader {
 // Reads and parses a JSON file. Errors name the file; parse errors give "line L, column C"; a key repeated in one
 // object is an error (nlohmann would keep only one of them silently).
 nlohmann::json read_json_file(const std::string& file);
+// The same for JSON text from elsewhere (a --set value); `source` names it in errors. Nesting deeper than
+// max_json_depth (io/limits.hpp) is refused; a number beyond a double is an error naming it.
+nlohmann::json parse_json_text(const std::string& text, const std::string& source);
+// The value as JSON text, shortened to 80 characters so a large value does not swamp a message.
+std::string json_excerpt(const nlohmann::json& value);
 
 // The "did you mean" rule shared by keys, choices and sweep paths: a case-insensitive match, else the single closest
 // candidate within edit distance 2 that is not a total rewrite of the word. Ties suggest nothing.

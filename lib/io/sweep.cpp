@@ -1,8 +1,10 @@
 #include "io/sweep.hpp"
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 
 #include "io/config_reader.hpp"
+#include "io/limits.hpp"
 #include "numerics/error.hpp"
 
 namespace lowmem {
@@ -26,13 +28,13 @@ struct Axis {
 
 const json& checked_list(const json& values, const std::string& where) {
   if (!values.is_array() || values.empty())
-    throw Error(where + ": expected a non-empty list of values, got " + values.dump());
+    throw Error(where + ": expected a non-empty list of values, got " + json_excerpt(values));
   return values;
 }
 
 std::vector<Axis> sweep_axes(const json& sweep, const std::string& file, const std::string& pointer) {
   if (!sweep.is_object())
-    throw Error(location(file, pointer) + ": expected an object mapping paths to lists of values, got " + sweep.dump());
+    throw Error(location(file, pointer) + ": expected an object mapping paths to lists of values, got " + json_excerpt(sweep));
   std::vector<Axis> axes;
   for (const auto& [path, values] : sweep.items()) {
     const std::string where = location(file, pointer + "/" + json_pointer_token(path));
@@ -43,7 +45,7 @@ std::vector<Axis> sweep_axes(const json& sweep, const std::string& file, const s
 
 Axis zip_axis(const json& zip, const std::string& file) {
   if (!zip.is_object())
-    throw Error(location(file, "/zip") + ": expected an object mapping paths to lists of values, got " + zip.dump());
+    throw Error(location(file, "/zip") + ": expected an object mapping paths to lists of values, got " + json_excerpt(zip));
   Axis axis;
   for (const auto& [path, values] : zip.items()) {
     const std::string where = location(file, "/zip/" + json_pointer_token(path));
@@ -73,6 +75,28 @@ void append_product(const json& base, const std::vector<Axis>& axes, std::vector
     for (std::size_t k = 0; k < axes.size(); ++k) set_step(config, axes[k], step[k]);  // in key order
     out.push_back(std::move(config));
   }
+}
+
+// a * b, or the runs limit + 1 if it is larger (the count only has to tell "too many").
+std::int64_t capped_product(std::int64_t a, std::int64_t b) {
+  const std::int64_t cap = limits().runs + 1;
+  return a != 0 && b > cap / a ? cap : std::min(a * b, cap);
+}
+
+// Text fit for a one-line message: control bytes (and, for text that is not UTF-8, every byte >= 0x80) as
+// \xHH, cut at 80 characters.
+std::string printable(const std::string& text, bool escape_high) {
+  std::string out;
+  for (unsigned char c : text) {
+    if (out.size() >= 80) return out + "...";
+    if (c < 0x20 || c == 0x7f || (escape_high && c >= 0x80)) {
+      static const char* hex = "0123456789abcdef";
+      out += std::string("\\x") + hex[c >> 4] + hex[c & 15];
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out;
 }
 
 bool is_index(const std::string& part) {
@@ -117,7 +141,7 @@ void set_path(json& config, const std::string& dotted, const json& value, const 
       if (last) return void(*node = value);
     } else {
       fail("cannot set \"" + dotted + "\": " + (walked.empty() ? "the config" : "\"" + walked + "\"") + " is a " +
-           node->type_name() + " (" + node->dump() + "), not an object or list");
+           node->type_name() + " (" + json_excerpt(*node) + "), not an object or list");
     }
     walked = here;
   }
@@ -146,6 +170,16 @@ std::vector<json> expand_sweep(const json& config, const std::string& file) {
       for (const auto& z : zip.entries)
         if (axis.entries[0].path == z.path) throw Error(axis.entries[0].where + ": also set by /zip/" + json_pointer_token(z.path));
 
+  // Counted before any run is built: a sweep can describe more runs than memory holds.
+  std::int64_t count = 0;
+  for (const auto& group : groups) {
+    std::int64_t product = static_cast<std::int64_t>(zip.size);
+    for (const auto& axis : group) product = capped_product(product, static_cast<std::int64_t>(axis.size));
+    count = std::min(count + product, limits().runs + 1);
+  }
+  if (count > limits().runs)
+    throw Error(location(file, "/sweep") + ": expands to more than " + std::to_string(limits().runs) + " runs (" +
+                raise_hint("runs") + ")");
   std::vector<json> runs;
   for (std::size_t z = 0; z < zip.size; ++z) {
     json zipped = base;
@@ -156,11 +190,17 @@ std::vector<json> expand_sweep(const json& config, const std::string& file) {
 }
 
 void apply_override(json& config, const std::string& assignment) {
-  const std::string context = "--set " + assignment;
+  const std::string context = "--set " + printable(assignment, false);
   const std::size_t eq = assignment.find('=');
   if (eq == std::string::npos || eq == 0) throw Error(context + ": expected PATH=VALUE, e.g. --set train.optimizer.lr=0.01");
   const std::string text = assignment.substr(eq + 1);
-  set_path(config, assignment.substr(0, eq), json::accept(text) ? json::parse(text) : json(text), context);
+  json value = json::accept(text) ? parse_json_text(text, context) : json(text);
+  try {
+    (void)value.dump();  // a JSON string must be UTF-8; the shell hands over any bytes
+  } catch (const json::type_error&) {
+    throw Error("--set " + printable(assignment, true) + ": the value is not valid UTF-8 text");
+  }
+  set_path(config, assignment.substr(0, eq), value, context);
 }
 
 }  // namespace lowmem

@@ -11,4 +11,11 @@ class Error : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A size past what lowmem can represent: a shape too large, or memory beyond 2^64 bytes. The model factory adds
+// the layer's config path.
+class SizeError : public Error {
+ public:
+  using Error::Error;
+};
+
 }  // namespace lowmem

@@ -4,7 +4,10 @@
 
 #include <algorithm>
 #include <fstream>
+#include <limits>
 #include <stdexcept>
+
+#include "numerics/error.hpp"
 
 namespace lowmem {
 
@@ -39,6 +42,8 @@ thread_local MemoryPhase active_phase = MemoryPhase::setup;
 }  // namespace
 
 std::uint64_t MemoryLedger::allocate(MemoryCategory c, std::size_t bytes) {
+  if (bytes > std::numeric_limits<std::size_t>::max() - current_total_)
+    throw SizeError("the buffers alive at once would exceed 2^64 bytes");
   current_[index(c)] += bytes;
   current_total_ += bytes;
   update_peaks();

@@ -9,11 +9,24 @@
 
 namespace lowmem {
 
-std::string Shape::str() const {
+index_t Shape::product(const std::vector<index_t>& dims) {
+  index_t n = 1;
+  for (index_t d : dims) {
+    if (d < 0) throw SizeError("a tensor of shape " + Shape::text(dims) + " has a negative size");
+    if (d != 0 && n > max_numel / d)
+      throw SizeError("a tensor of shape " + Shape::text(dims) + " would hold more than 2^57 values");
+    n *= d;
+  }
+  return n;
+}
+
+std::string Shape::text(const std::vector<index_t>& dims) {
   std::string s = "[";
-  for (std::size_t i = 0; i < dims_.size(); ++i) s += (i ? ", " : "") + std::to_string(dims_[i]);
+  for (std::size_t i = 0; i < dims.size(); ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
   return s + "]";
 }
+
+std::string Shape::str() const { return text(dims_); }
 
 template <class T>
 Tensor<T>::Storage::Storage(std::size_t n, MemoryCategory c)

@@ -8,11 +8,16 @@
 #include <string>
 #include <vector>
 
+#include "numerics/error.hpp"
 #include "tensor/memory_ledger.hpp"
 
 namespace lowmem {
 
 using index_t = std::int64_t;
+
+// No tensor holds more values than this (2^57): its bytes, for any scalar type lowmem has (at most 64 bytes
+// each), then fit in 63 bits, and sums of a few such sizes cannot wrap around.
+constexpr index_t max_numel = index_t{1} << 57;
 
 class Shape {
  public:
@@ -26,13 +31,11 @@ class Shape {
   const std::vector<index_t>& dims() const { return dims_; }
   bool operator==(const Shape& other) const { return dims_ == other.dims_; }
   std::string str() const;  // "[64, 32, 28, 28]"
+  static std::string text(const std::vector<index_t>& dims);
 
  private:
-  static index_t product(const std::vector<index_t>& dims) {
-    index_t n = 1;
-    for (index_t d : dims) n *= d;
-    return n;
-  }
+  // Checked: throws SizeError past max_numel (or for a negative size), so bytes of any scalar type fit in 64 bits.
+  static index_t product(const std::vector<index_t>& dims);
   std::vector<index_t> dims_;
   index_t numel_ = 1;
 };

@@ -3,6 +3,7 @@
 #include <limits>
 
 #include "io/config_reader.hpp"
+#include "io/limits.hpp"
 
 namespace lowmem {
 
@@ -29,6 +30,7 @@ void expand_cnn(ConfigReader& r, ModelSpec& m) {
   // groupnorm G > 0: group norm with G groups instead of batch norm (batch-independent, for microbatches)
   const std::int64_t groups = r.get_in<std::int64_t>("groupnorm", 0, 0, i64_max);
   if (channels.empty()) r.fail("channels", "expected at least one channel count");
+  check_layer_limit(r, "channels", static_cast<std::int64_t>(channels.size()) * 4 + 2);
   auto add = [&](std::string type) -> LayerSpec& {
     m.layers.push_back(generated("cnn", m.layers.size(), std::move(type)));
     return m.layers.back();
@@ -64,6 +66,7 @@ void expand_resnet(ConfigReader& r, ModelSpec& m) {
   if ((depth - 4) % 6 != 0)
     r.fail("depth", "expected depth = 6 n + 4 (10, 16, 22, 28, ...), got " + std::to_string(depth));
   const int blocks = (depth - 4) / 6;
+  check_layer_limit(r, "depth", 3 * static_cast<std::int64_t>(blocks) + 5);
   auto add = [&](std::string type) -> LayerSpec& {
     m.layers.push_back(generated("resnet", m.layers.size(), std::move(type)));
     return m.layers.back();
@@ -102,6 +105,9 @@ void expand_reversible(ConfigReader& r, ModelSpec& m) {
                                                     : "coupling blocks split channels in halves") +
                         ": expected a multiple of " + std::to_string(split) + ", got " + std::to_string(width));
   if (slope == 0.0) r.fail("slope", "a leaky ReLU with slope 0 is not invertible: expected a slope > 0");
+  // Layers per block, nested ones included (an invertible conv holds two convs).
+  const std::int64_t per_block = m.arch == "flat" ? 5 : m.arch == "hybrid" ? 21 : 11;
+  check_layer_limit(r, "blocks", stages * (static_cast<std::int64_t>(blocks) * per_block + 1) + 4);
   auto layer = [&](std::string type, const std::string& where) {
     LayerSpec s = generated(m.arch, 0, std::move(type));
     s.label = "/model (" + m.arch + " " + where + ": " + s.type + ")";
@@ -165,6 +171,12 @@ void expand_reversible(ConfigReader& r, ModelSpec& m) {
 }
 
 }  // namespace
+
+void check_layer_limit(const ConfigReader& r, const std::string& key, std::int64_t layers) {
+  if (layers > limits().layers)
+    r.fail(key, "gives " + std::to_string(layers) + " layers (nested ones included), more than the limit of " +
+                    std::to_string(limits().layers) + " (" + raise_hint("layers") + ")");
+}
 
 std::vector<std::string> architecture_names() { return {"cnn", "resnet", "revnet", "hybrid", "flat"}; }
 

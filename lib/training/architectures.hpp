@@ -16,5 +16,7 @@ class ConfigReader;
 std::vector<std::string> architecture_names();
 // Expands m.arch (one of architecture_names()) into m.layers, reading its keys from r (the model object).
 void expand_architecture(ConfigReader& r, ModelSpec& m);
+// Refuses a model of more than limits().layers layers (nested ones included) before any is built, naming `key`.
+void check_layer_limit(const ConfigReader& r, const std::string& key, std::int64_t layers);
 
 }  // namespace lowmem

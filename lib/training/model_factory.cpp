@@ -22,7 +22,11 @@ template <class T> Sequential<T> make_chain(const std::vector<LayerSpec>& specs,
   Sequential<T> chain(in);
   for (const LayerSpec& s : specs) {
     const MemoryOwner owner(s.label);  // its parameters, in the memory timeline
-    chain.add(make_layer<T>(s, chain.output_shape()));
+    try {
+      chain.add(make_layer<T>(s, chain.output_shape()));
+    } catch (const SizeError& e) {
+      throw Error("layer " + s.label + ": " + e.what());  // the innermost layer names itself
+    }
   }
   return chain;
 }

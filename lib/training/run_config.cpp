@@ -68,6 +68,19 @@ LayerSpec parse_layer(ConfigReader r) {
   return s;
 }
 
+// Layers in a config's layer list, those nested in blocks included (JSON depth is bounded: io/limits.hpp).
+std::int64_t layer_count(const nlohmann::json& list) {
+  std::int64_t n = 0;
+  if (!list.is_array()) return n;
+  for (const auto& layer : list) {
+    ++n;
+    if (layer.is_object())
+      for (const char* key : {"f", "g", "layers"})
+        if (const auto it = layer.find(key); it != layer.end()) n += layer_count(*it);
+  }
+  return n;
+}
+
 ModelSpec parse_model(ConfigReader r) {
   ModelSpec m;
   const auto input = r.get_list<std::int64_t>("input", {1, 28, 28});
@@ -78,6 +91,7 @@ ModelSpec parse_model(ConfigReader r) {
   if (r.has("layers")) {
     if (r.has("arch")) r.fail("arch", "give either \"layers\" or \"arch\", not both");
     m.arch = "layers";
+    check_layer_limit(r, "layers", layer_count(r.raw("layers")));
     for (ConfigReader& layer : r.object_list("layers")) m.layers.push_back(parse_layer(std::move(layer)));
     if (m.layers.empty()) r.fail("layers", "expected at least one layer");
   } else {
@@ -178,6 +192,11 @@ RunConfig parse_run_config(const nlohmann::json& config, const std::string& file
   ConfigReader r(config, "", file, effective);
   RunConfig c;
   c.name = r.get<std::string>("name", "run");
+  // A name is printed on one line and becomes a file name (results/<name>.h5, through a safe mapping).
+  if (c.name.empty() || c.name.size() > 200)
+    r.fail("name", "expected 1 to 200 characters, got " + std::to_string(c.name.size()));
+  for (unsigned char ch : c.name)
+    if (ch < 0x20 || ch == 0x7f) r.fail("name", "contains a control character (code " + std::to_string(ch) + ")");
   c.study = r.get_choice("study", "train", {"train", "gradient", "reconstruction"});
   c.seed = static_cast<std::uint64_t>(r.get_in<std::int64_t>("seed", 0, 0, i64_max));
   c.precision = parse_precision(r.get_choice("precision", "f32", {"f32", "f64", "f16", "bf16", "mp"}));
@@ -191,6 +210,11 @@ RunConfig parse_run_config(const nlohmann::json& config, const std::string& file
   c.mp_bits = r.get_in("mp_bits", 113, 113, 113);  // the build has one multiprecision type: 113 bits (IEEE quad)
   c.model = parse_model(r.object("model"));
   c.data = parse_data(r.object("data"));
+  // The images are the model's input (checked against the data before any run), so the crop can be checked now.
+  if (const int pad = c.data.augment.crop_pad; pad > c.model.input[1] || pad > c.model.input[2])
+    throw Error(r.where("data") + "/augment/crop_pad: " + std::to_string(pad) + " is larger than the images " +
+                "(model.input " + c.model.input.str() + "): expected 0 to " +
+                std::to_string(std::min(c.model.input[1], c.model.input[2])));
   if (c.data.dataset == "synthetic") {
     const SyntheticSpec& s = c.data.synthetic;
     if (Shape{s.channels, s.height, s.width} != c.model.input || s.classes != c.model.classes)
