@@ -2,6 +2,7 @@
 #include "runner.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <filesystem>
 
 #include "io/results_file.hpp"
@@ -16,6 +17,29 @@ std::string sweep_id(const std::vector<PlannedRun>& runs) {
 }
 
 bool is_done(const std::string& status) { return status == "complete" || status == "diverged"; }
+
+namespace {
+
+// Text from a file, as a quoted string on one line, at most 40 characters: it may hold anything.
+std::string quoted(const std::string& text) {
+  const std::string shown = text.size() > 40 ? text.substr(0, 40) + "..." : text;
+  return nlohmann::json(shown).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+}  // namespace
+
+RunRecord read_sweep_run(const std::string& path, const std::string& run_id) {
+  RunRecord record = read_run(path, run_id);
+  const auto it = record.attributes.find("sweep_index");
+  if (it == record.attributes.end()) return record;
+  const std::string& text = it->second;
+  long long position = -1;
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), position);
+  if (error != std::errc() || end != text.data() + text.size() || position < 0)
+    throw Error(path + ": attribute 'sweep_index' of " + quoted("/runs/" + run_id) + " is " + quoted(text) +
+                ", not a run position (a whole number from 0)");
+  return record;
+}
 
 std::map<std::string, std::string> resumable_statuses(const std::string& path, const std::vector<PlannedRun>& runs,
                                                       bool force) {

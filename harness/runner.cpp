@@ -177,7 +177,7 @@ std::size_t merge_results(const std::string& out, const std::vector<std::string>
   std::vector<std::string> order;
   for (const std::string& in : inputs)
     for (const std::string& id : list_runs(in)) {
-      RunRecord record = read_run(in, id);
+      RunRecord record = read_sweep_run(in, id);
       const auto it = best.find(id);
       if (it == best.end()) order.push_back(id), best[id] = std::move(record);
       else if (!is_done(it->second.status) && is_done(record.status)) it->second = std::move(record);

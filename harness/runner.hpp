@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "io/results_file.hpp"
 #include "training/run_config.hpp"
 #include "training/trainer.hpp"
 
@@ -40,6 +41,9 @@ std::map<std::string, std::string> resumable_statuses(const std::string& path, c
                                                       bool force);
 // A run a resume skips: its record holds a result (complete, or diverged, which is a result too).
 bool is_done(const std::string& status);
+// Run `run_id` of the results file `path`, for merge: read_run, and its sweep_index attribute (its position in
+// the sweep) checked to be a whole number from 0, else Error naming the file, the attribute and its value.
+RunRecord read_sweep_run(const std::string& path, const std::string& run_id);
 
 struct RunOptions {
   std::string out;      // results file requested

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <set>
@@ -42,7 +43,7 @@ std::string require_directory(const std::string& path) {
 }
 
 H5::Group open_runs(const std::string& path, const H5::H5File& file) {
-  if (!file.nameExists("runs") || file.childObjType("runs") != H5O_TYPE_GROUP) {
+  if (!file.nameExists("runs") || child(file, "runs").type != H5O_TYPE_GROUP) {
     throw Error(path + " has no /runs group; expected a lowmem results file");
   }
   return file.openGroup("runs");
@@ -92,6 +93,25 @@ void check_space(const std::string& path, const std::string& probe, const std::v
                 std::strerror(error) + "); the file is unchanged");
 }
 
+// A write past `ulimit -f` raises SIGXFSZ, whose default action kills the process without a word. Ignored while
+// the results file is written, the write fails with EFBIG instead, which is reported like a full disk: one line,
+// the file unchanged, the runs committed before kept.
+class IgnoreFileSizeSignal {
+ public:
+  IgnoreFileSizeSignal() {
+    struct sigaction ignore {};
+    ignore.sa_handler = SIG_IGN;
+    sigemptyset(&ignore.sa_mask);
+    sigaction(SIGXFSZ, &ignore, &previous_);
+  }
+  ~IgnoreFileSizeSignal() { sigaction(SIGXFSZ, &previous_, nullptr); }
+  IgnoreFileSizeSignal(const IgnoreFileSizeSignal&) = delete;
+  IgnoreFileSizeSignal& operator=(const IgnoreFileSizeSignal&) = delete;
+
+ private:
+  struct sigaction previous_ {};
+};
+
 H5::H5File open_existing(const std::string& path, const std::string& file, unsigned flags) {
   H5::FileAccPropList fapl;
   fapl.setLibverBounds(H5F_LIBVER_V18, H5F_LIBVER_LATEST);
@@ -109,7 +129,7 @@ H5::H5File open_existing(const std::string& path, const std::string& file, unsig
 std::vector<Row> copy_compacted(const std::string& path, const H5::H5File& in, const H5::H5File& out,
                                 const std::set<std::string>& skip) {
   copy_attributes(in, out);
-  for (const auto& name : child_names(in)) {
+  for (const auto& [name, type] : children(in)) {
     if (name == "summary" || name == "runs") continue;
     // Objects added by later tools. (H5Ocopy is fine for them unless they carry variable-length string
     // attributes in dense storage, which crash it in 1.10.8.)
@@ -120,8 +140,8 @@ std::vector<Row> copy_compacted(const std::string& path, const H5::H5File& in, c
   const H5::Group runs_in = open_runs(path, in), runs_out = out.createGroup("runs");
   copy_attributes(runs_in, runs_out);
   std::vector<Row> rows;
-  for (const auto& name : child_names(runs_in)) {
-    if (runs_in.childObjType(name) != H5O_TYPE_GROUP) continue;
+  for (const auto& [name, type] : children(runs_in)) {
+    if (type != H5O_TYPE_GROUP) continue;
     const H5::Group g = runs_in.openGroup(name);
     RunRecord r = read_run_attributes(g, name);
     const std::int64_t index = read_index(g);
@@ -141,8 +161,8 @@ std::vector<Row> copy_compacted(const std::string& path, const H5::H5File& in, c
 std::int64_t next_index(const H5::H5File& file, const H5::Group& runs) {
   if (file.attrExists(kNextIndexAttr)) return get_int(file, kNextIndexAttr);
   std::int64_t next = 0;
-  for (const auto& name : child_names(runs)) {
-    if (runs.childObjType(name) != H5O_TYPE_GROUP) continue;
+  for (const auto& [name, type] : children(runs)) {
+    if (type != H5O_TYPE_GROUP) continue;
     const std::int64_t i = read_index(runs.openGroup(name));
     if (i != kNoIndex) next = std::max(next, i + 1);
   }
@@ -151,7 +171,7 @@ std::int64_t next_index(const H5::H5File& file, const H5::Group& runs) {
 
 // The index of an existing run (it keeps its row when replaced), or -1.
 std::int64_t existing_index(const H5::Group& runs, const std::string& run_id) {
-  if (!runs.nameExists(run_id) || runs.childObjType(run_id) != H5O_TYPE_GROUP) return -1;
+  if (!runs.nameExists(run_id) || child(runs, run_id).type != H5O_TYPE_GROUP) return -1;
   const std::int64_t i = read_index(runs.openGroup(run_id));
   return i == kNoIndex ? -1 : i;
 }
@@ -259,6 +279,7 @@ void append_runs(const std::string& path, const std::vector<RunRecord>& added,
   const std::string doing = added.size() == 1 ? "adding run '" + added[0].run_id + "'"
                                               : "adding " + std::to_string(added.size()) + " runs";
   with_hdf5(path, doing, [&] {
+    const IgnoreFileSizeSignal file_size_limit;
     std::error_code ec;
     const std::string dir = require_directory(path);
     // One writer at a time in a directory (sweeps, shards or array tasks given the same file, a sweep and its
@@ -350,9 +371,7 @@ void append_runs(const std::string& path, const std::vector<RunRecord>& added,
 }
 
 std::map<std::string, std::string> read_file_attributes(const std::string& path) {
-  return with_hdf5(path, "reading the file's attributes", [&] {
-    require_hdf5_file(path);
-    const H5::H5File file(path, H5F_ACC_RDONLY);
+  return read_file(path, "reading the file's attributes", [&](const H5::H5File& file) {
     std::map<std::string, std::string> attributes;
     for (const std::string& name : attribute_names(file)) {
       const H5::Attribute a = file.openAttribute(name);
@@ -366,9 +385,7 @@ std::map<std::string, std::string> read_file_attributes(const std::string& path)
 }
 
 std::vector<std::string> list_runs(const std::string& path) {
-  return with_hdf5(path, "listing runs", [&] {
-    require_hdf5_file(path);
-    const H5::H5File file(path, H5F_ACC_RDONLY);
+  return read_file(path, "listing runs", [&](const H5::H5File& file) {
     std::vector<std::string> ids;
     for (const auto& row : read_rows(open_runs(path, file))) ids.push_back(row.run.run_id);
     return ids;
@@ -376,15 +393,14 @@ std::vector<std::string> list_runs(const std::string& path) {
 }
 
 RunRecord read_run(const std::string& path, const std::string& run_id) {
-  return with_hdf5(path, "reading run '" + run_id + "'", [&] {
-    require_hdf5_file(path);
-    const H5::H5File file(path, H5F_ACC_RDONLY);
+  return read_file(path, "reading run '" + run_id + "'", [&](const H5::H5File& file) {
     const H5::Group runs = open_runs(path, file);
     if (run_id.empty() || run_id.find('/') != std::string::npos || !runs.nameExists(run_id)) {
       std::string known;
       for (const auto& row : read_rows(runs)) known += (known.empty() ? "" : ", ") + row.run.run_id;
       throw Error(path + " has no run '" + run_id + "'; runs: " + (known.empty() ? "(none)" : known));
     }
+    if (child(runs, run_id).type != H5O_TYPE_GROUP) throw InFileError("/runs/" + run_id + " is not a group");
     const H5::Group g = runs.openGroup(run_id);
     RunRecord r = read_run_attributes(g, run_id);
     read_datasets(g, "", r);

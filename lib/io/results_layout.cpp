@@ -11,11 +11,7 @@ namespace lowmem::io_detail {
 
 // ---- run groups ---------------------------------------------------------------------------------------------
 
-std::int64_t read_index(const H5::Group& run) {
-  std::int64_t index = kNoIndex;
-  if (run.attrExists("index")) run.openAttribute("index").read(H5::PredType::NATIVE_INT64, &index);
-  return index;
-}
+std::int64_t read_index(const H5::Group& run) { return get_int(run, "index", kNoIndex); }
 
 RunRecord read_run_attributes(const H5::Group& g, const std::string& run_id) {
   RunRecord r;
@@ -29,7 +25,7 @@ RunRecord read_run_attributes(const H5::Group& g, const std::string& run_id) {
     const H5::Attribute a = g.openAttribute(name);
     const H5T_class_t cls = a.getTypeClass();
     if (cls == H5T_FLOAT || cls == H5T_INTEGER) {
-      if (a.getSpace().getSimpleExtentNpoints() != 1) continue;  // not something append_run writes
+      if (checked_count(a) != 1) continue;  // not something append_run writes
       double v = 0;
       a.read(H5::PredType::NATIVE_DOUBLE, &v);
       r.scalars[name] = v;
@@ -47,9 +43,14 @@ RunRecord read_run_attributes(const H5::Group& g, const std::string& run_id) {
 }
 
 void read_datasets(const H5::Group& g, const std::string& prefix, RunRecord& r) {
-  for (const auto& name : child_names(g)) {
+  // lowmem nests three deep (memory/timeline/events); a bound keeps a hostile chain of groups from exhausting
+  // the stack or the memory of the keys.
+  constexpr std::ptrdiff_t kMaxDepth = 32;
+  if (std::count(prefix.begin(), prefix.end(), '/') >= kMaxDepth)
+    throw InFileError(g.getObjName() + ": groups nested more than " + std::to_string(kMaxDepth) +
+                      " deep in a run; a lowmem results file nests 3");
+  for (const auto& [name, kind] : children(g)) {
     const std::string key = prefix.empty() ? name : prefix + "/" + name;
-    const H5O_type_t kind = g.childObjType(name);
     if (kind == H5O_TYPE_GROUP) {
       read_datasets(g.openGroup(name), key, r);
     } else if (kind == H5O_TYPE_DATASET) {
@@ -63,7 +64,7 @@ void read_datasets(const H5::Group& g, const std::string& prefix, RunRecord& r) 
       space.getSimpleExtentDims(dims.data());
       RunRecord::Array a;
       a.shape.assign(dims.begin(), dims.end());
-      a.values.resize(static_cast<std::size_t>(space.getSimpleExtentNpoints()));
+      a.values.resize(checked_count(d));
       if (!a.values.empty()) read_dataset(d, a.values.data(), H5::PredType::NATIVE_DOUBLE);
       r.arrays[key] = std::move(a);
     }
@@ -120,8 +121,8 @@ void sort_rows(std::vector<Row>& rows) {
 
 std::vector<Row> read_rows(const H5::Group& runs) {
   std::vector<Row> rows;
-  for (const auto& name : child_names(runs)) {
-    if (runs.childObjType(name) != H5O_TYPE_GROUP) continue;
+  for (const auto& [name, type] : children(runs)) {
+    if (type != H5O_TYPE_GROUP) continue;
     const H5::Group g = runs.openGroup(name);
     rows.push_back({read_index(g), read_run_attributes(g, name)});
   }
@@ -209,18 +210,18 @@ Table read_table(const std::string& path, const H5::DataSet& d) {
     std::string name;
     enum { kFixed, kVariable, kNumber } kind;
     std::size_t size, offset;
-    H5T_cset_t cset = H5T_CSET_ASCII;  // must match the file's: HDF5 converts no character sets
+    H5::StrType str;  // a string column's type in the file
   };
   std::vector<Column> cols;
   std::size_t row_size = 0;
   for (unsigned m = 0; m < static_cast<unsigned>(file_type.getNmembers()); ++m) {
     const H5T_class_t cls = file_type.getMemberClass(m);
-    Column c{file_type.getMemberName(m), Column::kNumber, sizeof(double), 0};
+    Column c{file_type.getMemberName(m), Column::kNumber, sizeof(double), 0, {}};
     if (cls == H5T_STRING) {
       const H5::StrType s = file_type.getMemberStrType(m);
       c.kind = s.isVariableStr() ? Column::kVariable : Column::kFixed;
       c.size = s.isVariableStr() ? sizeof(char*) : s.getSize();
-      c.cset = s.getCset();
+      c.str = s;
     } else if (cls != H5T_FLOAT && cls != H5T_INTEGER) {
       continue;  // nothing printable
     }
@@ -231,7 +232,7 @@ Table read_table(const std::string& path, const H5::DataSet& d) {
   Table t;
   for (const auto& c : cols) t.columns.push_back(c.name);
   const H5::DataSpace space = d.getSpace();
-  const auto n = static_cast<std::size_t>(space.getSimpleExtentNpoints());
+  const std::size_t n = checked_count(d);
   if (n == 0 || cols.empty()) return t;
   H5::CompType mem(row_size);
   for (const auto& c : cols) {
@@ -239,8 +240,12 @@ Table read_table(const std::string& path, const H5::DataSet& d) {
       mem.insertMember(c.name, c.offset, H5::PredType::NATIVE_DOUBLE);
       continue;
     }
-    H5::StrType s(H5::PredType::C_S1, c.kind == Column::kVariable ? H5T_VARIABLE : c.size);
-    s.setCset(c.cset);
+    if (c.kind == Column::kFixed) {  // as stored: a conversion to NUL-terminated would cut a full-width string
+      mem.insertMember(c.name, c.offset, c.str);
+      continue;
+    }
+    H5::StrType s(H5::PredType::C_S1, H5T_VARIABLE);
+    s.setCset(c.str.getCset());  // must match the file's: HDF5 converts no character sets
     mem.insertMember(c.name, c.offset, s);
   }
   std::vector<char> buf(n * row_size, 0);
@@ -250,7 +255,7 @@ Table read_table(const std::string& path, const H5::DataSet& d) {
     for (const auto& c : cols) {
       const char* cell = buf.data() + i * row_size + c.offset;
       if (c.kind == Column::kFixed) {
-        row.emplace_back(std::string(cell, strnlen(cell, c.size)));
+        row.emplace_back(fixed_text(cell, c.size, c.str.getStrpad()));
       } else if (c.kind == Column::kVariable) {
         const char* str = nullptr;
         std::memcpy(&str, cell, sizeof str);

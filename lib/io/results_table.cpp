@@ -26,10 +26,8 @@ std::string format_number(double v) {
 }  // namespace
 
 SummaryTable read_summary(const std::string& path) {
-  return with_hdf5(path, "reading /summary", [&] {
-    require_hdf5_file(path);
-    const H5::H5File file(path, H5F_ACC_RDONLY);
-    if (!file.nameExists("summary") || file.childObjType("summary") != H5O_TYPE_DATASET) {
+  return read_file(path, "reading /summary", [&](const H5::H5File& file) {
+    if (!file.nameExists("summary") || child(file, "summary").type != H5O_TYPE_DATASET) {
       throw Error(path + " has no /summary table; expected a lowmem results file");
     }
     const Table table = read_table(path, file.openDataSet("summary"));
