@@ -55,6 +55,12 @@ void check_data_fits(const RunConfig& run, const DataSplit& data) {
 
 namespace {
 
+std::string text_bytes(long double b) {
+  char s[64];
+  std::snprintf(s, sizeof s, "%.0Lf bytes", b);
+  return s;
+}
+
 std::int64_t value_bytes(Precision p) {
   switch (p) {
     case Precision::f32: return sizeof(float);
@@ -73,16 +79,21 @@ void check_memory_limit(const RunConfig& run, Sequential<float>& model) {
   long double weights = 0;
   for (const Param<float>* p : model.params()) weights += static_cast<long double>(p->value.numel()) * bytes;
   const long double batch = static_cast<long double>(run.train.batch) * run.model.input.numel() * bytes;
+  // A synthetic data set is generated in memory (float32 pixels, int32 labels): its size is known now too.
+  if (run.data.dataset == "synthetic") {
+    const long double examples = static_cast<long double>(run.data.synthetic.count) + run.data.synthetic_test;
+    const long double data = examples * (static_cast<long double>(run.model.input.numel()) * 4 + 4);
+    if (data + weights > static_cast<long double>(memory_limit_bytes()))
+      throw Error("/data/synthetic: " + std::to_string(run.data.synthetic.count) + " + " +
+                  std::to_string(run.data.synthetic_test) + " examples need " + text_bytes(data) +
+                  ", more than the memory limit of " + text_bytes(memory_limit_bytes()) + " (" +
+                  raise_hint("memory") + ")");
+  }
   const std::int64_t limit = memory_limit_bytes();
-  const auto text = [](long double b) {
-    char s[64];
-    std::snprintf(s, sizeof s, "%.0Lf bytes", b);
-    return std::string(s);
-  };
   if (weights + batch > static_cast<long double>(limit))
-    throw Error("the weights (" + text(weights) + ") and one input batch of /train/batch " +
-                std::to_string(run.train.batch) + " (" + text(batch) + ") alone exceed the memory limit of " +
-                text(limit) + " (" +
+    throw Error("the weights (" + text_bytes(weights) + ") and one input batch of /train/batch " +
+                std::to_string(run.train.batch) + " (" + text_bytes(batch) + ") alone exceed the memory limit of " +
+                text_bytes(limit) + " (" +
                 (limits().memory_bytes ? "--limit memory" : "this machine's memory") + "; " + raise_hint("memory") + ")");
 }
 

@@ -90,6 +90,11 @@ def check_sizes(tmp):
     p = lowmem("plan", write(tmp, "tiny.json", TINY), "--limit", "memory=1000")
     expect_error("plan with --limit memory=1000 refuses the tiny model", p, 1, ["memory limit of 1000 bytes"])
 
+    def huge_synthetic(c):
+        c["data"]["synthetic"]["count"] = 10 ** 15
+    refused("a synthetic data set of 10^15 examples", tmp, "huge_synthetic.json", tiny(huge_synthetic),
+            ["/data/synthetic", "1000000000000000 + 16 examples", "--limit memory"])
+
     def huge_sweep(c):
         c["sweep"] = {"seed": list(range(100000)), "train.optimizer.lr": [0.1 * (k + 1) for k in range(100000)]}
     refused("a sweep of 10^10 runs", tmp, "huge_sweep.json", tiny(huge_sweep),
