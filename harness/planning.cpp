@@ -79,22 +79,23 @@ void check_memory_limit(const RunConfig& run, Sequential<float>& model) {
   long double weights = 0;
   for (const Param<float>* p : model.params()) weights += static_cast<long double>(p->value.numel()) * bytes;
   const long double batch = static_cast<long double>(run.train.batch) * run.model.input.numel() * bytes;
-  // A synthetic data set is generated in memory (float32 pixels, int32 labels): its size is known now too.
-  if (run.data.dataset == "synthetic") {
-    const long double examples = static_cast<long double>(run.data.synthetic.count) + run.data.synthetic_test;
-    const long double data = examples * (static_cast<long double>(run.model.input.numel()) * 4 + 4);
-    if (data + weights > static_cast<long double>(memory_limit_bytes()))
-      throw Error("/data/synthetic: " + std::to_string(run.data.synthetic.count) + " + " +
-                  std::to_string(run.data.synthetic_test) + " examples need " + text_bytes(data) +
-                  ", more than the memory limit of " + text_bytes(memory_limit_bytes()) + " (" +
-                  raise_hint("memory") + ")");
-  }
   const std::int64_t limit = memory_limit_bytes();
   if (weights + batch > static_cast<long double>(limit))
     throw Error("the weights (" + text_bytes(weights) + ") and one input batch of /train/batch " +
                 std::to_string(run.train.batch) + " (" + text_bytes(batch) + ") alone exceed the memory limit of " +
                 text_bytes(limit) + " (" +
                 (limits().memory_bytes ? "--limit memory" : "this machine's memory") + "; " + raise_hint("memory") + ")");
+  // A synthetic data set is generated in memory (float32 pixels, int32 labels): its size is known now too.
+  if (run.data.dataset == "synthetic") {
+    const long double examples = static_cast<long double>(run.data.synthetic.count) + run.data.synthetic_test;
+    const long double data = examples * (static_cast<long double>(run.model.input.numel()) * 4 + 4);
+    if (data + weights > static_cast<long double>(limit))
+      throw Error("/data/synthetic: " + std::to_string(run.data.synthetic.count) + " + " +
+                  std::to_string(run.data.synthetic_test) + " examples need " + text_bytes(data) +
+                  ", more than the memory limit of " + text_bytes(limit) + " (" +
+                  raise_hint("memory") + ")");
+  }
+}
 }
 
 }  // namespace
