@@ -72,8 +72,9 @@ std::int64_t value_bytes(Precision p) {
   return sizeof(mp);
 }
 
-// A lower bound on a run's memory, known before any step: its weights and one input batch. Past the limit (the
-// machine's memory by default) the run could not even start, and a dry step over such sizes takes long itself.
+// A lower bound on a run's memory, known before any step: its weights and one input batch (and a synthetic data
+// set). Past the limit (the machine's memory by default) the run could not even start, and a dry step over such
+// sizes takes long itself.
 void check_memory_limit(const RunConfig& run, Sequential<float>& model) {
   const long double bytes = static_cast<long double>(value_bytes(run.precision));
   long double weights = 0;
@@ -95,7 +96,6 @@ void check_memory_limit(const RunConfig& run, Sequential<float>& model) {
                   ", more than the memory limit of " + text_bytes(limit) + " (" +
                   raise_hint("memory") + ")");
   }
-}
 }
 
 }  // namespace
