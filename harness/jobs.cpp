@@ -82,7 +82,7 @@ RunRecord finish_job(const PlannedRun& run, const Job& job, int status, bool& le
     record.scalars["wall_seconds"] =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - job.start).count();
   }
-  for (const std::string* file : {&job.config_file, &job.results_file, &job.log_file}) std::filesystem::remove(*file, ec);
+  job.remove_files();
   return record;
 }
 
@@ -95,10 +95,15 @@ ActiveJobs::~ActiveJobs() {
     int status = 0;
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }
-    std::error_code ec;
-    for (const std::string* file : {&job.config_file, &job.results_file, &job.log_file})
-      std::filesystem::remove(*file, ec);
+    job.remove_files();
   }
+}
+
+void Job::remove_files() const {
+  std::error_code ec;
+  // The job's lock too: a job stopped before its sweep loop began (SIGTERM at start-up) leaves it behind.
+  for (const std::string& file : {config_file, results_file, log_file, results_file + ".lock"})
+    std::filesystem::remove(file, ec);
 }
 
 }  // namespace lowmem

@@ -19,6 +19,7 @@ struct Job {
   std::size_t position;
   std::string config_file, results_file, log_file;
   std::chrono::steady_clock::time_point start;
+  void remove_files() const;  // config, results, log and lock
 };
 
 pid_t start_job(const RunOptions& options, const PlannedRun& run, Job& job);

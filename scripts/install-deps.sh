@@ -7,6 +7,9 @@ packages=(
   libbenchmark-dev libgtest-dev libgmock-dev zlib1g-dev
   dataset-fashion-mnist
   python3 python3-h5py python3-matplotlib python3-numpy python3-torch
+  # the sanitizer and fuzz builds (scripts/test-sanitizers.sh, scripts/fuzz.sh): clang, its OpenMP runtime, the
+  # sanitizer and libFuzzer runtimes (libclang_rt.*, only recommended by clang) and llvm-symbolizer for stacks
+  clang libomp-dev libclang-rt-14-dev llvm
 )
 missing=()
 for p in "${packages[@]}"; do

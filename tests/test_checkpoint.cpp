@@ -126,7 +126,9 @@ double exhaustive_optimum(const ChainCosts& c, std::size_t memory) {
   best[start] = 0;
   queue.push({0.0, start});
   while (!queue.empty()) {
-    const auto [cost, st] = queue.top();
+    // Not a structured binding: clang 14 (the sanitizer build) cannot capture one in the lambda below.
+    const double cost = queue.top().first;
+    const State st = queue.top().second;
     queue.pop();
     if (cost > best[st]) continue;
     if (st.next == 0) return cost;

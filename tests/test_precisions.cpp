@@ -114,7 +114,8 @@ TYPED_TEST(EveryPrecision, EveryLayerForwardAgreesWithMultiprecision) {
     auto reference = c.make<mp>();
     Rng rng(3);
     layer->initialize(rng);
-    const auto params = layer->params(), ref_params = reference->params();
+    const auto params = layer->params();  // two declarations: the types differ (GCC accepts one, clang does not)
+    const auto ref_params = reference->params();
     for (std::size_t k = 0; k < params.size(); ++k)
       for (index_t i = 0; i < params[k]->value.numel(); ++i) {
         params[k]->value[i] = round_to<T>(to_double(params[k]->value[i]) + 0.3 * rng.normal());

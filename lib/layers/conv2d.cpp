@@ -201,10 +201,12 @@ template <class T> Tensor<T> Conv2d<T>::backward(Tensor<T> dy, const RunContext&
       G* my_dbias = dbias.data() + t * cout;
       G* my_dimage = dimage.empty() ? nullptr : dimage.data() + t * image;
       // dy of this image and band, (cout, width), widened into a band-sized buffer: converted again for the input
-      // gradient rather than kept for the whole image, so the buffer stays one band.
+      // gradient rather than kept for the whole image, so the buffer stays one band. (my_dy is taken out here
+      // because clang 14 cannot capture dy and P into a lambda in an OpenMP loop in a generic lambda.)
+      const T* const my_dy = dy.data() + s * cout * P;
       auto output_gradient = [&](const Band& b, index_t width) {
         for (index_t c = 0; c < cout; ++c)
-          convert(dy.data() + (s * cout + c) * P + b.first * g.out_width, my_dout + c * width, width);
+          convert(my_dy + c * P + b.first * g.out_width, my_dout + c * width, width);
         return ConstMatrixMap<G>(my_dout, cout, width);
       };
       // 16-bit storage: the input image is widened once, into the buffer that col2im fills afterwards, so the
