@@ -10,6 +10,7 @@
 #include "layers/invertible_chain.hpp"
 #include "layers/linear.hpp"
 #include "layers/pooling.hpp"
+#include "layers/proxy_norm.hpp"
 #include "layers/residual.hpp"
 #include "techniques/sparsity.hpp"
 
@@ -121,6 +122,9 @@ std::vector<LayerCase> all_layer_cases() {
       make_case<BatchNorm>("batchnorm 1d", Shape{5, 4}, index_t{4}, 0.1, 1e-5),
       make_case<GroupNorm>("groupnorm 2d", Shape{3, 4, 3, 3}, index_t{4}, index_t{2}, 1e-5),
       make_case<GroupNorm>("groupnorm 1d (layer norm)", Shape{3, 6}, index_t{6}, index_t{1}, 1e-5),
+      make_case<GroupNorm>("groupnorm without affine", Shape{3, 4, 3, 3}, index_t{4}, index_t{4}, 1e-5, false),
+      make_case<ProxyNorm>("proxy norm 2d (relu)", Shape{3, 4, 3, 3}, index_t{4}, 0.0, 0.03),
+      make_case<ProxyNorm>("proxy norm 1d (leaky relu)", Shape{3, 6}, index_t{6}, 0.2, 0.03),
       make_case<BatchNorm>("inv_batchnorm", Shape{3, 2, 3, 3}, index_t{2}, 0.1, 1e-5, 1e-4),
       make_case<PixelShuffle>("pixel_shuffle", Shape{2, 2, 4, 6}),
       make_case<Flatten>("flatten", Shape{2, 2, 3, 3}),

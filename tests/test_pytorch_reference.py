@@ -63,10 +63,18 @@ GROUPNORM_NET = [conv(6, 3, pad=1), {"type": "groupnorm", "groups": 2}, {"type":
                  conv(4, 3, stride=2, pad=1, bias=False), {"type": "groupnorm", "groups": 4}, {"type": "relu"},
                  {"type": "flatten"}, {"type": "linear", "out": 7}, {"type": "groupnorm", "groups": 1},
                  {"type": "relu"}, {"type": "linear", "out": K}]
+# Proxy Norm after group norm (2 groups), instance norm and layer norm without their own affine, with ReLU and
+# leaky ReLU; in 2-d and in 1-d.
+PROXY_NORM_NET = [conv(6, 3, pad=1), {"type": "groupnorm", "groups": 2, "affine": False}, {"type": "proxy_norm"},
+                  conv(4, 3, stride=2, pad=1, bias=False), {"type": "instancenorm", "affine": False},
+                  {"type": "proxy_norm", "activation": "leaky_relu", "slope": 0.1},
+                  {"type": "flatten"}, {"type": "linear", "out": 7}, {"type": "layernorm", "affine": False},
+                  {"type": "proxy_norm"}, {"type": "linear", "out": K}]
 # name: (input shape, layers, technique). The reversible network runs twice: with stored activations, and with
 # backprop by reconstruction (lowmem rebuilds every activation of the invertible layers from the last one).
 CASES = {"plain_cnn": ([2, 16, 16], PLAIN_CNN, "store_all"), "residual_net": ([3, 8, 8], RESIDUAL_NET, "store_all"),
          "groupnorm_net": ([2, 8, 8], GROUPNORM_NET, "store_all"),
+         "proxy_norm_net": ([2, 8, 8], PROXY_NORM_NET, "store_all"),
          "reversible_net": ([1, 8, 8], REVERSIBLE_NET, "store_all"),
          "reversible_net_rebuilt": ([1, 8, 8], REVERSIBLE_NET, "reversible")}
 

@@ -72,6 +72,31 @@ class PixelShuffle(nn.Module):
         return F.pixel_unshuffle(x, 2)
 
 
+class ProxyNorm(nn.Module):
+    """Proxy Norm (Labatie et al. 2021) from the paper's formulas, after a group norm without affine:
+    y = (act(w x + b) - mu) / sqrt(var + eps), where mu and var are the mean and biased variance over n = 200 points
+    of act(w Y_i + b), Y_i = proxy_bias + (1 + proxy_weight) q_i, q_i = sqrt(2) erfinv(2 (i + 0.5) / n - 1)."""
+
+    def __init__(self, channels, slope, eps, n=200):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels, dtype=torch.float64))
+        self.bias = nn.Parameter(torch.zeros(channels, dtype=torch.float64))
+        self.proxy_weight = nn.Parameter(torch.zeros(channels, dtype=torch.float64))
+        self.proxy_bias = nn.Parameter(torch.zeros(channels, dtype=torch.float64))
+        i = torch.arange(n, dtype=torch.float64)
+        self.register_buffer("q", 2 ** 0.5 * torch.special.erfinv(2 * (i + 0.5) / n - 1))
+        self.slope, self.eps = slope, eps
+
+    def forward(self, x):
+        act = lambda z: F.leaky_relu(z, self.slope)  # slope 0: ReLU
+        y_proxy = self.proxy_bias[:, None] + (1 + self.proxy_weight[:, None]) * self.q[None, :]  # (C, n)
+        a_proxy = act(self.weight[:, None] * y_proxy + self.bias[:, None])
+        mean, var = a_proxy.mean(1), a_proxy.var(1, unbiased=False)
+        per_channel = (1, -1) + (1,) * (x.dim() - 2)
+        a = act(x * self.weight.view(per_channel) + self.bias.view(per_channel))
+        return (a - mean.view(per_channel)) / torch.sqrt(var.view(per_channel) + self.eps)
+
+
 def make_chain(specs, shape):
     """nn.Sequential of the specs on per-sample input `shape`; returns it and its output shape."""
     layers = []
@@ -93,8 +118,12 @@ def make_layer(spec, shape):
     if t == "batchnorm":
         bn = nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d
         return bn(shape[0], eps=spec.get("eps", 1e-5), momentum=spec.get("momentum", 0.1))
-    if t == "groupnorm":
-        return nn.GroupNorm(spec["groups"], shape[0], eps=spec.get("eps", 1e-5))
+    if t in ("groupnorm", "layernorm", "instancenorm"):
+        groups = {"groupnorm": spec.get("groups"), "layernorm": 1, "instancenorm": shape[0]}[t]
+        return nn.GroupNorm(groups, shape[0], eps=spec.get("eps", 1e-5), affine=spec.get("affine", True))
+    if t == "proxy_norm":
+        slope = spec.get("slope", 0.01) if spec.get("activation", "relu") == "leaky_relu" else 0.0
+        return ProxyNorm(shape[0], slope, spec.get("eps", 0.03))
     if t == "residual":
         return BasicBlock(shape[0], spec["out"], spec.get("stride", 1))
     if t == "inv_batchnorm":

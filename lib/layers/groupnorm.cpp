@@ -5,13 +5,14 @@
 namespace lowmem {
 
 template <class T>
-GroupNorm<T>::GroupNorm(std::string label, index_t channels, index_t groups, double eps)
+GroupNorm<T>::GroupNorm(std::string label, index_t channels, index_t groups, double eps, bool affine)
     : Layer<T>(std::move(label)),
       channels_(channels),
       groups_(groups),
       eps_(eps),
-      gamma_(make_param<T>("weight", Shape{channels})),
-      beta_(make_param<T>("bias", Shape{channels})) {
+      affine_(affine),
+      gamma_(affine ? make_param<T>("weight", Shape{channels}) : Param<T>{}),
+      beta_(affine ? make_param<T>("bias", Shape{channels}) : Param<T>{}) {
   if (groups < 1 || channels % groups != 0)
     shape_error(this->label(), std::to_string(groups) + " groups do not split " + std::to_string(channels) +
                                    " channels evenly");
@@ -23,6 +24,7 @@ template <class T> Shape GroupNorm<T>::output_shape(const Shape& in) const {
 }
 
 template <class T> void GroupNorm<T>::initialize(Rng&) {
+  if (!affine_) return;
   gamma_.value.fill(T(1));
   beta_.value.fill(T(0));
 }
@@ -51,7 +53,7 @@ template <class T> Tensor<T> GroupNorm<T>::forward(Tensor<T> x, const RunContext
     inv_std[sg] = W(1) / sqrt_of(W(squares / count + eps));
     const index_t c0 = (sg % groups_) * per_group;
     for (index_t k = 0; k < per_group; ++k) {
-      const W g = round_to<W>(gamma_.value[c0 + k]), b = round_to<W>(beta_.value[c0 + k]);
+      const W g = gamma(c0 + k), b = affine_ ? round_to<W>(beta_.value[c0 + k]) : W(0);
       for (index_t i = 0; i < area; ++i) {
         const index_t at = first + k * area + i;
         y[at] = round_to<T>(W(g * ((round_to<W>(x[at]) - m) * inv_std[sg]) + b));
@@ -79,7 +81,7 @@ template <class T> Tensor<T> GroupNorm<T>::backward(Tensor<T> dy, const RunConte
   };
   // Parameter gradients, channel by channel (each thread owns its channels; samples summed in order).
 #pragma omp parallel for schedule(static)
-  for (index_t c = 0; c < (x.is_dry() ? 0 : channels_); ++c) {
+  for (index_t c = 0; c < (x.is_dry() || !affine_ ? 0 : channels_); ++c) {
     W dbeta(0), dgamma(0);
     for (index_t s = 0; s < n; ++s)
       for (index_t i = 0; i < area; ++i) {
@@ -98,7 +100,7 @@ template <class T> Tensor<T> GroupNorm<T>::backward(Tensor<T> dy, const RunConte
       const index_t s = sg / groups_, c0 = (sg % groups_) * per_group;
       W sum(0), sum_xhat(0);  // of dx^ and dx^ x^ over the group
       for (index_t k = 0; k < per_group; ++k) {
-        const W g = round_to<W>(gamma_.value[c0 + k]);
+        const W g = gamma(c0 + k);
         for (index_t i = 0; i < area; ++i) {
           const W d = g * round_to<W>(dy[(s * channels_ + c0 + k) * area + i]);
           sum = accumulate_round<T>(sum + d, ctx.accumulate);
@@ -107,7 +109,7 @@ template <class T> Tensor<T> GroupNorm<T>::backward(Tensor<T> dy, const RunConte
       }
       const W mean_d = sum / count, mean_d_xhat = sum_xhat / count;
       for (index_t k = 0; k < per_group; ++k) {
-        const W g = round_to<W>(gamma_.value[c0 + k]);
+        const W g = gamma(c0 + k);
         for (index_t i = 0; i < area; ++i) {
           const index_t at = (s * channels_ + c0 + k) * area + i;
           const W d = g * round_to<W>(dy[at]);

@@ -11,19 +11,24 @@ namespace lowmem {
 // Backward keeps x and each group's mean and 1/sqrt(var + eps) (wide type) and recomputes x^.
 template <class T> class GroupNorm : public Layer<T> {
  public:
-  GroupNorm(std::string label, index_t channels, index_t groups, double eps);
+  // affine false: no gamma and beta (y = x^), for a Proxy Norm after it, which applies its own.
+  GroupNorm(std::string label, index_t channels, index_t groups, double eps, bool affine = true);
   const char* kind() const override { return "groupnorm"; }
   Shape output_shape(const Shape& input) const override;
   void initialize(Rng& rng) override;
   Tensor<T> forward(Tensor<T> x, const RunContext& ctx) override;
   Tensor<T> backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) override;
-  std::vector<Param<T>*> params() override { return {&gamma_, &beta_}; }
+  std::vector<Param<T>*> params() override {
+    return affine_ ? std::vector<Param<T>*>{&gamma_, &beta_} : std::vector<Param<T>*>{};
+  }
 
  private:
   using W = wide_t<T>;
+  W gamma(index_t c) const { return affine_ ? round_to<W>(gamma_.value[c]) : W(1); }
   index_t channels_, groups_;
   double eps_;
-  Param<T> gamma_, beta_;
+  bool affine_;
+  Param<T> gamma_, beta_;  // without affine: empty, and gamma = 1, beta = 0 in the arithmetic
   Saved<T> input_;
   Saved<W> mean_, inv_std_;  // (N groups), flat: statistics are never compressed
 };

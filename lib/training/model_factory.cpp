@@ -9,6 +9,7 @@
 #include "layers/invertible_chain.hpp"
 #include "layers/linear.hpp"
 #include "layers/pooling.hpp"
+#include "layers/proxy_norm.hpp"
 #include "layers/residual.hpp"
 
 namespace lowmem {
@@ -49,9 +50,13 @@ template <class T> std::unique_ptr<Layer<T>> make_layer(const LayerSpec& s, cons
     if (in.rank() == 0) shape_error(s.label, "has no input");
     return std::make_unique<BatchNorm<T>>(s.label, in[0], s.momentum, s.eps, s.scale_eps);
   }
-  if (s.type == "groupnorm") {
+  if (s.type == "groupnorm") {  // also layernorm (groups 1) and instancenorm (groups 0: one per channel)
     if (in.rank() == 0) shape_error(s.label, "has no input");
-    return std::make_unique<GroupNorm<T>>(s.label, in[0], s.groups, s.eps);
+    return std::make_unique<GroupNorm<T>>(s.label, in[0], s.groups == 0 ? in[0] : s.groups, s.eps, s.affine);
+  }
+  if (s.type == "proxy_norm") {
+    if (in.rank() == 0) shape_error(s.label, "has no input");
+    return std::make_unique<ProxyNorm<T>>(s.label, in[0], s.slope, s.eps);
   }
   if (s.type == "pixel_shuffle") return std::make_unique<PixelShuffle<T>>(s.label);
   if (s.type == "coupling" || s.type == "affine_coupling") {

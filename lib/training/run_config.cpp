@@ -21,7 +21,17 @@ const std::vector<std::string> layer_types = {"conv",          "linear",        
                                               "maxpool",       "avgpool",       "global_avgpool",
                                               "batchnorm",     "inv_batchnorm", "groupnorm",     "pixel_shuffle",
                                               "flatten",       "residual",      "coupling",
-                                              "affine_coupling", "invertible",   "inv_conv"};
+                                              "affine_coupling", "invertible",   "inv_conv",
+                                              "layernorm",     "instancenorm",  "proxy_norm"};
+
+// Proxy Norm normalises what a group norm without its own affine gives it (Labatie et al.): anywhere else its
+// proxy statistics would not describe its input.
+void check_proxy_norm_placement(const ConfigReader& r, const std::string& key, const std::vector<LayerSpec>& list) {
+  for (std::size_t i = 0; i < list.size(); ++i)
+    if (list[i].type == "proxy_norm" && (i == 0 || list[i - 1].type != "groupnorm" || list[i - 1].affine))
+      throw Error(r.where(key) + "/" + std::to_string(i) + ": proxy_norm must follow a groupnorm, layernorm or " +
+                  "instancenorm with \"affine\": false (it applies the affine itself)");
+}
 
 LayerSpec parse_layer(ConfigReader r) {
   LayerSpec s;
@@ -45,9 +55,16 @@ LayerSpec parse_layer(ConfigReader r) {
     s.momentum = r.get_in("momentum", 0.1, 0.0, 1.0);
     s.eps = r.get_in("eps", 1e-5, 0.0, inf);
     if (s.type == "inv_batchnorm") s.scale_eps = r.get_in("scale_eps", 1e-4, 0.0, inf);
-  } else if (s.type == "groupnorm") {
-    s.groups = r.required_in<std::int64_t>("groups", 1, i64_max);
+  } else if (s.type == "groupnorm" || s.type == "layernorm" || s.type == "instancenorm") {
+    // Layer norm (one group) and instance norm (a group per channel) are spellings of group norm.
+    s.groups = s.type == "groupnorm" ? r.required_in<std::int64_t>("groups", 1, i64_max) : s.type == "layernorm";
     s.eps = r.get_in("eps", 1e-5, 0.0, inf);
+    s.affine = r.get("affine", true);
+    s.type = "groupnorm";
+  } else if (s.type == "proxy_norm") {
+    const std::string activation = r.get_choice("activation", "relu", {"relu", "leaky_relu"});
+    s.slope = activation == "relu" ? 0.0 : r.get_in("slope", 0.01, 0.0, inf);
+    s.eps = r.get_in("eps", 0.03, 0.0, inf);
   } else if (s.type == "residual") {
     s.out = r.required_in<std::int64_t>("out", 1, i64_max);
     s.stride = r.get_in<std::int64_t>("stride", 1, 1, i64_max);
@@ -58,10 +75,12 @@ LayerSpec parse_layer(ConfigReader r) {
   } else if (s.type == "coupling" || s.type == "affine_coupling") {
     for (auto [key, list] : {std::pair{"f", &s.f}, std::pair{"g", &s.g}}) {
       for (ConfigReader& sub : r.object_list(key)) list->push_back(parse_layer(std::move(sub)));
+      check_proxy_norm_placement(r, key, *list);
       if (list->empty()) r.fail(key, "expected at least one layer");
     }
   } else if (s.type == "invertible") {
     for (ConfigReader& sub : r.object_list("layers")) s.layers.push_back(parse_layer(std::move(sub)));
+    check_proxy_norm_placement(r, "layers", s.layers);
     if (s.layers.empty()) r.fail("layers", "expected at least one layer");
   }
   r.finish();
@@ -93,6 +112,7 @@ ModelSpec parse_model(ConfigReader r) {
     m.arch = "layers";
     check_layer_limit(r, "layers", layer_count(r.raw("layers")));
     for (ConfigReader& layer : r.object_list("layers")) m.layers.push_back(parse_layer(std::move(layer)));
+    check_proxy_norm_placement(r, "layers", m.layers);
     if (m.layers.empty()) r.fail("layers", "expected at least one layer");
   } else {
     m.arch = r.required_choice("arch", architecture_names());

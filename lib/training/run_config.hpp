@@ -17,7 +17,8 @@ namespace lowmem {
 struct LayerSpec {
   std::string type;   // conv, linear, relu, leaky_relu, maxpool, avgpool, global_avgpool, batchnorm,
                       // inv_batchnorm, groupnorm, pixel_shuffle, flatten, residual, coupling, affine_coupling,
-                      // invertible
+                      // invertible, inv_conv, proxy_norm; layernorm and instancenorm are groupnorm with groups
+                      // 1 and groups = channels (groups 0 here: one per channel)
   std::string label;  // where it came from, for messages: "/model/layers/3 (conv)"
   index_t out = 0, kernel = 0, stride = 0, pad = 0;
   bool bias = true;
@@ -26,7 +27,8 @@ struct LayerSpec {
   std::vector<LayerSpec> f, g;  // coupling: the two sub-networks, each mapping (C/2, H, W) to itself;
                                 // affine_coupling: (C/2, H, W) to (C, H, W) (scale logits and shifts)
   std::vector<LayerSpec> layers;  // invertible: the chain, every layer of it invertible
-  index_t groups = 0;             // groupnorm: channel groups, each normalised on its own
+  index_t groups = 0;             // groupnorm: channel groups, each normalised on its own; 0: one per channel
+  bool affine = true;             // groupnorm: its own gamma and beta (false before a proxy_norm, which has them)
 };
 
 struct ModelSpec {
