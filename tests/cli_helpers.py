@@ -38,10 +38,11 @@ MEMORY = {"weights": "weights_bytes", "gradients": "gradients_bytes", "optimizer
 failures = []
 
 
-def lowmem(*args, cwd=None, prefix=()):
+def lowmem(*args, cwd=None, prefix=(), timeout=300, preexec_fn=None):
     cmd = [*prefix, str(BINARY), *map(str, args)]
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=300, cwd=cwd)
+        p = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout, cwd=cwd,
+                           preexec_fn=preexec_fn)
     except subprocess.TimeoutExpired as e:
         p = subprocess.CompletedProcess(cmd, -999, e.stdout or "", (e.stderr or "") + "\n<timeout>")
     p.cmdline = " ".join(cmd)

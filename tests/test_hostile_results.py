@@ -32,13 +32,7 @@ def capped():
 
 
 def lowmem_capped(*args):
-    cmd = [str(BINARY), *map(str, args)]
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=60, preexec_fn=capped)
-    except subprocess.TimeoutExpired as e:
-        p = subprocess.CompletedProcess(cmd, -999, e.stdout or "", (e.stderr or "") + "\n<timeout>")
-    p.cmdline = " ".join(cmd)
-    return p
+    return lowmem(*args, timeout=60, preexec_fn=capped)
 
 
 def sweep(tmp, name, seeds):
