@@ -47,8 +47,9 @@ OutputLock::OutputLock(const std::string& results_path) : path_(results_path + "
       break;
     close(fd_);
   }
+  // The holder's pid, for the message a second sweep prints; a failed write only makes that message vaguer.
   const std::string pid = std::to_string(getpid());
-  if (ftruncate(fd_, 0) != 0 || pwrite(fd_, pid.data(), pid.size(), 0) < 0) {}  // the pid only informs a message
+  [[maybe_unused]] const bool written = ftruncate(fd_, 0) == 0 && pwrite(fd_, pid.data(), pid.size(), 0) >= 0;
 }
 
 OutputLock::~OutputLock() {
