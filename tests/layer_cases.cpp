@@ -132,8 +132,12 @@ std::vector<LayerCase> all_layer_cases() {
       case_of("affine coupling", Shape{3, 2, 4, 4}, []<class T>() { return make_affine_coupling<T>(); }),
       case_of("invertible chain", Shape{3, 2, 4, 4}, []<class T>() { return make_invertible_chain<T>(); }),
       case_of("hybrid coupling", Shape{3, 4, 3, 3}, []<class T>() { return make_hybrid_coupling<T>(); }),
-      make_case<ResidualBlock>("residual identity", Shape{2, 2, 4, 4}, index_t{2}, index_t{2}, index_t{1}, 0.1, 1e-5),
-      make_case<ResidualBlock>("residual projection", Shape{2, 2, 6, 6}, index_t{2}, index_t{4}, index_t{2}, 0.1, 1e-5),
+      make_case<ResidualBlock>("residual identity", Shape{2, 2, 4, 4}, index_t{2}, index_t{2}, index_t{1}, BlockNorm{}),
+      make_case<ResidualBlock>("residual projection", Shape{2, 2, 6, 6}, index_t{2}, index_t{4}, index_t{2}, BlockNorm{}),
+      make_case<ResidualBlock>("residual projection, group norm + proxy norm", Shape{2, 2, 6, 6}, index_t{2},
+                               index_t{4}, index_t{2}, BlockNorm{.batch = false, .groups = 2, .proxy = true}),
+      make_case<ResidualBlock>("residual identity, layer norm", Shape{2, 2, 4, 4}, index_t{2}, index_t{2}, index_t{1},
+                               BlockNorm{.batch = false, .groups = 1}),
   };
 }
 

@@ -109,5 +109,95 @@ TEST(Normalisation, ProxyNormOnlyAfterANormWithoutAffine) {
   expect_refused(coupled, "cfg.json: /model/layers/1/f/1: " + rule);
 }
 
+// The named architectures take "norm", "groups" and "proxy".
+json arch_config(const json& model, const json& technique = {{"type", "store_all"}}) {
+  json config = config_with(plain({{"type", "layernorm"}}), technique);
+  config["model"] = model;
+  config["model"]["input"] = {2, 6, 6}, config["model"]["classes"] = 3;
+  return config;
+}
+
+std::vector<std::string> layer_types(const json& model) {
+  std::vector<std::string> types;
+  for (const LayerSpec& s : parse_run_config(arch_config(model), "cfg.json").model.layers)
+    types.push_back(s.type + (s.type == "groupnorm" ? "(" + std::to_string(s.groups) + (s.affine ? "" : ", no affine") + ")"
+                                                    : s.type == "residual" ? "(" + s.norm + (s.proxy ? " + proxy" : "") + ")"
+                                                                           : ""));
+  return types;
+}
+
+TEST(Normalisation, ArchitecturesTakeANormAndProxyNorm) {
+  const json cnn = {{"arch", "cnn"}, {"channels", {4, 6}}, {"pool_every", 0}};
+  using V = std::vector<std::string>;
+  json gn = cnn;
+  gn["norm"] = "groupnorm", gn["groups"] = 2, gn["proxy"] = true;
+  EXPECT_EQ(layer_types(gn), (V{"conv", "groupnorm(2, no affine)", "proxy_norm", "conv", "groupnorm(2, no affine)",
+                                "proxy_norm", "flatten", "linear"}));
+  json ln = cnn;
+  ln["norm"] = "layernorm";
+  EXPECT_EQ(layer_types(ln), (V{"conv", "groupnorm(1)", "relu", "conv", "groupnorm(1)", "relu", "flatten", "linear"}));
+  json in = cnn;
+  in["norm"] = "instancenorm";  // groups 0: one per channel, whatever the channel count
+  EXPECT_EQ(layer_types(in), (V{"conv", "groupnorm(0)", "relu", "conv", "groupnorm(0)", "relu", "flatten", "linear"}));
+  EXPECT_EQ(layer_types(cnn), (V{"conv", "batchnorm", "relu", "conv", "batchnorm", "relu", "flatten", "linear"}));
+  // The older key gives the same model as the new spelling.
+  json legacy = cnn, spelled = cnn;
+  legacy["groupnorm"] = 2, spelled["norm"] = "groupnorm", spelled["groups"] = 2;
+  EXPECT_EQ(layer_types(legacy), layer_types(spelled));
+  EXPECT_EQ(testing::technique_step(arch_config(legacy), 5).gradients,
+            testing::technique_step(arch_config(spelled), 5).gradients);
+
+  const json resnet = {{"arch", "resnet"}, {"depth", 10}, {"base_width", 2}};
+  json rn = resnet;
+  rn["norm"] = "layernorm", rn["proxy"] = true;
+  EXPECT_EQ(layer_types(rn), (V{"conv", "groupnorm(1, no affine)", "proxy_norm", "residual(groupnorm + proxy)",
+                                "residual(groupnorm + proxy)", "residual(groupnorm + proxy)", "global_avgpool",
+                                "linear"}));
+}
+
+// A ResNet with group norm and Proxy Norm inside its blocks is batch-independent too; with batch norm it is not.
+TEST(Normalisation, ResNetBlocksFollowTheirNorm) {
+  json resnet = {{"arch", "resnet"}, {"depth", 10}, {"base_width", 2}, {"norm", "groupnorm"}, {"groups", 2},
+                 {"proxy", true}};
+  const auto whole = testing::technique_step(arch_config(resnet), 9);
+  const auto sliced = testing::technique_step(arch_config(resnet, {{"type", "microbatch"}, {"count", 8}}), 9);
+  const double d = testing::relative_difference(sliced.gradients, whole.gradients);
+  EXPECT_LT(d, 1e-12);
+  resnet.erase("norm"), resnet.erase("groups"), resnet.erase("proxy");
+  const double bn = testing::relative_difference(
+      testing::technique_step(arch_config(resnet, {{"type", "microbatch"}, {"count", 8}}), 9).gradients,
+      testing::technique_step(arch_config(resnet), 9).gradients);
+  EXPECT_GT(bn, 1e-3);
+  std::printf("    resnet GN+PN 8 microbatches: %.2e; BN: %.2e\n", d, bn);
+}
+
+TEST(Normalisation, ArchitectureNormsRefuseBadInput) {
+  const json cnn = {{"arch", "cnn"}, {"channels", {4, 6}}};
+  auto with = [&](json model, const json& extra) {
+    for (const auto& [key, value] : extra.items()) model[key] = value;
+    return arch_config(model);
+  };
+  expect_refused(with(cnn, {{"proxy", true}}), "cfg.json: /model/proxy: Proxy Norm follows a group, layer or "
+                                               "instance norm, not batch norm");
+  expect_refused(with(cnn, {{"norm", "groupnorm"}, {"groups", 4}}),
+                 "cfg.json: /model/groups: 4 groups do not split 6 channels evenly");
+  expect_refused(with(cnn, {{"groupnorm", 4}}), "cfg.json: /model/groupnorm: 4 groups do not split 6 channels evenly");
+  expect_refused(with(cnn, {{"norm", "rmsnorm"}}), "cfg.json: /model/norm: expected one of \"batchnorm\"");
+  expect_refused(with(cnn, {{"norm", "groupnorm"}}), "cfg.json: /model/groups");
+  expect_refused(with(cnn, {{"norm", "layernorm"}, {"groups", 2}}), "cfg.json: /model/groups: applies to \"norm\": "
+                                                                    "\"groupnorm\" only");
+  expect_refused(with(cnn, {{"norm", "layernorm"}, {"groupnorm", 2}}), "cfg.json: /model/norm: give either");
+  const json resnet = {{"arch", "resnet"}, {"depth", 10}, {"base_width", 2}};
+  expect_refused(with(resnet, {{"norm", "batchnorm"}, {"proxy", true}}), "cfg.json: /model/proxy: Proxy Norm");
+  expect_refused(with(resnet, {{"norm", "groupnorm"}, {"groups", 3}}),
+                 "cfg.json: /model/groups: 3 groups do not split 2 channels evenly");
+  // A residual block in a layer list takes the same keys.
+  json listed = config_with(plain({{"type", "layernorm"}}));
+  listed["model"]["layers"][0] = {{"type", "residual"}, {"out", 4}, {"norm", "groupnorm"}, {"groups", 3}};
+  expect_refused(listed, "cfg.json: /model/layers/0/groups: 3 groups do not split 4 channels evenly");
+  listed["model"]["layers"][0] = {{"type", "residual"}, {"out", 4}, {"norm", "layernorm"}, {"momentum", 0.1}};
+  expect_refused(listed, "/model/layers/0/momentum");
+}
+
 }  // namespace
 }  // namespace lowmem

@@ -3,7 +3,8 @@
 
 usage: test_pytorch_reference.py LOWMEM_BINARY
 
-For each model below (a plain CNN, a residual net, a group-norm net, and a reversible net with every invertible block: invertible
+For each model below (a plain CNN, a residual net with batch norm and one with group/layer norm and Proxy Norm, a
+group-norm net, a Proxy Norm net, and a reversible net with every invertible block: invertible
 batch norm, leaky ReLU, additive and affine coupling, pixel shuffle, an invertible chain; the last once with
 stored activations and once with backprop by reconstruction), runs lowmem's "gradient" study (one forward + backward pass in training mode on the first
 train.batch examples) in f64 and f32, then rebuilds the same network in PyTorch in float64 from each run's own
@@ -70,11 +71,17 @@ PROXY_NORM_NET = [conv(6, 3, pad=1), {"type": "groupnorm", "groups": 2, "affine"
                   {"type": "proxy_norm", "activation": "leaky_relu", "slope": 0.1},
                   {"type": "flatten"}, {"type": "linear", "out": 7}, {"type": "layernorm", "affine": False},
                   {"type": "proxy_norm"}, {"type": "linear", "out": K}]
+# Residual blocks with group norm + Proxy Norm (with a projection shortcut) and with layer norm.
+RESIDUAL_NORM_NET = [conv(4, 3, pad=1, bias=False), {"type": "groupnorm", "groups": 2}, {"type": "relu"},
+                     {"type": "residual", "out": 8, "stride": 2, "norm": "groupnorm", "groups": 2, "proxy": True},
+                     {"type": "residual", "out": 8, "norm": "layernorm"},
+                     {"type": "global_avgpool"}, {"type": "linear", "out": K}]
 # name: (input shape, layers, technique). The reversible network runs twice: with stored activations, and with
 # backprop by reconstruction (lowmem rebuilds every activation of the invertible layers from the last one).
 CASES = {"plain_cnn": ([2, 16, 16], PLAIN_CNN, "store_all"), "residual_net": ([3, 8, 8], RESIDUAL_NET, "store_all"),
          "groupnorm_net": ([2, 8, 8], GROUPNORM_NET, "store_all"),
          "proxy_norm_net": ([2, 8, 8], PROXY_NORM_NET, "store_all"),
+         "residual_norm_net": ([3, 8, 8], RESIDUAL_NORM_NET, "store_all"),
          "reversible_net": ([1, 8, 8], REVERSIBLE_NET, "store_all"),
          "reversible_net_rebuilt": ([1, 8, 8], REVERSIBLE_NET, "reversible")}
 

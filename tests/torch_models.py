@@ -1,7 +1,7 @@
 """PyTorch twins of lowmem models, built from a lowmem config alone (shared by the PyTorch reference tests).
 
 Each lowmem layer spec becomes one torch module in float64; submodule names are lowmem's HDF5 names (a residual
-block's conv1, bn1, conv2, bn2, shortcut, shortcut_bn; a coupling's f and g; an invertible chain's 0, 1, ...), so
+block's conv1, bn1 (gn1), relu1 or pn1, conv2, bn2 (gn2), shortcut, shortcut_bn (shortcut_gn); a coupling's f and g; an invertible chain's 0, 1, ...), so
 weights can be loaded by name. The reversible building blocks are written here from their definitions in
 PAPERS.md (section 3), independently of lowmem's code.
 """
@@ -11,21 +11,33 @@ import torch.nn.functional as F
 
 
 class BasicBlock(nn.Module):
-    """torchvision-style post-activation block; submodule names are lowmem's HDF5 names."""
+    """torchvision-style post-activation block; submodule names are lowmem's HDF5 names. groups None: batch norm;
+    else group norm with that many groups (0: one per channel), and with proxy, the first norm without affine
+    followed by Proxy Norm (ReLU) in place of the first ReLU."""
 
-    def __init__(self, cin, out, stride):
+    def __init__(self, cin, out, stride, groups=None, proxy=False):
         super().__init__()
+        kind = "bn" if groups is None else "gn"
+
+        def norm(affine=True):
+            if groups is None:
+                return nn.BatchNorm2d(out)
+            return nn.GroupNorm(groups or out, out, affine=affine)
+
         self.conv1 = nn.Conv2d(cin, out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out)
+        setattr(self, kind + "1", norm(affine=not proxy))
+        setattr(self, "pn1" if proxy else "relu1", ProxyNorm(out, 0.0, 0.03) if proxy else nn.ReLU())
         self.conv2 = nn.Conv2d(out, out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out)
+        setattr(self, kind + "2", norm())
+        self.names = (kind + "1", "pn1" if proxy else "relu1", kind + "2", "shortcut_" + kind)
         if stride != 1 or cin != out:
             self.shortcut = nn.Conv2d(cin, out, 1, stride, 0, bias=False)
-            self.shortcut_bn = nn.BatchNorm2d(out)
+            setattr(self, "shortcut_" + kind, norm())
 
     def forward(self, x):
-        y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        s = self.shortcut_bn(self.shortcut(x)) if hasattr(self, "shortcut") else x
+        n1, act1, n2, ns = (getattr(self, name, None) for name in self.names)
+        y = n2(self.conv2(act1(n1(self.conv1(x)))))
+        s = ns(self.shortcut(x)) if hasattr(self, "shortcut") else x
         return F.relu(y + s)
 
 
@@ -125,7 +137,9 @@ def make_layer(spec, shape):
         slope = spec.get("slope", 0.01) if spec.get("activation", "relu") == "leaky_relu" else 0.0
         return ProxyNorm(shape[0], slope, spec.get("eps", 0.03))
     if t == "residual":
-        return BasicBlock(shape[0], spec["out"], spec.get("stride", 1))
+        norm = spec.get("norm", "batchnorm")
+        groups = {"batchnorm": None, "groupnorm": spec.get("groups"), "layernorm": 1, "instancenorm": 0}[norm]
+        return BasicBlock(shape[0], spec["out"], spec.get("stride", 1), groups, spec.get("proxy", False))
     if t == "inv_batchnorm":
         return InvBatchNorm(shape[0], spec.get("eps", 1e-5), spec.get("scale_eps", 1e-4))
     if t in ("coupling", "affine_coupling"):

@@ -2,19 +2,31 @@
 #include <memory>
 
 #include "layers/activations.hpp"
-#include "layers/batchnorm.hpp"
 #include "layers/conv2d.hpp"
 
 namespace lowmem {
 
+// How a residual block normalises: batch norm, or group norm (layer norm is 1 group, instance norm one group per
+// channel), optionally with Proxy Norm (Labatie et al.) where a norm is followed by the ReLU.
+struct BlockNorm {
+  bool batch = true;         // batch norm; else group norm
+  index_t groups = 1;        // group norm: channel groups (0: one per channel)
+  bool proxy = false;        // group norm: norm1 without affine, and Proxy Norm (ReLU) in place of relu1
+  double momentum = 0.1;     // batch norm: running statistics
+  double eps = 1e-5;         // the norm's
+  double proxy_eps = 0.03;   // Proxy Norm's
+};
+
 // The ResNet basic block (He et al. 2016; torchvision's BasicBlock):
-//   y = relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)),
+//   y = relu(norm2(conv2(act1(norm1(conv1(x))))) + shortcut(x)),   act1 = relu, or Proxy Norm (ReLU),
 // conv1 3x3 with the block's stride, conv2 3x3 stride 1, both without bias; shortcut = identity when shape is
-// kept, else bn(conv 1x1 with the stride). x (N, Cin, H, W) -> y (N, Cout, H / stride, W / stride).
+// kept, else norm(conv 1x1 with the stride). x (N, Cin, H, W) -> y (N, Cout, H / stride, W / stride).
+// Children are named by kind and place: bn1, bn2, shortcut_bn (batch norm); gn1, gn2, shortcut_gn (group norm);
+// relu1 or pn1 (Proxy Norm).
 template <class T> class ResidualBlock : public Layer<T> {
  public:
-  ResidualBlock(std::string label, index_t in_channels, index_t out_channels, index_t stride, double bn_momentum,
-                double bn_eps);
+  ResidualBlock(std::string label, index_t in_channels, index_t out_channels, index_t stride,
+                const BlockNorm& norm = {});
   const char* kind() const override { return "residual"; }
   Shape output_shape(const Shape& input) const override;
   void initialize(Rng& rng) override;
@@ -27,8 +39,9 @@ template <class T> class ResidualBlock : public Layer<T> {
  private:
   bool has_projection() const { return projection_ != nullptr; }
   std::unique_ptr<Conv2d<T>> conv1_, conv2_, projection_;
-  std::unique_ptr<BatchNorm<T>> bn1_, bn2_, projection_bn_;
-  std::unique_ptr<LeakyRelu<T>> relu1_, relu_out_;
+  std::unique_ptr<Layer<T>> norm1_, act1_, norm2_, projection_norm_;
+  std::unique_ptr<LeakyRelu<T>> relu_out_;
+  std::string norm_name_;  // "bn" or "gn", for the children's names
 };
 
 }  // namespace lowmem

@@ -21,14 +21,43 @@ LayerSpec generated(const std::string& arch, std::size_t index, std::string type
   return s;
 }
 
-// A plain conv net: for each entry of `channels`, conv 3x3 pad 1 [+ batchnorm] + relu, a 2x2 max pool after every
+// The cnn's older keys: "groupnorm": G (group norm with G groups) and "batchnorm": false (no norm).
+NormChoice read_cnn_norm(ConfigReader& r) {
+  const bool legacy = r.has("groupnorm") || r.has("batchnorm");
+  if (legacy && r.has("norm"))
+    r.fail("norm", "give either \"norm\" or the older \"groupnorm\" / \"batchnorm\" keys, not both");
+  if (!legacy) return read_norm(r);
+  NormChoice n;
+  const bool batchnorm = r.get("batchnorm", true);
+  n.groups = r.get_in<std::int64_t>("groupnorm", 0, 0, i64_max);
+  n.type = n.groups > 0 ? "groupnorm" : batchnorm ? "batchnorm" : "none";
+  return n;
+}
+
+// After a conv of `channels` outputs: the norm and the ReLU, or group norm without affine and Proxy Norm (which
+// applies the affine and the ReLU itself).
+template <class Add> void add_norm_and_relu(const ConfigReader& r, const NormChoice& norm, std::int64_t channels,
+                                             Add add) {
+  check_norm_channels(r, norm, channels);
+  if (norm.type == "batchnorm") add("batchnorm");
+  if (norm.type == "groupnorm") {
+    LayerSpec& gn = add("groupnorm");
+    gn.groups = norm.groups, gn.affine = !norm.proxy;
+  }
+  if (norm.proxy) {
+    LayerSpec& pn = add("proxy_norm");
+    pn.slope = 0.0, pn.eps = 0.03;
+  } else {
+    add("relu");
+  }
+}
+
+// A plain conv net: for each entry of `channels`, conv 3x3 pad 1 [+ norm] + relu, a 2x2 max pool after every
 // `pool_every` convs, then flatten and one linear layer. channels [32, 32, 64, 64], pool_every 2 is the reference CNN.
 void expand_cnn(ConfigReader& r, ModelSpec& m) {
   const auto channels = r.get_list<std::int64_t>("channels", {32, 32, 64, 64});
   const int pool_every = r.get_in("pool_every", 2, 0, int_max);
-  const bool batchnorm = r.get("batchnorm", true);
-  // groupnorm G > 0: group norm with G groups instead of batch norm (batch-independent, for microbatches)
-  const std::int64_t groups = r.get_in<std::int64_t>("groupnorm", 0, 0, i64_max);
+  const NormChoice norm = read_cnn_norm(r);
   if (channels.empty()) r.fail("channels", "expected at least one channel count");
   check_layer_limit(r, "channels", static_cast<std::int64_t>(channels.size()) * 4 + 2);
   auto add = [&](std::string type) -> LayerSpec& {
@@ -39,15 +68,7 @@ void expand_cnn(ConfigReader& r, ModelSpec& m) {
     if (channels[i] < 1) r.fail("channels", "channel counts must be >= 1");
     LayerSpec& conv = add("conv");
     conv.out = channels[i], conv.kernel = 3, conv.stride = 1, conv.pad = 1;
-    if (groups > 0) {
-      if (channels[i] % groups != 0)
-        r.fail("groupnorm", std::to_string(groups) + " groups do not split " + std::to_string(channels[i]) +
-                                " channels evenly");
-      add("groupnorm").groups = groups;
-    } else if (batchnorm) {
-      add("batchnorm");
-    }
-    add("relu");
+    add_norm_and_relu(r, norm, channels[i], add);
     if (pool_every > 0 && (i + 1) % pool_every == 0) {
       LayerSpec& pool = add("maxpool");
       pool.kernel = 2, pool.stride = 2;
@@ -66,6 +87,7 @@ void expand_resnet(ConfigReader& r, ModelSpec& m) {
   if ((depth - 4) % 6 != 0)
     r.fail("depth", "expected depth = 6 n + 4 (10, 16, 22, 28, ...), got " + std::to_string(depth));
   const int blocks = (depth - 4) / 6;
+  const NormChoice norm = read_norm(r);
   check_layer_limit(r, "depth", 3 * static_cast<std::int64_t>(blocks) + 5);
   auto add = [&](std::string type) -> LayerSpec& {
     m.layers.push_back(generated("resnet", m.layers.size(), std::move(type)));
@@ -73,13 +95,14 @@ void expand_resnet(ConfigReader& r, ModelSpec& m) {
   };
   LayerSpec& stem = add("conv");
   stem.out = base, stem.kernel = 3, stem.stride = 1, stem.pad = 1, stem.bias = false;
-  add("batchnorm");
-  add("relu");
+  add_norm_and_relu(r, norm, base, add);
   for (int stage = 0; stage < 3; ++stage)
     for (int b = 0; b < blocks; ++b) {
       LayerSpec& block = add("residual");
       block.out = static_cast<index_t>(base) * widen * (1 << stage);
       block.stride = (stage > 0 && b == 0) ? 2 : 1;
+      block.norm = norm.type, block.groups = norm.groups, block.proxy = norm.proxy;
+      check_norm_channels(r, norm, block.out);
     }
   add("global_avgpool");
   add("linear").out = m.classes;
@@ -171,6 +194,25 @@ void expand_reversible(ConfigReader& r, ModelSpec& m) {
 }
 
 }  // namespace
+
+NormChoice read_norm(ConfigReader& r) {
+  NormChoice n;
+  const std::string type = r.get_choice("norm", "batchnorm", {"batchnorm", "groupnorm", "layernorm", "instancenorm"});
+  if (type == "groupnorm") n.groups = r.required_in<std::int64_t>("groups", 1, i64_max);
+  else if (r.has("groups")) r.fail("groups", "applies to \"norm\": \"groupnorm\" only (the norm is \"" + type + "\")");
+  else n.groups = type == "layernorm" ? 1 : 0;
+  n.type = type == "batchnorm" ? "batchnorm" : "groupnorm";
+  n.proxy = r.get("proxy", false);
+  if (n.proxy && n.type == "batchnorm")
+    r.fail("proxy", "Proxy Norm follows a group, layer or instance norm, not batch norm (set \"norm\")");
+  return n;
+}
+
+void check_norm_channels(const ConfigReader& r, const NormChoice& norm, std::int64_t channels) {
+  if (norm.type == "groupnorm" && norm.groups > 0 && channels % norm.groups != 0)
+    r.fail(r.has("groups") ? "groups" : "groupnorm", std::to_string(norm.groups) + " groups do not split " +
+                                                         std::to_string(channels) + " channels evenly");
+}
 
 void check_layer_limit(const ConfigReader& r, const std::string& key, std::int64_t layers) {
   if (layers > limits().layers)

@@ -13,6 +13,18 @@ namespace lowmem {
 
 class ConfigReader;
 
+// A model's normalisation: "norm": batchnorm | groupnorm | layernorm | instancenorm, "groups" (groupnorm only),
+// "proxy": true for Proxy Norm after each group, layer or instance norm that an activation follows. Layer and
+// instance norm are read as groupnorm with groups 1 and 0 (one group per channel).
+struct NormChoice {
+  std::string type = "batchnorm";  // batchnorm | groupnorm | none (the cnn's older "batchnorm": false)
+  index_t groups = 0;
+  bool proxy = false;
+};
+NormChoice read_norm(ConfigReader& r);
+// Refuses a group count that does not divide `channels`, naming the key "groups" of r.
+void check_norm_channels(const ConfigReader& r, const NormChoice& norm, std::int64_t channels);
+
 std::vector<std::string> architecture_names();
 // Expands m.arch (one of architecture_names()) into m.layers, reading its keys from r (the model object).
 void expand_architecture(ConfigReader& r, ModelSpec& m);

@@ -82,7 +82,10 @@ template <class T> std::unique_ptr<Layer<T>> make_layer(const LayerSpec& s, cons
   if (s.type == "invertible") return std::make_unique<InvertibleChain<T>>(s.label, make_chain<T>(s.layers, in));
   if (s.type == "residual") {
     expect_rank(s.label, in, 3);
-    return std::make_unique<ResidualBlock<T>>(s.label, in[0], s.out, s.stride, s.momentum, s.eps);
+    BlockNorm norm;
+    norm.batch = s.norm == "batchnorm", norm.groups = s.groups, norm.proxy = s.proxy;
+    norm.momentum = s.momentum, norm.eps = s.eps;
+    return std::make_unique<ResidualBlock<T>>(s.label, in[0], s.out, s.stride, norm);
   }
   throw Error("layer " + s.label + ": unknown layer type \"" + s.type + "\"");
 }

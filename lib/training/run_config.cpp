@@ -68,7 +68,10 @@ LayerSpec parse_layer(ConfigReader r) {
   } else if (s.type == "residual") {
     s.out = r.required_in<std::int64_t>("out", 1, i64_max);
     s.stride = r.get_in<std::int64_t>("stride", 1, 1, i64_max);
-    s.momentum = r.get_in("momentum", 0.1, 0.0, 1.0);
+    const NormChoice norm = read_norm(r);
+    check_norm_channels(r, norm, s.out);
+    s.norm = norm.type, s.groups = norm.groups, s.proxy = norm.proxy;
+    if (s.norm == "batchnorm") s.momentum = r.get_in("momentum", 0.1, 0.0, 1.0);
     s.eps = r.get_in("eps", 1e-5, 0.0, inf);
   } else if (s.type == "relu") {
     s.slope = 0.0;

@@ -29,6 +29,9 @@ struct LayerSpec {
   std::vector<LayerSpec> layers;  // invertible: the chain, every layer of it invertible
   index_t groups = 0;             // groupnorm: channel groups, each normalised on its own; 0: one per channel
   bool affine = true;             // groupnorm: its own gamma and beta (false before a proxy_norm, which has them)
+  std::string norm = "batchnorm";  // residual: its norms, batchnorm or groupnorm (with `groups`; layer and
+                                   // instance norm are groups 1 and 0)
+  bool proxy = false;              // residual: Proxy Norm after its first group norm, in place of the ReLU
 };
 
 struct ModelSpec {
