@@ -40,23 +40,34 @@ TEST(Sparsity, LedgerCountsSparseWeightsInCsrBytes) {
 }
 
 // Every buffer of a trainer with sparse weights, from the CSR formula, against what the ledger counts.
-template <class T> void expect_csr_accounting(const nlohmann::json& config, std::size_t state_tensors, bool masters) {
+// densities: of the weight layers in model order (0: dense). The default: the first and the last stay dense.
+template <class T>
+void expect_csr_accounting(const nlohmann::json& config, std::size_t state_tensors, bool masters,
+                           std::vector<double> densities = {}) {
   const RunConfig run = parse_run_config(config, "test");
   MemoryLedger ledger;
   Trainer<T> trainer(run, ledger);
-  std::size_t weights = 0, gradients = 0, values = 0, sparse_layers = 0;
+  if (densities.empty()) {  // 3 convs and a linear layer
+    const double d = find_technique<Sparsity>(run.techniques)->density();
+    densities = {0, d, d, 0};
+  }
+  std::size_t weights = 0, gradients = 0, values = 0, weight_layer = 0;
   for (Param<T>* p : trainer.model().params()) {
     const auto n = static_cast<std::size_t>(p->value.numel());
     values += n;
     weights += n * sizeof(T);
     gradients += n * sizeof(T);
-    if (const SparsePattern* s = p->pattern.get()) {
-      ++sparse_layers;
-      EXPECT_EQ(p->value.numel(), sparse_count(s->rows * s->cols, find_technique<Sparsity>(run.techniques)->density()));
+    if (!p->may_be_sparse) continue;  // a bias
+    ASSERT_LT(weight_layer, densities.size());
+    const double density = densities[weight_layer++];
+    const SparsePattern* s = p->pattern.get();
+    ASSERT_EQ(s != nullptr, density > 0) << "weight layer " << weight_layer - 1;
+    if (s) {
+      EXPECT_EQ(p->value.numel(), sparse_count(s->rows * s->cols, density));
       weights += n * 4 + static_cast<std::size_t>(s->rows + 1) * 4;
     }
   }
-  EXPECT_EQ(sparse_layers, 2u);  // 3 convs and a linear layer: the first and the last stay dense
+  EXPECT_EQ(weight_layer, densities.size());
   const std::size_t wide = masters ? sizeof(float) : sizeof(T);
   if (masters) weights += values * sizeof(float), gradients += values * sizeof(float);
   EXPECT_EQ(ledger.current(MemoryCategory::weights), weights);
@@ -70,6 +81,19 @@ TEST(Sparsity, TrainerChargesCsrWeightsGradientsAndOptimizerState) {
   expect_csr_accounting<float>(config_with(sparse, {{"type", "adam"}, {"lr", 0.001}}), 2, false);
   nlohmann::json mixed = config_with({sparse, {{"type", "mixed_precision"}, {"compute", "f16"}}}, momentum);
   expect_csr_accounting<f16>(mixed, 1, true);
+}
+
+// first_density and last_density make the end layers sparse at their own density; the middle keep `density`.
+TEST(Sparsity, EndLayersAreSparseAtTheirOwnDensityWhenAsked) {
+  const nlohmann::json ends = {{"type", "sparsity"}, {"density", 0.25}, {"first_density", 0.5}, {"last_density", 0.1}};
+  expect_csr_accounting<float>(config_with(ends, momentum), 1, false, {0.5, 0.25, 0.25, 0.1});
+  const nlohmann::json last = {{"type", "sparsity"}, {"density", 0.25}, {"last_density", 0.1}};
+  expect_csr_accounting<f16>(config_with({last, {{"type", "mixed_precision"}, {"compute", "f16"}}}, momentum), 1,
+                             true, {0, 0.25, 0.25, 0.1});
+  // A model of two weight layers has nothing to make sparse unless an end is asked for.
+  nlohmann::json two = config_with(last, momentum);
+  two["model"]["channels"] = {6};
+  expect_csr_accounting<float>(two, 1, false, {0, 0.1});
 }
 
 // A layer with a sparse weight against the same layer with a dense weight that is 0 off the pattern: outputs,
@@ -241,6 +265,10 @@ TEST(Sparsity, BadInputIsRefusedBeforeAnyWork) {
   nlohmann::json small = config_with({{"type", "sparsity"}, {"density", 0.5}}, momentum);
   small["model"]["channels"] = {6};
   expect_refused(small, "fewer than 3 conv or linear layers");
+  expect_refused(config_with({{"type", "sparsity"}, {"density", 0.5}, {"last_density", 0}}, momentum),
+                 "/technique/last_density: expected a density in (0, 1]");
+  expect_refused(config_with({{"type", "sparsity"}, {"density", 0.5}, {"first_density", "half"}}, momentum),
+                 "/technique/first_density");
 }
 
 }  // namespace

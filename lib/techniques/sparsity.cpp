@@ -82,12 +82,18 @@ template <class T> void make_sparse(Param<T>& p, std::shared_ptr<const SparsePat
   p.pattern = std::move(pattern);
 }
 
-template <class T> std::vector<std::size_t> sparse_weight_indices(const std::vector<Param<T>*>& params) {
+template <class T>
+std::vector<SparseWeight> sparse_weights(const std::vector<Param<T>*>& params, double density, double first,
+                                         double last) {
   std::vector<std::size_t> weights;
   for (std::size_t k = 0; k < params.size(); ++k)
     if (params[k]->may_be_sparse) weights.push_back(k);
-  if (weights.size() <= 2) return {};
-  return {weights.begin() + 1, weights.end() - 1};
+  std::vector<SparseWeight> chosen;
+  for (std::size_t w = 0; w < weights.size(); ++w) {
+    const double d = w == 0 ? first : w + 1 == weights.size() ? last : density;
+    if (d > 0) chosen.push_back({weights[w], d});
+  }
+  return chosen;
 }
 
 DynamicSparsity::Result DynamicSparsity::reallocate(const std::vector<const SparsePattern*>& patterns,
@@ -164,6 +170,12 @@ Sparsity::Sparsity(ConfigReader& r) {
   constexpr std::int64_t i64_max = std::numeric_limits<std::int64_t>::max();
   density_ = r.required_in("density", 0.0, 1.0);
   if (density_ <= 0.0) r.fail("density", "expected a density in (0, 1] (the fraction of weights kept), got 0");
+  // Read only when given: a default written into the resolved config would change every run id.
+  for (auto [key, value] : {std::pair{"first_density", &first_density_}, std::pair{"last_density", &last_density_}})
+    if (r.has(key)) {
+      *value = r.get_in(key, 1.0, 0.0, 1.0);
+      if (*value <= 0.0) r.fail(key, "expected a density in (0, 1] (leave the key out to keep the layer dense)");
+    }
   method_ = r.get_choice("method", "magnitude", {"magnitude", "dsr"});
   if (method_ == "dsr") {
     interval_ = r.get_in<std::int64_t>("interval", 100, 1, i64_max);
@@ -177,7 +189,13 @@ Sparsity::Sparsity(ConfigReader& r) {
 std::string Sparsity::label() const {
   char density[32];
   std::snprintf(density, sizeof density, "%g", density_);
-  return std::string(name) + "-" + method_ + "-" + density;
+  std::string label = std::string(name) + "-" + method_ + "-" + density;
+  for (auto [end, value] : {std::pair{"first", first_density_}, std::pair{"last", last_density_}})
+    if (value > 0) {
+      std::snprintf(density, sizeof density, "%g", value);
+      label += std::string("-") + end + "-" + density;
+    }
+  return label;
 }
 
 void Sparsity::check_run(const RunFacts& run, const ConfigReader& reader) const {
@@ -190,9 +208,9 @@ namespace {
 
 template <class T> class SparsityHooks : public TechniqueHooks<T> {
  public:
-  SparsityHooks(double density, bool dynamic, std::int64_t interval, double prune_fraction, double threshold,
-                std::uint64_t seed)
-      : density_(density), interval_(interval) {
+  SparsityHooks(double density, double first_density, double last_density, bool dynamic, std::int64_t interval,
+                double prune_fraction, double threshold, std::uint64_t seed)
+      : density_(density), first_density_(first_density), last_density_(last_density), interval_(interval) {
     if (dynamic) dynamic_ = std::make_unique<DynamicSparsity>(prune_fraction, threshold, seed);
   }
 
@@ -200,14 +218,16 @@ template <class T> class SparsityHooks : public TechniqueHooks<T> {
   // patterns of the same sizes), and the draw is made sparse alike for mixed precision's masters to copy.
   void store_parameters(Sequential<T>& model, Sequential<float>* drawn, MemoryLedger& uncounted) override {
     const auto params = model.params();
-    sparse_ = sparse_weight_indices(params);
-    if (sparse_.empty())
+    const auto chosen = sparse_weights(params, density_, first_density_, last_density_);
+    if (chosen.empty())
       throw Error("technique sparsity: the model has fewer than 3 conv or linear layers, and the first and the last "
-                  "stay dense, so no weight would be sparse");
-    for (std::size_t k : sparse_) {
+                  "stay dense, so no weight would be sparse (first_density or last_density make them sparse)");
+    sparse_.clear();
+    for (const auto& [k, density] : chosen) {
+      sparse_.push_back(k);
       Param<T>& p = *params[k];
       const index_t rows = p.value.dim(0), cols = p.value.numel() / rows;
-      const index_t keep = sparse_count(p.value.numel(), density_);
+      const index_t keep = sparse_count(p.value.numel(), density);
       std::shared_ptr<const SparsePattern> pattern;
       if (drawn) {
         pattern = pattern_from_mask(rows, cols, largest_magnitudes(magnitudes(drawn->params()[k]->value), keep));
@@ -243,7 +263,7 @@ template <class T> class SparsityHooks : public TechniqueHooks<T> {
   }
 
  private:
-  double density_;
+  double density_, first_density_, last_density_;
   std::int64_t interval_, steps_ = 0;
   std::unique_ptr<DynamicSparsity> dynamic_;
   std::vector<std::size_t> sparse_;  // positions in the model's params()
@@ -252,14 +272,15 @@ template <class T> class SparsityHooks : public TechniqueHooks<T> {
 }  // namespace
 
 template <class T> std::unique_ptr<TechniqueHooks<T>> Sparsity::hooks_for(const TechniqueServices<T>& s) const {
-  return std::make_unique<SparsityHooks<T>>(density_, method_ == "dsr", interval_, prune_fraction_, threshold_, s.seed);
+  return std::make_unique<SparsityHooks<T>>(density_, first_density_, last_density_, method_ == "dsr", interval_,
+                                            prune_fraction_, threshold_, s.seed);
 }
 
 LOWMEM_INSTANTIATE_TECHNIQUE_HOOKS(Sparsity)
 
 #define LOWMEM_INSTANTIATE_SPARSITY(T)                                                   \
   template void make_sparse<T>(Param<T>&, std::shared_ptr<const SparsePattern>);       \
-  template std::vector<std::size_t> sparse_weight_indices<T>(const std::vector<Param<T>*>&);
+  template std::vector<SparseWeight> sparse_weights<T>(const std::vector<Param<T>*>&, double, double, double);
 LOWMEM_INSTANTIATE_SPARSITY(float)
 LOWMEM_INSTANTIATE_SPARSITY(double)
 LOWMEM_INSTANTIATE_SPARSITY(f16)

@@ -14,8 +14,9 @@
 //              shared among layers in proportion to their surviving weights. H starts at `threshold` (0.001) and adapts to
 //              prune about N_p = prune_fraction nnz per reallocation: it doubles when fewer than 0.9 N_p were
 //              pruned and halves when more than 1.1 N_p. The total count of nonzeros never changes.
-// The first and the last weight layers stay dense, as in Mostafa & Wang's networks. Applies to the train study only
-// (the others compare against a dense reference).
+// The first and the last weight layers stay dense, as in Mostafa & Wang's networks, unless `first_density` or
+// `last_density` makes them sparse too (at their own density; DSR then reallocates over them as well). Applies to
+// the train study only (the others compare against a dense reference).
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -39,9 +40,16 @@ std::vector<bool> largest_magnitudes(const std::vector<double>& magnitudes, inde
 // zeros, both charged to the active ledger.
 template <class T> void make_sparse(Param<T>& p, std::shared_ptr<const SparsePattern> pattern);
 
-// The positions in a model's parameter list that technique sparsity makes sparse: the weights that support it
-// (conv, linear), except the first and the last.
-template <class T> std::vector<std::size_t> sparse_weight_indices(const std::vector<Param<T>*>& params);
+// The weights that technique sparsity makes sparse, as positions in a model's parameter list with their density:
+// the weights that support it (conv, linear) at `density`, the first and the last at `first` and `last` (0: they
+// stay dense).
+struct SparseWeight {
+  std::size_t index;
+  double density;
+};
+template <class T>
+std::vector<SparseWeight> sparse_weights(const std::vector<Param<T>*>& params, double density, double first,
+                                         double last);
 
 // DSR's reallocation, over the sparse layers of one model.
 class DynamicSparsity {
@@ -78,6 +86,8 @@ class Sparsity : public Technique {
 
  private:
   double density_ = 1;           // fraction of each sparse layer's weights kept, in (0, 1]
+  double first_density_ = 0;     // the first weight layer's, and the last's; 0: dense (the default)
+  double last_density_ = 0;
   std::string method_;           // magnitude | dsr
   std::int64_t interval_ = 100;  // dsr: optimizer steps between reallocations
   double prune_fraction_ = 0.02; // dsr: N_p, the nonzeros pruned per reallocation, as a fraction
