@@ -379,12 +379,66 @@ def fig_accuracy_vs_memory(runs, ax):
     ax.set_title("Accuracy against memory")
 
 
+def microbatch_count(config):
+    """Microbatches per batch in a run's config (1 without the microbatch technique)."""
+    technique = config.get("technique", {})
+    for t in technique if isinstance(technique, list) else [technique]:
+        if isinstance(t, dict) and t.get("type") == "microbatch":
+            return int(t.get("count", 1))
+    return 1
+
+
+def norm_label(model):
+    """The normalisation a cnn or resnet model config names: BN, GN(8), LN, IN, with +PN for Proxy Norm."""
+    norm = model.get("norm")
+    if norm is None:  # the cnn's older keys
+        norm = "groupnorm" if model.get("groupnorm", 0) else "batchnorm" if model.get("batchnorm", True) else "none"
+    short = {"batchnorm": "BN", "groupnorm": "GN", "layernorm": "LN", "instancenorm": "IN", "none": "no norm"}[norm]
+    if norm == "groupnorm":
+        short += f"({model.get('groups', model.get('groupnorm'))})"
+    return short + ("+PN" if model.get("proxy") else "")
+
+
+def accuracy_by_microbatch(runs):
+    """{(arch, norm label): {microbatch size: [test accuracy per seed]}} over completed train runs of cnn and resnet
+    models; Skip unless some normalisation was run at two or more microbatch sizes."""
+    table = {}
+    for r in runs:
+        config = config_of(r)
+        model = config.get("model", {})
+        accuracy = float(r["attrs"].get("test_accuracy", np.nan))
+        if (r["study"] != "train" or text(r["attrs"].get("status", "")) != "complete" or not np.isfinite(accuracy)
+                or model.get("arch") not in ("cnn", "resnet")):
+            continue
+        size = int(config.get("train", {}).get("batch", 0)) // microbatch_count(config)
+        table.setdefault((model["arch"], norm_label(model)), {}).setdefault(size, []).append(accuracy)
+    if not any(len(sizes) > 1 for sizes in table.values()):
+        raise Skip("no normalisation of a cnn or resnet run at two or more microbatch sizes")
+    return table
+
+
+def fig_accuracy_vs_microbatch(runs, ax):
+    """Labatie et al.'s comparison: test accuracy against microbatch size, one line per model and normalisation,
+    the mean over seeds with error bars from the lowest to the highest seed."""
+    for (arch, norm), by_size in sorted(accuracy_by_microbatch(runs).items()):
+        sizes = sorted(by_size)
+        mean = np.array([np.mean(by_size[s]) for s in sizes])
+        low = mean - np.array([min(by_size[s]) for s in sizes])
+        high = np.array([max(by_size[s]) for s in sizes]) - mean
+        ax.errorbar(sizes, mean, yerr=[low, high], marker="o", capsize=3, linewidth=1,
+                    linestyle="-" if arch == "cnn" else "--", label=f"{arch} {norm}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("microbatch size (images; gradients accumulated to the batch)")
+    ax.set_ylabel("test accuracy (mean over seeds; bars: min to max)")
+    ax.set_title("Accuracy against microbatch size, per normalisation")
+
+
 FIGURES = [("train_loss", fig_loss), ("drift_from_f64", fig_drift), ("test_accuracy", fig_accuracy),
            ("gradient_error", fig_gradient), ("gradient_error_by_layer", fig_gradient_by_layer),
            ("snr_vs_depth", fig_snr_vs_depth), ("alpha_vs_slope", fig_alpha_vs_slope),
            ("gradient_angle_vs_depth", fig_gradient_angle_vs_depth), ("pixel_memory", fig_pixel_memory),
            ("memory_by_category", fig_memory_by_category), ("memory_vs_time", fig_memory_vs_time),
-           ("accuracy_vs_memory", fig_accuracy_vs_memory)]
+           ("accuracy_vs_memory", fig_accuracy_vs_memory), ("accuracy_vs_microbatch", fig_accuracy_vs_microbatch)]
 
 
 def main():

@@ -52,6 +52,16 @@ def check(condition, what):
     print(f"ok: {what}")
 
 
+def run_sweep(binary, config, tmp):
+    """Runs a config with lowmem (one thread) into tmp/<name>.h5 and returns that path."""
+    path, results = tmp / f"{config['name']}.json", tmp / f"{config['name']}.h5"
+    path.write_text(json.dumps(config))
+    run = subprocess.run([binary, "run", path, "--out", results, "--threads", "1", "--quiet"], capture_output=True,
+                         text=True)
+    check(run.returncode == 0, f"lowmem runs the {config['name']} sweep ({run.stderr.strip()[-300:]})")
+    return results
+
+
 REVERSIBLE_FIGURES = ["snr_vs_depth", "alpha_vs_slope", "gradient_angle_vs_depth", "pixel_memory"]
 
 
@@ -68,11 +78,7 @@ def check_reversible_figures(binary, tmp):
                          "precision": ["f32", "bf16"]},
                         {"study": ["train"], "model.arch": ["flat", "revnet"],
                          "technique.type": ["store_all", "reversible"]}]}
-    path, results = tmp / "reversible.json", tmp / "reversible.h5"
-    path.write_text(json.dumps(config))
-    run = subprocess.run([binary, "run", path, "--out", results, "--threads", "1", "--quiet"], capture_output=True,
-                         text=True)
-    check(run.returncode == 0, f"lowmem runs the reversible sweep ({run.stderr.strip()[-300:]})")
+    results = run_sweep(binary, config, tmp)
     result = run_script(results, "--out", tmp / "reversible_out")
     check(result.returncode == 0, f"plot script exits 0 on it ({result.stderr.strip()})")
     for name in REVERSIBLE_FIGURES:
@@ -125,12 +131,44 @@ def check_timeline_figures(binary, tmp):
           "plot_timeline on a file that is not a timeline: one line naming it, exit 1")
 
 
+def check_normalisation_figure(binary, tmp):
+    """A tiny normalisation sweep (two norms, two microbatch sizes, two seeds) run by lowmem, then plotted; the
+    figure's table holds each run's accuracy under its norm and microbatch size."""
+    config = {"name": "norms", "model": {"arch": "cnn", "channels": [4], "input": [1, 8, 8], "classes": 3},
+              "technique": {"type": "microbatch", "count": 1},
+              "data": {"dataset": "synthetic", "synthetic": {"count": 16, "test_count": 8, "shape": [1, 8, 8],
+                                                             "classes": 3}},
+              "train": {"batch": 4, "steps": 2, "optimizer": {"lr": 0.05}},
+              "sweep": [{"model.norm": ["batchnorm", "layernorm"], "technique.count": [1, 4], "seed": [0, 1]},
+                        {"model.norm": ["groupnorm"], "model.groups": [2], "model.proxy": [True],
+                         "technique.count": [1, 4], "seed": [0, 1]}]}
+    results = run_sweep(binary, config, tmp)
+    result = run_script(results, "--out", tmp / "norms_out")
+    png = tmp / "norms_out" / "accuracy_vs_microbatch.png"
+    check(result.returncode == 0 and png.is_file() and png.stat().st_size > 0, "accuracy_vs_microbatch.png written")
+    sys.path.insert(0, str(SCRIPT.parent))
+    import plot_results
+    with h5py.File(results, "r") as f:
+        runs = plot_results.load_runs(f)
+        table = plot_results.accuracy_by_microbatch(runs)
+        expected = {}
+        for r in runs:
+            c = json.loads(r["attrs"]["config"])
+            label = {"batchnorm": "BN", "layernorm": "LN", "groupnorm": "GN(2)+PN"}[c["model"]["norm"]]
+            size = 4 // c["technique"]["count"]
+            expected.setdefault(("cnn", label), {}).setdefault(size, []).append(float(r["attrs"]["test_accuracy"]))
+    check(table == expected and sorted(table) == [("cnn", "BN"), ("cnn", "GN(2)+PN"), ("cnn", "LN")] and
+          all(sorted(v) == [1, 4] and all(len(a) == 2 for a in v.values()) for v in table.values()),
+          "the figure's table: one line per norm, two seeds at microbatch sizes 1 and 4")
+
+
 def main():
     binary = Path(sys.argv[1]) if len(sys.argv) > 1 else SCRIPT.parent.parent / "build" / "lowmem"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         check_reversible_figures(binary, tmp)
         check_timeline_figures(binary, tmp)
+        check_normalisation_figure(binary, tmp)
         steps = np.arange(50)
         full = tmp / "full.h5"
         with h5py.File(full, "w") as f:
