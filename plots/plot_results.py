@@ -399,9 +399,9 @@ def norm_label(model):
     return short + ("+PN" if model.get("proxy") else "")
 
 
-def accuracy_by_microbatch(runs):
-    """{(arch, norm label): {microbatch size: [test accuracy per seed]}} over completed train runs of cnn and resnet
-    models; Skip unless some normalisation was run at two or more microbatch sizes."""
+def accuracy_by_microbatch(runs, value=lambda r: float(r["attrs"].get("test_accuracy", np.nan))):
+    """{(arch, norm label): {microbatch size: [value(run) per seed]}} (by default the test accuracy) over completed
+    train runs of cnn and resnet models; Skip unless some normalisation was run at two or more microbatch sizes."""
     table = {}
     for r in runs:
         config = config_of(r)
@@ -411,7 +411,7 @@ def accuracy_by_microbatch(runs):
                 or model.get("arch") not in ("cnn", "resnet")):
             continue
         size = int(config.get("train", {}).get("batch", 0)) // microbatch_count(config)
-        table.setdefault((model["arch"], norm_label(model)), {}).setdefault(size, []).append(accuracy)
+        table.setdefault((model["arch"], norm_label(model)), {}).setdefault(size, []).append(value(r))
     if not any(len(sizes) > 1 for sizes in table.values()):
         raise Skip("no normalisation of a cnn or resnet run at two or more microbatch sizes")
     return table
@@ -432,6 +432,28 @@ def fig_accuracy_vs_microbatch(runs, ax):
     ax.set_ylabel("test accuracy (mean over seeds; bars: min to max)")
     ax.set_title("Accuracy against microbatch size, per normalisation")
 
+
+def table_accuracy_vs_microbatch(runs):
+    """The figure's numbers as a Markdown table: per model and normalisation, at each microbatch size, the test
+    accuracy's mean over seeds and its range (min-max), the peak memory (MiB) and the median time per step (s)."""
+    accuracy = accuracy_by_microbatch(runs)
+    peak = accuracy_by_microbatch(runs, lambda r: float(r["attrs"].get("peak_bytes", np.nan)) / 2**20)
+    step = accuracy_by_microbatch(runs, lambda r: float(r["attrs"].get("step_seconds", np.nan)))
+    sizes = sorted({s for by_size in accuracy.values() for s in by_size}, reverse=True)
+    lines = ["| model | norm | " + " | ".join(f"microbatch {s}" for s in sizes) + " |",
+             "| --- | --- | " + " | ".join("---" for _ in sizes) + " |"]
+    for key in sorted(accuracy):
+        cells = []
+        for s in sizes:
+            a = accuracy[key].get(s)
+            cells.append("" if not a else f"{np.mean(a):.4f} ({min(a):.4f}-{max(a):.4f}, n={len(a)}); "
+                                          f"{np.mean(peak[key][s]):.2f} MiB; {np.median(step[key][s]):.3f} s")
+        lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# Tables written beside the figures (Markdown), from the same numbers.
+TABLES = [("accuracy_vs_microbatch", table_accuracy_vs_microbatch)]
 
 FIGURES = [("train_loss", fig_loss), ("drift_from_f64", fig_drift), ("test_accuracy", fig_accuracy),
            ("gradient_error", fig_gradient), ("gradient_error_by_layer", fig_gradient_by_layer),
@@ -480,6 +502,14 @@ def main():
                 fig.savefig(target, dpi=150, bbox_inches="tight")
                 print(target)
             plt.close(fig)
+        for name, table in TABLES:
+            try:
+                markdown = table(runs)
+            except Skip:
+                continue  # its figure said why
+            target = out / f"{name}.md"
+            target.write_text(markdown)
+            print(target)
 
 
 if __name__ == "__main__":

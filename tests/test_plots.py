@@ -160,6 +160,11 @@ def check_normalisation_figure(binary, tmp):
     check(table == expected and sorted(table) == [("cnn", "BN"), ("cnn", "GN(2)+PN"), ("cnn", "LN")] and
           all(sorted(v) == [1, 4] and all(len(a) == 2 for a in v.values()) for v in table.values()),
           "the figure's table: one line per norm, two seeds at microbatch sizes 1 and 4")
+    markdown = (tmp / "norms_out" / "accuracy_vs_microbatch.md").read_text().splitlines()
+    bn = expected[("cnn", "BN")][1]
+    check(len(markdown) == 5 and markdown[2].startswith(f"| cnn | BN | {np.mean(expected[('cnn', 'BN')][4]):.4f}")
+          and f"{np.mean(bn):.4f} ({min(bn):.4f}-{max(bn):.4f}, n=2)" in markdown[2],
+          "accuracy_vs_microbatch.md: one row per norm, mean and range over seeds at each microbatch size")
 
 
 def main():
