@@ -53,6 +53,44 @@ TEST(Microbatch, GroupNormIsBatchIndependent) {
   }
 }
 
+// A training step makes its microbatches one at a time from the data set, with the batch's augmentation: the
+// same weights after two steps as a step on the whole batch made first and then sliced, and only a slice's input
+// in memory at a time.
+TEST(Microbatch, SlicesMadeOneAtATimeEqualSlicesOfTheWholeBatch) {
+  nlohmann::json config = config_with({{"type", "microbatch"}, {"count", 4}}, 3);
+  config["data"]["augment"] = {{"flip", true}, {"crop_pad", 2}};
+  config["data"]["synthetic"]["count"] = 32;
+  const RunConfig run = parse_run_config(config, "test");
+  const DataSplit data = load_data(run.data, run.seed);
+  std::vector<std::int64_t> order(32);
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = static_cast<std::int64_t>(31 - i);
+  std::vector<std::vector<double>> weights;
+  std::vector<std::size_t> batch_peaks;
+  for (const bool streamed : {false, true}) {
+    MemoryLedger ledger;
+    Trainer<double> trainer(run, ledger);
+    Rng rng(5);
+    for (int b = 0; b < 2; ++b) {
+      const std::int64_t* indices = order.data() + b * 16;
+      const std::size_t before = ledger.peak_total();
+      if (streamed) {
+        trainer.train_step(Trainer<double>::StepExamples{&data.train, indices, 16, run.data.augment, &rng}, 0.1);
+      } else {
+        std::vector<std::int32_t> labels;
+        const Tensor<double> x = trainer.make_batch(data.train, indices, 16, run.data.augment, rng, labels);
+        trainer.train_step(x, labels, 0.1);
+      }
+      batch_peaks.push_back(ledger.peak_total() - before);
+    }
+    weights.emplace_back();
+    for (Param<double>* p : trainer.model().params())
+      for (index_t i = 0; i < p->value.numel(); ++i) weights.back().push_back(p->value[i]);
+  }
+  EXPECT_EQ(weights[0], weights[1]);  // bit for bit
+  // The first step sets the peak: the whole batch (16 images of 8 x 8 doubles) against one slice of 4.
+  EXPECT_EQ(batch_peaks[0] - batch_peaks[2], static_cast<std::size_t>(16 - 4) * 64 * sizeof(double));
+}
+
 // A slice that starts on a 64-byte boundary is a view of the batch: nothing charged, the same values in place, and
 // a layer that receives it copies before writing (shared). One that does not start there is a copy, so a
 // vectorised reduction over a slice never rounds differently for where the slice sits.

@@ -183,13 +183,22 @@ template <class T> Tensor<T> Trainer<T>::empty_batch(index_t n) const {
 template <class T>
 typename Trainer<T>::W Trainer<T>::forward_backward(const Tensor<T>& x, const std::vector<std::int32_t>& labels,
                                                     Tensor<T>* logits_out) {
+  const index_t n = x.dim(0);
+  return forward_backward(n, [&](index_t first, index_t count) {
+    return std::pair{count == n ? x : batch_rows(x, first, count),
+                     std::vector<std::int32_t>(labels.begin() + first, labels.begin() + first + count)};
+  }, logits_out);
+}
+
+template <class T>
+typename Trainer<T>::W Trainer<T>::forward_backward(index_t n, const SliceSource& source, Tensor<T>* logits_out) {
   MemoryLedger::Scope scope(ledger_);
   const MemoryPhaseScope phase(MemoryPhase::forward);  // until backward, per microbatch
   model_->zero_grad();
   // Microbatches (technique "microbatch"): k slices of the batch in turn, each forward and backward adding into the
   // gradients, the loss of each divided by the whole batch's size so that losses and gradients add up to the
   // whole batch's. Layers that use batch statistics (batch norm) see each slice's instead.
-  const index_t n = x.dim(0), slices = config_.microbatches(), rows = n / slices;
+  const index_t slices = config_.microbatches(), rows = n / slices;
   if (n % slices != 0)
     throw Error("technique microbatch: count " + std::to_string(slices) + " does not divide the batch of " +
                 std::to_string(n) + " examples");
@@ -197,12 +206,12 @@ typename Trainer<T>::W Trainer<T>::forward_backward(const Tensor<T>& x, const st
   W loss(0);
   recomputed_ = 0;
   for (index_t k = 0; k < slices; ++k) {
-    const Tensor<T> slice = slices == 1 ? x : batch_rows(x, k * rows, rows);
-    const std::vector<std::int32_t> slice_labels(labels.begin() + k * rows, labels.begin() + (k + 1) * rows);
+    auto [slice, slice_labels] = source(k * rows, rows);
     Tensor<T> logits;
     {
       const SaveHookScope<T> kept(save_hook_);  // what the model keeps, as the techniques store it
       logits = chain_->forward(*model_, slice, train_ctx_);
+      slice = Tensor<T>();  // held from here by the layers that keep it, if any
     }
     {
       const MemoryOwner owner(loss_owner);
@@ -227,7 +236,18 @@ typename Trainer<T>::W Trainer<T>::forward_backward(const Tensor<T>& x, const st
 
 template <class T>
 typename Trainer<T>::W Trainer<T>::train_step(const Tensor<T>& x, const std::vector<std::int32_t>& labels, double lr) {
-  const W loss = forward_backward(x, labels);
+  return apply_update(forward_backward(x, labels), lr);
+}
+
+template <class T> typename Trainer<T>::W Trainer<T>::train_step(const StepExamples& e, double lr) {
+  return apply_update(forward_backward(e.n, [&](index_t first, index_t count) {
+    std::vector<std::int32_t> labels;
+    Tensor<T> x = make_batch(*e.data, e.indices ? e.indices + first : nullptr, count, e.augment, *e.rng, labels);
+    return std::pair{std::move(x), std::move(labels)};
+  }, nullptr), lr);
+}
+
+template <class T> typename Trainer<T>::W Trainer<T>::apply_update(W loss, double lr) {
   if (!is_finite(loss)) {
     update_->skip();
     return loss;
@@ -257,14 +277,12 @@ std::int64_t Trainer<T>::train_epoch(const Dataset& data, int epoch, std::int64_
                 std::to_string(data.count) + " examples in " + data.source + ")");
   const std::vector<std::int64_t> order = epoch_order(data.count, config_.seed, epoch);
   Rng augment_rng(config_.seed, 2000 + static_cast<std::uint64_t>(epoch));
-  std::vector<std::int32_t> labels;
   for (std::int64_t b = 0; b < per_epoch && step < total_steps; ++b) {
     if (step > 0) ledger_.record_timeline(false);  // a run's timeline: its setup and first step
     const auto t0 = std::chrono::steady_clock::now();
     const double lr = learning_rate(spec.optimizer, spec.schedule, step, per_epoch, total_steps);
-    const MemoryPhaseScope phase(MemoryPhase::forward);  // the step's input batch
-    const Tensor<T> x = make_batch(data, order.data() + b * batch, batch, config_.data.augment, augment_rng, labels);
-    const double loss = to_double(train_step(x, labels, lr));
+    const double loss =
+        to_double(train_step(StepExamples{&data, order.data() + b * batch, batch, config_.data.augment, &augment_rng}, lr));
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (!on_step(step++, loss, lr, seconds)) break;
   }
@@ -326,11 +344,9 @@ MemoryLedger one_step(const RunConfig& run, const MakeChainRunner<T>* chain, std
   Rng rng(0);
   std::vector<std::int32_t> labels;
   if (run.study == "train") {
-    {
-      const MemoryPhaseScope phase(MemoryPhase::forward);  // the step's input batch, as in Trainer::train_epoch
-      const Tensor<T> x = trainer.make_batch(train, indices, run.train.batch, Augment{}, rng, labels);
-      trainer.train_step(x, labels, run.train.optimizer.lr);
-    }  // a step's batch is freed before the evaluation, as in the train study
+    // As in Trainer::train_epoch: the step makes its examples batch or microbatch at a time.
+    trainer.train_step(typename Trainer<T>::StepExamples{&train, indices, run.train.batch, Augment{}, &rng},
+                       run.train.optimizer.lr);
     const MemoryPhaseScope phase(MemoryPhase::evaluation);
     const Tensor<T> x = trainer.make_batch(test, indices, run.train.eval_batch, Augment{}, rng, labels);
     trainer.evaluate_batch(x, labels);
@@ -373,10 +389,9 @@ template <class T> std::size_t own_need(const RunConfig& run, const MemoryLedger
   }
   const std::size_t state = step.peak(MemoryCategory::weights) + step.peak(MemoryCategory::gradients) +
                             step.peak(MemoryCategory::optimizer_state);
-  // Slices of a microbatched step are cut from the whole batch, which is held meanwhile.
-  const std::size_t batch = run.microbatches() > 1 ? bytes(run.train.batch * model.input_shape().numel()) : 0;
+  // (A microbatched step makes its slices one at a time: the input in memory is the slice's, the first layer's.)
   const std::size_t training =
-      state + step.peak(MemoryCategory::saved_activations) + batch + bytes(slice * static_cast<index_t>(layer));
+      state + step.peak(MemoryCategory::saved_activations) + bytes(slice * static_cast<index_t>(layer));
   const std::size_t evaluation = run.study == "train" ? state + bytes(run.train.eval_batch * static_cast<index_t>(layer)) : 0;
   return std::max(training, evaluation);
 }

@@ -49,6 +49,19 @@ template <class T> class Trainer {
   // forward_backward, then one optimizer step with learning rate lr.
   W train_step(const Tensor<T>& x, const std::vector<std::int32_t>& labels, double lr);
 
+  // A step's examples not yet made: examples indices[0..n) of data (nullptr in a dry run), made batch or
+  // microbatch at a time as the step needs them, so that under technique microbatch only the microbatch in
+  // flight is in memory, the rest staying in the data set (as a batch stays on the host beside a GPU). Made in
+  // order with one augmentation generator, the slices hold exactly the values of the whole batch.
+  struct StepExamples {
+    const Dataset* data;
+    const std::int64_t* indices;
+    index_t n;
+    Augment augment;
+    Rng* rng;
+  };
+  W train_step(const StepExamples& examples, double lr);
+
   struct Evaluation {
     double loss = 0, accuracy = 0;
   };
@@ -79,6 +92,10 @@ template <class T> class Trainer {
 
  private:
   TechniqueServices<T> services() const;
+  // The examples rows [first, first + count) of a step, and their labels.
+  using SliceSource = std::function<std::pair<Tensor<T>, std::vector<std::int32_t>>(index_t first, index_t count)>;
+  W forward_backward(index_t n, const SliceSource& slice, Tensor<T>* logits_out);
+  W apply_update(W loss, double lr);  // the optimizer step after forward_backward (skipped on a non-finite loss)
   MemoryLedger& ledger_;
   RunConfig config_;
   RunContext train_ctx_, eval_ctx_;
