@@ -44,6 +44,43 @@ TEST(ConvExact, HandComputedStrideAndPadding) {
   EXPECT_EQ(y[3], 5 + 6 + 8 + 9 + 0.5);
 }
 
+// Narrower bands of output rows (RunContext::conv_band_columns) hold a smaller column matrix and compute the same
+// output, input gradient and weight gradient (to rounding: a weight gradient sums its bands in another grouping).
+TEST(ConvExact, NarrowerBandsHoldLessAndComputeTheSame) {
+  struct Result {
+    std::vector<double> values;
+    std::size_t workspace_peak;
+  };
+  const auto run = [](index_t band_columns) {
+    MemoryLedger ledger;
+    MemoryLedger::Scope scope(ledger);
+    Conv2d<double> conv("conv", Conv2dSpec{3, 4, 3, 1, 1, true});
+    Rng rng(4);
+    conv.initialize(rng);
+    Tensor<double> x(Shape{2, 3, 9, 7}, MemoryCategory::workspace), dy(Shape{2, 4, 9, 7}, MemoryCategory::workspace);
+    for (index_t i = 0; i < x.numel(); ++i) x[i] = rng.normal();
+    for (index_t i = 0; i < dy.numel(); ++i) dy[i] = rng.normal();
+    RunContext ctx;
+    ctx.conv_band_columns = band_columns;
+    const std::size_t before = ledger.current_total();
+    const Tensor<double> y = conv.forward(x, ctx);
+    const Tensor<double> dx = conv.backward(dy, ctx, true);
+    Result r{{}, ledger.peak_total() - before};
+    const std::vector<const Tensor<double>*> outputs = {&y, &dx, &conv.params()[0]->grad, &conv.params()[1]->grad};
+    for (const Tensor<double>* t : outputs)
+      for (index_t i = 0; i < t->numel(); ++i) r.values.push_back((*t)[i]);
+    return r;
+  };
+  const Result whole = run(256), rows2 = run(14), row = run(1);  // 9 rows of 7: one band, bands of 2 rows, of 1
+  ASSERT_EQ(whole.values.size(), row.values.size());
+  for (std::size_t i = 0; i < whole.values.size(); ++i) {
+    EXPECT_NEAR(rows2.values[i], whole.values[i], 1e-12 * (1 + std::fabs(whole.values[i]))) << i;
+    EXPECT_NEAR(row.values[i], whole.values[i], 1e-12 * (1 + std::fabs(whole.values[i]))) << i;
+  }
+  EXPECT_LT(rows2.workspace_peak, whole.workspace_peak);
+  EXPECT_LT(row.workspace_peak, rows2.workspace_peak);
+}
+
 // The model of a config whose only interesting part is `model` (synthetic data shaped like its input).
 ModelSpec model_spec(const nlohmann::json& model) {
   const nlohmann::json config = {

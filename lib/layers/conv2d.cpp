@@ -29,18 +29,17 @@ Geometry geometry(const Conv2dSpec& s, index_t h, index_t w) {
           (w + 2 * s.pad - s.kernel) / s.stride + 1};
 }
 
-// Output rows are processed in bands of whole rows, as many as fit in this many columns (positions; one row if a
-// row is wider), so that a thread holds
-// the column matrix of a band, not of a whole image: for the reference CNN's second layer (32 channels, 28 x 28)
-// K x 252 values instead of K x 784, 290 KB instead of 903 KB in f32. Bands of 256 cost no measurable speed
-// (lowmem_bench: BM_Conv2dForward 17.8 ms before and after, BM_TrainStep 160 / 156 ms); bands of 128 cost 10 %.
-constexpr index_t band_columns = 256;
+// Output rows are processed in bands of whole rows, as many as fit in RunContext::conv_band_columns columns
+// (positions; one row if a row is wider), so that a thread holds the column matrix of a band, not of a whole
+// image: for the reference CNN's second layer (32 channels, 28 x 28) at the default 256, K x 252 values instead of
+// K x 784, 290 KB instead of 903 KB in f32. Bands of 256 cost no measurable speed (lowmem_bench: BM_Conv2dForward
+// 17.8 ms before and after, BM_TrainStep 160 / 156 ms); bands of 128 cost 10 %.
 
 // The bands of output rows [first, end).
 struct Band {
   index_t first, end;
 };
-std::vector<Band> bands(const Geometry& g) {
+std::vector<Band> bands(const Geometry& g, index_t band_columns) {
   const index_t rows = std::max<index_t>(1, band_columns / g.out_width);
   std::vector<Band> out;
   for (index_t oy = 0; oy < g.out_height; oy += rows) out.push_back({oy, std::min(g.out_height, oy + rows)});
@@ -129,7 +128,7 @@ template <class T> Tensor<T> Conv2d<T>::forward(Tensor<T> x, const RunContext& c
   const index_t cout = spec_.out_channels, K = g.rows(), P = g.cols(), image = g.channels * g.height * g.width;
   const int threads = static_cast<int>(std::min<index_t>(omp_get_max_threads(), n));
   Tensor<T> y(Shape{n, cout, g.out_height, g.out_width}, MemoryCategory::workspace);
-  const std::vector<Band> row_bands = bands(g);
+  const std::vector<Band> row_bands = bands(g, ctx.conv_band_columns);
   const index_t band_width = (row_bands[0].end - row_bands[0].first) * g.out_width;  // the widest band
   with_compute_type<T>(ctx.accumulate, [&]<class G>() {
     const Tensor<G> w = in_compute_type<G>(weight_.value);
@@ -181,7 +180,7 @@ template <class T> Tensor<T> Conv2d<T>::backward(Tensor<T> dy, const RunContext&
   // gradient) before its input gradient is stored, and each image belongs to one thread.
   Tensor<T> dx;
   if (want_input_grad) dx = x.overwritable(MemoryCategory::workspace);
-  const std::vector<Band> row_bands = bands(g);
+  const std::vector<Band> row_bands = bands(g, ctx.conv_band_columns);
   const index_t band_width = (row_bands[0].end - row_bands[0].first) * g.out_width;  // the widest band
   with_compute_type<T>(ctx.accumulate, [&]<class G>() {
     const Tensor<G> w = in_compute_type<G>(weight_.value);

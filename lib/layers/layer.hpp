@@ -41,6 +41,9 @@ struct RunContext {
   // With reconstruct (technique checkpoint composed with reversible): each run of non-invertible layers keeps only
   // its input in the forward pass and is recomputed from it in backward.
   bool recompute_between_runs = false;
+  // A convolution's workspace holds the column matrix of a band of whole output rows of at most this many positions
+  // (one row if a row is wider): smaller bands hold less and run slower, and sum a weight gradient in other order.
+  index_t conv_band_columns = 256;
   bool keeps() const { return training && keep == Keep::all; }
   bool keeps_for_inverse() const { return training && keep != Keep::nothing; }
 };

@@ -95,6 +95,7 @@ struct RunConfig {
   std::uint64_t seed = 0;
   Precision precision = Precision::f32;  // the model's (technique mixed_precision: its "compute")
   Accumulate accumulate = Accumulate::f32;
+  index_t conv_band_columns = 256;  // RunContext::conv_band_columns of the training and evaluation passes
   int mp_bits = 113;
   ModelSpec model;
   DataSpec data;

@@ -56,7 +56,8 @@ template <class T> ChainCosts chain_costs(const RunConfig& config) {
   const index_t batch = config.train.batch / config.microbatches();
   ChainCosts c;
   Shape in = model.input_shape();
-  const RunContext record{true, config.accumulate};
+  RunContext record{true, config.accumulate};
+  record.conv_band_columns = config.conv_band_columns;
   for (std::size_t i = 0; i < model.size(); ++i) {
     std::vector<index_t> dims{batch};
     for (index_t d : in.dims()) dims.push_back(d);
@@ -80,6 +81,7 @@ Trainer<T>::Trainer(const RunConfig& config, MemoryLedger& ledger, const MakeCha
       config_(config),
       train_ctx_{true, config.accumulate},
       eval_ctx_{false, config.accumulate} {
+  train_ctx_.conv_band_columns = eval_ctx_.conv_band_columns = config.conv_band_columns;
   const TechniqueServices<T> services = this->services();
   bool draw = false;
   for (const auto& t : config_.techniques) {
