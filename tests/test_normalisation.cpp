@@ -64,6 +64,16 @@ TEST(Normalisation, BatchIndependentNormsGiveTheWholeBatchGradientOverMicrobatch
     }
 }
 
+// Group norm without affine keeps its output x^, which Proxy Norm keeps as its input: one buffer for both, so
+// GN + PN keeps no more than GN + ReLU (whose ReLU output is the next conv's kept input).
+TEST(Normalisation, ProxyNormSharesWhatTheNormBeforeItKeeps) {
+  const json gn = {{"type", "groupnorm"}, {"groups", 2}};
+  const auto with_relu = testing::technique_step(config_with(plain(gn)), 7);
+  const auto with_proxy = testing::technique_step(config_with(proxied(gn)), 7);
+  EXPECT_LE(with_proxy.saved_peak, with_relu.saved_peak);
+  std::printf("    saved activations: GN + ReLU %zu B, GN + PN %zu B\n", with_relu.saved_peak, with_proxy.saved_peak);
+}
+
 TEST(Normalisation, BatchNormDoesNot) {
   for (int count : {2, 64}) {
     const double d = microbatch_difference(plain({{"type", "batchnorm"}}), count);

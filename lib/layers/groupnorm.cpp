@@ -33,7 +33,9 @@ template <class T> void GroupNorm<T>::initialize(Rng&) {
 template <class T> Tensor<T> GroupNorm<T>::forward(Tensor<T> x, const RunContext& ctx) {
   const index_t n = x.dim(0), area = x.numel() / (n * channels_), per_group = channels_ / groups_;
   const index_t size = per_group * area;  // values per group
-  if (ctx.keeps()) input_.keep(x);  // first: y takes x's buffer only if nothing keeps x
+  // With affine, x is kept (first: y takes x's buffer only if nothing keeps x). Without, y = x^ itself is kept
+  // (below): it is the next layer's input, which a Proxy Norm there keeps too, so the two share one buffer.
+  if (ctx.keeps() && affine_) kept_.keep(x);
   Tensor<T> y = x.overwritable(MemoryCategory::workspace);  // per group: statistics of x, then y over x
   // Statistics as flat vectors (N groups): Saved compresses only rank >= 2 tensors, and these must stay exact.
   Tensor<W> mean(Shape{n * groups_}, MemoryCategory::workspace), inv_std(Shape{n * groups_}, MemoryCategory::workspace);
@@ -61,6 +63,7 @@ template <class T> Tensor<T> GroupNorm<T>::forward(Tensor<T> x, const RunContext
     }
   }
   if (ctx.keeps()) {
+    if (!affine_) kept_.keep(y);
     mean_.keep(mean);
     inv_std_.keep(inv_std);
   }
@@ -70,14 +73,16 @@ template <class T> Tensor<T> GroupNorm<T>::forward(Tensor<T> x, const RunContext
 // Per group, with x^ = (x - mean) / sigma over its M values and dx^ = gamma_c dy:
 //   dx = (dx^ - mean(dx^) - x^ mean(dx^ x^)) / sigma;  per channel: dbeta = sum dy, dgamma = sum dy x^.
 template <class T> Tensor<T> GroupNorm<T>::backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) {
-  const Tensor<T> x = input_.take();
+  const Tensor<T> x = kept_.take();  // without affine: x^
   const Tensor<W>&mean = mean_.get(), &inv_std = inv_std_.get();
   const index_t n = x.dim(0), area = x.numel() / (n * channels_), per_group = channels_ / groups_;
   const index_t size = per_group * area;
   const W count = round_to<W>(static_cast<double>(size));
   auto xhat = [&](index_t s, index_t c, index_t i) {
+    const W v = round_to<W>(x[(s * channels_ + c) * area + i]);
+    if (!affine_) return v;
     const index_t sg = s * groups_ + c / per_group;
-    return W((round_to<W>(x[(s * channels_ + c) * area + i]) - mean[sg]) * inv_std[sg]);
+    return W((v - mean[sg]) * inv_std[sg]);
   };
   // Parameter gradients, channel by channel (each thread owns its channels; samples summed in order).
 #pragma omp parallel for schedule(static)

@@ -8,7 +8,8 @@ namespace lowmem {
 // variance over (C / groups) x H x W values, then y = gamma_c x^ + beta_c per channel. No batch statistics, so
 // training and evaluation compute the same thing and microbatches of any size see the same layer (the point of
 // batch-independent normalisation). groups = 1 is layer norm over (C, H, W); groups = C is instance norm.
-// Backward keeps x and each group's mean and 1/sqrt(var + eps) (wide type) and recomputes x^.
+// Backward keeps x and each group's mean and 1/sqrt(var + eps) (wide type) and recomputes x^; without affine it
+// keeps its output x^ instead (shared with the next layer, a Proxy Norm, which keeps its input).
 template <class T> class GroupNorm : public Layer<T> {
  public:
   // affine false: no gamma and beta (y = x^), for a Proxy Norm after it, which applies its own.
@@ -29,7 +30,7 @@ template <class T> class GroupNorm : public Layer<T> {
   double eps_;
   bool affine_;
   Param<T> gamma_, beta_;  // without affine: empty, and gamma = 1, beta = 0 in the arithmetic
-  Saved<T> input_;
+  Saved<T> kept_;  // x; without affine, y = x^
   Saved<W> mean_, inv_std_;  // (N groups), flat: statistics are never compressed
 };
 
