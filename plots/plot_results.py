@@ -11,6 +11,7 @@ curves/step, curves/test_accuracy.
 """
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -399,10 +400,25 @@ def norm_label(model):
     return short + ("+PN" if model.get("proxy") else "")
 
 
+def without_microbatching(config):
+    """The config with what a line of accuracy_vs_microbatch runs over taken out: seed, evaluation batch and the
+    microbatch count (the runs of one line differ in these only)."""
+    config = json.loads(json.dumps(config))
+    config.pop("seed", None)
+    config.get("train", {}).pop("eval_batch", None)
+    technique = config.get("technique", {})
+    for t in technique if isinstance(technique, list) else [technique]:
+        if isinstance(t, dict) and t.get("type") == "microbatch":
+            t.pop("count", None)
+    return json.dumps(config, sort_keys=True)
+
+
 def accuracy_by_microbatch(runs, value=lambda r: float(r["attrs"].get("test_accuracy", np.nan))):
     """{(arch, norm label): {microbatch size: [value(run) per seed]}} (by default the test accuracy) over completed
-    train runs of cnn and resnet models; Skip unless some normalisation was run at two or more microbatch sizes."""
-    table = {}
+    train runs of cnn and resnet models; Skip unless some normalisation was run at two or more microbatch sizes.
+    Runs whose configs differ in more than seed, evaluation batch and microbatch count are separate lines: the label
+    then also names the run's technique and precision."""
+    groups = {}
     for r in runs:
         config = config_of(r)
         model = config.get("model", {})
@@ -411,7 +427,18 @@ def accuracy_by_microbatch(runs, value=lambda r: float(r["attrs"].get("test_accu
                 or model.get("arch") not in ("cnn", "resnet")):
             continue
         size = int(config.get("train", {}).get("batch", 0)) // microbatch_count(config)
-        table.setdefault((model["arch"], norm_label(model)), {}).setdefault(size, []).append(value(r))
+        groups.setdefault(without_microbatching(config), []).append((r, size))
+    labels = {key: (members[0][0]["attrs"], config_of(members[0][0])["model"]) for key, members in groups.items()}
+    short = {key: (model["arch"], norm_label(model)) for key, (_, model) in labels.items()}
+    table = {}
+    for key, members in groups.items():
+        name = short[key]
+        if list(short.values()).count(name) > 1:  # the same model and norm under other techniques or precisions
+            attrs = labels[key][0]
+            technique = re.sub(r"\+?microbatch-\d+", "", text(attrs.get("technique", ""))).strip("+")
+            name = (name[0], f"{name[1]} {technique or 'store_all'} {text(attrs.get('precision', ''))}")
+        for r, size in members:
+            table.setdefault(name, {}).setdefault(size, []).append(value(r))
     if not any(len(sizes) > 1 for sizes in table.values()):
         raise Skip("no normalisation of a cnn or resnet run at two or more microbatch sizes")
     return table

@@ -328,6 +328,24 @@ def check_plan():
                              [{"type": "microbatch", "count": 2}, {"type": "checkpoint"}]],
                "precision": ["f32", "bf16"]}))
     check_plan_matches_run("plan vs run (microbatch)", cfg)
+    # Normalisations in the named architectures, Proxy Norm, sparse end layers and narrow conv bands.
+    resnet = {"input": [1, 8, 8], "classes": 3, "arch": "resnet", "depth": 10, "base_width": 4}
+    cfg = config("plan-norms.json", lambda c: c.update(
+        model=resnet, technique={"type": "microbatch", "count": 4},
+        sweep=[{"model.norm": ["groupnorm"], "model.groups": [2], "model.proxy": [False, True],
+                "precision": ["f32", "f16"]},
+               {"model.norm": ["layernorm", "instancenorm"], "model.proxy": [True], "conv_band_columns": [8]},
+               {"technique": [[{"type": "mixed_precision", "compute": "f16"},
+                               {"type": "sparsity", "density": 0.5, "first_density": 0.5, "last_density": 0.25}]]}]))
+    check_plan_matches_run("plan vs run (norms, Proxy Norm, sparse ends, conv bands)", cfg)
+    # A cnn without norm keys records the older keys' defaults, so configs written before "norm" keep their run ids.
+    cnn = {"input": [1, 8, 8], "classes": 3, "arch": "cnn", "channels": [4]}
+    ids = []
+    for name, extra in (("implicit", {}), ("explicit", {"batchnorm": True, "groupnorm": 0})):
+        p, plan = plan_json(config(f"ids-{name}.json", lambda c: c.update(model={**cnn, **extra})))
+        ids.append(plan[0]["run_id"] if p.returncode == 0 else describe(p))
+    check(ids[0] == ids[1], "a cnn without norm keys has the run id of the same cnn with the older keys' defaults",
+          f"{ids}")
     cfg = config("plan-approx.json", lambda c: c.update(
         technique={"type": "store_all"},
         sweep={"technique": [{"type": "approx_activations", "bits": 4, "method": "actnn"},

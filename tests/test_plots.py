@@ -141,7 +141,9 @@ def check_normalisation_figure(binary, tmp):
               "train": {"batch": 4, "steps": 2, "optimizer": {"lr": 0.05}},
               "sweep": [{"model.norm": ["batchnorm", "layernorm"], "technique.count": [1, 4], "seed": [0, 1]},
                         {"model.norm": ["groupnorm"], "model.groups": [2], "model.proxy": [True],
-                         "technique.count": [1, 4], "seed": [0, 1]}]}
+                         "technique.count": [1, 4], "seed": [0, 1]},
+                        {"model.norm": ["layernorm"], "precision": ["f64"], "technique.count": [1, 4],
+                         "seed": [0, 1]}]}
     results = run_sweep(binary, config, tmp)
     result = run_script(results, "--out", tmp / "norms_out")
     png = tmp / "norms_out" / "accuracy_vs_microbatch.png"
@@ -155,14 +157,17 @@ def check_normalisation_figure(binary, tmp):
         for r in runs:
             c = json.loads(r["attrs"]["config"])
             label = {"batchnorm": "BN", "layernorm": "LN", "groupnorm": "GN(2)+PN"}[c["model"]["norm"]]
+            if label == "LN":  # two LN lines: f32 and f64, told apart by technique and precision
+                label += f" store_all {c.get('precision', 'f32')}"
             size = 4 // c["technique"]["count"]
             expected.setdefault(("cnn", label), {}).setdefault(size, []).append(float(r["attrs"]["test_accuracy"]))
-    check(table == expected and sorted(table) == [("cnn", "BN"), ("cnn", "GN(2)+PN"), ("cnn", "LN")] and
+    check(table == expected and sorted(table) == [("cnn", "BN"), ("cnn", "GN(2)+PN"), ("cnn", "LN store_all f32"),
+                                                  ("cnn", "LN store_all f64")] and
           all(sorted(v) == [1, 4] and all(len(a) == 2 for a in v.values()) for v in table.values()),
           "the figure's table: one line per norm, two seeds at microbatch sizes 1 and 4")
     markdown = (tmp / "norms_out" / "accuracy_vs_microbatch.md").read_text().splitlines()
     bn = expected[("cnn", "BN")][1]
-    check(len(markdown) == 5 and markdown[2].startswith(f"| cnn | BN | {np.mean(expected[('cnn', 'BN')][4]):.4f}")
+    check(len(markdown) == 6 and markdown[2].startswith(f"| cnn | BN | {np.mean(expected[('cnn', 'BN')][4]):.4f}")
           and f"{np.mean(bn):.4f} ({min(bn):.4f}-{max(bn):.4f}, n=2)" in markdown[2],
           "accuracy_vs_microbatch.md: one row per norm, mean and range over seeds at each microbatch size")
 

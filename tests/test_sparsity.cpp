@@ -94,6 +94,10 @@ TEST(Sparsity, EndLayersAreSparseAtTheirOwnDensityWhenAsked) {
   nlohmann::json two = config_with(last, momentum);
   two["model"]["channels"] = {6};
   expect_csr_accounting<float>(two, 1, false, {0, 0.1});
+  // A single weight layer is the first and the last: either density makes it sparse.
+  nlohmann::json one = config_with(last, momentum);
+  one["model"] = {{"input", {1, 8, 8}}, {"classes", 4}, {"layers", {{{"type", "flatten"}}, {{"type", "linear"}, {"out", 4}}}}};
+  expect_csr_accounting<float>(one, 1, false, {0.1});
 }
 
 // A layer with a sparse weight against the same layer with a dense weight that is 0 off the pattern: outputs,

@@ -131,6 +131,7 @@ Shape Coupling<T>::coupling_shape(const Shape& in, index_t out_factor, const std
 
 template <class T> RunContext Coupling<T>::forward_context(const RunContext& ctx) {
   accumulate_ = ctx.accumulate;
+  band_columns_ = ctx.conv_band_columns;
   RunContext inner = ctx;
   if (ctx.keep != RunContext::Keep::all) inner.keep = RunContext::Keep::nothing;
   return inner;

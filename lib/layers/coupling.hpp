@@ -26,11 +26,16 @@ template <class T> class Coupling : public Layer<T>, public Invertible<T> {
   RunContext forward_context(const RunContext& ctx);
   // F and G recomputed on rebuilt values: training mode, running statistics untouched; for inverse (keep
   // nothing) or for backprop by reconstruction (keep what their backward needs, under ctx's own policy).
-  RunContext inverse_context() const { return {true, accumulate_, false, RunContext::Keep::nothing}; }
+  RunContext inverse_context() const {
+    RunContext ctx{true, accumulate_, false, RunContext::Keep::nothing};
+    ctx.conv_band_columns = band_columns_;
+    return ctx;
+  }
   static RunContext backprop_context(const RunContext& ctx);
 
   Sequential<T> f_, g_;
   Accumulate accumulate_ = Accumulate::f32;  // of the last forward, which inverse replays
+  index_t band_columns_ = RunContext{}.conv_band_columns;  // likewise
 };
 
 // Additive coupling (RevNet, Gomez et al. 2017): the channels of x (N, C, H, W) are split into halves x1, x2 and

@@ -64,7 +64,7 @@ template <class T> Tensor<T> GroupNorm<T>::forward(Tensor<T> x, const RunContext
   }
   if (ctx.keeps()) {
     if (!affine_) kept_.keep(y);
-    mean_.keep(mean);
+    else mean_.keep(mean);  // (without affine, backward reads x^ itself)
     inv_std_.keep(inv_std);
   }
   return y;
@@ -74,7 +74,8 @@ template <class T> Tensor<T> GroupNorm<T>::forward(Tensor<T> x, const RunContext
 //   dx = (dx^ - mean(dx^) - x^ mean(dx^ x^)) / sigma;  per channel: dbeta = sum dy, dgamma = sum dy x^.
 template <class T> Tensor<T> GroupNorm<T>::backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) {
   const Tensor<T> x = kept_.take();  // without affine: x^
-  const Tensor<W>&mean = mean_.get(), &inv_std = inv_std_.get();
+  const Tensor<W>& inv_std = inv_std_.get();
+  const Tensor<W> mean = affine_ ? mean_.get() : Tensor<W>();
   const index_t n = x.dim(0), area = x.numel() / (n * channels_), per_group = channels_ / groups_;
   const index_t size = per_group * area;
   const W count = round_to<W>(static_cast<double>(size));
@@ -123,7 +124,7 @@ template <class T> Tensor<T> GroupNorm<T>::backward(Tensor<T> dy, const RunConte
       }
     }
   }
-  mean_.release();
+  if (affine_) mean_.release();
   inv_std_.release();
   return dx;
 }

@@ -9,7 +9,8 @@ namespace lowmem {
 // training and evaluation compute the same thing and microbatches of any size see the same layer (the point of
 // batch-independent normalisation). groups = 1 is layer norm over (C, H, W); groups = C is instance norm.
 // Backward keeps x and each group's mean and 1/sqrt(var + eps) (wide type) and recomputes x^; without affine it
-// keeps its output x^ instead (shared with the next layer, a Proxy Norm, which keeps its input).
+// keeps its output x^ and 1/sqrt(var + eps) instead (x^ is shared with the next layer, a Proxy Norm, which keeps
+// its input), so in f16 and bf16 backward reads x^ rounded to the storage type rather than recomputed in f32.
 template <class T> class GroupNorm : public Layer<T> {
  public:
   // affine false: no gamma and beta (y = x^), for a Proxy Norm after it, which applies its own.

@@ -11,6 +11,8 @@ namespace lowmem {
 // / n - 1). The statistics depend on the parameters only, never on the batch: microbatches of any size see the
 // same layer. act is ReLU (slope 0) or leaky ReLU. Backward keeps x and recomputes the proxy statistics; the
 // gradient reaches the parameters through z and through mu_c and var_c.
+constexpr double proxy_norm_eps = 0.03;  // the paper's default
+
 template <class T> class ProxyNorm : public Layer<T> {
  public:
   static constexpr int proxy_points = 200;

@@ -2,7 +2,6 @@
 
 #include "layers/batchnorm.hpp"
 #include "layers/groupnorm.hpp"
-#include "layers/proxy_norm.hpp"
 
 namespace lowmem {
 
@@ -19,14 +18,14 @@ std::unique_ptr<Layer<T>> make_norm(const std::string& label, index_t channels, 
 template <class T>
 ResidualBlock<T>::ResidualBlock(std::string label, index_t in_channels, index_t out_channels, index_t stride,
                                 const BlockNorm& norm)
-    : Layer<T>(std::move(label)), norm_name_(norm.batch ? "bn" : "gn") {
+    : Layer<T>(std::move(label)), norm_name_(norm.batch ? "bn" : "gn"), act1_name_(norm.proxy ? "pn1" : "relu1") {
   if (norm.proxy && norm.batch) throw Error("layer " + this->label() + ": Proxy Norm follows a group norm, not batch norm");
   const std::string& l = this->label();
   const index_t out = out_channels;
   conv1_ = std::make_unique<Conv2d<T>>(l + " conv1", Conv2dSpec{in_channels, out, 3, stride, 1, false});
   norm1_ = make_norm<T>(l + " " + norm_name_ + "1", out, norm, !norm.proxy);
-  if (norm.proxy) act1_ = std::make_unique<ProxyNorm<T>>(l + " pn1", out, 0.0, norm.proxy_eps);
-  else act1_ = std::make_unique<LeakyRelu<T>>(l + " relu1", 0.0);
+  if (norm.proxy) act1_ = std::make_unique<ProxyNorm<T>>(l + " " + act1_name_, out, 0.0, norm.proxy_eps);
+  else act1_ = std::make_unique<LeakyRelu<T>>(l + " " + act1_name_, 0.0);
   conv2_ = std::make_unique<Conv2d<T>>(l + " conv2", Conv2dSpec{out, out, 3, 1, 1, false});
   // norm2 and the shortcut's norm feed the sum, not an activation: no Proxy Norm there, their own affine.
   norm2_ = make_norm<T>(l + " " + norm_name_ + "2", out, norm, true);
@@ -46,8 +45,7 @@ template <class T> Shape ResidualBlock<T>::output_shape(const Shape& in) const {
 template <class T> std::vector<std::pair<std::string, Layer<T>*>> ResidualBlock<T>::children() {
   std::vector<std::pair<std::string, Layer<T>*>> c = {{"conv1", conv1_.get()},
                                                       {norm_name_ + "1", norm1_.get()},
-                                                      {act1_->kind() == std::string("proxy_norm") ? "pn1" : "relu1",
-                                                       act1_.get()},
+                                                      {act1_name_, act1_.get()},
                                                       {"conv2", conv2_.get()},
                                                       {norm_name_ + "2", norm2_.get()}};
   if (has_projection()) {

@@ -3,6 +3,7 @@
 
 #include "layers/activations.hpp"
 #include "layers/conv2d.hpp"
+#include "layers/proxy_norm.hpp"
 
 namespace lowmem {
 
@@ -14,7 +15,7 @@ struct BlockNorm {
   bool proxy = false;        // group norm: norm1 without affine, and Proxy Norm (ReLU) in place of relu1
   double momentum = 0.1;     // batch norm: running statistics
   double eps = 1e-5;         // the norm's
-  double proxy_eps = 0.03;   // Proxy Norm's
+  double proxy_eps = proxy_norm_eps;
 };
 
 // The ResNet basic block (He et al. 2016; torchvision's BasicBlock):
@@ -41,7 +42,7 @@ template <class T> class ResidualBlock : public Layer<T> {
   std::unique_ptr<Conv2d<T>> conv1_, conv2_, projection_;
   std::unique_ptr<Layer<T>> norm1_, act1_, norm2_, projection_norm_;
   std::unique_ptr<LeakyRelu<T>> relu_out_;
-  std::string norm_name_;  // "bn" or "gn", for the children's names
+  std::string norm_name_, act1_name_;  // "bn" or "gn"; "relu1" or "pn1": the children's names
 };
 
 }  // namespace lowmem

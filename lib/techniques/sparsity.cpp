@@ -90,7 +90,9 @@ std::vector<SparseWeight> sparse_weights(const std::vector<Param<T>*>& params, d
     if (params[k]->may_be_sparse) weights.push_back(k);
   std::vector<SparseWeight> chosen;
   for (std::size_t w = 0; w < weights.size(); ++w) {
-    const double d = w == 0 ? first : w + 1 == weights.size() ? last : density;
+    // A single weight layer is both the first and the last: sparse if either density is given.
+    const double d = weights.size() == 1 ? std::max(first, last) : w == 0 ? first : w + 1 == weights.size() ? last
+                                                                                                              : density;
     if (d > 0) chosen.push_back({weights[w], d});
   }
   return chosen;

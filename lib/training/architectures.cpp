@@ -3,6 +3,7 @@
 #include <limits>
 
 #include "io/config_reader.hpp"
+#include "layers/proxy_norm.hpp"
 #include "io/limits.hpp"
 
 namespace lowmem {
@@ -21,12 +22,15 @@ LayerSpec generated(const std::string& arch, std::size_t index, std::string type
   return s;
 }
 
-// The cnn's older keys: "groupnorm": G (group norm with G groups) and "batchnorm": false (no norm).
+// The cnn's older keys: "groupnorm": G (group norm with G groups) and "batchnorm": false (no norm). Without any
+// norm key they are read as before (their defaults recorded, so the run ids of older configs stay).
 NormChoice read_cnn_norm(ConfigReader& r) {
   const bool legacy = r.has("groupnorm") || r.has("batchnorm");
   if (legacy && r.has("norm"))
     r.fail("norm", "give either \"norm\" or the older \"groupnorm\" / \"batchnorm\" keys, not both");
-  if (!legacy) return read_norm(r);
+  if (legacy && r.has("proxy"))
+    r.fail("proxy", "goes with \"norm\": write \"norm\": \"groupnorm\", \"groups\": G instead of \"groupnorm\": G");
+  if (r.has("norm") || r.has("proxy") || r.has("groups")) return read_norm(r);
   NormChoice n;
   const bool batchnorm = r.get("batchnorm", true);
   n.groups = r.get_in<std::int64_t>("groupnorm", 0, 0, i64_max);
@@ -46,7 +50,7 @@ template <class Add> void add_norm_and_relu(const ConfigReader& r, const NormCho
   }
   if (norm.proxy) {
     LayerSpec& pn = add("proxy_norm");
-    pn.slope = 0.0, pn.eps = 0.03;
+    pn.slope = 0.0, pn.eps = proxy_norm_eps;
   } else {
     add("relu");
   }
@@ -195,14 +199,18 @@ void expand_reversible(ConfigReader& r, ModelSpec& m) {
 
 }  // namespace
 
+// Keys are read only when given: defaults written into the resolved config would change the run ids of every
+// config written before they existed.
 NormChoice read_norm(ConfigReader& r) {
   NormChoice n;
-  const std::string type = r.get_choice("norm", "batchnorm", {"batchnorm", "groupnorm", "layernorm", "instancenorm"});
+  const std::string type = r.has("norm") ? r.get_choice("norm", "batchnorm", {"batchnorm", "groupnorm", "layernorm",
+                                                                              "instancenorm"})
+                                         : "batchnorm";
   if (type == "groupnorm") n.groups = r.required_in<std::int64_t>("groups", 1, i64_max);
   else if (r.has("groups")) r.fail("groups", "applies to \"norm\": \"groupnorm\" only (the norm is \"" + type + "\")");
   else n.groups = type == "layernorm" ? 1 : 0;
   n.type = type == "batchnorm" ? "batchnorm" : "groupnorm";
-  n.proxy = r.get("proxy", false);
+  n.proxy = r.has("proxy") && r.get("proxy", false);
   if (n.proxy && n.type == "batchnorm")
     r.fail("proxy", "Proxy Norm follows a group, layer or instance norm, not batch norm (set \"norm\")");
   return n;

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/config_reader.hpp"
+#include "layers/proxy_norm.hpp"
 #include "training/architectures.hpp"
 #include "techniques/registry.hpp"
 
@@ -64,7 +65,7 @@ LayerSpec parse_layer(ConfigReader r) {
   } else if (s.type == "proxy_norm") {
     const std::string activation = r.get_choice("activation", "relu", {"relu", "leaky_relu"});
     s.slope = activation == "relu" ? 0.0 : r.get_in("slope", 0.01, 0.0, inf);
-    s.eps = r.get_in("eps", 0.03, 0.0, inf);
+    s.eps = r.get_in("eps", proxy_norm_eps, 0.0, inf);
   } else if (s.type == "residual") {
     s.out = r.required_in<std::int64_t>("out", 1, i64_max);
     s.stride = r.get_in<std::int64_t>("stride", 1, 1, i64_max);

@@ -391,9 +391,12 @@ template <class T> std::size_t own_need(const RunConfig& run, const MemoryLedger
   }
   const std::size_t state = step.peak(MemoryCategory::weights) + step.peak(MemoryCategory::gradients) +
                             step.peak(MemoryCategory::optimizer_state);
-  // (A microbatched step makes its slices one at a time: the input in memory is the slice's, the first layer's.)
+  // A microbatched training step makes its slices one at a time (the input in memory is the slice's, the first
+  // layer's); the gradient study cuts them from the whole batch, which it holds meanwhile.
+  const bool whole_batch = run.study != "train" && run.microbatches() > 1;
+  const std::size_t batch = whole_batch ? bytes(run.train.batch * model.input_shape().numel()) : 0;
   const std::size_t training =
-      state + step.peak(MemoryCategory::saved_activations) + bytes(slice * static_cast<index_t>(layer));
+      state + step.peak(MemoryCategory::saved_activations) + batch + bytes(slice * static_cast<index_t>(layer));
   const std::size_t evaluation = run.study == "train" ? state + bytes(run.train.eval_batch * static_cast<index_t>(layer)) : 0;
   return std::max(training, evaluation);
 }
