@@ -479,8 +479,46 @@ def table_accuracy_vs_microbatch(runs):
     return "\n".join(lines) + "\n"
 
 
+def run_label(run, varying):
+    """A train run's model normalisation (cnn and resnet), technique and precision, and the config values in
+    `varying` (dotted paths) that differ among the runs of the table."""
+    config = config_of(run)
+    model = config.get("model", {})
+    parts = [norm_label(model)] if model.get("arch") in ("cnn", "resnet") else []
+    parts += [text(run["attrs"].get("technique", "")), run["precision"]]
+    for path in varying:
+        value = config_value(run, path.split("."))
+        if value is not None:
+            parts.append(f"{path.split('.')[-1]} {value}")
+    return " ".join(p for p in parts if p)
+
+
+def table_techniques(runs):
+    """A techniques study as a Markdown table, one row per completed train run in sweep order: its peak and the
+    reduction against the first f32 store_all run (else the first run), model state (weights, gradients, optimizer state), saved
+    activations and workspace at their peaks (MiB), median step time, recomputed layer evaluations per step and
+    test accuracy."""
+    found = technique_runs(runs)
+    varying = [p for p in ("seed", "conv_band_columns") if len({json.dumps(config_value(r, [p])) for r in found}) > 1]
+    baseline = [r for r in found if text(r["attrs"].get("technique", "")) == "store_all" and r["precision"] == "f32"]
+    baseline = (baseline or found)[0]
+    base = float(baseline["attrs"]["peak_bytes"])
+    mib = lambda r, *keys: sum(float(r["attrs"].get(k, np.nan)) for k in keys) / 2**20
+    lines = [f"Reduction: against {run_label(baseline, varying)}.", "",
+             "| run | peak (MiB) | reduction | state (MiB) | saved act. (MiB) | workspace (MiB) | step (s) | "
+             "recomputed / step | test accuracy |", "| --- " * 9 + "|"]
+    for r in found:
+        a = r["attrs"]
+        lines.append(f"| {run_label(r, varying)} | {mib(r, 'peak_bytes'):.2f} | {base / float(a['peak_bytes']):.1f}x | "
+                     f"{mib(r, 'weights_bytes', 'gradients_bytes', 'optimizer_state_bytes'):.2f} | "
+                     f"{mib(r, 'activation_peak_bytes'):.2f} | {mib(r, 'workspace_peak_bytes'):.2f} | "
+                     f"{float(a.get('step_seconds', np.nan)):.3f} | {int(a.get('recomputed_evaluations_per_step', 0))} | "
+                     f"{float(a.get('test_accuracy', np.nan)):.4f} |")
+    return "\n".join(lines) + "\n"
+
+
 # Tables written beside the figures (Markdown), from the same numbers.
-TABLES = [("accuracy_vs_microbatch", table_accuracy_vs_microbatch)]
+TABLES = [("accuracy_vs_microbatch", table_accuracy_vs_microbatch), ("techniques", table_techniques)]
 
 FIGURES = [("train_loss", fig_loss), ("drift_from_f64", fig_drift), ("test_accuracy", fig_accuracy),
            ("gradient_error", fig_gradient), ("gradient_error_by_layer", fig_gradient_by_layer),

@@ -131,6 +131,14 @@ def check_timeline_figures(binary, tmp):
           "plot_timeline on a file that is not a timeline: one line naming it, exit 1")
 
 
+def runs_in_order(results):
+    """Each run's attributes (numbers as floats), in sweep order."""
+    with h5py.File(results, "r") as f:
+        runs = sorted(f["runs"].values(), key=lambda g: int(g.attrs["sweep_index"]))
+        return [{k: (float(v) if isinstance(v, (int, float, np.number)) else v) for k, v in g.attrs.items()}
+                for g in runs]
+
+
 def check_normalisation_figure(binary, tmp):
     """A tiny normalisation sweep (two norms, two microbatch sizes, two seeds) run by lowmem, then plotted; the
     figure's table holds each run's accuracy under its norm and microbatch size."""
@@ -170,6 +178,13 @@ def check_normalisation_figure(binary, tmp):
     check(len(markdown) == 6 and markdown[2].startswith(f"| cnn | BN | {np.mean(expected[('cnn', 'BN')][4]):.4f}")
           and f"{np.mean(bn):.4f} ({min(bn):.4f}-{max(bn):.4f}, n=2)" in markdown[2],
           "accuracy_vs_microbatch.md: one row per norm, mean and range over seeds at each microbatch size")
+    lines = (tmp / "norms_out" / "techniques.md").read_text().splitlines()
+    rows, first = lines[4:], runs_in_order(results)
+    check(lines[0] == "Reduction: against BN microbatch-1 f32 seed 0." and len(rows) == len(first) == 16
+          and all(row.startswith(f"| {label} |") and f"| {run['test_accuracy']:.4f} |" in row for row, label, run in
+                  zip(rows[:2], ["BN microbatch-1 f32 seed 0", "BN microbatch-4 f32 seed 0"], first))
+          and "| 1.0x |" in rows[0] and f"| {first[0]['peak_bytes'] / first[1]['peak_bytes']:.1f}x |" in rows[1],
+          "techniques.md: one row per run in sweep order, reductions against the first run (no f32 store_all here)")
 
 
 def main():
