@@ -7,6 +7,7 @@
 #include <boost/version.hpp>
 #include <cstdio>
 #include <ctime>
+#include <fstream>
 
 #include <H5public.h>
 
@@ -31,6 +32,46 @@ std::string capture(const std::string& command) {
   }
   while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
   return out;
+}
+
+// The CPU's model name ("model name" in /proc/cpuinfo; "unknown" elsewhere).
+std::string cpu_model() {
+  std::ifstream info("/proc/cpuinfo");
+  for (std::string line; std::getline(info, line);)
+    if (line.rfind("model name", 0) == 0 && line.find(':') != std::string::npos) {
+      std::string name = line.substr(line.find(':') + 1);
+      name.erase(0, name.find_first_not_of(" \t"));
+      return name;
+    }
+  return "unknown";
+}
+
+// The instruction-set extensions this binary was compiled to use (the build targets the machine it is built on:
+// numbers may differ between binaries built for different extensions, never between runs of one binary).
+std::string compiled_isa() {
+  std::string isa = "x86-64";
+#ifdef __AVX2__
+  isa += " avx2";
+#endif
+#ifdef __FMA__
+  isa += " fma";
+#endif
+#ifdef __F16C__
+  isa += " f16c";
+#endif
+#ifdef __AVX512F__
+  isa += " avx512f";
+#endif
+#ifdef __AVX512BW__
+  isa += " avx512bw";
+#endif
+#ifdef __AVX512VL__
+  isa += " avx512vl";
+#endif
+#ifdef __AVX512BF16__
+  isa += " avx512bf16";
+#endif
+  return isa;
 }
 
 }  // namespace
@@ -63,6 +104,8 @@ std::map<std::string, std::string> provenance(int threads) {
     char host[256] = {};
     gethostname(host, sizeof host - 1);
     p["host"] = host;
+    p["cpu_model"] = cpu_model();
+    p["isa"] = compiled_isa();
     return p;
   }();
   auto p = fixed;

@@ -30,7 +30,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "golden" / "sweep.json"
 EXPECTED = HERE / "golden" / "expected.json"
-VOLATILE = {"wall_seconds", "step_seconds", "rss_peak_bytes", "start_time", "end_time", "host", "git_commit",
+VOLATILE = {"wall_seconds", "step_seconds", "rss_peak_bytes", "start_time", "end_time", "host", "cpu_model", "git_commit",
             "git_dirty", "curves/step_seconds"}
 # The instruction-set flags -march=native turns into different vector code (and so different rounding).
 ISA_FLAGS = ["sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512_bf16",
