@@ -447,14 +447,17 @@ def accuracy_by_microbatch(runs, value=lambda r: float(r["attrs"].get("test_accu
 def fig_accuracy_vs_microbatch(runs, ax):
     """Labatie et al.'s comparison: test accuracy against microbatch size, one line per model and normalisation,
     the mean over seeds with error bars from the lowest to the highest seed."""
+    all_sizes = set()
     for (arch, norm), by_size in sorted(accuracy_by_microbatch(runs).items()):
         sizes = sorted(by_size)
+        all_sizes.update(sizes)
         mean = np.array([np.mean(by_size[s]) for s in sizes])
         low = mean - np.array([min(by_size[s]) for s in sizes])
         high = np.array([max(by_size[s]) for s in sizes]) - mean
         ax.errorbar(sizes, mean, yerr=[low, high], marker="o", capsize=3, linewidth=1,
                     linestyle="-" if arch == "cnn" else "--", label=f"{arch} {norm}")
     ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(all_sizes), [str(s) for s in sorted(all_sizes)])
     ax.set_xlabel("microbatch size (images; gradients accumulated to the batch)")
     ax.set_ylabel("test accuracy (mean over seeds; bars: min to max)")
     ax.set_title("Accuracy against microbatch size, per normalisation")
