@@ -414,8 +414,19 @@ def without_microbatching(config):
 
 
 def accuracy_by_microbatch(runs, value=lambda r: float(r["attrs"].get("test_accuracy", np.nan))):
-    """{(arch, norm label): {microbatch size: [value(run) per seed]}} (by default the test accuracy) over completed
-    train runs of cnn and resnet models; Skip unless some normalisation was run at two or more microbatch sizes.
+    """{(arch, norm label): {microbatch size: [value(run) per seed]}} (by default the test accuracy)."""
+    return values_of(runs_by_microbatch(runs), value)
+
+
+def values_of(grouped, value):
+    """runs_by_microbatch's grouping with each run replaced by value(run)."""
+    return {key: {size: [value(r) for r in members] for size, members in by_size.items()}
+            for key, by_size in grouped.items()}
+
+
+def runs_by_microbatch(runs):
+    """{(arch, norm label): {microbatch size: [run per seed]}} over completed train runs of cnn and resnet models;
+    Skip unless some normalisation was run at two or more microbatch sizes.
     Runs whose configs differ in more than seed, evaluation batch and microbatch count are separate lines: the label
     then also names the run's technique and precision."""
     groups = {}
@@ -438,7 +449,7 @@ def accuracy_by_microbatch(runs, value=lambda r: float(r["attrs"].get("test_accu
             technique = re.sub(r"\+?microbatch-\d+", "", text(attrs.get("technique", ""))).strip("+")
             name = (name[0], f"{name[1]} {technique or 'store_all'} {text(attrs.get('precision', ''))}")
         for r, size in members:
-            table.setdefault(name, {}).setdefault(size, []).append(value(r))
+            table.setdefault(name, {}).setdefault(size, []).append(r)
     if not any(len(sizes) > 1 for sizes in table.values()):
         raise Skip("no normalisation of a cnn or resnet run at two or more microbatch sizes")
     return table
@@ -466,9 +477,10 @@ def fig_accuracy_vs_microbatch(runs, ax):
 def table_accuracy_vs_microbatch(runs):
     """The figure's numbers as a Markdown table: per model and normalisation, at each microbatch size, the test
     accuracy's mean over seeds and its range (min-max), the peak memory (MiB) and the median time per step (s)."""
-    accuracy = accuracy_by_microbatch(runs)
-    peak = accuracy_by_microbatch(runs, lambda r: float(r["attrs"].get("peak_bytes", np.nan)) / 2**20)
-    step = accuracy_by_microbatch(runs, lambda r: float(r["attrs"].get("step_seconds", np.nan)))
+    grouped = runs_by_microbatch(runs)
+    accuracy = values_of(grouped, lambda r: float(r["attrs"].get("test_accuracy", np.nan)))
+    peak = values_of(grouped, lambda r: float(r["attrs"].get("peak_bytes", np.nan)) / 2**20)
+    step = values_of(grouped, lambda r: float(r["attrs"].get("step_seconds", np.nan)))
     sizes = sorted({s for by_size in accuracy.values() for s in by_size}, reverse=True)
     lines = ["| model | norm | " + " | ".join(f"microbatch {s}" for s in sizes) + " |",
              "| --- | --- | " + " | ".join("---" for _ in sizes) + " |"]

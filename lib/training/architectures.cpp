@@ -3,8 +3,8 @@
 #include <limits>
 
 #include "io/config_reader.hpp"
-#include "layers/proxy_norm.hpp"
 #include "io/limits.hpp"
+#include "layers/proxy_norm.hpp"
 
 namespace lowmem {
 
