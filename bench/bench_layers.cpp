@@ -9,6 +9,10 @@
 //       times that for forward + backward: the output, weight-gradient and input-gradient products).
 //       The second template argument is the accumulation mode; 16-bit storage accumulation (Accumulate::storage)
 //       runs Eigen's GEMM in half/bfloat16 and is ~100x slower, so it runs a fixed 2 iterations.
+//   BM_Conv2dBackward/input_grad:G   the same layer's backward alone: weights only (G 0) or weights and input
+//       (G 1); the backward-data rate is kConvFlops / (time G1 - time G0).
+//   BM_LinearForwardBackward/in/out   a linear layer, batch 64, forward and backward (3 products).
+//   (bench_gemm.cpp: the GEMM itself, Eigen's sgemm and the machine's FMA ceiling.)
 //   BM_TrainStep   one optimizer step (forward, loss, backward, SGD momentum 0.9) of the reference CNN through
 //       lowmem::Trainer<T>. Counters: ms/step and the ledger's peak bytes (MemoryLedger::peak_total).
 //   BM_ReversibleStep/arch:A/rebuild:R   the same step, f32, for the reversible architectures (A: 0 revnet,
@@ -26,6 +30,7 @@
 
 #include "numerics/threads.hpp"
 #include "layers/conv2d.hpp"
+#include "layers/linear.hpp"
 #include "tensor/memory_ledger.hpp"
 #include "training/run_config.hpp"
 #include "training/trainer.hpp"
@@ -105,6 +110,52 @@ template <class T, class Acc> void BM_Conv2dForwardBackward(benchmark::State& st
   set_conv_counters(state, 3 * kConvFlops, timer.seconds());
 }
 
+// Backward alone (the forward that keeps its input runs untimed): with the input gradient (backward-weights and
+// backward-data, 2 x the forward's flops) or without it (backward-weights only, as for a first layer). The
+// backward-data rate is the difference: flops / (time with - time without).
+template <class T> void BM_Conv2dBackward(benchmark::State& state) {
+  ConvFixture<T> f;
+  const bool input_grad = state.range(0) == 1;
+  const lowmem::RunContext ctx{/*training=*/true, Accumulate::f32};
+  double seconds = 0;
+  for (auto _ : state) {
+    state.PauseTiming();
+    lowmem::Tensor<T> y = f.conv.forward(f.x, ctx);
+    benchmark::DoNotOptimize(y.data());
+    const LoopTimer timer;
+    state.ResumeTiming();
+    lowmem::Tensor<T> dx = f.conv.backward(f.dy, ctx, input_grad);
+    benchmark::DoNotOptimize(dx.data());
+    seconds += timer.seconds();
+  }
+  set_conv_counters(state, (input_grad ? 2 : 1) * kConvFlops, seconds);
+}
+
+// A linear layer, forward and backward (3 products of 2 N in out flops): the reference CNN's last layer
+// (3136 -> 10) and a square one (512 -> 512), batch 64.
+template <class T> void BM_LinearForwardBackward(benchmark::State& state) {
+  const index_t in = state.range(0), out = state.range(1);
+  lowmem::MemoryLedger ledger;
+  lowmem::MemoryLedger::Scope scope{ledger};
+  lowmem::Linear<T> linear("bench linear", in, out, true);
+  lowmem::Rng rng(1);
+  linear.initialize(rng);
+  lowmem::Tensor<T> x{lowmem::Shape{kBatch, in}, lowmem::MemoryCategory::workspace};
+  lowmem::Tensor<T> dy{lowmem::Shape{kBatch, out}, lowmem::MemoryCategory::workspace};
+  fill_normal(x, 2);
+  fill_normal(dy, 3);
+  const lowmem::RunContext ctx{/*training=*/true, Accumulate::f32};
+  const LoopTimer timer;
+  for (auto _ : state) {
+    lowmem::Tensor<T> y = linear.forward(x, ctx);
+    lowmem::Tensor<T> dx = linear.backward(dy, ctx, /*want_input_grad=*/true);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::DoNotOptimize(dx.data());
+  }
+  state.counters["GFLOP/s"] =
+      3 * 2.0 * kBatch * in * out * 1e-9 * static_cast<double>(state.iterations()) / timer.seconds();
+}
+
 // The reference CNN (model.arch "cnn": conv 32, 32, 64, 64, each + batchnorm + relu, 2x2 max pool after every
 // second conv, flatten, linear 3136 -> 10) on 1x28x28 inputs, SGD momentum 0.9, batch 64.
 template <class T> lowmem::RunConfig reference_cnn_config() {
@@ -159,6 +210,13 @@ constexpr benchmark::IterationCount kSlowIterations = 2;
 #define LOWMEM_CONV_BENCH(T)                                                                                      \
   BENCHMARK_TEMPLATE(BM_Conv2dForward, T, AccF32)->Unit(benchmark::kMillisecond)->UseRealTime();                 \
   BENCHMARK_TEMPLATE(BM_Conv2dForwardBackward, T, AccF32)->Unit(benchmark::kMillisecond)->UseRealTime();
+#define LOWMEM_KERNEL_BENCH(T)                                                                                    \
+  BENCHMARK_TEMPLATE(BM_Conv2dBackward, T)->ArgName("input_grad")->DenseRange(0, 1)->Unit(benchmark::kMillisecond) \
+      ->UseRealTime();                                                                                            \
+  BENCHMARK_TEMPLATE(BM_LinearForwardBackward, T)->Args({3136, 10})->Args({512, 512})->UseRealTime();
+LOWMEM_KERNEL_BENCH(float)
+LOWMEM_KERNEL_BENCH(lowmem::f16)
+LOWMEM_KERNEL_BENCH(lowmem::bf16)
 LOWMEM_CONV_BENCH(float)
 LOWMEM_CONV_BENCH(double)
 LOWMEM_CONV_BENCH(lowmem::f16)

@@ -14,6 +14,7 @@
 
 #include "numerics/error.hpp"
 #include "numerics/threads.hpp"
+#include "tensor/gemm.hpp"
 #include "tensor/memory_ledger.hpp"
 #include "io/limits.hpp"
 #include "io/results_file.hpp"
@@ -336,6 +337,7 @@ int main(int argc, char** argv) {
   keep_freed_memory_in_process();
   const std::string command = argc > 1 ? argv[1] : "";
   try {
+    gemm_isa();  // a bad LOWMEM_ISA is refused before anything runs
     if (command == "run") return command_run(argc, argv);
     if (command == "plan") return command_plan(argc, argv);
     if (command == "show") return command_show(argc, argv);

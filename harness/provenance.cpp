@@ -11,6 +11,8 @@
 
 #include <H5public.h>
 
+#include "tensor/gemm.hpp"
+
 #ifndef LOWMEM_SOURCE_DIR
 #define LOWMEM_SOURCE_DIR "."
 #endif
@@ -106,6 +108,7 @@ std::map<std::string, std::string> provenance(int threads) {
     p["host"] = host;
     p["cpu_model"] = cpu_model();
     p["isa"] = compiled_isa();
+    p["gemm_isa"] = to_string(gemm_isa());  // the kernels chosen at run time (tensor/gemm.hpp): speed only
     return p;
   }();
   auto p = fixed;

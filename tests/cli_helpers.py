@@ -28,7 +28,7 @@ TINY = {
 }
 
 PROVENANCE = ["git_commit", "git_dirty", "build_type", "compiler", "eigen_version", "boost_version", "hdf5_version",
-              "cpu_model", "isa",
+              "cpu_model", "isa", "gemm_isa",
               "host", "threads", "seed", "start_time", "end_time"]
 SUMMARY_COLUMNS = ["run_id", "study", "precision", "status", "wall_seconds", "peak_bytes", "activation_peak_bytes",
                    "final_train_loss", "test_accuracy"]

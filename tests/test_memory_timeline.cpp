@@ -61,7 +61,7 @@ TEST(MemoryTimeline, PredictedEqualsMeasuredEventForEventUnderEveryTechnique) {
         nlohmann::json{{"type", "approx_activations"}, {"bits", 4}, {"method", "actnn"}},
         nlohmann::json{{"type", "approx_activations"}, {"bits", 2}, {"method", "naive"}},
         nlohmann::json{{"type", "sparsity"}, {"density", 0.3}, {"method", "dsr"}, {"interval", 1}},
-        nlohmann::json{{"type", "checkpoint"}, {"schedule", "budget"}, {"budget_bytes", 70000}},
+        nlohmann::json{{"type", "checkpoint"}, {"schedule", "budget"}, {"budget_bytes", 100000}},
         nlohmann::json::array({{{"type", "mixed_precision"}, {"compute", "f16"}}, {{"type", "microbatch"}, {"count", 2}},
                                revolve, {{"type", "approx_activations"}, {"bits", 4}, {"method", "actnn"}}})})
     expect_equal_timelines<float>(config_with(technique, cnn, "train"));

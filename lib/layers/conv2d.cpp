@@ -64,7 +64,10 @@ template <class T, class G> void im2col(const T* x, const Geometry& g, const Ban
           const T* in = x + (c * g.height + y) * g.width;
           const auto [lo, hi] = g.inside_columns(j);
           std::fill(out, out + lo, G(0));
-          for (index_t ox = lo; ox < hi; ++ox) out[ox] = round_to<G>(in[ox * g.stride - g.pad + j]);
+          if (g.stride == 1 && std::is_same_v<T, G>)  // a plain copy: vectorised
+            std::copy(in + lo - g.pad + j, in + hi - g.pad + j, out + lo);
+          else
+            for (index_t ox = lo; ox < hi; ++ox) out[ox] = round_to<G>(in[ox * g.stride - g.pad + j]);
           std::fill(out + hi, out + g.out_width, G(0));
         }
       }
@@ -82,7 +85,13 @@ template <class G> void col2im_add(const G* cols, const Geometry& g, const Band&
           if (y < 0 || y >= g.height) continue;
           G* out = dx + (c * g.height + y) * g.width;
           const auto [lo, hi] = g.inside_columns(j);
-          for (index_t ox = lo; ox < hi; ++ox) out[ox * g.stride - g.pad + j] += row[(oy - b.first) * g.out_width + ox];
+          const G* in = row + (oy - b.first) * g.out_width;
+          if (g.stride == 1) {  // contiguous on both sides: vectorised
+            G* to = out - g.pad + j;
+            for (index_t ox = lo; ox < hi; ++ox) to[ox] += in[ox];
+          } else {
+            for (index_t ox = lo; ox < hi; ++ox) out[ox * g.stride - g.pad + j] += in[ox];
+          }
         }
       }
 }
@@ -120,8 +129,10 @@ template <class T> std::vector<Param<T>*> Conv2d<T>::params() {
 }
 
 // Images are spread over the OpenMP threads in fixed contiguous blocks (schedule static), each thread with its own
-// column buffer; weight gradients are summed per thread and then over threads in thread order, so results are
-// identical from run to run at a given thread count. Workspace grows with the thread count.
+// column and packing buffers; weight gradients are summed per thread and then over threads in thread order, so
+// results are identical from run to run at a given thread count. Workspace grows with the thread count. The
+// columns hold the input's values in its storage type (a copy, no rounding): the product converts them while
+// packing (weight_products.hpp), so a 16-bit input is never widened whole.
 template <class T> Tensor<T> Conv2d<T>::forward(Tensor<T> x, const RunContext& ctx) {
   const index_t n = x.dim(0);
   const Geometry g = geometry(spec_, x.dim(2), x.dim(3));
@@ -131,31 +142,21 @@ template <class T> Tensor<T> Conv2d<T>::forward(Tensor<T> x, const RunContext& c
   const std::vector<Band> row_bands = bands(g, ctx.conv_band_columns);
   const index_t band_width = (row_bands[0].end - row_bands[0].first) * g.out_width;  // the widest band
   with_compute_type<T>(ctx.accumulate, [&]<class G>() {
-    const Tensor<G> w = in_compute_type<G>(weight_.value);
-    Tensor<G> cols(Shape{threads, K, band_width}, MemoryCategory::workspace);
+    Tensor<T> cols(Shape{threads, K, band_width}, MemoryCategory::workspace);
     Tensor<G> out(Shape{threads, cout, band_width}, MemoryCategory::workspace);
-    // 16-bit storage with float compute: each image is widened once (vectorised), not every column entry.
-    Tensor<G> widened;
-    if constexpr (!std::is_same_v<G, T>) widened = Tensor<G>(Shape{threads, image}, MemoryCategory::workspace);
+    Tensor<float> packing = packing_workspace(weight_, threads, packing_floats<G>(cout, band_width, K));
     if (cols.is_dry() || x.is_dry()) return;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (index_t s = 0; s < n; ++s) {
-      G* my_cols = cols.data() + omp_get_thread_num() * K * band_width;
-      G* my_out = out.data() + omp_get_thread_num() * cout * band_width;
-      const G* my_image = nullptr;
-      if constexpr (std::is_same_v<G, T>) {
-        my_image = x.data() + s * image;
-      } else {
-        G* widened_image = widened.data() + omp_get_thread_num() * image;
-        convert(x.data() + s * image, widened_image, image);
-        my_image = widened_image;
-      }
+      const int t = omp_get_thread_num();
+      T* my_cols = cols.data() + t * K * band_width;
+      G* my_out = out.data() + t * cout * band_width;
+      float* my_packing = packing_row(packing, t);
       for (const Band& b : row_bands) {
         const index_t width = (b.end - b.first) * g.out_width;
-        im2col(my_image, g, b, my_cols);
-        with_weight_matrix(weight_, w, cout, K, [&](const auto& W) {
-          MatrixMap<G>(my_out, cout, width).noalias() = W * ConstMatrixMap<G>(my_cols, K, width);
-        });
+        im2col(x.data() + s * image, g, b, my_cols);
+        weight_product(weight_, cout, K, false, MatrixView<T>::row_major(my_cols, K, width),
+                       OutputView<G>::row_major(my_out, cout, width), false, my_packing);
         for (index_t c = 0; c < cout; ++c) {
           if (spec_.bias) {
             const G bias = round_to<G>(bias_.value[c]);
@@ -170,6 +171,7 @@ template <class T> Tensor<T> Conv2d<T>::forward(Tensor<T> x, const RunContext& c
   return y;
 }
 
+// Per image and band: db += row sums of dY, dW += dY cols^T, and (if wanted) dcols = W^T dY added into dx by col2im.
 template <class T> Tensor<T> Conv2d<T>::backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) {
   const Tensor<T> x = input_.take();
   const index_t n = x.dim(0);
@@ -183,58 +185,54 @@ template <class T> Tensor<T> Conv2d<T>::backward(Tensor<T> dy, const RunContext&
   const std::vector<Band> row_bands = bands(g, ctx.conv_band_columns);
   const index_t band_width = (row_bands[0].end - row_bands[0].first) * g.out_width;  // the widest band
   with_compute_type<T>(ctx.accumulate, [&]<class G>() {
-    const Tensor<G> w = in_compute_type<G>(weight_.value);
-    Tensor<G> cols(Shape{threads, K, band_width}, MemoryCategory::workspace);
-    Tensor<G> dout(Shape{threads, cout, band_width}, MemoryCategory::workspace);
-    // Per-thread input-gradient image; with 16-bit storage also where each input image is widened once.
-    Tensor<G> dimage;
-    if (want_input_grad || !std::is_same_v<G, T>) dimage = Tensor<G>(Shape{threads, image}, MemoryCategory::workspace);
+    Tensor<T> cols(Shape{threads, K, band_width}, MemoryCategory::workspace);
+    // W^T dY of a band, in G, before col2im adds it into the image's input gradient: the columns' own buffer
+    // when G is T (the columns are no longer needed by then), else one of its own.
+    Tensor<G> dcols, dimage;
+    if (want_input_grad) {
+      if constexpr (!std::is_same_v<G, T>) dcols = Tensor<G>(Shape{threads, K, band_width}, MemoryCategory::workspace);
+      dimage = Tensor<G>(Shape{threads, image}, MemoryCategory::workspace);
+    }
     const index_t wn = weight_.value.numel();  // cout K, or the nonzeros of a sparse weight
     Tensor<G> dweight(Shape{threads, wn}, MemoryCategory::workspace);  // per-thread partial sums
     Tensor<G> dbias(Shape{threads, cout}, MemoryCategory::workspace);
+    const index_t packing_need = std::max(packing_floats<G>(cout, K, band_width),
+                                          want_input_grad ? packing_floats<G>(K, band_width, cout) : 0);
+    Tensor<float> packing = packing_workspace(weight_, threads, packing_need);
     if (cols.is_dry() || x.is_dry()) return;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (index_t s = 0; s < n; ++s) {
       const int t = omp_get_thread_num();
-      G *my_cols = cols.data() + t * K * band_width, *my_dout = dout.data() + t * cout * band_width;
+      T* my_cols = cols.data() + t * K * band_width;
+      G* my_dcols = nullptr;
+      if constexpr (std::is_same_v<G, T>) my_dcols = my_cols;
+      else if (want_input_grad) my_dcols = dcols.data() + t * K * band_width;
       G* my_dbias = dbias.data() + t * cout;
       G* my_dimage = dimage.empty() ? nullptr : dimage.data() + t * image;
-      // dy of this image and band, (cout, width), widened into a band-sized buffer: converted again for the input
-      // gradient rather than kept for the whole image, so the buffer stays one band. (my_dy is taken out here
-      // because clang 14 cannot capture dy and P into a lambda in an OpenMP loop in a generic lambda.)
+      float* my_packing = packing_row(packing, t);
+      // (my_dy is taken out here because clang 14 cannot capture dy and P into a lambda in an OpenMP loop in a
+      // generic lambda.)
       const T* const my_dy = dy.data() + s * cout * P;
-      auto output_gradient = [&](const Band& b, index_t width) {
-        for (index_t c = 0; c < cout; ++c)
-          convert(my_dy + c * P + b.first * g.out_width, my_dout + c * width, width);
-        return ConstMatrixMap<G>(my_dout, cout, width);
+      auto output_gradient = [&](const Band& b, index_t width) {  // dY of this image and band, (cout, width)
+        return MatrixView<T>{my_dy + b.first * g.out_width, cout, width, P, 1};
       };
-      // 16-bit storage: the input image is widened once, into the buffer that col2im fills afterwards, so the
-      // input gradient is only formed once every band's columns have been read.
-      const G* my_image = nullptr;
-      if constexpr (std::is_same_v<G, T>) {
-        my_image = x.data() + s * image;
-      } else {
-        convert(x.data() + s * image, my_dimage, image);
-        my_image = my_dimage;
-      }
       for (const Band& b : row_bands) {
         const index_t width = (b.end - b.first) * g.out_width;
-        const auto dY = output_gradient(b, width);
+        const MatrixView<T> dY = output_gradient(b, width);
         for (index_t c = 0; c < cout; ++c)
           for (index_t p = 0; p < width; ++p)
-            my_dbias[c] += dY(c, p);  // G is the accumulation rule: float, or 16-bit rounding each add
-        im2col(my_image, g, b, my_cols);
-        add_weight_gradient(weight_, dY, ConstMatrixMap<G>(my_cols, K, width), dweight.data() + t * wn);
+            my_dbias[c] += round_to<G>(dY(c, p));  // G is the accumulation rule: float, or 16-bit rounding each add
+        im2col(x.data() + s * image, g, b, my_cols);
+        add_weight_gradient(weight_, dY, MatrixView<T>::row_major(my_cols, K, width), dweight.data() + t * wn,
+                            my_packing);
       }
       if (want_input_grad) {
         std::fill(my_dimage, my_dimage + image, G(0));
         for (const Band& b : row_bands) {
           const index_t width = (b.end - b.first) * g.out_width;
-          const auto dY = output_gradient(b, width);
-          with_weight_matrix(weight_, w, cout, K, [&](const auto& W) {
-            MatrixMap<G>(my_cols, K, width).noalias() = W.transpose() * dY;
-          });
-          col2im_add(my_cols, g, b, my_dimage);
+          weight_product(weight_, cout, K, true, output_gradient(b, width),
+                         OutputView<G>::row_major(my_dcols, K, width), false, my_packing);
+          col2im_add(my_dcols, g, b, my_dimage);
         }
         store_rounded(my_dimage, dx.data() + s * image, image, false);
       }

@@ -8,7 +8,7 @@ struct Conv2dSpec {
   bool bias = true;
 };
 
-// 2-D convolution by im2col + matrix product (Eigen's GEMM), one image at a time and within it one band of
+// 2-D convolution by im2col + matrix product (weight_products.hpp), one image at a time and within it one band of
 // output rows at a time, so the workspace stays at one band's columns.
 // weight (Cout, Cin, k, k), bias (Cout). Backward needs x (kept whole) and recomputes the columns.
 // Initialisation: He normal, std = sqrt(2 / (Cin k k)); bias 0.

@@ -36,21 +36,23 @@ template <class T> std::vector<Param<T>*> Linear<T>::params() {
   return {&weight_};
 }
 
+// Y (N, out) = X (N, in) W^T + b. Products in the compute type G straight from the stored operands (no converted
+// copies); Y is formed in G and rounded once into T.
 template <class T> Tensor<T> Linear<T>::forward(Tensor<T> x, const RunContext& ctx) {
   const index_t n = x.dim(0);
   Tensor<T> y(Shape{n, out_}, MemoryCategory::workspace);
   with_compute_type<T>(ctx.accumulate, [&]<class G>() {
-    const Tensor<G> xg = in_compute_type<G>(x), w = in_compute_type<G>(weight_.value);
     Tensor<G> out = result_buffer<G>(y);
+    Tensor<float> packing = packing_workspace(weight_, 1, packing_floats<G>(n, out_, in_));
     if (out.is_dry() || x.is_dry()) return;
-    MatrixMap<G> Y(out.data(), n, out_);
-    with_weight_matrix(weight_, w, out_, in_, [&](const auto& W) {
-      Y.noalias() = ConstMatrixMap<G>(xg.data(), n, in_) * W.transpose();
-    });
+    const auto X = MatrixView<T>::row_major(x.data(), n, in_);
+    // Y^T = W X^T
+    weight_product(weight_, out_, in_, false, X.t(), OutputView<G>::row_major(out.data(), n, out_).t(), false,
+                   packing_row(packing, 0));
     if (has_bias_)
       for (index_t o = 0; o < out_; ++o) {
         const G b = round_to<G>(bias_.value[o]);
-        for (index_t s = 0; s < n; ++s) Y(s, o) += b;
+        for (index_t s = 0; s < n; ++s) out[s * out_ + o] += b;
       }
     round_into(out, y);
   });
@@ -58,21 +60,21 @@ template <class T> Tensor<T> Linear<T>::forward(Tensor<T> x, const RunContext& c
   return y;
 }
 
+// dW += dY^T X, db += column sums of dY, dX = dY W.
 template <class T> Tensor<T> Linear<T>::backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) {
   Tensor<T> x = input_.take();
   const Shape x_shape = x.shape();
   const index_t n = x_shape[0];
   Tensor<T> dx;
   with_compute_type<T>(ctx.accumulate, [&]<class G>() {
-    const Tensor<G> dyg = in_compute_type<G>(dy);
-    const bool dry = x.is_dry() || dyg.is_dry();
-    const ConstMatrixMap<G> dY(dyg.data(), n, out_);
-    {  // the parameter gradients: the last use of the kept input, released (with its converted copy) before dx
-      const Tensor<G> xg = in_compute_type<G>(x);
-      const ConstMatrixMap<G> X(xg.data(), n, in_);
+    const bool dry = x.is_dry() || dy.is_dry();
+    const auto dY = MatrixView<T>::row_major(dy.data(), n, out_);
+    {  // the parameter gradients: the last use of the kept input, released before dx
       Tensor<G> dweight(weight_.value.shape(), MemoryCategory::workspace);
+      Tensor<float> packing = packing_workspace(weight_, 1, packing_floats<G>(out_, in_, n));
       if (!dry) {
-        add_weight_gradient(weight_, dY.transpose(), X.transpose(), dweight.data());
+        add_weight_gradient(weight_, dY.t(), MatrixView<T>::row_major(x.data(), n, in_).t(), dweight.data(),
+                            packing_row(packing, 0));
         store_rounded(dweight.data(), weight_.grad.data(), dweight.numel(), true);
       }
       if (has_bias_) {
@@ -80,20 +82,20 @@ template <class T> Tensor<T> Linear<T>::backward(Tensor<T> dy, const RunContext&
         if (!dry) {
           for (index_t s = 0; s < n; ++s)
             for (index_t o = 0; o < out_; ++o)
-              dbias[o] += dY(s, o);  // G is the accumulation rule: float, or 16-bit rounding each add
+              dbias[o] += round_to<G>(dY(s, o));  // G is the accumulation rule: float, or 16-bit rounding each add
           store_rounded(dbias.data(), bias_.grad.data(), out_, true);
         }
       }
     }
     x = Tensor<T>();
     if (want_input_grad) {
-      const Tensor<G> w = in_compute_type<G>(weight_.value);
       dx = Tensor<T>(x_shape, MemoryCategory::workspace);
       Tensor<G> dxg = result_buffer<G>(dx);
+      Tensor<float> packing = packing_workspace(weight_, 1, packing_floats<G>(n, in_, out_));
       if (!dry) {
-        with_weight_matrix(weight_, w, out_, in_, [&](const auto& W) {
-          MatrixMap<G>(dxg.data(), n, in_).noalias() = dY * W;
-        });
+        // dX^T = W^T dY^T
+        weight_product(weight_, out_, in_, true, dY.t(), OutputView<G>::row_major(dxg.data(), n, in_).t(), false,
+                       packing_row(packing, 0));
         round_into(dxg, dx);
       }
     }

@@ -1,42 +1,99 @@
 #pragma once
 // The products of a layer's weight matrix W (rows x cols), dense or CSR (tensor/csr.hpp; technique sparsity sets
-// the pattern), written once for both: the layers that support sparse weights (conv, linear) call these instead of
-// Eigen directly. Included only by those layers' sources (Eigen's sparse module is heavy).
-#include <Eigen/SparseCore>
-
+// the pattern), written once for both: the layers with weights (conv, linear) call these and nothing else.
+// Operands are given in their storage type T and the sums run in the compute type G (tensor/compute.hpp):
+//   - dense W, G float: lowmem's packed GEMM (tensor/gemm.hpp), which converts 16-bit operands while packing;
+//   - dense W, G = T (f64, mp, or f16/bf16 with storage accumulation): Eigen's product in T;
+//   - sparse W: loops over the nonzeros (each entry of the result sums its terms in a fixed order).
+// Included only by those layers' sources.
 #include "layers/layer.hpp"
 #include "tensor/compute.hpp"
 #include "tensor/csr.hpp"
+#include "tensor/gemm.hpp"
 
 namespace lowmem {
 
-// f(W) with W an Eigen expression of the weight matrix: a dense map of `values`, or a sparse map of the pattern
-// and its nonzeros. values: the weight's value tensor in the compute type G.
-template <class G, class T, class F>
-void with_weight_matrix(const Param<T>& weight, const Tensor<G>& values, index_t rows, index_t cols, F&& f) {
-  if (const SparsePattern* p = weight.pattern.get()) {
-    f(Eigen::Map<const Eigen::SparseMatrix<G, Eigen::RowMajor, std::int32_t>>(
-        p->rows, p->cols, p->nonzeros(), p->row_start.data(), p->column.data(), values.data()));
+// A matrix being written: entry (r, c) at data[r * row_stride + c * col_stride]; t() is its transpose.
+template <class G> struct OutputView {
+  G* data;
+  index_t rows, cols, row_stride, col_stride;
+  static OutputView row_major(G* data, index_t rows, index_t cols) { return {data, rows, cols, cols, 1}; }
+  OutputView t() const { return {data, cols, rows, col_stride, row_stride}; }
+  G& operator()(index_t r, index_t c) const { return data[r * row_stride + c * col_stride]; }
+};
+
+// Floats of GEMM packing workspace for a product (m x k)(k x n) in compute type G: none unless G is float.
+template <class G> index_t packing_floats(index_t m, index_t n, index_t k) {
+  if constexpr (std::is_same_v<G, float>) return gemm_workspace_floats(m, n, k);
+  else return 0;
+}
+
+// Packing workspace of `floats` (packing_floats of the largest product) for the dense products of `weight` on
+// `threads` threads (one row each), charged as workspace; empty when no product needs it (G not float, or a
+// sparse weight).
+template <class T> Tensor<float> packing_workspace(const Param<T>& weight, index_t threads, index_t floats) {
+  if (floats == 0 || weight.pattern) return {};
+  return Tensor<float>(Shape{threads, floats}, MemoryCategory::workspace);
+}
+// Thread t's row of a packing workspace (null when it is empty).
+inline float* packing_row(Tensor<float>& packing, int t) {
+  return packing.empty() ? nullptr : packing.data() + t * packing.dim(1);
+}
+
+// c (+)= a b, dense, with c row-major (row stride ldc). packing: packing_floats<G>(...) floats.
+template <class G, class T>
+void dense_product(MatrixView<T> a, MatrixView<T> b, G* c, index_t ldc, bool add, float* packing) {
+  if constexpr (std::is_same_v<G, float>) {
+    gemm(a, b, c, ldc, add, packing);
   } else {
-    f(ConstMatrixMap<G>(values.data(), rows, cols));
+    static_assert(std::is_same_v<G, T>, "products run in float or in the storage type");
+    using Strided = Eigen::Map<const RowMatrix<T>, 0, Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>>;
+    auto map = [](const MatrixView<T>& v) {
+      return Strided(v.data, v.rows, v.cols, Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>(v.row_stride, v.col_stride));
+    };
+    Eigen::Map<RowMatrix<T>, 0, Eigen::OuterStride<>> C(c, a.rows, b.cols, Eigen::OuterStride<>(ldc));
+    if (add) C.noalias() += map(a) * map(b);
+    else C.noalias() = map(a) * map(b);
   }
 }
 
-// dweight += left right^T, the gradient of W in a product W right (left: dL/d(W right), rows x P; right: cols x P).
-// A sparse weight gets only its nonzeros' entries, each the dot product of a row of left and a row of right, so
-// the dense product is never formed. The dot products are plain loops: Eigen's vectorised dot would sum in an
-// order that depends on the buffers' alignment, and runs must repeat bit for bit.
-template <class G, class T, class L, class R>
-void add_weight_gradient(const Param<T>& weight, const L& left, const R& right, G* dweight) {
+// c (+)= op(W) b, op(W) = W or (transpose) W^T; b: (cols or rows) x n; c: (rows or cols) x n, any strides.
+template <class G, class T>
+void weight_product(const Param<T>& weight, index_t rows, index_t cols, bool transpose, MatrixView<T> b,
+                    OutputView<G> c, bool add, float* packing) {
+  if (const SparsePattern* p = weight.pattern.get()) {
+    if (!add)
+      for (index_t r = 0; r < c.rows; ++r)
+        for (index_t j = 0; j < c.cols; ++j) c(r, j) = G(0);
+    for (index_t r = 0; r < p->rows; ++r)
+      for (index_t e = p->row_start[r]; e < p->row_start[r + 1]; ++e) {
+        const G v = round_to<G>(weight.value[e]);
+        const index_t from = transpose ? r : p->column[e], to = transpose ? p->column[e] : r;
+        for (index_t j = 0; j < b.cols; ++j) c(to, j) += v * round_to<G>(b(from, j));
+      }
+    return;
+  }
+  MatrixView<T> w = MatrixView<T>::row_major(weight.value.data(), rows, cols);
+  if (transpose) w = w.t();
+  if (c.col_stride == 1) dense_product<G>(w, b, c.data, c.row_stride, add, packing);
+  else dense_product<G>(b.t(), w.t(), c.data, c.col_stride, add, packing);  // c^T = b^T op(W)^T, row-major
+}
+
+// dweight += left right^T, the gradient of W in a product W right (left: dL/d(W right), rows x P; right: cols x
+// P). dweight: rows x cols, or a sparse weight's nonzeros, each then the dot product of a row of left and a row of
+// right, so the dense product is never formed.
+template <class G, class T>
+void add_weight_gradient(const Param<T>& weight, MatrixView<T> left, MatrixView<T> right, G* dweight,
+                         float* packing) {
   if (const SparsePattern* p = weight.pattern.get()) {
     for (index_t r = 0; r < p->rows; ++r)
       for (index_t e = p->row_start[r]; e < p->row_start[r + 1]; ++e) {
         G sum(0);
-        for (index_t k = 0; k < left.cols(); ++k) sum += left(r, k) * right(p->column[e], k);
+        for (index_t k = 0; k < left.cols; ++k) sum += round_to<G>(left(r, k)) * round_to<G>(right(p->column[e], k));
         dweight[e] += sum;
       }
   } else {
-    MatrixMap<G>(dweight, left.rows(), right.rows()).noalias() += left * right.transpose();
+    dense_product<G>(left, right.t(), dweight, right.rows, true, packing);
   }
 }
 

@@ -1,0 +1,392 @@
+#include "tensor/gemm.hpp"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "tensor/compute.hpp"
+
+namespace lowmem {
+
+namespace {
+
+// Blocks (after Goto and van de Geijn): an MC x KC slab of a is packed once and stays in L2 while one KC x NR
+// panel of b at a time is packed (into L1) and multiplied into it, one MR x NR tile of c at a time in registers.
+// Only a panel of b is packed, never a whole slab: the workspace is the slab of a plus one panel, which for the
+// small products of a narrow network is far less than a copy of b. KC is even, so a bf16 pair never straddles two
+// slabs, and the chain of sums is the same whatever the blocking.
+constexpr index_t KC = 128, MC = 96;
+constexpr index_t NR_MAX = 32;  // every kernel's NR divides 32; MR is 4, 6 or 8
+
+index_t round_up(index_t x, index_t m) { return (x + m - 1) / m * m; }
+// Rows of a packed slab of m rows on any kernel: m rounded up to its MR.
+index_t packed_rows(index_t m) { return std::max({round_up(m, 4), round_up(m, 6), round_up(m, 8)}); }
+
+// A micro-kernel: c (mr x nr, row stride ldc) = or += a panel (kc steps of mr values) times b panel (kc steps of
+// nr values), one fused multiply-add chain per entry, k ascending. With `pairs` the panels hold bf16 pairs: step
+// k/2 holds, per row or column, the values at k and k + 1 side by side (VDPBF16PS's layout); kc is then even.
+struct Kernel {
+  index_t mr, nr;
+  bool pairs;
+  void (*run)(index_t kc, const void* a, const void* b, float* c, index_t ldc, bool add);
+};
+
+template <int MR, int NR>
+void portable_kernel(index_t kc, const void* ap, const void* bp, float* c, index_t ldc, bool add) {
+  const float* a = static_cast<const float*>(ap);
+  const float* b = static_cast<const float*>(bp);
+  float acc[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = add ? c[i * ldc + j] : 0.0f;
+  for (index_t k = 0; k < kc; ++k)
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) acc[i][j] = std::fma(a[k * MR + i], b[k * NR + j], acc[i][j]);
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) c[i * ldc + j] = acc[i][j];
+}
+
+__attribute__((target("avx2,fma"))) void avx2_kernel(index_t kc, const void* ap, const void* bp, float* c,
+                                                     index_t ldc, bool add) {
+  constexpr int MR = 6;
+  const float* a = static_cast<const float*>(ap);
+  const float* b = static_cast<const float*>(bp);
+  __m256 acc[MR][2];
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i) {
+    acc[i][0] = add ? _mm256_loadu_ps(c + i * ldc) : _mm256_setzero_ps();
+    acc[i][1] = add ? _mm256_loadu_ps(c + i * ldc + 8) : _mm256_setzero_ps();
+  }
+  for (index_t k = 0; k < kc; ++k) {
+    const __m256 b0 = _mm256_loadu_ps(b + k * 16), b1 = _mm256_loadu_ps(b + k * 16 + 8);
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i) {
+      const __m256 ai = _mm256_broadcast_ss(a + k * MR + i);
+      acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
+      acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i) {
+    _mm256_storeu_ps(c + i * ldc, acc[i][0]);
+    _mm256_storeu_ps(c + i * ldc + 8, acc[i][1]);
+  }
+}
+
+__attribute__((target("avx512f"))) void avx512_kernel(index_t kc, const void* ap, const void* bp, float* c,
+                                                      index_t ldc, bool add) {
+  constexpr int MR = 8;
+  const float* a = static_cast<const float*>(ap);
+  const float* b = static_cast<const float*>(bp);
+  __m512 acc[MR][2];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    acc[i][0] = add ? _mm512_loadu_ps(c + i * ldc) : _mm512_setzero_ps();
+    acc[i][1] = add ? _mm512_loadu_ps(c + i * ldc + 16) : _mm512_setzero_ps();
+  }
+  for (index_t k = 0; k < kc; ++k) {
+    const __m512 b0 = _mm512_loadu_ps(b + k * 32), b1 = _mm512_loadu_ps(b + k * 32 + 16);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const __m512 ai = _mm512_set1_ps(a[k * MR + i]);
+      acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
+      acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    _mm512_storeu_ps(c + i * ldc, acc[i][0]);
+    _mm512_storeu_ps(c + i * ldc + 16, acc[i][1]);
+  }
+}
+
+// bf16 pairs: each VDPBF16PS adds, per lane, a[k+1] b[k+1] and then a[k] b[k] to the f32 sum.
+__attribute__((target("avx512f,avx512bf16"))) void avx512_bf16_kernel(index_t kc, const void* ap, const void* bp,
+                                                                      float* c, index_t ldc, bool add) {
+  constexpr int MR = 8;
+  const std::uint32_t* a = static_cast<const std::uint32_t*>(ap);  // one pair per row and step
+  const std::uint32_t* b = static_cast<const std::uint32_t*>(bp);  // 32 pairs per step
+  __m512 acc[MR][2];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    acc[i][0] = add ? _mm512_loadu_ps(c + i * ldc) : _mm512_setzero_ps();
+    acc[i][1] = add ? _mm512_loadu_ps(c + i * ldc + 16) : _mm512_setzero_ps();
+  }
+  for (index_t p = 0; p < kc / 2; ++p) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + p * 32);
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + p * 32 + 16);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const __m512bh ai = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[p * MR + i]));
+      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], ai, b0);
+      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], ai, b1);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    _mm512_storeu_ps(c + i * ldc, acc[i][0]);
+    _mm512_storeu_ps(c + i * ldc + 16, acc[i][1]);
+  }
+}
+
+constexpr Kernel portable{4, 16, false, portable_kernel<4, 16>};
+constexpr Kernel avx2{6, 16, false, avx2_kernel};
+constexpr Kernel avx512{8, 32, false, avx512_kernel};
+constexpr Kernel avx512_pairs{8, 32, true, avx512_bf16_kernel};
+
+const Kernel& kernel_for(Isa isa, bool bf16) {
+  switch (isa) {
+    case Isa::avx512_bf16: return bf16 ? avx512_pairs : avx512;
+    case Isa::avx512: return avx512;
+    case Isa::avx2: return avx2;
+    case Isa::portable: break;
+  }
+  return portable;
+}
+
+std::uint16_t bits_of(bf16 x) { return Eigen::numext::bit_cast<std::uint16_t>(x); }
+
+// Transposes an 8 x 8 block of 32-bit values (floats, or bf16 pairs): dst[c * dst_stride + r] = src[r * src_stride + c].
+void transpose8x8(const float* src, index_t src_stride, float* dst, index_t dst_stride) {
+#ifdef __AVX__
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * src_stride);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(dst + i * dst_stride, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+    _mm256_storeu_ps(dst + (i + 4) * dst_stride, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+  }
+#else
+  for (int i = 0; i < 8; ++i)
+    for (int j = 0; j < 8; ++j) dst[j * dst_stride + i] = src[i * src_stride + j];
+#endif
+}
+
+// Packs entries v(x, k) for x in [x0, x0 + count), k in [k0, k0 + kc) into panels of `width` x values (a's rows for
+// the left operand, b's columns for the right one), zero where x or k runs past the matrix. Float panels hold step
+// kk at [kk][x % width], with kk mapped to k0 + (kk ^ 1) when `swap` (the bf16 order on kernels without
+// VDPBF16PS); pair panels hold bf16 bits at [kk / 2][x % width][kk % 2], that is one 32-bit pair per x and step.
+// kcp: kc, rounded up to even for bf16. Where x runs along memory each step is one contiguous copy; where k does,
+// eight x at a time are read along k and transposed in registers, 8 x 8 values (or pairs) at a time.
+template <class T>
+void pack(const MatrixView<T>& v, index_t x0, index_t count, index_t k0, index_t kc, index_t kcp, index_t width,
+          bool pairs, bool swap, void* out) {
+  const index_t panels = (count + width - 1) / width;
+  const bool along_x = v.row_stride == 1 || v.col_stride != 1;
+  float* o = static_cast<float*>(out);  // pairs: one float-sized slot per pair
+  const index_t steps = pairs ? kcp / 2 : kcp;  // rows of a panel
+  alignas(64) float lines[8][KC];  // eight x's values along k (pairs: kc / 2 pairs each)
+  for (index_t p = 0; p < panels; ++p) {
+    const index_t valid = std::min(width, count - p * width);
+    float* panel = o + p * steps * width;
+    if (valid < width || kcp > kc) std::fill(panel, panel + steps * width, 0.0f);
+    if constexpr (std::is_same_v<T, bf16>) {
+      if (pairs) {
+        std::uint16_t* half = reinterpret_cast<std::uint16_t*>(panel);
+        if (along_x) {
+          for (index_t kk = 0; kk < kc; ++kk) {
+            const T* src = &v(x0 + p * width, k0 + kk);
+            std::uint16_t* dst = half + kk / 2 * 2 * width + kk % 2;
+            for (index_t xi = 0; xi < valid; ++xi) dst[2 * xi] = bits_of(src[xi * v.row_stride]);
+          }
+          continue;
+        }
+        const index_t whole = kc / 2;  // complete pairs; an odd kc leaves one value, paired with zero
+        index_t xi = 0;
+        for (; xi + 8 <= valid && width % 8 == 0; xi += 8) {
+          for (int r = 0; r < 8; ++r) std::memcpy(lines[r], &v(x0 + p * width + xi + r, k0), kc * 2);
+          index_t q = 0;
+          for (; q + 8 <= whole; q += 8) transpose8x8(&lines[0][q], KC, panel + q * width + xi, width);
+          for (; q < whole; ++q)
+            for (int r = 0; r < 8; ++r) panel[q * width + xi + r] = lines[r][q];
+        }
+        for (; xi < valid; ++xi)
+          for (index_t q = 0; q < whole; ++q) std::memcpy(panel + q * width + xi, &v(x0 + p * width + xi, k0 + 2 * q), 4);
+        if (kc % 2)
+          for (index_t x = 0; x < valid; ++x) half[(kc / 2 * width + x) * 2] = bits_of(v(x0 + p * width + x, k0 + kc - 1));
+        continue;
+      }
+    }
+    if (along_x) {
+      for (index_t kk = 0; kk < kcp; ++kk) {
+        const index_t k = swap ? kk ^ 1 : kk;
+        if (k >= kc) continue;
+        const T* src = &v(x0 + p * width, k0 + k);
+        float* dst = panel + kk * width;
+        if (v.row_stride == 1) convert(src, dst, valid);  // vectorised (F16C for f16)
+        else
+          for (index_t xi = 0; xi < valid; ++xi) dst[xi] = static_cast<float>(src[xi * v.row_stride]);
+      }
+      continue;
+    }
+    // k along memory: steps in source order k = kk ^ swap, so a transposed row r lands on panel row r ^ swap.
+    index_t xi = 0;
+    for (; xi + 8 <= valid && width % 8 == 0; xi += 8) {
+      for (int r = 0; r < 8; ++r) convert(&v(x0 + p * width + xi + r, k0), lines[r], kc);
+      index_t k = 0;
+      alignas(32) float block[8][8];
+      for (; k + 8 <= kc; k += 8) {
+        if (!swap) {
+          transpose8x8(&lines[0][k], KC, panel + k * width + xi, width);
+          continue;
+        }
+        transpose8x8(&lines[0][k], KC, &block[0][0], 8);
+        for (int r = 0; r < 8; ++r) std::memcpy(panel + ((k + r) ^ 1) * width + xi, block[r], 32);
+      }
+      for (; k < kc; ++k)
+        for (int r = 0; r < 8; ++r) panel[(swap ? k ^ 1 : k) * width + xi + r] = lines[r][k];
+    }
+    for (; xi < valid; ++xi) {
+      convert(&v(x0 + p * width + xi, k0), lines[0], kc);
+      for (index_t k = 0; k < kc; ++k) panel[(swap ? k ^ 1 : k) * width + xi] = lines[0][k];
+    }
+  }
+}
+
+// Sets the MXCSR's flush-to-zero and denormals-are-zero bits for a scope (bf16 products: VDPBF16PS's rule).
+class FlushDenormals {
+ public:
+  explicit FlushDenormals(bool on) : on_(on), saved_(on ? _mm_getcsr() : 0) {
+    if (on_) _mm_setcsr(saved_ | 0x8040);
+  }
+  ~FlushDenormals() {
+    if (on_) _mm_setcsr(saved_);
+  }
+  FlushDenormals(const FlushDenormals&) = delete;
+  FlushDenormals& operator=(const FlushDenormals&) = delete;
+
+ private:
+  bool on_;
+  unsigned saved_;
+};
+
+// The default: the widest FMA kernels the CPU has. VDPBF16PS only when asked (LOWMEM_ISA=avx512_bf16): on the
+// Intel Xeon this was measured on it retires half the multiply-adds per second of f32 FMAs (lowmem_bench
+// BM_FmaPeak: 84 against 169 GFLOP/s on one core), so converting bf16 to f32 while packing is faster there; the
+// numbers are the same either way.
+Isa best_supported() {
+  for (Isa isa : {Isa::avx512, Isa::avx2})
+    if (cpu_supports(isa)) return isa;
+  return Isa::portable;
+}
+
+Isa initial_isa() {
+  const Isa best = best_supported();
+  const char* env = std::getenv("LOWMEM_ISA");
+  if (!env || !*env) return best;
+  for (Isa isa : {Isa::portable, Isa::avx2, Isa::avx512, Isa::avx512_bf16})
+    if (std::string(env) == to_string(isa)) {
+      if (!cpu_supports(isa))
+        throw std::invalid_argument(std::string("LOWMEM_ISA=") + env + ": this CPU lacks it (best here: " +
+                                    to_string(best) + ")");
+      return isa;
+    }
+  throw std::invalid_argument(std::string("LOWMEM_ISA=") + env +
+                              ": expected one of portable, avx2, avx512, avx512_bf16");
+}
+
+std::atomic<Isa>& chosen_isa() {
+  static std::atomic<Isa> isa{initial_isa()};
+  return isa;
+}
+
+}  // namespace
+
+const char* to_string(Isa isa) {
+  switch (isa) {
+    case Isa::portable: return "portable";
+    case Isa::avx2: return "avx2";
+    case Isa::avx512: return "avx512";
+    case Isa::avx512_bf16: return "avx512_bf16";
+  }
+  return "?";
+}
+
+bool cpu_supports(Isa isa) {
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  switch (isa) {
+    case Isa::portable: return true;
+    case Isa::avx2: return avx2;
+    case Isa::avx512: return avx2 && __builtin_cpu_supports("avx512f");
+    case Isa::avx512_bf16: return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
+  }
+  return false;
+}
+
+Isa gemm_isa() { return chosen_isa().load(); }
+
+void set_gemm_isa(Isa isa) {
+  if (!cpu_supports(isa)) throw std::invalid_argument(std::string("this CPU lacks ") + to_string(isa));
+  chosen_isa().store(isa);
+}
+
+index_t gemm_workspace_floats(index_t m, index_t, index_t k) {
+  return round_up(std::min(k, KC), 2) * (packed_rows(std::min(m, MC)) + NR_MAX);
+}
+
+template <class T> void gemm(MatrixView<T> a, MatrixView<T> b, float* c, index_t ldc, bool add, float* workspace) {
+  const index_t m = a.rows, n = b.cols, k = a.cols;
+  if (b.rows != k) throw std::logic_error("gemm: inner sizes differ");
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    if (!add)
+      for (index_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.0f);
+    return;
+  }
+  constexpr bool is_bf16 = std::is_same_v<T, bf16>;
+  const Kernel& kernel = kernel_for(gemm_isa(), is_bf16);
+  const FlushDenormals flush(is_bf16);
+  const index_t mr = kernel.mr, nr = kernel.nr, value_bytes = kernel.pairs ? 2 : 4;
+  const bool swap = is_bf16 && !kernel.pairs;
+  char* const b_panel = reinterpret_cast<char*>(workspace);
+  char* const a_pack = b_panel + round_up(std::min(k, KC), 2) * NR_MAX * 4;
+  const MatrixView<T> bt = b.t();
+  alignas(64) float tile[8 * 32];  // an edge tile (at most MR x NR)
+  for (index_t pc = 0; pc < k; pc += KC) {
+    const index_t kc = std::min(KC, k - pc), kcp = is_bf16 ? round_up(kc, 2) : kc;
+    const bool add_block = add || pc > 0;
+    for (index_t ic = 0; ic < m; ic += MC) {
+      const index_t mc = std::min(MC, m - ic);
+      pack(a, ic, mc, pc, kc, kcp, mr, kernel.pairs, swap, a_pack);
+      for (index_t jr = 0; jr < n; jr += nr) {
+        const index_t cols = std::min(nr, n - jr);
+        pack(bt, jr, cols, pc, kc, kcp, nr, kernel.pairs, swap, b_panel);
+        for (index_t ir = 0; ir < mc; ir += mr) {
+          const char* ap = a_pack + (ir / mr) * kcp * mr * value_bytes;
+          float* ct = c + (ic + ir) * ldc + jr;
+          const index_t rows = std::min(mr, mc - ir);
+          if (rows == mr && cols == nr) {
+            kernel.run(kcp, ap, b_panel, ct, ldc, add_block);
+            continue;
+          }
+          if (add_block)
+            for (index_t i = 0; i < rows; ++i) std::copy(ct + i * ldc, ct + i * ldc + cols, tile + i * nr);
+          kernel.run(kcp, ap, b_panel, tile, nr, add_block);
+          for (index_t i = 0; i < rows; ++i) std::copy(tile + i * nr, tile + i * nr + cols, ct + i * ldc);
+        }
+      }
+    }
+  }
+}
+
+template void gemm<float>(MatrixView<float>, MatrixView<float>, float*, index_t, bool, float*);
+template void gemm<f16>(MatrixView<f16>, MatrixView<f16>, float*, index_t, bool, float*);
+template void gemm<bf16>(MatrixView<bf16>, MatrixView<bf16>, float*, index_t, bool, float*);
+
+}  // namespace lowmem

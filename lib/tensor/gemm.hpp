@@ -1,0 +1,52 @@
+#pragma once
+// Matrix products at the machine's speed: c (m x n) = or += a (m x k) b (k x n), summed in float, with operands
+// stored as float, f16 or bf16 and converted while they are packed into the kernel's layout (no converted copy of
+// a whole tensor is ever made).
+//
+// One rounding rule on every instruction set. Each entry of c is a single chain of fused multiply-adds over k in
+// a fixed order, started from 0 (or from c's value when adding), so the AVX-512, AVX2 and portable kernels give the
+// same bits: which instruction set a machine has changes the speed, never the numbers. For bf16 operands the chain
+// is the one of the AVX-512 BF16 dot-product instruction VDPBF16PS, which the kernels use where the CPU has it:
+// k in the order 1, 0, 3, 2, ... (an odd k is padded with a zero), every product exact in f32, every sum rounded
+// to nearest even, denormal inputs read as zero and denormal sums flushed to zero (FTZ/DAZ). The other kernels
+// follow the same order with the MXCSR's FTZ and DAZ set. f32 and f16 operands use plain IEEE f32 arithmetic.
+// (tests/test_gemm.cpp checks every kernel this CPU has against the portable one, bit for bit.)
+//
+// Blocking is fixed (independent of the instruction set), so the packing workspace, which callers allocate and
+// the memory ledger counts, has the same size everywhere: `lowmem plan` predicts the same bytes on any x86-64.
+#include <string>
+
+#include "numerics/scalar.hpp"
+#include "tensor/tensor.hpp"
+
+namespace lowmem {
+
+// A matrix in memory: entry (r, c) at data[r * row_stride + c * col_stride]. t() is its transpose (no copy).
+template <class T> struct MatrixView {
+  const T* data;
+  index_t rows, cols, row_stride, col_stride;
+  static MatrixView row_major(const T* data, index_t rows, index_t cols) { return {data, rows, cols, cols, 1}; }
+  MatrixView t() const { return {data, cols, rows, col_stride, row_stride}; }
+  const T& operator()(index_t r, index_t c) const { return data[r * row_stride + c * col_stride]; }
+};
+
+// The floats of packing workspace gemm needs for an (m x k) (k x n) product: the same on every instruction set
+// (at most 128 x (96 + 32 + 8) floats, 68 KB, whatever the sizes).
+index_t gemm_workspace_floats(index_t m, index_t n, index_t k);
+
+// c (+)= a b with c row-major (row stride ldc). T: float, f16 or bf16. workspace: gemm_workspace_floats(m, n, k)
+// floats that no other thread uses. Single-threaded: callers parallelise over independent products (images).
+template <class T> void gemm(MatrixView<T> a, MatrixView<T> b, float* c, index_t ldc, bool add, float* workspace);
+
+// The kernels' instruction set: the widest FMA kernels this CPU has (avx512, else avx2, else portable), unless the
+// environment variable LOWMEM_ISA (portable, avx2, avx512 or avx512_bf16, the last adding VDPBF16PS for bf16)
+// chooses another the CPU has, or set_gemm_isa does (tests). Recorded in every run's provenance. The choice
+// changes speed only: every kernel computes the same bits.
+enum class Isa { portable, avx2, avx512, avx512_bf16 };
+const char* to_string(Isa isa);
+bool cpu_supports(Isa isa);
+Isa gemm_isa();
+// Throws std::invalid_argument if this CPU lacks `isa`.
+void set_gemm_isa(Isa isa);
+
+}  // namespace lowmem

@@ -1,0 +1,154 @@
+// The GEMM's rounding rule (tensor/gemm.hpp), checked bit for bit on every instruction set this CPU has: each
+// entry of c must equal a fused multiply-add chain written out here in scalar code, k ascending for f32 and f16,
+// and in VDPBF16PS's order with its denormal rule for bf16.
+#include <gtest/gtest.h>
+
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "numerics/random.hpp"
+#include "tensor/gemm.hpp"
+
+namespace lowmem {
+namespace {
+
+std::vector<Isa> isas_here() {
+  std::vector<Isa> out;
+  for (Isa isa : {Isa::portable, Isa::avx2, Isa::avx512, Isa::avx512_bf16})
+    if (cpu_supports(isa)) out.push_back(isa);
+  return out;
+}
+
+class IsaGuard {  // restores the kernels in use
+ public:
+  ~IsaGuard() { set_gemm_isa(saved_); }
+ private:
+  Isa saved_ = gemm_isa();
+};
+
+std::uint32_t bits(float x) {
+  std::uint32_t b;
+  std::memcpy(&b, &x, 4);
+  return b;
+}
+
+// bf16's rule: denormal inputs read as zero, each sum flushed to (signed) zero when it is denormal.
+float daz(float x) { return std::fpclassify(x) == FP_SUBNORMAL ? std::copysign(0.0f, x) : x; }
+
+// The chain that entry (i, j) must be.
+template <class T>
+float reference_entry(const std::vector<T>& a, const std::vector<T>& b, index_t i, index_t j, index_t k, index_t n,
+                      float start) {
+  if constexpr (!std::is_same_v<T, bf16>) {
+    float acc = start;
+    for (index_t kk = 0; kk < k; ++kk)
+      acc = std::fma(static_cast<float>(a[i * k + kk]), static_cast<float>(b[kk * n + j]), acc);
+    return acc;
+  } else {
+    float acc = daz(start);
+    auto step = [&](index_t kk) {
+      const float x = kk < k ? daz(static_cast<float>(a[i * k + kk])) : 0.0f;
+      const float y = kk < k ? daz(static_cast<float>(b[kk * n + j])) : 0.0f;
+      acc = daz(std::fma(x, y, acc));
+    };
+    for (index_t p = 0; p < k; p += 2) {
+      step(p + 1);
+      step(p);
+    }
+    return acc;
+  }
+}
+
+// Values of mixed magnitude; for bf16 also some whose products and sums fall below the normal range.
+template <class T> std::vector<T> random_values(index_t count, Rng& rng, bool tiny) {
+  std::vector<T> out(static_cast<std::size_t>(count));
+  for (auto& v : out) {
+    double x = rng.normal();
+    if (tiny && rng.uniform(0, 1) < 0.3) x *= std::ldexp(1.0, -64);
+    v = round_to<T>(x);
+  }
+  return out;
+}
+
+template <class T> void check_products(bool tiny) {
+  const IsaGuard guard;
+  Rng rng(7);
+  const index_t sizes[][3] = {{1, 1, 1}, {3, 5, 7}, {8, 32, 256}, {13, 37, 257}, {100, 40, 300},
+                              {97, 300, 515}, {64, 10, 3136}, {30, 260, 9}};
+  for (const auto& s : sizes) {
+    const index_t m = s[0], n = s[1], k = s[2];
+    const std::vector<T> a = random_values<T>(m * k, rng, tiny), b = random_values<T>(k * n, rng, tiny);
+    const std::vector<float> start = random_values<float>(m * n, rng, tiny);
+    std::vector<float> workspace(static_cast<std::size_t>(gemm_workspace_floats(m, n, k)));
+    for (bool add : {false, true}) {
+      for (Isa isa : isas_here()) {
+        set_gemm_isa(isa);
+        // b given transposed (its columns contiguous) exercises the strided packing path.
+        std::vector<T> bt(b.size());
+        for (index_t r = 0; r < k; ++r)
+          for (index_t c = 0; c < n; ++c) bt[c * k + r] = b[r * n + c];
+        for (bool transposed : {false, true}) {
+          const MatrixView<T> av = MatrixView<T>::row_major(a.data(), m, k);
+          const MatrixView<T> bv = transposed ? MatrixView<T>::row_major(bt.data(), n, k).t()
+                                              : MatrixView<T>::row_major(b.data(), k, n);
+          std::vector<float> c(start);
+          gemm(av, bv, c.data(), n, add, workspace.data());
+          index_t wrong = 0;
+          for (index_t i = 0; i < m; ++i)
+            for (index_t j = 0; j < n; ++j) {
+              const float want = reference_entry(a, b, i, j, k, n, add ? start[i * n + j] : 0.0f);
+              if (bits(c[i * n + j]) != bits(want) && !(std::isnan(want) && std::isnan(c[i * n + j]))) {
+                if (wrong++ < 3)
+                  ADD_FAILURE() << to_string(isa) << " m=" << m << " n=" << n << " k=" << k << " add=" << add
+                                << " transposed=" << transposed << " (" << i << ", " << j << "): " << c[i * n + j]
+                                << " != " << want;
+              }
+            }
+          ASSERT_EQ(wrong, 0);
+        }
+      }
+    }
+  }
+}
+
+TEST(Gemm, Float32IsOneFmaChainOnEveryIsa) { check_products<float>(false); }
+TEST(Gemm, Float16IsOneFmaChainOnEveryIsa) { check_products<f16>(false); }
+TEST(Gemm, Bfloat16FollowsVdpbf16psOnEveryIsa) { check_products<bf16>(false); }
+TEST(Gemm, Bfloat16FlushesDenormalsOnEveryIsa) { check_products<bf16>(true); }
+
+// The chain is not a stand-in for something looser: against a double-precision product the error is that of
+// float summation, and a product of ones counts exactly.
+TEST(Gemm, AgreesWithDoubleProduct) {
+  Rng rng(3);
+  const index_t m = 50, n = 70, k = 600;
+  const std::vector<float> a = random_values<float>(m * k, rng, false), b = random_values<float>(k * n, rng, false);
+  std::vector<float> c(m * n), workspace(gemm_workspace_floats(m, n, k));
+  gemm(MatrixView<float>::row_major(a.data(), m, k), MatrixView<float>::row_major(b.data(), k, n), c.data(), n,
+       false, workspace.data());
+  for (index_t i = 0; i < m; ++i)
+    for (index_t j = 0; j < n; ++j) {
+      double exact = 0, magnitude = 0;
+      for (index_t kk = 0; kk < k; ++kk) {
+        exact += double(a[i * k + kk]) * b[kk * n + j];
+        magnitude += std::abs(double(a[i * k + kk]) * b[kk * n + j]);
+      }
+      ASSERT_LE(std::abs(c[i * n + j] - exact), k * FLT_EPSILON * magnitude);
+    }
+  const std::vector<float> ones(k * n, 1.0f), row(k, 1.0f);
+  std::vector<float> count(n);
+  gemm(MatrixView<float>::row_major(row.data(), 1, k), MatrixView<float>::row_major(ones.data(), k, n),
+       count.data(), n, false, workspace.data());
+  for (float x : count) EXPECT_EQ(x, float(k));
+}
+
+TEST(Gemm, RefusesAnIsaTheCpuLacks) {
+  for (Isa isa : {Isa::portable, Isa::avx2, Isa::avx512, Isa::avx512_bf16}) {
+    if (!cpu_supports(isa)) EXPECT_THROW(set_gemm_isa(isa), std::invalid_argument);
+  }
+  EXPECT_TRUE(cpu_supports(Isa::portable));
+}
+
+}  // namespace
+}  // namespace lowmem
