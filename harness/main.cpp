@@ -218,10 +218,13 @@ int command_run(int argc, char** argv) {
   if (args.positional.empty()) throw UsageError("run needs a CONFIG.json");
   for (const std::string& limit : args.all("--limit")) set_limit(limit);
   if (args.has("--force") && !args.has("--resume")) throw UsageError("--force goes with --resume");
-  const auto runs = plan_runs(args.positional, args.all("--set"));
   RunOptions options;
   options.jobs = parse_count("--jobs", args.get("--jobs", "1"));
   options.threads = parse_count("--threads", args.get("--threads", std::to_string(std::max(1u, all_cores() / options.jobs))));
+  // Before the sweep is expanded: a checkpoint budget is checked against the memory of the run's own thread count
+  // (workspace is per thread), as `plan --threads` does.
+  set_threads(options.threads);
+  const auto runs = plan_runs(args.positional, args.all("--set"));
   options.shard = parse_shard(args.get("--shard", "0/1"));
   options.out = default_out(runs, args, options.shard);
   options.resume = args.has("--resume");

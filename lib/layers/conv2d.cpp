@@ -64,10 +64,12 @@ template <class T, class G> void im2col(const T* x, const Geometry& g, const Ban
           const T* in = x + (c * g.height + y) * g.width;
           const auto [lo, hi] = g.inside_columns(j);
           std::fill(out, out + lo, G(0));
-          if (g.stride == 1 && std::is_same_v<T, G>)  // a plain copy: vectorised
-            std::copy(in + lo - g.pad + j, in + hi - g.pad + j, out + lo);
-          else
+          if (g.stride == 1) {  // a plain copy, vectorised in line (rows are too short for a call to memmove)
+            const T* from = in - g.pad + j;
+            for (index_t ox = lo; ox < hi; ++ox) out[ox] = round_to<G>(from[ox]);
+          } else {
             for (index_t ox = lo; ox < hi; ++ox) out[ox] = round_to<G>(in[ox * g.stride - g.pad + j]);
+          }
           std::fill(out + hi, out + g.out_width, G(0));
         }
       }
@@ -95,6 +97,100 @@ template <class G> void col2im_add(const G* cols, const Geometry& g, const Band&
         }
       }
 }
+
+// The column matrix of a band, K x n (K = Cin k k rows (c, i, j), n positions), in one of two forms:
+//  - in place (stride 1, products in float): a zero-padded copy of the image, (Cin, Hp, Wp) = (Cin, H + 2 pad,
+//    W + 2 pad), read through K row offsets: row (c, i, j) of the band starting at output row `first` is the
+//    padded image from c Hp Wp + (first + i) Wp + j on, so the K x n values are never copied. Positions then run
+//    over the padded width: output row r of the band is positions [r Wp, r Wp + Wo), and the k - 1 positions
+//    between two rows are computed and dropped (7 % more products on 28 x 28 images, 14 % on 14 x 14);
+//    n = (rows - 1) Wp + Wo. The input gradient is gathered the same way, into a padded image gradient.
+//  - copied (any stride; f64, mp and 16-bit storage accumulation, whose products Eigen makes from plain
+//    matrices): im2col forms the band's columns, n = rows Wo, and col2im adds their gradient back.
+// One per layer call; thread t uses row t of each buffer.
+template <class T> class Columns {
+ public:
+  Columns(const Geometry& g, bool in_place, int threads, index_t band_rows)
+      : g_(g),
+        in_place_(in_place),
+        per_thread_(in_place ? g.channels * padded_height() * pitch() : g.rows() * band_rows * g.out_width),
+        buffer_(Shape{threads, per_thread_}, MemoryCategory::workspace),
+        images_(static_cast<std::size_t>(threads)) {
+    if (!in_place_) return;
+    offsets_ = Tensor<std::int32_t>(Shape{g.rows()}, MemoryCategory::workspace);
+    if (offsets_.is_dry()) return;
+    for (index_t c = 0; c < g.channels; ++c)
+      for (index_t i = 0; i < g.kernel; ++i)
+        for (index_t j = 0; j < g.kernel; ++j)
+          offsets_[(c * g.kernel + i) * g.kernel + j] =
+              static_cast<std::int32_t>((c * padded_height() + i) * pitch() + j);
+  }
+  // Whether the in-place form serves this geometry, compute type and band: it must need no more memory than the
+  // copied columns would (narrow bands, set to save memory, hold fewer values than the padded image).
+  // Sparse weights keep copied columns: with them one golden run's final test loss moved in its 8th digit, for
+  // a reason not yet found (every dense run gives the same bits in both forms).
+  template <class G> static bool serves(const Geometry& g, index_t band_rows, bool sparse) {
+    const index_t padded = g.channels * (g.height + 2 * g.pad) * (g.width + 2 * g.pad);
+    return std::is_same_v<G, float> && !sparse && g.stride == 1 && padded < (index_t{1} << 31) &&
+           padded <= g.rows() * band_rows * g.out_width;
+  }
+  bool in_place() const { return in_place_; }
+  index_t padded_height() const { return g_.height + 2 * g_.pad; }
+  // Positions per output row, and positions of a band.
+  index_t pitch() const { return in_place_ ? g_.width + 2 * g_.pad : g_.out_width; }
+  index_t positions(const Band& b) const {
+    return in_place_ ? (b.end - b.first - 1) * pitch() + g_.out_width : (b.end - b.first) * g_.out_width;
+  }
+  // Thread t takes image x (C, H, W): in place, it is copied into the padded buffer's interior (the border, never
+  // written, stays zero).
+  void load(int t, const T* x) {
+    images_[static_cast<std::size_t>(t)] = x;
+    if (!in_place_) return;
+    T* padded = buffer_.data() + t * per_thread_;
+    for (index_t c = 0; c < g_.channels; ++c)
+      for (index_t y = 0; y < g_.height; ++y)
+        std::copy(x + (c * g_.height + y) * g_.width, x + (c * g_.height + y + 1) * g_.width,
+                  padded + (c * padded_height() + y + g_.pad) * pitch() + g_.pad);
+  }
+  // The band's columns (K x positions(b)) of thread t's image.
+  MatrixView<T> band(int t, const Band& b) {
+    T* mine = buffer_.data() + t * per_thread_;
+    if (in_place_) return MatrixView<T>::rows_at(mine + b.first * pitch(), offsets_.data(), g_.rows(), positions(b));
+    im2col(images_[static_cast<std::size_t>(t)], g_, b, mine);
+    return MatrixView<T>::row_major(mine, g_.rows(), positions(b));
+  }
+  // Values of an image gradient gathered by add_gradient: padded in place, else (C, H, W).
+  index_t gradient_size() const { return in_place_ ? g_.channels * padded_height() * pitch() : g_.channels * g_.height * g_.width; }
+  // dimage += the band's column gradient dcols (K x positions(b)), each value where its column read it.
+  template <class G> void add_gradient(const G* dcols, const Band& b, G* dimage) const {
+    if (!in_place_) return col2im_add(dcols, g_, b, dimage);
+    const index_t n = positions(b);
+    for (index_t r = 0; r < g_.rows(); ++r) {
+      G* to = dimage + offsets_[r] + b.first * pitch();
+      const G* from = dcols + r * n;
+      for (index_t q = 0; q < n; ++q) to[q] += from[q];
+    }
+  }
+  // dx (C, H, W) = dimage (its interior, in place), rounded once into T.
+  template <class G> void store_gradient(const G* dimage, T* dx) const {
+    if (!in_place_) return store_rounded(dimage, dx, g_.channels * g_.height * g_.width, false);
+    for (index_t c = 0; c < g_.channels; ++c)
+      for (index_t y = 0; y < g_.height; ++y)
+        store_rounded(dimage + (c * padded_height() + y + g_.pad) * pitch() + g_.pad, dx + (c * g_.height + y) * g_.width,
+                      g_.width, false);
+  }
+  bool is_dry() const { return buffer_.is_dry(); }
+  // Thread t's buffer: copied, a band's columns, free for other use once they have been read.
+  T* buffer(int t) { return buffer_.data() + t * per_thread_; }
+
+ private:
+  Geometry g_;
+  bool in_place_;
+  index_t per_thread_;
+  Tensor<T> buffer_;                // per thread: the padded image (in place) or a band's columns
+  Tensor<std::int32_t> offsets_;    // in place: where row (c, i, j) starts in the padded image
+  std::vector<const T*> images_;    // per thread: the image being read
+};
 
 }  // namespace
 
@@ -131,8 +227,8 @@ template <class T> std::vector<Param<T>*> Conv2d<T>::params() {
 // Images are spread over the OpenMP threads in fixed contiguous blocks (schedule static), each thread with its own
 // column and packing buffers; weight gradients are summed per thread and then over threads in thread order, so
 // results are identical from run to run at a given thread count. Workspace grows with the thread count. The
-// columns hold the input's values in its storage type (a copy, no rounding): the product converts them while
-// packing (weight_products.hpp), so a 16-bit input is never widened whole.
+// columns hold the input's values in its storage type: the product converts them while packing
+// (weight_products.hpp), so a 16-bit input is never widened whole.
 template <class T> Tensor<T> Conv2d<T>::forward(Tensor<T> x, const RunContext& ctx) {
   const index_t n = x.dim(0);
   const Geometry g = geometry(spec_, x.dim(2), x.dim(3));
@@ -140,30 +236,31 @@ template <class T> Tensor<T> Conv2d<T>::forward(Tensor<T> x, const RunContext& c
   const int threads = static_cast<int>(std::min<index_t>(omp_get_max_threads(), n));
   Tensor<T> y(Shape{n, cout, g.out_height, g.out_width}, MemoryCategory::workspace);
   const std::vector<Band> row_bands = bands(g, ctx.conv_band_columns);
-  const index_t band_width = (row_bands[0].end - row_bands[0].first) * g.out_width;  // the widest band
+  const index_t band_rows = row_bands[0].end - row_bands[0].first;  // the widest band
   with_compute_type<T>(ctx.accumulate, [&]<class G>() {
-    Tensor<T> cols(Shape{threads, K, band_width}, MemoryCategory::workspace);
-    Tensor<G> out(Shape{threads, cout, band_width}, MemoryCategory::workspace);
-    Tensor<float> packing = packing_workspace(weight_, threads, packing_floats<G>(cout, band_width, K));
-    if (cols.is_dry() || x.is_dry()) return;
+    Columns<T> columns(g, Columns<T>::template serves<G>(g, band_rows, weight_.pattern != nullptr), threads, band_rows);
+    const index_t most = columns.positions(row_bands[0]);
+    Tensor<G> out(Shape{threads, cout, most}, MemoryCategory::workspace);
+    Tensor<float> packing = packing_workspace(weight_, threads, packing_floats<G>(cout, most, K));
+    if (columns.is_dry() || x.is_dry()) return;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (index_t s = 0; s < n; ++s) {
       const int t = omp_get_thread_num();
-      T* my_cols = cols.data() + t * K * band_width;
-      G* my_out = out.data() + t * cout * band_width;
-      float* my_packing = packing_row(packing, t);
+      G* my_out = out.data() + t * cout * most;
+      columns.load(t, x.data() + s * image);
       for (const Band& b : row_bands) {
-        const index_t width = (b.end - b.first) * g.out_width;
-        im2col(x.data() + s * image, g, b, my_cols);
-        weight_product(weight_, cout, K, false, MatrixView<T>::row_major(my_cols, K, width),
-                       OutputView<G>::row_major(my_out, cout, width), false, my_packing);
-        for (index_t c = 0; c < cout; ++c) {
-          if (spec_.bias) {
-            const G bias = round_to<G>(bias_.value[c]);
-            for (index_t p = 0; p < width; ++p) my_out[c * width + p] += bias;
+        const index_t positions = columns.positions(b);
+        weight_product(weight_, cout, K, false, columns.band(t, b), OutputView<G>::row_major(my_out, cout, positions),
+                       false, packing_row(packing, t));
+        for (index_t c = 0; c < cout; ++c)
+          for (index_t oy = b.first; oy < b.end; ++oy) {
+            G* row = my_out + c * positions + (oy - b.first) * columns.pitch();
+            if (spec_.bias) {
+              const G bias = round_to<G>(bias_.value[c]);
+              for (index_t p = 0; p < g.out_width; ++p) row[p] += bias;
+            }
+            store_rounded(row, y.data() + (s * cout + c) * P + oy * g.out_width, g.out_width, false);
           }
-          store_rounded(my_out + c * width, y.data() + (s * cout + c) * P + b.first * g.out_width, width, false);
-        }
       }
     }
   });
@@ -171,7 +268,8 @@ template <class T> Tensor<T> Conv2d<T>::forward(Tensor<T> x, const RunContext& c
   return y;
 }
 
-// Per image and band: db += row sums of dY, dW += dY cols^T, and (if wanted) dcols = W^T dY added into dx by col2im.
+// Per image and band: db += row sums of dY, dW += dY cols^T, and (if wanted) dcols = W^T dY, added into the
+// image's input gradient where each column value was read.
 template <class T> Tensor<T> Conv2d<T>::backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) {
   const Tensor<T> x = input_.take();
   const index_t n = x.dim(0);
@@ -183,58 +281,70 @@ template <class T> Tensor<T> Conv2d<T>::backward(Tensor<T> dy, const RunContext&
   Tensor<T> dx;
   if (want_input_grad) dx = x.overwritable(MemoryCategory::workspace);
   const std::vector<Band> row_bands = bands(g, ctx.conv_band_columns);
-  const index_t band_width = (row_bands[0].end - row_bands[0].first) * g.out_width;  // the widest band
+  const index_t band_rows = row_bands[0].end - row_bands[0].first;  // the widest band
   with_compute_type<T>(ctx.accumulate, [&]<class G>() {
-    Tensor<T> cols(Shape{threads, K, band_width}, MemoryCategory::workspace);
-    // W^T dY of a band, in G, before col2im adds it into the image's input gradient: the columns' own buffer
-    // when G is T (the columns are no longer needed by then), else one of its own.
+    Columns<T> columns(g, Columns<T>::template serves<G>(g, band_rows, weight_.pattern != nullptr), threads, band_rows);
+    const index_t most = columns.positions(row_bands[0]);
+    // In place, a band's dY is laid out over the padded width (zeros between rows); copied, dy is read as it is.
+    Tensor<T> spread;
+    if (columns.in_place()) spread = Tensor<T>(Shape{threads, cout, most}, MemoryCategory::workspace);
+    // A band's column gradient, and the image gradient it is added into. Copied columns in G are no longer needed
+    // once the band's weight gradient is formed, so their buffer takes the column gradient.
+    const bool reuse_columns = !columns.in_place() && std::is_same_v<G, T>;
     Tensor<G> dcols, dimage;
     if (want_input_grad) {
-      if constexpr (!std::is_same_v<G, T>) dcols = Tensor<G>(Shape{threads, K, band_width}, MemoryCategory::workspace);
-      dimage = Tensor<G>(Shape{threads, image}, MemoryCategory::workspace);
+      if (!reuse_columns) dcols = Tensor<G>(Shape{threads, K, most}, MemoryCategory::workspace);
+      dimage = Tensor<G>(Shape{threads, columns.gradient_size()}, MemoryCategory::workspace);
     }
     const index_t wn = weight_.value.numel();  // cout K, or the nonzeros of a sparse weight
     Tensor<G> dweight(Shape{threads, wn}, MemoryCategory::workspace);  // per-thread partial sums
     Tensor<G> dbias(Shape{threads, cout}, MemoryCategory::workspace);
-    const index_t packing_need = std::max(packing_floats<G>(cout, K, band_width),
-                                          want_input_grad ? packing_floats<G>(K, band_width, cout) : 0);
+    const index_t packing_need = std::max(packing_floats<G>(cout, K, most),
+                                          want_input_grad ? packing_floats<G>(K, most, cout) : 0);
     Tensor<float> packing = packing_workspace(weight_, threads, packing_need);
-    if (cols.is_dry() || x.is_dry()) return;
+    if (columns.is_dry() || x.is_dry()) return;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (index_t s = 0; s < n; ++s) {
       const int t = omp_get_thread_num();
-      T* my_cols = cols.data() + t * K * band_width;
-      G* my_dcols = nullptr;
-      if constexpr (std::is_same_v<G, T>) my_dcols = my_cols;
-      else if (want_input_grad) my_dcols = dcols.data() + t * K * band_width;
       G* my_dbias = dbias.data() + t * cout;
-      G* my_dimage = dimage.empty() ? nullptr : dimage.data() + t * image;
+      G* my_dcols = nullptr;
+      if constexpr (std::is_same_v<G, T>)
+        if (reuse_columns) my_dcols = columns.buffer(t);
+      if (!dcols.empty()) my_dcols = dcols.data() + t * K * most;
+      G* my_dimage = dimage.empty() ? nullptr : dimage.data() + t * columns.gradient_size();
+      T* my_spread = spread.empty() ? nullptr : spread.data() + t * cout * most;
       float* my_packing = packing_row(packing, t);
       // (my_dy is taken out here because clang 14 cannot capture dy and P into a lambda in an OpenMP loop in a
       // generic lambda.)
       const T* const my_dy = dy.data() + s * cout * P;
-      auto output_gradient = [&](const Band& b, index_t width) {  // dY of this image and band, (cout, width)
-        return MatrixView<T>{my_dy + b.first * g.out_width, cout, width, P, 1};
-      };
-      for (const Band& b : row_bands) {
-        const index_t width = (b.end - b.first) * g.out_width;
-        const MatrixView<T> dY = output_gradient(b, width);
+      auto output_gradient = [&](const Band& b) {  // dY of this image and band, (cout, positions(b))
+        const index_t positions = columns.positions(b);
+        if (!my_spread) return MatrixView<T>{my_dy + b.first * g.out_width, cout, positions, P, 1};
         for (index_t c = 0; c < cout; ++c)
-          for (index_t p = 0; p < width; ++p)
+          for (index_t oy = b.first; oy < b.end; ++oy) {
+            T* to = my_spread + c * positions + (oy - b.first) * columns.pitch();
+            std::copy(my_dy + c * P + oy * g.out_width, my_dy + c * P + (oy + 1) * g.out_width, to);
+            if (oy + 1 < b.end) std::fill(to + g.out_width, to + columns.pitch(), T(0));  // between rows: zero
+          }
+        return MatrixView<T>::row_major(my_spread, cout, positions);
+      };
+      columns.load(t, x.data() + s * image);
+      for (const Band& b : row_bands) {
+        const MatrixView<T> dY = output_gradient(b);
+        for (index_t c = 0; c < cout; ++c)
+          for (index_t p = 0; p < dY.cols; ++p)
             my_dbias[c] += round_to<G>(dY(c, p));  // G is the accumulation rule: float, or 16-bit rounding each add
-        im2col(x.data() + s * image, g, b, my_cols);
-        add_weight_gradient(weight_, dY, MatrixView<T>::row_major(my_cols, K, width), dweight.data() + t * wn,
-                            my_packing);
+        add_weight_gradient(weight_, dY, columns.band(t, b), dweight.data() + t * wn, my_packing);
       }
       if (want_input_grad) {
-        std::fill(my_dimage, my_dimage + image, G(0));
+        std::fill(my_dimage, my_dimage + columns.gradient_size(), G(0));
         for (const Band& b : row_bands) {
-          const index_t width = (b.end - b.first) * g.out_width;
-          weight_product(weight_, cout, K, true, output_gradient(b, width),
-                         OutputView<G>::row_major(my_dcols, K, width), false, my_packing);
-          col2im_add(my_dcols, g, b, my_dimage);
+          const index_t positions = columns.positions(b);
+          weight_product(weight_, cout, K, true, output_gradient(b), OutputView<G>::row_major(my_dcols, K, positions),
+                         false, my_packing);
+          columns.add_gradient(my_dcols, b, my_dimage);
         }
-        store_rounded(my_dimage, dx.data() + s * image, image, false);
+        columns.store_gradient(my_dimage, dx.data() + s * image);
       }
     }
     for (int t = 1; t < threads; ++t) {

@@ -6,6 +6,8 @@
 //   - dense W, G = T (f64, mp, or f16/bf16 with storage accumulation): Eigen's product in T;
 //   - sparse W: loops over the nonzeros (each entry of the result sums its terms in a fixed order).
 // Included only by those layers' sources.
+#include <stdexcept>
+
 #include "layers/layer.hpp"
 #include "tensor/compute.hpp"
 #include "tensor/csr.hpp"
@@ -47,6 +49,7 @@ void dense_product(MatrixView<T> a, MatrixView<T> b, G* c, index_t ldc, bool add
     gemm(a, b, c, ldc, add, packing);
   } else {
     static_assert(std::is_same_v<G, T>, "products run in float or in the storage type");
+    if (a.offsets || b.offsets) throw std::logic_error("Eigen's products take plain matrices, not row offsets");
     using Strided = Eigen::Map<const RowMatrix<T>, 0, Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>>;
     auto map = [](const MatrixView<T>& v) {
       return Strided(v.data, v.rows, v.cols, Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>(v.row_stride, v.col_stride));

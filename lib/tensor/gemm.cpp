@@ -228,6 +228,12 @@ void pack(const MatrixView<T>& v, index_t x0, index_t count, index_t k0, index_t
         if (k >= kc) continue;
         const T* src = &v(x0 + p * width, k0 + k);
         float* dst = panel + kk * width;
+        if constexpr (std::is_same_v<T, float>) {
+          if (v.row_stride == 1) {  // in line: a panel row is too short for a call to memmove
+            for (index_t xi = 0; xi < valid; ++xi) dst[xi] = src[xi];
+            continue;
+          }
+        }
         if (v.row_stride == 1) convert(src, dst, valid);  // vectorised (F16C for f16)
         else
           for (index_t xi = 0; xi < valid; ++xi) dst[xi] = static_cast<float>(src[xi * v.row_stride]);
@@ -342,7 +348,9 @@ index_t gemm_workspace_floats(index_t m, index_t, index_t k) {
 
 template <class T> void gemm(MatrixView<T> a, MatrixView<T> b, float* c, index_t ldc, bool add, float* workspace) {
   const index_t m = a.rows, n = b.cols, k = a.cols;
-  if (b.rows != k) throw std::logic_error("gemm: inner sizes differ");
+  if (b.rows != k)
+    throw std::logic_error("gemm: inner sizes differ (" + std::to_string(m) + " x " + std::to_string(k) + " times " +
+                           std::to_string(b.rows) + " x " + std::to_string(n) + ")");
   if (m == 0 || n == 0) return;
   if (k == 0) {
     if (!add)

@@ -14,6 +14,7 @@
 //
 // Blocking is fixed (independent of the instruction set), so the packing workspace, which callers allocate and
 // the memory ledger counts, has the same size everywhere: `lowmem plan` predicts the same bytes on any x86-64.
+#include <cstdint>
 #include <string>
 
 #include "numerics/scalar.hpp"
@@ -21,13 +22,23 @@
 
 namespace lowmem {
 
-// A matrix in memory: entry (r, c) at data[r * row_stride + c * col_stride]. t() is its transpose (no copy).
+// A matrix in memory: entry (r, c) at data[r * row_stride + c * col_stride]; t() is its transpose (no copy). With
+// `offsets`, row r starts at data + offsets[r] instead (or, once transposed, column c at data + offsets[c]): rows
+// scattered through one buffer, as a convolution's column matrix is through a padded image (layers/conv2d.cpp).
 template <class T> struct MatrixView {
   const T* data;
   index_t rows, cols, row_stride, col_stride;
+  const std::int32_t* offsets = nullptr;
+  bool offsets_per_column = false;
   static MatrixView row_major(const T* data, index_t rows, index_t cols) { return {data, rows, cols, cols, 1}; }
-  MatrixView t() const { return {data, cols, rows, col_stride, row_stride}; }
-  const T& operator()(index_t r, index_t c) const { return data[r * row_stride + c * col_stride]; }
+  static MatrixView rows_at(const T* data, const std::int32_t* offsets, index_t rows, index_t cols) {
+    return {data, rows, cols, 0, 1, offsets, false};
+  }
+  MatrixView t() const { return {data, cols, rows, col_stride, row_stride, offsets, !offsets_per_column}; }
+  const T& operator()(index_t r, index_t c) const {
+    if (!offsets) return data[r * row_stride + c * col_stride];
+    return offsets_per_column ? data[offsets[c] + r * row_stride] : data[offsets[r] + c * col_stride];
+  }
 };
 
 // The floats of packing workspace gemm needs for an (m x k) (k x n) product: the same on every instruction set
