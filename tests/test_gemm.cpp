@@ -1,5 +1,5 @@
 // The GEMM's rounding rule (tensor/gemm.hpp), checked bit for bit on every instruction set this CPU has: each
-// entry of c must equal a fused multiply-add chain written out here in scalar code, k ascending for f32 and f16,
+// entry of c must equal a fused multiply-add chain written out here in scalar code, k ascending for f32, f64, f16,
 // and in VDPBF16PS's order with its denormal rule for bf16.
 #include <gtest/gtest.h>
 
@@ -28,9 +28,9 @@ class IsaGuard {  // restores the kernels in use
   Isa saved_ = gemm_isa();
 };
 
-std::uint32_t bits(float x) {
-  std::uint32_t b;
-  std::memcpy(&b, &x, 4);
+template <class C> auto bits(C x) {
+  std::conditional_t<sizeof(C) == 4, std::uint32_t, std::uint64_t> b;
+  std::memcpy(&b, &x, sizeof b);
   return b;
 }
 
@@ -38,13 +38,13 @@ std::uint32_t bits(float x) {
 float daz(float x) { return std::fpclassify(x) == FP_SUBNORMAL ? std::copysign(0.0f, x) : x; }
 
 // The chain that entry (i, j) must be.
-template <class T>
-float reference_entry(const std::vector<T>& a, const std::vector<T>& b, index_t i, index_t j, index_t k, index_t n,
-                      float start) {
+template <class T, class C = gemm_sum_t<T>>
+C reference_entry(const std::vector<T>& a, const std::vector<T>& b, index_t i, index_t j, index_t k, index_t n,
+                  C start) {
   if constexpr (!std::is_same_v<T, bf16>) {
-    float acc = start;
+    C acc = start;
     for (index_t kk = 0; kk < k; ++kk)
-      acc = std::fma(static_cast<float>(a[i * k + kk]), static_cast<float>(b[kk * n + j]), acc);
+      acc = std::fma(static_cast<C>(a[i * k + kk]), static_cast<C>(b[kk * n + j]), acc);
     return acc;
   } else {
     float acc = daz(start);
@@ -80,8 +80,9 @@ template <class T> void check_products(bool tiny) {
   for (const auto& s : sizes) {
     const index_t m = s[0], n = s[1], k = s[2];
     const std::vector<T> a = random_values<T>(m * k, rng, tiny), b = random_values<T>(k * n, rng, tiny);
-    const std::vector<float> start = random_values<float>(m * n, rng, tiny);
-    std::vector<float> workspace(static_cast<std::size_t>(gemm_workspace_floats(m, n, k)));
+    using C = gemm_sum_t<T>;
+    const std::vector<C> start = random_values<C>(m * n, rng, tiny);
+    std::vector<float> workspace(static_cast<std::size_t>(gemm_workspace_floats<T>(m, n, k)));
     for (bool add : {false, true}) {
       for (Isa isa : isas_here()) {
         set_gemm_isa(isa);
@@ -93,12 +94,12 @@ template <class T> void check_products(bool tiny) {
           const MatrixView<T> av = MatrixView<T>::row_major(a.data(), m, k);
           const MatrixView<T> bv = transposed ? MatrixView<T>::row_major(bt.data(), n, k).t()
                                               : MatrixView<T>::row_major(b.data(), k, n);
-          std::vector<float> c(start);
+          std::vector<C> c(start);
           gemm(av, bv, c.data(), n, add, workspace.data());
           index_t wrong = 0;
           for (index_t i = 0; i < m; ++i)
             for (index_t j = 0; j < n; ++j) {
-              const float want = reference_entry(a, b, i, j, k, n, add ? start[i * n + j] : 0.0f);
+              const C want = reference_entry(a, b, i, j, k, n, add ? start[i * n + j] : C(0));
               if (bits(c[i * n + j]) != bits(want) && !(std::isnan(want) && std::isnan(c[i * n + j]))) {
                 if (wrong++ < 3)
                   ADD_FAILURE() << to_string(isa) << " m=" << m << " n=" << n << " k=" << k << " add=" << add
@@ -114,6 +115,7 @@ template <class T> void check_products(bool tiny) {
 }
 
 TEST(Gemm, Float32IsOneFmaChainOnEveryIsa) { check_products<float>(false); }
+TEST(Gemm, Float64IsOneFmaChainOnEveryIsa) { check_products<double>(false); }
 TEST(Gemm, Float16IsOneFmaChainOnEveryIsa) { check_products<f16>(false); }
 TEST(Gemm, Bfloat16FollowsVdpbf16psOnEveryIsa) { check_products<bf16>(false); }
 TEST(Gemm, Bfloat16FlushesDenormalsOnEveryIsa) { check_products<bf16>(true); }

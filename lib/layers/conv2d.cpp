@@ -99,14 +99,14 @@ template <class G> void col2im_add(const G* cols, const Geometry& g, const Band&
 }
 
 // The column matrix of a band, K x n (K = Cin k k rows (c, i, j), n positions), in one of two forms:
-//  - in place (stride 1, products in float): a zero-padded copy of the image, (Cin, Hp, Wp) = (Cin, H + 2 pad,
+//  - in place (stride 1, products in lowmem's GEMM): a zero-padded copy of the image, (Cin, Hp, Wp) = (Cin, H + 2 pad,
 //    W + 2 pad), read through K row offsets: row (c, i, j) of the band starting at output row `first` is the
 //    padded image from c Hp Wp + (first + i) Wp + j on, so the K x n values are never copied. Positions then run
 //    over the padded width: output row r of the band is positions [r Wp, r Wp + Wo), and the k - 1 positions
 //    between two rows are computed and dropped (7 % more products on 28 x 28 images, 14 % on 14 x 14);
 //    n = (rows - 1) Wp + Wo. The input gradient is gathered the same way, into a padded image gradient.
-//  - copied (any stride; f64, mp and 16-bit storage accumulation, whose products Eigen makes from plain
-//    matrices): im2col forms the band's columns, n = rows Wo, and col2im adds their gradient back.
+//  - copied (any stride; mp and 16-bit storage accumulation, whose products Eigen makes from plain matrices;
+//    sparse weights; bands too narrow for the padded image to pay): im2col forms the band's columns, n = rows Wo, and col2im adds their gradient back.
 // One per layer call; thread t uses row t of each buffer.
 template <class T> class Columns {
  public:
@@ -131,7 +131,7 @@ template <class T> class Columns {
   // a reason not yet found (every dense run gives the same bits in both forms).
   template <class G> static bool serves(const Geometry& g, index_t band_rows, bool sparse) {
     const index_t padded = g.channels * (g.height + 2 * g.pad) * (g.width + 2 * g.pad);
-    return std::is_same_v<G, float> && !sparse && g.stride == 1 && padded < (index_t{1} << 31) &&
+    return (std::is_same_v<G, float> || std::is_same_v<G, double>) && !sparse && g.stride == 1 && padded < (index_t{1} << 31) &&
            padded <= g.rows() * band_rows * g.out_width;
   }
   bool in_place() const { return in_place_; }

@@ -2,8 +2,9 @@
 // The products of a layer's weight matrix W (rows x cols), dense or CSR (tensor/csr.hpp; technique sparsity sets
 // the pattern), written once for both: the layers with weights (conv, linear) call these and nothing else.
 // Operands are given in their storage type T and the sums run in the compute type G (tensor/compute.hpp):
-//   - dense W, G float: lowmem's packed GEMM (tensor/gemm.hpp), which converts 16-bit operands while packing;
-//   - dense W, G = T (f64, mp, or f16/bf16 with storage accumulation): Eigen's product in T;
+//   - dense W, G float or double: lowmem's packed GEMM (tensor/gemm.hpp), which converts 16-bit operands while
+//     packing;
+//   - dense W, G = T (mp, or f16/bf16 with storage accumulation): Eigen's product in T;
 //   - sparse W: loops over the nonzeros (each entry of the result sums its terms in a fixed order).
 // Included only by those layers' sources.
 #include <stdexcept>
@@ -24,9 +25,9 @@ template <class G> struct OutputView {
   G& operator()(index_t r, index_t c) const { return data[r * row_stride + c * col_stride]; }
 };
 
-// Floats of GEMM packing workspace for a product (m x k)(k x n) in compute type G: none unless G is float.
+// Floats of GEMM packing workspace for a product (m x k)(k x n) in compute type G: none for Eigen's products.
 template <class G> index_t packing_floats(index_t m, index_t n, index_t k) {
-  if constexpr (std::is_same_v<G, float>) return gemm_workspace_floats(m, n, k);
+  if constexpr (std::is_same_v<G, float> || std::is_same_v<G, double>) return gemm_workspace_floats<G>(m, n, k);
   else return 0;
 }
 
@@ -45,7 +46,7 @@ inline float* packing_row(Tensor<float>& packing, int t) {
 // c (+)= a b, dense, with c row-major (row stride ldc). packing: packing_floats<G>(...) floats.
 template <class G, class T>
 void dense_product(MatrixView<T> a, MatrixView<T> b, G* c, index_t ldc, bool add, float* packing) {
-  if constexpr (std::is_same_v<G, float>) {
+  if constexpr (std::is_same_v<G, float> || std::is_same_v<G, double>) {
     gemm(a, b, c, ldc, add, packing);
   } else {
     static_assert(std::is_same_v<G, T>, "products run in float or in the storage type");

@@ -32,19 +32,20 @@ index_t packed_rows(index_t m) { return std::max({round_up(m, 4), round_up(m, 6)
 // A micro-kernel: c (mr x nr, row stride ldc) = or += a panel (kc steps of mr values) times b panel (kc steps of
 // nr values), one fused multiply-add chain per entry, k ascending. With `pairs` the panels hold bf16 pairs: step
 // k/2 holds, per row or column, the values at k and k + 1 side by side (VDPBF16PS's layout); kc is then even.
-struct Kernel {
+// C: the type of the sums (float, or double for f64 products).
+template <class C> struct Kernel {
   index_t mr, nr;
   bool pairs;
-  void (*run)(index_t kc, const void* a, const void* b, float* c, index_t ldc, bool add);
+  void (*run)(index_t kc, const void* a, const void* b, C* c, index_t ldc, bool add);
 };
 
-template <int MR, int NR>
-void portable_kernel(index_t kc, const void* ap, const void* bp, float* c, index_t ldc, bool add) {
-  const float* a = static_cast<const float*>(ap);
-  const float* b = static_cast<const float*>(bp);
-  float acc[MR][NR];
+template <int MR, int NR, class C>
+void portable_kernel(index_t kc, const void* ap, const void* bp, C* c, index_t ldc, bool add) {
+  const C* a = static_cast<const C*>(ap);
+  const C* b = static_cast<const C*>(bp);
+  C acc[MR][NR];
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) acc[i][j] = add ? c[i * ldc + j] : 0.0f;
+    for (int j = 0; j < NR; ++j) acc[i][j] = add ? c[i * ldc + j] : C(0);
   for (index_t k = 0; k < kc; ++k)
     for (int i = 0; i < MR; ++i)
       for (int j = 0; j < NR; ++j) acc[i][j] = std::fma(a[k * MR + i], b[k * NR + j], acc[i][j]);
@@ -106,6 +107,61 @@ __attribute__((target("avx512f"))) void avx512_kernel(index_t kc, const void* ap
   }
 }
 
+// f64: 4 (AVX2) or 8 (AVX-512) doubles per register, the same shapes in registers as for float.
+__attribute__((target("avx2,fma"))) void avx2_kernel_f64(index_t kc, const void* ap, const void* bp, double* c,
+                                                         index_t ldc, bool add) {
+  constexpr int MR = 6;
+  const double* a = static_cast<const double*>(ap);
+  const double* b = static_cast<const double*>(bp);
+  __m256d acc[MR][2];
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i) {
+    acc[i][0] = add ? _mm256_loadu_pd(c + i * ldc) : _mm256_setzero_pd();
+    acc[i][1] = add ? _mm256_loadu_pd(c + i * ldc + 4) : _mm256_setzero_pd();
+  }
+  for (index_t k = 0; k < kc; ++k) {
+    const __m256d b0 = _mm256_loadu_pd(b + k * 8), b1 = _mm256_loadu_pd(b + k * 8 + 4);
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i) {
+      const __m256d ai = _mm256_broadcast_sd(a + k * MR + i);
+      acc[i][0] = _mm256_fmadd_pd(ai, b0, acc[i][0]);
+      acc[i][1] = _mm256_fmadd_pd(ai, b1, acc[i][1]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i) {
+    _mm256_storeu_pd(c + i * ldc, acc[i][0]);
+    _mm256_storeu_pd(c + i * ldc + 4, acc[i][1]);
+  }
+}
+
+__attribute__((target("avx512f"))) void avx512_kernel_f64(index_t kc, const void* ap, const void* bp, double* c,
+                                                          index_t ldc, bool add) {
+  constexpr int MR = 8;
+  const double* a = static_cast<const double*>(ap);
+  const double* b = static_cast<const double*>(bp);
+  __m512d acc[MR][2];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    acc[i][0] = add ? _mm512_loadu_pd(c + i * ldc) : _mm512_setzero_pd();
+    acc[i][1] = add ? _mm512_loadu_pd(c + i * ldc + 8) : _mm512_setzero_pd();
+  }
+  for (index_t k = 0; k < kc; ++k) {
+    const __m512d b0 = _mm512_loadu_pd(b + k * 16), b1 = _mm512_loadu_pd(b + k * 16 + 8);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const __m512d ai = _mm512_set1_pd(a[k * MR + i]);
+      acc[i][0] = _mm512_fmadd_pd(ai, b0, acc[i][0]);
+      acc[i][1] = _mm512_fmadd_pd(ai, b1, acc[i][1]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    _mm512_storeu_pd(c + i * ldc, acc[i][0]);
+    _mm512_storeu_pd(c + i * ldc + 8, acc[i][1]);
+  }
+}
+
 // bf16 pairs: each VDPBF16PS adds, per lane, a[k+1] b[k+1] and then a[k] b[k] to the f32 sum.
 __attribute__((target("avx512f,avx512bf16"))) void avx512_bf16_kernel(index_t kc, const void* ap, const void* bp,
                                                                       float* c, index_t ldc, bool add) {
@@ -135,12 +191,15 @@ __attribute__((target("avx512f,avx512bf16"))) void avx512_bf16_kernel(index_t kc
   }
 }
 
-constexpr Kernel portable{4, 16, false, portable_kernel<4, 16>};
-constexpr Kernel avx2{6, 16, false, avx2_kernel};
-constexpr Kernel avx512{8, 32, false, avx512_kernel};
-constexpr Kernel avx512_pairs{8, 32, true, avx512_bf16_kernel};
+constexpr Kernel<float> portable{4, 16, false, portable_kernel<4, 16, float>};
+constexpr Kernel<float> avx2{6, 16, false, avx2_kernel};
+constexpr Kernel<float> avx512{8, 32, false, avx512_kernel};
+constexpr Kernel<float> avx512_pairs{8, 32, true, avx512_bf16_kernel};
+constexpr Kernel<double> portable_f64{4, 8, false, portable_kernel<4, 8, double>};
+constexpr Kernel<double> avx2_f64{6, 8, false, avx2_kernel_f64};
+constexpr Kernel<double> avx512_f64{8, 16, false, avx512_kernel_f64};
 
-const Kernel& kernel_for(Isa isa, bool bf16) {
+const Kernel<float>& kernel_for(Isa isa, bool bf16) {
   switch (isa) {
     case Isa::avx512_bf16: return bf16 ? avx512_pairs : avx512;
     case Isa::avx512: return avx512;
@@ -148,6 +207,10 @@ const Kernel& kernel_for(Isa isa, bool bf16) {
     case Isa::portable: break;
   }
   return portable;
+}
+const Kernel<double>& kernel_f64_for(Isa isa) {
+  if (isa == Isa::avx512 || isa == Isa::avx512_bf16) return avx512_f64;
+  return isa == Isa::avx2 ? avx2_f64 : portable_f64;
 }
 
 std::uint16_t bits_of(bf16 x) { return Eigen::numext::bit_cast<std::uint16_t>(x); }
@@ -264,6 +327,29 @@ void pack(const MatrixView<T>& v, index_t x0, index_t count, index_t k0, index_t
   }
 }
 
+// f64 panels, in the layout of the float ones (f64 has no bf16 pairs or swapped order; its packing is a small
+// part of its products, so it has no transposing fast path).
+void pack(const MatrixView<double>& v, index_t x0, index_t count, index_t k0, index_t kc, index_t width, double* out) {
+  const index_t panels = (count + width - 1) / width;
+  const bool along_x = v.row_stride == 1 || v.col_stride != 1;
+  for (index_t p = 0; p < panels; ++p) {
+    const index_t valid = std::min(width, count - p * width);
+    double* panel = out + p * kc * width;
+    if (valid < width) std::fill(panel, panel + kc * width, 0.0);
+    if (along_x) {
+      for (index_t k = 0; k < kc; ++k) {
+        const double* src = &v(x0 + p * width, k0 + k);
+        for (index_t xi = 0; xi < valid; ++xi) panel[k * width + xi] = src[xi * v.row_stride];
+      }
+    } else {
+      for (index_t xi = 0; xi < valid; ++xi) {
+        const double* src = &v(x0 + p * width + xi, k0);  // contiguous along k
+        for (index_t k = 0; k < kc; ++k) panel[k * width + xi] = src[k];
+      }
+    }
+  }
+}
+
 // Sets the MXCSR's flush-to-zero and denormals-are-zero bits for a scope (bf16 products: VDPBF16PS's rule).
 class FlushDenormals {
  public:
@@ -346,7 +432,8 @@ index_t gemm_workspace_floats(index_t m, index_t, index_t k) {
   return round_up(std::min(k, KC), 2) * (packed_rows(std::min(m, MC)) + NR_MAX);
 }
 
-template <class T> void gemm(MatrixView<T> a, MatrixView<T> b, float* c, index_t ldc, bool add, float* workspace) {
+template <class T> void gemm(MatrixView<T> a, MatrixView<T> b, gemm_sum_t<T>* c, index_t ldc, bool add, float* workspace) {
+  using C = gemm_sum_t<T>;
   const index_t m = a.rows, n = b.cols, k = a.cols;
   if (b.rows != k)
     throw std::logic_error("gemm: inner sizes differ (" + std::to_string(m) + " x " + std::to_string(k) + " times " +
@@ -354,38 +441,43 @@ template <class T> void gemm(MatrixView<T> a, MatrixView<T> b, float* c, index_t
   if (m == 0 || n == 0) return;
   if (k == 0) {
     if (!add)
-      for (index_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.0f);
+      for (index_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, C(0));
     return;
   }
   constexpr bool is_bf16 = std::is_same_v<T, bf16>;
-  const Kernel& kernel = kernel_for(gemm_isa(), is_bf16);
+  const Kernel<C>* kernel = nullptr;
+  if constexpr (std::is_same_v<C, double>) kernel = &kernel_f64_for(gemm_isa());
+  else kernel = &kernel_for(gemm_isa(), is_bf16);
   const FlushDenormals flush(is_bf16);
-  const index_t mr = kernel.mr, nr = kernel.nr, value_bytes = kernel.pairs ? 2 : 4;
-  const bool swap = is_bf16 && !kernel.pairs;
+  const index_t mr = kernel->mr, nr = kernel->nr, value_bytes = kernel->pairs ? 2 : sizeof(C);
+  const bool swap = is_bf16 && !kernel->pairs;
+  // One panel of b (at most KC x NR_MAX floats; f64 panels are half as wide), then the slab of a.
   char* const b_panel = reinterpret_cast<char*>(workspace);
   char* const a_pack = b_panel + round_up(std::min(k, KC), 2) * NR_MAX * 4;
   const MatrixView<T> bt = b.t();
-  alignas(64) float tile[8 * 32];  // an edge tile (at most MR x NR)
+  alignas(64) C tile[8 * 32];  // an edge tile (at most MR x NR)
   for (index_t pc = 0; pc < k; pc += KC) {
     const index_t kc = std::min(KC, k - pc), kcp = is_bf16 ? round_up(kc, 2) : kc;
     const bool add_block = add || pc > 0;
     for (index_t ic = 0; ic < m; ic += MC) {
       const index_t mc = std::min(MC, m - ic);
-      pack(a, ic, mc, pc, kc, kcp, mr, kernel.pairs, swap, a_pack);
+      if constexpr (std::is_same_v<C, double>) pack(a, ic, mc, pc, kc, mr, reinterpret_cast<double*>(a_pack));
+      else pack(a, ic, mc, pc, kc, kcp, mr, kernel->pairs, swap, a_pack);
       for (index_t jr = 0; jr < n; jr += nr) {
         const index_t cols = std::min(nr, n - jr);
-        pack(bt, jr, cols, pc, kc, kcp, nr, kernel.pairs, swap, b_panel);
+        if constexpr (std::is_same_v<C, double>) pack(bt, jr, cols, pc, kc, nr, reinterpret_cast<double*>(b_panel));
+        else pack(bt, jr, cols, pc, kc, kcp, nr, kernel->pairs, swap, b_panel);
         for (index_t ir = 0; ir < mc; ir += mr) {
           const char* ap = a_pack + (ir / mr) * kcp * mr * value_bytes;
-          float* ct = c + (ic + ir) * ldc + jr;
+          C* ct = c + (ic + ir) * ldc + jr;
           const index_t rows = std::min(mr, mc - ir);
           if (rows == mr && cols == nr) {
-            kernel.run(kcp, ap, b_panel, ct, ldc, add_block);
+            kernel->run(kcp, ap, b_panel, ct, ldc, add_block);
             continue;
           }
           if (add_block)
             for (index_t i = 0; i < rows; ++i) std::copy(ct + i * ldc, ct + i * ldc + cols, tile + i * nr);
-          kernel.run(kcp, ap, b_panel, tile, nr, add_block);
+          kernel->run(kcp, ap, b_panel, tile, nr, add_block);
           for (index_t i = 0; i < rows; ++i) std::copy(tile + i * nr, tile + i * nr + cols, ct + i * ldc);
         }
       }
@@ -396,5 +488,6 @@ template <class T> void gemm(MatrixView<T> a, MatrixView<T> b, float* c, index_t
 template void gemm<float>(MatrixView<float>, MatrixView<float>, float*, index_t, bool, float*);
 template void gemm<f16>(MatrixView<f16>, MatrixView<f16>, float*, index_t, bool, float*);
 template void gemm<bf16>(MatrixView<bf16>, MatrixView<bf16>, float*, index_t, bool, float*);
+template void gemm<double>(MatrixView<double>, MatrixView<double>, double*, index_t, bool, float*);
 
 }  // namespace lowmem

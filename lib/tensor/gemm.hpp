@@ -1,7 +1,7 @@
 #pragma once
 // Matrix products at the machine's speed: c (m x n) = or += a (m x k) b (k x n), summed in float, with operands
 // stored as float, f16 or bf16 and converted while they are packed into the kernel's layout (no converted copy of
-// a whole tensor is ever made).
+// a whole tensor is ever made); and the same for double operands, summed in double.
 //
 // One rounding rule on every instruction set. Each entry of c is a single chain of fused multiply-adds over k in
 // a fixed order, started from 0 (or from c's value when adding), so the AVX-512, AVX2 and portable kernels give the
@@ -16,6 +16,7 @@
 // the memory ledger counts, has the same size everywhere: `lowmem plan` predicts the same bytes on any x86-64.
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "numerics/scalar.hpp"
 #include "tensor/tensor.hpp"
@@ -41,13 +42,21 @@ template <class T> struct MatrixView {
   }
 };
 
-// The floats of packing workspace gemm needs for an (m x k) (k x n) product: the same on every instruction set
-// (at most 128 x (96 + 32 + 8) floats, 68 KB, whatever the sizes).
-index_t gemm_workspace_floats(index_t m, index_t n, index_t k);
+// What gemm sums in: float for float, f16 and bf16 operands; double for double ones.
+template <class T> using gemm_sum_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
-// c (+)= a b with c row-major (row stride ldc). T: float, f16 or bf16. workspace: gemm_workspace_floats(m, n, k)
-// floats that no other thread uses. Single-threaded: callers parallelise over independent products (images).
-template <class T> void gemm(MatrixView<T> a, MatrixView<T> b, float* c, index_t ldc, bool add, float* workspace);
+// The floats of packing workspace gemm needs for an (m x k) (k x n) product of T operands: the same on every
+// instruction set (at most 128 x (96 + 32 + 8) floats, 68 KB, whatever the sizes; twice that for double).
+index_t gemm_workspace_floats(index_t m, index_t n, index_t k);
+template <class T> index_t gemm_workspace_floats(index_t m, index_t n, index_t k) {
+  return (std::is_same_v<T, double> ? 2 : 1) * gemm_workspace_floats(m, n, k);
+}
+
+// c (+)= a b with c row-major (row stride ldc). T: float, f16, bf16 or double. workspace:
+// gemm_workspace_floats<T>(m, n, k) floats that no other thread uses. Single-threaded: callers parallelise over
+// independent products (images).
+template <class T>
+void gemm(MatrixView<T> a, MatrixView<T> b, gemm_sum_t<T>* c, index_t ldc, bool add, float* workspace);
 
 // The kernels' instruction set: the widest FMA kernels this CPU has (avx512, else avx2, else portable), unless the
 // environment variable LOWMEM_ISA (portable, avx2, avx512 or avx512_bf16, the last adding VDPBF16PS for bf16)
