@@ -3,6 +3,8 @@
 // f32 accumulation (as hardware does: 16-bit operands, 32-bit accumulators), otherwise the storage type itself.
 // Kernels are written once over (T storage, G compute); with_compute_type picks G at run time.
 #include <Eigen/Core>
+#include <cstdint>
+#include <cstring>
 #include <immintrin.h>
 
 #include "numerics/scalar.hpp"
@@ -39,6 +41,13 @@ template <class To, class From> void convert(const From* src, To* dst, index_t n
                        _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
 #endif
+  if constexpr (std::is_same_v<From, bf16> && std::is_same_v<To, float>) {
+    // bf16 is the top half of a float: widening is a shift, which the compiler vectorises.
+    for (; i < n; ++i) {
+      const std::uint32_t wide = std::uint32_t{Eigen::numext::bit_cast<std::uint16_t>(src[i])} << 16;
+      std::memcpy(dst + i, &wide, 4);
+    }
+  }
   for (; i < n; ++i) dst[i] = round_to<To>(src[i]);
 }
 
