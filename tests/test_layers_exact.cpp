@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "numerics/error.hpp"
+#include "layers/activations.hpp"
 #include "layers/batchnorm.hpp"
 #include "layers/conv2d.hpp"
 #include "training/model_factory.hpp"
@@ -206,6 +207,35 @@ TEST(MemoryExact, ReferenceCnnSavedActivationsByHand) {
                                + n * f * 10;                  // softmax probabilities
   EXPECT_EQ(ledger.peak(MemoryCategory::saved_activations), expected);
 }
+
+// ReLU in f16 and bf16 works on the values' bits (no conversion to float): on every one of the 65,536 bit
+// patterns, forward and backward give what the comparisons in float give (NaN kept forward, +0 where the unit is
+// off, -0 and -inf included).
+template <class T> void check_relu_bits() {
+  MemoryLedger ledger;
+  MemoryLedger::Scope scope(ledger);
+  const index_t n = 65536;
+  Tensor<T> x(Shape{n}, MemoryCategory::workspace), dy(Shape{n}, MemoryCategory::workspace);
+  for (index_t i = 0; i < n; ++i) {
+    x[i] = Eigen::numext::bit_cast<T>(static_cast<std::uint16_t>(i));
+    dy[i] = Eigen::numext::bit_cast<T>(static_cast<std::uint16_t>((i * 40503) & 0xFFFF));
+  }
+  LeakyRelu<T> relu("relu", 0.0);
+  RunContext ctx;
+  const Tensor<T> y = relu.forward(x.clone(MemoryCategory::workspace), ctx);
+  const Tensor<T> dx = relu.backward(dy.clone(MemoryCategory::workspace), ctx, true);
+  auto bits = [](T v) { return Eigen::numext::bit_cast<std::uint16_t>(v); };
+  for (index_t i = 0; i < n; ++i) {
+    const float v = static_cast<float>(x[i]);
+    const T want_y = v > 0.0f || std::isnan(v) ? x[i] : T(0.0f);
+    ASSERT_EQ(bits(y[i]), bits(want_y)) << "x bits " << i;
+    const float out = static_cast<float>(want_y);
+    const T want_dx = out > 0.0f ? dy[i] : T(0.0f);
+    ASSERT_EQ(bits(dx[i]), bits(want_dx)) << "x bits " << i;
+  }
+}
+TEST(ReluBits, Float16EveryBitPattern) { check_relu_bits<f16>(); }
+TEST(ReluBits, Bfloat16EveryBitPattern) { check_relu_bits<bf16>(); }
 
 }  // namespace
 }  // namespace lowmem

@@ -1,8 +1,38 @@
 #include "layers/activations.hpp"
 
+#include <cstdint>
+
 #include "numerics/error.hpp"
 
 namespace lowmem {
+
+namespace {
+
+// ReLU on the bits of a 16-bit value (f16 or bf16: sign in the top bit, +inf the largest non-NaN magnitude), the
+// same results as the comparisons below but in integer operations the compiler vectorises (the comparisons
+// would convert every value to float).
+template <class T> constexpr std::uint16_t infinity_bits = std::is_same_v<T, f16> ? 0x7C00 : 0x7F80;
+// y = x where x > 0 or x is NaN, else +0.
+template <class T> void relu_bits(const T* in, T* out, index_t n) {
+  const auto* i16 = reinterpret_cast<const std::uint16_t*>(in);
+  auto* o16 = reinterpret_cast<std::uint16_t*>(out);
+  for (index_t i = 0; i < n; ++i) {
+    const std::uint16_t b = i16[i];
+    o16[i] = (b < 0x8000 || (b & 0x7FFF) > infinity_bits<T>) ? b : std::uint16_t{0};
+  }
+}
+// dx = dy where y > 0 (y not NaN), else +0.
+template <class T> void relu_grad_bits(const T* y, const T* dy, T* dx, index_t n) {
+  const auto* y16 = reinterpret_cast<const std::uint16_t*>(y);
+  const auto* g16 = reinterpret_cast<const std::uint16_t*>(dy);
+  auto* o16 = reinterpret_cast<std::uint16_t*>(dx);
+  for (index_t i = 0; i < n; ++i) {
+    const std::uint16_t b = y16[i];
+    o16[i] = (b != 0 && b <= infinity_bits<T>) ? g16[i] : std::uint16_t{0};
+  }
+}
+
+}  // namespace
 
 template <class T>
 LeakyRelu<T>::LeakyRelu(std::string label, double slope)
@@ -18,7 +48,9 @@ template <class T> Tensor<T> LeakyRelu<T>::forward(Tensor<T> x, const RunContext
     const T* in = x.data();  // may be out
     T* out = y.data();
     if (slope_ == 0.0) {  // ReLU: select 0 itself (0 * -inf would be NaN; PyTorch gives 0)
-      for (index_t i = 0; i < x.numel(); ++i) out[i] = in[i] > zero ? in[i] : (is_nan(in[i]) ? in[i] : zero);
+      if constexpr (is_16bit<T>) relu_bits(in, out, x.numel());
+      else
+        for (index_t i = 0; i < x.numel(); ++i) out[i] = in[i] > zero ? in[i] : (is_nan(in[i]) ? in[i] : zero);
     } else {
       for (index_t i = 0; i < x.numel(); ++i) {
         const T negative = T(slope * in[i]);
@@ -64,7 +96,9 @@ template <class T> Tensor<T> LeakyRelu<T>::input_grad(const Tensor<T>& y, Tensor
   const T *out = y.data(), *grad = dy.data();  // grad may be result
   T* result = dx.data();
   if (slope_ == 0.0) {  // exactly 0 where the unit is off, even for an infinite gradient (as PyTorch)
-    for (index_t i = 0; i < y.numel(); ++i) result[i] = out[i] > zero ? grad[i] : zero;
+    if constexpr (is_16bit<T>) relu_grad_bits(out, grad, result, y.numel());
+    else
+      for (index_t i = 0; i < y.numel(); ++i) result[i] = out[i] > zero ? grad[i] : zero;
   } else {
     for (index_t i = 0; i < y.numel(); ++i) {
       const T negative = T(slope * grad[i]);
