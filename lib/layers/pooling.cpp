@@ -19,6 +19,9 @@ template <class T> Tensor<T> MaxPool<T>::forward(Tensor<T> x, const RunContext& 
   Tensor<T> y(Shape{x.dim(0), x.dim(1), ho, wo}, MemoryCategory::workspace);
   Tensor<std::int32_t> argmax;
   if (ctx.keeps()) argmax = Tensor<std::int32_t>(y.shape(), MemoryCategory::workspace);
+  // Planes are independent (each output from its own window): spread over the threads, same results at any count.
+  const bool keeps = ctx.keeps();
+#pragma omp parallel for schedule(static)
   for (index_t p = 0; p < (x.is_dry() ? 0 : planes); ++p) {
     const T* in = x.data() + p * h * w;
     for (index_t oy = 0; oy < ho; ++oy)
@@ -31,7 +34,7 @@ template <class T> Tensor<T> MaxPool<T>::forward(Tensor<T> x, const RunContext& 
           }
         const index_t o = (p * ho + oy) * wo + ox;
         y[o] = in[best];
-        if (ctx.keeps()) argmax[o] = static_cast<std::int32_t>(best);
+        if (keeps) argmax[o] = static_cast<std::int32_t>(best);
       }
   }
   if (ctx.keeps()) argmax_.keep(argmax);
