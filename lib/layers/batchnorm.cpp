@@ -1,6 +1,7 @@
 #include "layers/batchnorm.hpp"
 
 #include "numerics/error.hpp"
+#include "numerics/threads.hpp"
 #include "tensor/compute.hpp"
 
 namespace lowmem {
@@ -48,7 +49,7 @@ template <class T> Tensor<T> BatchNorm<T>::forward(Tensor<T> x, const RunContext
   Tensor<W> mean(Shape{channels_}, MemoryCategory::workspace), inv_std(Shape{channels_}, MemoryCategory::workspace);
   const W eps = round_to<W>(eps_);
   last_forward_training_ = ctx.training;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(x.numel()))
   for (index_t c = 0; c < (x.is_dry() ? 0 : channels_); ++c) {
     if (ctx.training) {
       W sum(0);
@@ -117,7 +118,7 @@ Tensor<T> BatchNorm<T>::backward_from_input(const Tensor<T>& x, Tensor<T> dy, co
   auto at = [&](index_t s, index_t c, index_t i) { return (s * channels_ + c) * area + i; };
   Tensor<T> dx;
   if (want_input_grad) dx = dy.overwritable(MemoryCategory::workspace);  // per channel: sums of dy, then dx over dy
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(x.numel()))
   for (index_t c = 0; c < (x.is_dry() ? 0 : channels_); ++c) {
     W dbeta(0), dgamma(0);
     for (index_t s = 0; s < n; ++s)

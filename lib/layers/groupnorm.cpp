@@ -1,5 +1,6 @@
 #include "layers/groupnorm.hpp"
 
+#include "numerics/threads.hpp"
 #include "tensor/compute.hpp"
 
 namespace lowmem {
@@ -40,7 +41,7 @@ template <class T> Tensor<T> GroupNorm<T>::forward(Tensor<T> x, const RunContext
   // Statistics as flat vectors (N groups): Saved compresses only rank >= 2 tensors, and these must stay exact.
   Tensor<W> mean(Shape{n * groups_}, MemoryCategory::workspace), inv_std(Shape{n * groups_}, MemoryCategory::workspace);
   const W eps = round_to<W>(eps_), count = round_to<W>(static_cast<double>(size));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(x.numel()))
   for (index_t sg = 0; sg < (x.is_dry() ? 0 : n * groups_); ++sg) {
     const index_t first = sg * size;  // (s C + g C/G) area
     W sum(0);
@@ -86,7 +87,7 @@ template <class T> Tensor<T> GroupNorm<T>::backward(Tensor<T> dy, const RunConte
     return W((v - mean[sg]) * inv_std[sg]);
   };
   // Parameter gradients, channel by channel (each thread owns its channels; samples summed in order).
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(x.numel()))
   for (index_t c = 0; c < (x.is_dry() || !affine_ ? 0 : channels_); ++c) {
     W dbeta(0), dgamma(0);
     for (index_t s = 0; s < n; ++s)
@@ -101,7 +102,7 @@ template <class T> Tensor<T> GroupNorm<T>::backward(Tensor<T> dy, const RunConte
   Tensor<T> dx;
   if (want_input_grad) {
     dx = dy.overwritable(MemoryCategory::workspace);  // per group: sums of dy, then dx over dy
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(x.numel()))
     for (index_t sg = 0; sg < (x.is_dry() ? 0 : n * groups_); ++sg) {
       const index_t s = sg / groups_, c0 = (sg % groups_) * per_group;
       W sum(0), sum_xhat(0);  // of dx^ and dx^ x^ over the group

@@ -1,5 +1,6 @@
 #include "layers/pooling.hpp"
 
+#include "numerics/threads.hpp"
 #include "tensor/compute.hpp"
 
 namespace lowmem {
@@ -21,7 +22,7 @@ template <class T> Tensor<T> MaxPool<T>::forward(Tensor<T> x, const RunContext& 
   if (ctx.keeps()) argmax = Tensor<std::int32_t>(y.shape(), MemoryCategory::workspace);
   // Planes are independent (each output from its own window): spread over the threads, same results at any count.
   const bool keeps = ctx.keeps();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(x.numel()))
   for (index_t p = 0; p < (x.is_dry() ? 0 : planes); ++p) {
     const T* in = x.data() + p * h * w;
     for (index_t oy = 0; oy < ho; ++oy)

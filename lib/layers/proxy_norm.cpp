@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "numerics/threads.hpp"
 #include "tensor/compute.hpp"
 
 namespace lowmem {
@@ -68,7 +69,7 @@ template <class T> Tensor<T> ProxyNorm<T>::forward(Tensor<T> x, const RunContext
   const index_t n = x.dim(0), area = x.numel() / (n * channels_);
   if (ctx.keeps()) input_.keep(x);  // first: y takes x's buffer only if nothing keeps x
   Tensor<T> y = x.overwritable(MemoryCategory::workspace);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(x.numel()))
   for (index_t c = 0; c < (x.is_dry() ? 0 : channels_); ++c) {
     const Stats s = stats(c, ctx.accumulate);
     const W g = round_to<W>(gamma_.value[c]), b = round_to<W>(beta_.value[c]);
@@ -90,7 +91,7 @@ template <class T> Tensor<T> ProxyNorm<T>::backward(Tensor<T> dy, const RunConte
   const index_t n = x.dim(0), area = x.numel() / (n * channels_);
   Tensor<T> dx;
   if (want_input_grad) dx = dy.overwritable(MemoryCategory::workspace);  // read dy at an index, then write dx there
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(x.numel()))
   for (index_t c = 0; c < (x.is_dry() ? 0 : channels_); ++c) {
     const Stats s = stats(c, ctx.accumulate);
     const W g = round_to<W>(gamma_.value[c]), b = round_to<W>(beta_.value[c]);

@@ -3,7 +3,14 @@
 // reproducible for a given thread count (conv splits its batch among threads, and per-thread partial sums are
 // added in thread order).
 
+#include <cstdint>
+
 namespace lowmem {
+
+// Whether a loop over `values` values is worth the threads: below this, starting and joining them costs more than
+// the work (a microbatch of one image would otherwise pay it in every layer, twice per step). Loops that use it
+// have independent iterations, so their results do not depend on it.
+inline bool worth_threads(std::int64_t values) { return values >= (std::int64_t{1} << 15); }
 
 void set_threads(int threads);
 // The machine's cores (at least 1).
