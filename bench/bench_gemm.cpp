@@ -31,7 +31,8 @@ struct GemmShape {
   bool a_transposed, b_transposed;  // stored as the transpose (the view is .t() of a row-major matrix)
 };
 constexpr GemmShape kShapes[] = {
-    {32, 252, 288, false, false}, {32, 288, 252, false, true}, {288, 252, 32, true, false}, {512, 512, 512, false, false}};
+    {32, 252, 288, false, false}, {32, 288, 252, false, true}, {288, 252, 32, true, false},
+    {512, 512, 512, false, false}};
 
 void set_flops(benchmark::State& state, double flops_per_iteration) {
   state.counters["GFLOP/s"] =

@@ -64,12 +64,7 @@ template <class T, class G> void im2col(const T* x, const Geometry& g, const Ban
           const T* in = x + (c * g.height + y) * g.width;
           const auto [lo, hi] = g.inside_columns(j);
           std::fill(out, out + lo, G(0));
-          if (g.stride == 1) {  // a plain copy, vectorised in line (rows are too short for a call to memmove)
-            const T* from = in - g.pad + j;
-            for (index_t ox = lo; ox < hi; ++ox) out[ox] = round_to<G>(from[ox]);
-          } else {
-            for (index_t ox = lo; ox < hi; ++ox) out[ox] = round_to<G>(in[ox * g.stride - g.pad + j]);
-          }
+          for (index_t ox = lo; ox < hi; ++ox) out[ox] = round_to<G>(in[ox * g.stride - g.pad + j]);
           std::fill(out + hi, out + g.out_width, G(0));
         }
       }
@@ -87,13 +82,7 @@ template <class G> void col2im_add(const G* cols, const Geometry& g, const Band&
           if (y < 0 || y >= g.height) continue;
           G* out = dx + (c * g.height + y) * g.width;
           const auto [lo, hi] = g.inside_columns(j);
-          const G* in = row + (oy - b.first) * g.out_width;
-          if (g.stride == 1) {  // contiguous on both sides: vectorised
-            G* to = out - g.pad + j;
-            for (index_t ox = lo; ox < hi; ++ox) to[ox] += in[ox];
-          } else {
-            for (index_t ox = lo; ox < hi; ++ox) out[ox * g.stride - g.pad + j] += in[ox];
-          }
+          for (index_t ox = lo; ox < hi; ++ox) out[ox * g.stride - g.pad + j] += row[(oy - b.first) * g.out_width + ox];
         }
       }
 }
@@ -106,16 +95,16 @@ template <class G> void col2im_add(const G* cols, const Geometry& g, const Band&
 //    between two rows are computed and dropped (7 % more products on 28 x 28 images, 14 % on 14 x 14);
 //    n = (rows - 1) Wp + Wo. The input gradient is gathered the same way, into a padded image gradient.
 //  - copied (any stride; mp and 16-bit storage accumulation, whose products Eigen makes from plain matrices;
-//    sparse weights; bands too narrow for the padded image to pay): im2col forms the band's columns, n = rows Wo, and col2im adds their gradient back.
+//    sparse weights; bands too narrow for the padded image to pay): im2col forms the band's columns, n = rows Wo,
+//    and col2im adds their gradient back.
 // One per layer call; thread t uses row t of each buffer.
 template <class T> class Columns {
  public:
   Columns(const Geometry& g, bool in_place, int threads, index_t band_rows)
       : g_(g),
         in_place_(in_place),
-        per_thread_(in_place ? g.channels * padded_height() * pitch() : g.rows() * band_rows * g.out_width),
-        buffer_(Shape{threads, per_thread_}, MemoryCategory::workspace),
-        images_(static_cast<std::size_t>(threads)) {
+        per_thread_(in_place ? padded_size(g) : g.rows() * band_rows * g.out_width),
+        buffer_(Shape{threads, per_thread_}, MemoryCategory::workspace) {
     if (!in_place_) return;
     offsets_ = Tensor<std::int32_t>(Shape{g.rows()}, MemoryCategory::workspace);
     if (offsets_.is_dry()) return;
@@ -130,10 +119,12 @@ template <class T> class Columns {
   // Sparse weights keep copied columns: with them one golden run's final test loss moved in its 8th digit, for
   // a reason not yet found (every dense run gives the same bits in both forms).
   template <class G> static bool serves(const Geometry& g, index_t band_rows, bool sparse) {
-    const index_t padded = g.channels * (g.height + 2 * g.pad) * (g.width + 2 * g.pad);
-    return (std::is_same_v<G, float> || std::is_same_v<G, double>) && !sparse && g.stride == 1 && padded < (index_t{1} << 31) &&
-           padded <= g.rows() * band_rows * g.out_width;
+    const bool gemm = std::is_same_v<G, float> || std::is_same_v<G, double>;
+    return gemm && !sparse && g.stride == 1 && padded_size(g) < (index_t{1} << 31) &&
+           padded_size(g) <= g.rows() * band_rows * g.out_width;
   }
+  // Values of the zero-padded image (Cin, Hp, Wp).
+  static index_t padded_size(const Geometry& g) { return g.channels * (g.height + 2 * g.pad) * (g.width + 2 * g.pad); }
   bool in_place() const { return in_place_; }
   index_t padded_height() const { return g_.height + 2 * g_.pad; }
   // Positions per output row, and positions of a band.
@@ -142,9 +133,8 @@ template <class T> class Columns {
     return in_place_ ? (b.end - b.first - 1) * pitch() + g_.out_width : (b.end - b.first) * g_.out_width;
   }
   // Thread t takes image x (C, H, W): in place, it is copied into the padded buffer's interior (the border, never
-  // written, stays zero).
+  // written, stays zero); copied, nothing is done until band() forms the columns.
   void load(int t, const T* x) {
-    images_[static_cast<std::size_t>(t)] = x;
     if (!in_place_) return;
     T* padded = buffer_.data() + t * per_thread_;
     for (index_t c = 0; c < g_.channels; ++c)
@@ -152,15 +142,15 @@ template <class T> class Columns {
         std::copy(x + (c * g_.height + y) * g_.width, x + (c * g_.height + y + 1) * g_.width,
                   padded + (c * padded_height() + y + g_.pad) * pitch() + g_.pad);
   }
-  // The band's columns (K x positions(b)) of thread t's image.
-  MatrixView<T> band(int t, const Band& b) {
+  // The band's columns (K x positions(b)) of image x, which thread t has loaded.
+  MatrixView<T> band(int t, const Band& b, const T* x) {
     T* mine = buffer_.data() + t * per_thread_;
     if (in_place_) return MatrixView<T>::rows_at(mine + b.first * pitch(), offsets_.data(), g_.rows(), positions(b));
-    im2col(images_[static_cast<std::size_t>(t)], g_, b, mine);
+    im2col(x, g_, b, mine);
     return MatrixView<T>::row_major(mine, g_.rows(), positions(b));
   }
   // Values of an image gradient gathered by add_gradient: padded in place, else (C, H, W).
-  index_t gradient_size() const { return in_place_ ? g_.channels * padded_height() * pitch() : g_.channels * g_.height * g_.width; }
+  index_t gradient_size() const { return in_place_ ? padded_size(g_) : g_.channels * g_.height * g_.width; }
   // dimage += the band's column gradient dcols (K x positions(b)), each value where its column read it.
   template <class G> void add_gradient(const G* dcols, const Band& b, G* dimage) const {
     if (!in_place_) return col2im_add(dcols, g_, b, dimage);
@@ -176,8 +166,8 @@ template <class T> class Columns {
     if (!in_place_) return store_rounded(dimage, dx, g_.channels * g_.height * g_.width, false);
     for (index_t c = 0; c < g_.channels; ++c)
       for (index_t y = 0; y < g_.height; ++y)
-        store_rounded(dimage + (c * padded_height() + y + g_.pad) * pitch() + g_.pad, dx + (c * g_.height + y) * g_.width,
-                      g_.width, false);
+        store_rounded(dimage + (c * padded_height() + y + g_.pad) * pitch() + g_.pad,
+                      dx + (c * g_.height + y) * g_.width, g_.width, false);
   }
   bool is_dry() const { return buffer_.is_dry(); }
   // Thread t's buffer: copied, a band's columns, free for other use once they have been read.
@@ -189,7 +179,6 @@ template <class T> class Columns {
   index_t per_thread_;
   Tensor<T> buffer_;                // per thread: the padded image (in place) or a band's columns
   Tensor<std::int32_t> offsets_;    // in place: where row (c, i, j) starts in the padded image
-  std::vector<const T*> images_;    // per thread: the image being read
 };
 
 }  // namespace
@@ -238,7 +227,8 @@ template <class T> Tensor<T> Conv2d<T>::forward(Tensor<T> x, const RunContext& c
   const std::vector<Band> row_bands = bands(g, ctx.conv_band_columns);
   const index_t band_rows = row_bands[0].end - row_bands[0].first;  // the widest band
   with_compute_type<T>(ctx.accumulate, [&]<class G>() {
-    Columns<T> columns(g, Columns<T>::template serves<G>(g, band_rows, weight_.pattern != nullptr), threads, band_rows);
+    const bool in_place = Columns<T>::template serves<G>(g, band_rows, weight_.pattern != nullptr);
+    Columns<T> columns(g, in_place, threads, band_rows);
     const index_t most = columns.positions(row_bands[0]);
     Tensor<G> out(Shape{threads, cout, most}, MemoryCategory::workspace);
     Tensor<float> packing = packing_workspace(weight_, threads, packing_floats<G>(cout, most, K));
@@ -247,11 +237,12 @@ template <class T> Tensor<T> Conv2d<T>::forward(Tensor<T> x, const RunContext& c
     for (index_t s = 0; s < n; ++s) {
       const int t = omp_get_thread_num();
       G* my_out = out.data() + t * cout * most;
-      columns.load(t, x.data() + s * image);
+      const T* my_x = x.data() + s * image;
+      columns.load(t, my_x);
       for (const Band& b : row_bands) {
         const index_t positions = columns.positions(b);
-        weight_product(weight_, cout, K, false, columns.band(t, b), OutputView<G>::row_major(my_out, cout, positions),
-                       false, packing_row(packing, t));
+        weight_product(weight_, cout, K, false, columns.band(t, b, my_x),
+                       OutputView<G>::row_major(my_out, cout, positions), false, packing_row(packing, t));
         for (index_t c = 0; c < cout; ++c)
           for (index_t oy = b.first; oy < b.end; ++oy) {
             G* row = my_out + c * positions + (oy - b.first) * columns.pitch();
@@ -283,7 +274,8 @@ template <class T> Tensor<T> Conv2d<T>::backward(Tensor<T> dy, const RunContext&
   const std::vector<Band> row_bands = bands(g, ctx.conv_band_columns);
   const index_t band_rows = row_bands[0].end - row_bands[0].first;  // the widest band
   with_compute_type<T>(ctx.accumulate, [&]<class G>() {
-    Columns<T> columns(g, Columns<T>::template serves<G>(g, band_rows, weight_.pattern != nullptr), threads, band_rows);
+    const bool in_place = Columns<T>::template serves<G>(g, band_rows, weight_.pattern != nullptr);
+    Columns<T> columns(g, in_place, threads, band_rows);
     const index_t most = columns.positions(row_bands[0]);
     // In place, a band's dY is laid out over the padded width (zeros between rows); copied, dy is read as it is.
     Tensor<T> spread;
@@ -317,7 +309,9 @@ template <class T> Tensor<T> Conv2d<T>::backward(Tensor<T> dy, const RunContext&
       // (my_dy is taken out here because clang 14 cannot capture dy and P into a lambda in an OpenMP loop in a
       // generic lambda.)
       const T* const my_dy = dy.data() + s * cout * P;
-      auto output_gradient = [&](const Band& b) {  // dY of this image and band, (cout, positions(b))
+      // dY of this image and band, (cout, positions(b)); in place it is spread again for the input gradient
+      // rather than kept for the whole image, so the buffer stays one band.
+      auto output_gradient = [&](const Band& b) {
         const index_t positions = columns.positions(b);
         if (!my_spread) return MatrixView<T>{my_dy + b.first * g.out_width, cout, positions, P, 1};
         for (index_t c = 0; c < cout; ++c)
@@ -328,20 +322,21 @@ template <class T> Tensor<T> Conv2d<T>::backward(Tensor<T> dy, const RunContext&
           }
         return MatrixView<T>::row_major(my_spread, cout, positions);
       };
-      columns.load(t, x.data() + s * image);
+      const T* my_x = x.data() + s * image;
+      columns.load(t, my_x);
       for (const Band& b : row_bands) {
         const MatrixView<T> dY = output_gradient(b);
         for (index_t c = 0; c < cout; ++c)
           for (index_t p = 0; p < dY.cols; ++p)
             my_dbias[c] += round_to<G>(dY(c, p));  // G is the accumulation rule: float, or 16-bit rounding each add
-        add_weight_gradient(weight_, dY, columns.band(t, b), dweight.data() + t * wn, my_packing);
+        add_weight_gradient(weight_, dY, columns.band(t, b, my_x), dweight.data() + t * wn, my_packing);
       }
       if (want_input_grad) {
         std::fill(my_dimage, my_dimage + columns.gradient_size(), G(0));
         for (const Band& b : row_bands) {
           const index_t positions = columns.positions(b);
-          weight_product(weight_, cout, K, true, output_gradient(b), OutputView<G>::row_major(my_dcols, K, positions),
-                         false, my_packing);
+          weight_product(weight_, cout, K, true, output_gradient(b),
+                         OutputView<G>::row_major(my_dcols, K, positions), false, my_packing);
           columns.add_gradient(my_dcols, b, my_dimage);
         }
         columns.store_gradient(my_dimage, dx.data() + s * image);

@@ -13,8 +13,6 @@
 namespace lowmem {
 
 template <class G> using RowMatrix = Eigen::Matrix<G, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-template <class G> using MatrixMap = Eigen::Map<RowMatrix<G>>;
-template <class G> using ConstMatrixMap = Eigen::Map<const RowMatrix<G>>;
 
 template <class T, class F> void with_compute_type(Accumulate mode, F&& f) {
   if constexpr (is_16bit<T>) {
@@ -49,17 +47,6 @@ template <class To, class From> void convert(const From* src, To* dst, index_t n
     }
   }
   for (; i < n; ++i) dst[i] = round_to<To>(src[i]);
-}
-
-// The tensor's values in compute type G: the same buffer when G is T, else a converted copy charged as workspace.
-template <class G, class T> Tensor<G> in_compute_type(const Tensor<T>& t) {
-  if constexpr (std::is_same_v<G, T>) {
-    return t;
-  } else {
-    Tensor<G> w(t.shape(), MemoryCategory::workspace);
-    if (!t.is_dry() && !w.is_dry()) convert(t.data(), w.data(), t.numel());
-    return w;
-  }
 }
 
 // Where a kernel writes a result in compute type G: the output tensor itself when G is T (no copy, no extra

@@ -215,7 +215,8 @@ const Kernel<double>& kernel_f64_for(Isa isa) {
 
 std::uint16_t bits_of(bf16 x) { return Eigen::numext::bit_cast<std::uint16_t>(x); }
 
-// Transposes an 8 x 8 block of 32-bit values (floats, or bf16 pairs): dst[c * dst_stride + r] = src[r * src_stride + c].
+// Transposes an 8 x 8 block of 32-bit values (floats, or bf16 pairs):
+// dst[c * dst_stride + r] = src[r * src_stride + c].
 void transpose8x8(const float* src, index_t src_stride, float* dst, index_t dst_stride) {
 #ifdef __AVX__
   __m256 r[8], t[8];
@@ -279,9 +280,11 @@ void pack(const MatrixView<T>& v, index_t x0, index_t count, index_t k0, index_t
             for (int r = 0; r < 8; ++r) panel[q * width + xi + r] = lines[r][q];
         }
         for (; xi < valid; ++xi)
-          for (index_t q = 0; q < whole; ++q) std::memcpy(panel + q * width + xi, &v(x0 + p * width + xi, k0 + 2 * q), 4);
+          for (index_t q = 0; q < whole; ++q)
+            std::memcpy(panel + q * width + xi, &v(x0 + p * width + xi, k0 + 2 * q), 4);
         if (kc % 2)
-          for (index_t x = 0; x < valid; ++x) half[(kc / 2 * width + x) * 2] = bits_of(v(x0 + p * width + x, k0 + kc - 1));
+          for (index_t x = 0; x < valid; ++x)
+            half[(kc / 2 * width + x) * 2] = bits_of(v(x0 + p * width + x, k0 + kc - 1));
         continue;
       }
     }
@@ -432,7 +435,8 @@ index_t gemm_workspace_floats(index_t m, index_t, index_t k) {
   return round_up(std::min(k, KC), 2) * (packed_rows(std::min(m, MC)) + NR_MAX);
 }
 
-template <class T> void gemm(MatrixView<T> a, MatrixView<T> b, gemm_sum_t<T>* c, index_t ldc, bool add, float* workspace) {
+template <class T>
+void gemm(MatrixView<T> a, MatrixView<T> b, gemm_sum_t<T>* c, index_t ldc, bool add, float* workspace) {
   using C = gemm_sum_t<T>;
   const index_t m = a.rows, n = b.cols, k = a.cols;
   if (b.rows != k)
