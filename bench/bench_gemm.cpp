@@ -4,7 +4,9 @@
 //                            one core with instruction set I (0 avx2, 1 avx512; 2: VDPBF16PS, the bf16 ceiling).
 //                            The ceiling the others are read against.
 //   BM_EigenSgemm/shape:S    Eigen's float GEMM (Eigen 3.4, as built here): the sgemm lowmem used before its own.
-//   BM_Gemm<T>/shape:S       lowmem::gemm with operands stored as T (float, f16, bf16), summed in float.
+//   BM_Gemm<T>/shape:S       lowmem::gemm with operands stored as T (float, f16, bf16), summed in float; and
+//                            double (summed in double) and dd (double-double, each step 15 double operations:
+//                            the high-precision reference).
 // Shapes S (m x k times k x n), from the reference CNN's second layer (32 -> 32 channels, 3x3, one band of 252
 // output positions) and a square product:
 //   0 forward       W (32 x 288)  cols (288 x 252)
@@ -54,7 +56,8 @@ template <class T> void BM_Gemm(benchmark::State& state) {
                                           : MatrixView<T>::row_major(a.data(), s.m, s.k);
   const MatrixView<T> bv = s.b_transposed ? MatrixView<T>::row_major(b.data(), s.n, s.k).t()
                                           : MatrixView<T>::row_major(b.data(), s.k, s.n);
-  std::vector<float> c(s.m * s.n), workspace(lowmem::gemm_workspace_floats(s.m, s.n, s.k));
+  std::vector<lowmem::gemm_sum_t<T>> c(s.m * s.n);
+  std::vector<float> workspace(lowmem::gemm_workspace_floats<T>(s.m, s.n, s.k));
   for (auto _ : state) {
     lowmem::gemm(av, bv, c.data(), s.n, false, workspace.data());
     benchmark::DoNotOptimize(c.data());
@@ -135,3 +138,5 @@ BENCHMARK(BM_EigenSgemm)->ArgName("shape")->DenseRange(0, 3)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_Gemm, float)->ArgName("shape")->DenseRange(0, 3)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_Gemm, lowmem::f16)->ArgName("shape")->DenseRange(0, 3)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_Gemm, lowmem::bf16)->ArgName("shape")->DenseRange(0, 3)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_Gemm, double)->ArgName("shape")->DenseRange(0, 3)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_Gemm, lowmem::dd)->ArgName("shape")->DenseRange(0, 3)->UseRealTime();

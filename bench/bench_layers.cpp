@@ -3,7 +3,7 @@
 //   lowmem_bench [--benchmark_filter=REGEX] [--benchmark_min_time=0.5] ...
 //   LOWMEM_BENCH_THREADS=N   threads for Eigen and OpenMP (default 1)
 //
-// Benchmarks, each over float, double, f16 and bf16:
+// Benchmarks, each over float, double, f16 and bf16 (the convolution also over the references dd and mp):
 //   BM_Conv2dForward / BM_Conv2dForwardBackward   the reference CNN's second layer: 32 -> 32 channels, 3x3, pad 1,
 //       28x28 images, batch 64. items = images; "GFLOP/s" counts 2 N Cout Cin 9 H W flops per forward (and three
 //       times that for forward + backward: the output, weight-gradient and input-gradient products).
@@ -221,6 +221,11 @@ LOWMEM_CONV_BENCH(float)
 LOWMEM_CONV_BENCH(double)
 LOWMEM_CONV_BENCH(lowmem::f16)
 LOWMEM_CONV_BENCH(lowmem::bf16)
+LOWMEM_CONV_BENCH(lowmem::dd)
+// The 113-bit Boost reference: tens of seconds per forward, so one iteration of each.
+BENCHMARK_TEMPLATE(BM_Conv2dForward, lowmem::mp, AccF32)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1);
+BENCHMARK_TEMPLATE(BM_Conv2dForwardBackward, lowmem::mp, AccF32)
+    ->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1);
 BENCHMARK_TEMPLATE(BM_Conv2dForward, lowmem::f16, AccStorage)
     ->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(kSlowIterations);
 BENCHMARK_TEMPLATE(BM_Conv2dForward, lowmem::bf16, AccStorage)

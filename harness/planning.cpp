@@ -62,14 +62,7 @@ std::string text_bytes(long double b) {
 }
 
 std::int64_t value_bytes(Precision p) {
-  switch (p) {
-    case Precision::f32: return sizeof(float);
-    case Precision::f64: return sizeof(double);
-    case Precision::f16: return sizeof(f16);
-    case Precision::bf16: return sizeof(bf16);
-    case Precision::mp: return sizeof(mp);
-  }
-  return sizeof(mp);
+  return dispatch_precision(p, []<class T>() { return static_cast<std::int64_t>(sizeof(T)); });
 }
 
 // A lower bound on a run's memory, known before any step: its weights and one input batch (and a synthetic data

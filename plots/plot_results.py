@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 # Unit roundoff of each precision, drawn beside measured errors as the scale they should be read against.
-UNIT_ROUNDOFF = {"f16": 2.0**-11, "bf16": 2.0**-8, "f32": 2.0**-24, "f64": 2.0**-53}
+UNIT_ROUNDOFF = {"f16": 2.0**-11, "bf16": 2.0**-8, "f32": 2.0**-24, "f64": 2.0**-53, "dd": 2.0**-106}
 
 
 class Skip(Exception):
@@ -192,7 +192,8 @@ def fig_gradient_by_layer(runs, ax):
     ax.set_title("Gradient error per layer against the reference")
 
 
-PRECISION_COLORS = {"mp": "black", "f64": "tab:blue", "f32": "tab:green", "bf16": "tab:orange", "f16": "tab:red"}
+PRECISION_COLORS = {"mp": "black", "dd": "tab:purple", "f64": "tab:blue", "f32": "tab:green", "bf16": "tab:orange",
+                    "f16": "tab:red"}
 ARCH_STYLES = {"flat": "-", "hybrid": "--", "revnet": ":"}
 
 

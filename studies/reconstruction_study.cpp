@@ -140,8 +140,7 @@ const std::vector<Tensor<mp>>& reference_for(const RunConfig& config, RunRecord&
     slot.activations = widened(acts, *slot.ledger);
   } else {
     if (progress) progress("reference forward in " + to_string(r));
-    slot.activations = r == Precision::mp ? reference_in<mp>(config, data, weights, *slot.ledger)
-                                          : reference_in<double>(config, data, weights, *slot.ledger);
+    slot.activations = dispatch_precision(r, [&]<class R>() { return reference_in<R>(config, data, weights, *slot.ledger); });
   }
   return slot.activations;
 }

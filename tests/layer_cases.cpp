@@ -22,7 +22,7 @@ template <template <class> class L, class... Args> LayerCase make_case(std::stri
   auto maker = [=]<class T>() -> LayerFactory<T> { return [=] { return std::make_unique<L<T>>(name, args...); }; };
   return {name, input,
           {maker.template operator()<float>(), maker.template operator()<double>(), maker.template operator()<f16>(),
-           maker.template operator()<bf16>(), maker.template operator()<mp>()}};
+           maker.template operator()<bf16>(), maker.template operator()<mp>(), maker.template operator()<dd>()}};
 }
 
 // F and G: conv 3x3 (1 -> 1 channel) + batch norm + leaky ReLU, on half of 2 channels.
@@ -92,7 +92,8 @@ template <class Maker> LayerCase case_of(std::string name, Shape input, Maker ma
   auto factory = [&]<class T>() -> LayerFactory<T> { return [make] { return make.template operator()<T>(); }; };
   return {std::move(name), std::move(input),
           {factory.template operator()<float>(), factory.template operator()<double>(),
-           factory.template operator()<f16>(), factory.template operator()<bf16>(), factory.template operator()<mp>()}};
+           factory.template operator()<f16>(), factory.template operator()<bf16>(), factory.template operator()<mp>(),
+           factory.template operator()<dd>()}};
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
 #pragma once
 // The table of layers every generic check runs over: one entry per layer type and configuration, each able to
-// build its layer in any of the five precisions.
+// build its layer in any of the six precisions.
 #include <functional>
 #include <ostream>
 #include <memory>
@@ -17,7 +17,9 @@ template <class T> using LayerFactory = std::function<std::unique_ptr<Layer<T>>(
 struct LayerCase {
   std::string name;
   Shape input;  // with the batch dimension first
-  std::tuple<LayerFactory<float>, LayerFactory<double>, LayerFactory<f16>, LayerFactory<bf16>, LayerFactory<mp>> makers;
+  std::tuple<LayerFactory<float>, LayerFactory<double>, LayerFactory<f16>, LayerFactory<bf16>, LayerFactory<mp>,
+             LayerFactory<dd>>
+      makers;
 
   template <class T> std::unique_ptr<Layer<T>> make() const { return std::get<LayerFactory<T>>(makers)(); }
   template <class T> const LayerFactory<T>& factory() const { return std::get<LayerFactory<T>>(makers); }

@@ -69,6 +69,53 @@ std::vector<GradientReport> check_layer_gradients(const LayerFactory<T>& make, c
   return reports;
 }
 
+template <class T>
+std::vector<GradientReport> compare_with_multiprecision(const LayerFactory<T>& make, const LayerFactory<mp>& reference,
+                                                        const Shape& input, std::uint64_t seed) {
+  std::unique_ptr<Layer<T>> layer = make();
+  std::unique_ptr<Layer<mp>> exact = reference();
+  Rng rng(seed);
+  layer->initialize(rng);
+  const auto params = layer->params();
+  const auto exact_params = exact->params();
+  for (std::size_t k = 0; k < params.size(); ++k)
+    for (index_t i = 0; i < params[k]->value.numel(); ++i) {
+      params[k]->value[i] = params[k]->value[i] + round_to<T>(0.5 * rng.normal());
+      exact_params[k]->value[i] = round_to<mp>(params[k]->value[i]);
+    }
+  auto widened = [](const Tensor<T>& t) {
+    Tensor<mp> w(t.shape(), MemoryCategory::workspace);
+    for (index_t i = 0; i < t.numel(); ++i) w[i] = round_to<mp>(t[i]);
+    return w;
+  };
+  auto report = [](const std::string& name, const Tensor<T>& got, const Tensor<mp>& want) {
+    mp worst = 0, largest = 0;
+    for (index_t i = 0; i < want.numel(); ++i) {
+      worst = std::max(worst, mp(abs(round_to<mp>(got[i]) - want[i])));
+      largest = std::max(largest, mp(abs(want[i])));
+    }
+    return GradientReport{name, to_double(largest > 0 ? mp(worst / largest) : worst)};
+  };
+  const RunContext ctx{true, Accumulate::f32};
+  const Tensor<T> x = random_tensor<T>(input, rng);
+  const Tensor<T> y = layer->forward(x, ctx);
+  const Tensor<mp> y_exact = exact->forward(widened(x), ctx);
+  const Tensor<T> r = random_tensor<T>(y.shape(), rng);
+  const Tensor<T> dx = layer->backward(r, ctx, true);
+  const Tensor<mp> dx_exact = exact->backward(widened(r), ctx, true);
+  std::vector<GradientReport> reports{report("output", y, y_exact), report("input", dx, dx_exact)};
+  for (std::size_t k = 0; k < params.size(); ++k)
+    reports.push_back(report(params[k]->name, params[k]->grad, exact_params[k]->grad));
+  return reports;
+}
+
+template std::vector<GradientReport> compare_with_multiprecision<double>(const LayerFactory<double>&,
+                                                                         const LayerFactory<mp>&, const Shape&,
+                                                                         std::uint64_t);
+template std::vector<GradientReport> compare_with_multiprecision<dd>(const LayerFactory<dd>&, const LayerFactory<mp>&,
+                                                                     const Shape&, std::uint64_t);
+template std::vector<GradientReport> check_layer_gradients<dd>(const LayerFactory<dd>&, const Shape&, double,
+                                                               std::uint64_t);
 template std::vector<GradientReport> check_layer_gradients<double>(const LayerFactory<double>&, const Shape&, double,
                                                                    std::uint64_t);
 template std::vector<GradientReport> check_layer_gradients<mp>(const LayerFactory<mp>&, const Shape&, double,

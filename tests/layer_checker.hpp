@@ -21,4 +21,11 @@ template <class T>
 std::vector<GradientReport> check_layer_gradients(const LayerFactory<T>& make, const Shape& input, double step,
                                                   std::uint64_t seed = 1);
 
+// The same layer in T and in mp on the same perturbed parameters, input and output gradient (drawn in T, then
+// widened exactly into mp): one report for the output, the input gradient and each parameter gradient, each the
+// largest difference relative to the largest mp value. What is left is T's arithmetic alone.
+template <class T>
+std::vector<GradientReport> compare_with_multiprecision(const LayerFactory<T>& make, const LayerFactory<mp>& reference,
+                                                        const Shape& input, std::uint64_t seed = 1);
+
 }  // namespace lowmem::testing

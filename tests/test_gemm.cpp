@@ -1,6 +1,6 @@
 // The GEMM's rounding rule (tensor/gemm.hpp), checked bit for bit on every instruction set this CPU has: each
-// entry of c must equal a fused multiply-add chain written out here in scalar code, k ascending for f32, f64, f16,
-// and in VDPBF16PS's order with its denormal rule for bf16.
+// entry of c must equal a fused multiply-add chain written out here in scalar code, k ascending for f32, f64, f16
+// and dd (each step dd's mul_add), and in VDPBF16PS's order with its denormal rule for bf16.
 #include <gtest/gtest.h>
 
 #include <cfloat>
@@ -28,10 +28,9 @@ class IsaGuard {  // restores the kernels in use
   Isa saved_ = gemm_isa();
 };
 
-template <class C> auto bits(C x) {
-  std::conditional_t<sizeof(C) == 4, std::uint32_t, std::uint64_t> b;
-  std::memcpy(&b, &x, sizeof b);
-  return b;
+template <class C> bool same_bits(C x, C y) {
+  if constexpr (std::is_same_v<C, dd>) return same_bits(x.hi, y.hi) && same_bits(x.lo, y.lo);
+  else return std::memcmp(&x, &y, sizeof x) == 0 || (std::isnan(x) && std::isnan(y));
 }
 
 // bf16's rule: denormal inputs read as zero, each sum flushed to (signed) zero when it is denormal.
@@ -41,7 +40,11 @@ float daz(float x) { return std::fpclassify(x) == FP_SUBNORMAL ? std::copysign(0
 template <class T, class C = gemm_sum_t<T>>
 C reference_entry(const std::vector<T>& a, const std::vector<T>& b, index_t i, index_t j, index_t k, index_t n,
                   C start) {
-  if constexpr (!std::is_same_v<T, bf16>) {
+  if constexpr (std::is_same_v<T, dd>) {
+    C acc = start;
+    for (index_t kk = 0; kk < k; ++kk) acc = mul_add(a[i * k + kk], b[kk * n + j], acc);
+    return acc;
+  } else if constexpr (!std::is_same_v<T, bf16>) {
     C acc = start;
     for (index_t kk = 0; kk < k; ++kk)
       acc = std::fma(static_cast<C>(a[i * k + kk]), static_cast<C>(b[kk * n + j]), acc);
@@ -68,6 +71,7 @@ template <class T> std::vector<T> random_values(index_t count, Rng& rng, bool ti
     double x = rng.normal();
     if (tiny && rng.uniform(0, 1) < 0.3) x *= std::ldexp(1.0, -64);
     v = round_to<T>(x);
+    if constexpr (std::is_same_v<T, dd>) v = dd::fast_two_sum(x, std::ldexp(x * rng.normal(), -54));  // lo too
   }
   return out;
 }
@@ -100,11 +104,11 @@ template <class T> void check_products(bool tiny) {
           for (index_t i = 0; i < m; ++i)
             for (index_t j = 0; j < n; ++j) {
               const C want = reference_entry(a, b, i, j, k, n, add ? start[i * n + j] : C(0));
-              if (bits(c[i * n + j]) != bits(want) && !(std::isnan(want) && std::isnan(c[i * n + j]))) {
+              if (!same_bits(c[i * n + j], want)) {
                 if (wrong++ < 3)
                   ADD_FAILURE() << to_string(isa) << " m=" << m << " n=" << n << " k=" << k << " add=" << add
-                                << " transposed=" << transposed << " (" << i << ", " << j << "): " << c[i * n + j]
-                                << " != " << want;
+                                << " transposed=" << transposed << " (" << i << ", " << j << "): " << to_double(c[i * n + j])
+                                << " != " << to_double(want);
               }
             }
           ASSERT_EQ(wrong, 0);
@@ -119,6 +123,7 @@ TEST(Gemm, Float64IsOneFmaChainOnEveryIsa) { check_products<double>(false); }
 TEST(Gemm, Float16IsOneFmaChainOnEveryIsa) { check_products<f16>(false); }
 TEST(Gemm, Bfloat16FollowsVdpbf16psOnEveryIsa) { check_products<bf16>(false); }
 TEST(Gemm, Bfloat16FlushesDenormalsOnEveryIsa) { check_products<bf16>(true); }
+TEST(Gemm, DoubleDoubleIsOneMulAddChainOnEveryIsa) { check_products<dd>(false); }
 
 // The chain is not a stand-in for something looser: against a double-precision product the error is that of
 // float summation, and a product of ones counts exactly.

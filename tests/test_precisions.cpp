@@ -1,4 +1,4 @@
-// The five precisions: single-rounding conversion, every layer's forward in each precision against mp on the
+// The six precisions: single-rounding conversion, every layer's forward in each precision against mp on the
 // same (rounded) inputs and weights, the ledger's byte counts, and a few training steps in each precision.
 #include <gtest/gtest.h>
 
@@ -99,11 +99,12 @@ template <class T> double unit_roundoff() {
   else if constexpr (std::is_same_v<T, double>) return std::ldexp(1.0, -53);
   else if constexpr (std::is_same_v<T, f16>) return std::ldexp(1.0, -11);
   else if constexpr (std::is_same_v<T, bf16>) return std::ldexp(1.0, -8);
+  else if constexpr (std::is_same_v<T, dd>) return std::ldexp(1.0, -106);
   else return std::ldexp(1.0, -113);
 }
 
 template <class T> class EveryPrecision : public ::testing::Test {};
-using Precisions = ::testing::Types<float, double, f16, bf16, mp>;
+using Precisions = ::testing::Types<float, double, f16, bf16, mp, dd>;
 TYPED_TEST_SUITE(EveryPrecision, Precisions);
 
 // The same input and weights (rounded into T, then exactly into mp): the difference is T's arithmetic alone.

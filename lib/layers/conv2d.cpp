@@ -119,8 +119,7 @@ template <class T> class Columns {
   // Sparse weights keep copied columns: with them one golden run's final test loss moved in its 8th digit, for
   // a reason not yet found (every dense run gives the same bits in both forms).
   template <class G> static bool serves(const Geometry& g, index_t band_rows, bool sparse) {
-    const bool gemm = std::is_same_v<G, float> || std::is_same_v<G, double>;
-    return gemm && !sparse && g.stride == 1 && padded_size(g) < (index_t{1} << 31) &&
+    return sums_on_gemm<G> && !sparse && g.stride == 1 && padded_size(g) < (index_t{1} << 31) &&
            padded_size(g) <= g.rows() * band_rows * g.out_width;
   }
   // Values of the zero-padded image (Cin, Hp, Wp).

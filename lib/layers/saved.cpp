@@ -13,11 +13,7 @@ template <class T> SaveHookScope<T>::SaveHookScope(const SaveHook<T>* hook) : pr
 template <class T> SaveHookScope<T>::~SaveHookScope() { active<T> = previous_; }
 
 #define LOWMEM_INSTANTIATE_SAVE_HOOK(T) template const SaveHook<T>* active_save_hook<T>();
-LOWMEM_INSTANTIATE_SAVE_HOOK(float)
-LOWMEM_INSTANTIATE_SAVE_HOOK(double)
-LOWMEM_INSTANTIATE_SAVE_HOOK(f16)
-LOWMEM_INSTANTIATE_SAVE_HOOK(bf16)
-LOWMEM_INSTANTIATE_SAVE_HOOK(mp)
+LOWMEM_FOR_EACH_PRECISION(LOWMEM_INSTANTIATE_SAVE_HOOK)
 LOWMEM_INSTANTIATE_FOR_PRECISIONS(SaveHookScope)
 
 }  // namespace lowmem

@@ -2,8 +2,8 @@
 // The products of a layer's weight matrix W (rows x cols), dense or CSR (tensor/csr.hpp; technique sparsity sets
 // the pattern), written once for both: the layers with weights (conv, linear) call these and nothing else.
 // Operands are given in their storage type T and the sums run in the compute type G (tensor/compute.hpp):
-//   - dense W, G float or double: lowmem's packed GEMM (tensor/gemm.hpp), which converts 16-bit operands while
-//     packing;
+//   - dense W, G float, double or dd: lowmem's packed GEMM (tensor/gemm.hpp), which converts 16-bit operands
+//     while packing;
 //   - dense W, G = T (mp, or f16/bf16 with storage accumulation): Eigen's product in T;
 //   - sparse W: loops over the nonzeros (each entry of the result sums its terms in a fixed order).
 // Included only by those layers' sources.
@@ -27,13 +27,13 @@ template <class G> struct OutputView {
 
 // Floats of GEMM packing workspace for a product (m x k)(k x n) in compute type G: none for Eigen's products.
 template <class G> index_t packing_floats(index_t m, index_t n, index_t k) {
-  if constexpr (std::is_same_v<G, float> || std::is_same_v<G, double>) return gemm_workspace_floats<G>(m, n, k);
+  if constexpr (sums_on_gemm<G>) return gemm_workspace_floats<G>(m, n, k);
   else return 0;
 }
 
 // Packing workspace of `floats` (packing_floats of the largest product) for the dense products of `weight` on
-// `threads` threads (one row each), charged as workspace; empty when no product needs it (G not float, or a
-// sparse weight).
+// `threads` threads (one row each), charged as workspace; empty when no product needs it (G not summed on
+// gemm, or a sparse weight).
 template <class T> Tensor<float> packing_workspace(const Param<T>& weight, index_t threads, index_t floats) {
   if (floats == 0 || weight.pattern) return {};
   return Tensor<float>(Shape{threads, floats}, MemoryCategory::workspace);
@@ -46,7 +46,7 @@ inline float* packing_row(Tensor<float>& packing, int t) {
 // c (+)= a b, dense, with c row-major (row stride ldc). packing: packing_floats<G>(...) floats.
 template <class G, class T>
 void dense_product(MatrixView<T> a, MatrixView<T> b, G* c, index_t ldc, bool add, float* packing) {
-  if constexpr (std::is_same_v<G, float> || std::is_same_v<G, double>) {
+  if constexpr (sums_on_gemm<G>) {
     gemm(a, b, c, ldc, add, packing);
   } else {
     static_assert(std::is_same_v<G, T>, "products run in float or in the storage type");

@@ -11,12 +11,13 @@ std::string to_string(Precision p) {
     case Precision::f16: return "f16";
     case Precision::bf16: return "bf16";
     case Precision::mp: return "mp";
+    case Precision::dd: return "dd";
   }
   return "?";
 }
 
 Precision parse_precision(const std::string& name) {
-  for (Precision p : {Precision::f32, Precision::f64, Precision::f16, Precision::bf16, Precision::mp})
+  for (Precision p : {Precision::f32, Precision::f64, Precision::f16, Precision::bf16, Precision::dd, Precision::mp})
     if (to_string(p) == name) return p;
   throw Error("unknown precision \"" + name + "\" (expected one of " + precision_names + ")");
 }

@@ -1,8 +1,10 @@
 #pragma once
-// The five precisions, the one place where values change format, and how 16-bit formats accumulate.
+// The six precisions, the one place where values change format, and how 16-bit formats accumulate.
 #include <Eigen/Core>
 #include <boost/multiprecision/cpp_bin_float.hpp>
 #include <boost/multiprecision/eigen.hpp>
+
+#include "numerics/double_double.hpp"
 
 #include <bit>
 #include <cmath>
@@ -19,8 +21,9 @@ using bf16 = Eigen::bfloat16;
 // (`auto s = a + b`) holds values, not unevaluated expressions.
 using mp = boost::multiprecision::number<
     boost::multiprecision::cpp_bin_float<113, boost::multiprecision::digit_base_2>, boost::multiprecision::et_off>;
+// The fast reference: double-double's 106 bits (numerics/double_double.hpp), products on lowmem's GEMM.
 
-enum class Precision { f32, f64, f16, bf16, mp };
+enum class Precision { f32, f64, f16, bf16, mp, dd };
 
 template <class T> inline constexpr bool is_16bit = std::is_same_v<T, f16> || std::is_same_v<T, bf16>;
 
@@ -29,12 +32,13 @@ template <class T> constexpr Precision precision_of() {
   else if constexpr (std::is_same_v<T, double>) return Precision::f64;
   else if constexpr (std::is_same_v<T, f16>) return Precision::f16;
   else if constexpr (std::is_same_v<T, bf16>) return Precision::bf16;
+  else if constexpr (std::is_same_v<T, dd>) return Precision::dd;
   else { static_assert(std::is_same_v<T, mp>); return Precision::mp; }
 }
 
 std::string to_string(Precision p);
 Precision parse_precision(const std::string& name);  // throws lowmem::Error on an unknown name
-inline const char* precision_names = "f32, f64, f16, bf16, mp";
+inline const char* precision_names = "f32, f64, f16, bf16, dd, mp";
 
 // Calls f.template operator()<T>() with the scalar type named by p: the single switch from runtime to types.
 template <class F> decltype(auto) dispatch_precision(Precision p, F&& f) {
@@ -43,6 +47,7 @@ template <class F> decltype(auto) dispatch_precision(Precision p, F&& f) {
     case Precision::f64: return f.template operator()<double>();
     case Precision::f16: return f.template operator()<f16>();
     case Precision::bf16: return f.template operator()<bf16>();
+    case Precision::dd: return f.template operator()<dd>();
     case Precision::mp: break;
   }
   return f.template operator()<mp>();
@@ -58,6 +63,7 @@ template <class Narrow, class Wide> Narrow round_to_odd(const Wide& x) {
   using Bits = std::conditional_t<sizeof(Narrow) == 4, std::uint32_t, std::uint64_t>;
   Narrow r;
   if constexpr (std::is_same_v<Wide, mp>) r = x.template convert_to<Narrow>();
+  else if constexpr (std::is_same_v<Wide, dd>) r = static_cast<Narrow>(x.hi);
   else r = static_cast<Narrow>(x);
   if (!std::isfinite(static_cast<double>(r)) || Wide(r) == x) return r;
   if (abs(Wide(r)) > abs(x)) r = std::nextafter(r, Narrow(0));  // truncate toward zero ...
@@ -80,12 +86,22 @@ inline double round_nearest_double(const mp& x) {
 template <class To, class From> To round_to(const From& x) {
   if constexpr (std::is_same_v<To, From>) return x;
   else if constexpr (is_16bit<From>) return round_to<To>(static_cast<float>(x));  // exact widening
-  else if constexpr (std::is_same_v<To, mp>) return mp(static_cast<double>(x));    // float/double: exact
-  else if constexpr (std::is_same_v<To, double>) {
+  else if constexpr (std::is_same_v<To, mp>) {
+    if constexpr (std::is_same_v<From, dd>) return mp(x.hi) + mp(x.lo);  // exact unless lo is far below hi
+    else return mp(static_cast<double>(x));                              // float/double: exact
+  } else if constexpr (std::is_same_v<To, dd>) {
+    if constexpr (std::is_same_v<From, mp>) {  // hi nearest, lo the nearest to the rest: a normalised pair
+      const double hi = detail::round_nearest_double(x);
+      return dd(hi, std::isfinite(hi) ? detail::round_nearest_double(x - mp(hi)) : 0.0);
+    } else {
+      return dd(static_cast<double>(x));  // float/double: exact
+    }
+  } else if constexpr (std::is_same_v<To, double>) {
     if constexpr (std::is_same_v<From, mp>) return detail::round_nearest_double(x);
-    else return static_cast<double>(x);
+    else return static_cast<double>(x);  // from dd: hi, already the nearest
   } else if constexpr (std::is_same_v<To, float>) {
     if constexpr (std::is_same_v<From, mp>) return static_cast<float>(detail::round_to_odd<double>(x));
+    else if constexpr (std::is_same_v<From, dd>) return static_cast<float>(detail::round_to_odd<double>(x));
     else return static_cast<float>(x);
   } else {
     static_assert(is_16bit<To>);
@@ -115,32 +131,39 @@ template <class T> bool is_nan(const T& x) { return !(x == x); }
 
 template <class T> bool is_finite(const T& x) {
   if constexpr (std::is_same_v<T, mp>) return boost::multiprecision::isfinite(x);
+  else if constexpr (std::is_same_v<T, dd>) return std::isfinite(x.hi);
   else return std::isfinite(static_cast<double>(static_cast<wide_t<T>>(x)));
 }
 
 // Elementary functions for every compute type (16-bit values are computed in float and rounded once).
 template <class G> G sqrt_of(const G& x) {
   if constexpr (std::is_same_v<G, mp>) return boost::multiprecision::sqrt(x);
+  else if constexpr (std::is_same_v<G, dd>) return sqrt(x);
   else if constexpr (is_16bit<G>) return G(std::sqrt(static_cast<float>(x)));
   else return std::sqrt(x);
 }
 template <class G> G exp_of(const G& x) {
   if constexpr (std::is_same_v<G, mp>) return boost::multiprecision::exp(x);
+  else if constexpr (std::is_same_v<G, dd>) return exp(x);
   else if constexpr (is_16bit<G>) return G(std::exp(static_cast<float>(x)));
   else return std::exp(x);
 }
 template <class G> G log_of(const G& x) {
   if constexpr (std::is_same_v<G, mp>) return boost::multiprecision::log(x);
+  else if constexpr (std::is_same_v<G, dd>) return log(x);
   else if constexpr (is_16bit<G>) return G(std::log(static_cast<float>(x)));
   else return std::log(x);
 }
 
 }  // namespace lowmem
 
-// Explicit instantiation for the five precisions: templates are compiled once, in their own .cpp.
+// Explicit instantiation for the six precisions: templates are compiled once, in their own .cpp.
+// LOWMEM_FOR_EACH_PRECISION(M) expands M(T) for each scalar type; the class form is the common case.
+#define LOWMEM_FOR_EACH_PRECISION(M) M(float) M(double) M(::lowmem::f16) M(::lowmem::bf16) M(::lowmem::mp) M(::lowmem::dd)
 #define LOWMEM_INSTANTIATE_FOR_PRECISIONS(Template) \
   template class Template<float>;                   \
   template class Template<double>;                  \
   template class Template<::lowmem::f16>;           \
   template class Template<::lowmem::bf16>;          \
-  template class Template<::lowmem::mp>;
+  template class Template<::lowmem::mp>;            \
+  template class Template<::lowmem::dd>;

@@ -169,10 +169,6 @@ LOWMEM_INSTANTIATE_FOR_PRECISIONS(CompressionHook)
 #define LOWMEM_INSTANTIATE_COMPRESSION(T)                                                  \
   template CompressedTensor compress<T>(const Tensor<T>&, const CompressionPolicy&); \
   template Tensor<T> decompress<T>(const CompressedTensor&);
-LOWMEM_INSTANTIATE_COMPRESSION(float)
-LOWMEM_INSTANTIATE_COMPRESSION(double)
-LOWMEM_INSTANTIATE_COMPRESSION(f16)
-LOWMEM_INSTANTIATE_COMPRESSION(bf16)
-LOWMEM_INSTANTIATE_COMPRESSION(mp)
+LOWMEM_FOR_EACH_PRECISION(LOWMEM_INSTANTIATE_COMPRESSION)
 
 }  // namespace lowmem

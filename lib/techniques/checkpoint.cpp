@@ -434,10 +434,8 @@ template <class T> std::unique_ptr<TechniqueHooks<T>> Checkpoint::hooks_for(cons
 }
 
 LOWMEM_INSTANTIATE_TECHNIQUE_HOOKS(Checkpoint)
-template CheckpointSchedule Checkpoint::schedule(std::size_t, const TechniqueServices<float>&) const;
-template CheckpointSchedule Checkpoint::schedule(std::size_t, const TechniqueServices<double>&) const;
-template CheckpointSchedule Checkpoint::schedule(std::size_t, const TechniqueServices<f16>&) const;
-template CheckpointSchedule Checkpoint::schedule(std::size_t, const TechniqueServices<bf16>&) const;
-template CheckpointSchedule Checkpoint::schedule(std::size_t, const TechniqueServices<mp>&) const;
+#define LOWMEM_INSTANTIATE_SCHEDULE(T) \
+  template CheckpointSchedule Checkpoint::schedule(std::size_t, const TechniqueServices<T>&) const;
+LOWMEM_FOR_EACH_PRECISION(LOWMEM_INSTANTIATE_SCHEDULE)
 
 }  // namespace lowmem

@@ -26,10 +26,7 @@ template <class T> Tensor<T> batch_rows(const Tensor<T>& x, index_t first, index
   return rows;
 }
 
-template Tensor<float> batch_rows(const Tensor<float>&, index_t, index_t);
-template Tensor<double> batch_rows(const Tensor<double>&, index_t, index_t);
-template Tensor<f16> batch_rows(const Tensor<f16>&, index_t, index_t);
-template Tensor<bf16> batch_rows(const Tensor<bf16>&, index_t, index_t);
-template Tensor<mp> batch_rows(const Tensor<mp>&, index_t, index_t);
+#define LOWMEM_INSTANTIATE_BATCH_ROWS(T) template Tensor<T> batch_rows(const Tensor<T>&, index_t, index_t);
+LOWMEM_FOR_EACH_PRECISION(LOWMEM_INSTANTIATE_BATCH_ROWS)
 
 }  // namespace lowmem

@@ -283,10 +283,6 @@ LOWMEM_INSTANTIATE_TECHNIQUE_HOOKS(Sparsity)
 #define LOWMEM_INSTANTIATE_SPARSITY(T)                                                   \
   template void make_sparse<T>(Param<T>&, std::shared_ptr<const SparsePattern>);       \
   template std::vector<SparseWeight> sparse_weights<T>(const std::vector<Param<T>*>&, double, double, double);
-LOWMEM_INSTANTIATE_SPARSITY(float)
-LOWMEM_INSTANTIATE_SPARSITY(double)
-LOWMEM_INSTANTIATE_SPARSITY(f16)
-LOWMEM_INSTANTIATE_SPARSITY(bf16)
-LOWMEM_INSTANTIATE_SPARSITY(mp)
+LOWMEM_FOR_EACH_PRECISION(LOWMEM_INSTANTIATE_SPARSITY)
 
 }  // namespace lowmem

@@ -85,12 +85,11 @@ class Technique {
   }
 
  protected:
-  // nullptr: no run-time hooks. Techniques override all five with LOWMEM_TECHNIQUE_HOOKS.
-  virtual std::unique_ptr<TechniqueHooks<float>> make_hooks(const TechniqueServices<float>&) const { return nullptr; }
-  virtual std::unique_ptr<TechniqueHooks<double>> make_hooks(const TechniqueServices<double>&) const { return nullptr; }
-  virtual std::unique_ptr<TechniqueHooks<f16>> make_hooks(const TechniqueServices<f16>&) const { return nullptr; }
-  virtual std::unique_ptr<TechniqueHooks<bf16>> make_hooks(const TechniqueServices<bf16>&) const { return nullptr; }
-  virtual std::unique_ptr<TechniqueHooks<mp>> make_hooks(const TechniqueServices<mp>&) const { return nullptr; }
+  // nullptr: no run-time hooks. Techniques override all six with LOWMEM_TECHNIQUE_HOOKS.
+#define LOWMEM_NO_HOOKS_FOR(T) \
+  virtual std::unique_ptr<TechniqueHooks<T>> make_hooks(const TechniqueServices<T>&) const { return nullptr; }
+  LOWMEM_FOR_EACH_PRECISION(LOWMEM_NO_HOOKS_FOR)
+#undef LOWMEM_NO_HOOKS_FOR
 };
 
 // In a technique's class: its hooks are hooks_for<T>, one template defined in its .cpp and instantiated there with
@@ -102,11 +101,7 @@ class Technique {
   template <class T> std::unique_ptr<TechniqueHooks<T>> hooks_for(const TechniqueServices<T>&) const; \
                                                                                                 \
  protected:                                                                                     \
-  LOWMEM_TECHNIQUE_HOOKS_FOR(float)                                                             \
-  LOWMEM_TECHNIQUE_HOOKS_FOR(double)                                                            \
-  LOWMEM_TECHNIQUE_HOOKS_FOR(::lowmem::f16)                                                     \
-  LOWMEM_TECHNIQUE_HOOKS_FOR(::lowmem::bf16)                                                    \
-  LOWMEM_TECHNIQUE_HOOKS_FOR(::lowmem::mp)                                                      \
+  LOWMEM_FOR_EACH_PRECISION(LOWMEM_TECHNIQUE_HOOKS_FOR)                                         \
                                                                                                 \
  public:
 #define LOWMEM_INSTANTIATE_TECHNIQUE_HOOKS(Class)                                                              \
@@ -114,7 +109,8 @@ class Technique {
   template std::unique_ptr<TechniqueHooks<double>> Class::hooks_for(const TechniqueServices<double>&) const;   \
   template std::unique_ptr<TechniqueHooks<f16>> Class::hooks_for(const TechniqueServices<f16>&) const;         \
   template std::unique_ptr<TechniqueHooks<bf16>> Class::hooks_for(const TechniqueServices<bf16>&) const;       \
-  template std::unique_ptr<TechniqueHooks<mp>> Class::hooks_for(const TechniqueServices<mp>&) const;
+  template std::unique_ptr<TechniqueHooks<mp>> Class::hooks_for(const TechniqueServices<mp>&) const;           \
+  template std::unique_ptr<TechniqueHooks<dd>> Class::hooks_for(const TechniqueServices<dd>&) const;
 
 // The first technique of the list of type C, or nullptr.
 template <class C> const C* find_technique(const TechniqueList& all) {

@@ -191,6 +191,103 @@ __attribute__((target("avx512f,avx512bf16"))) void avx512_bf16_kernel(index_t kc
   }
 }
 
+// ---- dd (double-double) products: every step is mul_add (numerics/double_double.hpp), lane by lane ----
+// Panels are split: step k holds the width hi parts, then the width lo parts, so that a vector loads either.
+// The kernels keep c's tile split the same way in a local array (c itself is interleaved hi, lo).
+
+template <int MR, int NR>
+void portable_kernel_dd(index_t kc, const void* ap, const void* bp, dd* c, index_t ldc, bool add) {
+  const double* a = static_cast<const double*>(ap);
+  const double* b = static_cast<const double*>(bp);
+  dd acc[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = add ? c[i * ldc + j] : dd(0.0);
+  for (index_t k = 0; k < kc; ++k)
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j)
+        acc[i][j] = mul_add(dd(a[k * 2 * MR + i], a[k * 2 * MR + MR + i]),
+                            dd(b[k * 2 * NR + j], b[k * 2 * NR + NR + j]), acc[i][j]);
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) c[i * ldc + j] = acc[i][j];
+}
+
+// Splits c's tile into hi and lo arrays (zeros when not adding) and joins it back.
+template <int MR, int NR> struct SplitTile {
+  alignas(64) double hi[MR][NR], lo[MR][NR];
+  SplitTile(const dd* c, index_t ldc, bool add) {
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) {
+        hi[i][j] = add ? c[i * ldc + j].hi : 0.0;
+        lo[i][j] = add ? c[i * ldc + j].lo : 0.0;
+      }
+  }
+  void store(dd* c, index_t ldc) const {
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) c[i * ldc + j] = dd(hi[i][j], lo[i][j]);
+  }
+};
+
+// mul_add's fifteen operations on vectors: (sh, sl) += (ah, al) (bh, bl). The empty asm is dd::rounded: the
+// product stays a rounded value that the sum after it cannot be fused with.
+#define LOWMEM_DD_MUL_ADD(V, ah, al, bh, bl, sh, sl)                                       \
+  do {                                                                                       \
+    auto p = V##_mul_pd(ah, bh);                                                             \
+    asm("" : "+v"(p));                                                                       \
+    auto e = V##_fmsub_pd(ah, bh, p);                                                        \
+    e = V##_fmadd_pd(ah, bl, e);                                                             \
+    e = V##_fmadd_pd(al, bh, e);                                                             \
+    const auto s = V##_add_pd(sh, p), v = V##_sub_pd(s, sh);                                 \
+    const auto w = V##_add_pd(V##_sub_pd(sh, V##_sub_pd(s, v)), V##_sub_pd(p, v));           \
+    const auto t = V##_add_pd(V##_add_pd(w, e), sl);                                         \
+    sh = V##_add_pd(s, t);                                                                   \
+    sl = V##_sub_pd(t, V##_sub_pd(sh, s));                                                   \
+  } while (0)
+
+__attribute__((target("avx512f"))) void avx512_kernel_dd(index_t kc, const void* ap, const void* bp, dd* c,
+                                                         index_t ldc, bool add) {
+  constexpr int MR = 8, NR = 8;
+  const double* a = static_cast<const double*>(ap);
+  const double* b = static_cast<const double*>(bp);
+  SplitTile<MR, NR> tile(c, ldc, add);
+  __m512d h[MR], l[MR];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) h[i] = _mm512_load_pd(tile.hi[i]), l[i] = _mm512_load_pd(tile.lo[i]);
+  for (index_t k = 0; k < kc; ++k) {
+    const __m512d bh = _mm512_loadu_pd(b + k * 2 * NR), bl = _mm512_loadu_pd(b + k * 2 * NR + NR);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const __m512d ah = _mm512_set1_pd(a[k * 2 * MR + i]), al = _mm512_set1_pd(a[k * 2 * MR + MR + i]);
+      LOWMEM_DD_MUL_ADD(_mm512, ah, al, bh, bl, h[i], l[i]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) _mm512_store_pd(tile.hi[i], h[i]), _mm512_store_pd(tile.lo[i], l[i]);
+  tile.store(c, ldc);
+}
+
+__attribute__((target("avx2,fma"))) void avx2_kernel_dd(index_t kc, const void* ap, const void* bp, dd* c,
+                                                        index_t ldc, bool add) {
+  constexpr int MR = 4, NR = 4;
+  const double* a = static_cast<const double*>(ap);
+  const double* b = static_cast<const double*>(bp);
+  SplitTile<MR, NR> tile(c, ldc, add);
+  __m256d h[MR], l[MR];
+#pragma GCC unroll 4
+  for (int i = 0; i < MR; ++i) h[i] = _mm256_load_pd(tile.hi[i]), l[i] = _mm256_load_pd(tile.lo[i]);
+  for (index_t k = 0; k < kc; ++k) {
+    const __m256d bh = _mm256_loadu_pd(b + k * 2 * NR), bl = _mm256_loadu_pd(b + k * 2 * NR + NR);
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i) {
+      const __m256d ah = _mm256_broadcast_sd(a + k * 2 * MR + i), al = _mm256_broadcast_sd(a + k * 2 * MR + MR + i);
+      LOWMEM_DD_MUL_ADD(_mm256, ah, al, bh, bl, h[i], l[i]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < MR; ++i) _mm256_store_pd(tile.hi[i], h[i]), _mm256_store_pd(tile.lo[i], l[i]);
+  tile.store(c, ldc);
+}
+#undef LOWMEM_DD_MUL_ADD
+
 constexpr Kernel<float> portable{4, 16, false, portable_kernel<4, 16, float>};
 constexpr Kernel<float> avx2{6, 16, false, avx2_kernel};
 constexpr Kernel<float> avx512{8, 32, false, avx512_kernel};
@@ -208,9 +305,17 @@ const Kernel<float>& kernel_for(Isa isa, bool bf16) {
   }
   return portable;
 }
-const Kernel<double>& kernel_f64_for(Isa isa) {
+constexpr Kernel<dd> portable_dd{4, 4, false, portable_kernel_dd<4, 4>};
+constexpr Kernel<dd> avx2_dd{4, 4, false, avx2_kernel_dd};
+constexpr Kernel<dd> avx512_dd{8, 8, false, avx512_kernel_dd};
+
+const Kernel<double>& kernel_for(Isa isa, double*) {
   if (isa == Isa::avx512 || isa == Isa::avx512_bf16) return avx512_f64;
   return isa == Isa::avx2 ? avx2_f64 : portable_f64;
+}
+const Kernel<dd>& kernel_for(Isa isa, dd*) {
+  if (isa == Isa::avx512 || isa == Isa::avx512_bf16) return avx512_dd;
+  return isa == Isa::avx2 ? avx2_dd : portable_dd;
 }
 
 std::uint16_t bits_of(bf16 x) { return Eigen::numext::bit_cast<std::uint16_t>(x); }
@@ -353,6 +458,22 @@ void pack(const MatrixView<double>& v, index_t x0, index_t count, index_t k0, in
   }
 }
 
+// dd panels: step k holds the width hi parts, then the width lo parts.
+void pack(const MatrixView<dd>& v, index_t x0, index_t count, index_t k0, index_t kc, index_t width, double* out) {
+  const index_t panels = (count + width - 1) / width;
+  for (index_t p = 0; p < panels; ++p) {
+    const index_t valid = std::min(width, count - p * width);
+    double* panel = out + p * kc * 2 * width;
+    if (valid < width) std::fill(panel, panel + kc * 2 * width, 0.0);
+    for (index_t k = 0; k < kc; ++k)
+      for (index_t xi = 0; xi < valid; ++xi) {
+        const dd& x = v(x0 + p * width + xi, k0 + k);
+        panel[k * 2 * width + xi] = x.hi;
+        panel[k * 2 * width + width + xi] = x.lo;
+      }
+  }
+}
+
 // Sets the MXCSR's flush-to-zero and denormals-are-zero bits for a scope (bf16 products: VDPBF16PS's rule).
 class FlushDenormals {
  public:
@@ -449,8 +570,9 @@ void gemm(MatrixView<T> a, MatrixView<T> b, gemm_sum_t<T>* c, index_t ldc, bool 
     return;
   }
   constexpr bool is_bf16 = std::is_same_v<T, bf16>;
+  constexpr bool wide = !std::is_same_v<C, float>;  // double and dd: panels of doubles, no conversion
   const Kernel<C>* kernel = nullptr;
-  if constexpr (std::is_same_v<C, double>) kernel = &kernel_f64_for(gemm_isa());
+  if constexpr (wide) kernel = &kernel_for(gemm_isa(), static_cast<C*>(nullptr));
   else kernel = &kernel_for(gemm_isa(), is_bf16);
   const FlushDenormals flush(is_bf16);
   const index_t mr = kernel->mr, nr = kernel->nr, value_bytes = kernel->pairs ? 2 : sizeof(C);
@@ -465,11 +587,11 @@ void gemm(MatrixView<T> a, MatrixView<T> b, gemm_sum_t<T>* c, index_t ldc, bool 
     const bool add_block = add || pc > 0;
     for (index_t ic = 0; ic < m; ic += MC) {
       const index_t mc = std::min(MC, m - ic);
-      if constexpr (std::is_same_v<C, double>) pack(a, ic, mc, pc, kc, mr, reinterpret_cast<double*>(a_pack));
+      if constexpr (wide) pack(a, ic, mc, pc, kc, mr, reinterpret_cast<double*>(a_pack));
       else pack(a, ic, mc, pc, kc, kcp, mr, kernel->pairs, swap, a_pack);
       for (index_t jr = 0; jr < n; jr += nr) {
         const index_t cols = std::min(nr, n - jr);
-        if constexpr (std::is_same_v<C, double>) pack(bt, jr, cols, pc, kc, nr, reinterpret_cast<double*>(b_panel));
+        if constexpr (wide) pack(bt, jr, cols, pc, kc, nr, reinterpret_cast<double*>(b_panel));
         else pack(bt, jr, cols, pc, kc, kcp, nr, kernel->pairs, swap, b_panel);
         for (index_t ir = 0; ir < mc; ir += mr) {
           const char* ap = a_pack + (ir / mr) * kcp * mr * value_bytes;
@@ -493,5 +615,6 @@ template void gemm<float>(MatrixView<float>, MatrixView<float>, float*, index_t,
 template void gemm<f16>(MatrixView<f16>, MatrixView<f16>, float*, index_t, bool, float*);
 template void gemm<bf16>(MatrixView<bf16>, MatrixView<bf16>, float*, index_t, bool, float*);
 template void gemm<double>(MatrixView<double>, MatrixView<double>, double*, index_t, bool, float*);
+template void gemm<dd>(MatrixView<dd>, MatrixView<dd>, dd*, index_t, bool, float*);
 
 }  // namespace lowmem

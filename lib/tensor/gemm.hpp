@@ -1,7 +1,8 @@
 #pragma once
 // Matrix products at the machine's speed: c (m x n) = or += a (m x k) b (k x n), summed in float, with operands
 // stored as float, f16 or bf16 and converted while they are packed into the kernel's layout (no converted copy of
-// a whole tensor is ever made); and the same for double operands, summed in double.
+// a whole tensor is ever made); and the same for double operands, summed in double, and for double-double (dd)
+// operands, summed in dd (each step numerics/double_double.hpp's mul_add).
 //
 // One rounding rule on every instruction set. Each entry of c is a single chain of fused multiply-adds over k in
 // a fixed order, started from 0 (or from c's value when adding), so the AVX-512, AVX2 and portable kernels give the
@@ -42,17 +43,21 @@ template <class T> struct MatrixView {
   }
 };
 
-// What gemm sums in: float for float, f16 and bf16 operands; double for double ones.
-template <class T> using gemm_sum_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+// What gemm sums in: float for float, f16 and bf16 operands; double for double ones; dd for dd ones.
+template <class T> using gemm_sum_t = std::conditional_t<std::is_same_v<T, double> || std::is_same_v<T, dd>, T, float>;
+// The compute types whose products run on gemm (the others, mp and 16-bit storage accumulation, use Eigen's).
+template <class G> inline constexpr bool sums_on_gemm =
+    std::is_same_v<G, float> || std::is_same_v<G, double> || std::is_same_v<G, dd>;
 
 // The floats of packing workspace gemm needs for an (m x k) (k x n) product of T operands: the same on every
-// instruction set (at most 128 x (96 + 32 + 8) floats, 68 KB, whatever the sizes; twice that for double).
+// instruction set (at most 128 x (96 + 32 + 8) floats, 68 KB, whatever the sizes; twice that for double, four
+// times for dd).
 index_t gemm_workspace_floats(index_t m, index_t n, index_t k);
 template <class T> index_t gemm_workspace_floats(index_t m, index_t n, index_t k) {
-  return (std::is_same_v<T, double> ? 2 : 1) * gemm_workspace_floats(m, n, k);
+  return static_cast<index_t>(sizeof(gemm_sum_t<T>) / sizeof(float)) * gemm_workspace_floats(m, n, k);
 }
 
-// c (+)= a b with c row-major (row stride ldc). T: float, f16, bf16 or double. workspace:
+// c (+)= a b with c row-major (row stride ldc). T: float, f16, bf16, double or dd. workspace:
 // gemm_workspace_floats<T>(m, n, k) floats that no other thread uses. Single-threaded: callers parallelise over
 // independent products (images).
 template <class T>

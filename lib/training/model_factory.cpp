@@ -101,10 +101,7 @@ template <class T> Sequential<T> build_model(const ModelSpec& spec) {
   return model;
 }
 
-template Sequential<float> build_model<float>(const ModelSpec&);
-template Sequential<double> build_model<double>(const ModelSpec&);
-template Sequential<f16> build_model<f16>(const ModelSpec&);
-template Sequential<bf16> build_model<bf16>(const ModelSpec&);
-template Sequential<mp> build_model<mp>(const ModelSpec&);
+#define LOWMEM_INSTANTIATE_BUILD(T) template Sequential<T> build_model<T>(const ModelSpec&);
+LOWMEM_FOR_EACH_PRECISION(LOWMEM_INSTANTIATE_BUILD)
 
 }  // namespace lowmem

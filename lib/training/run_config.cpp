@@ -223,7 +223,7 @@ RunConfig parse_run_config(const nlohmann::json& config, const std::string& file
     if (ch < 0x20 || ch == 0x7f) r.fail("name", "contains a control character (code " + std::to_string(ch) + ")");
   c.study = r.get_choice("study", "train", {"train", "gradient", "reconstruction"});
   c.seed = static_cast<std::uint64_t>(r.get_in<std::int64_t>("seed", 0, 0, i64_max));
-  c.precision = parse_precision(r.get_choice("precision", "f32", {"f32", "f64", "f16", "bf16", "mp"}));
+  c.precision = parse_precision(r.get_choice("precision", "f32", {"f32", "f64", "f16", "bf16", "dd", "mp"}));
   const std::string accumulate = r.get_choice("accumulate", "f32", {"f32", "f16", "bf16"});
   if (accumulate != "f32") {
     if (accumulate != to_string(c.precision))
@@ -249,7 +249,7 @@ RunConfig parse_run_config(const nlohmann::json& config, const std::string& file
   }
   c.train = parse_train(r.object("train"), c.model.classes);
   ConfigReader gradient = r.object_or_empty("gradient");
-  c.gradient_reference = gradient.get_choice("reference", "mp", {"mp", "f64", "none"});
+  c.gradient_reference = gradient.get_choice("reference", "mp", {"mp", "dd", "f64", "none"});
   gradient.finish();
   c.techniques = parse_techniques(r);
   const RunFacts facts{c.study, c.train.batch, c.precision, c.accumulate};
@@ -258,7 +258,7 @@ RunConfig parse_run_config(const nlohmann::json& config, const std::string& file
     if (auto p = t->model_precision()) c.precision = *p;  // mixed precision: the model computes in 16 bits
   }
   ConfigReader reconstruction = r.object_or_empty("reconstruction");
-  c.reconstruction.reference = reconstruction.get_choice("reference", "mp", {"mp", "f64", "none"});
+  c.reconstruction.reference = reconstruction.get_choice("reference", "mp", {"mp", "dd", "f64", "none"});
   c.reconstruction.weights = reconstruction.get_choice("weights", "random", {"random", "trained"});
   reconstruction.finish();
   r.allow("sweep");

@@ -410,21 +410,11 @@ void check_techniques(const RunConfig& run, const ModelFacts& model) {
   if (dry_steps) dispatch_precision(run.precision, [&]<class T>() { dry_step<T>(run); });  // fits, or says why not
 }
 
-template MemoryLedger dry_step<float>(const RunConfig&, const MakeChainRunner<float>*, std::int64_t*, bool);
-template MemoryLedger measured_step<float>(const RunConfig&, const DataSplit&);
-template std::size_t own_need<float>(const RunConfig&, const MemoryLedger&);
-template MemoryLedger dry_step<double>(const RunConfig&, const MakeChainRunner<double>*, std::int64_t*, bool);
-template MemoryLedger measured_step<double>(const RunConfig&, const DataSplit&);
-template std::size_t own_need<double>(const RunConfig&, const MemoryLedger&);
-template MemoryLedger dry_step<f16>(const RunConfig&, const MakeChainRunner<f16>*, std::int64_t*, bool);
-template MemoryLedger measured_step<f16>(const RunConfig&, const DataSplit&);
-template std::size_t own_need<f16>(const RunConfig&, const MemoryLedger&);
-template MemoryLedger dry_step<bf16>(const RunConfig&, const MakeChainRunner<bf16>*, std::int64_t*, bool);
-template MemoryLedger measured_step<bf16>(const RunConfig&, const DataSplit&);
-template std::size_t own_need<bf16>(const RunConfig&, const MemoryLedger&);
-template MemoryLedger dry_step<mp>(const RunConfig&, const MakeChainRunner<mp>*, std::int64_t*, bool);
-template MemoryLedger measured_step<mp>(const RunConfig&, const DataSplit&);
-template std::size_t own_need<mp>(const RunConfig&, const MemoryLedger&);
+#define LOWMEM_INSTANTIATE_STEPS(T)                                                                   \
+  template MemoryLedger dry_step<T>(const RunConfig&, const MakeChainRunner<T>*, std::int64_t*, bool); \
+  template MemoryLedger measured_step<T>(const RunConfig&, const DataSplit&);                          \
+  template std::size_t own_need<T>(const RunConfig&, const MemoryLedger&);
+LOWMEM_FOR_EACH_PRECISION(LOWMEM_INSTANTIATE_STEPS)
 
 LOWMEM_INSTANTIATE_FOR_PRECISIONS(Trainer)
 

@@ -1,0 +1,117 @@
+#pragma once
+// dd: double-double arithmetic, a value hi + lo held as two doubles with |lo| <= ulp(hi) / 2 (the pair is
+// "normalised": hi is hi + lo rounded to nearest). 106 significand bits with double's exponent range, at a few
+// dozen double operations per operation instead of a software-float library's hundreds: the fast high-precision
+// reference beside the 113-bit Boost `mp`, which stays the exact ground truth.
+//
+// Built from the error-free transformations (Knuth's TwoSum; TwoProd with one fused multiply-add; Dekker's
+// FastTwoSum for normalising) as in Hida, Li and Bailey's double-double library and Joldes, Muller and Popescu
+// (2017), who prove the bounds used here. Every operation is a fixed sequence of IEEE double operations, so results
+// are the same bits on every machine and instruction set. GCC contracts a * b + c into one fused multiply-add
+// across statements, in C++ even in ISO mode (its default is -ffp-contract=fast), which would break the
+// transformations: every product they need rounded passes through rounded(), which the compiler cannot see into.
+//   + and -   the accurate sum: relative error <= 3 u^2 of the result (u = 2^-53)
+//   *         relative error <= 4 u^2 (lo * lo is dropped)
+//   /         three quotient digits: relative error about 10 u^2
+//   mul_add   acc + a b in one chain, the step of every matrix product (tensor/gemm.cpp): the product's error
+//             terms are summed before normalising once, and the sum is TwoSum's "sloppy" one, whose error is
+//             bounded relative to |acc| + |a b|, as a dot product's error bound is anyway
+//   sqrt, exp, log   to within a few u^2 (tests/test_double_double.cpp checks all of this against mp, and the
+//                    functions against 240-bit Boost floats)
+// Values near underflow (|x| < 2^-969) lose lo's bits as a double loses its own below 2^-1022.
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+
+namespace lowmem {
+
+struct dd {
+  double hi = 0, lo = 0;
+
+  constexpr dd() = default;
+  // From any arithmetic value, exactly (generic code writes G(0), x * G(2), W(count)).
+  template <class A, class = std::enable_if_t<std::is_arithmetic_v<A>>>
+  constexpr dd(A x) : hi(static_cast<double>(x)), lo(0) {  // NOLINT: implicit, as for the other formats
+    if constexpr (std::is_integral_v<A> && sizeof(A) > 4) lo = static_cast<double>(x - static_cast<A>(hi));
+  }
+  constexpr dd(double h, double l) : hi(h), lo(l) {}
+  // hi is hi + lo rounded to nearest; other formats round through round_to (numerics/scalar.hpp).
+  explicit constexpr operator double() const { return hi; }
+
+  // p as an opaque rounded value: no later sum can fuse with the product that made it.
+  static double rounded(double p) {
+    asm("" : "+x"(p));
+    return p;
+  }
+
+  // ---- The error-free transformations: s + e == a + b and p + e == a b exactly ----
+  static dd two_sum(double a, double b) {
+    const double s = a + b, v = s - a;
+    return {s, (a - (s - v)) + (b - v)};
+  }
+  static dd fast_two_sum(double a, double b) {  // needs |a| >= |b| (or a == 0)
+    const double s = a + b;
+    return {s, b - (s - a)};
+  }
+  static dd two_prod(double a, double b) {
+    const double p = rounded(a * b);
+    return {p, std::fma(a, b, -p)};
+  }
+
+  friend dd operator+(const dd& a, const dd& b) {
+    dd s = two_sum(a.hi, b.hi);
+    const dd t = two_sum(a.lo, b.lo);
+    s = fast_two_sum(s.hi, s.lo + t.hi);
+    return fast_two_sum(s.hi, s.lo + t.lo);
+  }
+  friend dd operator-(const dd& a) { return {-a.hi, -a.lo}; }
+  friend dd operator-(const dd& a, const dd& b) { return a + (-b); }
+  friend dd operator*(const dd& a, const dd& b) {
+    const dd p = two_prod(a.hi, b.hi);
+    return fast_two_sum(p.hi, std::fma(a.lo, b.hi, std::fma(a.hi, b.lo, p.lo)));
+  }
+  friend dd operator/(const dd& a, const dd& b) {
+    const double q1 = a.hi / b.hi;
+    dd r = a - b * dd(q1);
+    const double q2 = r.hi / b.hi;
+    r = r - b * dd(q2);
+    const double q3 = r.hi / b.hi;
+    return fast_two_sum(q1, q2) + dd(q3);
+  }
+  dd& operator+=(const dd& b) { return *this = *this + b; }
+  dd& operator-=(const dd& b) { return *this = *this - b; }
+  dd& operator*=(const dd& b) { return *this = *this * b; }
+  dd& operator/=(const dd& b) { return *this = *this / b; }
+
+  // acc + a b: TwoProd of the leading parts plus the cross terms, then TwoSum with acc's leading part, all error
+  // terms summed in one double, and one normalisation. 15 double operations; the kernels of tensor/gemm.cpp
+  // repeat exactly this sequence lane by lane.
+  friend dd mul_add(const dd& a, const dd& b, const dd& acc) {
+    const double p = rounded(a.hi * b.hi);
+    double e = std::fma(a.hi, b.hi, -p);
+    e = std::fma(a.hi, b.lo, e);
+    e = std::fma(a.lo, b.hi, e);
+    const dd s = two_sum(acc.hi, p);
+    return fast_two_sum(s.hi, (s.lo + e) + acc.lo);
+  }
+
+  // Normalised pairs order as their values: by hi, then by lo.
+  friend bool operator==(const dd& a, const dd& b) { return a.hi == b.hi && a.lo == b.lo; }
+  friend bool operator!=(const dd& a, const dd& b) { return !(a == b); }
+  friend bool operator<(const dd& a, const dd& b) { return a.hi < b.hi || (a.hi == b.hi && a.lo < b.lo); }
+  friend bool operator>(const dd& a, const dd& b) { return b < a; }
+  friend bool operator<=(const dd& a, const dd& b) { return !(b < a) && a == a && b == b; }
+  friend bool operator>=(const dd& a, const dd& b) { return b <= a; }
+
+  friend dd abs(const dd& a) { return a.hi < 0 || (a.hi == 0 && a.lo < 0) ? -a : a; }
+};
+
+// sqrt(a): the double root, then one Newton step with its residual computed exactly (Karp and Markstein).
+dd sqrt(const dd& a);
+// exp(a) = 2^k exp(r / 512)^512, r = a - k ln 2, exp(r / 512) from its Taylor series in dd.
+dd exp(const dd& a);
+// log(a): the double log y, then one Newton step on exp, y + (a - e^y) / e^y, with e^y - 1 kept apart near a = 1.
+dd log(const dd& a);
+
+}  // namespace lowmem
