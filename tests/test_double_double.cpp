@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
+#include <limits>
 
 #include "numerics/random.hpp"
 #include "numerics/scalar.hpp"
@@ -85,6 +87,11 @@ TEST(DoubleDouble, ElementaryFunctionsAreWithinAFewUnitsOfMultiprecision) {
     const dd x = dd::two_sum(near, std::ldexp(near, -70));
     worst_log = std::max(worst_log, wide_error_in_u2(log(x), boost::multiprecision::log(wide(x.hi) + wide(x.lo))));
   }
+  // The ends of the range: log of huge, tiny and subnormal values (exp(-log a) would overflow there).
+  for (double end : {1e300, 1e-300, 1.7e308, 1e-310, 4.9e-324}) {
+    const dd x(end);
+    worst_log = std::max(worst_log, wide_error_in_u2(log(x), boost::multiprecision::log(wide(end))));
+  }
   EXPECT_LE(worst_sqrt, 4.0);
   EXPECT_LE(worst_exp, 8.0);
   EXPECT_LE(worst_log, 8.0);
@@ -93,6 +100,11 @@ TEST(DoubleDouble, ElementaryFunctionsAreWithinAFewUnitsOfMultiprecision) {
   EXPECT_EQ(log(dd(1.0)), dd(0.0));
   EXPECT_EQ(sqrt(dd(4.0)), dd(2.0));
   EXPECT_TRUE(std::isinf(exp(dd(800.0)).hi));
+  // Overflow stays an infinity through the arithmetic, as in double (a sigmoid of -720 is 0, not NaN).
+  EXPECT_EQ(dd(1.0) / (dd(1.0) + exp(dd(720.0))), dd(0.0));
+  EXPECT_TRUE(std::isinf((dd(1e200) * dd(1e200)).hi));
+  EXPECT_TRUE(std::isinf((dd(1.0) / dd(0.0)).hi));
+  EXPECT_EQ(dd(1.0) / dd(INFINITY), dd(0.0));
   EXPECT_EQ(exp(dd(-800.0)), dd(0.0));
   EXPECT_TRUE(std::isnan(log(dd(-1.0)).hi));
   EXPECT_TRUE(std::isnan(sqrt(dd(-1.0)).hi));
@@ -119,8 +131,19 @@ TEST(DoubleDouble, ConversionsRoundOnce) {
   EXPECT_EQ(round_to<float>(tie_up), 1.0f + std::ldexp(1.0f, -23));
   EXPECT_EQ(round_to<dd>(3.5f), dd(3.5));
   EXPECT_EQ(dd(std::int64_t{(1LL << 60) + 1}).lo, 1.0);  // wide integers exactly
+  EXPECT_EQ(exact(dd(std::numeric_limits<std::int64_t>::max())), mp(std::numeric_limits<std::int64_t>::max()));
+  EXPECT_EQ(exact(dd(std::numeric_limits<std::uint64_t>::max())), mp(std::numeric_limits<std::uint64_t>::max()));
+  // mp -> dd where the rest is a tie for lo: 1 + 2^-52 + 2^-53 - 2^-110 gives lo = 2^-53 = ulp(hi) / 2, and
+  // hi + lo would round to even, away from hi: the pair must be renormalised.
+  const mp tie = 1 + ldexp(mp(1), -52) + ldexp(mp(1), -53) - ldexp(mp(1), -110);
+  const dd t = round_to<dd>(tie);
+  EXPECT_TRUE(normalised(t));
+  EXPECT_EQ(round_to<double>(t), round_to<double>(exact(t)));  // t's own value, the midpoint, to even
+  // (tie itself rounds to 1 + 2^-52: going through dd first is a second rounding, as through any narrower format)
+  EXPECT_EQ(round_to<dd>(exact(t)), t);
   EXPECT_TRUE(is_finite(dd(1.0)));
   EXPECT_FALSE(is_finite(dd(1.0) / dd(0.0)));
+  EXPECT_FALSE(is_finite(dd(std::nan(""))));
   EXPECT_EQ(parse_precision("dd"), Precision::dd);
 }
 

@@ -36,7 +36,7 @@ dd exp(const dd& a) {
   const double k = std::nearbyint(a.hi / ln2_hi);
   // r = a - k ln 2, |r| <= ln 2 / 2: the products k ln2_hi and k ln2_mid are exact pairs, so the only errors are
   // the sums', relative to r itself.
-  const dd r = ((a - dd::two_prod(k, ln2_hi)) - dd::two_prod(k, ln2_mid)) - dd(k * ln2_lo);
+  const dd r = ((a - dd::two_prod(k, ln2_hi)) - dd::two_prod(k, ln2_mid)) - dd(dd::rounded(k * ln2_lo));
   return scaled(expm1_reduced(r) + dd(1.0), static_cast<int>(k));
 }
 
@@ -44,12 +44,19 @@ dd log(const dd& a) {
   if (std::isnan(a.hi) || a.hi < 0) return dd(std::numeric_limits<double>::quiet_NaN());
   if (a.hi == 0) return dd(-std::numeric_limits<double>::infinity());
   if (std::isinf(a.hi)) return a;
-  // One Newton step on exp(y) = a from the double log y doubles its 53 correct bits: y + (a - e^y) / e^y. Near
-  // a = 1, where y is small, e^y - 1 is kept apart so the correction stays accurate relative to y.
-  const dd y(std::log(a.hi) + a.lo / a.hi);  // log(hi + lo) to first order in lo
-  if (std::fabs(y.hi) > 0.35) return y + (a * exp(-y) - dd(1.0));
-  const dd m = expm1_reduced(y);
-  return y + ((a - dd(1.0)) - m) / (m + dd(1.0));
+  // a = 2^e m with m in [sqrt(1/2), sqrt(2)): log a = log m + e ln 2, with |log m| <= 0.35 (no overflow or
+  // subnormal in exp, and a = 1 + tiny keeps e = 0). One Newton step on exp(y) = m from the double log y doubles
+  // its 53 correct bits: y + (m - e^y) / e^y, with e^y - 1 kept apart so the step stays accurate relative to y.
+  int e = 0;
+  std::frexp(a.hi, &e);  // a.hi = f 2^e, f in [1/2, 1)
+  if (std::ldexp(a.hi, -e) < 0.7071067811865476) --e;
+  const dd m = scaled(a, -e);
+  const dd y(std::log(m.hi) + m.lo / m.hi);  // log(hi + lo) to first order in lo
+  const dd em1 = expm1_reduced(y);
+  const dd log_m = y + ((m - dd(1.0)) - em1) / (em1 + dd(1.0));
+  if (e == 0) return log_m;
+  const double k = e;
+  return log_m + (dd::two_prod(k, ln2_hi) + dd::two_prod(k, ln2_mid) + dd(dd::rounded(k * ln2_lo)));
 }
 
 }  // namespace lowmem

@@ -92,7 +92,8 @@ template <class To, class From> To round_to(const From& x) {
   } else if constexpr (std::is_same_v<To, dd>) {
     if constexpr (std::is_same_v<From, mp>) {  // hi nearest, lo the nearest to the rest: a normalised pair
       const double hi = detail::round_nearest_double(x);
-      return dd(hi, std::isfinite(hi) ? detail::round_nearest_double(x - mp(hi)) : 0.0);
+      if (!std::isfinite(hi)) return dd(hi);
+      return dd::fast_two_sum(hi, detail::round_nearest_double(x - mp(hi)));  // lo may be a tie: renormalise
     } else {
       return dd(static_cast<double>(x));  // float/double: exact
     }

@@ -309,6 +309,9 @@ constexpr Kernel<dd> portable_dd{4, 4, false, portable_kernel_dd<4, 4>};
 constexpr Kernel<dd> avx2_dd{4, 4, false, avx2_kernel_dd};
 constexpr Kernel<dd> avx512_dd{8, 8, false, avx512_kernel_dd};
 
+// A b panel (KC x NR values) must fit the workspace's KC x NR_MAX floats.
+static_assert(avx512_dd.nr * sizeof(dd) <= NR_MAX * sizeof(float) && avx512_f64.nr * sizeof(double) <= NR_MAX * 4);
+
 const Kernel<double>& kernel_for(Isa isa, double*) {
   if (isa == Isa::avx512 || isa == Isa::avx512_bf16) return avx512_f64;
   return isa == Isa::avx2 ? avx2_f64 : portable_f64;
