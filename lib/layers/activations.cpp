@@ -1,5 +1,7 @@
 #include "layers/activations.hpp"
 
+#include <immintrin.h>
+
 #include <cstdint>
 
 #include "numerics/error.hpp"
@@ -32,6 +34,28 @@ template <class T> void relu_grad_bits(const T* y, const T* dy, T* dx, index_t n
   }
 }
 
+// dx = dy where the mask's bit is set, else slope dy (slope 0: +0 exactly), for float: eight values per mask byte
+// in one AVX2 blend (GCC leaves the generic loop scalar, and it was most of approximate activations' backward
+// cost). The same operations per value as the generic loop, so the same bits. Returns how many values it did.
+index_t masked_grad_f32(const std::uint8_t* mask, const float* dy, float* dx, index_t n, float slope) {
+#ifdef __AVX2__
+  const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  const __m256 s = _mm256_set1_ps(slope);
+  index_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i byte = _mm256_set1_epi32(mask[i / 8]);
+    const __m256 on = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(byte, bit), bit));
+    const __m256 g = _mm256_loadu_ps(dy + i);
+    const __m256 off = slope == 0.0f ? _mm256_setzero_ps() : _mm256_mul_ps(s, g);
+    _mm256_storeu_ps(dx + i, _mm256_blendv_ps(off, g, on));
+  }
+  return i;
+#else
+  (void)mask, (void)dy, (void)dx, (void)n, (void)slope;
+  return 0;
+#endif
+}
+
 }  // namespace
 
 template <class T>
@@ -60,9 +84,14 @@ template <class T> Tensor<T> LeakyRelu<T>::forward(Tensor<T> x, const RunContext
   }
   if (ctx.keeps() && active_save_hook<T>()) {  // kept activations are approximated: keep the exact mask
     Tensor<std::uint8_t> mask(Shape{(y.numel() + 7) / 8}, MemoryCategory::workspace);
-    if (!y.is_dry()) {
-      std::fill(mask.data(), mask.data() + mask.numel(), std::uint8_t{0});
-      for (index_t i = 0; i < y.numel(); ++i) mask[i / 8] |= static_cast<std::uint8_t>((y[i] > T(0)) << (i % 8));
+    if (!y.is_dry()) {  // a byte at a time: 8 values per byte, the last byte padded with zeros
+      const T* v = y.data();
+      const index_t n = y.numel();
+      for (index_t b = 0; b < mask.numel(); ++b) {
+        unsigned byte = 0;
+        for (index_t k = 0; k < 8 && b * 8 + k < n; ++k) byte |= unsigned{v[b * 8 + k] > T(0)} << k;
+        mask[b] = static_cast<std::uint8_t>(byte);
+      }
     }
     mask_.keep(mask);
   } else if (ctx.keeps()) {
@@ -84,8 +113,18 @@ template <class T>
 Tensor<T> LeakyRelu<T>::input_grad_from_mask(const Tensor<std::uint8_t>& mask, Tensor<T> dy) const {
   Tensor<T> dx = dy.overwritable(MemoryCategory::workspace);
   if (dy.is_dry()) return dx;
-  for (index_t i = 0; i < dy.numel(); ++i)
-    dx[i] = (mask[i / 8] >> (i % 8)) & 1 ? dy[i] : (slope_ == 0.0 ? T(0) : T(slope_t_ * dy[i]));
+  // Both arms computed, then selected by the bit (random signs: a branch would mispredict half the time).
+  const std::uint8_t* m = mask.data();
+  const T* grad = dy.data();  // may be result
+  const T zero(0), slope = slope_t_;
+  T* result = dx.data();
+  const index_t n = dy.numel();
+  index_t i = 0;
+  if constexpr (std::is_same_v<T, float>) i = masked_grad_f32(m, grad, result, n, slope_ == 0.0 ? 0.0f : slope);
+  for (; i < n; ++i) {
+    const T off = slope_ == 0.0 ? zero : T(slope * grad[i]);  // 0 exactly, even for an infinite gradient
+    result[i] = (m[i / 8] >> (i % 8)) & 1 ? grad[i] : off;
+  }
   return dx;
 }
 

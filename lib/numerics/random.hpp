@@ -13,6 +13,10 @@ class Rng {
   explicit Rng(std::uint64_t seed, std::uint64_t stream = 0) : state_(mix(seed ^ mix(stream + 0x9e3779b97f4a7c15ULL))) {}
 
   std::uint64_t next_u64() { return mix(state_ += 0x9e3779b97f4a7c15ULL); }
+  // SplitMix64 is a counter: the value next_u64() gives k calls from now (k = 0: the next), without drawing it, and
+  // skipping n draws. A loop can then draw out of order, or in vector lanes, and still give the stream's values.
+  std::uint64_t peek_u64(std::uint64_t k) const { return mix(state_ + (k + 1) * 0x9e3779b97f4a7c15ULL); }
+  void skip(std::uint64_t n) { state_ += n * 0x9e3779b97f4a7c15ULL; }
 
   // Uniform in [0, 1) with 53 random bits.
   double uniform() { return static_cast<double>(next_u64() >> 11) * 0x1.0p-53; }

@@ -11,12 +11,10 @@
 namespace lowmem {
 
 namespace {
+
 constexpr index_t group_size = 256;  // actnn and naive: values per group
-}  // namespace
 
-namespace {
-
-// Codes of `bits` bits packed little-endian into bytes.
+// Codes of `bits` bits packed little-endian into bytes (zeroed before).
 void put(std::uint8_t* codes, index_t i, int bits, unsigned code) {
   const index_t bit = i * bits;
   codes[bit / 8] |= static_cast<std::uint8_t>(code << (bit % 8));
@@ -26,20 +24,85 @@ unsigned get(const std::uint8_t* codes, index_t i, int bits) {
   return (codes[bit / 8] >> (bit % 8)) & ((1u << bits) - 1);
 }
 
-// The quantisation groups of a tensor (N, C, ...) or (N, F): blpa, one per channel (dimension 1, strided);
-// actnn and naive, runs of 256 consecutive values. Calls f(group, index of each value).
-template <class F> void for_each_value(const Shape& s, CompressionPolicy::Method method, F&& f) {
+// The quantisation groups as runs of consecutive values, in memory order: a blpa group is a channel, made of its
+// (sample, channel) planes of H x W values; an actnn or naive group is a run of 256 values. Calls
+// f(group, first, end) for each run, first ascending, so every pass below meets the values in memory order (the
+// sums, the random draws and the codes come out as a value-by-value loop would give them).
+template <class F> void for_each_run(const Shape& s, CompressionPolicy::Method method, F&& f) {
   const index_t n = s.numel();
+  if (n == 0) return;
   if (method == CompressionPolicy::blpa) {
     const index_t channels = s[1], area = n / (s[0] * channels);
-    for (index_t i = 0; i < n; ++i) f((i / area) % channels, i);
+    for (index_t p = 0, first = 0; first < n; ++p, first += area) f(p % channels, first, first + area);
   } else {
-    for (index_t i = 0; i < n; ++i) f(i / group_size, i);
+    for (index_t g = 0, first = 0; first < n; ++g, first += group_size) f(g, first, std::min(n, first + group_size));
   }
 }
 
 index_t group_count(const Shape& s, CompressionPolicy::Method method) {
   return method == CompressionPolicy::blpa ? s[1] : (s.numel() + group_size - 1) / group_size;
+}
+
+// The uniform draw a SplitMix64 stream gives k calls from now, as a sum of two exact halves so that a loop of
+// them vectorises (AVX2 converts 32-bit integers to double, not 64-bit ones); equal to Rng::uniform() bit for bit.
+inline double uniform_at(const Rng& rng, std::uint64_t k) {
+  const std::uint64_t v = rng.peek_u64(k) >> 11;  // 53 bits
+  const double high = static_cast<std::int32_t>(v >> 26), low = static_cast<std::int32_t>(v & 0x3ffffff);
+  return (high * 0x1.0p26 + low) * 0x1.0p-53;  // exact: high 2^26 + low < 2^53
+}
+
+// One code per byte into whole bytes of BITS-bit codes; returns the codes done, a multiple of 8 / BITS.
+template <int BITS> index_t pack_bytes(const std::uint8_t* chunk, index_t count, std::uint8_t* out) {
+  constexpr int per_byte = 8 / BITS;
+  const index_t bytes = count / per_byte;
+  for (index_t b = 0; b < bytes; ++b) {
+    unsigned byte = 0;
+    for (int k = 0; k < per_byte; ++k) byte |= unsigned{chunk[b * per_byte + k]} << (k * BITS);
+    out[b] = static_cast<std::uint8_t>(byte);
+  }
+  return bytes * per_byte;
+}
+
+// The codes of one run, values[first, end), into codes (zeroed), up to 256 at a time: quantise(value, its index
+// in the run) in a loop that stores nothing across values, so that it vectorises, then the packing.
+template <class T, class Quantise>
+void encode_run(const T* values, index_t first, index_t end, int bits, std::uint8_t* codes, Quantise&& quantise) {
+  alignas(64) std::uint8_t chunk[256];
+  for (index_t c = first; c < end; c += 256) {
+    const index_t count = std::min<index_t>(256, end - c);
+    for (index_t j = 0; j < count; ++j)
+      chunk[j] = static_cast<std::uint8_t>(quantise(to_double(values[c + j]), c + j - first));
+    // Whole bytes at once where the chunk starts on a byte; the rest (a ragged start or end) code by code.
+    index_t j = 0;
+    if (c * bits % 8 == 0) {
+      std::uint8_t* out = codes + c * bits / 8;
+      j = bits == 2 ? pack_bytes<2>(chunk, count, out) : bits == 4 ? pack_bytes<4>(chunk, count, out)
+                                                                   : pack_bytes<8>(chunk, count, out);
+    }
+    for (; j < count; ++j) put(codes, c + j, bits, chunk[j]);
+  }
+}
+
+// Whole bytes of BITS-bit codes into one code per byte (BITS a constant, so the loop vectorises); returns the
+// codes done, a multiple of 8 / BITS.
+template <int BITS> index_t unpack_bytes(const std::uint8_t* in, index_t count, std::uint8_t* chunk) {
+  constexpr int per_byte = 8 / BITS;
+  const index_t bytes = count / per_byte;
+  for (index_t b = 0; b < bytes; ++b)
+    for (int k = 0; k < per_byte; ++k)
+      chunk[b * per_byte + k] = static_cast<std::uint8_t>((in[b] >> (k * BITS)) & ((1u << BITS) - 1));
+  return bytes * per_byte;
+}
+
+// The codes of values [c, c + count) into chunk, the inverse of encode_run's packing.
+void decode_chunk(const std::uint8_t* codes, index_t c, index_t count, int bits, std::uint8_t* chunk) {
+  index_t j = 0;
+  if (c * bits % 8 == 0) {
+    const std::uint8_t* in = codes + c * bits / 8;
+    j = bits == 2 ? unpack_bytes<2>(in, count, chunk) : bits == 4 ? unpack_bytes<4>(in, count, chunk)
+                                                                   : unpack_bytes<8>(in, count, chunk);
+  }
+  for (; j < count; ++j) chunk[j] = static_cast<std::uint8_t>(get(codes, c + j, bits));
 }
 
 }  // namespace
@@ -54,13 +117,19 @@ template <class T> CompressedTensor compress(const Tensor<T>& t, const Compressi
   c.offset = Tensor<float>(Shape{groups}, MemoryCategory::saved_activations);
   c.step = Tensor<float>(Shape{groups}, MemoryCategory::saved_activations);
   if (t.is_dry() || c.codes.is_dry()) return c;
+  const T* x = t.data();
   const unsigned levels = 1u << policy.bits;
+  const double top = levels - 1.0;
   std::vector<double> a(static_cast<std::size_t>(groups), 0), b(static_cast<std::size_t>(groups), 0);
   std::vector<index_t> count(static_cast<std::size_t>(groups), 0);
   if (policy.method == CompressionPolicy::blpa) {  // per channel: mean (a) and mean square (b)
-    for_each_value(t.shape(), policy.method, [&](index_t g, index_t i) {
-      const double x = to_double(t[i]);
-      a[g] += x, b[g] += x * x, ++count[g];
+    for_each_run(t.shape(), policy.method, [&](index_t g, index_t first, index_t end) {
+      double sum = a[g], squares = b[g];
+      for (index_t i = first; i < end; ++i) {
+        const double v = to_double(x[i]);
+        sum += v, squares += v * v;
+      }
+      a[g] = sum, b[g] = squares, count[g] += end - first;
     });
     for (index_t g = 0; g < groups; ++g) {
       const double mean = a[g] / count[g], sigma = std::sqrt(std::max(b[g] / count[g] - mean * mean, 1e-30));
@@ -70,24 +139,35 @@ template <class T> CompressedTensor compress(const Tensor<T>& t, const Compressi
       c.offset[g] = static_cast<float>(shift), c.step[g] = static_cast<float>(width);
     }
   } else {  // per group: min (a) and max (b)
-    for (index_t g = 0; g < groups; ++g) a[g] = INFINITY, b[g] = -INFINITY;
-    for_each_value(t.shape(), policy.method, [&](index_t g, index_t i) {
-      const double x = to_double(t[i]);
-      a[g] = std::min(a[g], x), b[g] = std::max(b[g], x);
+    for_each_run(t.shape(), policy.method, [&](index_t g, index_t first, index_t end) {
+      double lo = INFINITY, hi = -INFINITY;
+      for (index_t i = first; i < end; ++i) lo = std::min(lo, to_double(x[i])), hi = std::max(hi, to_double(x[i]));
+      a[g] = lo, b[g] = hi;
     });
     for (index_t g = 0; g < groups; ++g)
       c.offset[g] = static_cast<float>(a[g]), c.step[g] = static_cast<float>(std::max((b[g] - a[g]) / (levels - 1), 1e-30));
   }
-  Rng rng(policy.seed, 0x51a7 + policy.calls++);
+  Rng rng(policy.seed, 0x51a7 + policy.calls++);  // actnn: one draw per value, in memory order
   std::uint8_t* codes = c.codes.data();
   std::fill(codes, codes + c.codes.numel(), std::uint8_t{0});
-  for_each_value(t.shape(), policy.method, [&](index_t g, index_t i) {
-    const double x = to_double(t[i]), offset = c.offset[g], step = c.step[g];
-    double q;
-    if (policy.method == CompressionPolicy::blpa) q = std::round(x / step) + offset;
-    else if (policy.method == CompressionPolicy::actnn) q = std::floor((x - offset) / step + rng.uniform());
-    else q = std::floor((x - offset) / step + 0.5);
-    put(codes, i, policy.bits, static_cast<unsigned>(std::clamp(q, 0.0, levels - 1.0)));
+  for_each_run(t.shape(), policy.method, [&](index_t g, index_t first, index_t end) {
+    const double offset = c.offset[g], step = c.step[g];
+    auto code = [top](double q) { return static_cast<unsigned>(std::clamp(q, 0.0, top)); };
+    switch (policy.method) {
+      case CompressionPolicy::blpa:
+        encode_run(x, first, end, policy.bits, codes,
+                   [&](double v, index_t) { return code(std::round(v / step) + offset); });
+        break;
+      case CompressionPolicy::actnn:
+        encode_run(x, first, end, policy.bits, codes,
+                   [&](double v, index_t j) { return code(std::floor((v - offset) / step + uniform_at(rng, j))); });
+        rng.skip(end - first);
+        break;
+      case CompressionPolicy::naive:
+        encode_run(x, first, end, policy.bits, codes,
+                   [&](double v, index_t) { return code(std::floor((v - offset) / step + 0.5)); });
+        break;
+    }
   });
   return c;
 }
@@ -96,9 +176,20 @@ template <class T> Tensor<T> decompress(const CompressedTensor& c) {
   Tensor<T> t(c.shape, MemoryCategory::workspace);
   if (t.is_dry() || c.codes.is_dry()) return t;
   const std::uint8_t* codes = c.codes.data();
-  for_each_value(c.shape, c.method, [&](index_t g, index_t i) {
-    const double code = get(codes, i, c.bits), offset = c.offset[g], step = c.step[g];
-    t[i] = round_to<T>(c.method == CompressionPolicy::blpa ? (code - offset) * step : offset + code * step);
+  T* out = t.data();
+  alignas(64) std::uint8_t chunk[256];
+  for_each_run(c.shape, c.method, [&](index_t g, index_t first, index_t end) {
+    const double offset = c.offset[g], step = c.step[g];
+    for (index_t at = first; at < end; at += 256) {
+      const index_t count = std::min<index_t>(256, end - at);
+      decode_chunk(codes, at, count, c.bits, chunk);
+      T* o = out + at;
+      if (c.method == CompressionPolicy::blpa) {
+        for (index_t j = 0; j < count; ++j) o[j] = round_to<T>((chunk[j] - offset) * step);
+      } else {
+        for (index_t j = 0; j < count; ++j) o[j] = round_to<T>(offset + chunk[j] * step);
+      }
+    }
   });
   return t;
 }
