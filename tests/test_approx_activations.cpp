@@ -118,7 +118,8 @@ TEST(Compression, ReconstructionErrorFollowsTheBinWidth) {
 }
 
 // ReLU keeps 1 bit per value, not a K-bit copy of its output: its input gradient is exact, bit for bit (float
-// takes the vectorised path; 203 values leave a ragged end; infinite gradients check the exact zero).
+// takes the vectorised path; 204 values leave a ragged end of 4; infinite gradients check the exact zero, and a
+// slope that rounds to 0 in float must still multiply, as the generic loop does).
 template <class T> void check_relu_mask_is_exact() {
   Tensor<T> x(Shape{4, 3, 17, 1}, MemoryCategory::workspace), dy(x.shape(), MemoryCategory::workspace);
   Rng rng(72);
@@ -126,7 +127,7 @@ template <class T> void check_relu_mask_is_exact() {
     x[i] = round_to<T>(rng.normal() * (i % 7 == 0 ? 1e-9 : 1.0));
     dy[i] = round_to<T>(i % 13 == 0 ? INFINITY : rng.normal());
   }
-  for (double slope : {0.0, 0.2}) {
+  for (double slope : {0.0, 0.2, 1e-50}) {
     LeakyRelu<T> exact("exact", slope), approximate("approximate", slope);
     exact.forward(x, RunContext{});
     const Tensor<T> want = exact.backward(dy, RunContext{}, true);

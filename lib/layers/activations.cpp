@@ -34,10 +34,10 @@ template <class T> void relu_grad_bits(const T* y, const T* dy, T* dx, index_t n
   }
 }
 
-// dx = dy where the mask's bit is set, else slope dy (slope 0: +0 exactly), for float: eight values per mask byte
-// in one AVX2 blend (GCC leaves the generic loop scalar, and it was most of approximate activations' backward
-// cost). The same operations per value as the generic loop, so the same bits. Returns how many values it did.
-index_t masked_grad_f32(const std::uint8_t* mask, const float* dy, float* dx, index_t n, float slope) {
+// dx = dy where the mask's bit is set, else slope dy (relu: +0 exactly), for float: eight values per mask byte in
+// one AVX2 blend (GCC left the generic loop scalar, and it was most of approximate activations' backward cost).
+// The same operations per value as the generic loop, so the same bits. Returns how many values it did.
+index_t masked_grad_f32(const std::uint8_t* mask, const float* dy, float* dx, index_t n, bool relu, float slope) {
 #ifdef __AVX2__
   const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
   const __m256 s = _mm256_set1_ps(slope);
@@ -46,12 +46,12 @@ index_t masked_grad_f32(const std::uint8_t* mask, const float* dy, float* dx, in
     const __m256i byte = _mm256_set1_epi32(mask[i / 8]);
     const __m256 on = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(byte, bit), bit));
     const __m256 g = _mm256_loadu_ps(dy + i);
-    const __m256 off = slope == 0.0f ? _mm256_setzero_ps() : _mm256_mul_ps(s, g);
+    const __m256 off = relu ? _mm256_setzero_ps() : _mm256_mul_ps(s, g);  // a slope rounding to 0 still multiplies
     _mm256_storeu_ps(dx + i, _mm256_blendv_ps(off, g, on));
   }
   return i;
 #else
-  (void)mask, (void)dy, (void)dx, (void)n, (void)slope;
+  (void)mask, (void)dy, (void)dx, (void)n, (void)relu, (void)slope;
   return 0;
 #endif
 }
@@ -120,7 +120,7 @@ Tensor<T> LeakyRelu<T>::input_grad_from_mask(const Tensor<std::uint8_t>& mask, T
   T* result = dx.data();
   const index_t n = dy.numel();
   index_t i = 0;
-  if constexpr (std::is_same_v<T, float>) i = masked_grad_f32(m, grad, result, n, slope_ == 0.0 ? 0.0f : slope);
+  if constexpr (std::is_same_v<T, float>) i = masked_grad_f32(m, grad, result, n, slope_ == 0.0, slope);
   for (; i < n; ++i) {
     const T off = slope_ == 0.0 ? zero : T(slope * grad[i]);  // 0 exactly, even for an infinite gradient
     result[i] = (m[i / 8] >> (i % 8)) & 1 ? grad[i] : off;

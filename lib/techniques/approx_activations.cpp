@@ -72,9 +72,10 @@ void encode_run(const T* values, index_t first, index_t end, int bits, std::uint
     const index_t count = std::min<index_t>(256, end - c);
     for (index_t j = 0; j < count; ++j)
       chunk[j] = static_cast<std::uint8_t>(quantise(to_double(values[c + j]), c + j - first));
-    // Whole bytes at once where the chunk starts on a byte; the rest (a ragged start or end) code by code.
+    // Whole bytes at once where the chunk starts on a byte (and the width is 2, 4 or 8); otherwise, and for a
+    // ragged end, code by code.
     index_t j = 0;
-    if (c * bits % 8 == 0) {
+    if (c * bits % 8 == 0 && (bits == 2 || bits == 4 || bits == 8)) {
       std::uint8_t* out = codes + c * bits / 8;
       j = bits == 2 ? pack_bytes<2>(chunk, count, out) : bits == 4 ? pack_bytes<4>(chunk, count, out)
                                                                    : pack_bytes<8>(chunk, count, out);
@@ -97,7 +98,7 @@ template <int BITS> index_t unpack_bytes(const std::uint8_t* in, index_t count, 
 // The codes of values [c, c + count) into chunk, the inverse of encode_run's packing.
 void decode_chunk(const std::uint8_t* codes, index_t c, index_t count, int bits, std::uint8_t* chunk) {
   index_t j = 0;
-  if (c * bits % 8 == 0) {
+  if (c * bits % 8 == 0 && (bits == 2 || bits == 4 || bits == 8)) {
     const std::uint8_t* in = codes + c * bits / 8;
     j = bits == 2 ? unpack_bytes<2>(in, count, chunk) : bits == 4 ? unpack_bytes<4>(in, count, chunk)
                                                                    : unpack_bytes<8>(in, count, chunk);
