@@ -2,6 +2,7 @@
 // same (rounded) inputs and weights, the ledger's byte counts, and a few training steps in each precision.
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <nlohmann/json.hpp>
 
@@ -172,6 +173,46 @@ TEST(Accumulation, SixteenBitAccumulationRoundsEveryPartialSum) {
   const double wide = error(Accumulate::f32), narrow = error(Accumulate::storage);
   EXPECT_LE(wide, std::ldexp(1.0, -11) * 1.01);  // one rounding of the result
   EXPECT_GT(narrow, 4 * wide);
+}
+
+// LaneSum's order, as compute.hpp states it, written out the slow way: value i of each run into lane i mod 16, the
+// lanes then added pairwise. Runs of lengths that are and are not multiples of 16; compared bit for bit.
+TEST(Accumulation, LaneSumAddsInItsDocumentedOrder) {
+  Rng rng(5);
+  const std::vector<index_t> runs{37, 16, 1, 0, 203};
+  std::vector<std::vector<float>> values;
+  for (index_t n : runs) {
+    values.emplace_back();
+    for (index_t i = 0; i < n; ++i) values.back().push_back(static_cast<float>(rng.normal() * std::exp(4 * rng.normal())));
+  }
+  LaneSum<float> sum;
+  float lane[16] = {};
+  for (const std::vector<float>& run : values) {
+    sum.add(static_cast<index_t>(run.size()), Accumulate::f32, [&](index_t i) { return run[i]; });
+    for (std::size_t i = 0; i < run.size(); ++i) lane[i % 16] += run[i];
+  }
+  for (int width = 8; width >= 1; width /= 2)
+    for (int l = 0; l < width; ++l) lane[l] += lane[l + width];
+  EXPECT_EQ(std::bit_cast<std::uint32_t>(sum.total(Accumulate::f32)), std::bit_cast<std::uint32_t>(lane[0]));
+  // ... and the order is not a plain running sum (else this test could not tell the two apart).
+  float running = 0;
+  for (const std::vector<float>& run : values)
+    for (float v : run) running += v;
+  EXPECT_NE(std::bit_cast<std::uint32_t>(sum.total(Accumulate::f32)), std::bit_cast<std::uint32_t>(running));
+}
+
+// With 16-bit storage accumulation every partial sum of LaneSum is an f16 value. 4096 ones: each lane holds 256
+// (exact in f16) and the pairwise lane sums are powers of two, so the total is exactly 4096. 65,536 ones: each
+// lane stops at 2048 (2048 + 1 rounds to even, back to 2048), so the total is 16 x 2048 = 32768; in float, 65536.
+TEST(Accumulation, LaneSumRoundsEveryPartialSumIn16BitStorageAccumulation) {
+  auto total = [](index_t n, Accumulate mode) {
+    LaneSum<f16> sum;
+    sum.add(n, mode, [](index_t) { return 1.0f; });
+    return sum.total(mode);
+  };
+  EXPECT_EQ(total(4096, Accumulate::storage), 4096.0f);
+  EXPECT_EQ(total(65536, Accumulate::storage), 32768.0f);
+  EXPECT_EQ(total(65536, Accumulate::f32), 65536.0f);
 }
 
 TYPED_TEST(EveryPrecision, LedgerCountsEveryByteByCategory) {

@@ -52,16 +52,20 @@ template <class T> Tensor<T> BatchNorm<T>::forward(Tensor<T> x, const RunContext
 #pragma omp parallel for schedule(static) if (worth_threads(x.numel()))
   for (index_t c = 0; c < (x.is_dry() ? 0 : channels_); ++c) {
     if (ctx.training) {
-      W sum(0);
-      for (index_t s = 0; s < n; ++s)
-        for (index_t i = 0; i < area; ++i) sum = accumulate_round<T>(sum + round_to<W>(x[at(s, c, i)]), ctx.accumulate);
-      const W m = sum / round_to<W>(static_cast<double>(count));
-      W squares(0);
-      for (index_t s = 0; s < n; ++s)
-        for (index_t i = 0; i < area; ++i) {
-          const W d = round_to<W>(x[at(s, c, i)]) - m;
-          squares = accumulate_round<T>(squares + d * d, ctx.accumulate);
-        }
+      LaneSum<T> sum, sum_squares;
+      for (index_t s = 0; s < n; ++s) {
+        const T* xs = x.data() + at(s, c, 0);
+        sum.add(area, ctx.accumulate, [&](index_t i) { return round_to<W>(xs[i]); });
+      }
+      const W m = sum.total(ctx.accumulate) / round_to<W>(static_cast<double>(count));
+      for (index_t s = 0; s < n; ++s) {
+        const T* xs = x.data() + at(s, c, 0);
+        sum_squares.add(area, ctx.accumulate, [&](index_t i) {
+          const W d = round_to<W>(xs[i]) - m;
+          return W(d * d);
+        });
+      }
+      const W squares = sum_squares.total(ctx.accumulate);
       const W var = squares / round_to<W>(static_cast<double>(count));
       mean[c] = m;
       inv_std[c] = W(1) / sqrt_of(W(var + eps));
@@ -120,14 +124,16 @@ Tensor<T> BatchNorm<T>::backward_from_input(const Tensor<T>& x, Tensor<T> dy, co
   if (want_input_grad) dx = dy.overwritable(MemoryCategory::workspace);  // per channel: sums of dy, then dx over dy
 #pragma omp parallel for schedule(static) if (worth_threads(x.numel()))
   for (index_t c = 0; c < (x.is_dry() ? 0 : channels_); ++c) {
-    W dbeta(0), dgamma(0);
-    for (index_t s = 0; s < n; ++s)
-      for (index_t i = 0; i < area; ++i) {
-        const W g = round_to<W>(dy[at(s, c, i)]);
-        const W xhat = (round_to<W>(x[at(s, c, i)]) - mean[c]) * inv_std[c];
-        dbeta = accumulate_round<T>(dbeta + g, ctx.accumulate);
-        dgamma = accumulate_round<T>(dgamma + g * xhat, ctx.accumulate);
-      }
+    LaneSum<T> sum_dy, sum_dy_xhat;
+    const W mean_c = mean[c], inv_std_c = inv_std[c];
+    for (index_t s = 0; s < n; ++s) {
+      const T *xs = x.data() + at(s, c, 0), *dys = dy.data() + at(s, c, 0);
+      sum_dy.add(area, ctx.accumulate, [&](index_t i) { return round_to<W>(dys[i]); });
+      sum_dy_xhat.add(area, ctx.accumulate, [&](index_t i) {
+        return W(round_to<W>(dys[i]) * W((round_to<W>(xs[i]) - mean_c) * inv_std_c));
+      });
+    }
+    const W dbeta = sum_dy.total(ctx.accumulate), dgamma = sum_dy_xhat.total(ctx.accumulate);
     gamma_.grad[c] = round_to<T>(W(round_to<W>(gamma_.grad[c]) + scale_slope(c) * dgamma));
     beta_.grad[c] = round_to<T>(W(round_to<W>(beta_.grad[c]) + dbeta));
     if (!want_input_grad) continue;  // (each channel is independent: safe inside the parallel loop)

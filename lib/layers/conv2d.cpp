@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "layers/weight_products.hpp"
 
@@ -258,8 +259,8 @@ template <class T> Tensor<T> Conv2d<T>::forward(Tensor<T> x, const RunContext& c
   return y;
 }
 
-// Per image and band: db += row sums of dY, dW += dY cols^T, and (if wanted) dcols = W^T dY, added into the
-// image's input gradient where each column value was read.
+// Per image: db += the row sums of dY; per band dW += dY cols^T; and, if wanted, the input gradient (transposed
+// or scattered, below).
 template <class T> Tensor<T> Conv2d<T>::backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) {
   const Tensor<T> x = input_.take();
   const index_t n = x.dim(0);
@@ -279,21 +280,62 @@ template <class T> Tensor<T> Conv2d<T>::backward(Tensor<T> dy, const RunContext&
     // In place, a band's dY is laid out over the padded width (zeros between rows); copied, dy is read as it is.
     Tensor<T> spread;
     if (columns.in_place()) spread = Tensor<T>(Shape{threads, cout, most}, MemoryCategory::workspace);
-    // A band's column gradient, and the image gradient it is added into. Copied columns in G are no longer needed
-    // once the band's weight gradient is formed, so their buffer takes the column gradient.
+    // The input gradient, in one of two ways:
+    //  - transposed (stride 1 with the in-place columns): dX is the convolution of dY, zero-padded by k - 1 - pad,
+    //    with the weights flipped in space and transposed, Wt (Cin, Cout k k), Wt[ci][(co, k-1-i, k-1-j)] =
+    //    W[co][ci][i][j]: one product per band with Cout k k terms per entry, run as the forward's (dY's columns in
+    //    place in its padded copy, positions over the padded width), each value of dX one chain of sums;
+    //  - scattered (otherwise): per band the column gradient dcols = W^T dY, added into the image gradient where
+    //    each column value was read (col2im). Copied columns in G are no longer needed once the band's weight
+    //    gradient is formed, so their buffer takes the column gradient.
+    const Geometry gt{cout, g.out_height, g.out_width, g.kernel, 1, g.kernel - 1 - g.pad, g.height, g.width};
+    const std::vector<Band> dx_bands = bands(gt, ctx.conv_band_columns);
+    const index_t dx_band_rows = dx_bands[0].end - dx_bands[0].first;
     const bool reuse_columns = !columns.in_place() && std::is_same_v<G, T>;
+    // Transposed when it serves and needs no more workspace than scattering would (it is faster: no col2im pass,
+    // and products with Cout k k terms rather than Cout).
+    const index_t packing_weight = packing_floats<G>(cout, K, most);  // the weight gradient's product
+    auto transposed_pays = [&] {
+      if (!want_input_grad || !columns.in_place() || g.pad >= g.kernel ||
+          !Columns<T>::template serves<G>(gt, dx_band_rows, false))
+        return false;
+      const index_t Kt = cout * g.kernel * g.kernel, most_t = (dx_band_rows - 1) * (g.out_width + 2 * gt.pad) + g.width;
+      const index_t bytes = threads * Columns<T>::padded_size(gt) * index_t(sizeof(T)) + Kt * 4 +
+                            g.channels * Kt * index_t(sizeof(T)) + threads * g.channels * most_t * index_t(sizeof(G)) +
+                            threads * std::max(packing_weight, packing_floats<G>(g.channels, most_t, Kt)) * 4;
+      const index_t scattered = (reuse_columns ? 0 : threads * K * most * index_t(sizeof(G))) +
+                                threads * columns.gradient_size() * index_t(sizeof(G)) +
+                                threads * std::max(packing_weight, packing_floats<G>(K, most, cout)) * 4;
+      return bytes <= scattered;
+    };
+    const bool transposed = transposed_pays();
+    std::optional<Columns<T>> dy_columns;  // transposed: dY in its padded copy, per thread
+    Tensor<T> flipped;                     // transposed: Wt
+    Tensor<G> dx_out;                      // transposed: a band of dX over dY's padded width, per thread
     Tensor<G> dcols, dimage;
-    if (want_input_grad) {
+    if (transposed) {
+      dy_columns.emplace(gt, true, threads, dx_band_rows);
+      flipped = Tensor<T>(Shape{g.channels, cout * g.kernel * g.kernel}, MemoryCategory::workspace);
+      dx_out = Tensor<G>(Shape{threads, g.channels, dy_columns->positions(dx_bands[0])}, MemoryCategory::workspace);
+    } else if (want_input_grad) {
       if (!reuse_columns) dcols = Tensor<G>(Shape{threads, K, most}, MemoryCategory::workspace);
       dimage = Tensor<G>(Shape{threads, columns.gradient_size()}, MemoryCategory::workspace);
     }
     const index_t wn = weight_.value.numel();  // cout K, or the nonzeros of a sparse weight
     Tensor<G> dweight(Shape{threads, wn}, MemoryCategory::workspace);  // per-thread partial sums
     Tensor<G> dbias(Shape{threads, cout}, MemoryCategory::workspace);
-    const index_t packing_need = std::max(packing_floats<G>(cout, K, most),
-                                          want_input_grad ? packing_floats<G>(K, most, cout) : 0);
+    index_t packing_need = packing_weight;
+    if (transposed) packing_need = std::max(packing_need, packing_floats<G>(g.channels, dx_out.dim(2), cout * g.kernel * g.kernel));
+    else if (want_input_grad) packing_need = std::max(packing_need, packing_floats<G>(K, most, cout));
     Tensor<float> packing = packing_workspace(weight_, threads, packing_need);
     if (columns.is_dry() || x.is_dry()) return;
+    if (transposed)
+      for (index_t co = 0; co < cout; ++co)
+        for (index_t ci = 0; ci < g.channels; ++ci)
+          for (index_t i = 0; i < g.kernel; ++i)
+            for (index_t j = 0; j < g.kernel; ++j)
+              flipped[ci * cout * g.kernel * g.kernel + (co * g.kernel + g.kernel - 1 - i) * g.kernel + g.kernel - 1 - j] =
+                  weight_.value[((co * g.channels + ci) * g.kernel + i) * g.kernel + j];
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (index_t s = 0; s < n; ++s) {
       const int t = omp_get_thread_num();
@@ -324,13 +366,28 @@ template <class T> Tensor<T> Conv2d<T>::backward(Tensor<T> dy, const RunContext&
       const T* my_x = x.data() + s * image;
       columns.load(t, my_x);
       for (const Band& b : row_bands) {
-        const MatrixView<T> dY = output_gradient(b);
-        for (index_t c = 0; c < cout; ++c)
-          for (index_t p = 0; p < dY.cols; ++p)
-            my_dbias[c] += round_to<G>(dY(c, p));  // G is the accumulation rule: float, or 16-bit rounding each add
-        add_weight_gradient(weight_, dY, columns.band(t, b, my_x), dweight.data() + t * wn, my_packing);
+        add_weight_gradient(weight_, output_gradient(b), columns.band(t, b, my_x), dweight.data() + t * wn,
+                            my_packing);
       }
-      if (want_input_grad) {
+      // db += this image's sum of dY per channel (LaneSum's order, its accumulation rule).
+      for (index_t c = 0; c < cout; ++c) {
+        LaneSum<T> sum;
+        sum.add(P, ctx.accumulate, [&](index_t p) { return round_to<wide_t<T>>(my_dy[c * P + p]); });
+        my_dbias[c] += round_to<G>(sum.total(ctx.accumulate));
+      }
+      if (transposed) {
+        G* my_out = dx_out.data() + t * dx_out.dim(1) * dx_out.dim(2);
+        const MatrixView<T> wt = MatrixView<T>::row_major(flipped.data(), g.channels, flipped.dim(1));
+        dy_columns->load(t, my_dy);
+        for (const Band& b : dx_bands) {
+          const index_t positions = dy_columns->positions(b);
+          dense_product<G>(wt, dy_columns->band(t, b, my_dy), my_out, positions, false, my_packing);
+          for (index_t c = 0; c < g.channels; ++c)
+            for (index_t y = b.first; y < b.end; ++y)
+              store_rounded(my_out + c * positions + (y - b.first) * dy_columns->pitch(),
+                            dx.data() + s * image + (c * g.height + y) * g.width, g.width, false);
+        }
+      } else if (want_input_grad) {
         std::fill(my_dimage, my_dimage + columns.gradient_size(), G(0));
         for (const Band& b : row_bands) {
           const index_t positions = columns.positions(b);

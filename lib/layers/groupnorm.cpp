@@ -44,14 +44,15 @@ template <class T> Tensor<T> GroupNorm<T>::forward(Tensor<T> x, const RunContext
 #pragma omp parallel for schedule(static) if (worth_threads(x.numel()))
   for (index_t sg = 0; sg < (x.is_dry() ? 0 : n * groups_); ++sg) {
     const index_t first = sg * size;  // (s C + g C/G) area
-    W sum(0);
-    for (index_t i = 0; i < size; ++i) sum = accumulate_round<T>(sum + round_to<W>(x[first + i]), ctx.accumulate);
-    const W m = sum / count;
-    W squares(0);
-    for (index_t i = 0; i < size; ++i) {
-      const W d = round_to<W>(x[first + i]) - m;
-      squares = accumulate_round<T>(squares + d * d, ctx.accumulate);
-    }
+    const T* xg = x.data() + first;
+    LaneSum<T> sum, sum_squares;
+    sum.add(size, ctx.accumulate, [&](index_t i) { return round_to<W>(xg[i]); });
+    const W m = sum.total(ctx.accumulate) / count;
+    sum_squares.add(size, ctx.accumulate, [&](index_t i) {
+      const W d = round_to<W>(xg[i]) - m;
+      return W(d * d);
+    });
+    const W squares = sum_squares.total(ctx.accumulate);
     mean[sg] = m;
     inv_std[sg] = W(1) / sqrt_of(W(squares / count + eps));
     const index_t c0 = (sg % groups_) * per_group;
@@ -89,13 +90,13 @@ template <class T> Tensor<T> GroupNorm<T>::backward(Tensor<T> dy, const RunConte
   // Parameter gradients, channel by channel (each thread owns its channels; samples summed in order).
 #pragma omp parallel for schedule(static) if (worth_threads(x.numel()))
   for (index_t c = 0; c < (x.is_dry() || !affine_ ? 0 : channels_); ++c) {
-    W dbeta(0), dgamma(0);
-    for (index_t s = 0; s < n; ++s)
-      for (index_t i = 0; i < area; ++i) {
-        const W g = round_to<W>(dy[(s * channels_ + c) * area + i]);
-        dbeta = accumulate_round<T>(dbeta + g, ctx.accumulate);
-        dgamma = accumulate_round<T>(dgamma + g * xhat(s, c, i), ctx.accumulate);
-      }
+    LaneSum<T> sum_dy, sum_dy_xhat;
+    for (index_t s = 0; s < n; ++s) {
+      const T* dys = dy.data() + (s * channels_ + c) * area;
+      sum_dy.add(area, ctx.accumulate, [&](index_t i) { return round_to<W>(dys[i]); });
+      sum_dy_xhat.add(area, ctx.accumulate, [&](index_t i) { return W(round_to<W>(dys[i]) * xhat(s, c, i)); });
+    }
+    const W dbeta = sum_dy.total(ctx.accumulate), dgamma = sum_dy_xhat.total(ctx.accumulate);
     gamma_.grad[c] = round_to<T>(W(round_to<W>(gamma_.grad[c]) + dgamma));
     beta_.grad[c] = round_to<T>(W(round_to<W>(beta_.grad[c]) + dbeta));
   }
@@ -105,16 +106,14 @@ template <class T> Tensor<T> GroupNorm<T>::backward(Tensor<T> dy, const RunConte
 #pragma omp parallel for schedule(static) if (worth_threads(x.numel()))
     for (index_t sg = 0; sg < (x.is_dry() ? 0 : n * groups_); ++sg) {
       const index_t s = sg / groups_, c0 = (sg % groups_) * per_group;
-      W sum(0), sum_xhat(0);  // of dx^ and dx^ x^ over the group
+      LaneSum<T> sum, sum_xhat;  // of dx^ and dx^ x^ over the group
       for (index_t k = 0; k < per_group; ++k) {
         const W g = gamma(c0 + k);
-        for (index_t i = 0; i < area; ++i) {
-          const W d = g * round_to<W>(dy[(s * channels_ + c0 + k) * area + i]);
-          sum = accumulate_round<T>(sum + d, ctx.accumulate);
-          sum_xhat = accumulate_round<T>(sum_xhat + d * xhat(s, c0 + k, i), ctx.accumulate);
-        }
+        const T* dys = dy.data() + (s * channels_ + c0 + k) * area;
+        sum.add(area, ctx.accumulate, [&](index_t i) { return W(g * round_to<W>(dys[i])); });
+        sum_xhat.add(area, ctx.accumulate, [&](index_t i) { return W(g * round_to<W>(dys[i]) * xhat(s, c0 + k, i)); });
       }
-      const W mean_d = sum / count, mean_d_xhat = sum_xhat / count;
+      const W mean_d = sum.total(ctx.accumulate) / count, mean_d_xhat = sum_xhat.total(ctx.accumulate) / count;
       for (index_t k = 0; k < per_group; ++k) {
         const W g = gamma(c0 + k);
         for (index_t i = 0; i < area; ++i) {

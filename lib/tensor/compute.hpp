@@ -3,6 +3,7 @@
 // f32 accumulation (as hardware does: 16-bit operands, 32-bit accumulators), otherwise the storage type itself.
 // Kernels are written once over (T storage, G compute); with_compute_type picks G at run time.
 #include <Eigen/Core>
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <immintrin.h>
@@ -59,6 +60,36 @@ template <class T, class G> void round_into(const Tensor<G>& buffer, Tensor<T>& 
   if constexpr (!std::is_same_v<G, T>)
     if (!buffer.is_dry() && !out.is_dry()) convert(buffer.data(), out.data(), out.numel());
 }
+
+// The order of long sums (normalisation statistics, bias gradients): 16 interleaved partial sums. Value i of a run
+// goes to lane i mod 16, each lane adds in increasing order (runs one after another), and total() adds the lanes
+// pairwise (lane l + lane l + 8, then + 4, + 2, + 1). One fixed order, so the same bits on every instruction set
+// and thread count; the compiler vectorises it for float and double (a single running sum is bound by the add's
+// latency: 4 cycles a value), and the error bound grows with n / 16 rather than n. Every partial sum is rounded as
+// the accumulation mode asks (16-bit storage accumulation rounds each one to T).
+template <class T> class LaneSum {
+ public:
+  using W = wide_t<T>;
+  static constexpr int lanes = 16;
+  LaneSum() { std::fill(lane_, lane_ + lanes, W(0)); }
+  // Adds value(i) for i in [0, n), value(i) returning W.
+  template <class F> void add(index_t n, Accumulate mode, F&& value) {
+    index_t i = 0;
+    for (; i + lanes <= n; i += lanes)
+      for (int l = 0; l < lanes; ++l) lane_[l] = accumulate_round<T>(W(lane_[l] + value(i + l)), mode);
+    for (int l = 0; i < n; ++i, ++l) lane_[l] = accumulate_round<T>(W(lane_[l] + value(i)), mode);
+  }
+  W total(Accumulate mode) const {
+    W sums[lanes];
+    std::copy(lane_, lane_ + lanes, sums);
+    for (int width = lanes / 2; width >= 1; width /= 2)
+      for (int l = 0; l < width; ++l) sums[l] = accumulate_round<T>(W(sums[l] + sums[l + width]), mode);
+    return sums[0];
+  }
+
+ private:
+  W lane_[lanes];
+};
 
 // dst[i] (+)= src[i], rounding once into the storage type.
 template <class T, class G> void store_rounded(const G* src, T* dst, index_t n, bool add) {
