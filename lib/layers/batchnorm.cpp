@@ -53,18 +53,18 @@ template <class T> Tensor<T> BatchNorm<T>::forward(Tensor<T> x, const RunContext
   for (index_t c = 0; c < (x.is_dry() ? 0 : channels_); ++c) {
     if (ctx.training) {
       LaneSum<T> sum, sum_squares;
-      for (index_t s = 0; s < n; ++s) {
-        const T* xs = x.data() + at(s, c, 0);
-        sum.add(area, ctx.accumulate, [&](index_t i) { return round_to<W>(xs[i]); });
-      }
-      const W m = sum.total(ctx.accumulate) / round_to<W>(static_cast<double>(count));
-      for (index_t s = 0; s < n; ++s) {
-        const T* xs = x.data() + at(s, c, 0);
-        sum_squares.add(area, ctx.accumulate, [&](index_t i) {
-          const W d = round_to<W>(xs[i]) - m;
-          return W(d * d);
+      for (index_t s = 0; s < n; ++s)
+        widened(x.data() + at(s, c, 0), area, [&](index_t, const W* xs, index_t len) {
+          sum.add(len, ctx.accumulate, [&](index_t i) { return xs[i]; });
         });
-      }
+      const W m = sum.total(ctx.accumulate) / round_to<W>(static_cast<double>(count));
+      for (index_t s = 0; s < n; ++s)
+        widened(x.data() + at(s, c, 0), area, [&](index_t, const W* xs, index_t len) {
+          sum_squares.add(len, ctx.accumulate, [&](index_t i) {
+            const W d = xs[i] - m;
+            return W(d * d);
+          });
+        });
       const W squares = sum_squares.total(ctx.accumulate);
       const W var = squares / round_to<W>(static_cast<double>(count));
       mean[c] = m;
@@ -79,10 +79,11 @@ template <class T> Tensor<T> BatchNorm<T>::forward(Tensor<T> x, const RunContext
       mean[c] = round_to<W>(running_mean_[c]);
       inv_std[c] = W(1) / sqrt_of(W(round_to<W>(running_var_[c]) + eps));
     }
-    const W g = scale(c), b = round_to<W>(beta_.value[c]);
-    for (index_t s = 0; s < n; ++s)
-      for (index_t i = 0; i < area; ++i)
-        y[at(s, c, i)] = round_to<T>(W(g * ((round_to<W>(x[at(s, c, i)]) - mean[c]) * inv_std[c]) + b));
+    const W g = scale(c), b = round_to<W>(beta_.value[c]), mean_c = mean[c], inv_std_c = inv_std[c];
+    for (index_t s = 0; s < n; ++s)  // (y may be x's buffer: each value is read before it is written)
+      widened(x.data() + at(s, c, 0), area, [&](index_t first, const W* xs, index_t len) {
+        narrowed(y.data() + at(s, c, first), len, [&](index_t i) { return W(g * ((xs[i] - mean_c) * inv_std_c) + b); });
+      });
   }
   if (ctx.keeps() || (ctx.keeps_for_inverse() && invertible())) {  // the inverse needs the batch's statistics
     mean_.keep(mean);
@@ -126,24 +127,26 @@ Tensor<T> BatchNorm<T>::backward_from_input(const Tensor<T>& x, Tensor<T> dy, co
   for (index_t c = 0; c < (x.is_dry() ? 0 : channels_); ++c) {
     LaneSum<T> sum_dy, sum_dy_xhat;
     const W mean_c = mean[c], inv_std_c = inv_std[c];
-    for (index_t s = 0; s < n; ++s) {
-      const T *xs = x.data() + at(s, c, 0), *dys = dy.data() + at(s, c, 0);
-      sum_dy.add(area, ctx.accumulate, [&](index_t i) { return round_to<W>(dys[i]); });
-      sum_dy_xhat.add(area, ctx.accumulate, [&](index_t i) {
-        return W(round_to<W>(dys[i]) * W((round_to<W>(xs[i]) - mean_c) * inv_std_c));
-      });
-    }
+    for (index_t s = 0; s < n; ++s)
+      widened2(x.data() + at(s, c, 0), dy.data() + at(s, c, 0), area,
+               [&](index_t, const W* xs, const W* dys, index_t len) {
+                 sum_dy.add(len, ctx.accumulate, [&](index_t i) { return dys[i]; });
+                 sum_dy_xhat.add(len, ctx.accumulate, [&](index_t i) { return W(dys[i] * W((xs[i] - mean_c) * inv_std_c)); });
+               });
     const W dbeta = sum_dy.total(ctx.accumulate), dgamma = sum_dy_xhat.total(ctx.accumulate);
     gamma_.grad[c] = round_to<T>(W(round_to<W>(gamma_.grad[c]) + scale_slope(c) * dgamma));
     beta_.grad[c] = round_to<T>(W(round_to<W>(beta_.grad[c]) + dbeta));
     if (!want_input_grad) continue;  // (each channel is independent: safe inside the parallel loop)
     const W factor = scale(c) * inv_std[c];
     const W mean_dy = dbeta / count, mean_dy_xhat = dgamma / count;
-    for (index_t s = 0; s < n; ++s)
-      for (index_t i = 0; i < area; ++i) {
-        const W xhat = (round_to<W>(x[at(s, c, i)]) - mean[c]) * inv_std[c];
-        dx[at(s, c, i)] = round_to<T>(W(factor * (round_to<W>(dy[at(s, c, i)]) - mean_dy - xhat * mean_dy_xhat)));
-      }
+    for (index_t s = 0; s < n; ++s)  // (dx may be dy's buffer: each value is read before it is written)
+      widened2(x.data() + at(s, c, 0), dy.data() + at(s, c, 0), area,
+               [&](index_t first, const W* xs, const W* dys, index_t len) {
+                 narrowed(dx.data() + at(s, c, first), len, [&](index_t i) {
+                   const W xhat = (xs[i] - mean_c) * inv_std_c;
+                   return W(factor * (dys[i] - mean_dy - xhat * mean_dy_xhat));
+                 });
+               });
   }
   mean_.release();
   inv_std_.release();

@@ -61,6 +61,54 @@ template <class T, class G> void round_into(const Tensor<G>& buffer, Tensor<T>& 
     if (!buffer.is_dry() && !out.is_dry()) convert(buffer.data(), out.data(), out.numel());
 }
 
+// Calls f(offset, values, count) over x[0, n) in the wide type W = wide_t<T>: 16-bit values are widened in chunks
+// of 64 (a multiple of LaneSum's lanes, so lane assignment is unchanged) with the vectorised convert() into a
+// 256-byte array on the stack; other types are passed in place, whole. (The chunk is a register file's worth,
+// the one scratch memory outside a tensor.) widened2 does the same for two arrays side by side.
+template <class T, class F> void widened(const T* x, index_t n, F&& f) {
+  using W = wide_t<T>;
+  if constexpr (std::is_same_v<W, T>) {
+    f(index_t{0}, x, n);
+  } else {
+    W chunk[64];
+    for (index_t i = 0; i < n; i += 64) {
+      const index_t m = std::min<index_t>(64, n - i);
+      convert(x + i, chunk, m);
+      f(i, static_cast<const W*>(chunk), m);
+    }
+  }
+}
+template <class T, class F> void widened2(const T* x, const T* y, index_t n, F&& f) {
+  using W = wide_t<T>;
+  if constexpr (std::is_same_v<W, T>) {
+    f(index_t{0}, x, y, n);
+  } else {
+    W xs[64], ys[64];
+    for (index_t i = 0; i < n; i += 64) {
+      const index_t m = std::min<index_t>(64, n - i);
+      convert(x + i, xs, m);
+      convert(y + i, ys, m);
+      f(i, static_cast<const W*>(xs), static_cast<const W*>(ys), m);
+    }
+  }
+}
+
+// dst[i] = f(i) rounded once into T for i in [0, n), f returning wide_t<T>: 16-bit results are formed in chunks of
+// 64 and rounded with convert(); other types are written directly (dst may be the array f reads, index by index).
+template <class T, class F> void narrowed(T* dst, index_t n, F&& f) {
+  using W = wide_t<T>;
+  if constexpr (std::is_same_v<W, T>) {
+    for (index_t i = 0; i < n; ++i) dst[i] = f(i);
+  } else {
+    W chunk[64];
+    for (index_t i = 0; i < n; i += 64) {
+      const index_t m = std::min<index_t>(64, n - i);
+      for (index_t k = 0; k < m; ++k) chunk[k] = f(i + k);
+      convert(static_cast<const W*>(chunk), dst + i, m);
+    }
+  }
+}
+
 // The order of long sums (normalisation statistics, bias gradients): 16 interleaved partial sums. Value i of a run
 // goes to lane i mod 16, each lane adds in increasing order (runs one after another), and total() adds the lanes
 // pairwise (lane l + lane l + 8, then + 4, + 2, + 1). One fixed order, so the same bits on every instruction set
