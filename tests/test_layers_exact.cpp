@@ -9,11 +9,58 @@
 #include "layers/activations.hpp"
 #include "layers/batchnorm.hpp"
 #include "layers/conv2d.hpp"
+#include "layers/pooling.hpp"
 #include "training/model_factory.hpp"
 #include "training/trainer.hpp"
 
 namespace lowmem {
 namespace {
+
+// Max pooling in f16 and bf16 compares bits, not values: on windows built from every pair of special values
+// (signed zeros, subnormals, infinities, quiet, signalling and negative NaNs) and random patterns, its maximum and
+// the position backward sends the gradient to must be those of the rule in float: the first largest value wins,
+// and a NaN wins over a number.
+template <class T> void expect_pooling_compares_as_float() {
+  const bool half = std::is_same_v<T, f16>;
+  std::vector<std::uint16_t> bits{0x0000, 0x8000, 0x0001, 0x8001, 0x3C00, 0xBC00, 0x3C01,
+                                  half ? std::uint16_t{0x7BFF} : std::uint16_t{0x7F7F},
+                                  half ? std::uint16_t{0xFBFF} : std::uint16_t{0xFF7F},
+                                  half ? std::uint16_t{0x7C00} : std::uint16_t{0x7F80},
+                                  half ? std::uint16_t{0xFC00} : std::uint16_t{0xFF80},
+                                  half ? std::uint16_t{0x7E00} : std::uint16_t{0x7FC0},
+                                  half ? std::uint16_t{0x7C01} : std::uint16_t{0x7F81},
+                                  half ? std::uint16_t{0xFE00} : std::uint16_t{0xFFC0}};
+  Rng rng(3);
+  for (int i = 0; i < 30; ++i) bits.push_back(static_cast<std::uint16_t>(rng.next_u64()));
+  const index_t pairs = static_cast<index_t>(bits.size() * bits.size());
+  // Window p: (a, b) = pair p in the first row, two random patterns from the list in the second.
+  Tensor<T> x(Shape{1, pairs, 2, 2}, MemoryCategory::workspace);
+  for (index_t p = 0; p < pairs; ++p) {
+    const std::uint16_t w[4] = {bits[p / bits.size()], bits[p % bits.size()], bits[rng.next_u64() % bits.size()],
+                                bits[rng.next_u64() % bits.size()]};
+    for (int k = 0; k < 4; ++k) x[4 * p + k] = Eigen::numext::bit_cast<T>(w[k]);
+  }
+  MaxPool<T> pool("pool", 2, 2);
+  const Tensor<T> y = pool.forward(x, RunContext{});
+  Tensor<T> dy(y.shape(), MemoryCategory::workspace);
+  dy.fill(T(1));
+  const Tensor<T> dx = pool.backward(dy, RunContext{}, true);
+  for (index_t p = 0; p < pairs; ++p) {
+    int best = 0;
+    float top = static_cast<float>(x[4 * p]);
+    for (int k = 1; k < 4; ++k) {
+      const float v = static_cast<float>(x[4 * p + k]);
+      if (v > top || (std::isnan(v) && !std::isnan(top))) best = k, top = v;
+    }
+    ASSERT_EQ(Eigen::numext::bit_cast<std::uint16_t>(y[p]), Eigen::numext::bit_cast<std::uint16_t>(x[4 * p + best]))
+        << "window " << p;
+    for (int k = 0; k < 4; ++k) ASSERT_EQ(static_cast<float>(dx[4 * p + k]), k == best ? 1.0f : 0.0f) << "window " << p;
+  }
+}
+TEST(PoolingExact, SixteenBitMaxPoolingComparesAsFloatOnSpecialValues) {
+  expect_pooling_compares_as_float<f16>();
+  expect_pooling_compares_as_float<bf16>();
+}
 
 TEST(BatchNormExact, RunningStatisticsAndEvaluationModeFollowPyTorch) {
   BatchNorm<double> bn("bn", 1, 0.1, 1e-5);

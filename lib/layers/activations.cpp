@@ -20,7 +20,8 @@ template <class T> void relu_bits(const T* in, T* out, index_t n) {
   auto* o16 = reinterpret_cast<std::uint16_t*>(out);
   for (index_t i = 0; i < n; ++i) {
     const std::uint16_t b = i16[i];
-    o16[i] = (b < 0x8000 || (b & 0x7FFF) > infinity_bits<T>) ? b : std::uint16_t{0};
+    const bool keep = (b < 0x8000) | ((b & 0x7FFF) > infinity_bits<T>);
+    o16[i] = b & static_cast<std::uint16_t>(-static_cast<int>(keep));  // a mask, not a branch on data
   }
 }
 // dx = dy where y > 0 (y not NaN), else +0.
@@ -29,8 +30,9 @@ template <class T> void relu_grad_bits(const T* y, const T* dy, T* dx, index_t n
   const auto* g16 = reinterpret_cast<const std::uint16_t*>(dy);
   auto* o16 = reinterpret_cast<std::uint16_t*>(dx);
   for (index_t i = 0; i < n; ++i) {
-    const std::uint16_t b = y16[i];
-    o16[i] = (b != 0 && b <= infinity_bits<T>) ? g16[i] : std::uint16_t{0};
+    // b in [1, +inf] exactly when b - 1 (wrapping at 0) is below +inf's bits; kept as a mask, not a branch.
+    const bool keep = static_cast<std::uint16_t>(y16[i] - 1) < infinity_bits<T>;
+    o16[i] = g16[i] & static_cast<std::uint16_t>(-static_cast<int>(keep));
   }
 }
 

@@ -17,6 +17,19 @@ namespace {
 // Where in in[] the largest value of the kernel x kernel window at `corner` (row length w) is, with top = its
 // value on return (in[corner] on entry). The first largest wins, and NaN wins, as in PyTorch. K: the kernel
 // known at compile time (the loops unroll), or 0 to use `kernel`.
+// f16 and bf16 compare on their bits (a comparison of the values would convert both to float): the sign and
+// magnitude map to an integer in the values' order, -0 and +0 to the same one; magnitudes above +inf's are NaN.
+template <class T> struct Bits16 {
+  static constexpr int infinity = std::is_same_v<T, f16> ? 0x7C00 : 0x7F80;
+  int key;
+  bool nan;
+  explicit Bits16(const T& v) {
+    const int b = Eigen::numext::bit_cast<std::uint16_t>(v), magnitude = b & 0x7FFF;
+    key = b & 0x8000 ? 0x8000 - magnitude : 0x8000 + magnitude;
+    nan = magnitude > infinity;
+  }
+};
+
 template <class T, index_t K>
 index_t window_max(const T* in, index_t corner, index_t w, index_t kernel, T& top) {
   const index_t k = K ? K : kernel;
@@ -25,7 +38,13 @@ index_t window_max(const T* in, index_t corner, index_t w, index_t kernel, T& to
     for (index_t j = 0; j < k; ++j) {
       const index_t at = corner + i * w + j;
       const T v = in[at];
-      const bool take = (v > top) | (is_nan(v) & !is_nan(top));  // & and |: selects, not branches on data
+      bool take;  // & and |: selects, not branches on data
+      if constexpr (is_16bit<T>) {
+        const Bits16<T> a(v), b(top);
+        take = ((a.key > b.key) & !a.nan & !b.nan) | (a.nan & !b.nan);
+      } else {
+        take = (v > top) | (is_nan(v) & !is_nan(top));
+      }
       best = take ? at : best;
       top = take ? v : top;
     }
