@@ -372,7 +372,9 @@ template <class T> Tensor<T> Conv2d<T>::backward(Tensor<T> dy, const RunContext&
       // db += this image's sum of dY per channel (LaneSum's order, its accumulation rule).
       for (index_t c = 0; c < cout; ++c) {
         LaneSum<T> sum;
-        sum.add(P, ctx.accumulate, [&](index_t p) { return round_to<wide_t<T>>(my_dy[c * P + p]); });
+        widened(my_dy + c * P, P, [&](index_t, const wide_t<T>* v, index_t len) {
+          sum.add(len, ctx.accumulate, [&](index_t p) { return v[p]; });
+        });
         my_dbias[c] += round_to<G>(sum.total(ctx.accumulate));
       }
       if (transposed) {
