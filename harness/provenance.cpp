@@ -3,19 +3,15 @@
 #include <unistd.h>
 
 #include <Eigen/Core>
-#include <array>
 #include <boost/version.hpp>
-#include <cstdio>
 #include <ctime>
 #include <fstream>
 
 #include <H5public.h>
 
+#include "build_commit.hpp"  // generated at build time (cmake/build_commit.cmake)
 #include "tensor/gemm.hpp"
 
-#ifndef LOWMEM_SOURCE_DIR
-#define LOWMEM_SOURCE_DIR "."
-#endif
 #ifndef LOWMEM_BUILD_TYPE
 #define LOWMEM_BUILD_TYPE "unknown"
 #endif
@@ -23,18 +19,6 @@
 namespace lowmem {
 
 namespace {
-
-// Output of a shell command, trailing newline removed ("" if it fails).
-std::string capture(const std::string& command) {
-  std::string out;
-  if (FILE* pipe = popen((command + " 2>/dev/null").c_str(), "r")) {
-    std::array<char, 256> buffer{};
-    while (fgets(buffer.data(), buffer.size(), pipe)) out += buffer.data();
-    if (pclose(pipe) != 0) return "";
-  }
-  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
-  return out;
-}
 
 // The CPU's model name ("model name" in /proc/cpuinfo; "unknown" elsewhere).
 std::string cpu_model() {
@@ -89,11 +73,11 @@ std::string iso_time_now() {
 
 std::map<std::string, std::string> provenance(int threads) {
   static const std::map<std::string, std::string> fixed = [] {
-    const std::string git = "git -C '" + std::string(LOWMEM_SOURCE_DIR) + "' ";
-    const std::string commit = capture(git + "rev-parse HEAD");
     std::map<std::string, std::string> p;
-    p["git_commit"] = commit.empty() ? "unknown" : commit;
-    p["git_dirty"] = commit.empty() ? "unknown" : (capture(git + "status --porcelain --untracked-files=no").empty() ? "false" : "true");
+    // Taken when the binary was built (generated/build_commit.hpp): a binary kept while the tree moves on (a
+    // long study's frozen copy) still names its own commit. git_dirty: tracked files differed from it then.
+    p["git_commit"] = LOWMEM_BUILD_COMMIT;
+    p["git_dirty"] = LOWMEM_BUILD_DIRTY;
     p["build_type"] = LOWMEM_BUILD_TYPE;
     p["compiler"] = "g++ " __VERSION__;
     p["eigen_version"] = std::to_string(EIGEN_WORLD_VERSION) + "." + std::to_string(EIGEN_MAJOR_VERSION) + "." +
