@@ -11,6 +11,11 @@ For each precision (f32, bf16, f16, f64), in this order and alternating so both 
       synthetic data for S + 3 steps; median of /runs/<id>/curves/step_seconds without the first 3.
 With --techniques, lowmem f32 is also timed under checkpoint (uniform), approximate activations (ActNN, 4 bits),
 mixed precision (f16) and microbatching (64 microbatches of one image), each against store_all in the same run.
+With --epoch, also one epoch of the reference CNN in f32 on Fashion-MNIST (Debian's dataset-fashion-mnist, 60,000
+training images at batch 64 in a seeded random order, then the 10,000 test images), wall time of the whole run:
+lowmem `run` of configs/reference-cnn.json (f32 only, its sweep removed) against PyTorch loading the same files
+(gzip + numpy, pixels / 255), SGD momentum 0.9 with the config's learning rate and weight decay, evaluating in
+eval mode; both report their test accuracy as a check that they trained (target: lowmem <= 0.8x PyTorch).
 Prints ms/step for both and lowmem/pytorch, then the ratios the project tracks: lowmem f32 / pytorch f32
 (target <= 0.8), lowmem bf16 / pytorch bf16 (<= 1), lowmem f16 / lowmem f32 (<= 1), lowmem f64 / pytorch f64
 (<= 0.1), and with --techniques checkpoint <= 1.35x and ActNN 4 bits <= 1.2x store_all.
@@ -18,6 +23,7 @@ Only ratios measured in the same run mean anything on a shared machine. Exits 0 
 (a missed target is reported, not an error).
 """
 import argparse
+import gzip
 import json
 import statistics
 import subprocess
@@ -27,6 +33,7 @@ import time
 from pathlib import Path
 
 import h5py
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -153,6 +160,63 @@ def lowmem_ms(binary, layers, precision, steps, threads, workdir, technique=None
     return 1000 * statistics.median(seconds[WARMUP:])
 
 
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+TARGET_EPOCH = 0.8  # lowmem / pytorch, one epoch of the reference CNN in f32
+
+
+def fashion_mnist(split):
+    """(images float32 N x 1 x 28 x 28 in [0, 1], labels int64) of 'train' or 't10k', from the idx files."""
+    with gzip.open(FASHION_MNIST / f"{split}-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)
+    with gzip.open(FASHION_MNIST / f"{split}-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)
+    return torch.from_numpy(images.astype(np.float32) / 255), torch.from_numpy(labels.astype(np.int64))
+
+
+def pytorch_epoch(layers, optimizer_spec):
+    """(seconds, test accuracy) of one f32 epoch, data loading and evaluation included."""
+    t0 = time.perf_counter()
+    (x, y), (tx, ty) = fashion_mnist("train"), fashion_mnist("t10k")
+    torch.manual_seed(0)
+    model = torch_model(layers)
+    optimizer = torch.optim.SGD(model.parameters(), lr=optimizer_spec.get("lr", 0.01),
+                                momentum=optimizer_spec.get("momentum", 0.9),
+                                weight_decay=optimizer_spec.get("weight_decay", 0.0))
+    loss_fn = nn.CrossEntropyLoss()
+    order = torch.randperm(len(x))
+    model.train()
+    for first in range(0, len(x) - BATCH + 1, BATCH):
+        batch = order[first:first + BATCH]
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(x[batch]), y[batch]).backward()
+        optimizer.step()
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for first in range(0, len(tx), BATCH):
+            correct += int((model(tx[first:first + BATCH]).argmax(1) == ty[first:first + BATCH]).sum())
+    return time.perf_counter() - t0, correct / len(tx)
+
+
+def lowmem_epoch(binary, threads, workdir):
+    """(seconds, test accuracy) of `lowmem run` on configs/reference-cnn.json in f32 (wall time of the process)."""
+    config = json.loads(REFERENCE_CONFIG.read_text())
+    config.pop("sweep", None)
+    config["precision"], config["name"] = "f32", "compare-epoch"
+    config_path, out = workdir / "epoch.json", workdir / "epoch.h5"
+    config_path.write_text(json.dumps(config, indent=1))
+    out.unlink(missing_ok=True)
+    cmd = [binary, "run", str(config_path), "--out", str(out), "--threads", str(threads), "--quiet"]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stdout}{done.stderr}")
+    with h5py.File(out, "r") as f:
+        (run_id, run), = f["runs"].items()
+        return seconds, float(run.attrs["test_accuracy"])
+
+
 def ratio(a, b):
     return a / b if a is not None and b else None
 
@@ -169,6 +233,8 @@ def main():
     p.add_argument("--precisions", default=",".join(PRECISIONS), help="comma list (default: all four)")
     p.add_argument("--techniques", action="store_true",
                    help="also time lowmem f32 under each technique of TECHNIQUES against store_all, side by side")
+    p.add_argument("--epoch", action="store_true",
+                   help="also time one f32 epoch of the reference CNN on Fashion-MNIST, lowmem against PyTorch")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     args = p.parse_args()
     precisions = args.precisions.split(",")
@@ -193,6 +259,12 @@ def main():
                 t = lowmem_ms(binary, layers, "f32", args.steps, args.threads, Path(tmp), technique, name)
                 techniques[name] = {"lowmem_ms": t, "store_all_ms": base, "over_store_all": ratio(t, base),
                                     "target": target}
+        epoch = None
+        if args.epoch:
+            torch_s, torch_acc = pytorch_epoch(layers, json.loads(REFERENCE_CONFIG.read_text())["train"]["optimizer"])
+            lowmem_s, lowmem_acc = lowmem_epoch(binary, args.threads, Path(tmp))
+            epoch = {"pytorch_s": torch_s, "pytorch_test_accuracy": torch_acc, "lowmem_s": lowmem_s,
+                     "lowmem_test_accuracy": lowmem_acc, "lowmem_over_pytorch": ratio(lowmem_s, torch_s)}
 
     f32 = rows.get("f32", {})
     tracked = {"lowmem_f32_over_pytorch_f32": {"value": f32.get("lowmem_over_pytorch"), "target": TARGET_VS_PYTORCH}}
@@ -207,12 +279,15 @@ def main():
     for name, t in techniques.items():
         if t["target"] is not None:
             tracked[f"{name}_over_store_all"] = {"value": t["over_store_all"], "target": t["target"]}
+    if epoch is not None:
+        tracked["epoch_lowmem_over_pytorch_f32"] = {"value": epoch["lowmem_over_pytorch"], "target": TARGET_EPOCH}
     for t in tracked.values():
         t["met"] = None if t["value"] is None else t["value"] <= t["target"]
 
     if args.json:
         print(json.dumps({"threads": args.threads, "steps": args.steps, "batch": BATCH, "torch": torch.__version__,
-                          "precisions": rows, "techniques": techniques, "tracked": tracked}, indent=2))
+                          "precisions": rows, "techniques": techniques, "epoch": epoch, "tracked": tracked},
+                         indent=2))
         return 0
     print(f"reference CNN, batch {BATCH}, {args.threads} thread(s), median of {args.steps} steps "
           f"after {WARMUP} warm-ups (PyTorch {torch.__version__})")
@@ -223,6 +298,10 @@ def main():
         print(f"{'technique (lowmem f32)':<28}{'ms':>10}{'store_all ms':>14}{'ratio':>8}")
         for name, t in techniques.items():
             print(f"{name:<28}{fmt(t['lowmem_ms']):>10}{fmt(t['store_all_ms']):>14}{fmt(t['over_store_all'], '.2f'):>8}")
+    if epoch is not None:
+        print(f"one f32 epoch of Fashion-MNIST (60,000 images, then the 10,000 test images): pytorch "
+              f"{epoch['pytorch_s']:.1f} s (test accuracy {epoch['pytorch_test_accuracy']:.4f}), lowmem "
+              f"{epoch['lowmem_s']:.1f} s ({epoch['lowmem_test_accuracy']:.4f})")
     print("tracked ratios:")
     for name, t in tracked.items():
         verdict = "n/a" if t["met"] is None else ("ok" if t["met"] else "MISSED")
