@@ -310,8 +310,8 @@ template <class T> Tensor<T> Conv2d<T>::backward(Tensor<T> dy, const RunContext&
   const index_t n = x.dim(0);
   const Geometry g = geometry(spec_, x.dim(2), x.dim(3));
   const index_t cout = spec_.out_channels, K = g.rows(), P = g.cols(), image = g.channels * g.height * g.width;
-  // dL/dx over the kept input when nothing else holds it: image s is read whole (every band of its weight
-  // gradient) before its input gradient is stored, and each image belongs to one thread.
+  // dL/dx over the kept input when nothing else holds it: every image is read whole (the weight gradient, step 1
+  // below) before any input gradient is stored (step 3).
   Tensor<T> dx;
   if (want_input_grad) dx = x.overwritable(MemoryCategory::workspace);
   const std::vector<Band> row_bands = bands(g, ctx.conv_band_columns);
