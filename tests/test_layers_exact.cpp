@@ -3,9 +3,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <cstring>
-#include <limits>
-#include <omp.h>
 #include <nlohmann/json.hpp>
 
 #include "numerics/error.hpp"
@@ -63,55 +60,6 @@ template <class T> void expect_pooling_compares_as_float() {
 TEST(PoolingExact, SixteenBitMaxPoolingComparesAsFloatOnSpecialValues) {
   expect_pooling_compares_as_float<f16>();
   expect_pooling_compares_as_float<bf16>();
-}
-
-// With fewer images than threads (one-image microbatches) a convolution spreads the bands of each image over the
-// threads instead of the images. Forward, input gradient and bias gradient are formed band by band as before, so
-// they must be bit for bit those of one thread; the weight gradient is summed over threads in another order, so
-// it must agree to rounding, and be the same bits from run to run. Stride 1 (columns in place, transposed input
-// gradient) and stride 2 (copied columns, scattered input gradient).
-template <class T> void expect_bands_over_threads_as_images(const Conv2dSpec& spec, index_t size) {
-  struct Result {
-    Tensor<T> y, dx, dw, db;
-  };
-  auto run = [&](int threads) {
-    omp_set_num_threads(threads);
-    Conv2d<T> conv("conv", spec);
-    Rng rng(8);
-    conv.initialize(rng);
-    Tensor<T> x(Shape{1, spec.in_channels, size, size}, MemoryCategory::workspace);
-    for (index_t i = 0; i < x.numel(); ++i) x[i] = round_to<T>(rng.normal());
-    Result r;
-    r.y = conv.forward(x, RunContext{}).clone(MemoryCategory::workspace);
-    Tensor<T> dy(r.y.shape(), MemoryCategory::workspace);
-    for (index_t i = 0; i < dy.numel(); ++i) dy[i] = round_to<T>(rng.normal());
-    for (Param<T>* p : conv.params()) p->grad.fill(T(0));
-    r.dx = conv.backward(dy, RunContext{}, true).clone(MemoryCategory::workspace);
-    r.dw = conv.params()[0]->grad.clone(MemoryCategory::workspace);
-    r.db = conv.params()[1]->grad.clone(MemoryCategory::workspace);
-    return r;
-  };
-  const Result one = run(1), two = run(2), again = run(2);
-  omp_set_num_threads(omp_get_num_procs());
-  auto same = [](const Tensor<T>& a, const Tensor<T>& b) {
-    return a.numel() == b.numel() && std::memcmp(a.data(), b.data(), a.numel() * sizeof(T)) == 0;
-  };
-  EXPECT_TRUE(same(one.y, two.y));
-  EXPECT_TRUE(same(one.dx, two.dx));
-  EXPECT_TRUE(same(one.db, two.db));
-  EXPECT_TRUE(same(two.dw, again.dw));
-  double worst = 0, largest = 0;
-  for (index_t i = 0; i < one.dw.numel(); ++i) {
-    worst = std::max(worst, std::abs(to_double(one.dw[i]) - to_double(two.dw[i])));
-    largest = std::max(largest, std::abs(to_double(one.dw[i])));
-  }
-  EXPECT_LE(worst, 64 * std::numeric_limits<T>::epsilon() * largest);
-  EXPECT_GT(worst, 0.0) << "the bands did not go to two threads (or their sums happened to round alike)";
-}
-TEST(ConvExact, OneImageSpreadOverBandsGivesTheImageByImageResults) {
-  expect_bands_over_threads_as_images<float>(Conv2dSpec{8, 16, 3, 1, 1, true}, 28);
-  expect_bands_over_threads_as_images<double>(Conv2dSpec{8, 16, 3, 1, 1, true}, 28);
-  expect_bands_over_threads_as_images<float>(Conv2dSpec{8, 16, 3, 2, 1, true}, 64);
 }
 
 TEST(BatchNormExact, RunningStatisticsAndEvaluationModeFollowPyTorch) {

@@ -181,53 +181,6 @@ template <class T> class Columns {
   Tensor<std::int32_t> offsets_;    // in place: where row (c, i, j) starts in the padded image
 };
 
-// How a layer call spreads over the threads: over images (each image wholly on one thread, in fixed contiguous
-// blocks) when there are at least as many images as threads; else, as for microbatches of one image, over the
-// bands of each image in turn, so that every thread has work. Each thread has its own buffers either way.
-struct ThreadPlan {
-  int threads;
-  bool by_bands;
-};
-ThreadPlan thread_plan(index_t images, index_t band_count) {
-  const index_t most = omp_get_max_threads();
-  if (images >= most || band_count <= images) return {static_cast<int>(std::min(most, images)), false};
-  return {static_cast<int>(std::min(most, band_count)), true};
-}
-
-// work(t, s, b) for every image s in [0, n) and band b, on thread t; prepare(t, s) on a thread before its first
-// band of image s (it loads the image into the thread's buffer).
-template <class Prepare, class Work>
-void for_each_band(const ThreadPlan& plan, index_t n, const std::vector<Band>& bands, Prepare&& prepare,
-                   Work&& work) {
-  const index_t count = static_cast<index_t>(bands.size());
-#pragma omp parallel num_threads(plan.threads)
-  {
-    const int t = omp_get_thread_num();
-    if (plan.by_bands) {
-      for (index_t s = 0; s < n; ++s) {
-        prepare(t, s);
-#pragma omp for schedule(static)
-        for (index_t i = 0; i < count; ++i) work(t, s, bands[i]);
-      }
-    } else {
-#pragma omp for schedule(static)
-      for (index_t s = 0; s < n; ++s) {
-        prepare(t, s);
-        for (index_t i = 0; i < count; ++i) work(t, s, bands[i]);
-      }
-    }
-  }
-}
-
-// dbias[c] += the sum of dy[c][0, P) over each channel c (LaneSum's order, its accumulation rule).
-template <class T, class G> void add_bias_gradient(const T* dy, index_t channels, index_t P, Accumulate mode, G* dbias) {
-  for (index_t c = 0; c < channels; ++c) {
-    LaneSum<T> sum;
-    widened(dy + c * P, P, [&](index_t, const wide_t<T>* v, index_t len) { sum.add(len, mode, [&](index_t p) { return v[p]; }); });
-    dbias[c] += round_to<G>(sum.total(mode));
-  }
-}
-
 }  // namespace
 
 template <class T>
@@ -260,20 +213,19 @@ template <class T> std::vector<Param<T>*> Conv2d<T>::params() {
   return {&weight_};
 }
 
-// Images (or, with fewer images than threads, the bands of each image) are spread over the OpenMP threads as
-// thread_plan says, each thread with its own column and packing buffers; weight gradients are summed per thread
-// and then over threads in thread order, so results are identical from run to run at a given thread count. Workspace grows with the thread count. The
+// Images are spread over the OpenMP threads in fixed contiguous blocks (schedule static), each thread with its own
+// column and packing buffers; weight gradients are summed per thread and then over threads in thread order, so
+// results are identical from run to run at a given thread count. Workspace grows with the thread count. The
 // columns hold the input's values in its storage type: the product converts them while packing
 // (weight_products.hpp), so a 16-bit input is never widened whole.
 template <class T> Tensor<T> Conv2d<T>::forward(Tensor<T> x, const RunContext& ctx) {
   const index_t n = x.dim(0);
   const Geometry g = geometry(spec_, x.dim(2), x.dim(3));
   const index_t cout = spec_.out_channels, K = g.rows(), P = g.cols(), image = g.channels * g.height * g.width;
+  const int threads = static_cast<int>(std::min<index_t>(omp_get_max_threads(), n));
   Tensor<T> y(Shape{n, cout, g.out_height, g.out_width}, MemoryCategory::workspace);
   const std::vector<Band> row_bands = bands(g, ctx.conv_band_columns);
   const index_t band_rows = row_bands[0].end - row_bands[0].first;  // the widest band
-  const ThreadPlan plan = thread_plan(n, static_cast<index_t>(row_bands.size()));
-  const int threads = plan.threads;
   with_compute_type<T>(ctx.accumulate, [&]<class G>() {
     const bool in_place = Columns<T>::template serves<G>(g, band_rows, weight_.pattern != nullptr);
     Columns<T> columns(g, in_place, threads, band_rows);
@@ -281,23 +233,27 @@ template <class T> Tensor<T> Conv2d<T>::forward(Tensor<T> x, const RunContext& c
     Tensor<G> out(Shape{threads, cout, most}, MemoryCategory::workspace);
     Tensor<float> packing = packing_workspace(weight_, threads, packing_floats<G>(cout, most, K));
     if (columns.is_dry() || x.is_dry()) return;
-    auto load = [&](int t, index_t s) { columns.load(t, x.data() + s * image); };
-    auto band = [&](int t, index_t s, const Band& b) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (index_t s = 0; s < n; ++s) {
+      const int t = omp_get_thread_num();
       G* my_out = out.data() + t * cout * most;
-      const index_t positions = columns.positions(b);
-      weight_product(weight_, cout, K, false, columns.band(t, b, x.data() + s * image),
-                     OutputView<G>::row_major(my_out, cout, positions), false, packing_row(packing, t));
-      for (index_t c = 0; c < cout; ++c)
-        for (index_t oy = b.first; oy < b.end; ++oy) {
-          G* row = my_out + c * positions + (oy - b.first) * columns.pitch();
-          if (spec_.bias) {
-            const G bias = round_to<G>(bias_.value[c]);
-            for (index_t p = 0; p < g.out_width; ++p) row[p] += bias;
+      const T* my_x = x.data() + s * image;
+      columns.load(t, my_x);
+      for (const Band& b : row_bands) {
+        const index_t positions = columns.positions(b);
+        weight_product(weight_, cout, K, false, columns.band(t, b, my_x),
+                       OutputView<G>::row_major(my_out, cout, positions), false, packing_row(packing, t));
+        for (index_t c = 0; c < cout; ++c)
+          for (index_t oy = b.first; oy < b.end; ++oy) {
+            G* row = my_out + c * positions + (oy - b.first) * columns.pitch();
+            if (spec_.bias) {
+              const G bias = round_to<G>(bias_.value[c]);
+              for (index_t p = 0; p < g.out_width; ++p) row[p] += bias;
+            }
+            store_rounded(row, y.data() + (s * cout + c) * P + oy * g.out_width, g.out_width, false);
           }
-          store_rounded(row, y.data() + (s * cout + c) * P + oy * g.out_width, g.out_width, false);
-        }
-    };
-    for_each_band(plan, n, row_bands, load, band);
+      }
+    }
   });
   if (ctx.keeps()) input_.keep(x);
   return y;
@@ -310,14 +266,13 @@ template <class T> Tensor<T> Conv2d<T>::backward(Tensor<T> dy, const RunContext&
   const index_t n = x.dim(0);
   const Geometry g = geometry(spec_, x.dim(2), x.dim(3));
   const index_t cout = spec_.out_channels, K = g.rows(), P = g.cols(), image = g.channels * g.height * g.width;
-  // dL/dx over the kept input when nothing else holds it: every image is read whole (the weight gradient, step 1
-  // below) before any input gradient is stored (step 3).
+  const int threads = static_cast<int>(std::min<index_t>(omp_get_max_threads(), n));
+  // dL/dx over the kept input when nothing else holds it: image s is read whole (every band of its weight
+  // gradient) before its input gradient is stored, and each image belongs to one thread.
   Tensor<T> dx;
   if (want_input_grad) dx = x.overwritable(MemoryCategory::workspace);
   const std::vector<Band> row_bands = bands(g, ctx.conv_band_columns);
   const index_t band_rows = row_bands[0].end - row_bands[0].first;  // the widest band
-  const ThreadPlan plan = thread_plan(n, static_cast<index_t>(row_bands.size()));
-  const int threads = plan.threads;
   with_compute_type<T>(ctx.accumulate, [&]<class G>() {
     const bool in_place = Columns<T>::template serves<G>(g, band_rows, weight_.pattern != nullptr);
     Columns<T> columns(g, in_place, threads, band_rows);
@@ -381,64 +336,69 @@ template <class T> Tensor<T> Conv2d<T>::backward(Tensor<T> dy, const RunContext&
             for (index_t j = 0; j < g.kernel; ++j)
               flipped[ci * cout * g.kernel * g.kernel + (co * g.kernel + g.kernel - 1 - i) * g.kernel + g.kernel - 1 - j] =
                   weight_.value[((co * g.channels + ci) * g.kernel + i) * g.kernel + j];
-    // dY of image s and band b, (cout, positions(b)): in place spread over the padded width in thread t's buffer
-    // (again for the input gradient rather than kept for the whole image, so the buffer stays one band).
-    auto output_gradient = [&](int t, index_t s, const Band& b) {
-      const T* my_dy = dy.data() + s * cout * P;
-      const index_t positions = columns.positions(b);
-      if (spread.empty()) return MatrixView<T>{my_dy + b.first * g.out_width, cout, positions, P, 1};
-      T* my_spread = spread.data() + t * cout * most;
-      for (index_t c = 0; c < cout; ++c)
-        for (index_t oy = b.first; oy < b.end; ++oy) {
-          T* to = my_spread + c * positions + (oy - b.first) * columns.pitch();
-          std::copy(my_dy + c * P + oy * g.out_width, my_dy + c * P + (oy + 1) * g.out_width, to);
-          if (oy + 1 < b.end) std::fill(to + g.out_width, to + columns.pitch(), T(0));  // between rows: zero
-        }
-      return MatrixView<T>::row_major(my_spread, cout, positions);
-    };
-    // 1. dW, every image read whole before any input gradient is stored (dx may be x's buffer).
-    for_each_band(
-        plan, n, row_bands, [&](int t, index_t s) { columns.load(t, x.data() + s * image); },
-        [&](int t, index_t s, const Band& b) {
-          add_weight_gradient(weight_, output_gradient(t, s, b), columns.band(t, b, x.data() + s * image),
-                              dweight.data() + t * wn, packing_row(packing, t));
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (index_t s = 0; s < n; ++s) {
+      const int t = omp_get_thread_num();
+      G* my_dbias = dbias.data() + t * cout;
+      G* my_dcols = nullptr;
+      if constexpr (std::is_same_v<G, T>)
+        if (reuse_columns) my_dcols = columns.buffer(t);
+      if (!dcols.empty()) my_dcols = dcols.data() + t * K * most;
+      G* my_dimage = dimage.empty() ? nullptr : dimage.data() + t * columns.gradient_size();
+      T* my_spread = spread.empty() ? nullptr : spread.data() + t * cout * most;
+      float* my_packing = packing_row(packing, t);
+      // (my_dy is taken out here because clang 14 cannot capture dy and P into a lambda in an OpenMP loop in a
+      // generic lambda.)
+      const T* const my_dy = dy.data() + s * cout * P;
+      // dY of this image and band, (cout, positions(b)); in place it is spread again for the input gradient
+      // rather than kept for the whole image, so the buffer stays one band.
+      auto output_gradient = [&](const Band& b) {
+        const index_t positions = columns.positions(b);
+        if (!my_spread) return MatrixView<T>{my_dy + b.first * g.out_width, cout, positions, P, 1};
+        for (index_t c = 0; c < cout; ++c)
+          for (index_t oy = b.first; oy < b.end; ++oy) {
+            T* to = my_spread + c * positions + (oy - b.first) * columns.pitch();
+            std::copy(my_dy + c * P + oy * g.out_width, my_dy + c * P + (oy + 1) * g.out_width, to);
+            if (oy + 1 < b.end) std::fill(to + g.out_width, to + columns.pitch(), T(0));  // between rows: zero
+          }
+        return MatrixView<T>::row_major(my_spread, cout, positions);
+      };
+      const T* my_x = x.data() + s * image;
+      columns.load(t, my_x);
+      for (const Band& b : row_bands) {
+        add_weight_gradient(weight_, output_gradient(b), columns.band(t, b, my_x), dweight.data() + t * wn,
+                            my_packing);
+      }
+      // db += this image's sum of dY per channel (LaneSum's order, its accumulation rule).
+      for (index_t c = 0; c < cout; ++c) {
+        LaneSum<T> sum;
+        widened(my_dy + c * P, P, [&](index_t, const wide_t<T>* v, index_t len) {
+          sum.add(len, ctx.accumulate, [&](index_t p) { return v[p]; });
         });
-    // 2. db, each image's on the thread that had it (thread 0 when the bands were spread).
-    const ThreadPlan by_images = plan.by_bands ? ThreadPlan{1, false} : plan;
-    for_each_band(by_images, n, {row_bands[0]}, [](int, index_t) {}, [&](int t, index_t s, const Band&) {
-      add_bias_gradient(dy.data() + s * cout * P, cout, P, ctx.accumulate, dbias.data() + t * cout);
-    });
-    // 3. dX.
-    if (transposed) {
-      const MatrixView<T> wt = MatrixView<T>::row_major(flipped.data(), g.channels, flipped.dim(1));
-      for_each_band(
-          plan, n, dx_bands, [&](int t, index_t s) { dy_columns->load(t, dy.data() + s * cout * P); },
-          [&](int t, index_t s, const Band& b) {
-            G* my_out = dx_out.data() + t * dx_out.dim(1) * dx_out.dim(2);
-            const index_t positions = dy_columns->positions(b);
-            dense_product<G>(wt, dy_columns->band(t, b, dy.data() + s * cout * P), my_out, positions, false,
-                             packing_row(packing, t));
-            for (index_t c = 0; c < g.channels; ++c)
-              for (index_t y = b.first; y < b.end; ++y)
-                store_rounded(my_out + c * positions + (y - b.first) * dy_columns->pitch(),
-                              dx.data() + s * image + (c * g.height + y) * g.width, g.width, false);
-          });
-    } else if (want_input_grad) {
-      // Bands of one image add into overlapping rows of its gradient: an image stays on one thread.
-      for_each_band(by_images, n, {row_bands[0]}, [](int, index_t) {}, [&](int t, index_t s, const Band&) {
-        G* my_dcols = dcols.empty() ? nullptr : dcols.data() + t * K * most;
-        if constexpr (std::is_same_v<G, T>)
-          if (reuse_columns) my_dcols = columns.buffer(t);
-        G* my_dimage = dimage.data() + t * columns.gradient_size();
+        my_dbias[c] += round_to<G>(sum.total(ctx.accumulate));
+      }
+      if (transposed) {
+        G* my_out = dx_out.data() + t * dx_out.dim(1) * dx_out.dim(2);
+        const MatrixView<T> wt = MatrixView<T>::row_major(flipped.data(), g.channels, flipped.dim(1));
+        dy_columns->load(t, my_dy);
+        for (const Band& b : dx_bands) {
+          const index_t positions = dy_columns->positions(b);
+          dense_product<G>(wt, dy_columns->band(t, b, my_dy), my_out, positions, false, my_packing);
+          for (index_t c = 0; c < g.channels; ++c)
+            for (index_t y = b.first; y < b.end; ++y)
+              store_rounded(my_out + c * positions + (y - b.first) * dy_columns->pitch(),
+                            dx.data() + s * image + (c * g.height + y) * g.width, g.width, false);
+        }
+      } else if (want_input_grad) {
         std::fill(my_dimage, my_dimage + columns.gradient_size(), G(0));
         for (const Band& b : row_bands) {
           const index_t positions = columns.positions(b);
-          weight_product(weight_, cout, K, true, output_gradient(t, s, b),
-                         OutputView<G>::row_major(my_dcols, K, positions), false, packing_row(packing, t));
+          weight_product(weight_, cout, K, true, output_gradient(b),
+                         OutputView<G>::row_major(my_dcols, K, positions), false, my_packing);
           columns.add_gradient(my_dcols, b, my_dimage);
         }
         columns.store_gradient(my_dimage, dx.data() + s * image);
-      });
+      }
     }
     for (int t = 1; t < threads; ++t) {
       for (index_t i = 0; i < wn; ++i)
