@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "numerics/error.hpp"
+#include "tensor/compute.hpp"
 
 namespace lowmem {
 
@@ -13,7 +14,6 @@ namespace {
 // ReLU on the bits of a 16-bit value (f16 or bf16: sign in the top bit, +inf the largest non-NaN magnitude), the
 // same results as the comparisons below but in integer operations the compiler vectorises (the comparisons
 // would convert every value to float).
-template <class T> constexpr std::uint16_t infinity_bits = std::is_same_v<T, f16> ? 0x7C00 : 0x7F80;
 // y = x where x > 0 or x is NaN, else +0.
 template <class T> void relu_bits(const T* in, T* out, index_t n) {
   const auto* i16 = reinterpret_cast<const std::uint16_t*>(in);

@@ -20,13 +20,12 @@ namespace {
 // f16 and bf16 compare on their bits (a comparison of the values would convert both to float): the sign and
 // magnitude map to an integer in the values' order, -0 and +0 to the same one; magnitudes above +inf's are NaN.
 template <class T> struct Bits16 {
-  static constexpr int infinity = std::is_same_v<T, f16> ? 0x7C00 : 0x7F80;
   int key;
   bool nan;
   explicit Bits16(const T& v) {
     const int b = Eigen::numext::bit_cast<std::uint16_t>(v), magnitude = b & 0x7FFF;
     key = b & 0x8000 ? 0x8000 - magnitude : 0x8000 + magnitude;
-    nan = magnitude > infinity;
+    nan = magnitude > infinity_bits<T>;
   }
 };
 

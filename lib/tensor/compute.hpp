@@ -61,6 +61,10 @@ template <class T, class G> void round_into(const Tensor<G>& buffer, Tensor<T>& 
     if (!buffer.is_dry() && !out.is_dry()) convert(buffer.data(), out.data(), out.numel());
 }
 
+// The bits of +inf in a 16-bit format (f16 or bf16: sign in the top bit, +inf the largest non-NaN magnitude), for
+// kernels that work on the bits of 16-bit values instead of converting them to float.
+template <class T> constexpr std::uint16_t infinity_bits = std::is_same_v<T, f16> ? 0x7C00 : 0x7F80;
+
 // Calls f(offset, values, count) over x[0, n) in the wide type W = wide_t<T>: 16-bit values are widened in chunks
 // of 64 (a multiple of LaneSum's lanes, so lane assignment is unchanged) with the vectorised convert() into a
 // 256-byte array on the stack; other types are passed in place, whole. (The chunk is a register file's worth,
