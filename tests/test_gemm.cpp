@@ -90,14 +90,26 @@ template <class T> void check_products(bool tiny) {
     for (bool add : {false, true}) {
       for (Isa isa : isas_here()) {
         set_gemm_isa(isa);
-        // b given transposed (its columns contiguous) exercises the strided packing path.
-        std::vector<T> bt(b.size());
+        // a and b given transposed (their columns contiguous) exercise the strided paths; b through row offsets
+        // (its rows stored in reverse order, as a convolution's columns are read from a padded image) the in-place
+        // one. For f32, a and b are then read where they lie; the bits must not depend on it.
+        std::vector<T> at(a.size()), bt(b.size()), b_reversed(b.size());
+        for (index_t r = 0; r < m; ++r)
+          for (index_t c = 0; c < k; ++c) at[c * m + r] = a[r * k + c];
         for (index_t r = 0; r < k; ++r)
           for (index_t c = 0; c < n; ++c) bt[c * k + r] = b[r * n + c];
-        for (bool transposed : {false, true}) {
-          const MatrixView<T> av = MatrixView<T>::row_major(a.data(), m, k);
-          const MatrixView<T> bv = transposed ? MatrixView<T>::row_major(bt.data(), n, k).t()
-                                              : MatrixView<T>::row_major(b.data(), k, n);
+        std::vector<std::int32_t> offsets(static_cast<std::size_t>(k));
+        for (index_t r = 0; r < k; ++r) {
+          offsets[r] = static_cast<std::int32_t>((k - 1 - r) * n);
+          std::copy(b.begin() + r * n, b.begin() + (r + 1) * n, b_reversed.begin() + offsets[r]);
+        }
+        for (int form = 0; form < 4; ++form) {
+          const bool a_transposed = form == 3;
+          const MatrixView<T> av = a_transposed ? MatrixView<T>::row_major(at.data(), k, m).t()
+                                                : MatrixView<T>::row_major(a.data(), m, k);
+          const MatrixView<T> bv = form == 1   ? MatrixView<T>::row_major(bt.data(), n, k).t()
+                                   : form == 2 ? MatrixView<T>::rows_at(b_reversed.data(), offsets.data(), k, n)
+                                               : MatrixView<T>::row_major(b.data(), k, n);
           std::vector<C> c(start);
           gemm(av, bv, c.data(), n, add, workspace.data());
           index_t wrong = 0;
@@ -107,7 +119,7 @@ template <class T> void check_products(bool tiny) {
               if (!same_bits(c[i * n + j], want)) {
                 if (wrong++ < 3)
                   ADD_FAILURE() << to_string(isa) << " m=" << m << " n=" << n << " k=" << k << " add=" << add
-                                << " transposed=" << transposed << " (" << i << ", " << j << "): " << to_double(c[i * n + j])
+                                << " form=" << form << " (" << i << ", " << j << "): " << to_double(c[i * n + j])
                                 << " != " << to_double(want);
               }
             }

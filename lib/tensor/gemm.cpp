@@ -32,12 +32,51 @@ index_t packed_rows(index_t m) { return std::max({round_up(m, 4), round_up(m, 6)
 // A micro-kernel: c (mr x nr, row stride ldc) = or += a panel (kc steps of mr values) times b panel (kc steps of
 // nr values), one fused multiply-add chain per entry, k ascending. With `pairs` the panels hold bf16 pairs: step
 // k/2 holds, per row or column, the values at k and k + 1 side by side (VDPBF16PS's layout); kc is then even.
-// C: the type of the sums (float, or double for f64 products).
+// C: the type of the sums (double or dd; float kernels read through Operands, below).
 template <class C> struct Kernel {
   index_t mr, nr;
   bool pairs;
   void (*run)(index_t kc, const void* a, const void* b, C* c, index_t ldc, bool add);
 };
+
+// Where a float kernel reads its operands. Row i of a's tile at step k is a[k * a_k + i * a_i]: a packed panel
+// (a_k = MR, a_i = 1), or an f32 matrix read where it lies (its own strides), so that a weight matrix is not
+// copied for every band of a convolution. Step k of b's nr values starts at b_rows[k]: a row of a packed panel, or
+// a row of an f32 b itself where its rows run along memory (a convolution's column matrix, read in place). For
+// bf16 pairs a and b_rows address 32-bit pairs. Where the values come from never changes the chain of sums.
+struct Operands {
+  const float* a;
+  index_t a_k, a_i;
+  const float* const* b_rows;
+};
+template <> struct Kernel<float> {
+  index_t mr, nr;
+  bool pairs;
+  void (*run)(index_t kc, const Operands& ops, float* c, index_t ldc, bool add);
+};
+
+// The tile's row pointers into a: row i at step k is rows[i][k * a_k].
+template <int MR> struct ARows {
+  const float* rows[MR];
+  explicit ARows(const Operands& ops) {
+    for (int i = 0; i < MR; ++i) rows[i] = ops.a + i * ops.a_i;
+  }
+};
+
+template <int MR, int NR>
+void portable_kernel_f32(index_t kc, const Operands& ops, float* c, index_t ldc, bool add) {
+  const ARows<MR> a(ops);
+  float acc[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = add ? c[i * ldc + j] : 0.0f;
+  for (index_t k = 0; k < kc; ++k) {
+    const float* b = ops.b_rows[k];
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) acc[i][j] = std::fma(a.rows[i][k * ops.a_k], b[j], acc[i][j]);
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) c[i * ldc + j] = acc[i][j];
+}
 
 template <int MR, int NR, class C>
 void portable_kernel(index_t kc, const void* ap, const void* bp, C* c, index_t ldc, bool add) {
@@ -53,11 +92,10 @@ void portable_kernel(index_t kc, const void* ap, const void* bp, C* c, index_t l
     for (int j = 0; j < NR; ++j) c[i * ldc + j] = acc[i][j];
 }
 
-__attribute__((target("avx2,fma"))) void avx2_kernel(index_t kc, const void* ap, const void* bp, float* c,
-                                                     index_t ldc, bool add) {
+__attribute__((target("avx2,fma"))) void avx2_kernel(index_t kc, const Operands& ops, float* c, index_t ldc,
+                                                     bool add) {
   constexpr int MR = 6;
-  const float* a = static_cast<const float*>(ap);
-  const float* b = static_cast<const float*>(bp);
+  const ARows<MR> a(ops);
   __m256 acc[MR][2];
 #pragma GCC unroll 6
   for (int i = 0; i < MR; ++i) {
@@ -65,10 +103,12 @@ __attribute__((target("avx2,fma"))) void avx2_kernel(index_t kc, const void* ap,
     acc[i][1] = add ? _mm256_loadu_ps(c + i * ldc + 8) : _mm256_setzero_ps();
   }
   for (index_t k = 0; k < kc; ++k) {
-    const __m256 b0 = _mm256_loadu_ps(b + k * 16), b1 = _mm256_loadu_ps(b + k * 16 + 8);
+    const float* b = ops.b_rows[k];
+    const index_t at = k * ops.a_k;
+    const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
 #pragma GCC unroll 6
     for (int i = 0; i < MR; ++i) {
-      const __m256 ai = _mm256_broadcast_ss(a + k * MR + i);
+      const __m256 ai = _mm256_broadcast_ss(a.rows[i] + at);
       acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
       acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
     }
@@ -80,11 +120,10 @@ __attribute__((target("avx2,fma"))) void avx2_kernel(index_t kc, const void* ap,
   }
 }
 
-__attribute__((target("avx512f"))) void avx512_kernel(index_t kc, const void* ap, const void* bp, float* c,
-                                                      index_t ldc, bool add) {
+__attribute__((target("avx512f"))) void avx512_kernel(index_t kc, const Operands& ops, float* c, index_t ldc,
+                                                      bool add) {
   constexpr int MR = 8;
-  const float* a = static_cast<const float*>(ap);
-  const float* b = static_cast<const float*>(bp);
+  const ARows<MR> a(ops);
   __m512 acc[MR][2];
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) {
@@ -92,10 +131,12 @@ __attribute__((target("avx512f"))) void avx512_kernel(index_t kc, const void* ap
     acc[i][1] = add ? _mm512_loadu_ps(c + i * ldc + 16) : _mm512_setzero_ps();
   }
   for (index_t k = 0; k < kc; ++k) {
-    const __m512 b0 = _mm512_loadu_ps(b + k * 32), b1 = _mm512_loadu_ps(b + k * 32 + 16);
+    const float* b = ops.b_rows[k];
+    const index_t at = k * ops.a_k;
+    const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
-      const __m512 ai = _mm512_set1_ps(a[k * MR + i]);
+      const __m512 ai = _mm512_set1_ps(a.rows[i][at]);
       acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
       acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
     }
@@ -163,11 +204,11 @@ __attribute__((target("avx512f"))) void avx512_kernel_f64(index_t kc, const void
 }
 
 // bf16 pairs: each VDPBF16PS adds, per lane, a[k+1] b[k+1] and then a[k] b[k] to the f32 sum.
-__attribute__((target("avx512f,avx512bf16"))) void avx512_bf16_kernel(index_t kc, const void* ap, const void* bp,
-                                                                      float* c, index_t ldc, bool add) {
+// Pairs are always packed: a holds one pair per row and step (a_k = MR), b_rows[p] the 32 pairs of step p.
+__attribute__((target("avx512f,avx512bf16"))) void avx512_bf16_kernel(index_t kc, const Operands& ops, float* c,
+                                                                      index_t ldc, bool add) {
   constexpr int MR = 8;
-  const std::uint32_t* a = static_cast<const std::uint32_t*>(ap);  // one pair per row and step
-  const std::uint32_t* b = static_cast<const std::uint32_t*>(bp);  // 32 pairs per step
+  const auto* a = reinterpret_cast<const std::uint32_t*>(ops.a);
   __m512 acc[MR][2];
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) {
@@ -175,8 +216,9 @@ __attribute__((target("avx512f,avx512bf16"))) void avx512_bf16_kernel(index_t kc
     acc[i][1] = add ? _mm512_loadu_ps(c + i * ldc + 16) : _mm512_setzero_ps();
   }
   for (index_t p = 0; p < kc / 2; ++p) {
-    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + p * 32);
-    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + p * 32 + 16);
+    const float* b = ops.b_rows[p];
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b);
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + 16);
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       const __m512bh ai = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[p * MR + i]));
@@ -288,7 +330,7 @@ __attribute__((target("avx2,fma"))) void avx2_kernel_dd(index_t kc, const void* 
 }
 #undef LOWMEM_DD_MUL_ADD
 
-constexpr Kernel<float> portable{4, 16, false, portable_kernel<4, 16, float>};
+constexpr Kernel<float> portable{4, 16, false, portable_kernel_f32<4, 16>};
 constexpr Kernel<float> avx2{6, 16, false, avx2_kernel};
 constexpr Kernel<float> avx512{8, 32, false, avx512_kernel};
 constexpr Kernel<float> avx512_pairs{8, 32, true, avx512_bf16_kernel};
@@ -559,6 +601,132 @@ index_t gemm_workspace_floats(index_t m, index_t, index_t k) {
   return round_up(std::min(k, KC), 2) * (packed_rows(std::min(m, MC)) + NR_MAX);
 }
 
+namespace {
+
+// Writes the kernel's mr x nr result into c's rows x cols corner: in place when the tile is whole, else through a
+// full-size tile (the kernel always writes mr x nr).
+template <class C, class Run>
+void run_tile(index_t rows, index_t cols, index_t mr, index_t nr, C* ct, index_t ldc, bool add, Run run) {
+  if (rows == mr && cols == nr) {
+    run(ct, ldc, add);
+    return;
+  }
+  alignas(64) C tile[8 * 32];
+  if (add)
+    for (index_t i = 0; i < rows; ++i) std::copy(ct + i * ldc, ct + i * ldc + cols, tile + i * nr);
+  run(tile, nr, add);
+  for (index_t i = 0; i < rows; ++i) std::copy(tile + i * nr, tile + i * nr + cols, ct + i * ldc);
+}
+
+// Whether the rows of one step block of b (each 32 floats from rows[r]) can share L1 with one another: rows a
+// large power of two apart (a 512-float stride) fall into a few of L1's 64 sets and evict one another while the
+// kernel runs, so such a b is packed instead. Counts the 64-byte lines each set would hold (consecutive rows
+// that share lines, as a convolution's column rows do, count once) against 8 ways, the fewest on x86-64 cores.
+// Speed only: where b is read from never changes a sum.
+bool rows_share_l1(const float* const* rows, index_t count) {
+  int per_set[64] = {};
+  std::uintptr_t counted_end = 0;  // the lines counted so far for the previous row: [.., counted_end)
+  for (index_t r = 0; r < count; ++r) {
+    const std::uintptr_t first = reinterpret_cast<std::uintptr_t>(rows[r]) / 64;
+    const std::uintptr_t end = (reinterpret_cast<std::uintptr_t>(rows[r] + 32) + 63) / 64;
+    for (std::uintptr_t line = std::max(first, r > 0 && first < counted_end ? counted_end : first); line < end; ++line)
+      if (++per_set[line % 64] > 8) return false;
+    counted_end = std::max(end, r > 0 && first < counted_end ? counted_end : end);
+  }
+  return true;
+}
+
+// Products summed in float (float, f16 and bf16 operands). An f32 a whose rows or columns run along memory is read
+// where it lies, as are an f32 b's rows where they run along memory; everything else (conversions, bf16 pairs, the
+// edge tiles) is packed. The workspace holds the slab of a (or an edge panel of it) and one panel of b.
+template <class T>
+void gemm_float(const MatrixView<T>& a, const MatrixView<T>& b, float* c, index_t ldc, bool add, float* workspace) {
+  constexpr bool is_bf16 = std::is_same_v<T, bf16>, is_f32 = std::is_same_v<T, float>;
+  const index_t m = a.rows, n = b.cols, k = a.cols;
+  const Kernel<float>& kernel = kernel_for(gemm_isa(), is_bf16);
+  const FlushDenormals flush(is_bf16);
+  const index_t mr = kernel.mr, nr = kernel.nr;
+  const bool swap = is_bf16 && !kernel.pairs;
+  float* const b_panel = workspace;
+  float* const a_pack = workspace + round_up(std::min(k, KC), 2) * NR_MAX;
+  // In place only while a's block (m x KC) stays in L1 beside b's rows: a larger a is packed, slab by slab, once
+  // for all of b's panels (read in place from L2 it was measured 15 % slower at 512 x 512 x 512).
+  const bool a_in_place =
+      is_f32 && !a.offsets && (a.col_stride == 1 || a.row_stride == 1) && m * std::min(k, KC) <= 64 * KC;
+  const bool b_in_place = is_f32 && b.col_stride == 1 && !(b.offsets && b.offsets_per_column);
+  const MatrixView<T> bt = b.t();
+  const float* b_rows[KC];
+  for (index_t pc = 0; pc < k; pc += KC) {
+    const index_t kc = std::min(KC, k - pc), kcp = is_bf16 ? round_up(kc, 2) : kc;
+    const index_t steps = kernel.pairs ? kcp / 2 : kcp;  // rows of a packed panel
+    const bool add_block = add || pc > 0;
+    const index_t slab = a_in_place ? m : MC;  // rows of a per pass over b's panels
+    bool b_fits = true;
+    for (index_t ic = 0; ic < m; ic += slab) {
+      const index_t mc = std::min(slab, m - ic);
+      if (!a_in_place) pack(a, ic, mc, pc, kc, kcp, mr, kernel.pairs, swap, a_pack);
+      for (index_t jr = 0; jr < n; jr += nr) {
+        const index_t cols = std::min(nr, n - jr);
+        bool in_place = b_in_place && cols == nr;
+        if constexpr (is_f32)
+          if (in_place) {
+            for (index_t kk = 0; kk < kc; ++kk) b_rows[kk] = &b(pc + kk, jr);
+            if (jr == 0) b_fits = rows_share_l1(b_rows, kc);  // the same pattern for every panel of the block
+            in_place = b_fits;
+          }
+        if (!in_place) {
+          pack(bt, jr, cols, pc, kc, kcp, nr, kernel.pairs, swap, b_panel);
+          for (index_t s = 0; s < steps; ++s) b_rows[s] = b_panel + s * nr;
+        }
+        for (index_t ir = 0; ir < mc; ir += mr) {
+          const index_t rows = std::min(mr, mc - ir);
+          Operands ops{a_pack + (ir / mr) * steps * mr, mr, 1, b_rows};
+          if constexpr (is_f32) {
+            if (a_in_place && rows == mr) ops = {&a(ic + ir, pc), a.col_stride, a.row_stride, b_rows};
+            else if (a_in_place) {  // the last rows: packed, zero beyond m
+              pack(a, ic + ir, rows, pc, kc, kcp, mr, false, false, a_pack);
+              ops.a = a_pack;
+            }
+          }
+          run_tile(rows, cols, mr, nr, c + (ic + ir) * ldc + jr, ldc, add_block,
+                   [&](float* ct, index_t ld, bool add_to) { kernel.run(kcp, ops, ct, ld, add_to); });
+        }
+      }
+    }
+  }
+}
+
+// Products summed in double or dd: a's slab and b's panels always packed (as doubles; dd split into hi and lo).
+template <class T>
+void gemm_wide(const MatrixView<T>& a, const MatrixView<T>& b, T* c, index_t ldc, bool add, float* workspace) {
+  const index_t m = a.rows, n = b.cols, k = a.cols;
+  const Kernel<T>& kernel = kernel_for(gemm_isa(), static_cast<T*>(nullptr));
+  const index_t mr = kernel.mr, nr = kernel.nr;
+  double* const b_panel = reinterpret_cast<double*>(workspace);
+  double* const a_pack = reinterpret_cast<double*>(workspace + round_up(std::min(k, KC), 2) * NR_MAX);
+  const index_t per_value = sizeof(T) / sizeof(double);
+  const MatrixView<T> bt = b.t();
+  for (index_t pc = 0; pc < k; pc += KC) {
+    const index_t kc = std::min(KC, k - pc);
+    const bool add_block = add || pc > 0;
+    for (index_t ic = 0; ic < m; ic += MC) {
+      const index_t mc = std::min(MC, m - ic);
+      pack(a, ic, mc, pc, kc, mr, a_pack);
+      for (index_t jr = 0; jr < n; jr += nr) {
+        const index_t cols = std::min(nr, n - jr);
+        pack(bt, jr, cols, pc, kc, nr, b_panel);
+        for (index_t ir = 0; ir < mc; ir += mr) {
+          const double* ap = a_pack + (ir / mr) * kc * mr * per_value;
+          run_tile(std::min(mr, mc - ir), cols, mr, nr, c + (ic + ir) * ldc + jr, ldc, add_block,
+                   [&](T* ct, index_t ld, bool add_to) { kernel.run(kc, ap, b_panel, ct, ld, add_to); });
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
 template <class T>
 void gemm(MatrixView<T> a, MatrixView<T> b, gemm_sum_t<T>* c, index_t ldc, bool add, float* workspace) {
   using C = gemm_sum_t<T>;
@@ -572,46 +740,8 @@ void gemm(MatrixView<T> a, MatrixView<T> b, gemm_sum_t<T>* c, index_t ldc, bool 
       for (index_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, C(0));
     return;
   }
-  constexpr bool is_bf16 = std::is_same_v<T, bf16>;
-  constexpr bool wide = !std::is_same_v<C, float>;  // double and dd: panels of doubles, no conversion
-  const Kernel<C>* kernel = nullptr;
-  if constexpr (wide) kernel = &kernel_for(gemm_isa(), static_cast<C*>(nullptr));
-  else kernel = &kernel_for(gemm_isa(), is_bf16);
-  const FlushDenormals flush(is_bf16);
-  const index_t mr = kernel->mr, nr = kernel->nr, value_bytes = kernel->pairs ? 2 : sizeof(C);
-  const bool swap = is_bf16 && !kernel->pairs;
-  // One panel of b (at most KC x NR_MAX floats; f64 panels are half as wide), then the slab of a.
-  char* const b_panel = reinterpret_cast<char*>(workspace);
-  char* const a_pack = b_panel + round_up(std::min(k, KC), 2) * NR_MAX * 4;
-  const MatrixView<T> bt = b.t();
-  alignas(64) C tile[8 * 32];  // an edge tile (at most MR x NR)
-  for (index_t pc = 0; pc < k; pc += KC) {
-    const index_t kc = std::min(KC, k - pc), kcp = is_bf16 ? round_up(kc, 2) : kc;
-    const bool add_block = add || pc > 0;
-    for (index_t ic = 0; ic < m; ic += MC) {
-      const index_t mc = std::min(MC, m - ic);
-      if constexpr (wide) pack(a, ic, mc, pc, kc, mr, reinterpret_cast<double*>(a_pack));
-      else pack(a, ic, mc, pc, kc, kcp, mr, kernel->pairs, swap, a_pack);
-      for (index_t jr = 0; jr < n; jr += nr) {
-        const index_t cols = std::min(nr, n - jr);
-        if constexpr (wide) pack(bt, jr, cols, pc, kc, nr, reinterpret_cast<double*>(b_panel));
-        else pack(bt, jr, cols, pc, kc, kcp, nr, kernel->pairs, swap, b_panel);
-        for (index_t ir = 0; ir < mc; ir += mr) {
-          const char* ap = a_pack + (ir / mr) * kcp * mr * value_bytes;
-          C* ct = c + (ic + ir) * ldc + jr;
-          const index_t rows = std::min(mr, mc - ir);
-          if (rows == mr && cols == nr) {
-            kernel->run(kcp, ap, b_panel, ct, ldc, add_block);
-            continue;
-          }
-          if (add_block)
-            for (index_t i = 0; i < rows; ++i) std::copy(ct + i * ldc, ct + i * ldc + cols, tile + i * nr);
-          kernel->run(kcp, ap, b_panel, tile, nr, add_block);
-          for (index_t i = 0; i < rows; ++i) std::copy(tile + i * nr, tile + i * nr + cols, ct + i * ldc);
-        }
-      }
-    }
-  }
+  if constexpr (std::is_same_v<C, float>) gemm_float(a, b, c, ldc, add, workspace);
+  else gemm_wide(a, b, c, ldc, add, workspace);
 }
 
 template void gemm<float>(MatrixView<float>, MatrixView<float>, float*, index_t, bool, float*);
