@@ -223,14 +223,14 @@ template <class T> Tensor<T> Conv2d<T>::forward(Tensor<T> x, const RunContext& c
   const Geometry g = geometry(spec_, x.dim(2), x.dim(3));
   const index_t cout = spec_.out_channels, K = g.rows(), P = g.cols(), image = g.channels * g.height * g.width;
   const int threads = static_cast<int>(std::min<index_t>(omp_get_max_threads(), n));
-  Tensor<T> y(Shape{n, cout, g.out_height, g.out_width}, MemoryCategory::workspace);
+  Tensor<T> y(Shape{n, cout, g.out_height, g.out_width}, MemoryCategory::workspace, Init::none);  // written whole
   const std::vector<Band> row_bands = bands(g, ctx.conv_band_columns);
   const index_t band_rows = row_bands[0].end - row_bands[0].first;  // the widest band
   with_compute_type<T>(ctx.accumulate, [&]<class G>() {
     const bool in_place = Columns<T>::template serves<G>(g, band_rows, weight_.pattern != nullptr);
     Columns<T> columns(g, in_place, threads, band_rows);
     const index_t most = columns.positions(row_bands[0]);
-    Tensor<G> out(Shape{threads, cout, most}, MemoryCategory::workspace);
+    Tensor<G> out(Shape{threads, cout, most}, MemoryCategory::workspace, Init::none);
     Tensor<float> packing = packing_workspace(weight_, threads, packing_floats<G>(cout, most, K));
     if (columns.is_dry() || x.is_dry()) return;
 #pragma omp parallel for num_threads(threads) schedule(static)

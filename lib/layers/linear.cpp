@@ -40,7 +40,7 @@ template <class T> std::vector<Param<T>*> Linear<T>::params() {
 // copies); Y is formed in G and rounded once into T.
 template <class T> Tensor<T> Linear<T>::forward(Tensor<T> x, const RunContext& ctx) {
   const index_t n = x.dim(0);
-  Tensor<T> y(Shape{n, out_}, MemoryCategory::workspace);
+  Tensor<T> y(Shape{n, out_}, MemoryCategory::workspace, Init::none);  // written whole
   with_compute_type<T>(ctx.accumulate, [&]<class G>() {
     Tensor<G> out = result_buffer<G>(y);
     Tensor<float> packing = packing_workspace(weight_, 1, packing_floats<G>(n, out_, in_));

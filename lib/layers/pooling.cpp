@@ -57,9 +57,9 @@ template <class T> Tensor<T> MaxPool<T>::forward(Tensor<T> x, const RunContext& 
   const index_t planes = x.dim(0) * x.dim(1), h = x.dim(2), w = x.dim(3);
   const Shape out = this->output_shape(Shape{x.dim(1), h, w});
   const index_t ho = out[1], wo = out[2];
-  Tensor<T> y(Shape{x.dim(0), x.dim(1), ho, wo}, MemoryCategory::workspace);
+  Tensor<T> y(Shape{x.dim(0), x.dim(1), ho, wo}, MemoryCategory::workspace, Init::none);  // both written whole
   Tensor<std::int32_t> argmax;
-  if (ctx.keeps()) argmax = Tensor<std::int32_t>(y.shape(), MemoryCategory::workspace);
+  if (ctx.keeps()) argmax = Tensor<std::int32_t>(y.shape(), MemoryCategory::workspace, Init::none);
   // Planes are independent (each output from its own window): spread over the threads, same results at any count.
   const bool keeps = ctx.keeps();
 #pragma omp parallel for schedule(static) if (worth_threads(x.numel()))

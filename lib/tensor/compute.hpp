@@ -129,7 +129,7 @@ template <class T> class LaneSum {
     index_t i = 0;
     for (; i + lanes <= n; i += lanes)
       for (int l = 0; l < lanes; ++l) lane_[l] = accumulate_round<T>(W(lane_[l] + value(i + l)), mode);
-    for (int l = 0; i < n; ++i, ++l) lane_[l] = accumulate_round<T>(W(lane_[l] + value(i)), mode);
+    for (int l = 0; l < lanes && i < n; ++i, ++l) lane_[l] = accumulate_round<T>(W(lane_[l] + value(i)), mode);
   }
   W total(Accumulate mode) const {
     W sums[lanes];

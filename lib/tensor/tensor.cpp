@@ -1,7 +1,11 @@
 #include "tensor/tensor.hpp"
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <memory>
+#include <string>
+#include <type_traits>
 #include <new>
 #include <stdexcept>
 
@@ -28,12 +32,27 @@ std::string Shape::text(const std::vector<index_t>& dims) {
 
 std::string Shape::str() const { return text(dims_); }
 
+namespace {
+bool poison_unset() {
+  static const bool on = [] {
+    const char* v = std::getenv("LOWMEM_POISON_UNSET");
+    return v && std::string(v) == "1";
+  }();
+  return on;
+}
+}  // namespace
+
 template <class T>
-Tensor<T>::Storage::Storage(std::size_t n, MemoryCategory c)
+Tensor<T>::Storage::Storage(std::size_t n, MemoryCategory c, Init init)
     : bytes(n * sizeof(T)), category(c), ledger(MemoryLedger::active()) {
   if (!ledger || !ledger->dry_run()) {
     T* p = static_cast<T*>(::operator new(std::max<std::size_t>(n, 1) * sizeof(T), std::align_val_t{64}));
-    std::uninitialized_value_construct_n(p, n);
+    if (init == Init::zero) std::uninitialized_value_construct_n(p, n);
+    else {
+      std::uninitialized_default_construct_n(p, n);
+      if constexpr (std::is_trivially_copyable_v<T>)
+        if (poison_unset()) std::memset(static_cast<void*>(p), 0xFF, n * sizeof(T));
+    }
     values = std::unique_ptr<T[], Release>(p, Release{n});
   }
   if (ledger) id = ledger->allocate(category, bytes);
@@ -49,8 +68,8 @@ template <class T> Tensor<T>::Storage::~Storage() {
 }
 
 template <class T>
-Tensor<T>::Tensor(Shape shape, MemoryCategory category)
-    : storage_(std::make_shared<Storage>(static_cast<std::size_t>(shape.numel()), category)),
+Tensor<T>::Tensor(Shape shape, MemoryCategory category, Init init)
+    : storage_(std::make_shared<Storage>(static_cast<std::size_t>(shape.numel()), category, init)),
       shape_(std::move(shape)),
       data_(storage_->values.get()) {}
 
@@ -81,7 +100,7 @@ template <class T> Tensor<T> Tensor<T>::rows(index_t first, index_t count) const
 }
 
 template <class T> Tensor<T> Tensor<T>::clone(MemoryCategory category) const {
-  Tensor t(shape_, category);
+  Tensor t(shape_, category, Init::none);
   if (!is_dry() && !t.is_dry()) std::copy(data(), data() + numel(), t.data());
   return t;
 }
@@ -93,7 +112,7 @@ template <class T> Tensor<T>& Tensor<T>::make_own(MemoryCategory category) {
 }
 
 template <class T> Tensor<T> Tensor<T>::overwritable(MemoryCategory category) const {
-  if (shared()) return Tensor(shape_, category);
+  if (shared()) return Tensor(shape_, category, Init::none);
   Tensor t = *this;
   if (t.category() != category) t.set_category(category);
   return t;

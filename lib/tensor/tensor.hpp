@@ -40,11 +40,17 @@ class Shape {
   index_t numel_ = 1;
 };
 
+// How a new buffer's values start: zero, or not set at all (`none`: for a buffer its creator writes whole before
+// anything reads it, such as a layer's output, where zero-filling first costs a pass over memory). With
+// LOWMEM_POISON_UNSET=1 in the environment unset values start with every bit set (NaN for the floating types), so
+// that a run which read one before writing it gives other numbers (tests/test_golden.py runs the sweep so).
+enum class Init { zero, none };
+
 template <class T> class Tensor {
  public:
   Tensor() = default;
-  // Zero-filled, charged to the active ledger (if any) under `category`.
-  Tensor(Shape shape, MemoryCategory category);
+  // Zero-filled (or, with Init::none, unset), charged to the active ledger (if any) under `category`.
+  Tensor(Shape shape, MemoryCategory category, Init init = Init::zero);
 
   const Shape& shape() const { return shape_; }
   index_t numel() const { return shape_.numel(); }
@@ -78,13 +84,13 @@ template <class T> class Tensor {
   Tensor& make_own(MemoryCategory category);
   // Where a layer that works element by element (each output value from input values at its own index, read
   // before it is written) puts its result: this buffer if nothing else holds it, relabelled `category` (the
-  // result overwrites the input), else a new zero-filled one of the same shape.
+  // result overwrites the input), else a new unset one of the same shape (the layer writes every value).
   Tensor overwritable(MemoryCategory category) const;
   void fill(const T& value);  // no-op on a dry-run tensor
 
  private:
   struct Storage {
-    Storage(std::size_t n, MemoryCategory c);
+    Storage(std::size_t n, MemoryCategory c, Init init);
     ~Storage();
     Storage(const Storage&) = delete;
     Storage& operator=(const Storage&) = delete;
