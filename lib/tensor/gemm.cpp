@@ -41,13 +41,14 @@ template <class C> struct Kernel {
 
 // Where a float kernel reads its operands. Row i of a's tile at step k is a[k * a_k + i * a_i]: a packed panel
 // (a_k = MR, a_i = 1), or an f32 matrix read where it lies (its own strides), so that a weight matrix is not
-// copied for every band of a convolution. Step k of b's nr values starts at b_rows[k]: a row of a packed panel, or
-// a row of an f32 b itself where its rows run along memory (a convolution's column matrix, read in place). For
-// bf16 pairs a and b_rows address 32-bit pairs. Where the values come from never changes the chain of sums.
+// copied for every band of a convolution. Step k of b's nr values starts at b_rows[k] + b_shift: a row of a packed
+// panel, or a row of an f32 b itself where its rows run along memory (a convolution's column matrix, read in
+// place). For bf16 pairs a and b_rows address 32-bit pairs. Where the values come from never changes the sums.
 struct Operands {
   const float* a;
   index_t a_k, a_i;
   const float* const* b_rows;
+  index_t b_shift;  // added to every b_rows[k]: the panel's first column, where rows are b's own
 };
 template <> struct Kernel<float> {
   index_t mr, nr;
@@ -70,7 +71,7 @@ void portable_kernel_f32(index_t kc, const Operands& ops, float* c, index_t ldc,
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) acc[i][j] = add ? c[i * ldc + j] : 0.0f;
   for (index_t k = 0; k < kc; ++k) {
-    const float* b = ops.b_rows[k];
+    const float* b = ops.b_rows[k] + ops.b_shift;
     for (int i = 0; i < MR; ++i)
       for (int j = 0; j < NR; ++j) acc[i][j] = std::fma(a.rows[i][k * ops.a_k], b[j], acc[i][j]);
   }
@@ -103,7 +104,7 @@ __attribute__((target("avx2,fma"))) void avx2_kernel(index_t kc, const Operands&
     acc[i][1] = add ? _mm256_loadu_ps(c + i * ldc + 8) : _mm256_setzero_ps();
   }
   for (index_t k = 0; k < kc; ++k) {
-    const float* b = ops.b_rows[k];
+    const float* b = ops.b_rows[k] + ops.b_shift;
     const index_t at = k * ops.a_k;
     const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
 #pragma GCC unroll 6
@@ -131,7 +132,7 @@ __attribute__((target("avx512f"))) void avx512_kernel(index_t kc, const Operands
     acc[i][1] = add ? _mm512_loadu_ps(c + i * ldc + 16) : _mm512_setzero_ps();
   }
   for (index_t k = 0; k < kc; ++k) {
-    const float* b = ops.b_rows[k];
+    const float* b = ops.b_rows[k] + ops.b_shift;
     const index_t at = k * ops.a_k;
     const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
 #pragma GCC unroll 8
@@ -216,7 +217,7 @@ __attribute__((target("avx512f,avx512bf16"))) void avx512_bf16_kernel(index_t kc
     acc[i][1] = add ? _mm512_loadu_ps(c + i * ldc + 16) : _mm512_setzero_ps();
   }
   for (index_t p = 0; p < kc / 2; ++p) {
-    const float* b = ops.b_rows[p];
+    const float* b = ops.b_rows[p] + ops.b_shift;
     const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b);
     const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + 16);
 #pragma GCC unroll 8
@@ -653,36 +654,35 @@ void gemm_float(const MatrixView<T>& a, const MatrixView<T>& b, float* c, index_
   // for all of b's panels (read in place from L2 it was measured 15 % slower at 512 x 512 x 512).
   const bool a_in_place =
       is_f32 && !a.offsets && (a.col_stride == 1 || a.row_stride == 1) && m * std::min(k, KC) <= 64 * KC;
-  const bool b_in_place = is_f32 && b.col_stride == 1 && !(b.offsets && b.offsets_per_column);
   const MatrixView<T> bt = b.t();
-  const float* b_rows[KC];
+  const float* panel_rows[KC];  // the rows of the packed panel
+  for (index_t s = 0; s < KC; ++s) panel_rows[s] = b_panel + s * nr;
+  const float* own_rows[KC];  // in place: where b's rows of this step block start (column 0)
   for (index_t pc = 0; pc < k; pc += KC) {
     const index_t kc = std::min(KC, k - pc), kcp = is_bf16 ? round_up(kc, 2) : kc;
     const index_t steps = kernel.pairs ? kcp / 2 : kcp;  // rows of a packed panel
     const bool add_block = add || pc > 0;
+    bool b_in_place = false;
+    if constexpr (is_f32)
+      if (b.col_stride == 1 && !(b.offsets && b.offsets_per_column) && n >= nr) {
+        for (index_t kk = 0; kk < kc; ++kk) own_rows[kk] = &b(pc + kk, 0);
+        b_in_place = rows_share_l1(own_rows, kc);  // the same pattern for every panel of the block
+      }
     const index_t slab = a_in_place ? m : MC;  // rows of a per pass over b's panels
-    bool b_fits = true;
     for (index_t ic = 0; ic < m; ic += slab) {
       const index_t mc = std::min(slab, m - ic);
       if (!a_in_place) pack(a, ic, mc, pc, kc, kcp, mr, kernel.pairs, swap, a_pack);
       for (index_t jr = 0; jr < n; jr += nr) {
         const index_t cols = std::min(nr, n - jr);
-        bool in_place = b_in_place && cols == nr;
-        if constexpr (is_f32)
-          if (in_place) {
-            for (index_t kk = 0; kk < kc; ++kk) b_rows[kk] = &b(pc + kk, jr);
-            if (jr == 0) b_fits = rows_share_l1(b_rows, kc);  // the same pattern for every panel of the block
-            in_place = b_fits;
-          }
-        if (!in_place) {
-          pack(bt, jr, cols, pc, kc, kcp, nr, kernel.pairs, swap, b_panel);
-          for (index_t s = 0; s < steps; ++s) b_rows[s] = b_panel + s * nr;
-        }
+        const bool in_place = b_in_place && cols == nr;
+        if (!in_place) pack(bt, jr, cols, pc, kc, kcp, nr, kernel.pairs, swap, b_panel);
+        const float* const* b_rows = in_place ? own_rows : panel_rows;
+        const index_t b_shift = in_place ? jr : 0;
         for (index_t ir = 0; ir < mc; ir += mr) {
           const index_t rows = std::min(mr, mc - ir);
-          Operands ops{a_pack + (ir / mr) * steps * mr, mr, 1, b_rows};
+          Operands ops{a_pack + (ir / mr) * steps * mr, mr, 1, b_rows, b_shift};
           if constexpr (is_f32) {
-            if (a_in_place && rows == mr) ops = {&a(ic + ir, pc), a.col_stride, a.row_stride, b_rows};
+            if (a_in_place && rows == mr) ops = {&a(ic + ir, pc), a.col_stride, a.row_stride, b_rows, b_shift};
             else if (a_in_place) {  // the last rows: packed, zero beyond m
               pack(a, ic + ir, rows, pc, kc, kcp, mr, false, false, a_pack);
               ops.a = a_pack;
