@@ -62,6 +62,46 @@ TEST(PoolingExact, SixteenBitMaxPoolingComparesAsFloatOnSpecialValues) {
   expect_pooling_compares_as_float<bf16>();
 }
 
+// f32 max pooling 2 x 2 takes eight windows of a row at a time in vector registers: on windows side by side in
+// rows (so that most go through the vector path, the last few of each row through the scalar one) built from
+// every pair of special values, the maximum and the argmax must be the rule's, bit for bit.
+TEST(PoolingExact, Float32MaxPoolingRowsFollowTheRuleOnSpecialValues) {
+  std::vector<std::uint32_t> bits{0x00000000, 0x80000000, 0x00000001, 0x80000001, 0x3F800000, 0xBF800000,
+                                  0x3F800001, 0x7F7FFFFF, 0xFF7FFFFF, 0x7F800000, 0xFF800000, 0x7FC00000,
+                                  0x7F800001, 0xFFC00000};
+  Rng rng(5);
+  for (int i = 0; i < 20; ++i) bits.push_back(static_cast<std::uint32_t>(rng.next_u64()));
+  const index_t windows = static_cast<index_t>(bits.size() * bits.size()), per_row = 29;  // 3 x 8 + 5 per row
+  const index_t rows = (windows + per_row - 1) / per_row;
+  Tensor<float> x(Shape{1, 1, 2 * rows, 2 * per_row}, MemoryCategory::workspace);
+  const index_t w = 2 * per_row;
+  for (index_t p = 0; p < rows * per_row; ++p) {
+    const index_t q = p % windows, corner = (p / per_row) * 2 * w + (p % per_row) * 2;
+    const std::uint32_t v[4] = {bits[q / bits.size()], bits[q % bits.size()], bits[rng.next_u64() % bits.size()],
+                                bits[rng.next_u64() % bits.size()]};
+    for (int k = 0; k < 4; ++k) x[corner + (k / 2) * w + k % 2] = Eigen::numext::bit_cast<float>(v[k]);
+  }
+  MaxPool<float> pool("pool", 2, 2);
+  const Tensor<float> y = pool.forward(x, RunContext{});
+  Tensor<float> dy(y.shape(), MemoryCategory::workspace);
+  dy.fill(1.0f);
+  const Tensor<float> dx = pool.backward(dy, RunContext{}, true);
+  for (index_t p = 0; p < rows * per_row; ++p) {
+    const index_t corner = (p / per_row) * 2 * w + (p % per_row) * 2;
+    int best = 0;
+    float top = x[corner];
+    for (int k = 1; k < 4; ++k) {
+      const float v = x[corner + (k / 2) * w + k % 2];
+      if (v > top || (std::isnan(v) && !std::isnan(top))) best = k, top = v;
+    }
+    ASSERT_EQ(Eigen::numext::bit_cast<std::uint32_t>(y[p]),
+              Eigen::numext::bit_cast<std::uint32_t>(x[corner + (best / 2) * w + best % 2]))
+        << "window " << p;
+    for (int k = 0; k < 4; ++k)
+      ASSERT_EQ(dx[corner + (k / 2) * w + k % 2], k == best ? 1.0f : 0.0f) << "window " << p << " value " << k;
+  }
+}
+
 TEST(BatchNormExact, RunningStatisticsAndEvaluationModeFollowPyTorch) {
   BatchNorm<double> bn("bn", 1, 0.1, 1e-5);
   Rng rng(0);
