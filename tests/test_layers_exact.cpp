@@ -63,15 +63,15 @@ TEST(PoolingExact, SixteenBitMaxPoolingComparesAsFloatOnSpecialValues) {
 }
 
 // f32 max pooling 2 x 2 takes eight windows of a row at a time in vector registers: on windows side by side in
-// rows (so that most go through the vector path, the last few of each row through the scalar one) built from
-// every pair of special values, the maximum and the argmax must be the rule's, bit for bit.
+// rows (three whole blocks of eight, then five in a masked block) built from every pair of special values, the
+// maximum and the argmax must be the rule's, bit for bit.
 TEST(PoolingExact, Float32MaxPoolingRowsFollowTheRuleOnSpecialValues) {
   std::vector<std::uint32_t> bits{0x00000000, 0x80000000, 0x00000001, 0x80000001, 0x3F800000, 0xBF800000,
                                   0x3F800001, 0x7F7FFFFF, 0xFF7FFFFF, 0x7F800000, 0xFF800000, 0x7FC00000,
                                   0x7F800001, 0xFFC00000};
   Rng rng(5);
   for (int i = 0; i < 20; ++i) bits.push_back(static_cast<std::uint32_t>(rng.next_u64()));
-  const index_t windows = static_cast<index_t>(bits.size() * bits.size()), per_row = 29;  // 3 x 8 + 5 per row
+  const index_t windows = static_cast<index_t>(bits.size() * bits.size()), per_row = 29;
   const index_t rows = (windows + per_row - 1) / per_row;
   Tensor<float> x(Shape{1, 1, 2 * rows, 2 * per_row}, MemoryCategory::workspace);
   const index_t w = 2 * per_row;

@@ -53,24 +53,30 @@ index_t window_max(const T* in, index_t corner, index_t w, index_t kernel, T& to
 }
 
 // 2 x 2 windows at stride 2 over one output row of f32, eight at a time: window_max<float, 2>'s comparisons in its
-// order, lane by lane (the even and odd columns of each input row split apart in registers). r0, r1: the window
-// rows, first: r0's offset in the plane, w: the row length. Returns the outputs done (a multiple of 8); the caller
-// finishes the row with window_max.
+// order, lane by lane (the even and odd columns of each input row split apart in registers; the row's last
+// windows with masked loads and stores, so nothing past the row is touched). r0, r1: the window rows, first: r0's
+// offset in the plane, w: the row length. Returns the outputs done: all of them where AVX2 is compiled in.
 index_t max_row_2x2(const float* r0, const float* r1, index_t wo, std::int32_t first, std::int32_t w, float* y,
                     std::int32_t* argmax) {
   index_t ox = 0;
 #ifdef __AVX2__
-  const auto split = [](const float* r, __m256& even, __m256& odd) {  // r[0, 2, .., 14] and r[1, 3, .., 15]
-    const __m256 lo = _mm256_loadu_ps(r), hi = _mm256_loadu_ps(r + 8);
-    even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0x88)), 0xD8));
-    odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0xDD)), 0xD8));
-  };
-  const __m256i lanes = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
-  for (; ox + 8 <= wo; ox += 8) {
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (; ox < wo; ox += 8) {
+    const int count = static_cast<int>(std::min<index_t>(8, wo - ox));  // windows in this block
+    // Lanes below `values` of an 8-value load, all ones: the input values of the block are 2 count.
+    const auto mask = [&](int values) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(values), lanes); };
+    const __m256i lo_mask = mask(std::min(2 * count, 8)), hi_mask = mask(2 * count - 8);
+    const auto split = [&](const float* r, __m256& even, __m256& odd) {  // r[0, 2, .., 14] and r[1, 3, .., 15]
+      const __m256 lo = count == 8 ? _mm256_loadu_ps(r) : _mm256_maskload_ps(r, lo_mask);
+      const __m256 hi = count == 8 ? _mm256_loadu_ps(r + 8) : _mm256_maskload_ps(r + 8, hi_mask);
+      even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0x88)), 0xD8));
+      odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo, hi, 0xDD)), 0xD8));
+    };
     __m256 v00, v01, v10, v11;
     split(r0 + 2 * ox, v00, v01);
     split(r1 + 2 * ox, v10, v11);
-    const __m256i at = _mm256_add_epi32(_mm256_set1_epi32(first + 2 * static_cast<std::int32_t>(ox)), lanes);
+    const __m256i at = _mm256_add_epi32(_mm256_set1_epi32(first + 2 * static_cast<std::int32_t>(ox)),
+                                        _mm256_add_epi32(lanes, lanes));
     __m256 top = v00;
     __m256 best = _mm256_castsi256_ps(at);
     const auto step = [&](__m256 v, __m256i where) {  // take = v > top, or v NaN and top not
@@ -82,8 +88,9 @@ index_t max_row_2x2(const float* r0, const float* r1, index_t wo, std::int32_t f
     step(v01, _mm256_add_epi32(at, _mm256_set1_epi32(1)));
     step(v10, _mm256_add_epi32(at, _mm256_set1_epi32(w)));
     step(v11, _mm256_add_epi32(at, _mm256_set1_epi32(w + 1)));
-    _mm256_storeu_ps(y + ox, top);
-    if (argmax) _mm256_storeu_si256(reinterpret_cast<__m256i*>(argmax + ox), _mm256_castps_si256(best));
+    const __m256i out_mask = mask(count);
+    _mm256_maskstore_ps(y + ox, out_mask, top);
+    if (argmax) _mm256_maskstore_epi32(argmax + ox, out_mask, _mm256_castps_si256(best));
   }
 #else
   (void)r0, (void)r1, (void)wo, (void)first, (void)w, (void)y, (void)argmax;
