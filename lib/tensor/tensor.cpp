@@ -4,10 +4,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <string>
-#include <type_traits>
 #include <new>
 #include <stdexcept>
+#include <string>
+#include <type_traits>
 
 #include "numerics/scalar.hpp"
 
