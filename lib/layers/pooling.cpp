@@ -44,7 +44,8 @@ index_t window_max(const T* in, index_t corner, index_t w, index_t kernel, T& to
         const Bits16<T> a(v), b(top);
         take = ((a.key > b.key) & !a.nan & !b.nan) | (a.nan & !b.nan);
       } else {
-        take = (v > top) | (is_nan(v) & !is_nan(top));
+        const bool v_nan = is_nan(v), top_nan = is_nan(top);
+        take = (v > top) | (v_nan & !top_nan);
       }
       best = take ? at : best;
       top = take ? v : top;
