@@ -64,7 +64,7 @@ index_t max_row_2x2(const float* r0, const float* r1, index_t wo, std::int32_t f
   const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   for (; ox < wo; ox += 8) {
     const int count = static_cast<int>(std::min<index_t>(8, wo - ox));  // windows in this block
-    // Lanes below `values` of an 8-value load, all ones: the input values of the block are 2 count.
+    // The first `values` lanes set (none for values <= 0); the block reads 2 count input values per row.
     const auto mask = [&](int values) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(values), lanes); };
     const __m256i lo_mask = mask(std::min(2 * count, 8)), hi_mask = mask(2 * count - 8);
     const auto split = [&](const float* r, __m256& even, __m256& odd) {  // r[0, 2, .., 14] and r[1, 3, .., 15]

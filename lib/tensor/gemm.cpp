@@ -628,13 +628,13 @@ void run_tile(index_t rows, index_t cols, index_t mr, index_t nr, C* ct, index_t
 // Speed only: where b is read from never changes a sum.
 bool rows_share_l1(const float* const* rows, index_t count) {
   int per_set[64] = {};
-  std::uintptr_t counted_end = 0;  // the lines counted so far for the previous row: [.., counted_end)
+  std::uintptr_t counted_end = 0;  // lines below this were counted for an earlier row
   for (index_t r = 0; r < count; ++r) {
     const std::uintptr_t first = reinterpret_cast<std::uintptr_t>(rows[r]) / 64;
     const std::uintptr_t end = (reinterpret_cast<std::uintptr_t>(rows[r] + 32) + 63) / 64;
-    for (std::uintptr_t line = std::max(first, r > 0 && first < counted_end ? counted_end : first); line < end; ++line)
+    for (std::uintptr_t line = std::max(first, counted_end); line < end; ++line)
       if (++per_set[line % 64] > 8) return false;
-    counted_end = std::max(end, r > 0 && first < counted_end ? counted_end : end);
+    counted_end = std::max(counted_end, end);
   }
   return true;
 }
