@@ -62,44 +62,50 @@ TEST(PoolingExact, SixteenBitMaxPoolingComparesAsFloatOnSpecialValues) {
   expect_pooling_compares_as_float<bf16>();
 }
 
-// f32 max pooling 2 x 2 takes eight windows of a row at a time in vector registers: on windows side by side in
-// rows (three whole blocks of eight, then five in a masked block) built from every pair of special values, the
-// maximum and the argmax must be the rule's, bit for bit.
-TEST(PoolingExact, Float32MaxPoolingRowsFollowTheRuleOnSpecialValues) {
-  std::vector<std::uint32_t> bits{0x00000000, 0x80000000, 0x00000001, 0x80000001, 0x3F800000, 0xBF800000,
-                                  0x3F800001, 0x7F7FFFFF, 0xFF7FFFFF, 0x7F800000, 0xFF800000, 0x7FC00000,
-                                  0x7F800001, 0xFFC00000};
+// Max pooling 2 x 2 takes a row's windows in vector registers, eight at a time (f16 and bf16 widened in blocks
+// of 32): on windows side by side in rows of 29 (blocks of eight, then a masked one; one masked block of 32) built
+// from every pair of special values, the maximum and the argmax must be the rule's, bit for bit.
+template <class T, class Bits> void expect_pooling_rows_follow_the_rule(std::vector<Bits> bits) {
   Rng rng(5);
-  for (int i = 0; i < 20; ++i) bits.push_back(static_cast<std::uint32_t>(rng.next_u64()));
+  for (int i = 0; i < 20; ++i) bits.push_back(static_cast<Bits>(rng.next_u64()));
   const index_t windows = static_cast<index_t>(bits.size() * bits.size()), per_row = 29;
   const index_t rows = (windows + per_row - 1) / per_row;
-  Tensor<float> x(Shape{1, 1, 2 * rows, 2 * per_row}, MemoryCategory::workspace);
+  Tensor<T> x(Shape{1, 1, 2 * rows, 2 * per_row}, MemoryCategory::workspace);
   const index_t w = 2 * per_row;
   for (index_t p = 0; p < rows * per_row; ++p) {
     const index_t q = p % windows, corner = (p / per_row) * 2 * w + (p % per_row) * 2;
-    const std::uint32_t v[4] = {bits[q / bits.size()], bits[q % bits.size()], bits[rng.next_u64() % bits.size()],
-                                bits[rng.next_u64() % bits.size()]};
-    for (int k = 0; k < 4; ++k) x[corner + (k / 2) * w + k % 2] = Eigen::numext::bit_cast<float>(v[k]);
+    const Bits v[4] = {bits[q / bits.size()], bits[q % bits.size()], bits[rng.next_u64() % bits.size()],
+                       bits[rng.next_u64() % bits.size()]};
+    for (int k = 0; k < 4; ++k) x[corner + (k / 2) * w + k % 2] = Eigen::numext::bit_cast<T>(v[k]);
   }
-  MaxPool<float> pool("pool", 2, 2);
-  const Tensor<float> y = pool.forward(x, RunContext{});
-  Tensor<float> dy(y.shape(), MemoryCategory::workspace);
-  dy.fill(1.0f);
-  const Tensor<float> dx = pool.backward(dy, RunContext{}, true);
+  MaxPool<T> pool("pool", 2, 2);
+  const Tensor<T> y = pool.forward(x, RunContext{});
+  Tensor<T> dy(y.shape(), MemoryCategory::workspace);
+  dy.fill(T(1));
+  const Tensor<T> dx = pool.backward(dy, RunContext{}, true);
   for (index_t p = 0; p < rows * per_row; ++p) {
     const index_t corner = (p / per_row) * 2 * w + (p % per_row) * 2;
     int best = 0;
-    float top = x[corner];
+    float top = static_cast<float>(x[corner]);
     for (int k = 1; k < 4; ++k) {
-      const float v = x[corner + (k / 2) * w + k % 2];
+      const float v = static_cast<float>(x[corner + (k / 2) * w + k % 2]);
       if (v > top || (std::isnan(v) && !std::isnan(top))) best = k, top = v;
     }
-    ASSERT_EQ(Eigen::numext::bit_cast<std::uint32_t>(y[p]),
-              Eigen::numext::bit_cast<std::uint32_t>(x[corner + (best / 2) * w + best % 2]))
+    ASSERT_EQ(Eigen::numext::bit_cast<Bits>(y[p]), Eigen::numext::bit_cast<Bits>(x[corner + (best / 2) * w + best % 2]))
         << "window " << p;
     for (int k = 0; k < 4; ++k)
-      ASSERT_EQ(dx[corner + (k / 2) * w + k % 2], k == best ? 1.0f : 0.0f) << "window " << p << " value " << k;
+      ASSERT_EQ(static_cast<float>(dx[corner + (k / 2) * w + k % 2]), k == best ? 1.0f : 0.0f)
+          << "window " << p << " value " << k;
   }
+}
+TEST(PoolingExact, MaxPoolingRowsFollowTheRuleOnSpecialValues) {
+  expect_pooling_rows_follow_the_rule<float, std::uint32_t>(
+      {0x00000000, 0x80000000, 0x00000001, 0x80000001, 0x3F800000, 0xBF800000, 0x3F800001, 0x7F7FFFFF, 0xFF7FFFFF,
+       0x7F800000, 0xFF800000, 0x7FC00000, 0x7F800001, 0xFFC00000});
+  expect_pooling_rows_follow_the_rule<f16, std::uint16_t>({0x0000, 0x8000, 0x0001, 0x8001, 0x3C00, 0xBC00, 0x3C01,
+                                                           0x7BFF, 0xFBFF, 0x7C00, 0xFC00, 0x7E00, 0x7C01, 0xFE00});
+  expect_pooling_rows_follow_the_rule<bf16, std::uint16_t>({0x0000, 0x8000, 0x0001, 0x8001, 0x3F80, 0xBF80, 0x3F81,
+                                                            0x7F7F, 0xFF7F, 0x7F80, 0xFF80, 0x7FC0, 0x7F81, 0xFFC0});
 }
 
 TEST(BatchNormExact, RunningStatisticsAndEvaluationModeFollowPyTorch) {

@@ -56,7 +56,8 @@ index_t window_max(const T* in, index_t corner, index_t w, index_t kernel, T& to
 // 2 x 2 windows at stride 2 over one output row of f32, eight at a time: window_max<float, 2>'s comparisons in its
 // order, lane by lane (the even and odd columns of each input row split apart in registers; the row's last
 // windows with masked loads and stores, so nothing past the row is touched). r0, r1: the window rows, first: r0's
-// offset in the plane, w: the row length. Returns the outputs done: all of them where AVX2 is compiled in.
+// offset in the plane, w: the row length. Returns the outputs done: all of them (wo or more: whole blocks) where
+// AVX2 is compiled in, else none.
 index_t max_row_2x2(const float* r0, const float* r1, index_t wo, std::int32_t first, std::int32_t w, float* y,
                     std::int32_t* argmax) {
   index_t ox = 0;
@@ -99,6 +100,36 @@ index_t max_row_2x2(const float* r0, const float* r1, index_t wo, std::int32_t f
   return ox;
 }
 
+// One output row of 2 x 2 windows at stride 2 (output row oy of `plane`, row length w) through max_row_2x2: f32
+// directly; f16 and bf16 in blocks of up to 32 windows widened (exactly) into floats, each output then taken from
+// the input at its argmax, so it has the input's own bits (a NaN's payload included). The float comparisons order
+// the values as window_max's bit keys do (-0 and +0 equal, NaN first). Returns the outputs done.
+template <class T>
+index_t max_row_2x2(const T* plane, index_t oy, index_t wo, index_t w, T* y, std::int32_t* argmax) {
+  const T* r0 = plane + 2 * oy * w;
+  const auto first = static_cast<std::int32_t>(2 * oy * w);
+  if constexpr (std::is_same_v<T, float>) {
+    return max_row_2x2(r0, r0 + w, wo, first, static_cast<std::int32_t>(w), y, argmax);
+  } else {
+    constexpr index_t block = 32;
+    float rows[2][2 * block], top[block];
+    std::int32_t at[block];
+    for (index_t ox = 0; ox < wo; ox += block) {
+      const index_t count = std::min(block, wo - ox);
+      convert(r0 + 2 * ox, rows[0], 2 * count);
+      convert(r0 + w + 2 * ox, rows[1], 2 * count);
+      const index_t done = std::min(count, max_row_2x2(rows[0], rows[1], count, first + static_cast<std::int32_t>(2 * ox),
+                                                        static_cast<std::int32_t>(w), top, at));
+      for (index_t o = 0; o < done; ++o) {
+        y[ox + o] = plane[at[o]];
+        if (argmax) argmax[ox + o] = at[o];
+      }
+      if (done < count) return ox + done;
+    }
+    return wo;
+  }
+}
+
 }  // namespace
 
 template <class T> Tensor<T> MaxPool<T>::forward(Tensor<T> x, const RunContext& ctx) {
@@ -116,10 +147,9 @@ template <class T> Tensor<T> MaxPool<T>::forward(Tensor<T> x, const RunContext& 
     const T* in = x.data() + p * h * w;
     for (index_t oy = 0; oy < ho; ++oy) {
       index_t ox = 0;
-      if constexpr (std::is_same_v<T, float>)
+      if constexpr (std::is_same_v<T, float> || is_16bit<T>)
         if (kernel_ == 2 && stride_ == 2)
-          ox = max_row_2x2(in + 2 * oy * w, in + (2 * oy + 1) * w, wo, static_cast<std::int32_t>(2 * oy * w),
-                           static_cast<std::int32_t>(w), y.data() + (p * ho + oy) * wo,
+          ox = max_row_2x2(in, oy, wo, w, y.data() + (p * ho + oy) * wo,
                            keeps ? argmax.data() + (p * ho + oy) * wo : nullptr);
       for (; ox < wo; ++ox) {
         const index_t corner = (oy * stride_) * w + ox * stride_;
