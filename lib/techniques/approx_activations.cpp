@@ -7,6 +7,7 @@
 
 #include "numerics/random.hpp"
 #include "numerics/scalar.hpp"
+#include "numerics/threads.hpp"
 
 namespace lowmem {
 
@@ -25,18 +26,28 @@ unsigned get(const std::uint8_t* codes, index_t i, int bits) {
 }
 
 // The quantisation groups as runs of consecutive values, in memory order: a blpa group is a channel, made of its
-// (sample, channel) planes of H x W values; an actnn or naive group is a run of 256 values. Calls
-// f(group, first, end) for each run, first ascending, so every pass below meets the values in memory order (the
-// sums, the random draws and the codes come out as a value-by-value loop would give them).
-template <class F> void for_each_run(const Shape& s, CompressionPolicy::Method method, F&& f) {
-  const index_t n = s.numel();
-  if (n == 0) return;
-  if (method == CompressionPolicy::blpa) {
-    const index_t channels = s[1], area = n / (s[0] * channels);
-    for (index_t p = 0, first = 0; first < n; ++p, first += area) f(p % channels, first, first + area);
-  } else {
-    for (index_t g = 0, first = 0; first < n; ++g, first += group_size) f(g, first, std::min(n, first + group_size));
-  }
+// (sample, channel) planes of H x W values; an actnn or naive group is a run of 256 values. Run r is
+// values [r length, (r + 1) length) (the last one cut at n) of group r mod `groups` (blpa) or r.
+struct Runs {
+  index_t n, length, channels;  // channels: 0 unless blpa
+  Runs(const Shape& s, CompressionPolicy::Method method)
+      : n(s.numel()),
+        length(method == CompressionPolicy::blpa && n > 0 ? n / (s[0] * s[1]) : 256),
+        channels(method == CompressionPolicy::blpa ? s[1] : 0) {}
+  index_t count() const { return (n + length - 1) / length; }
+  index_t group(index_t r) const { return channels ? r % channels : r; }
+  index_t first(index_t r) const { return r * length; }
+  index_t end(index_t r) const { return std::min(n, (r + 1) * length); }
+};
+
+// Calls f(group, first, end) for each run. In order (first ascending, so that a pass meets the values in memory
+// order), or, with `parallel`, spread over the threads: only for passes whose runs are independent (each writes
+// its own values or whole bytes of codes), which then give the same results at any thread count.
+template <class F> void for_each_run(const Shape& s, CompressionPolicy::Method method, F&& f, bool parallel = false) {
+  const Runs runs(s, method);
+  const index_t count = runs.n == 0 ? 0 : runs.count();
+#pragma omp parallel for schedule(static) if (parallel && worth_threads(runs.n))
+  for (index_t r = 0; r < count; ++r) f(runs.group(r), runs.first(r), runs.end(r));
 }
 
 index_t group_count(const Shape& s, CompressionPolicy::Method method) {
@@ -122,54 +133,70 @@ template <class T> CompressedTensor compress(const Tensor<T>& t, const Compressi
   const unsigned levels = 1u << policy.bits;
   const double top = levels - 1.0;
   std::vector<double> a(static_cast<std::size_t>(groups), 0), b(static_cast<std::size_t>(groups), 0);
-  std::vector<index_t> count(static_cast<std::size_t>(groups), 0);
+  const Runs runs(t.shape(), policy.method);
   if (policy.method == CompressionPolicy::blpa) {  // per channel: mean (a) and mean square (b)
-    for_each_run(t.shape(), policy.method, [&](index_t g, index_t first, index_t end) {
-      double sum = a[g], squares = b[g];
-      for (index_t i = first; i < end; ++i) {
-        const double v = to_double(x[i]);
-        sum += v, squares += v * v;
-      }
-      a[g] = sum, b[g] = squares, count[g] += end - first;
-    });
+    // Channels apart (over the threads), each summing its planes in memory order.
+#pragma omp parallel for schedule(static) if (worth_threads(n))
     for (index_t g = 0; g < groups; ++g) {
-      const double mean = a[g] / count[g], sigma = std::sqrt(std::max(b[g] / count[g] - mean * mean, 1e-30));
+      double sum = 0, squares = 0;
+      for (index_t r = g; r < runs.count(); r += groups)
+        for (index_t i = runs.first(r); i < runs.end(r); ++i) {
+          const double v = to_double(x[i]);
+          sum += v, squares += v * v;
+        }
+      a[g] = sum, b[g] = squares;
+    }
+    const double count = static_cast<double>(n / groups);  // values per channel
+    for (index_t g = 0; g < groups; ++g) {
+      const double mean = a[g] / count, sigma = std::sqrt(std::max(b[g] / count - mean * mean, 1e-30));
       const double width = 6 * sigma / levels;  // levels span +-3 sigma ...
       // ... with 0 a level (code `shift`): shifted so that the range covers the mean.
       const double shift = std::clamp(std::floor(levels / 2.0 - std::floor(mean / width)), 1.0, levels - 1.0);
       c.offset[g] = static_cast<float>(shift), c.step[g] = static_cast<float>(width);
     }
   } else {  // per group: min (a) and max (b)
-    for_each_run(t.shape(), policy.method, [&](index_t g, index_t first, index_t end) {
-      double lo = INFINITY, hi = -INFINITY;
-      for (index_t i = first; i < end; ++i) lo = std::min(lo, to_double(x[i])), hi = std::max(hi, to_double(x[i]));
-      a[g] = lo, b[g] = hi;
-    });
+    for_each_run(
+        t.shape(), policy.method,
+        [&](index_t g, index_t first, index_t end) {
+          double lo = INFINITY, hi = -INFINITY;
+          for (index_t i = first; i < end; ++i) lo = std::min(lo, to_double(x[i])), hi = std::max(hi, to_double(x[i]));
+          a[g] = lo, b[g] = hi;
+        },
+        true);
     for (index_t g = 0; g < groups; ++g)
       c.offset[g] = static_cast<float>(a[g]), c.step[g] = static_cast<float>(std::max((b[g] - a[g]) / (levels - 1), 1e-30));
   }
-  Rng rng(policy.seed, 0x51a7 + policy.calls++);  // actnn: one draw per value, in memory order
+  const Rng rng(policy.seed, 0x51a7 + policy.calls++);  // actnn: one draw per value, value i the stream's i-th
   std::uint8_t* codes = c.codes.data();
   std::fill(codes, codes + c.codes.numel(), std::uint8_t{0});
-  for_each_run(t.shape(), policy.method, [&](index_t g, index_t first, index_t end) {
-    const double offset = c.offset[g], step = c.step[g];
-    auto code = [top](double q) { return static_cast<unsigned>(std::clamp(q, 0.0, top)); };
-    switch (policy.method) {
-      case CompressionPolicy::blpa:
-        encode_run(x, first, end, policy.bits, codes,
-                   [&](double v, index_t) { return code(std::round(v / step) + offset); });
-        break;
-      case CompressionPolicy::actnn:
-        encode_run(x, first, end, policy.bits, codes,
-                   [&](double v, index_t j) { return code(std::floor((v - offset) / step + uniform_at(rng, j))); });
-        rng.skip(end - first);
-        break;
-      case CompressionPolicy::naive:
-        encode_run(x, first, end, policy.bits, codes,
-                   [&](double v, index_t) { return code(std::floor((v - offset) / step + 0.5)); });
-        break;
-    }
-  });
+  // Runs that start on a byte boundary write bytes of their own, so they are encoded over the threads (actnn and
+  // naive always: 256 codes fill whole bytes); blpa planes whose codes share a byte, in order.
+  const bool whole_bytes = runs.length * policy.bits % 8 == 0;
+  for_each_run(
+      t.shape(), policy.method,
+      [&](index_t g, index_t first, index_t end) {
+        const double offset = c.offset[g], step = c.step[g];
+        auto code = [top](double q) { return static_cast<unsigned>(std::clamp(q, 0.0, top)); };
+        switch (policy.method) {
+          case CompressionPolicy::blpa:
+            encode_run(x, first, end, policy.bits, codes,
+                       [&](double v, index_t) { return code(std::round(v / step) + offset); });
+            break;
+          case CompressionPolicy::actnn: {
+            Rng draws = rng;  // the stream from value `first` on
+            draws.skip(static_cast<std::uint64_t>(first));
+            encode_run(x, first, end, policy.bits, codes, [&](double v, index_t j) {
+              return code(std::floor((v - offset) / step + uniform_at(draws, j)));
+            });
+            break;
+          }
+          case CompressionPolicy::naive:
+            encode_run(x, first, end, policy.bits, codes,
+                       [&](double v, index_t) { return code(std::floor((v - offset) / step + 0.5)); });
+            break;
+        }
+      },
+      whole_bytes);
   return c;
 }
 
@@ -178,20 +205,23 @@ template <class T> Tensor<T> decompress(const CompressedTensor& c) {
   if (t.is_dry() || c.codes.is_dry()) return t;
   const std::uint8_t* codes = c.codes.data();
   T* out = t.data();
-  alignas(64) std::uint8_t chunk[256];
-  for_each_run(c.shape, c.method, [&](index_t g, index_t first, index_t end) {
-    const double offset = c.offset[g], step = c.step[g];
-    for (index_t at = first; at < end; at += 256) {
-      const index_t count = std::min<index_t>(256, end - at);
-      decode_chunk(codes, at, count, c.bits, chunk);
-      T* o = out + at;
-      if (c.method == CompressionPolicy::blpa) {
-        for (index_t j = 0; j < count; ++j) o[j] = round_to<T>((chunk[j] - offset) * step);
-      } else {
-        for (index_t j = 0; j < count; ++j) o[j] = round_to<T>(offset + chunk[j] * step);
-      }
-    }
-  });
+  for_each_run(  // each run writes its own values: over the threads
+      c.shape, c.method,
+      [&](index_t g, index_t first, index_t end) {
+        const double offset = c.offset[g], step = c.step[g];
+        alignas(64) std::uint8_t chunk[256];
+        for (index_t at = first; at < end; at += 256) {
+          const index_t count = std::min<index_t>(256, end - at);
+          decode_chunk(codes, at, count, c.bits, chunk);
+          T* o = out + at;
+          if (c.method == CompressionPolicy::blpa) {
+            for (index_t j = 0; j < count; ++j) o[j] = round_to<T>((chunk[j] - offset) * step);
+          } else {
+            for (index_t j = 0; j < count; ++j) o[j] = round_to<T>(offset + chunk[j] * step);
+          }
+        }
+      },
+      true);
   return t;
 }
 
