@@ -103,15 +103,35 @@ template <class T> void check_products(bool tiny) {
           offsets[r] = static_cast<std::int32_t>((k - 1 - r) * n);
           std::copy(b.begin() + r * n, b.begin() + (r + 1) * n, b_reversed.begin() + offsets[r]);
         }
-        for (int form = 0; form < 4; ++form) {
+        // f16 and bf16 also with one operand widened to float (as a convolution's image is, gemm.hpp): b in
+        // each of its forms, and a; the float operand is then read in place where it can be.
+        const auto widen = [](const std::vector<T>& v) {
+          std::vector<float> out(v.size());
+          if constexpr (is_16bit<T>)
+            for (std::size_t i = 0; i < v.size(); ++i) out[i] = static_cast<float>(v[i]);
+          return out;
+        };
+        const std::vector<float> a_wide = widen(a), b_wide = widen(b), bt_wide = widen(bt),
+                                 b_reversed_wide = widen(b_reversed);
+        const int forms = is_16bit<T> ? 8 : 4;
+        for (int form = 0; form < forms; ++form) {
           const bool a_transposed = form == 3;
           const MatrixView<T> av = a_transposed ? MatrixView<T>::row_major(at.data(), k, m).t()
                                                 : MatrixView<T>::row_major(a.data(), m, k);
-          const MatrixView<T> bv = form == 1   ? MatrixView<T>::row_major(bt.data(), n, k).t()
-                                   : form == 2 ? MatrixView<T>::rows_at(b_reversed.data(), offsets.data(), k, n)
-                                               : MatrixView<T>::row_major(b.data(), k, n);
+          const MatrixView<T> bv = form % 4 == 1   ? MatrixView<T>::row_major(bt.data(), n, k).t()
+                                   : form % 4 == 2 ? MatrixView<T>::rows_at(b_reversed.data(), offsets.data(), k, n)
+                                                   : MatrixView<T>::row_major(b.data(), k, n);
           std::vector<C> c(start);
-          gemm(av, bv, c.data(), n, add, workspace.data());
+          if (form < 4) {
+            gemm(av, bv, c.data(), n, add, workspace.data());
+          } else if constexpr (is_16bit<T>) {
+            const MatrixView<float> b_float =
+                form == 5   ? MatrixView<float>::row_major(bt_wide.data(), n, k).t()
+                : form == 6 ? MatrixView<float>::rows_at(b_reversed_wide.data(), offsets.data(), k, n)
+                            : MatrixView<float>::row_major(b_wide.data(), k, n);
+            if (form == 7) gemm(MatrixView<float>::row_major(a_wide.data(), m, k), bv, c.data(), n, add, workspace.data());
+            else gemm(av, b_float, c.data(), n, add, workspace.data());
+          }
           index_t wrong = 0;
           for (index_t i = 0; i < m; ++i)
             for (index_t j = 0; j < n; ++j) {

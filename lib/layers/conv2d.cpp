@@ -88,6 +88,25 @@ template <class G> void col2im_add(const G* cols, const Geometry& g, const Band&
       }
 }
 
+// Values of the zero-padded image (Cin, Hp, Wp) the in-place form holds.
+index_t padded_size(const Geometry& g) { return g.channels * (g.height + 2 * g.pad) * (g.width + 2 * g.pad); }
+
+// Whether the in-place form serves this geometry, storage type T, compute type G and band: it must need no more
+// memory than the copied columns would (narrow bands, set to save memory, hold fewer values than the padded
+// image). Sparse weights keep copied columns: with them one golden run's final test loss moved in its 8th digit,
+// for a reason not yet found (every dense run gives the same bits in both forms).
+template <class T, class G> bool in_place_serves(const Geometry& g, index_t band_rows, bool sparse) {
+  return sums_on_gemm<G> && !sparse && g.stride == 1 && padded_size(g) < (index_t{1} << 31) &&
+         padded_size(g) * index_t(sizeof(G)) <= g.rows() * band_rows * g.out_width * index_t(sizeof(T));
+}
+
+// Calls f.template operator()<S>() with S the type Columns holds: G in place, else T.
+template <class T, class G, class F> void with_column_type(bool in_place, F&& f) {
+  if constexpr (!std::is_same_v<T, G>)
+    if (in_place) return f.template operator()<G>();
+  f.template operator()<T>();
+}
+
 // The column matrix of a band, K x n (K = Cin k k rows (c, i, j), n positions), in one of two forms:
 //  - in place (stride 1, products in lowmem's GEMM): a zero-padded copy of the image, (Cin, Hp, Wp) = (Cin, H + 2 pad,
 //    W + 2 pad), read through K row offsets: row (c, i, j) of the band starting at output row `first` is the
@@ -98,8 +117,12 @@ template <class G> void col2im_add(const G* cols, const Geometry& g, const Band&
 //  - copied (any stride; mp and 16-bit storage accumulation, whose products Eigen makes from plain matrices;
 //    sparse weights; bands too narrow for the padded image to pay): im2col forms the band's columns, n = rows Wo,
 //    and col2im adds their gradient back.
+// S, the type the buffer holds: in place, the compute type G (a 16-bit image summed in float is widened, exactly,
+// as it is copied in, so the products read it in place rather than converting each value again in every packed
+// panel: one image per thread); copied, the storage type T (the columns are up to k^2 times the image, and are
+// converted while packed).
 // One per layer call; thread t uses row t of each buffer.
-template <class T> class Columns {
+template <class S> class Columns {
  public:
   Columns(const Geometry& g, bool in_place, int threads, index_t band_rows)
       : g_(g),
@@ -115,16 +138,6 @@ template <class T> class Columns {
           offsets_[(c * g.kernel + i) * g.kernel + j] =
               static_cast<std::int32_t>((c * padded_height() + i) * pitch() + j);
   }
-  // Whether the in-place form serves this geometry, compute type and band: it must need no more memory than the
-  // copied columns would (narrow bands, set to save memory, hold fewer values than the padded image).
-  // Sparse weights keep copied columns: with them one golden run's final test loss moved in its 8th digit, for
-  // a reason not yet found (every dense run gives the same bits in both forms).
-  template <class G> static bool serves(const Geometry& g, index_t band_rows, bool sparse) {
-    return sums_on_gemm<G> && !sparse && g.stride == 1 && padded_size(g) < (index_t{1} << 31) &&
-           padded_size(g) <= g.rows() * band_rows * g.out_width;
-  }
-  // Values of the zero-padded image (Cin, Hp, Wp).
-  static index_t padded_size(const Geometry& g) { return g.channels * (g.height + 2 * g.pad) * (g.width + 2 * g.pad); }
   bool in_place() const { return in_place_; }
   index_t padded_height() const { return g_.height + 2 * g_.pad; }
   // Positions per output row, and positions of a band.
@@ -134,20 +147,20 @@ template <class T> class Columns {
   }
   // Thread t takes image x (C, H, W): in place, it is copied into the padded buffer's interior (the border, never
   // written, stays zero); copied, nothing is done until band() forms the columns.
-  void load(int t, const T* x) {
+  template <class T> void load(int t, const T* x) {
     if (!in_place_) return;
-    T* padded = buffer_.data() + t * per_thread_;
+    S* padded = buffer_.data() + t * per_thread_;
     for (index_t c = 0; c < g_.channels; ++c)
       for (index_t y = 0; y < g_.height; ++y)
-        std::copy(x + (c * g_.height + y) * g_.width, x + (c * g_.height + y + 1) * g_.width,
-                  padded + (c * padded_height() + y + g_.pad) * pitch() + g_.pad);
+        convert(x + (c * g_.height + y) * g_.width, padded + (c * padded_height() + y + g_.pad) * pitch() + g_.pad,
+                g_.width);
   }
   // The band's columns (K x positions(b)) of image x, which thread t has loaded.
-  MatrixView<T> band(int t, const Band& b, const T* x) {
-    T* mine = buffer_.data() + t * per_thread_;
-    if (in_place_) return MatrixView<T>::rows_at(mine + b.first * pitch(), offsets_.data(), g_.rows(), positions(b));
+  template <class T> MatrixView<S> band(int t, const Band& b, const T* x) {
+    S* mine = buffer_.data() + t * per_thread_;
+    if (in_place_) return MatrixView<S>::rows_at(mine + b.first * pitch(), offsets_.data(), g_.rows(), positions(b));
     im2col(x, g_, b, mine);
-    return MatrixView<T>::row_major(mine, g_.rows(), positions(b));
+    return MatrixView<S>::row_major(mine, g_.rows(), positions(b));
   }
   // Values of an image gradient gathered by add_gradient: padded in place, else (C, H, W).
   index_t gradient_size() const { return in_place_ ? padded_size(g_) : g_.channels * g_.height * g_.width; }
@@ -162,7 +175,7 @@ template <class T> class Columns {
     }
   }
   // dx (C, H, W) = dimage (its interior, in place), rounded once into T.
-  template <class G> void store_gradient(const G* dimage, T* dx) const {
+  template <class G, class T> void store_gradient(const G* dimage, T* dx) const {
     if (!in_place_) return store_rounded(dimage, dx, g_.channels * g_.height * g_.width, false);
     for (index_t c = 0; c < g_.channels; ++c)
       for (index_t y = 0; y < g_.height; ++y)
@@ -171,13 +184,13 @@ template <class T> class Columns {
   }
   bool is_dry() const { return buffer_.is_dry(); }
   // Thread t's buffer: copied, a band's columns, free for other use once they have been read.
-  T* buffer(int t) { return buffer_.data() + t * per_thread_; }
+  S* buffer(int t) { return buffer_.data() + t * per_thread_; }
 
  private:
   Geometry g_;
   bool in_place_;
   index_t per_thread_;
-  Tensor<T> buffer_;                // per thread: the padded image (in place) or a band's columns
+  Tensor<S> buffer_;                // per thread: the padded image (in place) or a band's columns
   Tensor<std::int32_t> offsets_;    // in place: where row (c, i, j) starts in the padded image
 };
 
@@ -216,8 +229,8 @@ template <class T> std::vector<Param<T>*> Conv2d<T>::params() {
 // Images are spread over the OpenMP threads in fixed contiguous blocks (schedule static), each thread with its own
 // column and packing buffers; weight gradients are summed per thread and then over threads in thread order, so
 // results are identical from run to run at a given thread count. Workspace grows with the thread count. The
-// columns hold the input's values in its storage type: the product converts them while packing
-// (weight_products.hpp), so a 16-bit input is never widened whole.
+// columns hold one image per thread in the compute type, or one band's columns in the storage type (Columns,
+// above); the weights stay in their storage type and are converted while packed.
 template <class T> Tensor<T> Conv2d<T>::forward(Tensor<T> x, const RunContext& ctx) {
   const index_t n = x.dim(0);
   const Geometry g = geometry(spec_, x.dim(2), x.dim(3));
@@ -227,33 +240,35 @@ template <class T> Tensor<T> Conv2d<T>::forward(Tensor<T> x, const RunContext& c
   const std::vector<Band> row_bands = bands(g, ctx.conv_band_columns);
   const index_t band_rows = row_bands[0].end - row_bands[0].first;  // the widest band
   with_compute_type<T>(ctx.accumulate, [&]<class G>() {
-    const bool in_place = Columns<T>::template serves<G>(g, band_rows, weight_.pattern != nullptr);
-    Columns<T> columns(g, in_place, threads, band_rows);
-    const index_t most = columns.positions(row_bands[0]);
-    Tensor<G> out(Shape{threads, cout, most}, MemoryCategory::workspace, Init::none);
-    Tensor<float> packing = packing_workspace(weight_, threads, packing_floats<G>(cout, most, K));
-    if (columns.is_dry() || x.is_dry()) return;
+    const bool in_place = in_place_serves<T, G>(g, band_rows, weight_.pattern != nullptr);
+    with_column_type<T, G>(in_place, [&]<class S>() {
+      Columns<S> columns(g, in_place, threads, band_rows);
+      const index_t most = columns.positions(row_bands[0]);
+      Tensor<G> out(Shape{threads, cout, most}, MemoryCategory::workspace, Init::none);
+      Tensor<float> packing = packing_workspace(weight_, threads, packing_floats<G>(cout, most, K));
+      if (columns.is_dry() || x.is_dry()) return;
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (index_t s = 0; s < n; ++s) {
-      const int t = omp_get_thread_num();
-      G* my_out = out.data() + t * cout * most;
-      const T* my_x = x.data() + s * image;
-      columns.load(t, my_x);
-      for (const Band& b : row_bands) {
-        const index_t positions = columns.positions(b);
-        weight_product(weight_, cout, K, false, columns.band(t, b, my_x),
-                       OutputView<G>::row_major(my_out, cout, positions), false, packing_row(packing, t));
-        for (index_t c = 0; c < cout; ++c)
-          for (index_t oy = b.first; oy < b.end; ++oy) {
-            G* row = my_out + c * positions + (oy - b.first) * columns.pitch();
-            if (spec_.bias) {
-              const G bias = round_to<G>(bias_.value[c]);
-              for (index_t p = 0; p < g.out_width; ++p) row[p] += bias;
+      for (index_t s = 0; s < n; ++s) {
+        const int t = omp_get_thread_num();
+        G* my_out = out.data() + t * cout * most;
+        const T* my_x = x.data() + s * image;
+        columns.load(t, my_x);
+        for (const Band& b : row_bands) {
+          const index_t positions = columns.positions(b);
+          weight_product(weight_, cout, K, false, columns.band(t, b, my_x),
+                         OutputView<G>::row_major(my_out, cout, positions), false, packing_row(packing, t));
+          for (index_t c = 0; c < cout; ++c)
+            for (index_t oy = b.first; oy < b.end; ++oy) {
+              G* row = my_out + c * positions + (oy - b.first) * columns.pitch();
+              if (spec_.bias) {
+                const G bias = round_to<G>(bias_.value[c]);
+                for (index_t p = 0; p < g.out_width; ++p) row[p] += bias;
+              }
+              store_rounded(row, y.data() + (s * cout + c) * P + oy * g.out_width, g.out_width, false);
             }
-            store_rounded(row, y.data() + (s * cout + c) * P + oy * g.out_width, g.out_width, false);
-          }
+        }
       }
-    }
+    });
   });
   if (ctx.keeps()) input_.keep(x);
   return y;
@@ -274,140 +289,143 @@ template <class T> Tensor<T> Conv2d<T>::backward(Tensor<T> dy, const RunContext&
   const std::vector<Band> row_bands = bands(g, ctx.conv_band_columns);
   const index_t band_rows = row_bands[0].end - row_bands[0].first;  // the widest band
   with_compute_type<T>(ctx.accumulate, [&]<class G>() {
-    const bool in_place = Columns<T>::template serves<G>(g, band_rows, weight_.pattern != nullptr);
-    Columns<T> columns(g, in_place, threads, band_rows);
-    const index_t most = columns.positions(row_bands[0]);
-    // In place, a band's dY is laid out over the padded width (zeros between rows); copied, dy is read as it is.
-    Tensor<T> spread;
-    if (columns.in_place()) spread = Tensor<T>(Shape{threads, cout, most}, MemoryCategory::workspace);
-    // The input gradient, in one of two ways:
-    //  - transposed (stride 1 with the in-place columns): dX is the convolution of dY, zero-padded by k - 1 - pad,
-    //    with the weights flipped in space and transposed, Wt (Cin, Cout k k), Wt[ci][(co, k-1-i, k-1-j)] =
-    //    W[co][ci][i][j]: one product per band with Cout k k terms per entry, run as the forward's (dY's columns in
-    //    place in its padded copy, positions over the padded width), each value of dX one chain of sums;
-    //  - scattered (otherwise): per band the column gradient dcols = W^T dY, added into the image gradient where
-    //    each column value was read (col2im). Copied columns in G are no longer needed once the band's weight
-    //    gradient is formed, so their buffer takes the column gradient.
-    const Geometry gt{cout, g.out_height, g.out_width, g.kernel, 1, g.kernel - 1 - g.pad, g.height, g.width};
-    const std::vector<Band> dx_bands = bands(gt, ctx.conv_band_columns);
-    const index_t dx_band_rows = dx_bands[0].end - dx_bands[0].first;
-    const bool reuse_columns = !columns.in_place() && std::is_same_v<G, T>;
-    // Transposed when it serves and needs no more workspace than scattering would (it is faster: no col2im pass,
-    // and products with Cout k k terms rather than Cout).
-    const index_t packing_weight = packing_floats<G>(cout, K, most);  // the weight gradient's product
-    auto transposed_pays = [&] {
-      if (!want_input_grad || !columns.in_place() || g.pad >= g.kernel ||
-          !Columns<T>::template serves<G>(gt, dx_band_rows, false))
-        return false;
-      const index_t Kt = cout * g.kernel * g.kernel, most_t = (dx_band_rows - 1) * (g.out_width + 2 * gt.pad) + g.width;
-      const index_t bytes = threads * Columns<T>::padded_size(gt) * index_t(sizeof(T)) + Kt * 4 +
-                            g.channels * Kt * index_t(sizeof(T)) + threads * g.channels * most_t * index_t(sizeof(G)) +
-                            threads * std::max(packing_weight, packing_floats<G>(g.channels, most_t, Kt)) * 4;
-      const index_t scattered = (reuse_columns ? 0 : threads * K * most * index_t(sizeof(G))) +
-                                threads * columns.gradient_size() * index_t(sizeof(G)) +
-                                threads * std::max(packing_weight, packing_floats<G>(K, most, cout)) * 4;
-      return bytes <= scattered;
-    };
-    const bool transposed = transposed_pays();
-    std::optional<Columns<T>> dy_columns;  // transposed: dY in its padded copy, per thread
-    Tensor<T> flipped;                     // transposed: Wt
-    Tensor<G> dx_out;                      // transposed: a band of dX over dY's padded width, per thread
-    Tensor<G> dcols, dimage;
-    if (transposed) {
-      dy_columns.emplace(gt, true, threads, dx_band_rows);
-      flipped = Tensor<T>(Shape{g.channels, cout * g.kernel * g.kernel}, MemoryCategory::workspace);
-      dx_out = Tensor<G>(Shape{threads, g.channels, dy_columns->positions(dx_bands[0])}, MemoryCategory::workspace);
-    } else if (want_input_grad) {
-      if (!reuse_columns) dcols = Tensor<G>(Shape{threads, K, most}, MemoryCategory::workspace);
-      dimage = Tensor<G>(Shape{threads, columns.gradient_size()}, MemoryCategory::workspace);
-    }
-    const index_t wn = weight_.value.numel();  // cout K, or the nonzeros of a sparse weight
-    Tensor<G> dweight(Shape{threads, wn}, MemoryCategory::workspace);  // per-thread partial sums
-    Tensor<G> dbias(Shape{threads, cout}, MemoryCategory::workspace);
-    index_t packing_need = packing_weight;
-    if (transposed) packing_need = std::max(packing_need, packing_floats<G>(g.channels, dx_out.dim(2), cout * g.kernel * g.kernel));
-    else if (want_input_grad) packing_need = std::max(packing_need, packing_floats<G>(K, most, cout));
-    Tensor<float> packing = packing_workspace(weight_, threads, packing_need);
-    if (columns.is_dry() || x.is_dry()) return;
-    if (transposed)
-      for (index_t co = 0; co < cout; ++co)
-        for (index_t ci = 0; ci < g.channels; ++ci)
-          for (index_t i = 0; i < g.kernel; ++i)
-            for (index_t j = 0; j < g.kernel; ++j)
-              flipped[ci * cout * g.kernel * g.kernel + (co * g.kernel + g.kernel - 1 - i) * g.kernel + g.kernel - 1 - j] =
-                  weight_.value[((co * g.channels + ci) * g.kernel + i) * g.kernel + j];
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (index_t s = 0; s < n; ++s) {
-      const int t = omp_get_thread_num();
-      G* my_dbias = dbias.data() + t * cout;
-      G* my_dcols = nullptr;
-      if constexpr (std::is_same_v<G, T>)
-        if (reuse_columns) my_dcols = columns.buffer(t);
-      if (!dcols.empty()) my_dcols = dcols.data() + t * K * most;
-      G* my_dimage = dimage.empty() ? nullptr : dimage.data() + t * columns.gradient_size();
-      T* my_spread = spread.empty() ? nullptr : spread.data() + t * cout * most;
-      float* my_packing = packing_row(packing, t);
-      // (my_dy is taken out here because clang 14 cannot capture dy and P into a lambda in an OpenMP loop in a
-      // generic lambda.)
-      const T* const my_dy = dy.data() + s * cout * P;
-      // dY of this image and band, (cout, positions(b)); in place it is spread again for the input gradient
-      // rather than kept for the whole image, so the buffer stays one band.
-      auto output_gradient = [&](const Band& b) {
-        const index_t positions = columns.positions(b);
-        if (!my_spread) return MatrixView<T>{my_dy + b.first * g.out_width, cout, positions, P, 1};
-        for (index_t c = 0; c < cout; ++c)
-          for (index_t oy = b.first; oy < b.end; ++oy) {
-            T* to = my_spread + c * positions + (oy - b.first) * columns.pitch();
-            std::copy(my_dy + c * P + oy * g.out_width, my_dy + c * P + (oy + 1) * g.out_width, to);
-            if (oy + 1 < b.end) std::fill(to + g.out_width, to + columns.pitch(), T(0));  // between rows: zero
-          }
-        return MatrixView<T>::row_major(my_spread, cout, positions);
+    const bool in_place = in_place_serves<T, G>(g, band_rows, weight_.pattern != nullptr);
+    with_column_type<T, G>(in_place, [&]<class S>() {
+      Columns<S> columns(g, in_place, threads, band_rows);
+      const index_t most = columns.positions(row_bands[0]);
+      // In place, a band's dY is laid out over the padded width (zeros between rows); copied, dy is read as it is.
+      Tensor<T> spread;
+      if (columns.in_place()) spread = Tensor<T>(Shape{threads, cout, most}, MemoryCategory::workspace);
+      // The input gradient, in one of two ways:
+      //  - transposed (stride 1 with the in-place columns): dX is the convolution of dY, zero-padded by k - 1 - pad,
+      //    with the weights flipped in space and transposed, Wt (Cin, Cout k k), Wt[ci][(co, k-1-i, k-1-j)] =
+      //    W[co][ci][i][j]: one product per band with Cout k k terms per entry, run as the forward's (dY's columns in
+      //    place in its padded copy, positions over the padded width), each value of dX one chain of sums;
+      //  - scattered (otherwise): per band the column gradient dcols = W^T dY, added into the image gradient where
+      //    each column value was read (col2im). Copied columns in G are no longer needed once the band's weight
+      //    gradient is formed, so their buffer takes the column gradient (16-bit columns summed in float are too
+      //    narrow for it).
+      const Geometry gt{cout, g.out_height, g.out_width, g.kernel, 1, g.kernel - 1 - g.pad, g.height, g.width};
+      const std::vector<Band> dx_bands = bands(gt, ctx.conv_band_columns);
+      const index_t dx_band_rows = dx_bands[0].end - dx_bands[0].first;
+      const bool reuse_columns = !columns.in_place() && std::is_same_v<S, G>;
+      // Transposed when it serves and needs no more workspace than scattering would (it is faster: no col2im pass,
+      // and products with Cout k k terms rather than Cout).
+      const index_t packing_weight = packing_floats<G>(cout, K, most);  // the weight gradient's product
+      auto transposed_pays = [&] {
+        if (!want_input_grad || !columns.in_place() || g.pad >= g.kernel ||
+            !in_place_serves<T, G>(gt, dx_band_rows, false))
+          return false;
+        const index_t Kt = cout * g.kernel * g.kernel, most_t = (dx_band_rows - 1) * (g.out_width + 2 * gt.pad) + g.width;
+        const index_t bytes = threads * padded_size(gt) * index_t(sizeof(G)) + Kt * 4 +
+                              g.channels * Kt * index_t(sizeof(T)) + threads * g.channels * most_t * index_t(sizeof(G)) +
+                              threads * std::max(packing_weight, packing_floats<G>(g.channels, most_t, Kt)) * 4;
+        const index_t scattered = (reuse_columns ? 0 : threads * K * most * index_t(sizeof(G))) +
+                                  threads * columns.gradient_size() * index_t(sizeof(G)) +
+                                  threads * std::max(packing_weight, packing_floats<G>(K, most, cout)) * 4;
+        return bytes <= scattered;
       };
-      const T* my_x = x.data() + s * image;
-      columns.load(t, my_x);
-      for (const Band& b : row_bands) {
-        add_weight_gradient(weight_, output_gradient(b), columns.band(t, b, my_x), dweight.data() + t * wn,
-                            my_packing);
-      }
-      // db += this image's sum of dY per channel (LaneSum's order, its accumulation rule).
-      for (index_t c = 0; c < cout; ++c) {
-        LaneSum<T> sum;
-        widened(my_dy + c * P, P, [&](index_t, const wide_t<T>* v, index_t len) {
-          sum.add(len, ctx.accumulate, [&](index_t p) { return v[p]; });
-        });
-        my_dbias[c] += round_to<G>(sum.total(ctx.accumulate));
-      }
+      const bool transposed = transposed_pays();
+      std::optional<Columns<G>> dy_columns;  // transposed: dY in its padded copy, per thread
+      Tensor<T> flipped;                     // transposed: Wt
+      Tensor<G> dx_out;                      // transposed: a band of dX over dY's padded width, per thread
+      Tensor<G> dcols, dimage;
       if (transposed) {
-        G* my_out = dx_out.data() + t * dx_out.dim(1) * dx_out.dim(2);
-        const MatrixView<T> wt = MatrixView<T>::row_major(flipped.data(), g.channels, flipped.dim(1));
-        dy_columns->load(t, my_dy);
-        for (const Band& b : dx_bands) {
-          const index_t positions = dy_columns->positions(b);
-          dense_product<G>(wt, dy_columns->band(t, b, my_dy), my_out, positions, false, my_packing);
-          for (index_t c = 0; c < g.channels; ++c)
-            for (index_t y = b.first; y < b.end; ++y)
-              store_rounded(my_out + c * positions + (y - b.first) * dy_columns->pitch(),
-                            dx.data() + s * image + (c * g.height + y) * g.width, g.width, false);
-        }
+        dy_columns.emplace(gt, true, threads, dx_band_rows);
+        flipped = Tensor<T>(Shape{g.channels, cout * g.kernel * g.kernel}, MemoryCategory::workspace);
+        dx_out = Tensor<G>(Shape{threads, g.channels, dy_columns->positions(dx_bands[0])}, MemoryCategory::workspace);
       } else if (want_input_grad) {
-        std::fill(my_dimage, my_dimage + columns.gradient_size(), G(0));
-        for (const Band& b : row_bands) {
-          const index_t positions = columns.positions(b);
-          weight_product(weight_, cout, K, true, output_gradient(b),
-                         OutputView<G>::row_major(my_dcols, K, positions), false, my_packing);
-          columns.add_gradient(my_dcols, b, my_dimage);
-        }
-        columns.store_gradient(my_dimage, dx.data() + s * image);
+        if (!reuse_columns) dcols = Tensor<G>(Shape{threads, K, most}, MemoryCategory::workspace);
+        dimage = Tensor<G>(Shape{threads, columns.gradient_size()}, MemoryCategory::workspace);
       }
-    }
-    for (int t = 1; t < threads; ++t) {
-      for (index_t i = 0; i < wn; ++i)
-        dweight[i] += dweight[t * wn + i];
-      for (index_t c = 0; c < cout; ++c)
-        dbias[c] += dbias[t * cout + c];
-    }
-    store_rounded(dweight.data(), weight_.grad.data(), wn, true);
-    if (spec_.bias) store_rounded(dbias.data(), bias_.grad.data(), cout, true);
+      const index_t wn = weight_.value.numel();  // cout K, or the nonzeros of a sparse weight
+      Tensor<G> dweight(Shape{threads, wn}, MemoryCategory::workspace);  // per-thread partial sums
+      Tensor<G> dbias(Shape{threads, cout}, MemoryCategory::workspace);
+      index_t packing_need = packing_weight;
+      if (transposed) packing_need = std::max(packing_need, packing_floats<G>(g.channels, dx_out.dim(2), cout * g.kernel * g.kernel));
+      else if (want_input_grad) packing_need = std::max(packing_need, packing_floats<G>(K, most, cout));
+      Tensor<float> packing = packing_workspace(weight_, threads, packing_need);
+      if (columns.is_dry() || x.is_dry()) return;
+      if (transposed)
+        for (index_t co = 0; co < cout; ++co)
+          for (index_t ci = 0; ci < g.channels; ++ci)
+            for (index_t i = 0; i < g.kernel; ++i)
+              for (index_t j = 0; j < g.kernel; ++j)
+                flipped[ci * cout * g.kernel * g.kernel + (co * g.kernel + g.kernel - 1 - i) * g.kernel + g.kernel - 1 - j] =
+                    weight_.value[((co * g.channels + ci) * g.kernel + i) * g.kernel + j];
+#pragma omp parallel for num_threads(threads) schedule(static)
+      for (index_t s = 0; s < n; ++s) {
+        const int t = omp_get_thread_num();
+        G* my_dbias = dbias.data() + t * cout;
+        G* my_dcols = nullptr;
+        if constexpr (std::is_same_v<S, G>)
+          if (reuse_columns) my_dcols = columns.buffer(t);
+        if (!dcols.empty()) my_dcols = dcols.data() + t * K * most;
+        G* my_dimage = dimage.empty() ? nullptr : dimage.data() + t * columns.gradient_size();
+        T* my_spread = spread.empty() ? nullptr : spread.data() + t * cout * most;
+        float* my_packing = packing_row(packing, t);
+        // (my_dy is taken out here because clang 14 cannot capture dy and P into a lambda in an OpenMP loop in a
+        // generic lambda.)
+        const T* const my_dy = dy.data() + s * cout * P;
+        // dY of this image and band, (cout, positions(b)); in place it is spread again for the input gradient
+        // rather than kept for the whole image, so the buffer stays one band.
+        auto output_gradient = [&](const Band& b) {
+          const index_t positions = columns.positions(b);
+          if (!my_spread) return MatrixView<T>{my_dy + b.first * g.out_width, cout, positions, P, 1};
+          for (index_t c = 0; c < cout; ++c)
+            for (index_t oy = b.first; oy < b.end; ++oy) {
+              T* to = my_spread + c * positions + (oy - b.first) * columns.pitch();
+              std::copy(my_dy + c * P + oy * g.out_width, my_dy + c * P + (oy + 1) * g.out_width, to);
+              if (oy + 1 < b.end) std::fill(to + g.out_width, to + columns.pitch(), T(0));  // between rows: zero
+            }
+          return MatrixView<T>::row_major(my_spread, cout, positions);
+        };
+        const T* my_x = x.data() + s * image;
+        columns.load(t, my_x);
+        for (const Band& b : row_bands) {
+          add_weight_gradient(weight_, output_gradient(b), columns.band(t, b, my_x), dweight.data() + t * wn,
+                              my_packing);
+        }
+        // db += this image's sum of dY per channel (LaneSum's order, its accumulation rule).
+        for (index_t c = 0; c < cout; ++c) {
+          LaneSum<T> sum;
+          widened(my_dy + c * P, P, [&](index_t, const wide_t<T>* v, index_t len) {
+            sum.add(len, ctx.accumulate, [&](index_t p) { return v[p]; });
+          });
+          my_dbias[c] += round_to<G>(sum.total(ctx.accumulate));
+        }
+        if (transposed) {
+          G* my_out = dx_out.data() + t * dx_out.dim(1) * dx_out.dim(2);
+          const MatrixView<T> wt = MatrixView<T>::row_major(flipped.data(), g.channels, flipped.dim(1));
+          dy_columns->load(t, my_dy);
+          for (const Band& b : dx_bands) {
+            const index_t positions = dy_columns->positions(b);
+            dense_product<G>(wt, dy_columns->band(t, b, my_dy), my_out, positions, false, my_packing);
+            for (index_t c = 0; c < g.channels; ++c)
+              for (index_t y = b.first; y < b.end; ++y)
+                store_rounded(my_out + c * positions + (y - b.first) * dy_columns->pitch(),
+                              dx.data() + s * image + (c * g.height + y) * g.width, g.width, false);
+          }
+        } else if (want_input_grad) {
+          std::fill(my_dimage, my_dimage + columns.gradient_size(), G(0));
+          for (const Band& b : row_bands) {
+            const index_t positions = columns.positions(b);
+            weight_product(weight_, cout, K, true, output_gradient(b),
+                           OutputView<G>::row_major(my_dcols, K, positions), false, my_packing);
+            columns.add_gradient(my_dcols, b, my_dimage);
+          }
+          columns.store_gradient(my_dimage, dx.data() + s * image);
+        }
+      }
+      for (int t = 1; t < threads; ++t) {
+        for (index_t i = 0; i < wn; ++i)
+          dweight[i] += dweight[t * wn + i];
+        for (index_t c = 0; c < cout; ++c)
+          dbias[c] += dbias[t * cout + c];
+      }
+      store_rounded(dweight.data(), weight_.grad.data(), wn, true);
+      if (spec_.bias) store_rounded(dbias.data(), bias_.grad.data(), cout, true);
+    });
   });
   return dx;
 }

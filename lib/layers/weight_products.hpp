@@ -43,13 +43,15 @@ inline float* packing_row(Tensor<float>& packing, int t) {
   return packing.empty() ? nullptr : packing.data() + t * packing.dim(1);
 }
 
-// c (+)= a b, dense, with c row-major (row stride ldc). packing: packing_floats<G>(...) floats.
-template <class G, class T>
-void dense_product(MatrixView<T> a, MatrixView<T> b, G* c, index_t ldc, bool add, float* packing) {
+// c (+)= a b, dense, with c row-major (row stride ldc). packing: packing_floats<G>(...) floats. A and B: the
+// storage type T, or one of them G = float holding T's values widened (gemm.hpp).
+template <class G, class A, class B>
+void dense_product(MatrixView<A> a, MatrixView<B> b, G* c, index_t ldc, bool add, float* packing) {
   if constexpr (sums_on_gemm<G>) {
     gemm(a, b, c, ldc, add, packing);
   } else {
-    static_assert(std::is_same_v<G, T>, "products run in float or in the storage type");
+    using T = A;
+    static_assert(std::is_same_v<G, A> && std::is_same_v<G, B>, "products run in float or in the storage type");
     if (a.offsets || b.offsets) throw std::logic_error("Eigen's products take plain matrices, not row offsets");
     using Strided = Eigen::Map<const RowMatrix<T>, 0, Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>>;
     auto map = [](const MatrixView<T>& v) {
@@ -61,9 +63,10 @@ void dense_product(MatrixView<T> a, MatrixView<T> b, G* c, index_t ldc, bool add
   }
 }
 
-// c (+)= op(W) b, op(W) = W or (transpose) W^T; b: (cols or rows) x n; c: (rows or cols) x n, any strides.
-template <class G, class T>
-void weight_product(const Param<T>& weight, index_t rows, index_t cols, bool transpose, MatrixView<T> b,
+// c (+)= op(W) b, op(W) = W or (transpose) W^T; b: (cols or rows) x n, in T or widened to G; c: (rows or cols) x
+// n, any strides.
+template <class G, class T, class B>
+void weight_product(const Param<T>& weight, index_t rows, index_t cols, bool transpose, MatrixView<B> b,
                     OutputView<G> c, bool add, float* packing) {
   if (const SparsePattern* p = weight.pattern.get()) {
     if (!add)
@@ -84,10 +87,10 @@ void weight_product(const Param<T>& weight, index_t rows, index_t cols, bool tra
 }
 
 // dweight += left right^T, the gradient of W in a product W right (left: dL/d(W right), rows x P; right: cols x
-// P). dweight: rows x cols, or a sparse weight's nonzeros, each then the dot product of a row of left and a row of
-// right, so the dense product is never formed.
-template <class G, class T>
-void add_weight_gradient(const Param<T>& weight, MatrixView<T> left, MatrixView<T> right, G* dweight,
+// P; in T or widened to G). dweight: rows x cols, or a sparse weight's nonzeros, each then the dot product of a row
+// of left and a row of right, so the dense product is never formed.
+template <class G, class T, class B>
+void add_weight_gradient(const Param<T>& weight, MatrixView<T> left, MatrixView<B> right, G* dweight,
                          float* packing) {
   if (const SparsePattern* p = weight.pattern.get()) {
     for (index_t r = 0; r < p->rows; ++r)

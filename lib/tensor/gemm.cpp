@@ -639,14 +639,20 @@ bool rows_share_l1(const float* const* rows, index_t count) {
   return true;
 }
 
-// Products summed in float (float, f16 and bf16 operands). An f32 a whose rows or columns run along memory is read
-// where it lies, as are an f32 b's rows where they run along memory; everything else (conversions, bf16 pairs, the
-// edge tiles) is packed. The workspace holds the slab of a (or an edge panel of it) and one panel of b.
-template <class T>
-void gemm_float(const MatrixView<T>& a, const MatrixView<T>& b, float* c, index_t ldc, bool add, float* workspace) {
-  constexpr bool is_bf16 = std::is_same_v<T, bf16>, is_f32 = std::is_same_v<T, float>;
+// Products summed in float: float, f16 and bf16 operands, or a 16-bit a or b beside a float one that holds its
+// values widened (R, the 16-bit type among them, sets the rule). A float a whose rows or columns run along memory
+// is read where it lies, as are a float b's rows where they run along memory (for bf16 in VDPBF16PS's order, step
+// k reading row k ^ 1, so only blocks of even length); everything else (conversions, bf16 pairs, the edge tiles)
+// is packed. The workspace holds the slab of a (or an edge panel of it) and one panel of b.
+template <class TA, class TB>
+void gemm_float(const MatrixView<TA>& a, const MatrixView<TB>& b, float* c, index_t ldc, bool add, float* workspace) {
+  using R = std::conditional_t<std::is_same_v<TA, float>, TB, TA>;
+  constexpr bool is_bf16 = std::is_same_v<R, bf16>;
+  constexpr bool a_float = std::is_same_v<TA, float>, b_float = std::is_same_v<TB, float>;
   const index_t m = a.rows, n = b.cols, k = a.cols;
-  const Kernel<float>& kernel = kernel_for(gemm_isa(), is_bf16);
+  // VDPBF16PS pairs only where both operands are bf16 in memory: a widened operand runs on the f32 FMAs, whose
+  // sums in this order are the same.
+  const Kernel<float>& kernel = kernel_for(gemm_isa(), std::is_same_v<TA, bf16> && std::is_same_v<TB, bf16>);
   const FlushDenormals flush(is_bf16);
   const index_t mr = kernel.mr, nr = kernel.nr;
   const bool swap = is_bf16 && !kernel.pairs;
@@ -654,20 +660,20 @@ void gemm_float(const MatrixView<T>& a, const MatrixView<T>& b, float* c, index_
   float* const a_pack = workspace + round_up(std::min(k, KC), 2) * NR_MAX;
   // In place only while a's block (m x KC) stays in L1 beside b's rows: a larger a is packed, slab by slab, once
   // for all of b's panels (read in place from L2 it was measured 15 % slower at 512 x 512 x 512).
-  const bool a_in_place =
-      is_f32 && !a.offsets && (a.col_stride == 1 || a.row_stride == 1) && m * std::min(k, KC) <= 64 * KC;
-  const MatrixView<T> bt = b.t();
+  const bool a_in_place = a_float && !swap && !a.offsets && (a.col_stride == 1 || a.row_stride == 1) &&
+                          m * std::min(k, KC) <= 64 * KC;
+  const MatrixView<TB> bt = b.t();
   const float* panel_rows[KC];  // the rows of the packed panel
   for (index_t s = 0; s < KC; ++s) panel_rows[s] = b_panel + s * nr;
-  const float* own_rows[KC];  // in place: where b's rows of this step block start (column 0)
+  const float* own_rows[KC];  // in place: where b's rows of this step block start (column 0), in step order
   for (index_t pc = 0; pc < k; pc += KC) {
     const index_t kc = std::min(KC, k - pc), kcp = is_bf16 ? round_up(kc, 2) : kc;
     const index_t steps = kernel.pairs ? kcp / 2 : kcp;  // rows of a packed panel
     const bool add_block = add || pc > 0;
     bool b_in_place = false;
-    if constexpr (is_f32)
-      if (b.col_stride == 1 && !(b.offsets && b.offsets_per_column) && n >= nr) {
-        for (index_t kk = 0; kk < kc; ++kk) own_rows[kk] = &b(pc + kk, 0);
+    if constexpr (b_float)
+      if (b.col_stride == 1 && !(b.offsets && b.offsets_per_column) && n >= nr && (!swap || kc % 2 == 0)) {
+        for (index_t kk = 0; kk < kc; ++kk) own_rows[kk] = &b(pc + (swap ? kk ^ 1 : kk), 0);
         b_in_place = rows_share_l1(own_rows, kc);  // the same pattern for every panel of the block
       }
     const index_t slab = a_in_place ? m : MC;  // rows of a per pass over b's panels
@@ -683,7 +689,7 @@ void gemm_float(const MatrixView<T>& a, const MatrixView<T>& b, float* c, index_
         for (index_t ir = 0; ir < mc; ir += mr) {
           const index_t rows = std::min(mr, mc - ir);
           Operands ops{a_pack + (ir / mr) * steps * mr, mr, 1, b_rows, b_shift};
-          if constexpr (is_f32) {
+          if constexpr (a_float) {
             if (a_in_place && rows == mr) ops = {&a(ic + ir, pc), a.col_stride, a.row_stride, b_rows, b_shift};
             else if (a_in_place) {  // the last rows: packed, zero beyond m
               pack(a, ic + ir, rows, pc, kc, kcp, mr, false, false, a_pack);
@@ -729,9 +735,11 @@ void gemm_wide(const MatrixView<T>& a, const MatrixView<T>& b, T* c, index_t ldc
 
 }  // namespace
 
-template <class T>
-void gemm(MatrixView<T> a, MatrixView<T> b, gemm_sum_t<T>* c, index_t ldc, bool add, float* workspace) {
-  using C = gemm_sum_t<T>;
+template <class A, class B>
+void gemm(MatrixView<A> a, MatrixView<B> b, gemm_sum_t<A>* c, index_t ldc, bool add, float* workspace) {
+  using C = gemm_sum_t<A>;
+  static_assert(std::is_same_v<A, B> || (std::is_same_v<C, float> && (std::is_same_v<A, float> || std::is_same_v<B, float>)),
+                "operands of one type, or a 16-bit one beside a float one holding its values");
   const index_t m = a.rows, n = b.cols, k = a.cols;
   if (b.rows != k)
     throw std::logic_error("gemm: inner sizes differ (" + std::to_string(m) + " x " + std::to_string(k) + " times " +
@@ -746,10 +754,16 @@ void gemm(MatrixView<T> a, MatrixView<T> b, gemm_sum_t<T>* c, index_t ldc, bool 
   else gemm_wide(a, b, c, ldc, add, workspace);
 }
 
-template void gemm<float>(MatrixView<float>, MatrixView<float>, float*, index_t, bool, float*);
-template void gemm<f16>(MatrixView<f16>, MatrixView<f16>, float*, index_t, bool, float*);
-template void gemm<bf16>(MatrixView<bf16>, MatrixView<bf16>, float*, index_t, bool, float*);
-template void gemm<double>(MatrixView<double>, MatrixView<double>, double*, index_t, bool, float*);
-template void gemm<dd>(MatrixView<dd>, MatrixView<dd>, dd*, index_t, bool, float*);
+#define LOWMEM_GEMM(A, B) template void gemm<A, B>(MatrixView<A>, MatrixView<B>, gemm_sum_t<A>*, index_t, bool, float*);
+LOWMEM_GEMM(float, float)
+LOWMEM_GEMM(f16, f16)
+LOWMEM_GEMM(f16, float)
+LOWMEM_GEMM(float, f16)
+LOWMEM_GEMM(bf16, bf16)
+LOWMEM_GEMM(bf16, float)
+LOWMEM_GEMM(float, bf16)
+LOWMEM_GEMM(double, double)
+LOWMEM_GEMM(dd, dd)
+#undef LOWMEM_GEMM
 
 }  // namespace lowmem

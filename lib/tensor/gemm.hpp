@@ -57,11 +57,14 @@ template <class T> index_t gemm_workspace_floats(index_t m, index_t n, index_t k
   return static_cast<index_t>(sizeof(gemm_sum_t<T>) / sizeof(float)) * gemm_workspace_floats(m, n, k);
 }
 
-// c (+)= a b with c row-major (row stride ldc). T: float, f16, bf16, double or dd. workspace:
-// gemm_workspace_floats<T>(m, n, k) floats that no other thread uses. Single-threaded: callers parallelise over
+// c (+)= a b with c row-major (row stride ldc). A and B: the same type (float, f16, bf16, double or dd), or one of
+// them f16 or bf16 and the other float holding values of that 16-bit type, widened (a convolution's image, widened
+// once into its padded copy): the product then follows the 16-bit type's rule, with the same bits as if both were
+// stored in it, and the float operand is read where it lies as an f32 one is. workspace:
+// gemm_workspace_floats<A>(m, n, k) floats that no other thread uses. Single-threaded: callers parallelise over
 // independent products (images).
-template <class T>
-void gemm(MatrixView<T> a, MatrixView<T> b, gemm_sum_t<T>* c, index_t ldc, bool add, float* workspace);
+template <class A, class B>
+void gemm(MatrixView<A> a, MatrixView<B> b, gemm_sum_t<A>* c, index_t ldc, bool add, float* workspace);
 
 // The kernels' instruction set: the widest FMA kernels this CPU has (avx512, else avx2, else portable), unless the
 // environment variable LOWMEM_ISA (portable, avx2, avx512 or avx512_bf16, the last adding VDPBF16PS for bf16)
