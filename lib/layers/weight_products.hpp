@@ -1,7 +1,8 @@
 #pragma once
 // The products of a layer's weight matrix W (rows x cols), dense or CSR (tensor/csr.hpp; technique sparsity sets
 // the pattern), written once for both: the layers with weights (conv, linear) call these and nothing else.
-// Operands are given in their storage type T and the sums run in the compute type G (tensor/compute.hpp):
+// Operands are given in their storage type T (the other operand also widened to G = float, as a convolution's
+// padded image is) and the sums run in the compute type G (tensor/compute.hpp):
 //   - dense W, G float, double or dd: lowmem's packed GEMM (tensor/gemm.hpp), which converts 16-bit operands
 //     while packing;
 //   - dense W, G = T (mp, or f16/bf16 with storage accumulation): Eigen's product in T;
