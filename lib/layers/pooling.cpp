@@ -215,7 +215,18 @@ template <class T> class InputGradientSums {
 template <class T> Tensor<T> MaxPool<T>::backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) {
   const Tensor<std::int32_t>& argmax = argmax_.get();
   Tensor<T> dx;
-  if (want_input_grad) {
+  if (want_input_grad && stride_ >= kernel_) {
+    // Windows apart: each input takes at most one gradient, which is added to zero as the sums below would add it
+    // (the same bits: +0 for -0, a NaN quieted), plane by plane over the threads, with no wide buffer.
+    using W = wide_t<T>;
+    dx = Tensor<T>(input_shape_, MemoryCategory::workspace);
+    const index_t plane_in = input_shape_[2] * input_shape_[3], plane_out = dy.dim(2) * dy.dim(3);
+    const index_t planes = dy.is_dry() ? 0 : dy.dim(0) * dy.dim(1);
+#pragma omp parallel for schedule(static) if (worth_threads(dy.numel()))
+    for (index_t p = 0; p < planes; ++p)
+      for (index_t o = p * plane_out; o < (p + 1) * plane_out; ++o)
+        dx[p * plane_in + argmax[o]] = round_to<T>(accumulate_round<T>(W(W(0) + round_to<W>(dy[o])), ctx.accumulate));
+  } else if (want_input_grad) {
     InputGradientSums<T> sums(input_shape_, ctx.accumulate);
     const index_t plane_in = input_shape_[2] * input_shape_[3], plane_out = dy.dim(2) * dy.dim(3);
     for (index_t o = 0; o < (dy.is_dry() ? 0 : dy.numel()); ++o)
