@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "numerics/error.hpp"
+#include "numerics/threads.hpp"
 #include "tensor/compute.hpp"
 
 namespace lowmem {
@@ -73,27 +74,31 @@ template <class T> Tensor<T> LeakyRelu<T>::forward(Tensor<T> x, const RunContext
     const T zero(0), slope = slope_t_;
     const T* in = x.data();  // may be out
     T* out = y.data();
-    if (slope_ == 0.0) {  // ReLU: select 0 itself (0 * -inf would be NaN; PyTorch gives 0)
-      if constexpr (is_16bit<T>) relu_bits(in, out, x.numel());
-      else
-        for (index_t i = 0; i < x.numel(); ++i) out[i] = in[i] > zero ? in[i] : (is_nan(in[i]) ? in[i] : zero);
-    } else {
-      for (index_t i = 0; i < x.numel(); ++i) {
-        const T negative = T(slope * in[i]);
-        out[i] = in[i] > zero ? in[i] : negative;
+    for_blocks(x.numel(), [&](index_t first, index_t end) {
+      if (slope_ == 0.0) {  // ReLU: select 0 itself (0 * -inf would be NaN; PyTorch gives 0)
+        if constexpr (is_16bit<T>) relu_bits(in + first, out + first, end - first);
+        else
+          for (index_t i = first; i < end; ++i) out[i] = in[i] > zero ? in[i] : (is_nan(in[i]) ? in[i] : zero);
+      } else {
+        for (index_t i = first; i < end; ++i) {
+          const T negative = T(slope * in[i]);
+          out[i] = in[i] > zero ? in[i] : negative;
+        }
       }
-    }
+    });
   }
   if (ctx.keeps() && active_save_hook<T>()) {  // kept activations are approximated: keep the exact mask
     Tensor<std::uint8_t> mask(Shape{(y.numel() + 7) / 8}, MemoryCategory::workspace);
     if (!y.is_dry()) {  // a byte at a time: 8 values per byte, the last byte padded with zeros
       const T* v = y.data();
       const index_t n = y.numel();
-      for (index_t b = 0; b < mask.numel(); ++b) {
-        unsigned byte = 0;
-        for (index_t k = 0; k < 8 && b * 8 + k < n; ++k) byte |= unsigned{v[b * 8 + k] > T(0)} << k;
-        mask[b] = static_cast<std::uint8_t>(byte);
-      }
+      for_blocks(n, [&](index_t first, index_t end) {  // blocks of whole bytes
+        for (index_t b = first / 8; b < (end + 7) / 8; ++b) {
+          unsigned byte = 0;
+          for (index_t k = 0; k < 8 && b * 8 + k < n; ++k) byte |= unsigned{v[b * 8 + k] > T(0)} << k;
+          mask[b] = static_cast<std::uint8_t>(byte);
+        }
+      });
     }
     mask_.keep(mask);
   } else if (ctx.keeps()) {
@@ -120,13 +125,15 @@ Tensor<T> LeakyRelu<T>::input_grad_from_mask(const Tensor<std::uint8_t>& mask, T
   const T* grad = dy.data();  // may be result
   const T zero(0), slope = slope_t_;
   T* result = dx.data();
-  const index_t n = dy.numel();
-  index_t i = 0;
-  if constexpr (std::is_same_v<T, float>) i = masked_grad_f32(m, grad, result, n, slope_ == 0.0, slope);
-  for (; i < n; ++i) {
-    const T off = slope_ == 0.0 ? zero : T(slope * grad[i]);  // 0 exactly, even for an infinite gradient
-    result[i] = (m[i / 8] >> (i % 8)) & 1 ? grad[i] : off;
-  }
+  for_blocks(dy.numel(), [&](index_t first, index_t end) {  // first: a multiple of 8, a whole mask byte
+    index_t i = first;
+    if constexpr (std::is_same_v<T, float>)
+      i += masked_grad_f32(m + first / 8, grad + first, result + first, end - first, slope_ == 0.0, slope);
+    for (; i < end; ++i) {
+      const T off = slope_ == 0.0 ? zero : T(slope * grad[i]);  // 0 exactly, even for an infinite gradient
+      result[i] = (m[i / 8] >> (i % 8)) & 1 ? grad[i] : off;
+    }
+  });
   return dx;
 }
 
@@ -136,16 +143,18 @@ template <class T> Tensor<T> LeakyRelu<T>::input_grad(const Tensor<T>& y, Tensor
   const T zero(0), slope = slope_t_;
   const T *out = y.data(), *grad = dy.data();  // grad may be result
   T* result = dx.data();
-  if (slope_ == 0.0) {  // exactly 0 where the unit is off, even for an infinite gradient (as PyTorch)
-    if constexpr (is_16bit<T>) relu_grad_bits(out, grad, result, y.numel());
-    else
-      for (index_t i = 0; i < y.numel(); ++i) result[i] = out[i] > zero ? grad[i] : zero;
-  } else {
-    for (index_t i = 0; i < y.numel(); ++i) {
-      const T negative = T(slope * grad[i]);
-      result[i] = out[i] > zero ? grad[i] : negative;
+  for_blocks(y.numel(), [&](index_t first, index_t end) {
+    if (slope_ == 0.0) {  // exactly 0 where the unit is off, even for an infinite gradient (as PyTorch)
+      if constexpr (is_16bit<T>) relu_grad_bits(out + first, grad + first, result + first, end - first);
+      else
+        for (index_t i = first; i < end; ++i) result[i] = out[i] > zero ? grad[i] : zero;
+    } else {
+      for (index_t i = first; i < end; ++i) {
+        const T negative = T(slope * grad[i]);
+        result[i] = out[i] > zero ? grad[i] : negative;
+      }
     }
-  }
+  });
   return dx;
 }
 
