@@ -8,6 +8,7 @@
 #include "provenance.hpp"
 #include "signals.hpp"
 #include "tensor/memory_ledger.hpp"
+#include "techniques/registry.hpp"
 
 namespace lowmem {
 
@@ -24,6 +25,18 @@ void failed_labels(const PlannedRun& run, RunRecord& record) {
   record.labels["study"] = run.parsed.study;
   record.labels["precision"] = to_string(run.parsed.precision);
   record.labels["seed"] = std::to_string(run.parsed.seed);
+  record.labels["technique_label"] = techniques_readable(run.parsed.techniques);
+}
+
+// The swept values as summary columns named by their paths ("train.optimizer.lr"): numbers as numbers, strings as
+// they are, anything else as its JSON text. A path that names a column the study writes ("precision", "seed")
+// keeps the study's.
+void sweep_columns(const PlannedRun& run, RunRecord& record) {
+  for (const auto& [path, value] : run.swept) {
+    if (record.labels.count(path) || record.scalars.count(path)) continue;
+    if (value.is_number()) record.scalars[path] = value.get<double>();
+    else record.labels[path] = value.is_string() ? value.get<std::string>() : value.dump();
+  }
 }
 
 RunRecord execute(const PlannedRun& run, int threads, const Progress& show, const StudyOptions& options) {
@@ -47,6 +60,7 @@ RunRecord execute(const PlannedRun& run, int threads, const Progress& show, cons
     record.message = e.what();
     failed_labels(run, record);
   }
+  sweep_columns(run, record);
   record.scalars["wall_seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   record.attributes["end_time"] = iso_time_now();
   return record;

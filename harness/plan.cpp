@@ -37,6 +37,16 @@ double pixels_per_batch(const RunConfig& run) {
   return static_cast<double>(run.train.batch) * static_cast<double>(run.model.input[1] * run.model.input[2]);
 }
 
+// "  train.optimizer.lr=0.1 model.blocks=2": the run's swept values other than the technique (shown as its label)
+// and the precision (a column of its own).
+std::string swept_text(const PlannedRun& run) {
+  std::string text;
+  for (const auto& [path, value] : run.swept)
+    if (path != "technique" && path != "precision")
+      text += "  " + path + "=" + (value.is_string() ? value.get<std::string>() : value.dump());
+  return text;
+}
+
 }  // namespace
 
 std::string plan_table(const std::vector<PlannedRun>& runs, const std::vector<std::size_t>& positions,
@@ -44,9 +54,10 @@ std::string plan_table(const std::vector<PlannedRun>& runs, const std::vector<st
   const bool resuming = !statuses.empty();
   std::string out;
   char line[512];
-  std::snprintf(line, sizeof line, "%-4s %-16s %-8s %-5s %-7s %6s %12s %12s %12s %12s %12s %12s %12s %6s %9s %10s%s\n",
+  std::snprintf(line, sizeof line, "%-4s %-16s %-8s %-5s %-7s %6s %12s %12s %12s %12s %12s %12s %12s %6s %9s %10s%s  %s\n",
                 "#", "run_id", "study", "prec", "model", "batch", "weights", "gradients", "optimizer", "saved_act",
-                "workspace", "peak", "own_need", "over", "B/pixel", "recompute", resuming ? "  resume" : "");
+                "workspace", "peak", "own_need", "over", "B/pixel", "recompute", resuming ? "  resume" : "",
+                "technique, swept values");
   out += line;
   std::size_t skipped = 0;
   for (std::size_t i : positions) {
@@ -63,12 +74,12 @@ std::string plan_table(const std::vector<PlannedRun>& runs, const std::vector<st
     char over[16] = "-";
     if (p.own_need) std::snprintf(over, sizeof over, "%+.0f%%", 100.0 * (static_cast<double>(p.peak) / p.own_need - 1));
     std::snprintf(line, sizeof line,
-                  "%-4zu %-16s %-8s %-5s %-7s %6d %12zu %12zu %12zu %12zu %12zu %12zu %12s %6s %9.0f %10lld%s\n", i + 1,
+                  "%-4zu %-16s %-8s %-5s %-7s %6d %12zu %12zu %12zu %12zu %12zu %12zu %12s %6s %9.0f %10lld%s  ", i + 1,
                   runs[i].id.c_str(), r.study.c_str(), to_string(r.precision).c_str(), r.model.arch.c_str(),
                   r.train.batch, p.weights, p.gradients, p.optimizer_state, p.saved_activations, p.workspace, p.peak,
                   need.c_str(), over, static_cast<double>(p.peak) / pixels_per_batch(r),
                   static_cast<long long>(p.recomputed_evaluations), resume.c_str());
-    out += line;
+    out += line + techniques_readable(r.techniques) + swept_text(runs[i]) + "\n";
   }
   out += "memory in bytes: peak of each category and of the total over one step (train: and one evaluation batch);\n"
          "own_need: what the techniques themselves require (model state + saved-activation peak + the widest layer's\n"
@@ -87,10 +98,14 @@ std::string plan_json(const std::vector<PlannedRun>& runs, const std::vector<std
     const PlannedRun& run = runs[i];
     const MemoryPrediction p = predict_memory(run.parsed);
     const auto status = statuses.find(run.id);
+    nlohmann::json swept = nlohmann::json::object();
+    for (const auto& [path, value] : run.swept) swept[path] = value;
     list.push_back({{"run_id", run.id},
                     {"position", i},
                     {"study", run.parsed.study},
                     {"precision", to_string(run.parsed.precision)},
+                    {"technique_label", techniques_readable(run.parsed.techniques)},
+                    {"swept", swept},
                     {"config", run.config},
                     {"resume_skips", status != statuses.end() && is_done(status->second)},
                     {"predicted_peak_bytes", p.peak},

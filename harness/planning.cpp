@@ -25,12 +25,16 @@ std::string run_id(const nlohmann::json& resolved) {
 std::vector<PlannedRun> plan_runs(const std::string& config_file, const std::vector<std::string>& overrides) {
   nlohmann::json config = read_json_file(config_file);
   for (const std::string& o : overrides) apply_override(config, o);
+  const std::vector<std::string> swept = swept_paths(config);
   std::vector<PlannedRun> runs;
   std::map<std::string, std::size_t> seen;
   for (nlohmann::json& resolved : expand_sweep(config, config_file)) {
     nlohmann::json effective;
     RunConfig parsed = parse_run_config(resolved, config_file, &effective);
-    PlannedRun run{run_id(effective), effective, std::move(parsed)};
+    PlannedRun run{run_id(effective), effective, std::move(parsed), {}};
+    for (const std::string& path : swept)  // the effective value (defaults filled in), else the one the sweep set
+      if (const nlohmann::json* value = find_path(effective, path) ? find_path(effective, path) : find_path(resolved, path))
+        run.swept.emplace_back(path, *value);
     validate_model(run.parsed, config_file);
     if (auto [it, fresh] = seen.emplace(run.id, runs.size()); !fresh)
       throw Error(config_file + ": /sweep: runs " + std::to_string(it->second + 1) + " and " +

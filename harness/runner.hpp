@@ -16,6 +16,9 @@ struct PlannedRun {
   std::string id;          // stable: derived from the resolved config
   nlohmann::json config;   // resolved: sweep applied and every default filled in
   RunConfig parsed;
+  // Each path the config sweeps (sweep.hpp's swept_paths) with this run's value: the summary columns that tell
+  // the runs of a sweep apart.
+  std::vector<std::pair<std::string, nlohmann::json>> swept;
 };
 
 // Reads CONFIG, applies --set overrides, expands the sweep and validates every run. Errors name file and path.

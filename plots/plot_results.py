@@ -51,9 +51,17 @@ def load_runs(f):
 
 
 def legend_labels(runs):
-    """What tells the runs apart among model, technique and precision; the run id where that is not enough."""
-    keys = [k for k in ("model", "technique", "precision") if len({text(r["attrs"].get(k, "")) for r in runs}) > 1]
-    labels = [" ".join(text(r["attrs"].get(k, "")) for k in keys) or r["precision"] or r["id"] for r in runs]
+    """What tells the runs apart among model, technique (its readable label, technique_label, where the file has
+    it), precision and the swept values (attributes named by dotted config paths, shown as path=value); the run
+    id where that is not enough."""
+    def value(r, k):
+        v = r["attrs"].get(k, "")
+        return f"{float(v):g}" if isinstance(v, (float, np.floating)) else text(v)
+    technique = "technique_label" if all("technique_label" in r["attrs"] for r in runs) else "technique"
+    swept = sorted({k for r in runs for k in r["attrs"] if "." in k})
+    keys = [k for k in ("model", technique, "precision", *swept) if len({value(r, k) for r in runs}) > 1]
+    labels = [" ".join(f"{k}={value(r, k)}" if k in swept else value(r, k) for k in keys) or r["precision"] or r["id"]
+              for r in runs]
     return [label if labels.count(label) == 1 else f"{label} ({r['id']})" for label, r in zip(labels, runs)]
 
 

@@ -19,6 +19,7 @@ void run_study(const RunConfig& config, const DataSplit& data, RunRecord& record
   record.labels["model"] = config.model.arch;
   record.labels["seed"] = std::to_string(config.seed);
   record.labels["technique"] = techniques_label(config.techniques);  // "store_all", "checkpoint-revolve-2+microbatch-4"
+  record.labels["technique_label"] = techniques_readable(config.techniques);  // "microbatch(4) + checkpoint(revolve,2)"
   if (config.study == "train") run_train_study(config, data, record, progress, options);
   else if (config.study == "gradient") run_gradient_study(config, data, record, progress);
   else if (config.study == "reconstruction") run_reconstruction_study(config, data, record, progress);

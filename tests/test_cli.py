@@ -517,6 +517,32 @@ def check_set():
     expect_error("plan --set train.optimiser.lr=3: exit 1, path does not exist, suggestion", p, 1,
                  ['"train.optimiser"', '"train.optimizer"'])
 
+    # A --set on a swept key replaces that axis with its one value, validated like any value.
+    swept = config("set-swept.json", lambda c: c.update(sweep={"precision": ["f32", "f64"],
+                                                               "train.optimizer.lr": [0.01, 0.02]}))
+    p, plan = plan_json(swept, "--set", "precision=f64")
+    check(p.returncode == 0 and plan and len(plan) == 2 and all(r["config"]["precision"] == "f64" for r in plan)
+          and [r["swept"] for r in plan] == [{"train.optimizer.lr": 0.01}, {"train.optimizer.lr": 0.02}],
+          "plan --set precision=f64 on a precision sweep: 2 runs, both f64, lr the only swept value",
+          describe(p) + f"\n    plan = {[(r['config']['precision'], r['swept']) for r in plan or []]}")
+    p = lowmem("plan", swept, "--set", "precision=fp16")
+    expect_error("plan --set precision=fp16 on a precision sweep: exit 1, the value is checked", p, 1,
+                 ["/precision", '"fp16"', '"f16"'])
+    # Swept values and the readable technique label become summary columns, shown by `show` by default.
+    out = TMP / "set-swept.h5"
+    p = lowmem("run", swept, "--out", out, "--set", "precision=f32", *RUN_OPTS)
+    if check(p.returncode == 0, "run of an lr sweep: exit 0", describe(p)):
+        with h5py.File(out, "r") as f:
+            columns = f["summary"].dtype.names
+            lrs = sorted(float(x) for x in f["summary"]["train.optimizer.lr"])
+            labels = {x.decode() if isinstance(x, bytes) else x for x in f["summary"]["technique_label"]}
+        check(lrs == [0.01, 0.02] and labels == {"store_all"},
+              "summary: column train.optimizer.lr holds 0.01 and 0.02 (numbers), technique_label store_all",
+              f"\n    columns = {columns}, lr = {lrs}, labels = {labels}")
+        p = lowmem("show", out)
+        check(p.returncode == 0 and "train.optimizer.lr" in p.stdout and "technique_label" in p.stdout
+              and "0.02" in p.stdout, "show: the swept lr and technique_label are default columns", describe(p))
+
 
 def main():
     def with_scratch(tmp):

@@ -358,5 +358,42 @@ TEST(Override, ErrorsNameTheOption) {
   EXPECT_EQ(c, json::parse(R"({"train": {"lr": 0.1, "layers": [1]}})"));  // failed overrides change nothing
 }
 
+// A --set on a swept key replaces the axis with its one value (never silently lost to the sweep).
+TEST(Override, ReplacesASweptAxis) {
+  json c = json::parse(R"({"precision": "f32", "train": {"lr": 0.1},
+                           "sweep": {"precision": ["f32", "f16"], "train.lr": [0.1, 0.2]}})");
+  apply_override(c, "precision=bf16");
+  EXPECT_EQ(c["precision"], "bf16");
+  EXPECT_EQ(c["sweep"], json::parse(R"({"train.lr": [0.1, 0.2]})"));
+  EXPECT_EQ(expand_sweep(c, "cfg.json").size(), 2u);
+  apply_override(c, "train.lr=0.5");  // the last axis: no sweep left, one run
+  EXPECT_FALSE(c.contains("sweep"));
+  EXPECT_EQ(expand_sweep(c, "cfg.json"), std::vector<json>{c});
+
+  // In a list of sweep objects every object loses the key; of those left empty, one stays (the base run once).
+  json list = json::parse(R"({"seed": 0, "sweep": [{"seed": [1, 2]}, {"seed": [3], "lr": [1, 2]}, {"seed": [4]}],
+                              "zip": {"seed": [5, 6], "batch": [8, 16]}})");
+  apply_override(list, "seed=9");
+  EXPECT_EQ(list["sweep"], json::parse(R"([{}, {"lr": [1, 2]}])"));
+  EXPECT_EQ(list["zip"], json::parse(R"({"batch": [8, 16]})"));
+  EXPECT_EQ(expand_sweep(list, "cfg.json").size(), 6u);  // 2 zip steps x (1 + 2)
+
+  // Inside a swept value the sweep would overwrite it: refused, naming the axis.
+  json whole = json::parse(R"({"train": {"optimizer": {"lr": 1}}, "sweep": {"train.optimizer": [{"lr": 1}, {"lr": 2}]}})");
+  EXPECT_EQ(error_of([&] { apply_override(whole, "train.optimizer.lr=3"); }),
+            "--set train.optimizer.lr=3: \"train.optimizer\" is swept (/sweep/train.optimizer), so a value set inside it "
+            "would be overwritten; set the whole axis instead (--set train.optimizer=...)");
+}
+
+TEST(Sweep, SweptPathsAndTheirValues) {
+  const json c = json::parse(R"({"model": {"layers": [{"out": 4}]}, "sweep": [{"train.lr": [1, 2]}, {"model.layers.0.out": [8]}],
+                                 "zip": {"seed": [1, 2]}})");
+  EXPECT_EQ(swept_paths(c), (std::vector<std::string>{"model.layers.0.out", "seed", "train.lr"}));
+  EXPECT_EQ(*find_path(c, "model.layers.0.out"), 4);
+  EXPECT_EQ(find_path(c, "model.layers.1.out"), nullptr);
+  EXPECT_EQ(find_path(c, "train.lr"), nullptr);
+  EXPECT_TRUE(swept_paths(json::parse(R"({"seed": 1})")).empty());
+}
+
 }  // namespace
 }  // namespace lowmem

@@ -51,6 +51,16 @@ TEST(Techniques, EveryRegisteredTypeParsesAndLabelsItself) {
     EXPECT_EQ(run.techniques[0]->type(), type);
     EXPECT_EQ(techniques_label(run.techniques), labels.at(type));
   }
+  // The readable label of a composition (summary column technique_label): parameters in parentheses, an
+  // exponent's sign kept.
+  const nlohmann::json composed = {{{"type", "mixed_precision"}, {"compute", "f16"}},
+                                   {{"type", "microbatch"}, {"count", 4}},
+                                   {{"type", "checkpoint"}, {"schedule", "revolve"}, {"slots", 2}},
+                                   {{"type", "sparsity"}, {"density", 1e-5}}};
+  EXPECT_EQ(techniques_readable(parse_run_config(config_with(composed), "cfg.json").techniques),
+            "mixed_precision(f16) + microbatch(4) + checkpoint(revolve,2) + sparsity(magnitude,1e-05)");
+  EXPECT_EQ(techniques_readable(parse_run_config(config_with({{"type", "store_all"}}), "cfg.json").techniques),
+            "store_all");
 }
 
 // Of several problems, the one reported does not depend on the order in which the techniques are listed.

@@ -73,8 +73,8 @@ RunRecord read_run(const std::string& path, const std::string& run_id);
 std::vector<std::string> list_runs(const std::string& path);  // in creation order
 
 // Fixed-width text table of the chosen columns in the given order. Empty `columns` = run_id, study, precision,
-// status, wall_seconds, peak_bytes, activation_peak_bytes, final_train_loss, test_accuracy, message (those
-// present). An unknown column name throws Error listing the valid ones.
+// model, technique_label, the swept values (columns whose names are dotted paths), status, wall_seconds,
+// peak_bytes, activation_peak_bytes, final_train_loss, test_accuracy, message (those present). An unknown column name throws Error listing the valid ones.
 std::string format_table(const SummaryTable& t, const std::vector<std::string>& columns);
 
 }  // namespace lowmem

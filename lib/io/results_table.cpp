@@ -51,10 +51,15 @@ std::string format_table(const SummaryTable& t, const std::vector<std::string>& 
   };
   std::vector<std::size_t> chosen;
   if (columns.empty()) {
-    for (const char* c : {"run_id", "study", "precision", "status", "wall_seconds", "peak_bytes",
-                          "activation_peak_bytes", "final_train_loss", "test_accuracy", "message"}) {
+    // Then what tells a sweep's runs apart: the swept values, whose columns are named by their dotted paths.
+    std::vector<std::string> wanted{"run_id", "study", "precision", "model", "technique_label"};
+    for (const auto& c : t.columns)
+      if (c.find('.') != std::string::npos) wanted.push_back(c);
+    for (const char* c : {"status", "wall_seconds", "peak_bytes", "activation_peak_bytes", "final_train_loss",
+                          "test_accuracy", "message"})
+      wanted.push_back(c);
+    for (const auto& c : wanted)
       if (position(c) < t.columns.size()) chosen.push_back(position(c));
-    }
   } else {
     for (const auto& c : columns) {
       if (position(c) == t.columns.size()) {

@@ -103,6 +103,45 @@ bool is_index(const std::string& part) {
   return !part.empty() && part.size() < 10 && part.find_first_not_of("0123456789") == std::string::npos;
 }
 
+// A --set of `path` on a config that sweeps it: the axis is replaced by the one value (the user's intent: every
+// sweep object and zip lose that key; a sweep object left empty contributes the base config once, and only one
+// such object is kept). A --set inside a swept value (path under a swept key) would be overwritten by the sweep,
+// so it is refused, naming the axis.
+void replace_swept_axis(json& config, const std::string& path, const std::string& context) {
+  auto check_inside = [&](const std::string& key, const std::string& pointer) {
+    if (path.size() > key.size() && path.compare(0, key.size() + 1, key + ".") == 0)
+      throw Error(context + ": \"" + key + "\" is swept (" + pointer + "), so a value set inside it would be " +
+                  "overwritten; set the whole axis instead (--set " + key + "=...)");
+  };
+  auto prune = [&](json& object, const std::string& pointer) {
+    for (const auto& item : object.items()) check_inside(item.key(), pointer + "/" + json_pointer_token(item.key()));
+    object.erase(path);
+  };
+  if (config.contains("zip") && config["zip"].is_object()) {
+    prune(config["zip"], "/zip");
+    if (config["zip"].empty()) config.erase("zip");
+  }
+  if (!config.contains("sweep")) return;
+  json& sweep = config["sweep"];
+  if (sweep.is_object()) {
+    prune(sweep, "/sweep");
+    if (sweep.empty()) config.erase("sweep");
+  } else if (sweep.is_array()) {
+    json kept = json::array();
+    bool has_empty = false;
+    for (std::size_t i = 0; i < sweep.size(); ++i) {
+      if (sweep[i].is_object()) prune(sweep[i], "/sweep/" + std::to_string(i));
+      if (sweep[i].is_object() && sweep[i].empty()) {
+        if (has_empty) continue;
+        has_empty = true;
+      }
+      kept.push_back(sweep[i]);
+    }
+    if (kept.size() == 1 && kept[0].is_object() && kept[0].empty()) config.erase("sweep");
+    else sweep = std::move(kept);
+  }
+}
+
 }  // namespace
 
 void set_path(json& config, const std::string& dotted, const json& value, const std::string& context) {
@@ -189,6 +228,44 @@ std::vector<json> expand_sweep(const json& config, const std::string& file) {
   return runs;
 }
 
+std::vector<std::string> swept_paths(const json& config) {
+  std::vector<std::string> paths;
+  auto add_keys = [&](const json& object) {
+    if (object.is_object())
+      for (const auto& item : object.items()) paths.push_back(item.key());
+  };
+  if (config.is_object() && config.contains("zip")) add_keys(config.at("zip"));
+  if (config.is_object() && config.contains("sweep")) {
+    const json& sweep = config.at("sweep");
+    if (sweep.is_array())
+      for (const json& object : sweep) add_keys(object);
+    else
+      add_keys(sweep);
+  }
+  std::sort(paths.begin(), paths.end());
+  paths.erase(std::unique(paths.begin(), paths.end()), paths.end());
+  return paths;
+}
+
+const json* find_path(const json& config, const std::string& dotted) {
+  const json* node = &config;
+  for (std::size_t start = 0;;) {
+    const std::size_t dot = dotted.find('.', start);
+    const std::string part = dotted.substr(start, dot - start);
+    if (node->is_object()) {
+      const auto it = node->find(part);
+      if (it == node->end()) return nullptr;
+      node = &*it;
+    } else if (node->is_array() && is_index(part) && std::stoul(part) < node->size()) {
+      node = &(*node)[std::stoul(part)];
+    } else {
+      return nullptr;
+    }
+    if (dot == std::string::npos) return node;
+    start = dot + 1;
+  }
+}
+
 void apply_override(json& config, const std::string& assignment) {
   const std::string context = "--set " + printable(assignment, false);
   const std::size_t eq = assignment.find('=');
@@ -200,7 +277,9 @@ void apply_override(json& config, const std::string& assignment) {
   } catch (const json::type_error&) {
     throw Error("--set " + printable(assignment, true) + ": the value is not valid UTF-8 text");
   }
-  set_path(config, assignment.substr(0, eq), value, context);
+  const std::string path = assignment.substr(0, eq);
+  if (config.is_object()) replace_swept_axis(config, path, context);
+  set_path(config, path, value, context);
 }
 
 }  // namespace lowmem

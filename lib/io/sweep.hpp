@@ -19,8 +19,15 @@ namespace lowmem {
 std::vector<nlohmann::json> expand_sweep(const nlohmann::json& config, const std::string& file);
 
 // "--set a.b.c=VALUE": VALUE is parsed as JSON if it is valid JSON, otherwise taken as a string (so lr=0.1 is a
-// number, name=adam a string, name=\"1\" the string "1"). Errors start with "--set <assignment>: ".
+// number, name=adam a string, name=\"1\" the string "1"). A PATH the config sweeps (a key of "sweep", of one of its
+// objects, or of "zip") has its axis replaced by the one value; a PATH inside a swept value is refused (the sweep
+// would overwrite it). Errors start with "--set <assignment>: ".
 void apply_override(nlohmann::json& config, const std::string& assignment);
+
+// The dotted paths a config sweeps: the keys of "sweep" (of each of its objects) and of "zip", sorted, each once.
+std::vector<std::string> swept_paths(const nlohmann::json& config);
+// The value at a dotted path (a numeric part indexes a list), or null where the path does not exist.
+const nlohmann::json* find_path(const nlohmann::json& config, const std::string& dotted);
 
 // Sets a dotted path; throws lowmem::Error(context + ": " + problem) on a bad path.
 void set_path(nlohmann::json& config, const std::string& dotted, const nlohmann::json& value, const std::string& context);

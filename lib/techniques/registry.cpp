@@ -1,5 +1,6 @@
 #include "techniques/registry.hpp"
 
+#include <cctype>
 #include <functional>
 
 #include "io/config_reader.hpp"
@@ -82,6 +83,24 @@ std::string techniques_label(const TechniqueList& all) {
   std::string label;
   for (const auto& t : all) label += (label.empty() ? "" : "+") + t->label();
   return label;
+}
+
+std::string techniques_readable(const TechniqueList& all) {
+  std::string text;
+  for (const auto& t : all) {
+    std::string label = t->label();  // "type-param-param": a type has no '-', its parameters follow one each
+    const std::size_t dash = label.find('-');
+    if (dash != std::string::npos) {
+      std::string params = label.substr(dash + 1);
+      for (std::size_t i = 0; i < params.size(); ++i) {  // not an exponent's sign ("1e-05")
+        const bool exponent = i >= 2 && params[i - 1] == 'e' && std::isdigit(static_cast<unsigned char>(params[i - 2]));
+        if (params[i] == '-' && !exponent) params[i] = ',';
+      }
+      label = label.substr(0, dash) + "(" + params + ")";
+    }
+    text += (text.empty() ? "" : " + ") + label;
+  }
+  return text;
 }
 
 }  // namespace lowmem

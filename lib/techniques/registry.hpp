@@ -24,5 +24,8 @@ TechniqueList store_all_only();
 
 // "store_all", "checkpoint-revolve-2+microbatch-4": every technique's label, joined by "+" when composed.
 std::string techniques_label(const TechniqueList& all);
+// The same for reading (summary column technique_label, plot legends): "store_all",
+// "mixed_precision(f16) + microbatch(16) + checkpoint(revolve,2)": each label's parameters in parentheses.
+std::string techniques_readable(const TechniqueList& all);
 
 }  // namespace lowmem
