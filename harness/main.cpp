@@ -19,6 +19,7 @@
 #include "io/limits.hpp"
 #include "io/results_file.hpp"
 #include "plan.hpp"
+#include "show.hpp"
 #include "runner.hpp"
 
 namespace {
@@ -86,13 +87,20 @@ Predicted by a dry step, equal to the byte to what `lowmem run` measures.
                      with --json: every event of each run's timeline as JSON columns (plots/plot_timeline.py)
 )";
 
-const char* show_help = R"(usage: lowmem show FILE.h5 [--columns a,b,c] [--where COLUMN=VALUE ...] [--sort COLUMN] [--all]
+const char* show_help = R"(usage: lowmem show FILE.h5 [FILE.h5 ...] [--columns a,b,c] [--where COLUMN OP VALUE ...]
+                   [--sort [-]COLUMN,...] [--group-by a,b] [--format table|csv|json|markdown] [--bytes UNIT] [--all]
 
-Prints the summary table of a results file, one row per run.
-  --where COLUMN=VALUE   only rows whose COLUMN is VALUE (COLUMN!=VALUE: is not); may be repeated
-  --columns a,b,c    columns to show, in order (default: run_id, study, precision, status, wall_seconds,
-                     peak_bytes, activation_peak_bytes, final_train_loss, test_accuracy, message)
-  --sort COLUMN      sort rows by this column (numerically where it can)
+Prints the summary table of results files, one row per run (several files: one table, with a column `file`).
+  --where C OP V     only rows where column C compares so with V; OP one of = != < > <= >= and ~ (contains);
+                     numbers compare as numbers; may be repeated (all must hold)
+  --columns a,b,c    columns to show, in order (default: run_id, study, precision, model, technique_label, the
+                     swept values, status, wall_seconds, peak_bytes, activation_peak_bytes, final_train_loss,
+                     test_accuracy, message)
+  --sort a,-b        sort by a, then by b descending (numbers as numbers; missing values last)
+  --group-by a,b     one row per distinct (a, b): runs, and the mean and standard deviation (column_sd) of every
+                     numeric column shown, e.g. over seeds
+  --format F         table (default), csv, json or markdown (CSV and JSON keep every digit)
+  --bytes UNIT       columns named *_bytes in B, KiB, MiB or GiB (renamed *_KiB, ...)
   --all              every column
 )";
 
@@ -156,19 +164,6 @@ struct Args {
   }
   bool has(const std::string& name) const { return !all(name).empty(); }
 };
-
-// Sorts rows by one column: numerically where both cells are numbers, else as text.
-void sort_table(SummaryTable& table, const std::string& column) {
-  const auto it = std::find(table.columns.begin(), table.columns.end(), column);
-  if (it == table.columns.end()) throw Error("--sort: no column \"" + column + "\" in this results file");
-  const auto k = static_cast<std::size_t>(it - table.columns.begin());
-  std::stable_sort(table.rows.begin(), table.rows.end(), [k](const auto& a, const auto& b) {
-    char *end_a = nullptr, *end_b = nullptr;
-    const double x = std::strtod(a[k].c_str(), &end_a), y = std::strtod(b[k].c_str(), &end_b);
-    if (*end_a == '\0' && *end_b == '\0' && !a[k].empty() && !b[k].empty()) return x < y;
-    return a[k] < b[k];
-  });
-}
 
 int parse_count(const std::string& option, const std::string& text) {
   char* end = nullptr;
@@ -293,33 +288,25 @@ int command_plan(int argc, char** argv) {
   return 0;
 }
 
-// Keeps the rows where every --where COLUMN=VALUE (or COLUMN!=VALUE) holds.
-void filter_table(SummaryTable& table, const std::vector<std::string>& conditions) {
-  for (const std::string& condition : conditions) {
-    const std::size_t eq = condition.find('=');
-    if (eq == std::string::npos || eq == 0) throw UsageError("--where expects COLUMN=VALUE or COLUMN!=VALUE, got \"" + condition + "\"");
-    const bool negate = condition[eq - 1] == '!';
-    const std::string column = condition.substr(0, negate ? eq - 1 : eq), value = condition.substr(eq + 1);
-    const auto it = std::find(table.columns.begin(), table.columns.end(), column);
-    if (it == table.columns.end()) {
-      std::string valid;
-      for (const auto& c : table.columns) valid += (valid.empty() ? "" : ", ") + c;
-      throw Error("--where: no column \"" + column + "\" in this results file; columns: " + valid);
-    }
-    const auto k = static_cast<std::size_t>(it - table.columns.begin());
-    std::erase_if(table.rows, [&](const auto& row) { return (k < row.size() && row[k] == value) == negate; });
-  }
-}
-
 int command_show(int argc, char** argv) {
-  const Args args(argc, argv, {"--columns", "--sort", "--where"}, {"--all"});
+  const Args args(argc, argv, {"--columns", "--sort", "--where", "--format", "--bytes", "--group-by"}, {"--all"},
+                  1000000);
   if (args.help) return std::cout << show_help, 0;
-  if (args.positional.empty()) throw UsageError("show needs a FILE.h5");
-  SummaryTable table = read_summary(args.positional);
-  filter_table(table, args.all("--where"));
-  if (args.has("--sort")) sort_table(table, args.get("--sort", ""));
-  const std::vector<std::string> columns = args.has("--all") ? table.columns : split(args.get("--columns", ""), ',');
-  std::cout << format_table(table, columns);
+  if (args.positionals.empty()) throw UsageError("show needs a FILE.h5");
+  ShowOptions options;
+  options.files = args.positionals;
+  options.where = args.all("--where");
+  options.sort = split(args.get("--sort", ""), ',');
+  options.columns = split(args.get("--columns", ""), ',');
+  options.all = args.has("--all");
+  options.group_by = split(args.get("--group-by", ""), ',');
+  options.format = args.get("--format", "table");
+  options.bytes = args.get("--bytes", "");
+  try {
+    std::cout << show_summary(options);
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(e.what());
+  }
   return 0;
 }
 

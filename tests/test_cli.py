@@ -544,12 +544,70 @@ def check_set():
               and "0.02" in p.stdout, "show: the swept lr and technique_label are default columns", describe(p))
 
 
+def check_show():
+    """show over a seed x lr sweep: formats, comparisons, descending sort, several files, group-by, units."""
+    cfg = config("show.json", lambda c: c.update(sweep={"seed": [0, 1, 2], "train.optimizer.lr": [0.05, 0.1]}))
+    out = TMP / "show.h5"
+    p = lowmem("run", cfg, "--out", out, *RUN_OPTS)
+    if not check(p.returncode == 0, "show: the seed x lr sweep runs", describe(p)):
+        return
+    with h5py.File(out, "r") as f:
+        s = f["summary"][()]
+        loss = {(int(r["seed"]), float(r["train.optimizer.lr"])): float(r["final_train_loss"]) for r in s}
+        peak = float(s["peak_bytes"][0])
+    p = lowmem("show", out, "--format", "csv", "--columns", "seed,train.optimizer.lr,final_train_loss",
+               "--where", "train.optimizer.lr<0.1", "--sort", "-seed")
+    lines = p.stdout.strip().splitlines()
+    rows = [l.split(",") for l in lines[1:]]
+    check(p.returncode == 0 and lines[0] == "seed,train.optimizer.lr,final_train_loss"
+          and [r[0] for r in rows] == ["2", "1", "0"] and all(r[1] == "0.05" for r in rows)
+          and all(float(r[2]) == loss[(int(r[0]), 0.05)] for r in rows),
+          "show --format csv --where lr<0.1 --sort -seed: three rows, seeds 2 1 0, every digit of the loss", describe(p))
+    p = lowmem("show", out, out, "--format", "json", "--columns", "file,seed,final_train_loss", "--where", "seed>=2")
+    try:
+        got = json.loads(p.stdout)
+    except ValueError:
+        got = None
+    check(p.returncode == 0 and got is not None and len(got) == 4 and all(r["file"] == str(out) for r in got)
+          and all(r["seed"] == 2 for r in got), "show A B --format json --where seed>=2: 2 files x 2 runs, file column",
+          describe(p))
+    p = lowmem("show", out, "--group-by", "train.optimizer.lr", "--columns", "final_train_loss,peak_bytes",
+               "--format", "json")
+    try:
+        groups = {g["train.optimizer.lr"]: g for g in json.loads(p.stdout)}
+    except (ValueError, KeyError, TypeError):
+        groups = {}
+    want = [loss[(s_, 0.1)] for s_ in range(3)]
+    mean = sum(want) / 3
+    sd = (sum((x - mean) ** 2 for x in want) / 2) ** 0.5
+    g = groups.get(0.1, {})
+    check(p.returncode == 0 and set(groups) == {0.05, 0.1} and g.get("runs") == 3
+          and abs(g.get("final_train_loss", 0) - mean) <= 1e-12 * abs(mean)
+          and abs(g.get("final_train_loss_sd", 0) - sd) <= 1e-9 * sd and g.get("peak_bytes_sd") == 0,
+          "show --group-by lr: 3 runs per lr, the mean and sample standard deviation of the loss over seeds",
+          describe(p) + f"\n    want mean {mean} sd {sd}")
+    p = lowmem("show", out, "--format", "markdown", "--columns", "seed,peak_bytes", "--bytes", "KiB")
+    lines = p.stdout.splitlines()
+    check(p.returncode == 0 and lines[0] == "| seed | peak_KiB |" and lines[1] == "| ---: | ---: |"
+          and f"| {peak / 1024:.4g} |" in lines[2], "show --format markdown --bytes KiB: the peak in KiB", describe(p))
+    p = lowmem("show", out, "--where", "technique_label~store", "--columns", "run_id")
+    check(p.returncode == 0 and len(p.stdout.strip().splitlines()) == 7, "show --where technique_label~store: 6 runs",
+          describe(p))
+    p = lowmem("show", out, "--format", "xml")
+    expect_error("show --format xml: usage error naming the formats", p, 2, ["--format", "csv", '"xml"'])
+    p = lowmem("show", out, "--where", "nope<3")
+    expect_error("show --where on a missing column: exit 1, names it and lists the columns", p, 1,
+                 ['"nope"', "final_train_loss"])
+    p = lowmem("show", out, "--bytes", "MB")
+    expect_error("show --bytes MB: usage error naming the units", p, 2, ["--bytes", "MiB", '"MB"'])
+
+
 def main():
     def with_scratch(tmp):
         global TMP
         TMP = tmp
         for section in (check_bad_input, check_determinism, check_plan, check_plan_timeline, check_results_file,
-                        check_divergence, check_set):
+                        check_divergence, check_set, check_show):
             try:
                 section()
             except Exception as e:  # a broken section must not hide the others

@@ -63,12 +63,13 @@ void append_runs(const std::string& path, const std::vector<RunRecord>& runs,
 // The root's string attributes ("format", and the runner's "sweep_id", "sweep_name", "sweep_runs").
 std::map<std::string, std::string> read_file_attributes(const std::string& path);
 
-// Summary cells as printed text: strings as stored, whole numbers exactly (byte counts), others with %.6g, NaN as "-".
+// Summary cells as printed text: strings as stored, whole numbers exactly (byte counts), others with %.6g (with
+// `exact`, the shortest text that reads back as the stored double), NaN as "-".
 struct SummaryTable {
   std::vector<std::string> columns;
   std::vector<std::vector<std::string>> rows;
 };
-SummaryTable read_summary(const std::string& path);
+SummaryTable read_summary(const std::string& path, bool exact = false);
 RunRecord read_run(const std::string& path, const std::string& run_id);
 std::vector<std::string> list_runs(const std::string& path);  // in creation order
 

@@ -3,6 +3,7 @@
 #include "io/results_file.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -14,18 +15,19 @@ namespace lowmem {
 using namespace io_detail;
 namespace {
 
-std::string format_number(double v) {
+std::string format_number(double v, bool exact) {
   if (std::isnan(v)) return "-";
   char buf[32];
   // Whole numbers (byte counts, steps) exactly: memory figures are compared to the byte.
   if (v == std::floor(v) && std::fabs(v) < 9007199254740992.0) std::snprintf(buf, sizeof buf, "%.0f", v);
+  else if (exact) *std::to_chars(buf, buf + sizeof buf - 1, v).ptr = '\0';  // the shortest text that reads back as v
   else std::snprintf(buf, sizeof buf, "%.6g", v);
   return buf;
 }
 
 }  // namespace
 
-SummaryTable read_summary(const std::string& path) {
+SummaryTable read_summary(const std::string& path, bool exact) {
   return read_file(path, "reading /summary", [&](const H5::H5File& file) {
     if (!file.nameExists("summary") || child(file, "summary").type != H5O_TYPE_DATASET) {
       throw Error(path + " has no /summary table; expected a lowmem results file");
@@ -36,7 +38,7 @@ SummaryTable read_summary(const std::string& path) {
     for (const auto& cells : table.rows) {
       std::vector<std::string> row;
       for (const auto& cell : cells) {
-        row.push_back(std::holds_alternative<double>(cell) ? format_number(std::get<double>(cell))
+        row.push_back(std::holds_alternative<double>(cell) ? format_number(std::get<double>(cell), exact)
                                                            : std::get<std::string>(cell));
       }
       t.rows.push_back(std::move(row));
