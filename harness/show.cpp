@@ -110,30 +110,14 @@ void sort(SummaryTable& t, const std::vector<std::string>& keys) {
   }
 }
 
-// The columns shown, by name: --all, --columns, or format_table's defaults (those present).
+// The columns shown, by name: --all, --columns, or the defaults (results_file.hpp's default_columns).
 std::vector<std::string> chosen_columns(const SummaryTable& t, const ShowOptions& o) {
   if (o.all) return t.columns;
   if (!o.columns.empty()) {
     for (const auto& c : o.columns) column_index(t, c, "--columns");
     return o.columns;
   }
-  std::vector<std::string> defaults;
-  if (std::find(t.columns.begin(), t.columns.end(), "file") != t.columns.end()) defaults.push_back("file");
-  std::vector<std::string> wanted{"run_id", "study", "precision", "model", "technique_label"};
-  const auto seed = std::find(t.columns.begin(), t.columns.end(), "seed");
-  if (seed != t.columns.end()) {  // seeds swept (as in a study over seeds): shown
-    const auto k = static_cast<std::size_t>(seed - t.columns.begin());
-    if (std::any_of(t.rows.begin(), t.rows.end(), [&](const auto& r) { return r[k] != t.rows[0][k]; }))
-      wanted.push_back("seed");
-  }
-  for (const auto& c : t.columns)
-    if (c.find('.') != std::string::npos) wanted.push_back(c);
-  for (const char* c : {"status", "wall_seconds", "peak_bytes", "activation_peak_bytes", "final_train_loss",
-                        "test_accuracy", "message"})
-    wanted.push_back(c);
-  for (const auto& c : wanted)
-    if (std::find(t.columns.begin(), t.columns.end(), c) != t.columns.end()) defaults.push_back(c);
-  return defaults;
+  return default_columns(t);
 }
 
 SummaryTable project(const SummaryTable& t, const std::vector<std::string>& columns) {

@@ -10,7 +10,7 @@ struct ShowOptions {
   std::vector<std::string> files;
   std::vector<std::string> where;    // "COLUMN OP VALUE", OP one of = != < > <= >= ~ (substring)
   std::vector<std::string> sort;     // columns, in order of precedence; "-COLUMN" sorts it descending
-  std::vector<std::string> columns;  // empty: format_table's defaults (results_file.hpp)
+  std::vector<std::string> columns;  // empty: default_columns (results_file.hpp)
   bool all = false;                  // every column
   std::vector<std::string> group_by;  // one row per group: its runs, and mean and standard deviation (n - 1) of
                                       // every numeric column shown

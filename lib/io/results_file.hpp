@@ -73,9 +73,11 @@ SummaryTable read_summary(const std::string& path, bool exact = false);
 RunRecord read_run(const std::string& path, const std::string& run_id);
 std::vector<std::string> list_runs(const std::string& path);  // in creation order
 
-// Fixed-width text table of the chosen columns in the given order. Empty `columns` = run_id, study, precision,
-// model, technique_label, the swept values (columns whose names are dotted paths), status, wall_seconds,
-// peak_bytes, activation_peak_bytes, final_train_loss, test_accuracy, message (those present). An unknown column name throws Error listing the valid ones.
+// The columns `lowmem show` prints by default, those present: file (several files), run_id, study, precision,
+// model, technique_label, seed (where it varies), the swept values (columns whose names are dotted paths),
+// status, wall_seconds, peak_bytes, activation_peak_bytes, final_train_loss, test_accuracy, message.
+std::vector<std::string> default_columns(const SummaryTable& t);
+// Fixed-width text table of the chosen columns in the given order (empty: default_columns). An unknown column name throws Error listing the valid ones.
 std::string format_table(const SummaryTable& t, const std::vector<std::string>& columns);
 
 }  // namespace lowmem

@@ -47,30 +47,37 @@ SummaryTable read_summary(const std::string& path, bool exact) {
   });
 }
 
+std::vector<std::string> default_columns(const SummaryTable& t) {
+  auto has = [&](const std::string& c) { return std::find(t.columns.begin(), t.columns.end(), c) != t.columns.end(); };
+  std::vector<std::string> wanted{"file", "run_id", "study", "precision", "model", "technique_label"};
+  if (has("seed")) {  // seeds swept (a study over seeds): shown
+    const auto k = static_cast<std::size_t>(std::find(t.columns.begin(), t.columns.end(), "seed") - t.columns.begin());
+    if (std::any_of(t.rows.begin(), t.rows.end(), [&](const auto& r) { return k < r.size() && r[k] != t.rows[0][k]; }))
+      wanted.push_back("seed");
+  }
+  for (const auto& c : t.columns)  // then what tells a sweep's runs apart: columns named by dotted config paths
+    if (c.find('.') != std::string::npos) wanted.push_back(c);
+  for (const char* c : {"status", "wall_seconds", "peak_bytes", "activation_peak_bytes", "final_train_loss",
+                        "test_accuracy", "message"})
+    wanted.push_back(c);
+  std::vector<std::string> present;
+  for (const auto& c : wanted)
+    if (has(c)) present.push_back(c);
+  return present;
+}
+
 std::string format_table(const SummaryTable& t, const std::vector<std::string>& columns) {
   auto position = [&](const std::string& c) {
     return static_cast<std::size_t>(std::find(t.columns.begin(), t.columns.end(), c) - t.columns.begin());
   };
   std::vector<std::size_t> chosen;
-  if (columns.empty()) {
-    // Then what tells a sweep's runs apart: the swept values, whose columns are named by their dotted paths.
-    std::vector<std::string> wanted{"run_id", "study", "precision", "model", "technique_label"};
-    for (const auto& c : t.columns)
-      if (c.find('.') != std::string::npos) wanted.push_back(c);
-    for (const char* c : {"status", "wall_seconds", "peak_bytes", "activation_peak_bytes", "final_train_loss",
-                          "test_accuracy", "message"})
-      wanted.push_back(c);
-    for (const auto& c : wanted)
-      if (position(c) < t.columns.size()) chosen.push_back(position(c));
-  } else {
-    for (const auto& c : columns) {
-      if (position(c) == t.columns.size()) {
-        std::string valid;
-        for (const auto& v : t.columns) valid += (valid.empty() ? "" : ", ") + v;
-        throw Error("unknown column '" + c + "'; valid columns: " + valid);
-      }
-      chosen.push_back(position(c));
+  for (const auto& c : columns.empty() ? default_columns(t) : columns) {
+    if (position(c) == t.columns.size()) {
+      std::string valid;
+      for (const auto& v : t.columns) valid += (valid.empty() ? "" : ", ") + v;
+      throw Error("unknown column '" + c + "'; valid columns: " + valid);
     }
+    chosen.push_back(position(c));
   }
   // One line per cell (messages may hold newlines); numbers right-aligned, text left-aligned.
   auto cell = [&](const std::vector<std::string>& row, std::size_t i) {
