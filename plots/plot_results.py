@@ -22,6 +22,9 @@ import h5py  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lowmem_results import load_runs, text  # noqa: E402  the reader shipped beside the plots
+
 # Unit roundoff of each precision, drawn beside measured errors as the scale they should be read against.
 UNIT_ROUNDOFF = {"f16": 2.0**-11, "bf16": 2.0**-8, "f32": 2.0**-24, "f64": 2.0**-53, "dd": 2.0**-106}
 
@@ -30,24 +33,6 @@ class Skip(Exception):
     """A figure has no data in this file; not an error."""
 
 
-def text(value):
-    """Attribute value as str: h5py gives str for variable-length strings, bytes for fixed-length ones."""
-    if isinstance(value, (bytes, np.bytes_)):
-        return value.decode("utf-8", "replace")
-    return str(value)
-
-
-def load_runs(f):
-    """Run groups in creation order (attribute "index"), each as a dict of attributes plus the group."""
-    runs = []
-    for run_id, group in f["runs"].items():
-        if not isinstance(group, h5py.Group):
-            continue
-        attrs = dict(group.attrs)
-        runs.append({"id": run_id, "group": group, "attrs": attrs,
-                     "study": text(attrs.get("study", "")), "precision": text(attrs.get("precision", ""))})
-    runs.sort(key=lambda r: (int(r["attrs"].get("index", sys.maxsize)), r["id"]))
-    return runs
 
 
 def legend_labels(runs):

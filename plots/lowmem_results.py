@@ -1,0 +1,170 @@
+"""Reading lowmem results files from Python, with h5py and numpy only; pandas is used where it is installed.
+
+    import sys; sys.path.insert(0, "plots")
+    from lowmem_results import read_summary, read_curves, read_timeline
+    runs = read_summary("results/techniques.h5")       # a pandas DataFrame, one row per run
+    runs.groupby("technique_label")["peak_bytes"].min()
+
+read_summary(path or [paths])   the /summary table: strings decoded, numbers as float64 (NaN where a run has no
+                                value), swept config values as columns named by their paths
+                                ("train.optimizer.lr"), a `file` column when several files are read
+read_curves(path, run_id=None)  per run and step: step, train_loss, learning_rate, step_seconds, and the
+                                per-epoch test_accuracy / test_loss at the step where each epoch ended
+read_timeline(path, run_id)     a run's memory timeline (run --timeline): one row per event, names decoded
+load_runs(h5file)               the run groups in creation order, with their decoded attributes (plots use it)
+
+Without pandas (or with pandas=False) the tables are numpy structured arrays with the same columns. The layout
+is described in the README's "Results files (HDF5)".
+"""
+import sys
+
+import h5py
+import numpy as np
+
+try:
+    import pandas
+except ImportError:  # numpy structured arrays instead
+    pandas = None
+
+
+def text(value):
+    """An HDF5 string (bytes or str, or a one-element array of them) as str."""
+    if isinstance(value, np.ndarray) and value.shape == (1,):
+        value = value[0]
+    return value.decode("utf-8", "replace") if isinstance(value, (bytes, np.bytes_)) else str(value)
+
+
+def _table(columns, use_pandas):
+    """{name: 1-D array} as a DataFrame or a structured array, columns in the given order."""
+    if use_pandas is None:
+        use_pandas = pandas is not None
+    if use_pandas:
+        if pandas is None:
+            raise ImportError("pandas=True, but pandas is not installed (Debian: apt-get install python3-pandas)")
+        return pandas.DataFrame(columns)
+    n = len(next(iter(columns.values()))) if columns else 0
+    dtype = [(name, values.dtype if values.dtype.kind == "f" else object) for name, values in columns.items()]
+    out = np.empty(n, dtype=dtype)
+    for name, values in columns.items():
+        out[name] = values
+    return out
+
+
+def _decoded(array):
+    """A column of /summary: float64 as it is, strings decoded to str."""
+    if array.dtype.kind in "SOU":
+        return np.array([text(v) for v in array], dtype=object)
+    return np.asarray(array, dtype=float)
+
+
+def read_summary(paths, pandas=None):
+    """The /summary table of one results file, or of several as one table with a first column `file`."""
+    several = not isinstance(paths, (str, bytes)) and not hasattr(paths, "__fspath__")
+    files = list(paths) if several else [paths]
+    parts = []
+    for path in files:
+        with h5py.File(path, "r") as f:
+            if "summary" not in f:
+                raise ValueError(f"{path}: no /summary table; not a lowmem results file")
+            table = f["summary"][()]
+        parts.append((str(path), {name: _decoded(table[name]) for name in table.dtype.names}))
+    names = []  # in order of first appearance
+    for _, columns in parts:
+        names += [n for n in columns if n not in names]
+    merged = {"file": []} if several else {}
+    for name in names:
+        merged[name] = []
+    for path, columns in parts:
+        rows = len(next(iter(columns.values()))) if columns else 0
+        if several:
+            merged["file"].append(np.array([path] * rows, dtype=object))
+        for name in names:
+            if name in columns:
+                merged[name].append(columns[name])
+            else:  # a column another file has: missing here
+                numeric = any(c[name].dtype.kind == "f" for _, c in parts if name in c)
+                merged[name].append(np.full(rows, np.nan) if numeric else np.array([""] * rows, dtype=object))
+    columns = {name: np.concatenate(chunks) if chunks else np.array([]) for name, chunks in merged.items()}
+    return _table(columns, pandas)
+
+
+def read_curves(path, run_id=None, pandas=None):
+    """Curves of one run (run_id) or of every run: a table with run_id, step and each curve. Curves with one value
+    per epoch (test_accuracy, test_loss, epoch) are placed at the last step of their epoch, NaN elsewhere."""
+    with h5py.File(path, "r") as f:
+        ids = [run_id] if run_id is not None else [r["id"] for r in load_runs(f)]
+        rows = {"run_id": [], "step": []}
+        curves = {}
+        for rid in ids:
+            if rid not in f["runs"]:
+                raise KeyError(f"{path}: no run {rid!r}")
+            group = f["runs"][rid]
+            data = {k: np.asarray(v[()], dtype=float).ravel() for k, v in group["curves"].items()} if "curves" in group else {}
+            steps = data.get("step", np.arange(len(data.get("train_loss", []))))
+            n = len(steps)
+            rows["run_id"].append(np.array([rid] * n, dtype=object))
+            rows["step"].append(np.asarray(steps, dtype=float))
+            per_epoch = [k for k, v in data.items() if k != "step" and len(v) != n]
+            for name, values in data.items():
+                if name == "step":
+                    continue
+                column = np.full(n, np.nan)
+                if name not in per_epoch:
+                    column[:] = values
+                elif n and len(values):  # epoch e ends at the last step before epoch e + 1 starts
+                    ends = _epoch_ends(n, len(values))
+                    column[ends] = values[:len(ends)]
+                curves.setdefault(name, []).append((len(rows["step"]) - 1, column))
+    columns = {"run_id": np.concatenate(rows["run_id"]) if rows["run_id"] else np.array([], dtype=object),
+               "step": np.concatenate(rows["step"]) if rows["step"] else np.array([])}
+    sizes = [len(s) for s in rows["step"]]
+    for name, parts in curves.items():
+        filled = [np.full(size, np.nan) for size in sizes]
+        for k, column in parts:
+            filled[k] = column
+        columns[name] = np.concatenate(filled)
+    return _table(columns, pandas)
+
+
+def _epoch_ends(steps, epochs):
+    """Indices of the last step of each of `epochs` equal epochs over `steps` steps (the last at the end)."""
+    return np.array([min(steps, round(steps * (e + 1) / epochs)) - 1 for e in range(epochs)], dtype=int)
+
+
+def read_timeline(path, run_id, pandas=None):
+    """The memory timeline a run recorded (run --timeline): one row per event, with kind, category, from
+    (the category a move came from), phase, owner as text, and buffer and bytes as numbers."""
+    with h5py.File(path, "r") as f:
+        where = f"runs/{run_id}/memory/timeline"
+        if where not in f:
+            raise KeyError(f"{path}: run {run_id!r} has no memory timeline (run it with lowmem run --timeline)")
+        g = f[where]
+        events = np.asarray(g["events"][()], dtype=float)
+        names = [text(c) for c in g["columns"][()]]
+        tables = {name: [text(v) for v in g[name][()]] for name in ("kinds", "phases", "owners") if name in g}
+        tables["categories"] = [text(v) for v in f[f"runs/{run_id}/memory/categories"][()]]
+        lookup = {"kind": "kinds", "category": "categories", "from": "categories", "phase": "phases", "owner": "owners"}
+        columns = {}
+        for k, name in enumerate(names):
+            values = events[:, k] if events.size else np.array([])
+            source = lookup.get(name)
+            if source in tables:
+                table = tables[source]
+                columns[name] = np.array([table[int(v)] if 0 <= v < len(table) else "" for v in values], dtype=object)
+            else:
+                columns[name] = values
+    return _table(columns, pandas)
+
+
+def load_runs(f):
+    """Run groups of an open h5py File in creation order (attribute "index"), each as a dict of its decoded
+    attributes plus the group."""
+    runs = []
+    for run_id, group in f["runs"].items():
+        if not isinstance(group, h5py.Group):
+            continue
+        attrs = dict(group.attrs)
+        runs.append({"id": run_id, "group": group, "attrs": attrs,
+                     "study": text(attrs.get("study", "")), "precision": text(attrs.get("precision", ""))})
+    runs.sort(key=lambda r: (int(r["attrs"].get("index", sys.maxsize)), r["id"]))
+    return runs

@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""The Python reader plots/lowmem_results.py against the files lowmem writes: every value it returns is checked
+against the datasets h5py reads, with pandas and with plain numpy.
+
+usage: test_reader.py LOWMEM_BINARY
+"""
+import copy
+import json
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "plots"))
+from cli_helpers import *  # noqa: E402,F401,F403  lowmem, check, describe, TINY, RUN_OPTS, run_sections
+import lowmem_results  # noqa: E402
+
+
+def sweep(tmp, name, sweep_values, *extra):
+    c = copy.deepcopy(TINY)
+    c["name"] = name
+    c["sweep"] = sweep_values
+    cfg = tmp / f"{name}.json"
+    cfg.write_text(json.dumps(c))
+    out = tmp / f"{name}.h5"
+    p = lowmem("run", cfg, "--out", out, *RUN_OPTS, *extra)
+    return out if check(p.returncode == 0, f"run {name}: exit 0", describe(p)) else None
+
+
+def raw_summary(path):
+    with h5py.File(path, "r") as f:
+        return f["summary"][()]
+
+
+def check_reader(tmp):
+    a = sweep(tmp, "reader-a", {"seed": [0, 1, 2], "train.optimizer.lr": [0.05, 0.1]})
+    b = sweep(tmp, "reader-b", {"seed": [3]}, "--timeline")
+    if not a or not b:
+        return
+    raw = raw_summary(a)
+    modes = [False] + ([True] if lowmem_results.pandas is not None else [])
+    if lowmem_results.pandas is None:
+        skip("read_summary as a pandas DataFrame", "pandas is not installed")
+    for use_pandas in modes:
+        kind = "pandas" if use_pandas else "numpy"
+        s = lowmem_results.read_summary(a, pandas=use_pandas)
+        names = list(s.columns) if use_pandas else list(s.dtype.names)
+        column = (lambda n: s[n].to_numpy()) if use_pandas else (lambda n: s[n])
+        check(names == list(raw.dtype.names) and len(s) == len(raw),
+              f"read_summary ({kind}): the summary's columns in order, one row per run", f"\n    {names}")
+        check(list(column("run_id")) == [x.decode() for x in raw["run_id"]]
+              and list(column("technique_label")) == ["store_all"] * 6,
+              f"read_summary ({kind}): strings decoded (run_id, technique_label)")
+        check(np.array_equal(column("final_train_loss").astype(float), raw["final_train_loss"])
+              and sorted(set(column("train.optimizer.lr").astype(float))) == [0.05, 0.1],
+              f"read_summary ({kind}): numbers bit for bit, the swept lr a numeric column")
+        both = lowmem_results.read_summary([a, b], pandas=use_pandas)
+        files = list(both["file"])
+        lr = np.asarray(both["train.optimizer.lr"], dtype=float)
+        check(len(both) == 7 and files == [str(a)] * 6 + [str(b)] and np.isnan(lr[6]) and not np.isnan(lr[:6]).any(),
+              f"read_summary([a, b]) ({kind}): 7 rows, a file column, NaN where b has no lr column")
+    with h5py.File(a, "r") as f:
+        run_id = lowmem_results.load_runs(f)[1]["id"]
+        want = {k: np.asarray(v[()], dtype=float) for k, v in f[f"runs/{run_id}/curves"].items()}
+    for use_pandas in modes:
+        c = lowmem_results.read_curves(a, run_id, pandas=use_pandas)
+        get = (lambda n: c[n].to_numpy()) if use_pandas else (lambda n: c[n])
+        accuracy = get("test_accuracy").astype(float)
+        check(np.array_equal(get("step").astype(float), want["step"])
+              and np.array_equal(get("train_loss").astype(float), want["train_loss"])
+              and np.array_equal(accuracy[~np.isnan(accuracy)], want["test_accuracy"])
+              and not np.isnan(accuracy[-1]),
+              f"read_curves ({'pandas' if use_pandas else 'numpy'}): steps and losses as stored, the epoch's "
+              "test accuracy at its last step")
+        every = lowmem_results.read_curves(a, pandas=use_pandas)
+        check(len(every) == 6 * len(want["step"]), "read_curves of every run: a row per run and step")
+    with h5py.File(b, "r") as f:
+        (run_id, group), = f["runs"].items()
+        events = group["memory/timeline/events"][()]
+        kinds = [x.decode() for x in group["memory/timeline/kinds"][()]]
+    for use_pandas in modes:
+        t = lowmem_results.read_timeline(b, run_id, pandas=use_pandas)
+        kind = list(t["kind"])
+        check(len(t) == len(events) and kind == [kinds[int(k)] for k in events[:, 0]]
+              and np.array_equal(np.asarray(t["bytes"], dtype=float), events[:, 6]),
+              f"read_timeline ({'pandas' if use_pandas else 'numpy'}): one row per event, kinds named, bytes as stored")
+    try:
+        lowmem_results.read_timeline(a, lowmem_results.read_summary(a, pandas=False)["run_id"][0])
+        check(False, "read_timeline of a run without a timeline raises")
+    except KeyError as e:
+        check("--timeline" in str(e), "read_timeline of a run without a timeline: KeyError saying to use --timeline")
+    corrupt = tmp / "corrupt.h5"
+    corrupt.write_bytes(b"not an HDF5 file")
+    try:
+        lowmem_results.read_summary(corrupt)
+        check(False, "read_summary of a corrupt file raises")
+    except OSError as e:
+        check(str(corrupt) in str(e) or "signature" in str(e).lower() or "unable" in str(e).lower(),
+              "read_summary of a corrupt file: OSError from h5py", f"\n    {e}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_sections([check_reader]))
