@@ -1,5 +1,7 @@
 // lowmem: the command line. Subcommands run, plan, show and merge; every error is one readable line and exit code 1
 // (usage errors: 2).
+#include <CLI/CLI.hpp>
+
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
@@ -19,6 +21,7 @@
 #include "io/limits.hpp"
 #include "io/results_file.hpp"
 #include "plan.hpp"
+#include "provenance.hpp"
 #include "show.hpp"
 #include "runner.hpp"
 
@@ -36,81 +39,28 @@ commands:
   show FILE.h5       print the summary table of a results file
   merge OUT.h5 IN.h5...  combine the results files of one sweep's shards into one
 
-`lowmem <command> --help` describes each command's options.
+`lowmem <command> --help` describes each command's options; `lowmem --version` names the build.
+Options take their value as `--opt value` or `--opt=value`.
 )";
 
-const char* run_help = R"(usage: lowmem run CONFIG.json [--out FILE.h5] [--resume [--force]] [--jobs N] [--shard I/N]
-                  [--set path.to.key=value ...] [--threads N] [--quiet] [--timeline] [--limit NAME=N]
-
-Runs every run of CONFIG (its "sweep" expanded) and commits each run to the results file the moment it ends, so
+// What each command does, above its generated option list.
+const char* run_about = R"(Runs every run of CONFIG (its "sweep" expanded) and commits each run to the results file the moment it ends, so
 a crash or kill loses at most the runs in flight and the file always opens. Ctrl-C stops after the runs already
-committed (exit status 130); --resume then continues.
-  --out FILE.h5      results file (default results/<config name>.h5, with --shard
-                     results/<config name>.shard-I-of-N.h5); without --resume an existing file is never
-                     overwritten: the results go beside it (FILE.2.h5, ...) and lowmem says so
-  --resume           write into --out itself: skip the runs it holds as complete or diverged, redo failed and
-                     missing ones. Refuses a file written by another config (another sweep_id)
-  --force            with --resume: add to a file of another sweep anyway
-  --jobs N           N runs side by side, each in a process of its own (default 1)
-  --shard I/N        only the runs at positions I, I+N, I+2N, ... of the sweep (I from 0 to N-1): N
-                     machines or array tasks split a sweep; `lowmem merge` joins their files
-  --set PATH=VALUE   override a config value before the sweep, e.g. --set train.batch=32
-                     (VALUE is JSON if it parses, else a string); may be repeated
-  --threads N        threads per run for matrix products (default: all cores, divided among the jobs);
-                     recorded with every run. The same config, seed and thread count give the same numbers
-  --quiet            no progress lines
-  --timeline         each run records the memory timeline of its setup and first training step in
-                     /runs/<id>/memory/timeline (train study only; see lowmem plan --timeline)
-  --limit NAME=N     raise (or lower) a bound checked before anything runs: runs=N (runs a config may
-                     expand to, default 100000), layers=N (layers of one model, nested ones included,
-                     default 100000), memory=BYTES (a run's weights plus one input batch; default: this
-                     machine's physical memory); may be repeated
-)";
+committed (exit status 130); --resume then continues.)";
 
-const char* plan_help = R"(usage: lowmem plan CONFIG.json [--out FILE.h5] [--shard I/N] [--set path.to.key=value ...]
-                   [--threads N] [--json] [--timeline] [--limit NAME=N]
-
-Validates CONFIG and lists its runs (id, study, precision, model) with the memory each will need, by
+const char* plan_about = R"(Validates CONFIG and lists its runs (id, study, precision, model) with the memory each will need, by
 category: weights, gradients, optimizer state, saved activations and workspace, and their peak total; the
-pixel-wise cost (peak / (batch x H x W)) and the layer evaluations recomputed per step (checkpointing).
-Predicted by a dry step, equal to the byte to what `lowmem run` measures.
-  --out FILE.h5      the results file a `run --resume` would continue (default as for run): column "resume"
-                     says which runs it would skip (done) and which it would run
-  --shard I/N        as for run: only that shard's runs
-  --set PATH=VALUE   as for run
-  --limit NAME=N     as for run
-  --threads N        as for run: convolution workspace grows with the thread count (default: all cores)
-  --json             print a JSON list instead of a table
-  --timeline         for each run, the moment of its peak in the dry step's memory timeline (the event, the
-                     phase of the step and the layer running) and the buffers alive at it, largest first, with
-                     their category and owner: the reason for the peak (not for reconstruction studies);
-                     with --json: every event of each run's timeline as JSON columns (plots/plot_timeline.py)
-)";
+pixel-wise cost (peak / (batch x H x W)) and the layer evaluations recomputed per step (checkpointing); the
+techniques and the swept values. Predicted by a dry step, equal to the byte to what `lowmem run` measures.)";
 
-const char* show_help = R"(usage: lowmem show FILE.h5 [FILE.h5 ...] [--columns a,b,c] [--where COLUMN OP VALUE ...]
-                   [--sort [-]COLUMN,...] [--group-by a,b] [--format table|csv|json|markdown] [--bytes UNIT] [--all]
+const char* show_about = R"(Prints the summary table of results files, one row per run (several files: one table, with a column `file`).
+Default columns: run_id, study, precision, model, technique_label, the seed where it varies, the swept values,
+status, wall_seconds, peak_bytes, activation_peak_bytes, final_train_loss, test_accuracy, message.)";
 
-Prints the summary table of results files, one row per run (several files: one table, with a column `file`).
-  --where C OP V     only rows where column C compares so with V; OP one of = != < > <= >= and ~ (contains);
-                     numbers compare as numbers; may be repeated (all must hold)
-  --columns a,b,c    columns to show, in order (default: run_id, study, precision, model, technique_label, the
-                     swept values, status, wall_seconds, peak_bytes, activation_peak_bytes, final_train_loss,
-                     test_accuracy, message)
-  --sort a,-b        sort by a, then by b descending (numbers as numbers; missing values last)
-  --group-by a,b     one row per distinct (a, b): runs, and the mean and standard deviation (column_sd) of every
-                     numeric column shown, e.g. over seeds
-  --format F         table (default), csv, json or markdown (CSV and JSON keep every digit)
-  --bytes UNIT       columns named *_bytes in B, KiB, MiB or GiB (renamed *_KiB, ...)
-  --all              every column
-)";
-
-const char* merge_help = R"(usage: lowmem merge OUT.h5 IN.h5 [IN.h5 ...] [--force]
-
-Writes every run of the IN files, results files of one sweep (its shards, or interrupted and resumed
+const char* merge_about = R"(Writes every run of the IN files, results files of one sweep (its shards, or interrupted and resumed
 parts), into the new file OUT, in the sweep's order. Where files hold the same run, a result (complete or
 diverged) wins over a failure, then the first file's. Refuses files written by different configs (different
-sweep_id) unless --force, and an existing OUT.
-)";
+sweep_id) unless --force, and an existing OUT.)";
 
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -124,45 +74,55 @@ std::vector<std::string> split(const std::string& s, char sep) {
   return parts;
 }
 
-// Minimal option parser: positional arguments, then --flag [value] pairs.
-struct Args {
-  std::vector<std::string> positionals;
-  std::string positional;  // the first
-  std::vector<std::pair<std::string, std::string>> options;
-  bool help = false;
+// Parses a command's arguments (those after the command's name) with CLI11: options as `--opt value` or
+// `--opt=value`, repeatable ones one value per occurrence, help generated from the options (printed, and false
+// returned). An unknown option or an argument too many is a UsageError naming it.
+bool parse(CLI::App& app, int argc, char** argv) {
+  app.allow_extras();
+  app.set_help_flag("-h,--help", "print this help and exit");
+  app.get_formatter()->column_width(24);
+  std::vector<std::string> args(argv + 2, argv + argc);
+  std::reverse(args.begin(), args.end());  // CLI11 takes them last first
+  try {
+    app.parse(args);
+  } catch (const CLI::CallForHelp&) {
+    std::cout << app.help();
+    return false;
+  } catch (const CLI::ParseError& e) {
+    throw UsageError(e.what());
+  }
+  for (const std::string& extra : app.remaining())
+    throw UsageError((extra.rfind("-", 0) == 0 ? "unknown option " : "unexpected argument ") + extra);
+  return true;
+}
 
-  Args(int argc, char** argv, const std::vector<std::string>& with_value, const std::vector<std::string>& flags,
-       std::size_t max_positionals = 1) {
-    for (int i = 2; i < argc; ++i) {
-      const std::string a = argv[i];
-      if (a == "--help" || a == "-h") {
-        help = true;
-      } else if (std::find(with_value.begin(), with_value.end(), a) != with_value.end()) {
-        if (i + 1 >= argc) throw UsageError("option " + a + " needs a value");
-        options.emplace_back(a, argv[++i]);
-      } else if (std::find(flags.begin(), flags.end(), a) != flags.end()) {
-        options.emplace_back(a, "");
-      } else if (a.rfind("--", 0) == 0) {
-        throw UsageError("unknown option " + a);
-      } else if (positionals.size() < max_positionals) {
-        positionals.push_back(a);
-      } else {
-        throw UsageError("unexpected argument " + a);
-      }
-    }
-    if (!positionals.empty()) positional = positionals.front();
+// A repeatable option: one value per occurrence.
+CLI::Option* repeated(CLI::App& app, const std::string& name, std::vector<std::string>& values, const std::string& help) {
+  return app.add_option(name, values, help)->allow_extra_args(false);
+}
+
+// Options run and plan share.
+struct SweepArgs {
+  std::string config, out, shard = "0/1", threads;
+  std::vector<std::string> sets, limits;
+  void add_to(CLI::App& app) {
+    app.add_option("CONFIG.json", config, "the config (a JSON file; comments allowed)")->type_name("");
+    app.add_option("--out", out, "results file (default results/<config name>.h5, with --shard "
+                                 "results/<config name>.shard-I-of-N.h5)")
+        ->type_name("FILE.h5");
+    app.add_option("--shard", shard, "only the runs at positions I, I+N, I+2N, ... of the sweep (I from 0 to N-1): "
+                                     "N machines or array tasks split a sweep; `lowmem merge` joins their files")
+        ->type_name("I/N");
+    repeated(app, "--set", sets, "PATH=VALUE: a config value before the sweep, e.g. --set train.batch=32 (VALUE is "
+                                 "JSON if it parses, else a string); on a swept path it replaces the axis; repeatable")
+        ->type_name("PATH=VALUE");
+    app.add_option("--threads", threads, "threads per run (default: all cores, divided among the jobs); recorded with "
+                                         "every run. The same config, seed and thread count give the same numbers")
+        ->type_name("N");
+    repeated(app, "--limit", limits, "NAME=N: a bound checked before anything runs: runs=N (default 100000), layers=N "
+                                     "(default 100000), memory=BYTES (default: this machine's memory); repeatable")
+        ->type_name("NAME=N");
   }
-  std::vector<std::string> all(const std::string& name) const {
-    std::vector<std::string> v;
-    for (const auto& [k, value] : options)
-      if (k == name) v.push_back(value);
-    return v;
-  }
-  std::string get(const std::string& name, const std::string& fallback) const {
-    auto v = all(name);
-    return v.empty() ? fallback : v.back();
-  }
-  bool has(const std::string& name) const { return !all(name).empty(); }
 };
 
 int parse_count(const std::string& option, const std::string& text) {
@@ -193,10 +153,11 @@ std::string file_stem(const std::string& name) {
   return stem;
 }
 
-std::string default_out(const std::vector<PlannedRun>& runs, const Args& args, const Shard& shard) {
+std::string default_out(const std::vector<PlannedRun>& runs, const std::string& out, const Shard& shard) {
+  if (!out.empty()) return out;
   std::string stem = "results/" + file_stem(runs.front().parsed.name);
   if (shard.count > 1) stem += ".shard-" + std::to_string(shard.index) + "-of-" + std::to_string(shard.count);
-  return args.get("--out", stem + ".h5");
+  return stem + ".h5";
 }
 
 // This program's own path, to start job processes with.
@@ -207,28 +168,40 @@ std::string self_path(const char* argv0) {
 }
 
 int command_run(int argc, char** argv) {
-  const Args args(argc, argv, {"--out", "--set", "--threads", "--jobs", "--shard", "--limit"},
-                  {"--quiet", "--resume", "--force", "--timeline"});
-  if (args.help) return std::cout << run_help, 0;
-  if (args.positional.empty()) throw UsageError("run needs a CONFIG.json");
-  for (const std::string& limit : args.all("--limit")) set_limit(limit);
-  if (args.has("--force") && !args.has("--resume")) throw UsageError("--force goes with --resume");
+  CLI::App app{run_about, "lowmem run"};
+  SweepArgs sweep;
+  sweep.add_to(app);
+  std::string jobs = "1";
+  bool resume = false, force = false, quiet = false, timeline = false;
+  app.add_flag("--resume", resume, "write into --out itself: skip the runs it holds as complete or diverged, redo "
+                                   "failed and missing ones; refuses a file written by another config");
+  app.add_flag("--force", force, "with --resume: add to a file of another sweep anyway");
+  app.add_option("--jobs", jobs, "N runs side by side, each in a process of its own (default 1)")->type_name("N");
+  app.add_flag("--quiet", quiet, "no progress lines");
+  app.add_flag("--timeline", timeline, "each run records the memory timeline of its setup and first training step "
+                                       "in /runs/<id>/memory/timeline (train study only)");
+  if (!parse(app, argc, argv)) return 0;
+  if (sweep.config.empty()) throw UsageError("run needs a CONFIG.json");
+  for (const std::string& limit : sweep.limits) set_limit(limit);
+  if (force && !resume) throw UsageError("--force goes with --resume");
   RunOptions options;
-  options.jobs = parse_count("--jobs", args.get("--jobs", "1"));
-  options.threads = parse_count("--threads", args.get("--threads", std::to_string(std::max(1u, all_cores() / options.jobs))));
+  options.jobs = parse_count("--jobs", jobs);
+  options.threads = parse_count("--threads", sweep.threads.empty() ? std::to_string(std::max(1u, all_cores() / options.jobs))
+                                                                   : sweep.threads);
   // Before the sweep is expanded: a checkpoint budget is checked against the memory of the run's own thread count
   // (workspace is per thread), as `plan --threads` does.
   set_threads(options.threads);
-  const auto runs = plan_runs(args.positional, args.all("--set"));
-  options.shard = parse_shard(args.get("--shard", "0/1"));
-  options.out = default_out(runs, args, options.shard);
-  options.resume = args.has("--resume");
-  options.force = args.has("--force");
-  options.quiet = args.has("--quiet");
-  options.timeline = args.has("--timeline");
+  const auto runs = plan_runs(sweep.config, sweep.sets);
+  options.shard = parse_shard(sweep.shard);
+  options.out = default_out(runs, sweep.out, options.shard);
+  if (sweep.out.empty()) std::filesystem::create_directories("results");  // the default's directory, made if missing
+  options.resume = resume;
+  options.force = force;
+  options.quiet = quiet;
+  options.timeline = timeline;
   for (std::size_t i : shard_positions(runs.size(), options.shard))  // the runs this process will do, before any
     if (options.timeline && runs[i].parsed.study != "train")
-      throw Error(args.positional + ": run " + runs[i].id + " is a " + runs[i].parsed.study + " study, which records "
+      throw Error(sweep.config + ": run " + runs[i].id + " is a " + runs[i].parsed.study + " study, which records "
                   "no timeline (--timeline: train study only; lowmem plan --timeline shows the gradient study's)");
   options.self = self_path(argv[0]);
   const SweepOutcome outcome = run_all(runs, options);
@@ -254,7 +227,7 @@ int command_run(int argc, char** argv) {
     for (int i = 1; i < argc; ++i) {
       const std::string a = argv[i];
       if (a == "--out") ++i;
-      else if (a != "--resume" && a != "--force") again += " " + quoted(a);
+      else if (a.rfind("--out=", 0) != 0 && a != "--resume" && a != "--force") again += " " + quoted(a);
     }
     std::cerr << "lowmem: interrupted: " << outcome.done + outcome.failed << " run(s) committed to " << outcome.path
               << "; `" << again << " --resume" << (options.force ? " --force" : "") << " --out " << quoted(outcome.path)
@@ -265,22 +238,28 @@ int command_run(int argc, char** argv) {
 }
 
 int command_plan(int argc, char** argv) {
-  const Args args(argc, argv, {"--set", "--threads", "--out", "--shard", "--limit"}, {"--json", "--timeline"});
-  if (args.help) return std::cout << plan_help, 0;
-  if (args.positional.empty()) throw UsageError("plan needs a CONFIG.json");
-  for (const std::string& limit : args.all("--limit")) set_limit(limit);
-  set_threads(parse_count("--threads", args.get("--threads", std::to_string(all_cores()))));
-  const auto runs = plan_runs(args.positional, args.all("--set"));
-  const Shard shard = parse_shard(args.get("--shard", "0/1"));
+  CLI::App app{plan_about, "lowmem plan"};
+  SweepArgs sweep;
+  sweep.add_to(app);
+  bool json = false, timeline = false;
+  app.add_flag("--json", json, "print a JSON list instead of a table");
+  app.add_flag("--timeline", timeline, "for each run, the moment of its peak in the dry step's memory timeline and "
+                                       "the buffers alive at it, largest first, with their category and owner; with "
+                                       "--json every event (plots/plot_timeline.py)");
+  if (!parse(app, argc, argv)) return 0;
+  if (sweep.config.empty()) throw UsageError("plan needs a CONFIG.json");
+  for (const std::string& limit : sweep.limits) set_limit(limit);
+  set_threads(parse_count("--threads", sweep.threads.empty() ? std::to_string(all_cores()) : sweep.threads));
+  const auto runs = plan_runs(sweep.config, sweep.sets);
+  const Shard shard = parse_shard(sweep.shard);
   // What a resume would skip. A file of another sweep: run --resume would refuse it, and plan says so.
   std::map<std::string, std::string> statuses;
   try {
-    statuses = resumable_statuses(default_out(runs, args, shard), runs, false);
+    statuses = resumable_statuses(default_out(runs, sweep.out, shard), runs, false);
   } catch (const Error& e) {
     std::cerr << "lowmem: note: " << e.what() << "\n";
   }
   const auto positions = shard_positions(runs.size(), shard);
-  const bool timeline = args.has("--timeline"), json = args.has("--json");
   std::cout << (timeline && json ? plan_timeline_json(runs, positions)
                 : timeline       ? plan_timeline(runs, positions)
                 : json           ? plan_json(runs, positions, statuses)
@@ -289,19 +268,29 @@ int command_plan(int argc, char** argv) {
 }
 
 int command_show(int argc, char** argv) {
-  const Args args(argc, argv, {"--columns", "--sort", "--where", "--format", "--bytes", "--group-by"}, {"--all"},
-                  1000000);
-  if (args.help) return std::cout << show_help, 0;
-  if (args.positionals.empty()) throw UsageError("show needs a FILE.h5");
+  CLI::App app{show_about, "lowmem show"};
   ShowOptions options;
-  options.files = args.positionals;
-  options.where = args.all("--where");
-  options.sort = split(args.get("--sort", ""), ',');
-  options.columns = split(args.get("--columns", ""), ',');
-  options.all = args.has("--all");
-  options.group_by = split(args.get("--group-by", ""), ',');
-  options.format = args.get("--format", "table");
-  options.bytes = args.get("--bytes", "");
+  std::string columns, sort, group_by;
+  app.add_option("FILE.h5", options.files, "results files")->type_name("");
+  repeated(app, "--where", options.where, "C OP V: only rows where column C compares so with V; OP one of = != < > <= "
+                                          ">= and ~ (contains); numbers compare as numbers; repeatable (all must hold)")
+      ->type_name("C_OP_V");
+  app.add_option("--columns", columns, "the columns to show, in order")->type_name("a,b,c");
+  app.add_option("--sort", sort, "sort by a, then by b descending (numbers as numbers; missing values last)")
+      ->type_name("a,-b");
+  app.add_option("--group-by", group_by, "one row per distinct (a, b) with runs, and the mean and standard deviation "
+                                         "(column_sd) of every numeric column shown, e.g. over seeds")
+      ->type_name("a,b");
+  app.add_option("--format", options.format, "table (default), csv, json or markdown (CSV and JSON keep every digit)")
+      ->type_name("F");
+  app.add_option("--bytes", options.bytes, "the columns named *_bytes in B, KiB, MiB or GiB (renamed *_MiB, ...)")
+      ->type_name("UNIT");
+  app.add_flag("--all", options.all, "every column");
+  if (!parse(app, argc, argv)) return 0;
+  if (options.files.empty()) throw UsageError("show needs a FILE.h5");
+  options.columns = split(columns, ',');
+  options.sort = split(sort, ',');
+  options.group_by = split(group_by, ',');
   try {
     std::cout << show_summary(options);
   } catch (const std::invalid_argument& e) {
@@ -311,13 +300,25 @@ int command_show(int argc, char** argv) {
 }
 
 int command_merge(int argc, char** argv) {
-  const Args args(argc, argv, {}, {"--force"}, 1000000);
-  if (args.help) return std::cout << merge_help, 0;
-  if (args.positionals.size() < 2) throw UsageError("merge needs OUT.h5 and at least one IN.h5");
-  const std::vector<std::string> inputs(args.positionals.begin() + 1, args.positionals.end());
-  const std::size_t n = merge_results(args.positional, inputs, args.has("--force"));
+  CLI::App app{merge_about, "lowmem merge"};
+  std::vector<std::string> files;
+  bool force = false;
+  app.add_option("OUT.h5 IN.h5", files, "the new file, then the files to merge")->type_name("FILE.h5");
+  app.add_flag("--force", force, "merge files written by different configs");
+  if (!parse(app, argc, argv)) return 0;
+  if (files.size() < 2) throw UsageError("merge needs OUT.h5 and at least one IN.h5");
+  const std::vector<std::string> inputs(files.begin() + 1, files.end());
+  const std::size_t n = merge_results(files.front(), inputs, force);
   std::cout << "merged " << n << " run" << (n == 1 ? "" : "s") << " from " << inputs.size() << " file"
-            << (inputs.size() == 1 ? "" : "s") << " into " << args.positional << "\n";
+            << (inputs.size() == 1 ? "" : "s") << " into " << files.front() << "\n";
+  return 0;
+}
+
+// lowmem --version: the version, and the commit, build type and compiler the binary was built from.
+int print_version() {
+  const auto p = provenance(1);
+  std::cout << "lowmem " LOWMEM_VERSION " (git " << p.at("git_commit") << (p.at("git_dirty") == "true" ? ", modified" : "")
+            << "; " << p.at("build_type") << " build, " << p.at("compiler") << ")\n";
   return 0;
 }
 
@@ -333,6 +334,7 @@ int main(int argc, char** argv) {
     if (command == "show") return command_show(argc, argv);
     if (command == "merge") return command_merge(argc, argv);
     if (command == "--help" || command == "-h" || command == "help") return std::cout << main_help, 0;
+    if (command == "--version" || command == "version") return print_version();
     throw UsageError(command.empty() ? "no command given" : "unknown command \"" + command + "\"");
   } catch (const UsageError& e) {
     std::cerr << "lowmem: " << e.what() << "\n" << "(see lowmem --help)\n";

@@ -11,7 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-BINARY = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "build" / "lowmem")
+BINARY = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "build" / "lowmem").resolve()
 RUN_OPTS = ["--threads", "1", "--quiet"]
 CRASH_TEXT = ["Traceback", "terminate called", "Segmentation", "Aborted", "core dumped", "what():",
               "AddressSanitizer", "runtime error:"]

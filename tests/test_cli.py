@@ -602,12 +602,41 @@ def check_show():
     expect_error("show --bytes MB: usage error naming the units", p, 2, ["--bytes", "MiB", '"MB"'])
 
 
+def check_command_line():
+    """CLI11's parsing: --version, --opt=value, generated help; configs with comments; results/ made if missing."""
+    p = lowmem("--version")
+    check(p.returncode == 0 and p.stdout.startswith("lowmem ") and "git " in p.stdout,
+          "lowmem --version: exit 0, names the version and the git commit", describe(p))
+    cfg = config("eq.json")
+    p, plan = plan_json(cfg, "--set=train.batch=4", "--threads=1")
+    check(p.returncode == 0 and plan and plan[0]["config"]["train"]["batch"] == 4,
+          "plan --set=train.batch=4 --threads=1: the --opt=value form", describe(p))
+    p = lowmem("show", "--help")
+    check(p.returncode == 0 and "--group-by" in p.stdout and "--format" in p.stdout,
+          "show --help: generated from the options", describe(p))
+    commented = TMP / "commented.json"
+    text = json.dumps(dict(TINY, name="commented"), indent=1)
+    commented.write_text("// why this config: a comment\n" + text.replace("{", "{ /* and one inside */", 1) + "\n")
+    # The README's commented example config, as printed there, is a valid config.
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    example = readme.split("## Config format", 1)[1].split("```json\n", 1)[1].split("```", 1)[0]
+    (TMP / "readme-example.json").write_text(example)
+    p = lowmem("plan", TMP / "readme-example.json", "--threads", "1")
+    check(p.returncode == 0 and "train" in p.stdout, "the README's commented example config plans as printed", describe(p))
+    fresh = TMP / "no-results-dir"
+    fresh.mkdir()
+    p = lowmem("run", commented, *RUN_OPTS, cwd=fresh)
+    check(p.returncode == 0 and (fresh / "results" / "commented.h5").exists(),
+          "run of a config with // and /* */ comments, no --out, in a directory without results/: results/ made",
+          describe(p))
+
+
 def main():
     def with_scratch(tmp):
         global TMP
         TMP = tmp
         for section in (check_bad_input, check_determinism, check_plan, check_plan_timeline, check_results_file,
-                        check_divergence, check_set, check_show):
+                        check_divergence, check_set, check_show, check_command_line):
             try:
                 section()
             except Exception as e:  # a broken section must not hide the others

@@ -320,9 +320,10 @@ json parse_json_text(const std::string& text, const std::string& source) {
     return "line " + std::to_string(line) + ", column " + std::to_string(at - line_start + 1);
   };
   try {
+    // Comments (// and /* */) are skipped, so a config can say why it is as it is.
     ConfigTextCheck check(source);
-    json::sax_parse(text, &check);  // stops at a syntax error, which the parse below then reports
-    return json::parse(text);
+    json::sax_parse(text, &check, json::input_format_t::json, true, true);  // stops at a syntax error, reported below
+    return json::parse(text, nullptr, true, true);
   } catch (const json::parse_error& e) {
     // e.byte counts characters read, so the parser stopped at e.byte - 1: the last character of the bad token.
     // nlohmann's message reads "[json.exception.parse_error.101] parse error at line 1, column 2: <reason>".
