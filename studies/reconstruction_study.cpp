@@ -54,7 +54,7 @@ const Parameters& trained_parameters(const RunConfig& config, const std::string&
   Trainer<float> trainer(f32, ledger);
   const std::int64_t total = trainer.total_steps(data.train);
   std::int64_t step = 0;
-  for (int epoch = 0; epoch < config.train.epochs && step < total; ++epoch)
+  for (int epoch = 0; epoch < trainer.epochs_to_run(data.train) && step < total; ++epoch)
     step = trainer.train_epoch(data.train, epoch, step, total, [&](std::int64_t s, double loss, double, double) {
       if (!std::isfinite(loss))
         throw Error("reconstruction.weights \"trained\": the f32 training diverged at step " + std::to_string(s));

@@ -30,7 +30,8 @@ void train(const RunConfig& config, const DataSplit& data, RunRecord& record, co
   std::vector<double> steps, losses, rates, step_seconds, epochs, accuracies, test_losses;
   record.status = "complete";
   std::int64_t step = 0;
-  for (int epoch = 0; epoch < spec.epochs && step < total_steps; ++epoch) {
+  const int epochs_to_run = trainer.epochs_to_run(data.train);
+  for (int epoch = 0; epoch < epochs_to_run && step < total_steps; ++epoch) {
     step = trainer.train_epoch(data.train, epoch, step, total_steps, [&](std::int64_t s, double loss, double lr, double seconds) {
       step_seconds.push_back(seconds);
       steps.push_back(static_cast<double>(s));
@@ -40,13 +41,14 @@ void train(const RunConfig& config, const DataSplit& data, RunRecord& record, co
         record.status = "diverged";
         char value[64];
         std::snprintf(value, sizeof value, "%.6g", loss);
-        record.message = "training loss became " + std::string(value) + " at step " + std::to_string(s) +
+        record.message = "training loss became " + std::string(value) + " at step " + std::to_string(s) + " (curves/step)" +
                          (std::isfinite(loss) ? " (above train.diverge_loss)" : "");
         return false;
       }
       if (progress) {  // every step: the harness throttles what it prints, and stops here on Ctrl-C
+        // Counts, not indices: "3/100 steps done" after curves/step 2 (results and messages give step indices).
         char line[160];
-        std::snprintf(line, sizeof line, "epoch %d/%d step %lld/%lld loss %.4f", epoch + 1, spec.epochs,
+        std::snprintf(line, sizeof line, "epoch %d/%d, %lld/%lld steps done, loss %.4f", epoch + 1, epochs_to_run,
                       static_cast<long long>(s + 1), static_cast<long long>(total_steps), loss);
         progress(line);
       }

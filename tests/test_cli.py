@@ -623,6 +623,14 @@ def check_command_line():
     (TMP / "readme-example.json").write_text(example)
     p = lowmem("plan", TMP / "readme-example.json", "--threads", "1")
     check(p.returncode == 0 and "train" in p.stdout, "the README's commented example config plans as printed", describe(p))
+    # train.steps beyond one epoch runs into the next epochs (64 examples at batch 8: 8 steps an epoch).
+    long_run = config("long.json", lambda c: c["train"].update(steps=20))
+    p = lowmem("run", long_run, "--out", TMP / "long.h5", *RUN_OPTS)
+    if check(p.returncode == 0, "run with train.steps 20 over epochs of 8 steps: exit 0", describe(p)):
+        (attrs, curves), = runs_of(TMP / "long.h5").values()
+        check(list(curves["step"]) == list(range(20)) and list(curves["epoch"]) == [1, 2, 3],
+              "train.steps 20: steps 0..19, evaluated after epochs 1, 2 and 3 (the last cut short)",
+              f"\n    steps {list(curves['step'])}, epochs {list(curves.get('epoch', []))}")
     fresh = TMP / "no-results-dir"
     fresh.mkdir()
     p = lowmem("run", commented, *RUN_OPTS, cwd=fresh)

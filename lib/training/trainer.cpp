@@ -265,8 +265,13 @@ template <class T> typename Trainer<T>::W Trainer<T>::apply_update(W loss, doubl
 
 template <class T> std::int64_t Trainer<T>::total_steps(const Dataset& data) const {
   const std::int64_t per_epoch = data.count / config_.train.batch;
-  const std::int64_t all = per_epoch * config_.train.epochs;
-  return config_.train.steps > 0 ? std::min(all, config_.train.steps) : all;
+  return config_.train.steps > 0 ? config_.train.steps : per_epoch * config_.train.epochs;
+}
+
+template <class T> int Trainer<T>::epochs_to_run(const Dataset& data) const {
+  const std::int64_t per_epoch = std::max<std::int64_t>(1, data.count / config_.train.batch);
+  if (config_.train.steps <= 0) return config_.train.epochs;
+  return static_cast<int>(std::min<std::int64_t>((config_.train.steps + per_epoch - 1) / per_epoch, INT32_MAX));
 }
 
 template <class T>

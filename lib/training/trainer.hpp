@@ -74,8 +74,11 @@ template <class T> class Trainer {
   using StepCallback = std::function<bool(std::int64_t step, double loss, double lr, double seconds)>;
   std::int64_t train_epoch(const Dataset& data, int epoch, std::int64_t step, std::int64_t total_steps,
                            const StepCallback& on_step);
-  // Optimizer steps the config's training takes on `data`: epochs x (count / batch), capped by train.steps.
+  // Optimizer steps the config's training takes on `data`: train.steps where it is set (running into as many
+  // epochs as it needs, the last one cut short), else epochs x (count / batch).
   std::int64_t total_steps(const Dataset& data) const;
+  // The epochs those steps span: train.epochs, or with train.steps as many as they need.
+  int epochs_to_run(const Dataset& data) const;
   // Sum of losses and number of correct predictions on one batch, in evaluation mode.
   std::pair<double, index_t> evaluate_batch(const Tensor<T>& x, const std::vector<std::int32_t>& labels);
 
