@@ -15,6 +15,7 @@
 #include <limits>
 #include <map>
 #include <optional>
+#include <thread>
 
 #include "execute.hpp"
 #include "io/results_file.hpp"
@@ -124,7 +125,20 @@ SweepOutcome run_all(const std::vector<PlannedRun>& runs, const RunOptions& opti
       }
       if (active.jobs.empty()) break;
       int status = 0;
-      const pid_t pid = waitpid(-1, &status, 0);
+      pid_t pid = 0;
+      if (!terminal) {
+        pid = waitpid(-1, &status, 0);
+      } else {  // a live line while the jobs run: which runs, for how long, and the sweep's ETA
+        while ((pid = waitpid(-1, &status, WNOHANG)) == 0 && !(stop_requested && !passed_on)) {
+          const auto now = std::chrono::steady_clock::now();
+          std::string line = "\r" + std::to_string(active.jobs.size()) + " jobs:";
+          for (const auto& [id, job] : active.jobs)
+            line += " [" + std::to_string(job.position + 1) + "/" + std::to_string(runs.size()) + "] " +
+                    duration_text(std::chrono::duration<double>(now - job.start).count());
+          std::cerr << line << eta() << "\033[K" << std::flush;
+          std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        }
+      }
       if (stop_requested && !passed_on) active.stop_all(), passed_on = true;  // each ends at its next step
       if (pid < 0) {
         if (errno == EINTR) continue;

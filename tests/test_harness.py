@@ -10,6 +10,8 @@ Prints one line per check ("ok: ..." or "FAILED: ...") and exits non-zero if any
 import copy
 import json
 import resource
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +22,7 @@ import h5py
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cli_helpers import (BINARY, PROVENANCE, TINY, check, describe, expect_error, lowmem,  # noqa: E402
+from cli_helpers import (BINARY, PROVENANCE, TINY, check, describe, expect_error, lowmem, skip,  # noqa: E402
                          run_sections, runs_of)
 
 # Timing and host-dependent figures: equal configs give equal numbers except these.
@@ -192,6 +194,18 @@ def check_shards_jobs_and_merge(tmp):
     check(not problems, "jobs: the same numbers as one process at the same thread count", f"\n    {problems[:5]}")
     leftovers = [p.name for p in tmp.glob("jobs.h5.job-*")]
     check(not leftovers, "jobs: no job files left behind", f"\n    {leftovers}")
+    # On a terminal (a pseudo-terminal from util-linux's script) --jobs keeps a live line: the runs in flight,
+    # and once one is done the sweep's ETA.
+    if shutil.which("script"):
+        command = " ".join(shlex.quote(str(a)) for a in
+                           [BINARY, "run", cfg, "--out", tmp / "live.h5", "--jobs", "2", "--threads", "1"])
+        p = subprocess.run(["script", "-qfc", command, "/dev/null"], capture_output=True, text=True, timeout=600)
+        lines = p.stdout.replace("\r", "\n").splitlines()
+        check(p.returncode == 0 and any(l.startswith("2 jobs: [") for l in lines)
+              and any("done, ETA" in l for l in lines),
+              "jobs on a terminal: a live line with the runs in flight and the ETA", f"\n    {p.stdout[-600:]!r}")
+    else:
+        skip("jobs on a terminal", "util-linux's script is not installed")
 
     other = sweep_config(tmp, "other", range(1, 3), steps=20)
     p = lowmem("merge", tmp / "mixed.h5", whole, lowmem_result(tmp, other))
