@@ -28,9 +28,6 @@ void failed_labels(const PlannedRun& run, RunRecord& record) {
   record.labels["technique_label"] = techniques_readable(run.parsed.techniques);
 }
 
-// The swept values as summary columns named by their paths ("train.optimizer.lr"): numbers as numbers, strings as
-// they are, anything else as its JSON text. A path that names a column the study writes ("precision", "seed")
-// keeps the study's.
 void sweep_columns(const PlannedRun& run, RunRecord& record) {
   for (const auto& [path, value] : run.swept) {
     if (record.labels.count(path) || record.scalars.count(path)) continue;
@@ -60,7 +57,6 @@ RunRecord execute(const PlannedRun& run, int threads, const Progress& show, cons
     record.message = e.what();
     failed_labels(run, record);
   }
-  sweep_columns(run, record);
   record.scalars["wall_seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   record.attributes["end_time"] = iso_time_now();
   return record;

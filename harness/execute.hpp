@@ -17,6 +17,11 @@ const DataSplit& cached_data(const PlannedRun& run);
 
 // The labels a run that failed before its study began still gets (the study sets them otherwise).
 void failed_labels(const PlannedRun& run, RunRecord& record);
+// The swept values as summary columns named by their paths ("train.optimizer.lr"): numbers as numbers, strings as
+// they are, anything else as its JSON text. A path that names a column the study writes ("precision", "seed")
+// keeps the study's. Added by the sweep as it commits a run, whichever process ran it (a job process gets the
+// resolved config alone, without the sweep).
+void sweep_columns(const PlannedRun& run, RunRecord& record);
 
 // One run, in this process: its record, status "failed" with the error if it could not be done. Throws
 // Interrupted on a stop request.

@@ -81,6 +81,7 @@ SweepOutcome run_all(const std::vector<PlannedRun>& runs, const RunOptions& opti
   };
   auto commit = [&](std::size_t position, RunRecord record) {
     record.attributes["sweep_index"] = std::to_string(position);
+    sweep_columns(runs[position], record);
     append_run(outcome.path, record, file_attributes);  // throws if the file cannot be written: completed runs stay
     ++finished;
     if (record.status == "failed") ++outcome.failed;

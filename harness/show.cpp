@@ -26,6 +26,12 @@ std::optional<double> number(const std::string& cell) {
   return v;
 }
 
+// Whether column k holds numbers: every cell a number or missing. A text column (run ids, which are hex, or a
+// label) then compares, sorts and prints as text even where one of its cells happens to read as a number.
+bool numeric_column(const SummaryTable& t, std::size_t k) {
+  return std::all_of(t.rows.begin(), t.rows.end(), [&](const auto& row) { return row[k] == "-" || number(row[k]); });
+}
+
 std::string text_of(double v) {
   char buf[32];
   if (v == std::floor(v) && std::fabs(v) < 9007199254740992.0) std::snprintf(buf, sizeof buf, "%.0f", v);
@@ -75,16 +81,17 @@ void filter(SummaryTable& t, const std::string& condition) {
   if (op == "!") throw std::invalid_argument("--where: \"!\" must be followed by \"=\", got \"" + condition + "\"");
   const std::size_t k = column_index(t, condition.substr(0, at), "--where");
   const std::string value = condition.substr(at + op.size());
-  const std::optional<double> v = number(value);
+  const bool numeric = numeric_column(t, k);
+  const std::optional<double> v = numeric ? number(value) : std::nullopt;
   std::erase_if(t.rows, [&](const std::vector<std::string>& row) {
     const std::string& cell = row[k];
-    const std::optional<double> c = number(cell);
-    const bool numeric = c && v;
-    if (op == "=") return !(cell == value || (numeric && *c == *v));
-    if (op == "!=") return cell == value || (numeric && *c == *v);
+    const std::optional<double> c = numeric ? number(cell) : std::nullopt;
+    const bool both = c && v;
+    if (op == "=") return !(cell == value || (both && *c == *v));
+    if (op == "!=") return cell == value || (both && *c == *v);
     if (op == "~") return cell.find(value) == std::string::npos;
-    const int order = numeric ? (*c < *v ? -1 : *c > *v ? 1 : 0) : cell.compare(value) < 0 ? -1 : cell.compare(value) > 0;
-    if (numeric || (!c && !v && cell != "-")) {
+    const int order = both ? (*c < *v ? -1 : *c > *v ? 1 : 0) : cell.compare(value) < 0 ? -1 : cell.compare(value) > 0;
+    if (both || (!c && !v && cell != "-")) {
       if (op == "<") return !(order < 0);
       if (op == ">") return !(order > 0);
       if (op == "<=") return !(order <= 0);
@@ -99,12 +106,11 @@ void sort(SummaryTable& t, const std::vector<std::string>& keys) {
   for (auto key = keys.rbegin(); key != keys.rend(); ++key) {  // least significant first: stable sorts compose
     const bool descending = !key->empty() && (*key)[0] == '-';
     const std::size_t k = column_index(t, descending ? key->substr(1) : *key, "--sort");
+    const bool numeric = numeric_column(t, k);
     std::stable_sort(t.rows.begin(), t.rows.end(), [&](const auto& a, const auto& b) {
       const bool missing_a = a[k] == "-", missing_b = b[k] == "-";
       if (missing_a || missing_b) return !missing_a && missing_b;
-      const std::optional<double> x = number(a[k]), y = number(b[k]);
-      if (x && y) return descending ? *x > *y : *x < *y;
-      if (x || y) return x.has_value();
+      if (numeric) return descending ? *number(a[k]) > *number(b[k]) : *number(a[k]) < *number(b[k]);
       return descending ? a[k] > b[k] : a[k] < b[k];
     });
   }
@@ -143,9 +149,8 @@ SummaryTable group(const SummaryTable& t, const std::vector<std::string>& by, co
   for (const auto& c : shown) {
     const std::size_t k = column_index(t, c, "--columns");
     if (std::find(keys.begin(), keys.end(), k) != keys.end() || c == "run_id") continue;
-    const bool numeric = std::all_of(t.rows.begin(), t.rows.end(), [&](const auto& r) { return r[k] == "-" || number(r[k]); });
     const bool any = std::any_of(t.rows.begin(), t.rows.end(), [&](const auto& r) { return r[k] != "-"; });
-    if (numeric && any) values.push_back(k);
+    if (numeric_column(t, k) && any) values.push_back(k);
   }
   SummaryTable out;
   out.columns = by;
@@ -229,11 +234,13 @@ std::string csv(const SummaryTable& t) {
 }
 
 std::string json_rows(const SummaryTable& t) {
+  std::vector<bool> numeric;
+  for (std::size_t k = 0; k < t.columns.size(); ++k) numeric.push_back(numeric_column(t, k));
   nlohmann::json rows = nlohmann::json::array();
   for (const auto& row : t.rows) {
     nlohmann::json r = nlohmann::json::object();
     for (std::size_t k = 0; k < t.columns.size(); ++k) {
-      const auto v = number(row[k]);
+      const auto v = numeric[k] ? number(row[k]) : std::nullopt;
       if (row[k] == "-") r[t.columns[k]] = nullptr;
       else if (v && *v == std::floor(*v) && std::fabs(*v) < 9007199254740992.0) r[t.columns[k]] = static_cast<std::int64_t>(*v);
       else if (v && std::isfinite(*v)) r[t.columns[k]] = *v;
@@ -253,7 +260,7 @@ std::string markdown(const SummaryTable& t) {
   std::string out = "|";
   for (const auto& c : t.columns) out += " " + cell(c) + " |";
   out += "\n|";
-  for (const auto& c : t.columns) out += number(t.rows.empty() ? "" : t.rows[0][&c - t.columns.data()]) ? " ---: |" : " --- |";
+  for (std::size_t k = 0; k < t.columns.size(); ++k) out += !t.rows.empty() && numeric_column(t, k) ? " ---: |" : " --- |";
   out += "\n";
   for (const auto& row : t.rows) {
     out += "|";

@@ -9,7 +9,8 @@ read_summary(path or [paths])   the /summary table: strings decoded, numbers as 
                                 value), swept config values as columns named by their paths
                                 ("train.optimizer.lr"), a `file` column when several files are read
 read_curves(path, run_id=None)  per run and step: step, train_loss, learning_rate, step_seconds, and the
-                                per-epoch test_accuracy / test_loss at the step where each epoch ended
+                                per-epoch epoch / test_accuracy / test_loss at the step each evaluation
+                                followed (curves/test_step)
 read_timeline(path, run_id)     a run's memory timeline (run --timeline): one row per event, names decoded
 load_runs(h5file)               the run groups in creation order, with their decoded attributes (plots use it)
 
@@ -90,7 +91,7 @@ def read_summary(paths, pandas=None):
 
 def read_curves(path, run_id=None, pandas=None):
     """Curves of one run (run_id) or of every run: a table with run_id, step and each curve. Curves with one value
-    per epoch (test_accuracy, test_loss, epoch) are placed at the last step of their epoch, NaN elsewhere."""
+    per epoch (test_accuracy, test_loss, epoch) are placed at the step their evaluation followed, NaN elsewhere."""
     with h5py.File(path, "r") as f:
         ids = [run_id] if run_id is not None else [r["id"] for r in load_runs(f)]
         rows = {"run_id": [], "step": []}
@@ -104,16 +105,24 @@ def read_curves(path, run_id=None, pandas=None):
             n = len(steps)
             rows["run_id"].append(np.array([rid] * n, dtype=object))
             rows["step"].append(np.asarray(steps, dtype=float))
-            per_epoch = [k for k, v in data.items() if k != "step" and len(v) != n]
+            # Per-epoch values sit at curves/test_step (the last step before each evaluation); files written
+            # before it existed: at the ends of equal epochs (wrong for a cut-short or diverged last epoch).
+            per_epoch = [k for k, v in data.items() if k not in ("step", "test_step") and len(v) != n]
+            at = data.get("test_step")
             for name, values in data.items():
-                if name == "step":
+                if name in ("step", "test_step"):
                     continue
                 column = np.full(n, np.nan)
                 if name not in per_epoch:
                     column[:] = values
-                elif n and len(values):  # epoch e ends at the last step before epoch e + 1 starts
-                    ends = _epoch_ends(n, len(values))
-                    column[ends] = values[:len(ends)]
+                elif n and len(values):
+                    if at is not None and len(at) == len(values):
+                        where = np.searchsorted(steps, at)
+                        keep = (where < n) & (np.asarray(steps)[np.minimum(where, n - 1)] == at)
+                        column[where[keep]] = values[keep]
+                    else:
+                        ends = _epoch_ends(n, len(values))
+                        column[ends] = values[:len(ends)]
                 curves.setdefault(name, []).append((len(rows["step"]) - 1, column))
     columns = {"run_id": np.concatenate(rows["run_id"]) if rows["run_id"] else np.array([], dtype=object),
                "step": np.concatenate(rows["step"]) if rows["step"] else np.array([])}

@@ -27,7 +27,7 @@ void train(const RunConfig& config, const DataSplit& data, RunRecord& record, co
   const std::int64_t total_steps = trainer.total_steps(data.train);
   record.scalars["parameters"] = static_cast<double>(trainer.model().parameter_count());
 
-  std::vector<double> steps, losses, rates, step_seconds, epochs, accuracies, test_losses;
+  std::vector<double> steps, losses, rates, step_seconds, epochs, test_steps, accuracies, test_losses;
   record.status = "complete";
   std::int64_t step = 0;
   const int epochs_to_run = trainer.epochs_to_run(data.train);
@@ -57,6 +57,7 @@ void train(const RunConfig& config, const DataSplit& data, RunRecord& record, co
     if (record.status != "complete") break;
     const auto evaluation = trainer.evaluate(data.test, spec.eval_batch);
     epochs.push_back(epoch + 1);
+    test_steps.push_back(static_cast<double>(step - 1));  // the last step before this evaluation
     accuracies.push_back(evaluation.accuracy);
     test_losses.push_back(evaluation.loss);
   }
@@ -66,6 +67,7 @@ void train(const RunConfig& config, const DataSplit& data, RunRecord& record, co
   record.arrays["curves/learning_rate"] = {rates, {}};
   record.arrays["curves/step_seconds"] = {step_seconds, {}};
   record.arrays["curves/epoch"] = {epochs, {}};
+  record.arrays["curves/test_step"] = {test_steps, {}};  // where each epoch's evaluation falls on curves/step
   record.arrays["curves/test_accuracy"] = {accuracies, {}};
   record.arrays["curves/test_loss"] = {test_losses, {}};
   record.scalars["steps"] = static_cast<double>(steps.size());

@@ -542,6 +542,22 @@ def check_set():
         p = lowmem("show", out)
         check(p.returncode == 0 and "train.optimizer.lr" in p.stdout and "technique_label" in p.stdout
               and "0.02" in p.stdout, "show: the swept lr and technique_label are default columns", describe(p))
+    # The same with --jobs: a job process gets the resolved config alone, and the sweep adds the columns.
+    jobs_out = TMP / "set-swept-jobs.h5"
+    p = lowmem("run", swept, "--out", jobs_out, "--set", "precision=f32", "--jobs", "2", "--threads", "1", "--quiet")
+    if check(p.returncode == 0, "run of an lr sweep with --jobs 2: exit 0", describe(p)):
+        with h5py.File(jobs_out, "r") as f:
+            names = f["summary"].dtype.names
+            lrs = sorted(float(x) for x in f["summary"]["train.optimizer.lr"]) if "train.optimizer.lr" in names else []
+        check(lrs == [0.01, 0.02], "--jobs 2: the swept lr is a summary column too", f"\n    columns = {names}")
+    # A --set whose value sets a swept path inside it would be overwritten by the sweep: refused.
+    p = lowmem("plan", swept, "--set", 'train.optimizer={"type": "sgd", "lr": 0.5}')
+    expect_error("plan --set train.optimizer={... lr ...} while lr is swept: refused naming the axis", p, 1,
+                 ['"train.optimizer.lr"', "swept"])
+    p, plan = plan_json(swept, "--set", 'train.optimizer={"type": "sgd", "momentum": 0.5}')
+    check(p.returncode == 0 and plan and all(r["config"]["train"]["optimizer"]["momentum"] == 0.5 for r in plan)
+          and sorted(r["config"]["train"]["optimizer"]["lr"] for r in plan) == [0.01, 0.01, 0.02, 0.02],
+          "plan --set train.optimizer={... without lr ...}: set, the sweep still varies lr", describe(p))
 
 
 def check_show():

@@ -77,6 +77,14 @@ def check_reader(tmp):
               "test accuracy at its last step")
         every = lowmem_results.read_curves(a, pandas=use_pandas)
         check(len(every) == 6 * len(want["step"]), "read_curves of every run: a row per run and step")
+    # Evaluations where they happened: 20 steps over epochs of 8 (64 examples at batch 8) are evaluated after
+    # steps 7, 15 and 19, the last epoch cut short.
+    long_run = sweep(tmp, "reader-long", {"train.steps": [20]})
+    if long_run:
+        c = lowmem_results.read_curves(long_run, pandas=False)
+        placed = [int(s_) for s_, e in zip(c["step"], c["epoch"]) if not np.isnan(e)]
+        check(placed == [7, 15, 19], "read_curves: each evaluation at the step it followed (7, 15, 19)",
+              f"\n    {placed}")
     with h5py.File(b, "r") as f:
         (run_id, group), = f["runs"].items()
         events = group["memory/timeline/events"][()]

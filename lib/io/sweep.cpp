@@ -103,15 +103,20 @@ bool is_index(const std::string& part) {
   return !part.empty() && part.size() < 10 && part.find_first_not_of("0123456789") == std::string::npos;
 }
 
-// A --set of `path` on a config that sweeps it: the axis is replaced by the one value (the user's intent: every
-// sweep object and zip lose that key; a sweep object left empty contributes the base config once, and only one
-// such object is kept). A --set inside a swept value (path under a swept key) would be overwritten by the sweep,
-// so it is refused, naming the axis.
-void replace_swept_axis(json& config, const std::string& path, const std::string& context) {
+// A --set of `path` to `value` on a config that sweeps it: the axis is replaced by the one value (the user's
+// intent: every sweep object and zip lose that key; a sweep object left empty contributes the base config once,
+// and only one such object is kept). What the sweep would overwrite is refused, naming the axis: a --set inside a
+// swept value (path under a swept key), or a value that holds a swept path (an object set over a swept key inside
+// it; one without that key is fine, the sweep fills it in).
+void replace_swept_axis(json& config, const std::string& path, const json& value, const std::string& context) {
   auto check_inside = [&](const std::string& key, const std::string& pointer) {
     if (path.size() > key.size() && path.compare(0, key.size() + 1, key + ".") == 0)
       throw Error(context + ": \"" + key + "\" is swept (" + pointer + "), so a value set inside it would be " +
                   "overwritten; set the whole axis instead (--set " + key + "=...)");
+    if (key.size() > path.size() && key.compare(0, path.size() + 1, path + ".") == 0 &&
+        find_path(value, key.substr(path.size() + 1)))
+      throw Error(context + ": the value sets \"" + key + "\", which is swept (" + pointer + ") and would be " +
+                  "overwritten; leave it out of the value, or --set " + key + "=... to replace the axis");
   };
   auto prune = [&](json& object, const std::string& pointer) {
     for (const auto& item : object.items()) check_inside(item.key(), pointer + "/" + json_pointer_token(item.key()));
@@ -278,7 +283,7 @@ void apply_override(json& config, const std::string& assignment) {
     throw Error("--set " + printable(assignment, true) + ": the value is not valid UTF-8 text");
   }
   const std::string path = assignment.substr(0, eq);
-  if (config.is_object()) replace_swept_axis(config, path, context);
+  if (config.is_object()) replace_swept_axis(config, path, value, context);
   set_path(config, path, value, context);
 }
 

@@ -271,7 +271,8 @@ template <class T> std::int64_t Trainer<T>::total_steps(const Dataset& data) con
 template <class T> int Trainer<T>::epochs_to_run(const Dataset& data) const {
   const std::int64_t per_epoch = std::max<std::int64_t>(1, data.count / config_.train.batch);
   if (config_.train.steps <= 0) return config_.train.epochs;
-  return static_cast<int>(std::min<std::int64_t>((config_.train.steps + per_epoch - 1) / per_epoch, INT32_MAX));
+  const std::int64_t steps = config_.train.steps;  // rounded up, without overflow near INT64_MAX
+  return static_cast<int>(std::min<std::int64_t>(steps / per_epoch + (steps % per_epoch != 0), INT32_MAX));
 }
 
 template <class T>
