@@ -2,7 +2,6 @@
 #include "show.hpp"
 
 #include <algorithm>
-#include <charconv>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -32,13 +31,6 @@ bool numeric_column(const SummaryTable& t, std::size_t k) {
   return std::all_of(t.rows.begin(), t.rows.end(), [&](const auto& row) { return row[k] == "-" || number(row[k]); });
 }
 
-std::string text_of(double v) {
-  char buf[32];
-  if (v == std::floor(v) && std::fabs(v) < 9007199254740992.0) std::snprintf(buf, sizeof buf, "%.0f", v);
-  else *std::to_chars(buf, buf + sizeof buf - 1, v).ptr = '\0';
-  return buf;
-}
-
 std::size_t column_index(const SummaryTable& t, const std::string& column, const std::string& option) {
   const auto it = std::find(t.columns.begin(), t.columns.end(), column);
   if (it != t.columns.end()) return static_cast<std::size_t>(it - t.columns.begin());
@@ -59,14 +51,16 @@ SummaryTable read_all(const std::vector<std::string>& files) {
     for (const auto& c : tables.back().columns)
       if (std::find(all.columns.begin(), all.columns.end(), c) == all.columns.end()) all.columns.push_back(c);
   }
-  for (std::size_t i = 0; i < files.size(); ++i)
+  for (std::size_t i = 0; i < files.size(); ++i) {
+    std::vector<std::size_t> to;  // where this file's columns go
+    for (const auto& c : tables[i].columns) to.push_back(column_index(all, c, ""));
     for (const auto& row : tables[i].rows) {
       std::vector<std::string> out(all.columns.size(), "-");
       if (named) out[0] = files[i];
-      for (std::size_t k = 0; k < tables[i].columns.size() && k < row.size(); ++k)
-        out[column_index(all, tables[i].columns[k], "")] = row[k];
+      for (std::size_t k = 0; k < to.size() && k < row.size(); ++k) out[to[k]] = row[k];
       all.rows.push_back(std::move(out));
     }
+  }
   return all;
 }
 
@@ -188,8 +182,8 @@ SummaryTable group(const SummaryTable& t, const std::vector<std::string>& by, co
       mean /= static_cast<double>(xs.size());
       double squares = 0;
       for (double x : xs) squares += (x - mean) * (x - mean);
-      row.push_back(text_of(mean));
-      row.push_back(xs.size() > 1 ? text_of(std::sqrt(squares / static_cast<double>(xs.size() - 1))) : "-");
+      row.push_back(format_number(mean, true));
+      row.push_back(xs.size() > 1 ? format_number(std::sqrt(squares / static_cast<double>(xs.size() - 1)), true) : "-");
     }
     out.rows.push_back(std::move(row));
   }
@@ -211,7 +205,7 @@ void in_unit(SummaryTable& t, const std::string& unit) {
       if (const auto v = number(row[k])) {
         char buf[32];
         std::snprintf(buf, sizeof buf, "%.4g", *v / u->second);
-        row[k] = unit == "B" ? text_of(*v) : buf;
+        row[k] = unit == "B" ? format_number(*v, true) : buf;
       }
   }
 }
@@ -289,13 +283,10 @@ std::string show_summary(const ShowOptions& o) {
   if (o.format == "csv") return csv(t);
   if (o.format == "json") return json_rows(t);
   if (o.format == "markdown") return markdown(t);
-  for (auto& row : t.rows)  // the fixed-width table for reading: 6 significant digits (CSV and JSON keep all)
-    for (auto& cell : row)
-      if (const auto v = number(cell); v && *v != std::floor(*v)) {
-        char buf[32];
-        std::snprintf(buf, sizeof buf, "%.6g", *v);
-        cell = buf;
-      }
+  for (std::size_t k = 0; k < t.columns.size(); ++k)  // the table for reading: 6 digits (CSV and JSON keep all)
+    if (numeric_column(t, k))
+      for (auto& row : t.rows)
+        if (const auto v = number(row[k])) row[k] = format_number(*v, false);
   return format_table(t, t.columns);
 }
 

@@ -70,6 +70,8 @@ struct SummaryTable {
   std::vector<std::vector<std::string>> rows;
 };
 SummaryTable read_summary(const std::string& path, bool exact = false);
+// A summary number as read_summary prints it.
+std::string format_number(double v, bool exact);
 RunRecord read_run(const std::string& path, const std::string& run_id);
 std::vector<std::string> list_runs(const std::string& path);  // in creation order
 

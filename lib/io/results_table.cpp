@@ -13,7 +13,6 @@
 
 namespace lowmem {
 using namespace io_detail;
-namespace {
 
 std::string format_number(double v, bool exact) {
   if (std::isnan(v)) return "-";
@@ -24,8 +23,6 @@ std::string format_number(double v, bool exact) {
   else std::snprintf(buf, sizeof buf, "%.6g", v);
   return buf;
 }
-
-}  // namespace
 
 SummaryTable read_summary(const std::string& path, bool exact) {
   return read_file(path, "reading /summary", [&](const H5::H5File& file) {
