@@ -4,6 +4,7 @@
 
 #include <chrono>
 
+#include "io/sweep.hpp"
 #include "plan.hpp"
 #include "provenance.hpp"
 #include "signals.hpp"
@@ -32,7 +33,7 @@ void sweep_columns(const PlannedRun& run, RunRecord& record) {
   for (const auto& [path, value] : run.swept) {
     if (record.labels.count(path) || record.scalars.count(path)) continue;
     if (value.is_number()) record.scalars[path] = value.get<double>();
-    else record.labels[path] = value.is_string() ? value.get<std::string>() : value.dump();
+    else record.labels[path] = value_text(value);
   }
 }
 

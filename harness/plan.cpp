@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "io/sweep.hpp"
 #include "numerics/error.hpp"
 #include "study.hpp"
 #include "techniques/registry.hpp"
@@ -43,7 +44,7 @@ std::string swept_text(const PlannedRun& run) {
   std::string text;
   for (const auto& [path, value] : run.swept)
     if (path != "technique" && path != "precision")
-      text += "  " + path + "=" + (value.is_string() ? value.get<std::string>() : value.dump());
+      text += "  " + path + "=" + value_text(value);
   return text;
 }
 

@@ -32,9 +32,11 @@ std::vector<PlannedRun> plan_runs(const std::string& config_file, const std::vec
     nlohmann::json effective;
     RunConfig parsed = parse_run_config(resolved, config_file, &effective);
     PlannedRun run{run_id(effective), effective, std::move(parsed), {}};
-    for (const std::string& path : swept)  // the effective value (defaults filled in), else the one the sweep set
-      if (const nlohmann::json* value = find_path(effective, path) ? find_path(effective, path) : find_path(resolved, path))
-        run.swept.emplace_back(path, *value);
+    for (const std::string& path : swept) {  // the effective value (defaults filled in), else the one the sweep set
+      const nlohmann::json* value = find_path(effective, path);
+      if (!value) value = find_path(resolved, path);
+      if (value) run.swept.emplace_back(path, *value);
+    }
     validate_model(run.parsed, config_file);
     if (auto [it, fresh] = seen.emplace(run.id, runs.size()); !fresh)
       throw Error(config_file + ": /sweep: runs " + std::to_string(it->second + 1) + " and " +

@@ -271,6 +271,8 @@ const json* find_path(const json& config, const std::string& dotted) {
   }
 }
 
+std::string value_text(const json& value) { return value.is_string() ? value.get<std::string>() : value.dump(); }
+
 void apply_override(json& config, const std::string& assignment) {
   const std::string context = "--set " + printable(assignment, false);
   const std::size_t eq = assignment.find('=');

@@ -28,6 +28,8 @@ void apply_override(nlohmann::json& config, const std::string& assignment);
 std::vector<std::string> swept_paths(const nlohmann::json& config);
 // The value at a dotted path (a numeric part indexes a list), or null where the path does not exist.
 const nlohmann::json* find_path(const nlohmann::json& config, const std::string& dotted);
+// A swept value as text (a summary label, a plan line): a string as it is, anything else as its JSON.
+std::string value_text(const nlohmann::json& value);
 
 // Sets a dotted path; throws lowmem::Error(context + ": " + problem) on a bad path.
 void set_path(nlohmann::json& config, const std::string& dotted, const nlohmann::json& value, const std::string& context);
