@@ -32,9 +32,10 @@ struct Runs {
   index_t n, length, channels;  // channels: 0 unless blpa
   Runs(const Shape& s, CompressionPolicy::Method method)
       : n(s.numel()),
-        length(method == CompressionPolicy::blpa && n > 0 ? n / (s[0] * s[1]) : 256),
+        length(method == CompressionPolicy::blpa && n > 0 ? n / (s[0] * s[1]) : group_size),
         channels(method == CompressionPolicy::blpa ? s[1] : 0) {}
-  index_t count() const { return (n + length - 1) / length; }
+  index_t count() const { return n == 0 ? 0 : (n + length - 1) / length; }
+  index_t groups() const { return channels ? channels : count(); }
   index_t group(index_t r) const { return channels ? r % channels : r; }
   index_t first(index_t r) const { return r * length; }
   index_t end(index_t r) const { return std::min(n, (r + 1) * length); }
@@ -43,15 +44,10 @@ struct Runs {
 // Calls f(group, first, end) for each run. In order (first ascending, so that a pass meets the values in memory
 // order), or, with `parallel`, spread over the threads: only for passes whose runs are independent (each writes
 // its own values or whole bytes of codes), which then give the same results at any thread count.
-template <class F> void for_each_run(const Shape& s, CompressionPolicy::Method method, F&& f, bool parallel = false) {
-  const Runs runs(s, method);
-  const index_t count = runs.n == 0 ? 0 : runs.count();
+template <class F> void for_each_run(const Runs& runs, F&& f, bool parallel = false) {
+  const index_t count = runs.count();
 #pragma omp parallel for schedule(static) if (parallel && worth_threads(runs.n))
   for (index_t r = 0; r < count; ++r) f(runs.group(r), runs.first(r), runs.end(r));
-}
-
-index_t group_count(const Shape& s, CompressionPolicy::Method method) {
-  return method == CompressionPolicy::blpa ? s[1] : (s.numel() + group_size - 1) / group_size;
 }
 
 // The uniform draw a SplitMix64 stream gives k calls from now, as a sum of two exact halves so that a loop of
@@ -124,7 +120,8 @@ template <class T> CompressedTensor compress(const Tensor<T>& t, const Compressi
   c.shape = t.shape();
   c.bits = policy.bits;
   c.method = policy.method;
-  const index_t n = t.numel(), groups = group_count(t.shape(), policy.method);
+  const Runs runs(t.shape(), policy.method);
+  const index_t n = t.numel(), groups = runs.groups();
   c.codes = Tensor<std::uint8_t>(Shape{(n * policy.bits + 7) / 8}, MemoryCategory::saved_activations);
   c.offset = Tensor<float>(Shape{groups}, MemoryCategory::saved_activations);
   c.step = Tensor<float>(Shape{groups}, MemoryCategory::saved_activations);
@@ -133,7 +130,6 @@ template <class T> CompressedTensor compress(const Tensor<T>& t, const Compressi
   const unsigned levels = 1u << policy.bits;
   const double top = levels - 1.0;
   std::vector<double> a(static_cast<std::size_t>(groups), 0), b(static_cast<std::size_t>(groups), 0);
-  const Runs runs(t.shape(), policy.method);
   if (policy.method == CompressionPolicy::blpa) {  // per channel: mean (a) and mean square (b)
     // Channels apart (over the threads), each summing its planes in memory order.
 #pragma omp parallel for schedule(static) if (worth_threads(n))
@@ -156,8 +152,7 @@ template <class T> CompressedTensor compress(const Tensor<T>& t, const Compressi
     }
   } else {  // per group: min (a) and max (b)
     for_each_run(
-        t.shape(), policy.method,
-        [&](index_t g, index_t first, index_t end) {
+        runs, [&](index_t g, index_t first, index_t end) {
           double lo = INFINITY, hi = -INFINITY;
           for (index_t i = first; i < end; ++i) lo = std::min(lo, to_double(x[i])), hi = std::max(hi, to_double(x[i]));
           a[g] = lo, b[g] = hi;
@@ -173,8 +168,7 @@ template <class T> CompressedTensor compress(const Tensor<T>& t, const Compressi
   // naive always: 256 codes fill whole bytes); blpa planes whose codes share a byte, in order.
   const bool whole_bytes = runs.length * policy.bits % 8 == 0;
   for_each_run(
-      t.shape(), policy.method,
-      [&](index_t g, index_t first, index_t end) {
+      runs, [&](index_t g, index_t first, index_t end) {
         const double offset = c.offset[g], step = c.step[g];
         auto code = [top](double q) { return static_cast<unsigned>(std::clamp(q, 0.0, top)); };
         switch (policy.method) {
@@ -206,7 +200,7 @@ template <class T> Tensor<T> decompress(const CompressedTensor& c) {
   const std::uint8_t* codes = c.codes.data();
   T* out = t.data();
   for_each_run(  // each run writes its own values: over the threads
-      c.shape, c.method,
+      Runs(c.shape, c.method),
       [&](index_t g, index_t first, index_t end) {
         const double offset = c.offset[g], step = c.step[g];
         alignas(64) std::uint8_t chunk[256];
