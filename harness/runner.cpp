@@ -61,6 +61,9 @@ SweepOutcome run_all(const std::vector<PlannedRun>& runs, const RunOptions& opti
   if (options.jobs > 1) data_cache.clear();  // each job loads what it needs; the sweep holds no copy meanwhile
   const std::map<std::string, std::string> file_attributes = {
       {"sweep_id", sweep_id(runs)}, {"sweep_name", runs.front().parsed.name}, {"sweep_runs", std::to_string(runs.size())}};
+  // Each run is committed as it ends, at a cost independent of how many runs the file holds; the end of the sweep
+  // (stopped or not) folds the pending ones into the file.
+  ResultsWriter results(outcome.path, file_attributes);
   const StopSignals signals;
   // On a terminal a live progress line (the run's step and loss, and the sweep's ETA); otherwise (logs, CI) one
   // plain line per run.
@@ -82,7 +85,7 @@ SweepOutcome run_all(const std::vector<PlannedRun>& runs, const RunOptions& opti
   auto commit = [&](std::size_t position, RunRecord record) {
     record.attributes["sweep_index"] = std::to_string(position);
     sweep_columns(runs[position], record);
-    append_run(outcome.path, record, file_attributes);  // throws if the file cannot be written: completed runs stay
+    results.append(record);  // throws if the file cannot be written: completed runs stay
     ++finished;
     if (record.status == "failed") ++outcome.failed;
     else ++outcome.done;
@@ -155,6 +158,7 @@ SweepOutcome run_all(const std::vector<PlannedRun>& runs, const RunOptions& opti
       commit(job.position, std::move(record));
     }
   }
+  results.fold();
   outcome.interrupted = stop_requested;
   return outcome;
 }

@@ -13,11 +13,19 @@ read_curves(path, run_id=None)  per run and step: step, train_loss, learning_rat
                                 followed (curves/test_step)
 read_timeline(path, run_id)     a run's memory timeline (run --timeline): one row per event, names decoded
 load_runs(h5file)               the run groups in creation order, with their decoded attributes (plots use it)
+open_results(path)              the open h5py files holding a results set: the file, then its pending segments
+
+A sweep commits each run as a small file of its own in "<file>.pending/" and folds those into the file when they
+outgrow it and at the sweep's end; a sweep killed or still running leaves some there. Every function here reads
+the file and its pending segments as one set of runs (a run in a later segment replaces the same run earlier);
+h5py alone on the file sees only the runs folded in.
 
 Without pandas (or with pandas=False) the tables are numpy structured arrays with the same columns. The layout
 is described in the README's "Results files (HDF5)".
 """
+import re
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -58,17 +66,84 @@ def _decoded(array):
     return np.asarray(array, dtype=float)
 
 
+def open_results(path):
+    """The open h5py Files of a results set, in order: the file, then its pending segments that belong to it
+    (numbered above its folded_through, with its file_id). The caller closes them."""
+    main = h5py.File(path, "r")
+    try:
+        return [main] + _segments(main)
+    except Exception:
+        main.close()
+        raise
+
+
+def _segments(main):
+    """The pending segments of the open file `main`, opened, in order."""
+    path, parts = main.filename, []
+    file_id = text(main.attrs["file_id"]) if "file_id" in main.attrs else ""
+    pending = Path(str(path) + ".pending")
+    if not file_id or not pending.is_dir():
+        return parts
+    folded = int(main.attrs.get("folded_through", 0))
+    numbered = []
+    for p in pending.iterdir():
+        m = re.fullmatch(r"(\d{8,18})\.h5", p.name)
+        if m and int(m.group(1)) > folded:
+            numbered.append((int(m.group(1)), p))
+    for _, p in sorted(numbered):
+        try:
+            segment = h5py.File(p, "r")
+        except OSError as e:
+            for f in parts:
+                f.close()
+            raise ValueError(f"{path}: pending segment {p} is corrupt or unreadable ({e}); move it away to read the rest")
+        if text(segment.attrs.get("file_id", "")) == file_id:
+            parts.append(segment)
+        else:  # another file's, left behind under this name
+            segment.close()
+    return parts
+
+
+def _summary_columns(path):
+    """One results set's /summary as {name: array}: the file's rows, then its pending segments' (a run id met
+    again replaced in its row)."""
+    parts = open_results(path)
+    try:
+        tables = []
+        for f in parts:
+            if "summary" not in f:
+                raise ValueError(f"{f.filename}: no /summary table; not a lowmem results file")
+            table = f["summary"][()]
+            tables.append({name: _decoded(table[name]) for name in table.dtype.names})
+    finally:
+        for f in parts:
+            f.close()
+    if len(tables) == 1:
+        return tables[0]
+    names = []
+    for t in tables:
+        names += [n for n in t if n not in names]
+    numeric = {n: any(t[n].dtype.kind == "f" for t in tables if n in t) for n in names}
+    rows, where = [], {}  # rows as dicts; run id -> row
+    for t in tables:
+        count = len(next(iter(t.values()))) if t else 0
+        for i in range(count):
+            row = {n: t[n][i] for n in t}
+            key = row.get("run_id")
+            if key in where:
+                rows[where[key]] = row
+            else:
+                where[key] = len(rows)
+                rows.append(row)
+    return {n: np.array([r.get(n, np.nan if numeric[n] else "") for r in rows], dtype=float if numeric[n] else object)
+            for n in names}
+
+
 def read_summary(paths, pandas=None):
     """The /summary table of one results file, or of several as one table with a first column `file`."""
     several = not isinstance(paths, (str, bytes)) and not hasattr(paths, "__fspath__")
     files = list(paths) if several else [paths]
-    parts = []
-    for path in files:
-        with h5py.File(path, "r") as f:
-            if "summary" not in f:
-                raise ValueError(f"{path}: no /summary table; not a lowmem results file")
-            table = f["summary"][()]
-        parts.append((str(path), {name: _decoded(table[name]) for name in table.dtype.names}))
+    parts = [(str(path), _summary_columns(path)) for path in files]
     names = []  # in order of first appearance
     for _, columns in parts:
         names += [n for n in columns if n not in names]
@@ -92,14 +167,16 @@ def read_summary(paths, pandas=None):
 def read_curves(path, run_id=None, pandas=None):
     """Curves of one run (run_id) or of every run: a table with run_id, step and each curve. Curves with one value
     per epoch (test_accuracy, test_loss, epoch) are placed at the step their evaluation followed, NaN elsewhere."""
-    with h5py.File(path, "r") as f:
-        ids = [run_id] if run_id is not None else [r["id"] for r in load_runs(f)]
+    parts = open_results(path)
+    try:
+        groups = {r["id"]: r["group"] for r in _runs(parts)}
+        ids = [run_id] if run_id is not None else list(groups)
         rows = {"run_id": [], "step": []}
         curves = {}
         for rid in ids:
-            if rid not in f["runs"]:
+            if rid not in groups:
                 raise KeyError(f"{path}: no run {rid!r}")
-            group = f["runs"][rid]
+            group = groups[rid]
             data = {k: np.asarray(v[()], dtype=float).ravel() for k, v in group["curves"].items()} if "curves" in group else {}
             steps = data.get("step", np.arange(len(data.get("train_loss", []))))
             n = len(steps)
@@ -124,6 +201,9 @@ def read_curves(path, run_id=None, pandas=None):
                         ends = _epoch_ends(n, len(values))
                         column[ends] = values[:len(ends)]
                 curves.setdefault(name, []).append((len(rows["step"]) - 1, column))
+    finally:
+        for f in parts:
+            f.close()
     columns = {"run_id": np.concatenate(rows["run_id"]) if rows["run_id"] else np.array([], dtype=object),
                "step": np.concatenate(rows["step"]) if rows["step"] else np.array([])}
     sizes = [len(s) for s in rows["step"]]
@@ -143,15 +223,16 @@ def _epoch_ends(steps, epochs):
 def read_timeline(path, run_id, pandas=None):
     """The memory timeline a run recorded (run --timeline): one row per event, with kind, category, from
     (the category a move came from), phase, owner as text, and buffer and bytes as numbers."""
-    with h5py.File(path, "r") as f:
-        where = f"runs/{run_id}/memory/timeline"
-        if where not in f:
+    parts = open_results(path)
+    try:
+        run = {r["id"]: r["group"] for r in _runs(parts)}.get(run_id)
+        if run is None or "memory/timeline" not in run:
             raise KeyError(f"{path}: run {run_id!r} has no memory timeline (run it with lowmem run --timeline)")
-        g = f[where]
+        g = run["memory/timeline"]
         events = np.asarray(g["events"][()], dtype=float)
         names = [text(c) for c in g["columns"][()]]
         tables = {name: [text(v) for v in g[name][()]] for name in ("kinds", "phases", "owners") if name in g}
-        tables["categories"] = [text(v) for v in f[f"runs/{run_id}/memory/categories"][()]]
+        tables["categories"] = [text(v) for v in run["memory/categories"][()]]
         lookup = {"kind": "kinds", "category": "categories", "from": "categories", "phase": "phases", "owner": "owners"}
         columns = {}
         for k, name in enumerate(names):
@@ -162,16 +243,27 @@ def read_timeline(path, run_id, pandas=None):
                 columns[name] = np.array([table[int(v)] if 0 <= v < len(table) else "" for v in values], dtype=object)
             else:
                 columns[name] = values
+    finally:
+        for f in parts:
+            f.close()
     return _table(columns, pandas)
 
 
 def load_runs(f):
-    """Run groups of an open h5py File in creation order (attribute "index"), each as a dict of its decoded
-    attributes plus the group."""
+    """Run groups of an open h5py File and of its pending segments, in creation order (attribute "index"), each
+    as a dict of its decoded attributes plus the group. The segments stay open while their groups are used."""
+    return _runs([f] + _segments(f))
+
+
+def _runs(parts):
+    """The run groups of a results set's files (open_results), a run in a later file replacing the same run."""
+    groups = {}
+    for f in parts:
+        for run_id, group in f["runs"].items():
+            if isinstance(group, h5py.Group):
+                groups[run_id] = group
     runs = []
-    for run_id, group in f["runs"].items():
-        if not isinstance(group, h5py.Group):
-            continue
+    for run_id, group in groups.items():
         attrs = dict(group.attrs)
         runs.append({"id": run_id, "group": group, "attrs": attrs,
                      "study": text(attrs.get("study", "")), "precision": text(attrs.get("precision", ""))})

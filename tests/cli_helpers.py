@@ -11,6 +11,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "plots"))
+import lowmem_results  # noqa: E402  reads a file with its pending segments, as lowmem does
+
 BINARY = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "build" / "lowmem").resolve()
 RUN_OPTS = ["--threads", "1", "--quiet"]
 CRASH_TEXT = ["Traceback", "terminate called", "Segmentation", "Aborted", "core dumped", "what():",
@@ -94,6 +97,21 @@ def run_messages(h5):
 
 def sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def committed_runs(h5):
+    """Runs committed: in the file or in its pending segments (a sweep still running, or killed)."""
+    try:
+        parts = lowmem_results.open_results(h5)
+    except (OSError, ValueError):
+        return 0
+    try:
+        return len({run_id for f in parts for run_id in f["runs"]})
+    except KeyError:
+        return 0
+    finally:
+        for f in parts:
+            f.close()
 
 
 def runs_of(h5):

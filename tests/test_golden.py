@@ -35,6 +35,9 @@ EXPECTED = HERE / "golden" / "expected.json"
 VOLATILE = {"wall_seconds", "step_seconds", "rss_peak_bytes", "start_time", "end_time", "host", "cpu_model", "gemm_isa",
             "git_commit",
             "git_dirty", "curves/step_seconds"}
+# The writer's bookkeeping on the file's root: a random token, and counts that follow when the pending runs were
+# folded in (which depends on file sizes, hence on the HDF5 version), not the results.
+BOOKKEEPING = {"file_id", "folded_through", "appends_since_compaction"}
 def isa(figures):
     """The instruction sets the binary was compiled for (every run records them): the default build's AVX2
     baseline gives the same numbers on every CPU that has it (the matrix kernels that choose AVX-512 at run time
@@ -68,7 +71,7 @@ def figures(h5):
     """Every number and name of a results file, except the volatile ones, as a JSON-able dict."""
     out = {}
     with h5py.File(h5, "r") as f:
-        out["file_attributes"] = {k: plain(v) for k, v in sorted(f.attrs.items())}
+        out["file_attributes"] = {k: plain(v) for k, v in sorted(f.attrs.items()) if k not in BOOKKEEPING}
         summary = f["summary"]
         names = [n for n in summary.dtype.names if n not in VOLATILE]
         out["summary_columns"] = list(summary.dtype.names)

@@ -22,8 +22,8 @@ import h5py
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cli_helpers import (BINARY, PROVENANCE, TINY, check, describe, expect_error, lowmem, skip,  # noqa: E402
-                         run_sections, runs_of)
+from cli_helpers import (BINARY, PROVENANCE, TINY, check, committed_runs, describe, expect_error, lowmem,  # noqa: E402
+                         skip, run_sections, runs_of)
 
 # Timing and host-dependent figures: equal configs give equal numbers except these.
 VOLATILE = ("wall_seconds", "step_seconds", "rss_peak_bytes")
@@ -56,14 +56,6 @@ def run_ids_once(h5):
 def h5dump_reads(h5):
     d = subprocess.run(["h5dump", "-H", str(h5)], capture_output=True, text=True, errors="replace")
     return d.returncode == 0, d.stderr[:500]
-
-
-def committed_runs(h5):
-    try:
-        with h5py.File(h5, "r") as f:
-            return len(f["runs"])
-    except (OSError, KeyError):
-        return 0
 
 
 def signal_midway(cfg, out, sig, *extra, wait_for=1, settle=0.0):
@@ -118,6 +110,10 @@ def check_sigkill_and_resume(tmp):
           f"\n    exit {code}, runs {done}")
     ok, err = h5dump_reads(out)
     check(ok, "SIGKILL: h5dump reads the killed sweep's file", f"\n    {err}")
+    pending = sorted(Path(f"{out}.pending").glob("*.h5"))
+    readable = all(h5dump_reads(p)[0] for p in pending)
+    check(readable and len(pending) >= 1, f"SIGKILL: h5dump reads each of the {len(pending)} pending segments",
+          f"\n    {pending}")
     r = lowmem("run", cfg, "--out", out, "--resume", "--threads", "1")
     check(r.returncode == 0 and f"{done} of 8 runs are done" in r.stderr,
           f"SIGKILL: run --resume skips the {done} committed runs and exits 0", describe(r))
@@ -127,6 +123,7 @@ def check_sigkill_and_resume(tmp):
           "SIGKILL: after resume every run is present exactly once, all complete", f"\n    {ids} {statuses}")
     ok, err = h5dump_reads(out)
     check(ok, "SIGKILL: h5dump reads the resumed file", f"\n    {err}")
+    check(not Path(f"{out}.pending").exists(), "SIGKILL: the resumed sweep's end folded every pending run in")
     reference = tmp / "killed-reference.h5"
     lowmem("run", cfg, "--out", reference, "--threads", "1", "--quiet")
     problems = same_results(out, reference)

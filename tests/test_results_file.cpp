@@ -3,15 +3,21 @@
 
 #include <gtest/gtest.h>
 #include <hdf5.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <random>
 #include <string>
+#include <thread>
 
 #include "numerics/error.hpp"
 
@@ -299,4 +305,191 @@ TEST_F(ResultsFile, FormatTableChoosesColumnsAndRejectsUnknownOnes) {
   const std::string msg = error_of([&] { lowmem::format_table(t, {"run_id", "accuracy"}); });
   EXPECT_EQ(msg, "unknown column 'accuracy'; valid columns: run_id, status, message, precision, study, "
                  "test_accuracy, wall_seconds");
+}
+
+// ---- ResultsWriter: commits as pending segments, read as one set with the file, folded in ---------------------
+
+namespace {
+
+std::vector<std::string> column(const lowmem::SummaryTable& t, const std::string& name) {
+  const auto k = static_cast<std::size_t>(std::find(t.columns.begin(), t.columns.end(), name) - t.columns.begin());
+  std::vector<std::string> cells;
+  for (const auto& row : t.rows) cells.push_back(k < row.size() ? row[k] : "<missing column>");
+  return cells;
+}
+
+std::size_t pending_files(const std::string& path) {
+  std::error_code ec;
+  std::size_t n = 0;
+  for (const auto& entry : fs::directory_iterator(path + ".pending", ec)) n += entry.is_regular_file() ? 1 : 0;
+  return n;
+}
+
+}  // namespace
+
+TEST_F(ResultsFile, WriterCommitsAreReadAsOneSetAndFoldedIntoTheFile) {
+  const std::string path = file("w.h5"), whole = file("whole.h5");
+  std::vector<RunRecord> runs;
+  for (int i = 0; i < 12; ++i) runs.push_back(make_run("run" + std::to_string(i), i % 2 ? "bf16" : "f32", i));
+  runs[7].labels["extra_label"] = "only here";  // a column only a pending run has
+  runs[7].scalars["extra_scalar"] = 7.5;
+  lowmem::ResultsWriter writer(path, {{"sweep_id", "abc"}});
+  for (const RunRecord& r : runs) writer.append(r);
+  ASSERT_GT(writer.pending(), 0u) << "the last commits are pending segments";
+  EXPECT_EQ(pending_files(path), writer.pending());
+  lowmem::append_runs(whole, runs, {{"sweep_id", "abc"}});  // the same runs in one rewrite: the reference
+
+  const auto expected = lowmem::read_summary(whole, true);
+  const auto pending = lowmem::read_summary(path, true);
+  EXPECT_EQ(pending.columns, expected.columns);
+  EXPECT_EQ(pending.rows, expected.rows);
+  EXPECT_EQ(lowmem::list_runs(path), lowmem::list_runs(whole));
+  EXPECT_EQ(lowmem::read_run(path, "run11").arrays.at("curves/train_loss").values, (std::vector<double>{2.3, 1.1, 11}));
+  EXPECT_EQ(lowmem::read_run(path, "run7").labels.at("extra_label"), "only here");
+  EXPECT_EQ(lowmem::read_file_attributes(path).at("sweep_id"), "abc");
+
+  writer.fold();
+  EXPECT_EQ(writer.pending(), 0u);
+  EXPECT_FALSE(fs::exists(path + ".pending")) << "an empty pending directory is removed";
+  const auto folded = lowmem::read_summary(path, true);
+  EXPECT_EQ(folded.columns, expected.columns);
+  EXPECT_EQ(folded.rows, expected.rows);
+  EXPECT_EQ(std::system(("h5dump -H '" + path + "' > /dev/null").c_str()), 0);
+}
+
+TEST_F(ResultsFile, WriterReplacesARunInItsRowWhetherPendingOrFolded) {
+  const std::string path = file("r.h5");
+  {
+    lowmem::ResultsWriter writer(path);
+    for (const char* id : {"a", "b", "c"}) writer.append(make_run(id, "f32", 1));
+    writer.fold();
+    writer.append(make_run("d", "f32", 1));
+    writer.append(make_run("b", "f16", 2));  // folded run, replaced by a pending one
+    writer.append(make_run("d", "bf16", 3));  // pending run, replaced by a later pending one
+    const auto t = lowmem::read_summary(path);
+    EXPECT_EQ(column(t, "run_id"), (std::vector<std::string>{"a", "b", "c", "d"}));
+    EXPECT_EQ(column(t, "precision"), (std::vector<std::string>{"f32", "f16", "f32", "bf16"}));
+    EXPECT_EQ(lowmem::read_run(path, "d").scalars.at("final_train_loss"), 3.0);
+  }  // no fold: a new writer (a resumed sweep) picks the pending runs up
+  lowmem::ResultsWriter resumed(path);
+  EXPECT_EQ(resumed.pending(), 3u);
+  resumed.append(make_run("e", "f32", 4));
+  resumed.fold();
+  const auto t = lowmem::read_summary(path);
+  EXPECT_EQ(column(t, "run_id"), (std::vector<std::string>{"a", "b", "c", "d", "e"}));
+  EXPECT_EQ(column(t, "precision"), (std::vector<std::string>{"f32", "f16", "f32", "bf16", "f32"}));
+  EXPECT_EQ(column(t, "final_train_loss"), (std::vector<std::string>{"1", "2", "1", "3", "4"}));
+}
+
+TEST_F(ResultsFile, SegmentsLeftBehindAreNotRead) {
+  const std::string path = file("s.h5"), other = file("other.h5");
+  {
+    lowmem::ResultsWriter writer(path), another(other);
+    for (const char* id : {"a", "b", "c", "d"}) writer.append(make_run(id, "f32", 1)), another.append(make_run(id, "f16", 9));
+    ASSERT_GT(another.pending(), 0u);
+  }
+  const auto before = lowmem::read_summary(path, true);
+  // What a killed writer leaves, and what may end up under the directory otherwise: a segment of another file
+  // (another file_id) numbered above this file's, one already folded in (numbered at or below folded_through),
+  // a temporary file, and an unrelated name.
+  fs::create_directories(path + ".pending");
+  fs::copy_file(other + ".pending/" + fs::path(*fs::directory_iterator(other + ".pending")).filename().string(),
+                path + ".pending/00000900.h5");
+  lowmem::append_run(file("t.h5"), make_run("t", "f32", 5));
+  fs::copy_file(file("t.h5"), path + ".pending/00000000.h5");
+  std::ofstream(path + ".pending/.00000901.h5.partial-123") << "half";
+  std::ofstream(path + ".pending/notes.txt") << "x";
+  EXPECT_EQ(lowmem::read_summary(path, true).rows, before.rows);
+  EXPECT_EQ(lowmem::list_runs(path), (std::vector<std::string>{"a", "b", "c", "d"}));
+  lowmem::ResultsWriter cleaner(path);  // a new writer removes them all, and never reuses a number
+  EXPECT_FALSE(fs::exists(path + ".pending/00000900.h5"));
+  EXPECT_FALSE(fs::exists(path + ".pending/00000000.h5"));
+  EXPECT_FALSE(fs::exists(path + ".pending/.00000901.h5.partial-123"));
+  EXPECT_FALSE(fs::exists(path + ".pending/notes.txt"));
+  cleaner.append(make_run("e", "bf16", 2));
+  EXPECT_EQ(lowmem::list_runs(path), (std::vector<std::string>{"a", "b", "c", "d", "e"}));
+}
+
+TEST_F(ResultsFile, CorruptSegmentIsNamed) {
+  const std::string path = file("c.h5");
+  lowmem::ResultsWriter writer(path);
+  for (const char* id : {"a", "b", "c"}) writer.append(make_run(id, "f32", 1));
+  ASSERT_GT(writer.pending(), 0u);
+  const fs::path segment = *fs::directory_iterator(path + ".pending");
+  const std::string bytes = slurp(segment.string());
+  std::ofstream(segment, std::ios::binary | std::ios::trunc) << bytes.substr(0, bytes.size() / 3);
+  const std::string msg = error_of([&] { lowmem::read_summary(path); });
+  EXPECT_NE(msg.find(segment.string()), std::string::npos) << msg;
+  EXPECT_NE(msg.find("corrupt"), std::string::npos) << msg;
+}
+
+TEST_F(ResultsFile, WriterBytesStayWithinASmallMultipleOfTheFile) {
+  // Folding when the pending bytes outgrow 3x the file: each fold at least quadruples the file, so the rewrites
+  // sum to about 4/3 of the final size, and the segments add about 1.3x (a one-run file is larger than a run's
+  // share of a big one). Guards the geometric folding, not the speed (that is bench/bench_results.cpp).
+  // The runs are the size of a small real run's (bench/bench_results.cpp): a 1.9 KB config, provenance strings.
+  const std::string path = file("b.h5");
+  lowmem::ResultsWriter writer(path);
+  for (int i = 0; i < 300; ++i) {
+    RunRecord r = make_run("run" + std::to_string(i), "f32", i);
+    r.config_json = std::string(R"({"padding":")") + std::string(1900, 'x') + R"("})";
+    for (int a = 0; a < 19; ++a) r.attributes["provenance" + std::to_string(a)] = "a value of some twenty bytes";
+    for (int a = 0; a < 12; ++a) r.scalars["scalar" + std::to_string(a)] = a;
+    for (int c = 0; c < 8; ++c) r.arrays["curves/c" + std::to_string(c)] = {{0.5}, {}};
+    writer.append(r);
+  }
+  writer.fold();
+  const auto final_size = static_cast<double>(fs::file_size(path));
+  EXPECT_LT(static_cast<double>(writer.bytes_written()), 3.5 * final_size);
+  EXPECT_EQ(lowmem::list_runs(path).size(), 300u);
+}
+
+TEST_F(ResultsFile, KilledWritersLeaveEveryCommittedRunReadable) {
+  // A child process commits runs as fast as it can and reports each commit on a pipe; it is SIGKILLed after a
+  // random delay, 25 times in a row, each child taking over what the last one left (as a resumed sweep does).
+  // After every kill, each run the children reported is read back whole, and nothing else is there but at most
+  // the run in flight.
+  const std::string path = file("k.h5");
+  std::mt19937 random(12345);
+  int committed = 0;
+  for (int round = 0; round < 25; ++round) {
+    int fds[2];
+    ASSERT_EQ(pipe(fds), 0);
+    const pid_t child = fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+      close(fds[0]);
+      lowmem::ResultsWriter writer(path);
+      for (int k = committed;; ++k) {
+        writer.append(make_run("run" + std::to_string(k), "f32", k));
+        if (write(fds[1], &k, sizeof k) != sizeof k) _exit(1);
+      }
+    }
+    close(fds[1]);
+    std::this_thread::sleep_for(std::chrono::microseconds(std::uniform_int_distribution<int>(2000, 60000)(random)));
+    kill(child, SIGKILL);
+    int status = 0;
+    waitpid(child, &status, 0);
+    int k = -1, last = committed - 1;
+    while (read(fds[0], &k, sizeof k) == sizeof k) last = k;
+    close(fds[0]);
+    const auto ids = lowmem::list_runs(path);
+    ASSERT_GE(static_cast<int>(ids.size()), last + 1) << "round " << round;
+    ASSERT_LE(static_cast<int>(ids.size()), last + 2) << "round " << round;
+    for (int i = 0; i < static_cast<int>(ids.size()); ++i) {
+      ASSERT_EQ(ids[static_cast<std::size_t>(i)], "run" + std::to_string(i));
+      if (i >= committed - 1) {
+        const RunRecord back = lowmem::read_run(path, ids[static_cast<std::size_t>(i)]);
+        ASSERT_EQ(back.scalars.at("final_train_loss"), i);
+        ASSERT_EQ(back.arrays.at("curves/train_loss").values.back(), i);
+      }
+    }
+    ASSERT_EQ(lowmem::read_summary(path).rows.size(), ids.size());
+    committed = static_cast<int>(ids.size());
+  }
+  EXPECT_GT(committed, 25) << "the children committed runs between the kills";
+  lowmem::ResultsWriter last(path);
+  last.fold();
+  EXPECT_EQ(lowmem::list_runs(path).size(), static_cast<std::size_t>(committed));
+  EXPECT_EQ(std::system(("h5dump -H '" + path + "' > /dev/null").c_str()), 0);
 }

@@ -2,9 +2,10 @@
 // The HDF5 results file: one group per run under /runs, and a /summary table rebuilt after every run.
 // HDF5 headers stay out of this header on purpose (it is included widely); everything here is plain C++.
 //
-// Layout (also read by plots/plot_results.py and by h5py users):
-//   /                       attributes: format = "lowmem results 1", next_index and appends_since_compaction
-//                           (int64, bookkeeping of append_run)
+// Layout (also read by plots/lowmem_results.py and by h5py users):
+//   /                       attributes: format = "lowmem results 1"; next_index and appends_since_compaction
+//                           (int64, bookkeeping of the rewrites); file_id (string) and folded_through (int64):
+//                           which pending segments belong to the file and which are in it already
 //   /runs/<run_id>/         group; attributes: config, status, message (strings), index (int64, creation
 //                           order), label_keys (string array naming the label attributes), every label (string),
 //                           every scalar (float64), every provenance attribute (string)
@@ -12,10 +13,15 @@
 //                           variable-length UTF-8 string dataset per RunRecord::string_arrays key
 //   /summary                compound dataset, one row per run in creation order: run_id, status, message,
 //                           sorted label keys (fixed-length strings), sorted scalar keys (float64, NaN if absent)
+// Pending segments: "<file>.pending/<8-digit number>.h5", each the same layout with one run and the root
+// attributes file_id and segment (its number). The results are the file, then the segments numbered above its
+// folded_through that carry its file_id, in order; a run in a later one replaces the same run in its row.
 //
-// Crash safety: append_run never modifies the file in place. It writes a new file beside it (a copy, edited)
-// and renames that over the original once complete and synced, so a process killed at any moment leaves the
-// old file or the new one, both whole. One writer per file at a time (calls in one process are serialized).
+// Crash safety: no file is modified in place. A commit writes a segment beside its final name and renames it
+// into place once complete and synced; a fold or append_run writes a new file beside the results file and renames
+// it over the old one, then removes the segments folded in. A process killed at any moment leaves whole files
+// holding every run committed. One writer per file at a time (calls in one process are serialized).
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -51,7 +57,9 @@ OutputChoice choose_output_path(const std::string& requested);
 // writable. Throws Error saying which does not hold.
 void check_writable_location(const std::string& requested);
 
-// Adds (or replaces, keeping its row) /runs/<run.run_id> and rewrites /summary. Creates `path` if missing.
+// Adds (or replaces, keeping its row) /runs/<run.run_id> and rewrites /summary, folding in any pending
+// segments: the file is whole afterwards. Creates `path` if missing. Costs O(file): for many runs one at a time
+// (a sweep), ResultsWriter.
 // file_attributes: string attributes of the root, set where the file lacks them (the runner's sweep identity).
 // Throws Error naming the file if it is not a lowmem HDF5 results file or is corrupt, or if it cannot be written
 // (a full disk); the file is then untouched.
@@ -60,6 +68,41 @@ void append_run(const std::string& path, const RunRecord& run,
 // Several runs in one rewrite of the file (lowmem merge), in order.
 void append_runs(const std::string& path, const std::vector<RunRecord>& runs,
                  const std::map<std::string, std::string>& file_attributes = {});
+
+// Appends runs one at a time at a cost that does not depend on how many runs the file holds: each run is
+// committed as a pending segment, a small results file of its own in "<path>.pending/", written beside its
+// final name and renamed into place. When the pending segments outgrow twice the main file they are folded into
+// it (one rewrite, as append_runs), so the bytes written stay within a small multiple of the final size and
+// readers open few files. Readers (read_summary, read_run, list_runs, lowmem show and merge, resume, the Python
+// reader) see the main file and then its segments as one set of runs; fold() at the end of a sweep leaves the
+// main file whole. A kill at any moment leaves every committed run readable.
+// One writer per file (the sweep's OutputLock); the constructor reads what a killed writer left.
+class ResultsWriter {
+ public:
+  explicit ResultsWriter(std::string path, std::map<std::string, std::string> file_attributes = {});
+  void append(const RunRecord& run);
+  void append_all(const std::vector<RunRecord>& runs);  // with the pending runs, in one rewrite of the file
+  void fold();                                           // the pending runs into the file; nothing if none
+  std::uintmax_t bytes_written() const { return bytes_written_; }  // by this writer: segments and rewrites
+  std::size_t pending() const { return pending_.size(); }
+
+ private:
+  static constexpr std::uintmax_t kFoldRatio = 3;
+  struct PendingRun {
+    std::int64_t number;  // the segment's
+    std::string run_id;
+    std::int64_t index;
+    std::uintmax_t bytes;
+  };
+  std::string path_;
+  std::map<std::string, std::string> file_attributes_;
+  std::string file_id_;  // the main file's token; empty until the file is one that takes segments
+  std::vector<PendingRun> pending_;
+  std::map<std::string, std::int64_t> pending_index_;
+  std::int64_t next_number_ = 1, next_index_ = 0;
+  std::uintmax_t main_bytes_ = 0, pending_bytes_ = 0, bytes_written_ = 0;
+};
+
 // The root's string attributes ("format", and the runner's "sweep_id", "sweep_name", "sweep_runs").
 std::map<std::string, std::string> read_file_attributes(const std::string& path);
 

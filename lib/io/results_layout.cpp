@@ -5,7 +5,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <set>
+#include <tuple>
 
 namespace lowmem::io_detail {
 
@@ -230,7 +232,7 @@ Table read_table(const std::string& path, const H5::DataSet& d) {
     cols.push_back(c);
   }
   Table t;
-  for (const auto& c : cols) t.columns.push_back(c.name);
+  for (const auto& c : cols) t.columns.push_back(c.name), t.numeric.push_back(c.kind == Column::kNumber);
   const H5::DataSpace space = d.getSpace();
   const std::size_t n = checked_count(d);
   if (n == 0 || cols.empty()) return t;
@@ -269,6 +271,60 @@ Table read_table(const std::string& path, const H5::DataSet& d) {
   }
   H5Dvlen_reclaim(mem.getId(), space.getId(), H5P_DEFAULT, buf.data());  // frees variable-length cells only
   return t;
+}
+
+void add_rows(Table& all, const std::vector<Table>& later) {
+  using Cell = std::variant<std::string, double>;
+  const auto blank = [](bool numeric) { return numeric ? Cell(std::nan("")) : Cell(std::string()); };
+  const auto id_at = [](const Table& t) {
+    return static_cast<std::size_t>(std::find(t.columns.begin(), t.columns.end(), "run_id") - t.columns.begin());
+  };
+  const std::size_t all_id = id_at(all);
+  std::map<std::string, std::size_t> row_of;  // run id -> row of all
+  for (std::size_t r = 0; r < all.rows.size() && all_id < all.columns.size(); ++r)
+    if (const auto* id = std::get_if<std::string>(&all.rows[r][all_id])) row_of[*id] = r;
+  for (const Table& part : later) {
+    std::vector<std::size_t> to;  // where each of part's columns goes in all
+    for (std::size_t c = 0; c < part.columns.size(); ++c) {
+      const auto it = std::find(all.columns.begin(), all.columns.end(), part.columns[c]);
+      to.push_back(static_cast<std::size_t>(it - all.columns.begin()));
+      if (it != all.columns.end()) continue;
+      all.columns.push_back(part.columns[c]);
+      all.numeric.push_back(part.numeric[c]);
+      for (auto& row : all.rows) row.push_back(blank(part.numeric[c]));
+    }
+    const std::size_t part_id = id_at(part);
+    for (const auto& cells : part.rows) {
+      std::vector<Cell> row;
+      for (std::size_t c = 0; c < all.columns.size(); ++c) row.push_back(blank(all.numeric[c]));
+      for (std::size_t c = 0; c < cells.size(); ++c) row[to[c]] = cells[c];
+      const auto* id = part_id < cells.size() ? std::get_if<std::string>(&cells[part_id]) : nullptr;
+      const auto same = id ? row_of.find(*id) : row_of.end();
+      if (same != row_of.end()) {
+        all.rows[same->second] = std::move(row);
+        continue;
+      }
+      if (id) row_of[*id] = all.rows.size();
+      all.rows.push_back(std::move(row));
+    }
+  }
+  if (later.empty()) return;
+  // The columns in write_summary's order, so that the set reads as it will once folded into one file.
+  std::vector<std::size_t> order(all.columns.size());
+  for (std::size_t c = 0; c < order.size(); ++c) order[c] = c;
+  const auto rank = [&](std::size_t c) {
+    const std::string& name = all.columns[c];
+    const int fixed = name == "run_id" ? 0 : name == "status" ? 1 : name == "message" ? 2 : 3;
+    return std::make_tuple(fixed, all.numeric[c], name);
+  };
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return rank(a) < rank(b); });
+  Table sorted;
+  for (std::size_t c : order) sorted.columns.push_back(all.columns[c]), sorted.numeric.push_back(all.numeric[c]);
+  for (const auto& row : all.rows) {
+    auto& out = sorted.rows.emplace_back();
+    for (std::size_t c : order) out.push_back(row[c]);
+  }
+  all = std::move(sorted);
 }
 
 std::vector<Row> summary_rows(const std::string& path, const H5::DataSet& d) {

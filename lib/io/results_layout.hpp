@@ -45,10 +45,14 @@ void write_summary(const std::string& path, const H5::H5File& file, const std::v
 // /summary as typed cells: strings as stored, every number as double.
 struct Table {
   std::vector<std::string> columns;
+  std::vector<bool> numeric;  // per column: numbers, or strings
   std::vector<std::vector<std::variant<std::string, double>>> rows;
 };
 
 Table read_table(const std::string& path, const H5::DataSet& d);
+// Adds the rows of `later` (pending segments' /summary tables, in order) to `all`: new columns appended (NaN or
+// "" in the rows before), a run id already in `all` replaced in its row.
+void add_rows(Table& all, const std::vector<Table>& later);
 // The rows of an existing /summary, in its order. Empty labels and NaN scalars read as absent, which is
 // how /summary shows them anyway.
 std::vector<Row> summary_rows(const std::string& path, const H5::DataSet& d);

@@ -10,6 +10,7 @@
 #include <variant>
 
 #include "io/results_layout.hpp"
+#include "io/results_pending.hpp"
 
 namespace lowmem {
 using namespace io_detail;
@@ -29,7 +30,13 @@ SummaryTable read_summary(const std::string& path, bool exact) {
     if (!file.nameExists("summary") || child(file, "summary").type != H5O_TYPE_DATASET) {
       throw Error(path + " has no /summary table; expected a lowmem results file");
     }
-    const Table table = read_table(path, file.openDataSet("summary"));
+    Table table = read_table(path, file.openDataSet("summary"));
+    std::vector<Table> pending;
+    for (const Segment& segment : open_segments(path, file)) {
+      if (!segment.file.nameExists("summary")) throw InFileError(segment.path + " has no /summary table");
+      pending.push_back(read_table(segment.path, segment.file.openDataSet("summary")));
+    }
+    add_rows(table, pending);
     SummaryTable t;
     t.columns = table.columns;
     for (const auto& cells : table.rows) {
