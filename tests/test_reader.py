@@ -6,7 +6,9 @@ usage: test_reader.py LOWMEM_BINARY
 """
 import copy
 import json
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -110,5 +112,44 @@ def check_reader(tmp):
               "read_summary of a corrupt file: OSError from h5py", f"\n    {e}")
 
 
+def check_pending(tmp):
+    """A sweep killed with runs still in pending segments: the reader sees the file and its segments as one set,
+    the same rows as lowmem show, curves and load_runs included."""
+    c = copy.deepcopy(TINY)
+    c["name"] = "killed"
+    c["train"]["steps"] = 40
+    c["train"]["epochs"] = 40
+    c["sweep"] = {"seed": list(range(200))}
+    cfg = tmp / "killed.json"
+    cfg.write_text(json.dumps(c))
+    out = tmp / "killed.h5"
+    p = subprocess.Popen([str(BINARY), "run", str(cfg), "--out", str(out), "--threads", "1", "--quiet"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    pending = Path(f"{out}.pending")
+    while p.poll() is None and time.monotonic() < deadline and len(list(pending.glob("*.h5"))) < 3:
+        time.sleep(0.01)
+    p.kill()
+    p.wait()
+    segments = len(list(pending.glob("*.h5")))
+    if not check(segments >= 3, f"a killed sweep left {segments} pending segments"):
+        return
+    shown = lowmem("show", out, "--format", "csv", "--columns", "run_id,final_train_loss")
+    rows = [line.split(",") for line in shown.stdout.splitlines()[1:]]
+    s = lowmem_results.read_summary(out, pandas=False)
+    check(shown.returncode == 0 and list(s["run_id"]) == [r[0] for r in rows]
+          and [repr(float(x)) for x in s["final_train_loss"]] == [repr(float(r[1])) for r in rows],
+          f"read_summary with pending segments: the {len(rows)} rows lowmem show prints, numbers bit for bit",
+          describe(shown))
+    with h5py.File(out, "r") as f:
+        folded = len(f["runs"])
+        ids = [r["id"] for r in lowmem_results.load_runs(f)]
+        last = lowmem_results.load_runs(f)[-1]["group"]["curves/train_loss"][()]
+    check(folded < len(s) and ids == list(s["run_id"]),
+          f"load_runs: the {folded} runs in the file and the {len(s) - folded} pending ones, in order")
+    curves = lowmem_results.read_curves(out, ids[-1], pandas=False)
+    check(np.array_equal(curves["train_loss"], last), "read_curves of a pending run: its curve as stored")
+
+
 if __name__ == "__main__":
-    sys.exit(run_sections([check_reader]))
+    sys.exit(run_sections([check_reader, check_pending]))
