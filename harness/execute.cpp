@@ -25,7 +25,7 @@ const DataSplit& cached_data(const PlannedRun& run) {
 void failed_labels(const PlannedRun& run, RunRecord& record) {
   record.labels["study"] = run.parsed.study;
   record.labels["precision"] = to_string(run.parsed.precision);
-  record.labels["seed"] = std::to_string(run.parsed.seed);
+  record.scalars["seed"] = static_cast<double>(run.parsed.seed);
   record.labels["technique_label"] = techniques_readable(run.parsed.techniques);
 }
 
@@ -41,7 +41,8 @@ RunRecord execute(const PlannedRun& run, int threads, const Progress& show, cons
   RunRecord record;
   record.run_id = run.id;
   record.config_json = run.config.dump();
-  record.attributes = provenance(threads);
+  record.attributes = provenance();
+  record.integers["threads"] = threads;
   record.attributes["start_time"] = iso_time_now();
   const auto t0 = std::chrono::steady_clock::now();
   reset_process_peak_rss();

@@ -316,7 +316,7 @@ int command_merge(int argc, char** argv) {
 
 // lowmem --version: the version, and the commit, build type and compiler the binary was built from.
 int print_version() {
-  const auto p = provenance(1);
+  const auto p = provenance();
   std::cout << "lowmem " LOWMEM_VERSION " (git " << p.at("git_commit") << (p.at("git_dirty") == "true" ? ", modified" : "")
             << "; " << p.at("build_type") << " build, " << p.at("compiler") << ")\n";
   return 0;

@@ -71,7 +71,7 @@ std::string iso_time_now() {
   return text;
 }
 
-std::map<std::string, std::string> provenance(int threads) {
+std::map<std::string, std::string> provenance() {
   static const std::map<std::string, std::string> fixed = [] {
     std::map<std::string, std::string> p;
     // Taken when the binary was built (generated/build_commit.hpp): a binary kept while the tree moves on (a
@@ -95,9 +95,7 @@ std::map<std::string, std::string> provenance(int threads) {
     p["gemm_isa"] = to_string(gemm_isa());  // the kernels chosen at run time (tensor/gemm.hpp): speed only
     return p;
   }();
-  auto p = fixed;
-  p["threads"] = std::to_string(threads);
-  return p;
+  return fixed;
 }
 
 }  // namespace lowmem

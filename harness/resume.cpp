@@ -30,14 +30,20 @@ std::string quoted(const std::string& text) {
 
 RunRecord read_sweep_run(const std::string& path, const std::string& run_id) {
   RunRecord record = read_run(path, run_id);
-  const auto it = record.attributes.find("sweep_index");
-  if (it == record.attributes.end()) return record;
-  const std::string& text = it->second;
-  long long position = -1;
-  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), position);
-  if (error != std::errc() || end != text.data() + text.size() || position < 0)
+  const auto refuse = [&](const std::string& text) {
     throw Error(path + ": attribute 'sweep_index' of " + quoted("/runs/" + run_id) + " is " + quoted(text) +
                 ", not a run position (a whole number from 0)");
+  };
+  if (const auto it = record.integers.find("sweep_index"); it != record.integers.end() && it->second < 0)
+    refuse(std::to_string(it->second));
+  const auto it = record.attributes.find("sweep_index");  // text: written by another tool
+  if (it == record.attributes.end()) return record;
+  const std::string& text = it->second;
+  std::int64_t position = -1;
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), position);
+  if (error != std::errc() || end != text.data() + text.size() || position < 0) refuse(text);
+  record.attributes.erase(it);
+  record.integers["sweep_index"] = position;
   return record;
 }
 

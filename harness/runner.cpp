@@ -83,7 +83,7 @@ SweepOutcome run_all(const std::vector<PlannedRun>& runs, const RunOptions& opti
            duration_text(left / options.jobs);
   };
   auto commit = [&](std::size_t position, RunRecord record) {
-    record.attributes["sweep_index"] = std::to_string(position);
+    record.integers["sweep_index"] = static_cast<std::int64_t>(position);
     sweep_columns(runs[position], record);
     results.append(record);  // throws if the file cannot be written: completed runs stay
     ++finished;
@@ -202,9 +202,9 @@ std::size_t merge_results(const std::string& out, const std::vector<std::string>
       else if (!is_done(it->second.status) && is_done(record.status)) it->second = std::move(record);
     }
   auto position = [&](const std::string& id) {
-    const auto& a = best[id].attributes;
+    const auto& a = best[id].integers;
     const auto it = a.find("sweep_index");
-    return it == a.end() ? std::numeric_limits<long long>::max() : std::stoll(it->second);
+    return it == a.end() ? std::numeric_limits<std::int64_t>::max() : it->second;
   };
   std::stable_sort(order.begin(), order.end(), [&](const std::string& a, const std::string& b) { return position(a) < position(b); });
   std::vector<RunRecord> records;

@@ -36,6 +36,11 @@ except ImportError:  # numpy structured arrays instead
     pandas = None
 
 
+# The results-file formats this reader reads: 2 has typed attributes (threads, sweep_index int64; seed a number)
+# and units; 1 (older) has them as strings.
+FORMATS = ("lowmem results 2", "lowmem results 1")
+
+
 def text(value):
     """An HDF5 string (bytes or str, or a one-element array of them) as str."""
     if isinstance(value, np.ndarray) and value.shape == (1,):
@@ -78,8 +83,13 @@ def open_results(path):
 
 
 def _segments(main):
-    """The pending segments of the open file `main`, opened, in order."""
+    """The pending segments of the open file `main`, opened, in order; ValueError if `main` is of a format this
+    reader does not know."""
     path, parts = main.filename, []
+    form = text(main.attrs.get("format", FORMATS[0]))
+    if form not in FORMATS:
+        raise ValueError(f"{path} is a results file of format {form!r}; this reader reads {' and '.join(FORMATS)} "
+                         "(was it written by a newer lowmem?)")
     file_id = text(main.attrs["file_id"]) if "file_id" in main.attrs else ""
     pending = Path(str(path) + ".pending")
     if not file_id or not pending.is_dir():

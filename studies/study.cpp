@@ -17,7 +17,7 @@ void run_study(const RunConfig& config, const DataSplit& data, RunRecord& record
   record.labels["precision"] = to_string(config.precision);
   record.labels["name"] = config.name;
   record.labels["model"] = config.model.arch;
-  record.labels["seed"] = std::to_string(config.seed);
+  record.scalars["seed"] = static_cast<double>(config.seed);  // exact: seeds are below 2^53 (run_config.cpp)
   record.labels["technique"] = techniques_label(config.techniques);  // "store_all", "checkpoint-revolve-2+microbatch-4"
   record.labels["technique_label"] = techniques_readable(config.techniques);  // "microbatch(4) + checkpoint(revolve,2)"
   if (config.study == "train") run_train_study(config, data, record, progress, options);

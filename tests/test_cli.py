@@ -441,8 +441,11 @@ def check_results_file():
         check(ok, f"results {run_id}: config attribute parses as JSON and matches the run's precision")
         missing = [k for k in PROVENANCE if k not in attrs or str(attrs[k]) == ""]
         check(not missing, f"results {run_id}: provenance attributes present", f"\n    missing or empty: {missing}")
-        check(str(attrs.get("threads")) == "1" and str(attrs.get("seed")) == "1",
-              f"results {run_id}: threads and seed recorded (threads={attrs.get('threads')}, seed={attrs.get('seed')})")
+        check(isinstance(attrs.get("threads"), np.integer) and attrs.get("threads") == 1
+              and isinstance(attrs.get("sweep_index"), np.integer)
+              and isinstance(attrs.get("seed"), np.floating) and attrs.get("seed") == 1,
+              f"results {run_id}: threads and sweep_index recorded as int64, seed as a number "
+              f"(threads={attrs.get('threads')!r}, seed={attrs.get('seed')!r})")
         check("train_loss" in curves and len(curves["train_loss"]) == 3,
               f"results {run_id}: curves/train_loss has 3 steps")
     with h5py.File(h5, "r") as f:

@@ -151,5 +151,73 @@ def check_pending(tmp):
     check(np.array_equal(curves["train_loss"], last), "read_curves of a pending run: its curve as stored")
 
 
+def check_formats(tmp):
+    """Format 2 files are typed and self-describing; format 1 files (written by an older lowmem, kept in the fuzz
+    corpus) are still read by show, merge and the reader, merge turning them into format 2; runs are not added to
+    them; a file of an unknown format is refused by each reader with one line."""
+    new = sweep(tmp, "typed", {"seed": [4, 5]})
+    if not new:
+        return
+    with h5py.File(new, "r") as f:
+        run = lowmem_results.load_runs(f)[0]["group"]
+        summary = f["summary"]
+        units = dict(zip(summary.dtype.names, [lowmem_results.text(u) for u in summary.attrs["units"]]))
+        check(text_of(f.attrs["format"]) == "lowmem results 2" and isinstance(run.attrs["threads"], np.integer)
+              and isinstance(run.attrs["sweep_index"], np.integer) and summary.dtype["seed"].kind == "f",
+              "format 2: threads and sweep_index int64 attributes, seed a numeric summary column")
+        check(units["peak_bytes"] == "bytes" and units["wall_seconds"] == "s" and units["pixel_memory_bytes"] ==
+              "bytes/pixel" and units["final_train_loss"] == "" and len(units) == len(summary.dtype.names),
+              "format 2: /summary's units attribute, one per column", f"\n    {units}")
+        check(text_of(run["memory/peak_bytes"].attrs["units"]) == "bytes"
+              and text_of(run["curves/step_seconds"].attrs["units"]) == "s"
+              and "units" not in run["curves/train_loss"].attrs,
+              "format 2: units on the datasets that have one")
+        check(run["curves/train_loss"].dims[0][0] == run["curves/step"]
+              and run["curves/test_accuracy"].dims[0][0] in (run["curves/test_step"], run["curves/step"]),
+              "format 2: curves/step is the step axis (an HDF5 dimension scale) of the curves")
+    old = HERE.parent / "fuzz" / "corpus" / "results" / "two-runs.h5"
+    with h5py.File(old, "r") as f:
+        old_ids = [r["id"] for r in lowmem_results.load_runs(f)]
+        check(text_of(f.attrs["format"]) == "lowmem results 1", "the corpus's two-runs.h5 is a format 1 file")
+    p = lowmem("show", old, "--format", "csv", "--columns", "run_id,seed")
+    check(p.returncode == 0 and [line.split(",")[0] for line in p.stdout.splitlines()[1:]] == old_ids,
+          "format 1: lowmem show reads it", describe(p))
+    check(list(lowmem_results.read_summary(old, pandas=False)["run_id"]) == old_ids, "format 1: the reader reads it")
+    merged = tmp / "upgraded.h5"
+    p = lowmem("merge", merged, old, "--force")
+    if check(p.returncode == 0, "format 1: merge --force copies its runs into a new file", describe(p)):
+        with h5py.File(merged, "r") as f:
+            runs = lowmem_results.load_runs(f)
+            check(text_of(f.attrs["format"]) == "lowmem results 2" and [r["id"] for r in runs] == old_ids
+                  and f["summary"].dtype["seed"].kind == "f" and all(isinstance(r["attrs"]["threads"], np.integer)
+                                                                     for r in runs),
+                  "format 1 merged: a format 2 file, seed a number, threads int64, the runs in order")
+    copy = tmp / "old-copy.h5"
+    copy.write_bytes(old.read_bytes())
+    cfg = tmp / "typed.json"
+    p = lowmem("run", cfg, "--out", copy, "--resume", "--force", *RUN_OPTS)
+    expect_error("format 1: run --resume into it is refused, pointing to merge", p, 1,
+                 [str(copy), "lowmem results 1", "lowmem merge"])
+    check(copy.read_bytes() == old.read_bytes(), "format 1: the refused file is unchanged")
+    future = tmp / "future.h5"
+    future.write_bytes(new.read_bytes())
+    with h5py.File(future, "r+") as f:
+        del f.attrs["format"]
+        f.attrs["format"] = "lowmem results 9"
+    for args, what in ((("show", future), "show"), (("merge", tmp / "m9.h5", future), "merge")):
+        p = lowmem(*args)
+        expect_error(f"format 9: {what} refuses it with one line", p, 1, [str(future), "lowmem results 9",
+                                                                           "lowmem results 2"])
+    try:
+        lowmem_results.read_summary(future)
+        check(False, "format 9: the reader refuses it")
+    except ValueError as e:
+        check("lowmem results 9" in str(e), "format 9: the reader refuses it, naming the format", f"\n    {e}")
+
+
+def text_of(value):
+    return lowmem_results.text(value)
+
+
 if __name__ == "__main__":
-    sys.exit(run_sections([check_reader, check_pending]))
+    sys.exit(run_sections([check_reader, check_pending, check_formats]))

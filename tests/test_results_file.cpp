@@ -85,6 +85,7 @@ TEST_F(ResultsFile, RoundTripKeepsEveryField) {
   r.string_arrays["memory/categories"] = {"weights", "activations", "gradients"};
   r.string_arrays["empty_names"] = {};
   r.attributes = {{"git_commit", "abc123"}, {"host", "node-ü"}};
+  r.integers = {{"threads", 2}, {"sweep_index", std::int64_t{1} << 60}};
   const std::string path = file("r.h5");
   lowmem::append_run(path, r);
 
@@ -95,6 +96,7 @@ TEST_F(ResultsFile, RoundTripKeepsEveryField) {
   EXPECT_EQ(back.message, "");
   EXPECT_EQ(back.labels, r.labels);
   EXPECT_EQ(back.attributes, r.attributes);
+  EXPECT_EQ(back.integers, r.integers);  // int64, exactly
   ASSERT_EQ(back.scalars.size(), 4u);
   EXPECT_EQ(back.scalars.at("peak_bytes"), 123456789.0);
   EXPECT_EQ(back.scalars.at("final_train_loss"), 0.25);
@@ -185,6 +187,17 @@ TEST_F(ResultsFile, RepeatedAppendsDoNotGrowTheFile) {
   ASSERT_EQ(t.rows.size(), 10u);
   EXPECT_EQ(t.rows[9][0], "warm9");
   EXPECT_EQ(lowmem::read_run(path, "warm3").scalars.at("final_train_loss"), 73.0);
+}
+
+TEST(Units, FollowTheNameOneRule) {
+  EXPECT_EQ(lowmem::unit_of("peak_bytes"), "bytes");
+  EXPECT_EQ(lowmem::unit_of("at_total_peak_bytes"), "bytes");
+  EXPECT_EQ(lowmem::unit_of("pixel_activation_bytes"), "bytes/pixel");
+  EXPECT_EQ(lowmem::unit_of("wall_seconds"), "s");
+  EXPECT_EQ(lowmem::unit_of("step_seconds"), "s");
+  EXPECT_EQ(lowmem::unit_of("final_train_loss"), "");
+  EXPECT_EQ(lowmem::unit_of("parameters"), "");
+  EXPECT_EQ(lowmem::unit_of("bytes_per_step_ratio"), "");
 }
 
 TEST_F(ResultsFile, ChooseOutputPathNeverOverwrites) {

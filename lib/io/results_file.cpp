@@ -26,7 +26,6 @@ namespace lowmem {
 using namespace io_detail;
 namespace {
 
-constexpr const char* kFormat = "lowmem results 1";
 // Root attributes besides "format", both int64: the creation index of the next new run, and the number of
 // appends since the file was last rebuilt compactly (see append_run).
 constexpr const char* kNextIndexAttr = "next_index";
@@ -79,7 +78,7 @@ std::uintmax_t payload_bytes(const RunRecord& run) {
   std::uintmax_t payload = run.config_json.size() + run.message.size() + 4096;
   for (const auto& [key, value] : run.labels) payload += key.size() + value.size() + 64;
   for (const auto& [key, value] : run.attributes) payload += key.size() + value.size() + 64;
-  payload += run.scalars.size() * 96;
+  payload += (run.scalars.size() + run.integers.size()) * 96;
   for (const auto& [key, array] : run.arrays) payload += key.size() + array.values.size() * sizeof(double) + 512;
   for (const auto& [key, strings] : run.string_arrays)
     for (const std::string& text : strings) payload += text.size() + 32;
@@ -206,6 +205,7 @@ void validate(const std::string& path, const RunRecord& r) {
   for (const auto& [k, v] : r.labels) claim(k, "label");
   for (const auto& [k, v] : r.scalars) claim(k, "scalar");
   for (const auto& [k, v] : r.attributes) claim(k, "attribute");
+  for (const auto& [k, v] : r.integers) claim(k, "attribute");
 
   std::set<std::string> keys;
   auto check_key = [&](const std::string& key) {
@@ -487,6 +487,9 @@ ResultsWriter::ResultsWriter(std::string path, std::map<std::string, std::string
     require_hdf5_file(path_);
     const H5::H5File main = open_existing(path_, path_, H5F_ACC_RDONLY);
     if (main.getNumObjs() == 0) return;  // an empty HDF5 file: the first append makes it a results file
+    if (file_format(path_, main) == kFormat1)
+      throw Error(path_ + " is a \"" + kFormat1 + "\" file, written by an older lowmem; runs are added only to \"" +
+                  kFormat + "\" files: `lowmem merge " + path_ + " NEW.h5` copies its runs into one");
     next_index_ = next_index(main, open_runs(path_, main));
     main_bytes_ = fs::file_size(path_);
     if (main.attrExists(kFileIdAttr)) file_id_ = read_strings(main.openAttribute(kFileIdAttr)).at(0);
@@ -585,6 +588,7 @@ void ResultsWriter::append_all(const std::vector<RunRecord>& added) {
 
 std::map<std::string, std::string> read_file_attributes(const std::string& path) {
   return read_file(path, "reading the file's attributes", [&](const H5::H5File& file) {
+    file_format(path, file);
     std::map<std::string, std::string> attributes;
     for (const std::string& name : attribute_names(file)) {
       const H5::Attribute a = file.openAttribute(name);
@@ -614,12 +618,15 @@ std::vector<std::string> run_ids(const std::string& path, const H5::H5File& file
 }  // namespace
 
 std::vector<std::string> list_runs(const std::string& path) {
-  return read_file(path, "listing runs",
-                   [&](const H5::H5File& file) { return run_ids(path, file, open_segments(path, file)); });
+  return read_file(path, "listing runs", [&](const H5::H5File& file) {
+    file_format(path, file);
+    return run_ids(path, file, open_segments(path, file));
+  });
 }
 
 RunRecord read_run(const std::string& path, const std::string& run_id) {
   return read_file(path, "reading run '" + run_id + "'", [&](const H5::H5File& file) {
+    const bool old = file_format(path, file) == kFormat1;
     const bool valid = !run_id.empty() && run_id.find('/') == std::string::npos;
     // The latest record of the run: in the last pending segment that has it, else in the file.
     std::vector<Segment> segments = open_segments(path, file);
@@ -640,6 +647,7 @@ RunRecord read_run(const std::string& path, const std::string& run_id) {
     const H5::Group g = runs.openGroup(run_id);
     RunRecord r = read_run_attributes(g, run_id);
     read_datasets(g, "", r);
+    if (old) upgrade_format1(r);
     return r;
   });
 }

@@ -3,16 +3,23 @@
 // HDF5 headers stay out of this header on purpose (it is included widely); everything here is plain C++.
 //
 // Layout (also read by plots/lowmem_results.py and by h5py users):
-//   /                       attributes: format = "lowmem results 1"; next_index and appends_since_compaction
+//   /                       attributes: format = "lowmem results 2"; next_index and appends_since_compaction
 //                           (int64, bookkeeping of the rewrites); file_id (string) and folded_through (int64):
 //                           which pending segments belong to the file and which are in it already
 //   /runs/<run_id>/         group; attributes: config, status, message (strings), index (int64, creation
 //                           order), label_keys (string array naming the label attributes), every label (string),
-//                           every scalar (float64), every provenance attribute (string)
+//                           every scalar (float64), every provenance attribute (string, or int64 for
+//                           RunRecord::integers); strings are variable-length UTF-8
 //   /runs/<run_id>/<key>    float64 dataset per RunRecord::arrays key ('/' in a key makes subgroups),
-//                           variable-length UTF-8 string dataset per RunRecord::string_arrays key
+//                           variable-length UTF-8 string dataset per RunRecord::string_arrays key; attribute
+//                           units where the name has one (unit_of); curves/step is a dimension scale of the
+//                           per-step curves, curves/test_step of the per-evaluation ones
 //   /summary                compound dataset, one row per run in creation order: run_id, status, message,
-//                           sorted label keys (fixed-length strings), sorted scalar keys (float64, NaN if absent)
+//                           sorted label keys (fixed-length UTF-8 strings), sorted scalar keys (float64, NaN if
+//                           absent); attribute units: one string per column ("" where none)
+// Format 1 (before typed attributes and units: seed a string label, threads and sweep_index strings) is read by
+// every reader, read_run giving its runs as format 2 records; runs are not added to it (merge it into a new
+// file). A file of any other format is refused.
 // Pending segments: "<file>.pending/<8-digit number>.h5", each the same layout with one run and the root
 // attributes file_id and segment (its number). The results are the file, then the segments numbered above its
 // folded_through that carry its file_id, in order; a run in a later one replaces the same run in its row.
@@ -42,7 +49,8 @@ struct RunRecord {
   };
   std::map<std::string, Array> arrays;  // float64 datasets; keys may contain '/' ("curves/train_loss")
   std::map<std::string, std::vector<std::string>> string_arrays;  // string datasets ("memory/categories")
-  std::map<std::string, std::string> attributes;  // further string attributes on the run group (provenance)
+  std::map<std::string, std::string> attributes;     // further string attributes on the run group (provenance)
+  std::map<std::string, std::int64_t> integers;      // further int64 attributes on the run group (threads, ...)
 };
 
 // Where results go. A missing `requested` is used as is; an existing one is never overwritten: the first free
@@ -105,6 +113,11 @@ class ResultsWriter {
 
 // The root's string attributes ("format", and the runner's "sweep_id", "sweep_name", "sweep_runs").
 std::map<std::string, std::string> read_file_attributes(const std::string& path);
+
+// The unit of a summary column or dataset, from its name (the last part of a dataset key): "bytes" for names
+// ending in "bytes", "bytes/pixel" for the pixel-wise costs (pixel_*_bytes), "s" for names ending in "seconds",
+// "" for the rest (losses, accuracies, counts, ratios).
+std::string unit_of(const std::string& name);
 
 // Summary cells as printed text: strings as stored, whole numbers exactly (byte counts), others with %.6g (with
 // `exact`, the shortest text that reads back as the stored double), NaN as "-".

@@ -2,7 +2,10 @@
 // /summary table, written after every append and read back.
 #include "io/results_layout.hpp"
 
+#include <hdf5_hl.h>
+
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -10,6 +13,31 @@
 #include <tuple>
 
 namespace lowmem::io_detail {
+
+// ---- formats --------------------------------------------------------------------------------------------------
+
+std::string file_format(const std::string& path, const H5::H5File& file) {
+  if (!file.attrExists("format")) return "";
+  const auto values = read_strings(file.openAttribute("format"));
+  const std::string format = values.size() == 1 ? values[0] : "";
+  if (format != kFormat && format != kFormat1)
+    throw Error(path + " is a results file of format \"" + one_line(format.substr(0, 80)) + "\"; this lowmem reads \"" +
+                kFormat + "\" and \"" + kFormat1 + "\" (was it written by a newer lowmem?)");
+  return format;
+}
+
+void upgrade_format1(RunRecord& r) {
+  const auto whole = [](const std::string& text, std::int64_t& v) {
+    const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), v);
+    return error == std::errc() && end == text.data() + text.size();
+  };
+  std::int64_t v = 0;
+  if (const auto it = r.labels.find("seed"); it != r.labels.end() && whole(it->second, v))
+    r.scalars["seed"] = static_cast<double>(v), r.labels.erase(it);
+  for (const char* name : {"threads", "sweep_index"})
+    if (const auto it = r.attributes.find(name); it != r.attributes.end() && whole(it->second, v) && v >= 0)
+      r.integers[name] = v, r.attributes.erase(it);
+}
 
 // ---- run groups ---------------------------------------------------------------------------------------------
 
@@ -28,6 +56,12 @@ RunRecord read_run_attributes(const H5::Group& g, const std::string& run_id) {
     const H5T_class_t cls = a.getTypeClass();
     if (cls == H5T_FLOAT || cls == H5T_INTEGER) {
       if (checked_count(a) != 1) continue;  // not something append_run writes
+      if (cls == H5T_INTEGER) {
+        std::int64_t v = 0;
+        a.read(H5::PredType::NATIVE_INT64, &v);
+        r.integers[name] = v;
+        continue;
+      }
       double v = 0;
       a.read(H5::PredType::NATIVE_DOUBLE, &v);
       r.scalars[name] = v;
@@ -73,6 +107,33 @@ void read_datasets(const H5::Group& g, const std::string& prefix, RunRecord& r) 
   }
 }
 
+namespace {
+
+// The curves' step axes as HDF5 dimension scales (h5py: dset.dims[0][0]): curves/step for the curves with one
+// value per step, curves/test_step for those with one per evaluation (told apart by length; the step's when both
+// fit).
+void attach_step_scales(const H5::Group& g, const RunRecord& run) {
+  const auto length = [&](const std::string& key) {
+    const auto it = run.arrays.find(key);
+    return it == run.arrays.end() || it->second.shape.size() > 1 ? std::size_t{0} : it->second.values.size();
+  };
+  const std::size_t steps = length("curves/step"), evaluations = length("curves/test_step");
+  if (steps == 0 && evaluations == 0) return;
+  const H5::Group curves = g.openGroup("curves");
+  if (steps) H5DSset_scale(curves.openDataSet("step").getId(), "step");
+  if (evaluations) H5DSset_scale(curves.openDataSet("test_step").getId(), "step of each evaluation");
+  for (const auto& [key, a] : run.arrays) {
+    if (key.rfind("curves/", 0) != 0 || key == "curves/step" || key == "curves/test_step") continue;
+    const std::size_t n = length(key);
+    const char* scale = n == 0 ? nullptr : n == steps ? "step" : n == evaluations ? "test_step" : nullptr;
+    if (!scale) continue;
+    const H5::DataSet d = curves.openDataSet(key.substr(7)), s = curves.openDataSet(scale);
+    if (H5DSattach_scale(d.getId(), s.getId(), 0) < 0) throw H5::DataSetIException("H5DSattach_scale", key);
+  }
+}
+
+}  // namespace
+
 void write_run(const H5::Group& runs, const RunRecord& run, std::int64_t index) {
   // Attributes in the object header (compact), however many: smaller and faster than the default dense
   // storage beyond 8 attributes. One over 64 KiB (a huge config) still goes to dense storage by itself.
@@ -97,6 +158,7 @@ void write_run(const H5::Group& runs, const RunRecord& run, std::int64_t index) 
   for (const auto& [k, v] : run.labels) put_string(g, k, v);
   for (const auto& [k, v] : run.scalars) put_double(g, k, v);
   for (const auto& [k, v] : run.attributes) put_string(g, k, v);
+  for (const auto& [k, v] : run.integers) set_int(g, k.c_str(), v);
 
   H5::LinkCreatPropList lcpl;  // "curves/train_loss" creates the group "curves" on the way
   lcpl.setCreateIntermediateGroup(true);
@@ -107,8 +169,11 @@ void write_run(const H5::Group& runs, const RunRecord& run, std::int64_t index) 
                                     H5::DataSpace(static_cast<int>(dims.size()), dims.data()),
                                     H5::DSetCreatPropList::DEFAULT, H5::DSetAccPropList::DEFAULT, lcpl);
     if (!a.values.empty()) write_dataset(d, a.values.data(), H5::PredType::NATIVE_DOUBLE);
+    const std::string unit = unit_of(key.substr(key.rfind('/') + 1));
+    if (!unit.empty()) put_string(d, "units", unit);
   }
   for (const auto& [key, values] : run.string_arrays) write_strings(g, key, values, lcpl);
+  attach_step_scales(g, run);
 }
 
 RunRecord without_datasets(RunRecord run) {
@@ -202,6 +267,12 @@ void write_summary(const std::string& path, const H5::H5File& file, const std::v
   if (file.nameExists("summary")) file.unlink("summary");
   H5::DataSet d = file.createDataSet("summary", type, H5::DataSpace(1, &n));
   if (n) write_dataset(d, buf.data(), type);
+  std::vector<std::string> units;
+  for (const auto& c : cols) units.push_back(unit_of(c.name));
+  const hsize_t m = units.size();
+  std::vector<const char*> texts;
+  for (const auto& u : units) texts.push_back(u.c_str());
+  d.createAttribute("units", vlen_string(), H5::DataSpace(1, &m)).write(vlen_string(), texts.data());
 }
 
 Table read_table(const std::string& path, const H5::DataSet& d) {
@@ -350,3 +421,16 @@ std::vector<Row> summary_rows(const std::string& path, const H5::DataSet& d) {
 }
 
 }  // namespace lowmem::io_detail
+
+namespace lowmem {
+
+std::string unit_of(const std::string& name) {
+  const auto ends = [&](const std::string& tail) {
+    return name.size() >= tail.size() && name.compare(name.size() - tail.size(), tail.size(), tail) == 0;
+  };
+  if (ends("bytes")) return name.rfind("pixel_", 0) == 0 ? "bytes/pixel" : "bytes";
+  if (ends("seconds")) return "s";
+  return "";
+}
+
+}  // namespace lowmem

@@ -12,6 +12,17 @@
 
 namespace lowmem::io_detail {
 
+// ---- formats --------------------------------------------------------------------------------------------------
+
+constexpr const char* kFormat = "lowmem results 2";
+constexpr const char* kFormat1 = "lowmem results 1";  // before typed attributes and units
+// The file's "format": kFormat, kFormat1, or "" where it has none (not written by lowmem: read as far as it
+// goes). Any other is an Error naming the file and the formats this lowmem reads.
+std::string file_format(const std::string& path, const H5::H5File& file);
+// A format 1 run as format 2 writes it: the label seed a scalar, the attributes threads and sweep_index int64
+// (where they are whole numbers).
+void upgrade_format1(RunRecord& r);
+
 // ---- run groups ---------------------------------------------------------------------------------------------
 
 constexpr std::int64_t kNoIndex = std::numeric_limits<std::int64_t>::max();  // groups without one sort last

@@ -30,6 +30,7 @@ SummaryTable read_summary(const std::string& path, bool exact) {
     if (!file.nameExists("summary") || child(file, "summary").type != H5O_TYPE_DATASET) {
       throw Error(path + " has no /summary table; expected a lowmem results file");
     }
+    file_format(path, file);
     Table table = read_table(path, file.openDataSet("summary"));
     std::vector<Table> pending;
     for (const Segment& segment : open_segments(path, file)) {

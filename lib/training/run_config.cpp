@@ -222,7 +222,8 @@ RunConfig parse_run_config(const nlohmann::json& config, const std::string& file
   for (unsigned char ch : c.name)
     if (ch < 0x20 || ch == 0x7f) r.fail("name", "contains a control character (code " + std::to_string(ch) + ")");
   c.study = r.get_choice("study", "train", {"train", "gradient", "reconstruction"});
-  c.seed = static_cast<std::uint64_t>(r.get_in<std::int64_t>("seed", 0, 0, i64_max));
+  // Below 2^53: a seed is a float64 summary column, exact up to there.
+  c.seed = static_cast<std::uint64_t>(r.get_in<std::int64_t>("seed", 0, 0, (std::int64_t{1} << 53) - 1));
   c.precision = parse_precision(r.get_choice("precision", "f32", {"f32", "f64", "f16", "bf16", "dd", "mp"}));
   const std::string accumulate = r.get_choice("accumulate", "f32", {"f32", "f16", "bf16"});
   if (accumulate != "f32") {
