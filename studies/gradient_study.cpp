@@ -25,14 +25,6 @@ struct GradientDump {
   std::int64_t recomputed = 0;  // forward layer evaluations beyond one per layer (checkpointing)
 };
 
-template <class T> RunRecord::Array widen(const Tensor<T>& t) {
-  RunRecord::Array a;
-  for (index_t d : t.shape().dims()) a.shape.push_back(static_cast<std::uint64_t>(d));
-  a.values.resize(static_cast<std::size_t>(t.numel()));
-  for (index_t i = 0; i < t.numel(); ++i) a.values[static_cast<std::size_t>(i)] = to_double(t[i]);
-  return a;
-}
-
 template <class T> std::unique_ptr<GradientDump> compute(const RunConfig& config, const DataSplit& data) {
   auto dump = std::make_unique<GradientDump>();
   Trainer<T> trainer(config, dump->ledger);
@@ -44,22 +36,10 @@ template <class T> std::unique_ptr<GradientDump> compute(const RunConfig& config
   dump->input = widen(x);
   dump->logits = widen(logits);
   dump->labels.assign(labels.begin(), labels.end());
-  Sequential<T>& model = trainer.model();
-  // Composite layers (residual blocks, couplings) by their children, down to the layers that hold parameters.
-  std::function<void(const std::string&, Layer<T>&)> add = [&](const std::string& prefix, Layer<T>& layer) {
-    auto children = layer.children();
-    for (auto& [child, sub] : children) add(prefix + "/" + child, *sub);
-    if (!children.empty()) return;
-    for (Param<T>* p : layer.params()) {
-      const std::string name = prefix + "/" + p->name;
-      dump->names.push_back(name);
-      dump->tensors[name] = widen(p->value);
-      RunRecord::Array grad = widen(p->grad);
-      for (double& g : grad.values) g /= trainer.loss_scale();  // mixed precision: scaled by a power of two
-      dump->tensors[prefix + "/grad_" + p->name] = grad;
-    }
-  };
-  for (std::size_t i = 0; i < model.size(); ++i) add("layers/" + std::to_string(i), model.layer(i));
+  // Gradients of mixed precision are scaled by a power of two: divided back exactly.
+  ModelTensors tensors = model_tensors(trainer.model(), "layers", trainer.loss_scale(), false);
+  dump->names = std::move(tensors.names);
+  dump->tensors = std::move(tensors.arrays);
   return dump;
 }
 

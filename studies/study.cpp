@@ -38,6 +38,61 @@ std::string reference_key(const std::string& config_json, const std::string& ref
   return key.dump();
 }
 
+template <class T> RunRecord::Array widen(const Tensor<T>& t) {
+  RunRecord::Array a;
+  for (index_t d : t.shape().dims()) a.shape.push_back(static_cast<std::uint64_t>(d));
+  a.values.resize(static_cast<std::size_t>(t.numel()));
+  for (index_t i = 0; i < t.numel(); ++i) a.values[static_cast<std::size_t>(i)] = to_double(t[i]);
+  return a;
+}
+
+namespace {
+
+// A parameter's value or gradient in its dense shape: a sparse one's entries put back where its pattern says.
+template <class T> RunRecord::Array dense(const Tensor<T>& t, const Param<T>& p) {
+  RunRecord::Array a = widen(t);
+  if (!p.pattern) return a;
+  const SparsePattern& s = *p.pattern;
+  std::vector<double> values(static_cast<std::size_t>(s.rows * s.cols), 0.0);
+  for (index_t r = 0; r < s.rows; ++r)
+    for (index_t e = s.row_start[r]; e < s.row_start[r + 1]; ++e)
+      values[static_cast<std::size_t>(r * s.cols + s.column[e])] = a.values[static_cast<std::size_t>(e)];
+  a.values = std::move(values);
+  a.shape.assign(p.dense_shape.dims().begin(), p.dense_shape.dims().end());
+  return a;
+}
+
+}  // namespace
+
+template <class T>
+ModelTensors model_tensors(Sequential<T>& model, const std::string& root, double grad_scale, bool buffers) {
+  ModelTensors out;
+  std::function<void(const std::string&, Layer<T>&)> add = [&](const std::string& prefix, Layer<T>& layer) {
+    auto children = layer.children();
+    for (auto& [child, sub] : children) add(prefix + "/" + child, *sub);
+    if (!children.empty()) return;
+    for (Param<T>* p : layer.params()) {
+      const std::string name = prefix + "/" + p->name;
+      out.names.push_back(name);
+      out.arrays[name] = dense(p->value, *p);
+      if (grad_scale <= 0) continue;
+      RunRecord::Array grad = dense(p->grad, *p);
+      for (double& g : grad.values) g /= grad_scale;
+      out.arrays[prefix + "/grad_" + p->name] = std::move(grad);
+    }
+    if (buffers)
+      for (const auto& [name, tensor] : layer.buffers()) out.arrays[prefix + "/" + name] = widen(*tensor);
+  };
+  for (std::size_t i = 0; i < model.size(); ++i) add(root + "/" + std::to_string(i), model.layer(i));
+  return out;
+}
+
+#define LOWMEM_INSTANTIATE_MODEL_TENSORS(T)                      \
+  template RunRecord::Array widen<T>(const Tensor<T>&);          \
+  template ModelTensors model_tensors<T>(Sequential<T>&, const std::string&, double, bool);
+LOWMEM_FOR_EACH_PRECISION(LOWMEM_INSTANTIATE_MODEL_TENSORS)
+#undef LOWMEM_INSTANTIATE_MODEL_TENSORS
+
 void record_memory(const MemoryLedger& ledger, RunRecord& record) {
   std::vector<std::string> names;
   RunRecord::Array peaks, at_peak;

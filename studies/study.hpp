@@ -40,6 +40,21 @@ MemoryLedger reconstruction_memory(const RunConfig& config);
 // without what the runs vary (precision, accumulation, technique), plus what the reference is.
 std::string reference_key(const std::string& config_json, const std::string& reference);
 
+// A tensor widened to float64, in its own shape.
+template <class T> RunRecord::Array widen(const Tensor<T>& t);
+
+// The model's tensors as PyTorch holds them, widened to float64, named "<root>/<i>[/<child>...]/<name>" in model
+// order (composite layers, residual blocks and couplings, by their children): the part after "<root>/" with '.'
+// for '/' is the key of the PyTorch twin's state_dict (tests/torch_models.py). Every parameter, a sparse one dense
+// again (zeros where pruned); with `grad_scale` > 0 its gradient too, as "grad_<name>", divided by grad_scale (a
+// mixed-precision loss scale); with `buffers`, batch norm's running statistics.
+struct ModelTensors {
+  std::vector<std::string> names;  // the parameters', in model order
+  std::map<std::string, RunRecord::Array> arrays;
+};
+template <class T>
+ModelTensors model_tensors(Sequential<T>& model, const std::string& root, double grad_scale, bool buffers);
+
 // The memory columns every study reports: per-category peaks from the ledger, and the process's peak RSS.
 void record_memory(const MemoryLedger& ledger, RunRecord& record);
 // The ledger's recorded timeline: memory/timeline/events (events x 7: kind, category, from, phase, owner, buffer,

@@ -83,6 +83,14 @@ void train(const RunConfig& config, const DataSplit& data, RunRecord& record, co
   for (const auto& [name, value] : trainer.technique_report()) record.scalars[name] = value;
   record_memory(ledger, record);
   if (options.timeline) record_timeline(ledger, record);
+  if (config.save_weights) {
+    // As the PyTorch twin's state_dict: "weights/3/conv1/weight" is "3.conv1.weight". With a check for whoever
+    // loads them: the first test batch as the model takes it, and the logits it gives in evaluation mode.
+    for (auto& [name, array] : model_tensors(trainer.model(), "weights", 0, true).arrays) record.arrays[name] = std::move(array);
+    const Tensor<T> x = trainer.first_batch(data.test);
+    record.arrays["weights_check/input"] = widen(x);
+    record.arrays["weights_check/logits"] = widen(trainer.predict(x));
+  }
 }
 
 }  // namespace

@@ -42,19 +42,30 @@ class BasicBlock(nn.Module):
 
 
 class InvBatchNorm(nn.Module):
-    """Invertible batch norm (Hascoet et al.): batch statistics, scale |gamma| + scale_eps."""
+    """Invertible batch norm (Hascoet et al.): scale |gamma| + scale_eps; batch statistics in training (which update
+    running ones as nn.BatchNorm2d does, unbiased variance), the running statistics in evaluation."""
 
-    def __init__(self, channels, eps, scale_eps):
+    def __init__(self, channels, eps, scale_eps, momentum=0.1):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
-        self.eps, self.scale_eps = eps, scale_eps
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+        self.eps, self.scale_eps, self.momentum = eps, scale_eps, momentum
 
     def forward(self, x):
-        mean = x.mean(dim=(0, 2, 3), keepdim=True)
-        var = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+        if self.training:
+            mean = x.mean(dim=(0, 2, 3))
+            var = x.var(dim=(0, 2, 3), unbiased=False)
+            n = x.numel() / x.shape[1]
+            with torch.no_grad():
+                self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean)
+                self.running_var.mul_(1 - self.momentum).add_(self.momentum * var * n / max(n - 1, 1))
+        else:
+            mean, var = self.running_mean, self.running_var
         scale = (self.weight.abs() + self.scale_eps).view(1, -1, 1, 1)
-        return scale * (x - mean) / torch.sqrt(var + self.eps) + self.bias.view(1, -1, 1, 1)
+        return scale * (x - mean.view(1, -1, 1, 1)) / torch.sqrt(var.view(1, -1, 1, 1) + self.eps) \
+            + self.bias.view(1, -1, 1, 1)
 
 
 class Coupling(nn.Module):
@@ -141,7 +152,7 @@ def make_layer(spec, shape):
         groups = {"batchnorm": None, "groupnorm": spec.get("groups"), "layernorm": 1, "instancenorm": 0}[norm]
         return BasicBlock(shape[0], spec["out"], spec.get("stride", 1), groups, spec.get("proxy", False))
     if t == "inv_batchnorm":
-        return InvBatchNorm(shape[0], spec.get("eps", 1e-5), spec.get("scale_eps", 1e-4))
+        return InvBatchNorm(shape[0], spec.get("eps", 1e-5), spec.get("scale_eps", 1e-4), spec.get("momentum", 0.1))
     if t in ("coupling", "affine_coupling"):
         half = [shape[0] // 2, *shape[1:]]
         return Coupling(make_chain(spec["f"], half)[0], make_chain(spec["g"], half)[0], t == "affine_coupling")

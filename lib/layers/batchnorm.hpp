@@ -25,6 +25,9 @@ template <class T> class BatchNorm : public Layer<T>, public Invertible<T> {
   Tensor<T> forward(Tensor<T> x, const RunContext& ctx) override;
   Tensor<T> backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) override;
   std::vector<Param<T>*> params() override { return {&gamma_, &beta_}; }
+  std::vector<std::pair<std::string, Tensor<T>*>> buffers() override {
+    return {{"running_mean", &running_mean_}, {"running_var", &running_var_}};
+  }
   const Tensor<T>& running_mean() const { return running_mean_; }
   const Tensor<T>& running_var() const { return running_var_; }
 

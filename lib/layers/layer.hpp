@@ -10,12 +10,15 @@
 //   result over them (Tensor::overwritable, make_own) where nothing else holds them: in place, with no effect on
 //   the numbers. Callers pass one layer per statement (a by-value argument lives to the end of its full expression).
 //   params()               trainable parameters with their gradients.
+//   buffers()              state that is not trained but kept across steps (batch norm's running statistics),
+//                          named as PyTorch names it.
 // Invertible layers (below) add inverse(y) and backward_from_output(y, dy): backprop by reconstruction.
 // In a dry run (tensors without values, see MemoryLedger::set_dry_run) forward and backward allocate and keep
 // exactly what they do in a real step and skip the arithmetic: that is how memory is predicted.
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "numerics/random.hpp"
@@ -56,6 +59,7 @@ template <class T> struct Param {
   // pattern is set, value and grad hold only its nonzeros, in CSR order.
   bool may_be_sparse = false;
   std::shared_ptr<const SparsePattern> pattern;
+  Shape dense_shape;  // with a pattern: the weight's shape before it was made sparse (PyTorch's)
 };
 
 template <class T> class Layer {
@@ -73,6 +77,7 @@ template <class T> class Layer {
   virtual Tensor<T> forward(Tensor<T> x, const RunContext& ctx) = 0;
   virtual Tensor<T> backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) = 0;
   virtual std::vector<Param<T>*> params() { return {}; }
+  virtual std::vector<std::pair<std::string, Tensor<T>*>> buffers() { return {}; }
   // Arithmetic of one forward evaluation per sample (multiply-adds count 2), for schedules that weigh layers by
   // cost (checkpoint "budget"). Default: one operation per output value.
   virtual double forward_flops(const Shape& input) const { return static_cast<double>(output_shape(input).numel()); }

@@ -77,6 +77,7 @@ template <class T> void make_sparse(Param<T>& p, std::shared_ptr<const SparsePat
     for (index_t r = 0; r < pattern->rows; ++r)
       for (index_t e = pattern->row_start[r]; e < pattern->row_start[r + 1]; ++e)
         values[e] = p.value[r * pattern->cols + pattern->column[e]];
+  p.dense_shape = shape;  // before value, whose shape `shape` refers to, is replaced
   p.value = values;
   p.grad = Tensor<T>(Shape{pattern->nonzeros()}, MemoryCategory::gradients);
   p.pattern = std::move(pattern);

@@ -235,6 +235,12 @@ RunConfig parse_run_config(const nlohmann::json& config, const std::string& file
   c.mp_bits = r.get_in("mp_bits", 113, 113, 113);  // the build has one multiprecision type: 113 bits (IEEE quad)
   // Read only when given: a default written into the resolved config would change every run id.
   if (r.has("conv_band_columns")) c.conv_band_columns = r.get_in<std::int64_t>("conv_band_columns", 256, 1, i64_max);
+  if (r.has("save_weights")) {
+    c.save_weights = r.get<bool>("save_weights", false);
+    if (c.save_weights && c.study != "train")
+      r.fail("save_weights", "the " + c.study + " study trains nothing; save_weights is for the train study (the "
+                             "gradient study records its weights anyway, under layers/)");
+  }
   c.model = parse_model(r.object("model"));
   c.data = parse_data(r.object("data"));
   // The images are the model's input (checked against the data before any run), so the crop can be checked now.

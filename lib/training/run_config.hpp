@@ -96,6 +96,7 @@ struct RunConfig {
   Precision precision = Precision::f32;  // the model's (technique mixed_precision: its "compute")
   Accumulate accumulate = Accumulate::f32;
   index_t conv_band_columns = 256;  // RunContext::conv_band_columns of the training and evaluation passes
+  bool save_weights = false;  // train study: the trained weights in the results, in PyTorch's layouts
   int mp_bits = 113;
   ModelSpec model;
   DataSpec data;

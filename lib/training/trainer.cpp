@@ -321,6 +321,12 @@ template <class T> typename Trainer<T>::Evaluation Trainer<T>::evaluate(const Da
   return e;
 }
 
+template <class T> Tensor<T> Trainer<T>::predict(const Tensor<T>& x) {
+  MemoryLedger::Scope scope(ledger_);
+  const MemoryPhaseScope phase(MemoryPhase::evaluation);
+  return model_->forward(x, eval_ctx_);
+}
+
 template <class T>
 std::pair<double, index_t> Trainer<T>::evaluate_batch(const Tensor<T>& x, const std::vector<std::int32_t>& labels) {
   MemoryLedger::Scope scope(ledger_);

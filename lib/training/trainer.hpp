@@ -79,6 +79,8 @@ template <class T> class Trainer {
   std::int64_t total_steps(const Dataset& data) const;
   // The epochs those steps span: train.epochs, or with train.steps as many as they need.
   int epochs_to_run(const Dataset& data) const;
+  // The logits of a batch in evaluation mode.
+  Tensor<T> predict(const Tensor<T>& x);
   // Sum of losses and number of correct predictions on one batch, in evaluation mode.
   std::pair<double, index_t> evaluate_batch(const Tensor<T>& x, const std::vector<std::int32_t>& labels);
 
