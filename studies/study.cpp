@@ -67,10 +67,7 @@ template <class T> RunRecord::Array dense(const Tensor<T>& t, const Param<T>& p)
 template <class T>
 ModelTensors model_tensors(Sequential<T>& model, const std::string& root, double grad_scale, bool buffers) {
   ModelTensors out;
-  std::function<void(const std::string&, Layer<T>&)> add = [&](const std::string& prefix, Layer<T>& layer) {
-    auto children = layer.children();
-    for (auto& [child, sub] : children) add(prefix + "/" + child, *sub);
-    if (!children.empty()) return;
+  for_each_leaf(model, root, [&](const std::string& prefix, Layer<T>& layer) {
     for (Param<T>* p : layer.params()) {
       const std::string name = prefix + "/" + p->name;
       out.names.push_back(name);
@@ -82,8 +79,7 @@ ModelTensors model_tensors(Sequential<T>& model, const std::string& root, double
     }
     if (buffers)
       for (const auto& [name, tensor] : layer.buffers()) out.arrays[prefix + "/" + name] = widen(*tensor);
-  };
-  for (std::size_t i = 0; i < model.size(); ++i) add(root + "/" + std::to_string(i), model.layer(i));
+  });
   return out;
 }
 

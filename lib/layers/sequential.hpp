@@ -1,5 +1,7 @@
 #pragma once
+#include <functional>
 #include <memory>
+#include <string>
 
 #include "layers/layer.hpp"
 
@@ -160,5 +162,17 @@ template <class T> class Sequential {
   std::int64_t recomputed_ = 0;
   bool reconstructing_ = false;             // the last forward was a reconstructing one
 };
+
+// The layers of `model` that hold tensors, as f(name, layer) with names "<root>/<i>[/<child>...]" in model order:
+// composite layers (residual blocks, couplings) by their children. The results file's names; after "<root>/",
+// with '.' for '/', PyTorch's.
+template <class T, class F> void for_each_leaf(Sequential<T>& model, const std::string& root, F&& f) {
+  std::function<void(const std::string&, Layer<T>&)> visit = [&](const std::string& name, Layer<T>& layer) {
+    auto children = layer.children();
+    for (auto& [child, sub] : children) visit(name + "/" + child, *sub);
+    if (children.empty()) f(name, layer);
+  };
+  for (std::size_t i = 0; i < model.size(); ++i) visit(root + "/" + std::to_string(i), model.layer(i));
+}
 
 }  // namespace lowmem

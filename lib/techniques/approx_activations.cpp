@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "numerics/random.hpp"
+#include "tensor/state_archive.hpp"
 #include "numerics/scalar.hpp"
 #include "numerics/threads.hpp"
 
@@ -265,6 +266,7 @@ template <class T> class ApproxHooks : public TechniqueHooks<T> {
  public:
   explicit ApproxHooks(const CompressionPolicy& policy) : hook_(policy) {}
   const SaveHook<T>* save_hook() const override { return &hook_; }
+  void archive(StateArchive& a, const std::string& prefix) override { a.value(prefix + "/calls", hook_.calls()); }
 
  private:
   CompressionHook<T> hook_;

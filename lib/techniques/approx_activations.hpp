@@ -50,6 +50,7 @@ template <class T> class CompressionHook : public SaveHook<T> {
   explicit CompressionHook(const CompressionPolicy& policy) : policy_(policy) {}
   std::shared_ptr<const PackedTensor<T>> pack(const Tensor<T>& t) const override;
   Tensor<T> forward_output(Tensor<T> y) const override;
+  std::uint64_t& calls() const { return policy_.calls; }  // the random streams used so far (actnn)
 
  private:
   CompressionPolicy policy_;

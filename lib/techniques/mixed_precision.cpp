@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "tensor/csr.hpp"
+#include "tensor/state_archive.hpp"
 
 namespace lowmem {
 
@@ -72,6 +73,13 @@ template <class T> class MixedUpdate : public ParameterUpdate<T> {
     return {{"skipped_steps", static_cast<double>(skipped_)}, {"final_loss_scale", scale_}};
   }
   std::vector<double> magnitudes(std::size_t k) const override { return lowmem::magnitudes(masters_[k].value); }
+  void archive(StateArchive& a, const std::string& prefix) override {
+    for (std::size_t k = 0; k < masters_.size(); ++k) a.tensor(prefix + "/master/" + std::to_string(k), masters_[k].value);
+    optimizer_->archive(a, prefix + "/optimizer");
+    a.value(prefix + "/loss_scale", scale_);
+    a.value(prefix + "/good_steps", good_steps_);
+    a.value(prefix + "/skipped_steps", skipped_);
+  }
   void remap(std::size_t k, const std::vector<index_t>& sources) override {
     remap_entries(masters_[k].value, sources);
     remap_entries(masters_[k].grad, sources);

@@ -243,11 +243,17 @@ template <class T> class SparsityHooks : public TechniqueHooks<T> {
     }
   }
 
+  // Static patterns come again from the seed's f32 draw, and the weights' entries are the model's: nothing of its
+  // own to save. DSR's moved patterns are not saved (Sparsity::cannot_save_in_flight refuses such runs).
+  void archive(StateArchive&, const std::string&) override {
+    if (dynamic_) throw Error("technique sparsity \"dsr\": a run in flight cannot be saved");
+  }
+
   // DSR: prune and regrow (on the update's magnitudes: the masters under mixed precision), then move every tensor
   // that follows a weight's pattern onto the new one: the weight, its gradient, and what the update keeps (optimizer
   // state; masters and theirs). A dry step reallocates too, so that plan sees a reallocation step's transients.
   void after_step(Sequential<T>& model, ParameterUpdate<T>& update, bool dry) override {
-    if (!dynamic_ || (++steps_ % interval_ != 0 && !dry)) return;
+    if (!dynamic_ || (++steps_ % interval_ != 0 && !dry)) return;  // static patterns: fixed from the f32 draw
     const auto params = model.params();
     std::vector<const SparsePattern*> patterns;
     std::vector<std::vector<double>> sizes;

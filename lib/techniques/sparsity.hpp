@@ -82,6 +82,11 @@ class Sparsity : public Technique {
   double density() const { return density_; }
   bool needs_f32_draw() const override { return true; }
   void check_run(const RunFacts& run, const ConfigReader& reader) const override;
+  std::string cannot_save_in_flight() const override {
+    return method_ == "dsr" ? "sparsity \"dsr\" moves its patterns while training, which a saved state does not "
+                              "hold yet (\"magnitude\" can be saved)"
+                            : "";
+  }
   LOWMEM_TECHNIQUE_HOOKS
 
  private:

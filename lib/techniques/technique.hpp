@@ -39,6 +39,7 @@
 
 namespace lowmem {
 
+class StateArchive;  // tensor/state_archive.hpp
 class ConfigReader;   // io/config_reader.hpp
 class MemoryLedger;   // tensor/memory_ledger.hpp
 
@@ -73,6 +74,8 @@ class Technique {
   virtual bool needs_f32_draw() const { return false; }
   // Its hooks run dry steps when made (checkpoint budget): validating a run then means making them.
   virtual bool fitted_by_dry_steps() const { return false; }
+  // Why a run with this technique cannot be saved in flight (train.checkpoint_every), or "" if it can.
+  virtual std::string cannot_save_in_flight() const { return ""; }
 
   // Throw lowmem::Error through run.fail(key, ...) on the run's top-level reader ("technique", "precision").
   virtual void check_composition(const TechniqueList& /*all*/, const ConfigReader& /*run*/) const {}
@@ -126,6 +129,8 @@ template <class U> class OptimizerBase {
   virtual ~OptimizerBase() = default;
   virtual void step(double lr) = 0;
   virtual std::vector<Tensor<U>*> state(std::size_t k) = 0;
+  // Saves or loads everything a later step depends on (state tensors, the step count) under `prefix`.
+  virtual void archive(StateArchive& a, const std::string& prefix) = 0;
 };
 template <class U> using MakeOptimizer = std::function<std::unique_ptr<OptimizerBase<U>>(std::vector<Param<U>*>)>;
 
@@ -149,6 +154,8 @@ template <class T> class ParameterUpdate {
   // master), and: parameter k moved to a new sparsity pattern, so move every tensor kept aligned with it.
   virtual std::vector<double> magnitudes(std::size_t k) const;
   virtual void remap(std::size_t k, const std::vector<index_t>& sources);
+  // Saves or loads everything a later step depends on (optimizer state; masters and loss scaler) under `prefix`.
+  virtual void archive(StateArchive& a, const std::string& prefix) = 0;
 };
 
 template <class T> class PlainUpdate : public ParameterUpdate<T> {
@@ -160,6 +167,7 @@ template <class T> class PlainUpdate : public ParameterUpdate<T> {
   }
   std::vector<double> magnitudes(std::size_t k) const override;
   void remap(std::size_t k, const std::vector<index_t>& sources) override;
+  void archive(StateArchive& a, const std::string& prefix) override { optimizer_->archive(a, prefix + "/optimizer"); }
 
  private:
   std::vector<Param<T>*> params_;
@@ -224,6 +232,9 @@ template <class T> class TechniqueHooks {
   // After a step that updated the weights (not after a skipped one); dry: a dry step (do what a real step
   // allocates, whatever the technique's own timing).
   virtual void after_step(Sequential<T>& /*model*/, ParameterUpdate<T>& /*update*/, bool /*dry*/) {}
+  // Saves or loads the technique's own state that later steps depend on (a random stream's position), under
+  // `prefix`, for a run saved in flight (train.checkpoint_every). Most techniques have none.
+  virtual void archive(StateArchive& /*a*/, const std::string& /*prefix*/) {}
 };
 
 }  // namespace lowmem

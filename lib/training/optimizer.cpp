@@ -1,5 +1,7 @@
 #include "training/optimizer.hpp"
 
+#include "tensor/state_archive.hpp"
+
 #include <cmath>
 #include <numbers>
 
@@ -20,6 +22,12 @@ template <class T> std::vector<Tensor<T>*> Optimizer<T>::state(std::size_t k) {
   if (!first_.empty()) tensors.push_back(&first_[k]);
   if (!second_.empty()) tensors.push_back(&second_[k]);
   return tensors;
+}
+
+template <class T> void Optimizer<T>::archive(StateArchive& a, const std::string& prefix) {
+  for (std::size_t k = 0; k < first_.size(); ++k) a.tensor(prefix + "/" + std::to_string(k) + "/first", first_[k]);
+  for (std::size_t k = 0; k < second_.size(); ++k) a.tensor(prefix + "/" + std::to_string(k) + "/second", second_[k]);
+  a.value(prefix + "/steps", steps_);
 }
 
 template <class T> void Optimizer<T>::step(double lr_value) {

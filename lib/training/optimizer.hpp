@@ -17,6 +17,7 @@ template <class T> class Optimizer : public OptimizerBase<T> {
   std::int64_t steps_taken() const { return steps_; }
   // The state tensors of parameter k (momentum; Adam's m and v), aligned with its value.
   std::vector<Tensor<T>*> state(std::size_t k) override;
+  void archive(StateArchive& a, const std::string& prefix) override;
 
  private:
   OptimizerSpec spec_;

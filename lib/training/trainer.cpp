@@ -7,6 +7,7 @@
 #include "numerics/error.hpp"
 #include "techniques/microbatch.hpp"
 #include "tensor/compute.hpp"
+#include "tensor/state_archive.hpp"
 #include "training/model_factory.hpp"
 
 namespace lowmem {
@@ -284,17 +285,33 @@ std::int64_t Trainer<T>::train_epoch(const Dataset& data, int epoch, std::int64_
     throw Error("train.batch " + std::to_string(batch) + " is larger than the training set (" +
                 std::to_string(data.count) + " examples in " + data.source + ")");
   const std::vector<std::int64_t> order = epoch_order(data.count, config_.seed, epoch);
-  Rng augment_rng(config_.seed, 2000 + static_cast<std::uint64_t>(epoch));
-  for (std::int64_t b = 0; b < per_epoch && step < total_steps; ++b) {
+  if (augment_epoch_ != epoch) augment_ = Rng(config_.seed, 2000 + static_cast<std::uint64_t>(epoch)), augment_epoch_ = epoch;
+  const std::int64_t first = step - epoch * per_epoch;  // 0, unless resumed in flight
+  if (first < 0 || first > per_epoch)
+    throw std::logic_error("train_epoch: step " + std::to_string(step) + " is not in epoch " + std::to_string(epoch));
+  for (std::int64_t b = first; b < per_epoch && step < total_steps; ++b) {
     if (step > 0) ledger_.record_timeline(false);  // a run's timeline: its setup and first step
     const auto t0 = std::chrono::steady_clock::now();
     const double lr = learning_rate(spec.optimizer, spec.schedule, step, per_epoch, total_steps);
     const double loss =
-        to_double(train_step(StepExamples{&data, order.data() + b * batch, batch, config_.data.augment, &augment_rng}, lr));
+        to_double(train_step(StepExamples{&data, order.data() + b * batch, batch, config_.data.augment, &augment_}, lr));
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (!on_step(step++, loss, lr, seconds)) break;
   }
   return step;
+}
+
+template <class T> void Trainer<T>::archive(StateArchive& a) {
+  for_each_leaf(*model_, "model", [&](const std::string& name, Layer<T>& layer) {
+    for (Param<T>* p : layer.params()) a.tensor(name + "/" + p->name, p->value);
+    for (auto& [buffer, tensor] : layer.buffers()) a.tensor(name + "/" + buffer, *tensor);
+  });
+  update_->archive(a, "update");
+  for (std::size_t i = 0; i < hooks_.size(); ++i)
+    hooks_[i]->archive(a, "technique/" + std::to_string(i) + "-" + hook_types_[i]);
+  a.value("loop/augment_epoch", augment_epoch_);
+  a.value("loop/augment_stream", augment_);
+  a.value("loop/recomputed", recomputed_);
 }
 
 template <class T> typename Trainer<T>::Evaluation Trainer<T>::evaluate(const Dataset& data, int batch) {

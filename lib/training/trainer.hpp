@@ -67,9 +67,16 @@ template <class T> class Trainer {
   };
   Evaluation evaluate(const Dataset& data, int batch);
 
+  // Saves or loads everything later steps depend on: the model's parameters and buffers (batch norm's running
+  // statistics), the update's state (optimizer; masters and loss scaler), each technique's, the augmentation
+  // stream of the epoch in progress and the last step's recomputation count. Loaded into a trainer built from the
+  // same config, the next train_epoch continues as the saved run would have, bit for bit.
+  void archive(StateArchive& a);
+
   // Steps of one epoch of the config's training: batches of train.batch in the seeded order of `epoch` (the last
   // incomplete batch dropped), the config's augmentation, the learning-rate schedule over `total_steps`. Starts
-  // at optimizer step `step`, stops at total_steps or when on_step(step, loss, lr, seconds) returns false.
+  // at optimizer step `step` (past the epoch's start: a run resumed in flight, which goes on from the batch that
+  // step is in), stops at total_steps or when on_step(step, loss, lr, seconds) returns false.
   // Returns the next step's index.
   using StepCallback = std::function<bool(std::int64_t step, double loss, double lr, double seconds)>;
   std::int64_t train_epoch(const Dataset& data, int epoch, std::int64_t step, std::int64_t total_steps,
@@ -111,6 +118,8 @@ template <class T> class Trainer {
   std::unique_ptr<ChainRunner<T>> chain_;                  // how the model's chain runs forward and backward
   const SaveHook<T>* save_hook_ = nullptr;                 // how kept activations are stored (nullptr: whole)
   std::int64_t recomputed_ = 0;                            // of the last step, over all its microbatches
+  Rng augment_{0};                                         // the augmentation stream of epoch augment_epoch_
+  int augment_epoch_ = -1;
   SoftmaxCrossEntropy<T> loss_;
 };
 
