@@ -25,6 +25,8 @@ pid_t start_job(const RunOptions& options, const PlannedRun& run, Job& job) {
   std::vector<std::string> args = {options.self, "run", job.config_file, "--out", job.results_file,
                                    "--threads", threads, "--quiet"};
   if (options.timeline) args.push_back("--timeline");
+  // The sweep's directory of states saved in flight, which outlives this job's own files.
+  if (!options.inflight.empty()) args.insert(args.end(), {"--inflight", options.inflight});
   // The sweep's limits, which it checked already: the job must accept what the sweep accepted.
   const Limits& l = limits();
   for (auto [name, value] : {std::pair{"runs", l.runs}, std::pair{"layers", l.layers}, std::pair{"memory", memory_limit_bytes()}})

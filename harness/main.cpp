@@ -180,6 +180,8 @@ int command_run(int argc, char** argv) {
   app.add_flag("--quiet", quiet, "no progress lines");
   app.add_flag("--timeline", timeline, "each run records the memory timeline of its setup and first training step "
                                        "in /runs/<id>/memory/timeline (train study only)");
+  std::string inflight;  // a job process: its sweep's directory of states saved in flight
+  app.add_option("--inflight", inflight)->group("");  // hidden: for job processes only
   if (!parse(app, argc, argv)) return 0;
   if (sweep.config.empty()) throw UsageError("run needs a CONFIG.json");
   for (const std::string& limit : sweep.limits) set_limit(limit);
@@ -199,6 +201,7 @@ int command_run(int argc, char** argv) {
   options.force = force;
   options.quiet = quiet;
   options.timeline = timeline;
+  options.inflight = inflight;
   for (std::size_t i : shard_positions(runs.size(), options.shard))  // the runs this process will do, before any
     if (options.timeline && runs[i].parsed.study != "train")
       throw Error(sweep.config + ": run " + runs[i].id + " is a " + runs[i].parsed.study + " study, which records "

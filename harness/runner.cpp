@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "execute.hpp"
+#include "inflight.hpp"
 #include "io/results_file.hpp"
 #include "jobs.hpp"
 #include "output_lock.hpp"
@@ -82,10 +83,12 @@ SweepOutcome run_all(const std::vector<PlannedRun>& runs, const RunOptions& opti
     return " | sweep " + std::to_string(finished) + "/" + std::to_string(todo.size()) + " done, ETA " +
            duration_text(left / options.jobs);
   };
+  const std::string inflight = options.inflight.empty() ? inflight_dir(outcome.path) : options.inflight;
   auto commit = [&](std::size_t position, RunRecord record) {
     record.integers["sweep_index"] = static_cast<std::int64_t>(position);
     sweep_columns(runs[position], record);
     results.append(record);  // throws if the file cannot be written: completed runs stay
+    if (options.inflight.empty()) remove_inflight_state(inflight, runs[position].id);
     ++finished;
     if (record.status == "failed") ++outcome.failed;
     else ++outcome.done;
@@ -107,7 +110,10 @@ SweepOutcome run_all(const std::vector<PlannedRun>& runs, const RunOptions& opti
         std::cerr << "\r" << prefix << " " << text << eta() << "\033[K" << std::flush;
       };
       try {
-        commit(position, execute(runs[position], options.threads, show, StudyOptions{options.timeline}));
+        StudyOptions study{options.timeline};
+        InFlight saved(inflight, runs[position], options.threads, options.quiet);
+        saved.attach(study);
+        commit(position, execute(runs[position], options.threads, show, study));
       } catch (const Interrupted&) {
         break;
       }
@@ -125,7 +131,9 @@ SweepOutcome run_all(const std::vector<PlannedRun>& runs, const RunOptions& opti
         job.config_file = stem + ".json";
         job.results_file = stem + ".h5";
         job.log_file = stem + ".log";
-        active.jobs[start_job(options, runs[job.position], job)] = job;
+        RunOptions job_options = options;
+        job_options.inflight = inflight;
+        active.jobs[start_job(job_options, runs[job.position], job)] = job;
       }
       if (active.jobs.empty()) break;
       int status = 0;

@@ -58,6 +58,9 @@ struct RunOptions {
   bool quiet = false;
   bool timeline = false;  // each run records its memory timeline (train study)
   std::string self;     // this program, to start job processes
+  // Where runs save their state in flight (train.checkpoint_every): "" for "<results>.inflight", whose states
+  // this sweep removes as it commits their runs; a job process is given its sweep's, and leaves that to it.
+  std::string inflight;
 };
 
 struct SweepOutcome {

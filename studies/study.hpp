@@ -6,6 +6,7 @@
 
 #include "io/results_file.hpp"
 #include "tensor/memory_ledger.hpp"
+#include "tensor/state_archive.hpp"
 #include "training/run_config.hpp"
 #include "training/trainer.hpp"
 
@@ -20,6 +21,11 @@ struct StudyOptions {
   // The memory timeline of the run's setup and first training step (train study only), in
   // /runs/<id>/memory/timeline.
   bool timeline = false;
+  // A train run saved in flight (train.checkpoint_every): save_state receives its state after every
+  // checkpoint_every-th step (Trainer::archive, and the study's position and curves so far); resume_from, if
+  // given, is such a state to continue from, bit for bit as if the run had not stopped.
+  std::function<void(const StateArchive&)> save_state;
+  const StateArchive* resume_from = nullptr;
 };
 
 // Fills record.status ("complete" or "diverged"), message, curves, memory and summary columns. Throws

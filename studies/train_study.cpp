@@ -29,9 +29,25 @@ void train(const RunConfig& config, const DataSplit& data, RunRecord& record, co
 
   std::vector<double> steps, losses, rates, step_seconds, epochs, test_steps, accuracies, test_losses;
   record.status = "complete";
-  std::int64_t step = 0;
+  std::int64_t step = 0;  // the next step to take
+  // A run in flight is the trainer's state, the next step and the curves so far.
+  const auto archive = [&](StateArchive& a) {
+    trainer.archive(a);
+    a.value("study/next_step", step);
+    for (auto [name, curve] : {std::pair{"step", &steps}, {"train_loss", &losses}, {"learning_rate", &rates},
+                               {"step_seconds", &step_seconds}, {"epoch", &epochs}, {"test_step", &test_steps},
+                               {"test_accuracy", &accuracies}, {"test_loss", &test_losses}})
+      a.values(std::string("study/curves/") + name, *curve);
+  };
+  if (options.resume_from) {
+    StateArchive load(StateArchive::Mode::load);
+    load.blocks = options.resume_from->blocks;
+    archive(load);
+  }
+  const std::int64_t per_epoch = std::max<std::int64_t>(1, data.train.count / spec.batch);
   const int epochs_to_run = trainer.epochs_to_run(data.train);
-  for (int epoch = 0; epoch < epochs_to_run && step < total_steps; ++epoch) {
+  // A resumed run goes on in the epoch of its last step (whose evaluation may still be due).
+  for (int epoch = static_cast<int>(step == 0 ? 0 : (step - 1) / per_epoch); epoch < epochs_to_run && step < total_steps; ++epoch) {
     step = trainer.train_epoch(data.train, epoch, step, total_steps, [&](std::int64_t s, double loss, double lr, double seconds) {
       step_seconds.push_back(seconds);
       steps.push_back(static_cast<double>(s));
@@ -44,6 +60,12 @@ void train(const RunConfig& config, const DataSplit& data, RunRecord& record, co
         record.message = "training loss became " + std::string(value) + " at step " + std::to_string(s) + " (curves/step)" +
                          (std::isfinite(loss) ? " (above train.diverge_loss)" : "");
         return false;
+      }
+      if (options.save_state && spec.checkpoint_every > 0 && (s + 1) % spec.checkpoint_every == 0 && s + 1 < total_steps) {
+        step = s + 1;
+        StateArchive save(StateArchive::Mode::save);
+        archive(save);
+        options.save_state(save);
       }
       if (progress) {  // every step: the harness throttles what it prints, and stops here on Ctrl-C
         // Counts, not indices: "3/100 steps done" after curves/step 2 (results and messages give step indices).

@@ -9,6 +9,7 @@ Prints one line per check ("ok: ..." or "FAILED: ...") and exits non-zero if any
 """
 import copy
 import json
+import os
 import resource
 import shlex
 import shutil
@@ -128,6 +129,58 @@ def check_sigkill_and_resume(tmp):
     lowmem("run", cfg, "--out", reference, "--threads", "1", "--quiet")
     problems = same_results(out, reference)
     check(not problems, "SIGKILL: the killed and resumed sweep equals an uninterrupted one", f"\n    {problems[:5]}")
+
+
+def check_killed_in_flight(tmp):
+    """train.checkpoint_every: a run SIGKILLed in the middle continues from its saved state on run --resume, and
+    its numbers (every loss, accuracy, memory figure) equal those of the run never interrupted, bit for bit; alone
+    and under --jobs."""
+    for jobs in ("1", "2"):
+        name = f"inflight-jobs{jobs}"
+        cfg = sweep_config(tmp, name, [1, 2] if jobs == "2" else [1], steps=400, heavy=True)
+        c = json.loads(cfg.read_text())
+        c["train"]["checkpoint_every"] = 25
+        cfg.write_text(json.dumps(c))
+        out = tmp / f"{name}.h5"
+        inflight = Path(f"{out}.inflight")
+        p = subprocess.Popen([str(BINARY), "run", str(cfg), "--out", str(out), "--threads", "1", "--quiet",
+                              "--jobs", jobs], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while p.poll() is None and time.monotonic() < deadline and len(list(inflight.glob("*.h5"))) < int(jobs):
+            time.sleep(0.01)
+        time.sleep(0.3)  # a few more states written over the first
+        if jobs == "2":
+            for child in subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split():
+                os.kill(int(child), signal.SIGKILL)
+        p.kill()
+        p.communicate()
+        states = sorted(inflight.glob("*.h5"))
+        check(p.returncode == -signal.SIGKILL and len(states) == int(jobs) and committed_runs(out) == 0,
+              f"jobs {jobs}: killed in flight with {len(states)} saved state(s) and no run committed",
+              f"\n    exit {p.returncode}, states {states}, committed {committed_runs(out)}")
+        r = lowmem("run", cfg, "--out", out, "--resume", "--threads", "1", "--jobs", jobs)
+        check(r.returncode == 0 and (jobs == "2" or "continues from its state saved in flight" in r.stderr),
+              f"jobs {jobs}: run --resume continues the run(s) from the saved state", describe(r))
+        check(not inflight.exists(), f"jobs {jobs}: the saved states are removed once the runs are committed")
+        reference = tmp / f"{name}-reference.h5"
+        lowmem("run", cfg, "--out", reference, "--threads", "1", "--quiet")
+        problems = same_results(out, reference)
+        check(not problems and committed_runs(out) == int(jobs),
+              f"jobs {jobs}: the killed and continued run equals the uninterrupted one bit for bit", f"\n    {problems[:5]}")
+
+
+def check_inflight_refusals(tmp):
+    """train.checkpoint_every where no run in flight can be saved: one line naming the JSON path, exit 1."""
+    cfg = sweep_config(tmp, "refusals", [1], steps=4)
+    p = lowmem("plan", cfg, "--set", "train.checkpoint_every=2", "--set", "study=gradient")
+    expect_error("checkpoint_every with the gradient study is refused", p, 1,
+                 ["/train/checkpoint_every", "gradient study"])
+    p = lowmem("plan", cfg, "--set", "train.checkpoint_every=2", "--set",
+               'technique={"type": "sparsity", "density": 0.5, "method": "dsr"}')
+    expect_error("checkpoint_every with sparsity dsr is refused, saying why", p, 1,
+                 ["/train/checkpoint_every", "dsr", "magnitude"])
+    p = lowmem("plan", cfg, "--set", "train.checkpoint_every=-1")
+    expect_error("checkpoint_every below 0 is refused", p, 1, ["/train/checkpoint_every", "-1"])
 
 
 def check_ctrl_c(tmp):
@@ -299,5 +352,5 @@ def check_shipped_configs(tmp):
 
 
 if __name__ == "__main__":
-    sys.exit(run_sections([check_sigkill_and_resume, check_ctrl_c, check_jobs_stop, check_shards_jobs_and_merge, check_resume_guards,
+    sys.exit(run_sections([check_sigkill_and_resume, check_killed_in_flight, check_inflight_refusals, check_ctrl_c, check_jobs_stop, check_shards_jobs_and_merge, check_resume_guards,
                            check_full_disk, check_show_where, check_shipped_configs]))

@@ -2,6 +2,7 @@
 // strings, attributes, datasets, and the check that a path is an HDF5 file.
 #include "io/hdf5_util.hpp"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -241,6 +242,20 @@ std::int64_t get_int(const H5::H5Object& obj, const char* name, std::int64_t mis
 void set_int(const H5::H5Object& obj, const char* name, std::int64_t v) {
   if (obj.attrExists(name)) obj.removeAttr(name);
   obj.createAttribute(name, H5::PredType::STD_I64LE, H5::DataSpace(H5S_SCALAR)).write(H5::PredType::NATIVE_INT64, &v);
+}
+
+void fsync_path(const std::string& path, int flags) {
+  const int fd = ::open(path.c_str(), flags);
+  if (fd < 0) return;
+  ::fsync(fd);
+  ::close(fd);
+}
+
+void publish(const std::string& tmp, const std::string& path) {
+  fsync_path(tmp, O_RDONLY);
+  fs::rename(tmp, path);
+  const fs::path parent = fs::path(path).parent_path();
+  fsync_path(parent.empty() ? "." : parent.string(), O_RDONLY | O_DIRECTORY);
 }
 
 void require_hdf5_file(const std::string& path) {

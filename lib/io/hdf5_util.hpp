@@ -102,6 +102,22 @@ void read_one(const H5::Attribute& a, const H5::DataType& type, void* value);
 std::int64_t get_int(const H5::H5Object& obj, const char* name, std::int64_t missing = 0);
 void set_int(const H5::H5Object& obj, const char* name, std::int64_t v);
 
+// ---- files written whole -------------------------------------------------------------------------------------
+
+// fsync of a file or directory opened with `flags`; best effort (the rename is what makes a new file visible).
+void fsync_path(const std::string& path, int flags);
+// Makes the complete file `tmp` the file `path`: synced, renamed over it, and the rename made durable. A kill
+// at any moment leaves the old `path` or the new one, both whole.
+void publish(const std::string& tmp, const std::string& path);
+// Removes a temporary file on the way out, whatever happened.
+struct RemoveOnExit {
+  std::string path;
+  ~RemoveOnExit() {
+    std::error_code ec;
+    fs::remove(path, ec);
+  }
+};
+
 // Cheap checks first, so that a missing or non-HDF5 file gets a plain message rather than an HDF5 trace.
 void require_hdf5_file(const std::string& path);
 

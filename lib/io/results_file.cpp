@@ -182,13 +182,6 @@ std::int64_t existing_index(const H5::Group& runs, const std::string& run_id) {
   return i == kNoIndex ? -1 : i;
 }
 
-void fsync_path(const std::string& path, int flags) {
-  const int fd = ::open(path.c_str(), flags);
-  if (fd < 0) return;  // best effort: the rename is what makes the new file visible
-  ::fsync(fd);
-  ::close(fd);
-}
-
 void validate(const std::string& path, const RunRecord& r) {
   auto fail = [&](const std::string& what) { throw Error(path + ": run '" + r.run_id + "': " + what); };
   if (r.run_id.empty() || r.run_id.find('/') != std::string::npos || r.run_id == "." || r.run_id == "..") {
@@ -276,24 +269,6 @@ void remove_partials(const std::string& path) {
   for (const auto& entry : fs::directory_iterator(pending_dir(path), ec))
     if (segment_number(entry.path().filename().string()) < 0) stale.push_back(entry.path());
   for (const fs::path& p : stale) fs::remove(p, ec);
-}
-
-// Removes a temporary file on the way out, whatever happened.
-struct RemoveOnExit {
-  std::string path;
-  ~RemoveOnExit() {
-    std::error_code ec;
-    fs::remove(path, ec);
-  }
-};
-
-// Makes the complete file `tmp` the file `path`: synced, renamed over it, and the rename made durable. A kill
-// at any moment leaves the old `path` or the new one, both whole.
-void publish(const std::string& tmp, const std::string& path) {
-  fsync_path(tmp, O_RDONLY);
-  fs::rename(tmp, path);
-  const fs::path parent = fs::path(path).parent_path();
-  fsync_path(parent.empty() ? "." : parent.string(), O_RDONLY | O_DIRECTORY);
 }
 
 std::string new_file_id() {

@@ -201,6 +201,8 @@ TrainSpec parse_train(ConfigReader r, int classes) {
   t.epochs = r.get_in("epochs", 1, 1, int_max);
   t.batch = r.get_in("batch", 64, 1, int_max);
   t.steps = r.get_in<std::int64_t>("steps", 0, 0, i64_max);
+  // Read only when given: a default written into the resolved config would change every run id.
+  if (r.has("checkpoint_every")) t.checkpoint_every = r.get_in<std::int64_t>("checkpoint_every", 0, 0, i64_max);
   t.eval_batch = r.get_in("eval_batch", t.batch, 1, int_max);  // default: the training batch, so that
                                                                  // evaluation never sets the memory peak
   t.diverge_loss = r.get_in("diverge_loss", 100.0 * std::log(static_cast<double>(classes)), 0.0, inf);
@@ -259,6 +261,14 @@ RunConfig parse_run_config(const nlohmann::json& config, const std::string& file
   c.gradient_reference = gradient.get_choice("reference", "mp", {"mp", "dd", "f64", "none"});
   gradient.finish();
   c.techniques = parse_techniques(r);
+  if (c.train.checkpoint_every > 0) {
+    if (c.study != "train")
+      throw Error(r.where("train") + "/checkpoint_every: the " + c.study + " study has no training run to save in "
+                  "flight (the train study has)");
+    for (const auto& t : c.techniques)
+      if (const std::string why = t->cannot_save_in_flight(); !why.empty())
+        throw Error(r.where("train") + "/checkpoint_every: " + why);
+  }
   const RunFacts facts{c.study, c.train.batch, c.precision, c.accumulate};
   for (const auto& t : in_registry_order(c.techniques)) {
     t->check_run(facts, r);

@@ -70,6 +70,8 @@ struct TrainSpec {
   int epochs = 1;
   int batch = 64;
   std::int64_t steps = 0;  // stop after this many optimizer steps (0: run all epochs)
+  // Save the run's state every this many optimizer steps, so that a killed run continues from there (0: never).
+  std::int64_t checkpoint_every = 0;
   int eval_batch = 64;  // default: equal to batch
   // A run has diverged when its loss is NaN or infinite, or exceeds this (default 100 ln(classes): the model then
   // gives the true class a probability below e^-100 on average; 0 = only NaN/Inf).
