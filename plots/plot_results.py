@@ -527,7 +527,100 @@ def table_techniques(runs):
 
 
 # Tables written beside the figures (Markdown), from the same numbers.
-TABLES = [("accuracy_vs_microbatch", table_accuracy_vs_microbatch), ("techniques", table_techniques)]
+def sig2(x):
+    """Two significant digits, as the README's error and SNR tables print them; "-" for Inf/NaN (overflow)."""
+    if x is None or not np.isfinite(x):
+        return "-"
+    text_ = f"{x:.2g}"
+    return text_.replace("e+", "e").replace("e-0", "e-").replace("e0", "e")
+
+
+PRECISION_ORDER = ["mp", "dd", "f64", "f32", "bf16", "f16"]
+ARCH_ORDER = ["flat", "hybrid", "revnet"]
+
+
+def markdown(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
+
+
+def by_arch_and_depth(runs, value):
+    """{(arch, blocks): {precision: value(run)}} over runs where value(run) is not None, and the precisions met,
+    in PRECISION_ORDER."""
+    cells, precisions = {}, set()
+    for r in runs:
+        blocks, v = model_key(r, "blocks"), value(r)
+        if blocks is None or v is None:
+            continue
+        cells.setdefault((str(config_value(r, ["model", "arch"])), int(blocks)), {})[r["precision"]] = v
+        precisions.add(r["precision"])
+    if len({blocks for _, blocks in cells}) < 2 or len(cells) * len(precisions) < sum(1 for r in runs if value(r) is not None):
+        raise Skip("not one run per architecture, depth and precision over two or more depths")
+    order = lambda key: (ARCH_ORDER.index(key[0]) if key[0] in ARCH_ORDER else 99, key[0], key[1])
+    return dict(sorted(cells.items(), key=lambda kv: order(kv[0]))), [p for p in PRECISION_ORDER if p in precisions]
+
+
+def table_snr_vs_depth(runs):
+    """The SNR of the rebuilt network input (input_snr) per architecture and depth, one column per precision."""
+    cells, precisions = by_arch_and_depth(runs, lambda r: float(r["attrs"]["input_snr"])
+                                          if r["study"] == "reconstruction" and "input_snr" in r["attrs"] else None)
+    return markdown(["blocks", "arch", *precisions],
+                    [[str(blocks), arch, *(sig2(row.get(p)) for p in precisions)] for (arch, blocks), row in cells.items()])
+
+
+def table_alpha_vs_slope(runs):
+    """The measured amplification of one leaky ReLU inversion (median over the chain's leaky ReLUs) per slope and
+    precision, and the closed form 4 / ((1 + phi^2)(1 + 1/phi^2))."""
+    found = {}
+    for r in runs:
+        slope, group = model_key(r, "slope"), r["group"]
+        if r["study"] != "reconstruction" or slope is None or "reconstruction/alpha" not in group:
+            continue
+        names = [text(n) for n in group["reconstruction/layer_names"][()]]
+        alpha = np.asarray(group["reconstruction/alpha"][()], dtype=float)
+        values = [a for n, a in zip(names, alpha) if "leaky_relu" in n and np.isfinite(a) and a > 0]
+        if values:
+            found.setdefault(r["precision"], {})[slope] = float(np.median(values))
+    if not found:
+        raise Skip("no reconstruction runs with leaky ReLU layers and a model.slope")
+    slopes = sorted({s for row in found.values() for s in row})
+    rows = [[f"measured alpha, {p}", *(f"{found[p][s]:.3g}" if s in found[p] else "" for s in slopes)]
+            for p in PRECISION_ORDER if p in found]
+    rows.append(["closed form", *(f"{4 / ((1 + s**2) * (1 + 1 / s**2)):.3g}" for s in slopes)])
+    return markdown(["slope phi", *(f"{s:g}" for s in slopes)], rows)
+
+
+def table_gradient_vs_depth(runs):
+    """Gradient studies against the mp reference: largest angle over layers (degrees) / largest relative error over
+    layers, per architecture, depth and technique, one column per precision."""
+    def worst(r):
+        g = r["group"]
+        if r["study"] != "gradient" or "gradient_error/angle_degrees" not in g or "gradient_error/relative" not in g:
+            return None
+        angle = np.asarray(g["gradient_error/angle_degrees"][()], dtype=float)
+        error = np.asarray(g["gradient_error/relative"][()], dtype=float)
+        worst_of = lambda v: float(np.max(v)) if np.all(np.isfinite(v)) else float("inf")
+        return f"{sig2(worst_of(angle))} / {sig2(worst_of(error))}".replace("- /", "inf /").replace("/ -", "/ inf")
+    cells = {}
+    precisions = set()
+    for r in runs:
+        blocks, v = model_key(r, "blocks"), worst(r)
+        if blocks is None or v is None:
+            continue
+        key = (str(config_value(r, ["model", "arch"])), int(blocks), text(r["attrs"].get("technique", "")))
+        cells.setdefault(key, {})[r["precision"]] = v
+        precisions.add(r["precision"])
+    if not cells:
+        raise Skip("no gradient runs over model.blocks")
+    cols = [p for p in PRECISION_ORDER if p in precisions]
+    order = lambda k: (ARCH_ORDER.index(k[0]) if k[0] in ARCH_ORDER else 99, k[1], k[2] != "store_all", k[2])
+    return markdown(["arch", "blocks", "technique", *cols],
+                    [[a, str(b), t, *(cells[(a, b, t)].get(p, "") for p in cols)] for a, b, t in sorted(cells, key=order)])
+
+
+TABLES = [("accuracy_vs_microbatch", table_accuracy_vs_microbatch), ("techniques", table_techniques),
+          ("snr_vs_depth", table_snr_vs_depth), ("alpha_vs_slope", table_alpha_vs_slope),
+          ("gradient_vs_depth", table_gradient_vs_depth)]
 
 FIGURES = [("train_loss", fig_loss), ("drift_from_f64", fig_drift), ("test_accuracy", fig_accuracy),
            ("gradient_error", fig_gradient), ("gradient_error_by_layer", fig_gradient_by_layer),
