@@ -237,8 +237,8 @@ def fig_snr_vs_depth(runs, ax):
     ax.set_title("Reconstruction SNR against depth (NaN/overflow not drawn)")
 
 
-def fig_alpha_vs_slope(runs, ax):
-    """Measured per-operation amplification of invertible leaky ReLU layers against the closed form."""
+def alpha_by_slope(runs):
+    """{precision: [(model.slope, alphas of the run's leaky ReLU layers), ...]} over reconstruction runs."""
     found = {}
     for r in runs:
         slope = model_key(r, "slope")
@@ -249,9 +249,15 @@ def fig_alpha_vs_slope(runs, ax):
         alpha = np.asarray(group["reconstruction/alpha"][()], dtype=float)
         values = [a for n, a in zip(names, alpha) if "leaky_relu" in n and np.isfinite(a) and a > 0]
         if values:
-            found.setdefault(r["precision"], []).append((slope, np.median(values), np.min(values), np.max(values)))
+            found.setdefault(r["precision"], []).append((slope, values))
     if not found:
         raise Skip("no reconstruction runs with leaky ReLU layers and a model.slope")
+    return found
+
+
+def fig_alpha_vs_slope(runs, ax):
+    """Measured per-operation amplification of invertible leaky ReLU layers against the closed form."""
+    found = {p: [(s, np.median(v), np.min(v), np.max(v)) for s, v in rows] for p, rows in alpha_by_slope(runs).items()}
     phi = np.linspace(0.02, 1.0, 200)
     ax.plot(phi, 4 / ((1 + phi**2) * (1 + 1 / phi**2)), color="black",
             label="closed form 4 / ((1+phi^2)(1+1/phi^2))")
@@ -571,18 +577,7 @@ def table_snr_vs_depth(runs):
 def table_alpha_vs_slope(runs):
     """The measured amplification of one leaky ReLU inversion (median over the chain's leaky ReLUs) per slope and
     precision, and the closed form 4 / ((1 + phi^2)(1 + 1/phi^2))."""
-    found = {}
-    for r in runs:
-        slope, group = model_key(r, "slope"), r["group"]
-        if r["study"] != "reconstruction" or slope is None or "reconstruction/alpha" not in group:
-            continue
-        names = [text(n) for n in group["reconstruction/layer_names"][()]]
-        alpha = np.asarray(group["reconstruction/alpha"][()], dtype=float)
-        values = [a for n, a in zip(names, alpha) if "leaky_relu" in n and np.isfinite(a) and a > 0]
-        if values:
-            found.setdefault(r["precision"], {})[slope] = float(np.median(values))
-    if not found:
-        raise Skip("no reconstruction runs with leaky ReLU layers and a model.slope")
+    found = {p: {s: float(np.median(v)) for s, v in rows} for p, rows in alpha_by_slope(runs).items()}
     slopes = sorted({s for row in found.values() for s in row})
     rows = [[f"measured alpha, {p}", *(f"{found[p][s]:.3g}" if s in found[p] else "" for s in slopes)]
             for p in PRECISION_ORDER if p in found]
