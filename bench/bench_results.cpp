@@ -70,7 +70,7 @@ void BM_ResultsCommits(benchmark::State& state) {
       lowmem::ResultsWriter results(path);
       for (int k = 0; k < n; ++k) {
         const auto start = std::chrono::steady_clock::now();
-        results.append(tiny_run(k));
+        results.append(tiny_run(k), static_cast<std::size_t>(n - k - 1));  // as the sweep says what is to come
         ms[static_cast<std::size_t>(k)] = since(start);
       }
       const auto start = std::chrono::steady_clock::now();

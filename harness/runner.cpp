@@ -87,7 +87,7 @@ SweepOutcome run_all(const std::vector<PlannedRun>& runs, const RunOptions& opti
   auto commit = [&](std::size_t position, RunRecord record) {
     record.integers["sweep_index"] = static_cast<std::int64_t>(position);
     sweep_columns(runs[position], record);
-    results.append(record);  // throws if the file cannot be written: completed runs stay
+    results.append(record, todo.size() - finished - 1);  // throws if the file cannot be written: completed runs stay
     if (options.inflight.empty()) remove_inflight_state(inflight, runs[position].id);
     ++finished;
     if (record.status == "failed") ++outcome.failed;

@@ -13,7 +13,7 @@ read_curves(path, run_id=None)  per run and step: step, train_loss, learning_rat
                                 followed (curves/test_step)
 read_timeline(path, run_id)     a run's memory timeline (run --timeline): one row per event, names decoded
 load_runs(h5file)               the run groups in creation order, with their decoded attributes (plots use it)
-open_results(path)              the open h5py files holding a results set: the file, then its pending segments
+result_files(path)              the files holding a results set: the file, then its pending segments
 
 A sweep commits each run as a small file of its own in "<file>.pending/" and folds those into the file when they
 outgrow it and at the sweep's end; a sweep killed or still running leaves some there. Every function here reads
@@ -71,21 +71,23 @@ def _decoded(array):
     return np.asarray(array, dtype=float)
 
 
-def open_results(path):
-    """The open h5py Files of a results set, in order: the file, then its pending segments that belong to it
-    (numbered above its folded_through, with its file_id). The caller closes them."""
-    main = h5py.File(path, "r")
-    try:
-        return [main] + _segments(main)
-    except Exception:
-        main.close()
-        raise
+def result_files(path):
+    """The files of a results set, in order: the file, then its pending segments that belong to it (numbered above
+    its folded_through, with its file_id). ValueError for a file of a format this reader does not know."""
+    with h5py.File(path, "r") as main:
+        return [str(path)] + _segment_paths(main)
 
 
-def _segments(main):
-    """The pending segments of the open file `main`, opened, in order; ValueError if `main` is of a format this
-    reader does not know."""
-    path, parts = main.filename, []
+def _each_file(path):
+    """The files of a results set opened one at a time (a killed sweep may leave thousands of segments)."""
+    for name in result_files(path):
+        with h5py.File(name, "r") as f:
+            yield f
+
+
+def _segment_paths(main):
+    """The pending segments of the open file `main`, in order."""
+    path = main.filename
     form = text(main.attrs.get("format", FORMATS[0]))
     if form not in FORMATS:
         raise ValueError(f"{path} is a results file of format {form!r}; this reader reads {' and '.join(FORMATS)} "
@@ -93,41 +95,33 @@ def _segments(main):
     file_id = text(main.attrs["file_id"]) if "file_id" in main.attrs else ""
     pending = Path(str(path) + ".pending")
     if not file_id or not pending.is_dir():
-        return parts
+        return []
     folded = int(main.attrs.get("folded_through", 0))
     numbered = []
     for p in pending.iterdir():
         m = re.fullmatch(r"(\d{8,18})\.h5", p.name)
         if m and int(m.group(1)) > folded:
             numbered.append((int(m.group(1)), p))
+    paths = []
     for _, p in sorted(numbered):
         try:
-            segment = h5py.File(p, "r")
+            with h5py.File(p, "r") as segment:
+                if text(segment.attrs.get("file_id", "")) == file_id:  # else another file's, left under this name
+                    paths.append(str(p))
         except OSError as e:
-            for f in parts:
-                f.close()
             raise ValueError(f"{path}: pending segment {p} is corrupt or unreadable ({e}); move it away to read the rest")
-        if text(segment.attrs.get("file_id", "")) == file_id:
-            parts.append(segment)
-        else:  # another file's, left behind under this name
-            segment.close()
-    return parts
+    return paths
 
 
 def _summary_columns(path):
     """One results set's /summary as {name: array}: the file's rows, then its pending segments' (a run id met
     again replaced in its row)."""
-    parts = open_results(path)
-    try:
-        tables = []
-        for f in parts:
-            if "summary" not in f:
-                raise ValueError(f"{f.filename}: no /summary table; not a lowmem results file")
-            table = f["summary"][()]
-            tables.append({name: _decoded(table[name]) for name in table.dtype.names})
-    finally:
-        for f in parts:
-            f.close()
+    tables = []
+    for f in _each_file(path):
+        if "summary" not in f:
+            raise ValueError(f"{f.filename}: no /summary table; not a lowmem results file")
+        table = f["summary"][()]
+        tables.append({name: _decoded(table[name]) for name in table.dtype.names})
     if len(tables) == 1:
         return tables[0]
     names = []
@@ -177,43 +171,42 @@ def read_summary(paths, pandas=None):
 def read_curves(path, run_id=None, pandas=None):
     """Curves of one run (run_id) or of every run: a table with run_id, step and each curve. Curves with one value
     per epoch (test_accuracy, test_loss, epoch) are placed at the step their evaluation followed, NaN elsewhere."""
-    parts = open_results(path)
-    try:
-        groups = {r["id"]: r["group"] for r in _runs(parts)}
-        ids = [run_id] if run_id is not None else list(groups)
-        rows = {"run_id": [], "step": []}
-        curves = {}
-        for rid in ids:
-            if rid not in groups:
-                raise KeyError(f"{path}: no run {rid!r}")
-            group = groups[rid]
-            data = {k: np.asarray(v[()], dtype=float).ravel() for k, v in group["curves"].items()} if "curves" in group else {}
-            steps = data.get("step", np.arange(len(data.get("train_loss", []))))
-            n = len(steps)
-            rows["run_id"].append(np.array([rid] * n, dtype=object))
-            rows["step"].append(np.asarray(steps, dtype=float))
-            # Per-epoch values sit at curves/test_step (the last step before each evaluation); files written
-            # before it existed: at the ends of equal epochs (wrong for a cut-short or diverged last epoch).
-            per_epoch = [k for k, v in data.items() if k not in ("step", "test_step") and len(v) != n]
-            at = data.get("test_step")
-            for name, values in data.items():
-                if name in ("step", "test_step"):
-                    continue
-                column = np.full(n, np.nan)
-                if name not in per_epoch:
-                    column[:] = values
-                elif n and len(values):
-                    if at is not None and len(at) == len(values):
-                        where = np.searchsorted(steps, at)
-                        keep = (where < n) & (np.asarray(steps)[np.minimum(where, n - 1)] == at)
-                        column[where[keep]] = values[keep]
-                    else:
-                        ends = _epoch_ends(n, len(values))
-                        column[ends] = values[:len(ends)]
-                curves.setdefault(name, []).append((len(rows["step"]) - 1, column))
-    finally:
-        for f in parts:
-            f.close()
+    found = {}  # run id -> (creation index, curves); a later file's record replaces an earlier one's
+    for f in _each_file(path):
+        for rid, group in f["runs"].items():
+            if isinstance(group, h5py.Group) and (run_id is None or rid == run_id):
+                found[rid] = (int(group.attrs.get("index", sys.maxsize)),
+                              {k: np.asarray(v[()], dtype=float).ravel() for k, v in group["curves"].items()}
+                              if "curves" in group else {})
+    if run_id is not None and run_id not in found:
+        raise KeyError(f"{path}: no run {run_id!r}")
+    rows = {"run_id": [], "step": []}
+    curves = {}
+    for rid in sorted(found, key=lambda r: (found[r][0], r)):
+        data = found[rid][1]
+        steps = data.get("step", np.arange(len(data.get("train_loss", []))))
+        n = len(steps)
+        rows["run_id"].append(np.array([rid] * n, dtype=object))
+        rows["step"].append(np.asarray(steps, dtype=float))
+        # Per-epoch values sit at curves/test_step (the last step before each evaluation); files written
+        # before it existed: at the ends of equal epochs (wrong for a cut-short or diverged last epoch).
+        per_epoch = [k for k, v in data.items() if k not in ("step", "test_step") and len(v) != n]
+        at = data.get("test_step")
+        for name, values in data.items():
+            if name in ("step", "test_step"):
+                continue
+            column = np.full(n, np.nan)
+            if name not in per_epoch:
+                column[:] = values
+            elif n and len(values):
+                if at is not None and len(at) == len(values):
+                    where = np.searchsorted(steps, at)
+                    keep = (where < n) & (np.asarray(steps)[np.minimum(where, n - 1)] == at)
+                    column[where[keep]] = values[keep]
+                else:
+                    ends = _epoch_ends(n, len(values))
+                    column[ends] = values[:len(ends)]
+            curves.setdefault(name, []).append((len(rows["step"]) - 1, column))
     columns = {"run_id": np.concatenate(rows["run_id"]) if rows["run_id"] else np.array([], dtype=object),
                "step": np.concatenate(rows["step"]) if rows["step"] else np.array([])}
     sizes = [len(s) for s in rows["step"]]
@@ -233,9 +226,12 @@ def _epoch_ends(steps, epochs):
 def read_timeline(path, run_id, pandas=None):
     """The memory timeline a run recorded (run --timeline): one row per event, with kind, category, from
     (the category a move came from), phase, owner as text, and buffer and bytes as numbers."""
-    parts = open_results(path)
-    try:
-        run = {r["id"]: r["group"] for r in _runs(parts)}.get(run_id)
+    holder = None  # the last file holding the run: its record replaces earlier ones
+    for f in _each_file(path):
+        if run_id in f["runs"]:
+            holder = f.filename
+    with h5py.File(holder or path, "r") as f:
+        run = f["runs"].get(run_id) if holder else None
         if run is None or "memory/timeline" not in run:
             raise KeyError(f"{path}: run {run_id!r} has no memory timeline (run it with lowmem run --timeline)")
         g = run["memory/timeline"]
@@ -243,30 +239,28 @@ def read_timeline(path, run_id, pandas=None):
         names = [text(c) for c in g["columns"][()]]
         tables = {name: [text(v) for v in g[name][()]] for name in ("kinds", "phases", "owners") if name in g}
         tables["categories"] = [text(v) for v in run["memory/categories"][()]]
-        lookup = {"kind": "kinds", "category": "categories", "from": "categories", "phase": "phases", "owner": "owners"}
-        columns = {}
-        for k, name in enumerate(names):
-            values = events[:, k] if events.size else np.array([])
-            source = lookup.get(name)
-            if source in tables:
-                table = tables[source]
-                columns[name] = np.array([table[int(v)] if 0 <= v < len(table) else "" for v in values], dtype=object)
-            else:
-                columns[name] = values
-    finally:
-        for f in parts:
-            f.close()
+    lookup = {"kind": "kinds", "category": "categories", "from": "categories", "phase": "phases", "owner": "owners"}
+    columns = {}
+    for k, name in enumerate(names):
+        values = events[:, k] if events.size else np.array([])
+        source = lookup.get(name)
+        if source in tables:
+            table = tables[source]
+            columns[name] = np.array([table[int(v)] if 0 <= v < len(table) else "" for v in values], dtype=object)
+        else:
+            columns[name] = values
     return _table(columns, pandas)
 
 
 def load_runs(f):
     """Run groups of an open h5py File and of its pending segments, in creation order (attribute "index"), each
-    as a dict of its decoded attributes plus the group. The segments stay open while their groups are used."""
-    return _runs([f] + _segments(f))
+    as a dict of its decoded attributes plus the group. The segments stay open while their groups are used (a
+    sweep that ended has none: its end folds them into the file)."""
+    return _runs([f] + [h5py.File(p, "r") for p in _segment_paths(f)])
 
 
 def _runs(parts):
-    """The run groups of a results set's files (open_results), a run in a later file replacing the same run."""
+    """The run groups of a results set's open files, in order, a run in a later file replacing the same run."""
     groups = {}
     for f in parts:
         for run_id, group in f["runs"].items():

@@ -48,6 +48,19 @@ void put_double(const H5::H5Object& obj, const std::string& name, double value) 
       .write(H5::PredType::NATIVE_DOUBLE, &value);
 }
 
+void put_fixed_strings(const H5::H5Object& obj, const std::string& name, const std::vector<std::string>& values) {
+  std::size_t width = 1;
+  for (const auto& v : values) width = std::max(width, v.size() + 1);
+  H5::StrType t(H5::PredType::C_S1, width);
+  t.setCset(H5T_CSET_UTF8);
+  t.setStrpad(H5T_STR_NULLTERM);
+  std::vector<char> buf(values.size() * width, 0);
+  for (std::size_t i = 0; i < values.size(); ++i) std::memcpy(buf.data() + i * width, values[i].data(), values[i].size());
+  const hsize_t n = values.size();
+  const H5::DataSpace space = values.size() == 1 ? H5::DataSpace(H5S_SCALAR) : H5::DataSpace(1, &n);
+  obj.createAttribute(name, t, space).write(t, buf.data());
+}
+
 namespace {
 
 // HDF5 1.10 callocs a type-conversion buffer of this size (default 1 MiB) on every dataset read and write, even

@@ -55,6 +55,10 @@ auto with_hdf5(const std::string& path, const std::string& doing, F&& f, const s
 H5::StrType vlen_string();
 void put_string(const H5::H5Object& obj, const std::string& name, const std::string& value);
 void put_double(const H5::H5Object& obj, const std::string& name, double value);
+// Short strings (units) as a fixed-length UTF-8 attribute, as wide as the longest: kept in the object's header,
+// not in the file's global heap, where every few variable-length strings of a one-run file cost a new 4 KiB
+// collection. One value: a scalar attribute; else a 1-D array.
+void put_fixed_strings(const H5::H5Object& obj, const std::string& name, const std::vector<std::string>& values);
 
 // Whole-dataset reads and writes with a small type-conversion buffer.
 void read_dataset(const H5::DataSet& d, void* buf, const H5::DataType& t);

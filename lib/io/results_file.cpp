@@ -14,6 +14,7 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <random>
 #include <set>
 
@@ -470,7 +471,7 @@ ResultsWriter::ResultsWriter(std::string path, std::map<std::string, std::string
     if (main.attrExists(kFileIdAttr)) file_id_ = read_strings(main.openAttribute(kFileIdAttr)).at(0);
     next_number_ = get_int(main, kFoldedAttr) + 1;
     std::set<std::int64_t> read;
-    for (const Segment& s : open_segments(path_, main)) {
+    for_each_segment(path_, main, [&](const Segment& s) {
       for (const auto& [name, type] : children(s.file.openGroup("runs"))) {
         const std::int64_t index = read_index(s.file.openGroup("runs").openGroup(name));
         pending_.push_back({s.number, name, index, fs::file_size(s.path)});
@@ -479,7 +480,8 @@ ResultsWriter::ResultsWriter(std::string path, std::map<std::string, std::string
         next_index_ = std::max(next_index_, index + 1);
       }
       read.insert(s.number);
-    }
+      return true;
+    });
     for (const std::int64_t n : segment_numbers(path_)) {  // never reuse a number, whoever's file had it
       next_number_ = std::max(next_number_, n + 1);
       if (lock.locked() && !read.count(n)) fs::remove(segment_path(path_, n), ec);  // folded, or another file's
@@ -488,7 +490,7 @@ ResultsWriter::ResultsWriter(std::string path, std::map<std::string, std::string
   });
 }
 
-void ResultsWriter::append(const RunRecord& run) {
+void ResultsWriter::append(const RunRecord& run, std::size_t runs_to_come) {
   validate(path_, run);
   if (file_id_.empty()) return append_all({run});  // a new file, or one written before segments: rewritten once
   with_hdf5(path_, "adding run '" + run.run_id + "'", [&] {
@@ -507,7 +509,13 @@ void ResultsWriter::append(const RunRecord& run) {
     pending_bytes_ += bytes;
     bytes_written_ += bytes;
   }, "; the results are unchanged");
-  if (pending_bytes_ > kFoldRatio * main_bytes_) fold();
+  if (pending_bytes_ <= kFoldRatio * main_bytes_) return;
+  // The runs to come, at this run's size, would they keep the pending bytes within twice the limit until the
+  // sweep's own fold? Then that fold takes them all.
+  const std::uintmax_t each = pending_.back().bytes, limit = 2 * kFoldRatio * main_bytes_;
+  if (runs_to_come != kUnknown && runs_to_come <= (limit - std::min(limit, pending_bytes_)) / std::max<std::uintmax_t>(each, 1))
+    return;
+  fold();
 }
 
 void ResultsWriter::fold() {
@@ -579,14 +587,16 @@ std::map<std::string, std::string> read_file_attributes(const std::string& path)
 namespace {
 
 // The run ids of the file and then of its pending segments, each once, in creation order.
-std::vector<std::string> run_ids(const std::string& path, const H5::H5File& file, const std::vector<Segment>& segments) {
+std::vector<std::string> run_ids(const std::string& path, const H5::H5File& file) {
   std::vector<std::string> ids;
   std::set<std::string> seen;
   for (const auto& row : read_rows(open_runs(path, file)))
     if (seen.insert(row.run.run_id).second) ids.push_back(row.run.run_id);
-  for (const Segment& segment : segments)
+  for_each_segment(path, file, [&](const Segment& segment) {
     for (const auto& row : read_rows(open_runs(segment.path, segment.file)))
       if (seen.insert(row.run.run_id).second) ids.push_back(row.run.run_id);
+    return true;
+  });
   return ids;
 }
 
@@ -595,7 +605,7 @@ std::vector<std::string> run_ids(const std::string& path, const H5::H5File& file
 std::vector<std::string> list_runs(const std::string& path) {
   return read_file(path, "listing runs", [&](const H5::H5File& file) {
     file_format(path, file);
-    return run_ids(path, file, open_segments(path, file));
+    return run_ids(path, file);
   });
 }
 
@@ -604,18 +614,21 @@ RunRecord read_run(const std::string& path, const std::string& run_id) {
     const bool old = file_format(path, file) == kFormat1;
     const bool valid = !run_id.empty() && run_id.find('/') == std::string::npos;
     // The latest record of the run: in the last pending segment that has it, else in the file.
-    std::vector<Segment> segments = open_segments(path, file);
-    H5::Group runs = open_runs(path, file);
-    for (auto it = segments.rbegin(); valid && it != segments.rend(); ++it) {
-      const H5::Group pending = open_runs(it->path, it->file);
-      if (pending.nameExists(run_id)) {
-        runs = pending;
-        break;
-      }
-    }
+    std::optional<RunRecord> found;
+    if (valid)
+      for_each_segment(path, file, [&](const Segment& s) {
+        const H5::Group pending = open_runs(s.path, s.file);
+        if (!pending.nameExists(run_id)) return true;
+        if (child(pending, run_id).type != H5O_TYPE_GROUP) throw InFileError(s.path + ": /runs/" + run_id + " is not a group");
+        found = read_run_attributes(pending.openGroup(run_id), run_id);
+        read_datasets(pending.openGroup(run_id), "", *found);
+        return false;
+      }, true);
+    if (found) return *found;  // segments are written by this lowmem: format 2
+    const H5::Group runs = open_runs(path, file);
     if (!valid || !runs.nameExists(run_id)) {
       std::string known;
-      for (const std::string& id : run_ids(path, file, segments)) known += (known.empty() ? "" : ", ") + id;
+      for (const std::string& id : run_ids(path, file)) known += (known.empty() ? "" : ", ") + id;
       throw Error(path + " has no run '" + run_id + "'; runs: " + (known.empty() ? "(none)" : known));
     }
     if (child(runs, run_id).type != H5O_TYPE_GROUP) throw InFileError("/runs/" + run_id + " is not a group");

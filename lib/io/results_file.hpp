@@ -81,14 +81,17 @@ void append_runs(const std::string& path, const std::vector<RunRecord>& runs,
 // committed as a pending segment, a small results file of its own in "<path>.pending/", written beside its
 // final name and renamed into place. When the pending segments outgrow twice the main file they are folded into
 // it (one rewrite, as append_runs), so the bytes written stay within a small multiple of the final size and
-// readers open few files. Readers (read_summary, read_run, list_runs, lowmem show and merge, resume, the Python
+// readers open few files; but not when the runs still to come (a hint from the sweep) would leave fewer than
+// twice that pending at the end, whose fold then takes them all: a fold near the end would copy the file for
+// nothing. Readers (read_summary, read_run, list_runs, lowmem show and merge, resume, the Python
 // reader) see the main file and then its segments as one set of runs; fold() at the end of a sweep leaves the
 // main file whole. A kill at any moment leaves every committed run readable.
 // One writer per file (the sweep's OutputLock); the constructor reads what a killed writer left.
 class ResultsWriter {
  public:
   explicit ResultsWriter(std::string path, std::map<std::string, std::string> file_attributes = {});
-  void append(const RunRecord& run);
+  static constexpr std::size_t kUnknown = static_cast<std::size_t>(-1);
+  void append(const RunRecord& run, std::size_t runs_to_come = kUnknown);
   void append_all(const std::vector<RunRecord>& runs);  // with the pending runs, in one rewrite of the file
   void fold();                                           // the pending runs into the file; nothing if none
   std::uintmax_t bytes_written() const { return bytes_written_; }  // by this writer: segments and rewrites

@@ -170,7 +170,7 @@ void write_run(const H5::Group& runs, const RunRecord& run, std::int64_t index) 
                                     H5::DSetCreatPropList::DEFAULT, H5::DSetAccPropList::DEFAULT, lcpl);
     if (!a.values.empty()) write_dataset(d, a.values.data(), H5::PredType::NATIVE_DOUBLE);
     const std::string unit = unit_of(key.substr(key.rfind('/') + 1));
-    if (!unit.empty()) put_string(d, "units", unit);
+    if (!unit.empty()) put_fixed_strings(d, "units", {unit});
   }
   for (const auto& [key, values] : run.string_arrays) write_strings(g, key, values, lcpl);
   attach_step_scales(g, run);
@@ -269,10 +269,7 @@ void write_summary(const std::string& path, const H5::H5File& file, const std::v
   if (n) write_dataset(d, buf.data(), type);
   std::vector<std::string> units;
   for (const auto& c : cols) units.push_back(unit_of(c.name));
-  const hsize_t m = units.size();
-  std::vector<const char*> texts;
-  for (const auto& u : units) texts.push_back(u.c_str());
-  d.createAttribute("units", vlen_string(), H5::DataSpace(1, &m)).write(vlen_string(), texts.data());
+  put_fixed_strings(d, "units", units);
 }
 
 Table read_table(const std::string& path, const H5::DataSet& d) {

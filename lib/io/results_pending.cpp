@@ -42,12 +42,14 @@ std::string string_attribute(const H5::H5Object& obj, const char* name) {
 
 }  // namespace
 
-std::vector<Segment> open_segments(const std::string& path, const H5::H5File& main) {
-  std::vector<Segment> segments;
+void for_each_segment(const std::string& path, const H5::H5File& main, const std::function<bool(const Segment&)>& f,
+                      bool newest_first) {
   const std::string id = string_attribute(main, kFileIdAttr);
-  if (id.empty()) return segments;  // a file written before segments existed, or by one-shot appends only
+  if (id.empty()) return;  // a file written before segments existed
   const std::int64_t folded = get_int(main, kFoldedAttr);
-  for (const std::int64_t n : segment_numbers(path)) {
+  std::vector<std::int64_t> numbers = segment_numbers(path);
+  if (newest_first) std::reverse(numbers.begin(), numbers.end());
+  for (const std::int64_t n : numbers) {
     if (n <= folded) continue;  // folded in already; left by a writer killed before it removed them
     const std::string file = segment_path(path, n);
     H5::H5File h5;
@@ -58,9 +60,8 @@ std::vector<Segment> open_segments(const std::string& path, const H5::H5File& ma
                         "); move it away to read the rest");
     }
     if (string_attribute(h5, kFileIdAttr) != id) continue;  // another file's, left behind under this name
-    segments.push_back({n, file, std::move(h5)});
+    if (!f(Segment{n, file, std::move(h5)})) return;
   }
-  return segments;
 }
 
 }  // namespace lowmem::io_detail

@@ -33,10 +33,11 @@ SummaryTable read_summary(const std::string& path, bool exact) {
     file_format(path, file);
     Table table = read_table(path, file.openDataSet("summary"));
     std::vector<Table> pending;
-    for (const Segment& segment : open_segments(path, file)) {
+    for_each_segment(path, file, [&](const Segment& segment) {
       if (!segment.file.nameExists("summary")) throw InFileError(segment.path + " has no /summary table");
       pending.push_back(read_table(segment.path, segment.file.openDataSet("summary")));
-    }
+      return true;
+    });
     add_rows(table, pending);
     SummaryTable t;
     t.columns = table.columns;
