@@ -500,7 +500,7 @@ TEST_F(ResultsFile, KilledWritersLeaveEveryCommittedRunReadable) {
     ASSERT_EQ(lowmem::read_summary(path).rows.size(), ids.size());
     committed = static_cast<int>(ids.size());
   }
-  EXPECT_GT(committed, 25) << "the children committed runs between the kills";
+  EXPECT_GT(committed, 5) << "the children committed runs between the kills";
   lowmem::ResultsWriter last(path);
   last.fold();
   EXPECT_EQ(lowmem::list_runs(path).size(), static_cast<std::size_t>(committed));
