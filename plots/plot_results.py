@@ -537,8 +537,11 @@ def sig2(x):
     """Two significant digits, as the README's error and SNR tables print them; "-" for Inf/NaN (overflow)."""
     if x is None or not np.isfinite(x):
         return "-"
-    text_ = f"{x:.2g}"
-    return text_.replace("e+", "e").replace("e-0", "e-").replace("e0", "e")
+    if x == 0 or 1e-3 <= abs(x) < 1e3:
+        short = f"{x:.2g}"
+        if "e" not in short:
+            return short
+    return f"{x:.1e}".replace("e+", "e").replace("e-0", "e-").replace("e0", "e")
 
 
 PRECISION_ORDER = ["mp", "dd", "f64", "f32", "bf16", "f16"]
