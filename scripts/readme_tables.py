@@ -61,7 +61,8 @@ def main():
         if not source.exists():
             missing.append((name, command))
             continue
-        table = source.read_text().rstrip("\n").split("\n")
+        # The table's lines (a file may say something before it, such as what a reduction is against).
+        table = [line for line in source.read_text().split("\n") if line.startswith("|")]
         if lines[first:end] != table:
             differ.append(name)
             if args.write:
