@@ -616,7 +616,30 @@ def table_gradient_vs_depth(runs):
                     [[a, str(b), t, *(cells[(a, b, t)].get(p, "") for p in cols)] for a, b, t in sorted(cells, key=order)])
 
 
+def table_accuracy_by_bits(runs):
+    """Approximate activations (Chakrabarti & Moseley): test accuracy per bit count and method, beside exact training
+    (store_all), with the saved activations' peak (MiB) of each."""
+    cells, exact = {}, None
+    for r in runs:
+        if r["study"] != "train" or text(r["attrs"].get("status", "")) != "complete":
+            continue
+        technique = config_of(r).get("technique", {})
+        figures = (float(r["attrs"].get("test_accuracy", np.nan)), float(r["attrs"].get("activation_peak_bytes", np.nan)) / 2**20)
+        if isinstance(technique, dict) and technique.get("type") == "store_all":
+            exact = figures
+        elif isinstance(technique, dict) and technique.get("type") == "approx_activations":
+            cells.setdefault(int(technique.get("bits", 8)), {})[technique.get("method", "blpa")] = figures
+    if not cells or exact is None:
+        raise Skip("no approx_activations runs beside a store_all run")
+    methods = [m for m in ("blpa", "naive", "actnn") if any(m in row for row in cells.values())]
+    cell = lambda f: f"{f[0]:.4f} ({f[1]:.1f} MiB)"
+    return markdown(["bits", *methods, "exact (store_all)"],
+                    [[str(bits), *(cell(row[m]) if m in row else "" for m in methods), cell(exact)]
+                     for bits, row in sorted(cells.items())])
+
+
 TABLES = [("accuracy_vs_microbatch", table_accuracy_vs_microbatch), ("techniques", table_techniques),
+          ("accuracy_by_bits", table_accuracy_by_bits),
           ("snr_vs_depth", table_snr_vs_depth), ("alpha_vs_slope", table_alpha_vs_slope),
           ("gradient_vs_depth", table_gradient_vs_depth)]
 
