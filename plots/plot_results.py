@@ -638,8 +638,45 @@ def table_accuracy_by_bits(runs):
                      for bits, row in sorted(cells.items())])
 
 
+def table_reversible_training(runs):
+    """Training with stored against rebuilt activations (technique reversible), per architecture and precision: test
+    accuracy of each (or how it diverged), their difference and the saved activations' peak of each (MiB)."""
+    cells = {}
+    for r in runs:
+        technique = text(r["attrs"].get("technique", ""))
+        if r["study"] != "train" or technique not in ("store_all", "reversible"):
+            continue
+        key = (str(config_value(r, ["model", "arch"])), r["precision"])
+        cells.setdefault(key, {})[technique] = r
+    pairs = {k: v for k, v in cells.items() if len(v) == 2}
+    if not pairs:
+        raise Skip("no pairs of store_all and reversible train runs")
+
+    def accuracy(r):
+        status = text(r["attrs"].get("status", ""))
+        return float(r["attrs"].get("test_accuracy", np.nan)) if status == "complete" else None
+
+    def shown(r):
+        a = accuracy(r)
+        if a is not None:
+            return f"{a:.4f}"
+        status, message = text(r["attrs"].get("status", "")), text(r["attrs"].get("message", ""))
+        m = re.search(r"loss became (\S+) at step (\d+)", message)
+        return f"{status} ({m.group(1)} loss at step {m.group(2)})" if m else f"{status}: {message[:60]}"
+
+    mib = lambda r: float(r["attrs"].get("activation_peak_bytes", np.nan)) / 2**20
+    order = lambda k: (ARCH_ORDER.index(k[0]) if k[0] in ARCH_ORDER else 99, PRECISION_ORDER.index(k[1]) if k[1] in PRECISION_ORDER else 99)
+    rows = []
+    for arch, precision in sorted(pairs, key=order):
+        a, b = pairs[(arch, precision)]["store_all"], pairs[(arch, precision)]["reversible"]
+        diff = f"{100 * (accuracy(b) - accuracy(a)):+.2f} pt" if accuracy(a) is not None and accuracy(b) is not None else ""
+        rows.append([arch, precision, shown(a), shown(b), diff, f"{mib(a):.1f} MiB -> {mib(b):.1f} MiB"])
+    return markdown(["arch", "precision", "store_all", "reversible", "difference",
+                     "saved activations, store_all -> reversible"], rows)
+
+
 TABLES = [("accuracy_vs_microbatch", table_accuracy_vs_microbatch), ("techniques", table_techniques),
-          ("accuracy_by_bits", table_accuracy_by_bits),
+          ("accuracy_by_bits", table_accuracy_by_bits), ("reversible_training", table_reversible_training),
           ("snr_vs_depth", table_snr_vs_depth), ("alpha_vs_slope", table_alpha_vs_slope),
           ("gradient_vs_depth", table_gradient_vs_depth)]
 
