@@ -284,10 +284,7 @@ std::string new_file_id() {
 // The run of a pending segment, whole.
 RunRecord read_segment_run(const std::string& file, const std::string& run_id) {
   const H5::H5File segment(file, H5F_ACC_RDONLY);
-  const H5::Group g = segment.openGroup("runs").openGroup(run_id);
-  RunRecord r = read_run_attributes(g, run_id);
-  read_datasets(g, "", r);
-  return r;
+  return read_whole_run(segment.openGroup("runs").openGroup(run_id), run_id);
 }
 
 // Commits `run` as segment `number` of `path`: a one-run results file, written beside its final name and
@@ -384,15 +381,20 @@ Rewritten rewrite(const std::string& path, const std::vector<Source>& sources,
     for (const auto& [name, value] : file_attributes)
       if (!out.attrExists(name)) put_string(out, name, value);
     if (!out.attrExists(kFileIdAttr)) put_string(out, kFileIdAttr, file_id);
+    std::map<std::string, std::size_t> row_of;  // run id -> its row: a fold of thousands looks each up once
+    for (std::size_t k = 0; k < rows.size(); ++k) row_of.emplace(rows[k].run.run_id, k);
     for (const Source& source : sources) {
       const auto kept = kept_index.find(source.run_id);
       const std::int64_t index = source.index >= 0 ? source.index : kept != kept_index.end() ? kept->second : next;
       next = std::max(next, index + 1);
       const RunRecord run = source.load();
       write_run(out.openGroup("runs"), run, index);
-      auto row = std::find_if(rows.begin(), rows.end(), [&](const Row& r) { return r.run.run_id == run.run_id; });
-      if (row != rows.end()) row->run = without_datasets(run);  // a replaced run keeps its row
-      else rows.push_back({index, without_datasets(run)});
+      if (const auto row = row_of.find(run.run_id); row != row_of.end()) {
+        rows[row->second].run = without_datasets(run);  // a replaced run keeps its row
+      } else {
+        row_of.emplace(run.run_id, rows.size());
+        rows.push_back({index, without_datasets(run)});
+      }
     }
     write_summary(path, out, rows);
     set_int(out, kNextIndexAttr, next);
@@ -620,8 +622,7 @@ RunRecord read_run(const std::string& path, const std::string& run_id) {
         const H5::Group pending = open_runs(s.path, s.file);
         if (!pending.nameExists(run_id)) return true;
         if (child(pending, run_id).type != H5O_TYPE_GROUP) throw InFileError(s.path + ": /runs/" + run_id + " is not a group");
-        found = read_run_attributes(pending.openGroup(run_id), run_id);
-        read_datasets(pending.openGroup(run_id), "", *found);
+        found = read_whole_run(pending.openGroup(run_id), run_id);
         return false;
       }, true);
     if (found) return *found;  // segments are written by this lowmem: format 2
@@ -633,8 +634,7 @@ RunRecord read_run(const std::string& path, const std::string& run_id) {
     }
     if (child(runs, run_id).type != H5O_TYPE_GROUP) throw InFileError("/runs/" + run_id + " is not a group");
     const H5::Group g = runs.openGroup(run_id);
-    RunRecord r = read_run_attributes(g, run_id);
-    read_datasets(g, "", r);
+    RunRecord r = read_whole_run(g, run_id);
     if (old) upgrade_format1(r);
     return r;
   });

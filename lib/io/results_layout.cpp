@@ -134,6 +134,12 @@ void attach_step_scales(const H5::Group& g, const RunRecord& run) {
 
 }  // namespace
 
+RunRecord read_whole_run(const H5::Group& g, const std::string& run_id) {
+  RunRecord r = read_run_attributes(g, run_id);
+  read_datasets(g, "", r);
+  return r;
+}
+
 void write_run(const H5::Group& runs, const RunRecord& run, std::int64_t index) {
   // Attributes in the object header (compact), however many: smaller and faster than the default dense
   // storage beyond 8 attributes. One over 64 KiB (a huge config) still goes to dense storage by itself.

@@ -33,6 +33,8 @@ std::int64_t read_index(const H5::Group& run);
 RunRecord read_run_attributes(const H5::Group& g, const std::string& run_id);
 // The group's datasets, recursively, into r.arrays and r.string_arrays (keys below `prefix`).
 void read_datasets(const H5::Group& g, const std::string& prefix, RunRecord& r);
+// A run group whole: its attributes and datasets.
+RunRecord read_whole_run(const H5::Group& g, const std::string& run_id);
 // Creates the run group /runs/<run.run_id> with its attributes and datasets.
 void write_run(const H5::Group& runs, const RunRecord& run, std::int64_t index);
 
