@@ -74,19 +74,31 @@ def _decoded(array):
 def result_files(path):
     """The files of a results set, in order: the file, then its pending segments that belong to it (numbered above
     its folded_through, with its file_id). ValueError for a file of a format this reader does not know."""
-    with h5py.File(path, "r") as main:
-        return [str(path)] + _segment_paths(main)
+    names = []
+    for f in _each_file(path):
+        names.append(str(f.filename))
+    return names
 
 
 def _each_file(path):
-    """The files of a results set opened one at a time (a killed sweep may leave thousands of segments)."""
-    for name in result_files(path):
-        with h5py.File(name, "r") as f:
-            yield f
+    """The files of a results set opened one at a time, in order (a killed sweep may leave thousands of segments):
+    the file, then each candidate segment that carries its file_id."""
+    with h5py.File(path, "r") as main:
+        file_id, candidates = _segment_candidates(main)
+        yield main
+    for p in candidates:
+        try:
+            segment = h5py.File(p, "r")
+        except OSError as e:
+            raise ValueError(f"{path}: pending segment {p} is corrupt or unreadable ({e}); move it away to read the rest")
+        with segment:
+            if text(segment.attrs.get("file_id", "")) == file_id:  # else another file's, left under this name
+                yield segment
 
 
-def _segment_paths(main):
-    """The pending segments of the open file `main`, in order."""
+def _segment_candidates(main):
+    """The open file `main`'s file_id and the pending segments numbered above its folded_through, in order;
+    ValueError if `main` is of a format this reader does not know."""
     path = main.filename
     form = text(main.attrs.get("format", FORMATS[0]))
     if form not in FORMATS:
@@ -95,22 +107,14 @@ def _segment_paths(main):
     file_id = text(main.attrs["file_id"]) if "file_id" in main.attrs else ""
     pending = Path(str(path) + ".pending")
     if not file_id or not pending.is_dir():
-        return []
+        return file_id, []
     folded = int(main.attrs.get("folded_through", 0))
     numbered = []
     for p in pending.iterdir():
         m = re.fullmatch(r"(\d{8,18})\.h5", p.name)
         if m and int(m.group(1)) > folded:
-            numbered.append((int(m.group(1)), p))
-    paths = []
-    for _, p in sorted(numbered):
-        try:
-            with h5py.File(p, "r") as segment:
-                if text(segment.attrs.get("file_id", "")) == file_id:  # else another file's, left under this name
-                    paths.append(str(p))
-        except OSError as e:
-            raise ValueError(f"{path}: pending segment {p} is corrupt or unreadable ({e}); move it away to read the rest")
-    return paths
+            numbered.append((int(m.group(1)), str(p)))
+    return file_id, [p for _, p in sorted(numbered)]
 
 
 def _summary_columns(path):
@@ -256,7 +260,15 @@ def load_runs(f):
     """Run groups of an open h5py File and of its pending segments, in creation order (attribute "index"), each
     as a dict of its decoded attributes plus the group. The segments stay open while their groups are used (a
     sweep that ended has none: its end folds them into the file)."""
-    return _runs([f] + [h5py.File(p, "r") for p in _segment_paths(f)])
+    file_id, candidates = _segment_candidates(f)
+    segments = []
+    for p in candidates:
+        try:
+            segments.append(h5py.File(p, "r"))
+        except OSError as e:
+            raise ValueError(f"{f.filename}: pending segment {p} is corrupt or unreadable ({e}); move it away to read "
+                             "the rest")
+    return _runs([f] + [g for g in segments if text(g.attrs.get("file_id", "")) == file_id])
 
 
 def _runs(parts):
