@@ -348,7 +348,7 @@ template <class T>
 std::pair<double, index_t> Trainer<T>::evaluate_batch(const Tensor<T>& x, const std::vector<std::int32_t>& labels) {
   MemoryLedger::Scope scope(ledger_);
   const MemoryPhaseScope phase(MemoryPhase::evaluation);
-  const Tensor<T> logits = model_->forward(x, eval_ctx_);
+  const Tensor<T> logits = predict(x);
   const MemoryOwner owner(loss_owner);
   const double loss = to_double(loss_.forward(logits, labels, eval_ctx_)) * static_cast<double>(x.dim(0));
   return {loss, SoftmaxCrossEntropy<T>::correct(logits, labels)};
