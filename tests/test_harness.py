@@ -137,7 +137,8 @@ def check_killed_in_flight(tmp):
     and under --jobs."""
     for jobs in ("1", "2"):
         name = f"inflight-jobs{jobs}"
-        cfg = sweep_config(tmp, name, [1, 2] if jobs == "2" else [1], steps=400, heavy=True)
+        # 1,500 steps (about 2 s) so that the kill lands well inside the run on a fast machine too
+        cfg = sweep_config(tmp, name, [1, 2] if jobs == "2" else [1], steps=1500, heavy=True)
         c = json.loads(cfg.read_text())
         c["train"]["checkpoint_every"] = 25
         cfg.write_text(json.dumps(c))
@@ -147,8 +148,21 @@ def check_killed_in_flight(tmp):
                               "--jobs", jobs], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
         while p.poll() is None and time.monotonic() < deadline and len(list(inflight.glob("*.h5"))) < int(jobs):
-            time.sleep(0.01)
-        time.sleep(0.3)  # a few more states written over the first
+            time.sleep(0.002)
+        # Kill once each state has been replaced at least once (a new inode: the rename of a later save), so that
+        # the continued run starts from a state written over an earlier one, not the first.
+        def inodes():
+            found = {}
+            for f in inflight.glob("*.h5"):
+                try:
+                    found[f.name] = f.stat().st_ino
+                except FileNotFoundError:  # removed as we looked: the run was committed
+                    pass
+            return found
+        first = inodes()
+        while p.poll() is None and time.monotonic() < deadline and not all(
+                inodes().get(n, ino) != ino for n, ino in first.items()):
+            time.sleep(0.002)
         if jobs == "2":
             for child in subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split():
                 os.kill(int(child), signal.SIGKILL)
