@@ -495,12 +495,12 @@ def table_accuracy_vs_microbatch(runs):
 
 
 def run_label(run, varying):
-    """A train run's model normalisation (cnn and resnet), technique and precision, and the config values in
-    `varying` (dotted paths) that differ among the runs of the table."""
+    """A train run's model normalisation (cnn and resnet) and technique (its readable label where the file has
+    one), and the config values in `varying` (dotted paths) that differ among the runs of the table."""
     config = config_of(run)
     model = config.get("model", {})
     parts = [norm_label(model)] if model.get("arch") in ("cnn", "resnet") else []
-    parts += [text(run["attrs"].get("technique", "")), run["precision"]]
+    parts.append(text(run["attrs"].get("technique_label", run["attrs"].get("technique", ""))))
     for path in varying:
         value = config_value(run, path.split("."))
         if value is not None:
@@ -519,12 +519,13 @@ def table_techniques(runs):
     baseline = (baseline or found)[0]
     base = float(baseline["attrs"]["peak_bytes"])
     mib = lambda r, *keys: sum(float(r["attrs"].get(k, np.nan)) for k in keys) / 2**20
-    lines = [f"Reduction: against {run_label(baseline, varying)}.", "",
-             "| run | peak (MiB) | reduction | state (MiB) | saved act. (MiB) | workspace (MiB) | step (s) | "
-             "recomputed / step | test accuracy |", "| --- " * 9 + "|"]
+    lines = [f"Reduction: against {run_label(baseline, varying)} {baseline['precision']}.", "",
+             "| run | precision | peak (MiB) | reduction | state (MiB) | saved act. (MiB) | workspace (MiB) | step (s) | "
+             "recomputed / step | test accuracy |", "| --- " * 10 + "|"]
     for r in found:
         a = r["attrs"]
-        lines.append(f"| {run_label(r, varying)} | {mib(r, 'peak_bytes'):.2f} | {base / float(a['peak_bytes']):.1f}x | "
+        lines.append(f"| {run_label(r, varying)} | {r['precision']} | {mib(r, 'peak_bytes'):.2f} | "
+                     f"{base / float(a['peak_bytes']):.1f}x | "
                      f"{mib(r, 'weights_bytes', 'gradients_bytes', 'optimizer_state_bytes'):.2f} | "
                      f"{mib(r, 'activation_peak_bytes'):.2f} | {mib(r, 'workspace_peak_bytes'):.2f} | "
                      f"{float(a.get('step_seconds', np.nan)):.3f} | {int(a.get('recomputed_evaluations_per_step', 0))} | "

@@ -10,7 +10,8 @@ A generated table in README.md sits right under a marker naming its file and the
 
 usage: readme_tables.py [--write] [--only PLOTS_OUT_FILE] [--readme README.md]
   (default) check: for every marker whose table file exists, the README's table must equal it (exit 1 if not);
-            markers whose file is missing are listed (run their commands first); tables without a marker are listed
+            markers whose file is missing are listed (run their commands first); a table with neither a marker nor
+            a <!-- not generated: why --> line before it is an error (exit 1)
   --write   put each existing table file under its marker in the README
   --only    just that table file
 """
@@ -38,10 +39,13 @@ def blocks(lines):
 
 
 def unmarked_tables(lines, marked):
-    """First lines of Markdown tables (a header row, then a | --- | row) that no marker covers."""
+    """First lines of Markdown tables (a header row, then a | --- | row) that no marker covers and that are not
+    declared hand-written (`<!-- not generated: why -->` on the line before, for reference tables such as a
+    list of fuzz targets, or a log whose every row names its own command and commit)."""
     covered = {i for _, _, _, first, end in marked for i in range(first, end)}
     return [i for i in range(len(lines) - 1)
-            if lines[i].startswith("|") and re.match(r"^\|( ?:?-+:? ?\|)+$", lines[i + 1].strip()) and i not in covered]
+            if lines[i].startswith("|") and re.match(r"^\|( ?:?-+:? ?\|)+$", lines[i + 1].strip()) and i not in covered
+            and not (i > 0 and lines[i - 1].startswith("<!-- not generated:"))]
 
 
 def main():
@@ -71,14 +75,16 @@ def main():
         readme.write_text("\n".join(lines))
     for name, command in reversed(missing):
         print(f"not regenerated here: {name} (from: {command})")
-    for i in unmarked_tables(lines, blocks(lines)):
-        print(f"table without a generating command: README line {i + 1}: {lines[i][:80]}")
+    unmarked = unmarked_tables(lines, blocks(lines))
+    for i in unmarked:
+        print(f"TABLE WITHOUT A GENERATING COMMAND: README line {i + 1}: {lines[i][:80]}")
     for name in reversed(differ):
         print(("rewritten: " if args.write else "DIFFERS: ") + name)
     if differ and not args.write:
         print("run scripts/readme_tables.py --write to put the regenerated tables in the README")
-        return 1
-    return 0
+    if unmarked:
+        print("put a <!-- table: FILE from: COMMANDS --> marker (or <!-- not generated: why -->) before each")
+    return 1 if (differ and not args.write) or unmarked else 0
 
 
 if __name__ == "__main__":

@@ -180,9 +180,9 @@ def check_normalisation_figure(binary, tmp):
           "accuracy_vs_microbatch.md: one row per norm, mean and range over seeds at each microbatch size")
     lines = (tmp / "norms_out" / "techniques.md").read_text().splitlines()
     rows, first = lines[4:], runs_in_order(results)
-    check(lines[0] == "Reduction: against BN microbatch-1 f32 seed 0." and len(rows) == len(first) == 16
-          and all(row.startswith(f"| {label} |") and f"| {run['test_accuracy']:.4f} |" in row for row, label, run in
-                  zip(rows[:2], ["BN microbatch-1 f32 seed 0", "BN microbatch-4 f32 seed 0"], first))
+    check(lines[0] == "Reduction: against BN microbatch(1) seed 0 f32." and len(rows) == len(first) == 16
+          and all(row.startswith(f"| {label} | f32 |") and f"| {run['test_accuracy']:.4f} |" in row
+                  for row, label, run in zip(rows[:2], ["BN microbatch(1) seed 0", "BN microbatch(4) seed 0"], first))
           and "| 1.0x |" in rows[0] and f"| {first[0]['peak_bytes'] / first[1]['peak_bytes']:.1f}x |" in rows[1],
           "techniques.md: one row per run in sweep order, reductions against the first run (no f32 store_all here)")
 
