@@ -320,7 +320,8 @@ def technique_runs(runs):
              and "memory/at_total_peak_bytes" in r["group"]]
     if len({(text(r["attrs"].get("technique", "")), r["precision"]) for r in found}) < 2:
         raise Skip("no train runs of two or more techniques or precisions")
-    return found
+    # In the sweep's order (the config's), not the order the runs finished in (--jobs).
+    return sorted(found, key=lambda r: int(r["attrs"].get("sweep_index", 0)))
 
 
 def fig_memory_by_category(runs, ax):
