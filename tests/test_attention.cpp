@@ -46,6 +46,9 @@ TYPED_TEST(AttentionEveryPrecision, OutputsBeforeAPositionDoNotSeeIt) {
   const Tensor<T> x = random_tensor<T>(Shape{n, len, f}, rng);
   const RunContext eval{false, Accumulate::f32};
   const Tensor<T> y = layer.forward(x, eval);
+  // (Evaluation holds P per thread, training per (sample, head): the same numbers.)
+  const Tensor<T> y_training = layer.forward(x, RunContext{true, Accumulate::f32});
+  for (index_t i = 0; i < y.numel(); ++i) ASSERT_TRUE(same_bits(y[i], y_training[i])) << i;
   for (index_t t = 0; t < len; ++t) {
     Tensor<T> changed = x.clone(MemoryCategory::workspace);
     for (index_t s = 0; s < n; ++s)
@@ -155,12 +158,15 @@ TYPED_TEST(AttentionEveryPrecision, DryRunAllocatesWhatARealRunDoes) {
           peak = std::max(peak, current);
         }
         EXPECT_EQ(peak, (4 * 64 * 8 * 5 + 4 * 2 * 64 * 64) * sizeof(T));
+      } else {  // evaluation: P one (sample, head) per thread, never all of it
+        for (const MemoryEvent& e : real) EXPECT_LT(e.bytes, 4 * 2 * 64 * 64 * sizeof(T)) << e.buffer;
       }
     }
 }
 
 // The products run per (sample, head), each wholly on one thread, and parameter gradients sum in one fixed order:
-// one thread and two give the same bits, and two hold more workspace (each thread its buffers: they were used).
+// one thread and two give the same bits (training and evaluation), and two hold more workspace (each thread its
+// buffers: they were used).
 template <class T> void expect_same_bits_on_one_thread_and_two(Accumulate mode) {
   struct Result {
     std::vector<T> values;
@@ -177,8 +183,9 @@ template <class T> void expect_same_bits_on_one_thread_and_two(Accumulate mode) 
     const RunContext ctx{true, mode};
     const Tensor<T> y = layer.forward(x, ctx);
     const Tensor<T> dx = layer.backward(random_tensor<T>(y.shape(), rng), ctx, true);
+    const Tensor<T> y_eval = layer.forward(x, RunContext{false, mode});
     Result r{{}, ledger.peak(MemoryCategory::workspace)};
-    std::vector<const Tensor<T>*> outputs{&y, &dx};
+    std::vector<const Tensor<T>*> outputs{&y, &dx, &y_eval};
     for (Param<T>* p : layer.params()) outputs.push_back(&p->grad);
     for (const Tensor<T>* t : outputs) r.values.insert(r.values.end(), t->data(), t->data() + t->numel());
     return r;

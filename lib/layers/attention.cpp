@@ -158,16 +158,20 @@ template <class T> void Attention<T>::initialize(Rng& rng) {
 }
 
 // x (N, T, F). Per (sample s, head h), in G from qkv stored in T: S = Q K^T (a thread's buffer), P by rows
-// (stored in T, kept), O's columns [h d, (h + 1) d) = P V, rounded once into T with the other heads.
+// (stored in T), O's columns [h d, (h + 1) d) = P V, rounded once into T with the other heads.
 template <class T> Tensor<T> Attention<T>::forward(Tensor<T> x, const RunContext& ctx) {
   using W = wide_t<T>;
   const index_t n = x.dim(0), len = x.dim(1), f = width_, d = f / heads_, pairs = n * heads_;
-  if (ctx.keeps()) input_.keep(x);
+  const bool keep = ctx.keeps();
+  if (keep) input_.keep(x);
   Tensor<T> qkv = project(in_weight_, in_bias_, x, ctx.accumulate);  // (N, T, 3F)
   x = Tensor<T>();  // kept, or no longer needed
-  Tensor<T> probs(Shape{n, heads_, len, len}, MemoryCategory::workspace, Init::none);  // written whole
-  Tensor<T> o(Shape{n, len, f}, MemoryCategory::workspace, Init::none);                // written whole
-  const int threads = pair_threads(pairs, probs.numel());
+  const int threads = pair_threads(pairs, pairs * len * len);
+  // P of every (sample, head) when backward needs it; otherwise one (T, T) per thread, reused (evaluation, and
+  // forwards a technique recomputes, never hold N H T^2 values).
+  Tensor<T> probs(keep ? Shape{n, heads_, len, len} : Shape{threads, len, len}, MemoryCategory::workspace,
+                  Init::none);  // written whole
+  Tensor<T> o(Shape{n, len, f}, MemoryCategory::workspace, Init::none);  // written whole
   with_compute_type<T>(ctx.accumulate, [&]<class G>() {
     Tensor<G> o_g = result_buffer<G>(o);
     Tensor<G> scores(Shape{threads, len, len}, MemoryCategory::workspace, Init::none);
@@ -182,7 +186,7 @@ template <class T> Tensor<T> Attention<T>::forward(Tensor<T> x, const RunContext
       const index_t s = sh / heads_, h = sh % heads_;
       const T* qkv_s = qkv.data() + s * len * 3 * f;
       G* my_scores = scores.data() + t * len * len;
-      T* p = probs.data() + sh * len * len;
+      T* p = probs.data() + (keep ? sh : t) * len * len;
       float* my_packing = packing_row(packing, t);
       dense_product<G>(features(qkv_s, len, 3 * f, h * d, d), features(qkv_s, len, 3 * f, f + h * d, d).t(),
                        my_scores, len, false, my_packing);
@@ -194,13 +198,13 @@ template <class T> Tensor<T> Attention<T>::forward(Tensor<T> x, const RunContext
     }
     round_into(o_g, o);
   });
-  if (ctx.keeps()) {
+  if (keep) {
     qkv_.keep(qkv);
     probs_.keep(probs);
   }
   qkv = probs = Tensor<T>();  // kept, or freed before the output projection
   Tensor<T> y = project(out_weight_, out_bias_, o, ctx.accumulate);
-  if (ctx.keeps()) heads_out_.keep(o);
+  if (keep) heads_out_.keep(o);
   return y;
 }
 
@@ -217,7 +221,7 @@ template <class T> Tensor<T> Attention<T>::backward(Tensor<T> dy, const RunConte
   probs.make_own(MemoryCategory::workspace);  // dS goes over P, head by head
   const index_t n = qkv.dim(0), len = qkv.dim(1), f = width_, d = f / heads_, pairs = n * heads_;
   Tensor<T> dqkv(qkv.shape(), MemoryCategory::workspace, Init::none);  // written whole
-  const int threads = pair_threads(pairs, probs.numel());
+  const int threads = pair_threads(pairs, pairs * len * len);
   with_compute_type<T>(ctx.accumulate, [&]<class G>() {
     Tensor<G> dqkv_g = result_buffer<G>(dqkv);
     Tensor<G> dp(Shape{threads, len, len}, MemoryCategory::workspace, Init::none);

@@ -11,7 +11,8 @@ namespace lowmem {
 // Parameters are named as nn.MultiheadAttention's state_dict: in_proj_weight, in_proj_bias, out_proj.weight,
 // out_proj.bias. Initialisation, as PyTorch's: in_proj_weight xavier uniform (bound sqrt(6 / (F + 3F))),
 // out_proj.weight uniform(-1/sqrt(F), 1/sqrt(F)), both biases 0.
-// Backward keeps x, qkv (N, T, 3F), P (N, H, T, T) and O (N, T, F) (P's T^2 per head dominates for long sequences).
+// Backward keeps x, qkv (N, T, 3F), P (N, H, T, T) and O (N, T, F) (P's T^2 per head dominates for long sequences);
+// a forward that keeps nothing (evaluation, recomputation) holds P for one (sample, head) per thread only.
 template <class T> class Attention : public Layer<T> {
  public:
   Attention(std::string label, index_t width, index_t heads);
