@@ -3,6 +3,7 @@
 #include <cctype>
 
 #include "layers/activations.hpp"
+#include "layers/attention.hpp"
 #include "layers/batchnorm.hpp"
 #include "layers/conv2d.hpp"
 #include "layers/coupling.hpp"
@@ -139,6 +140,9 @@ std::vector<LayerCase> all_layer_cases() {
                                index_t{4}, index_t{2}, BlockNorm{.batch = false, .groups = 2, .proxy = true}),
       make_case<ResidualBlock>("residual identity, layer norm", Shape{2, 2, 4, 4}, index_t{2}, index_t{2}, index_t{1},
                                BlockNorm{.batch = false, .groups = 1}),
+      // Sequences (N, T, F): two heads of 2 features; one head, T = 3.
+      make_case<Attention>("attention 2 heads", Shape{2, 5, 4}, index_t{4}, index_t{2}),
+      make_case<Attention>("attention 1 head", Shape{2, 3, 4}, index_t{4}, index_t{1}),
   };
 }
 
