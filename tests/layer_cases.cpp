@@ -9,6 +9,7 @@
 #include "layers/groupnorm.hpp"
 #include "layers/invertible_chain.hpp"
 #include "layers/linear.hpp"
+#include "layers/lstm.hpp"
 #include "layers/pooling.hpp"
 #include "layers/proxy_norm.hpp"
 #include "layers/residual.hpp"
@@ -139,6 +140,8 @@ std::vector<LayerCase> all_layer_cases() {
                                index_t{4}, index_t{2}, BlockNorm{.batch = false, .groups = 2, .proxy = true}),
       make_case<ResidualBlock>("residual identity, layer norm", Shape{2, 2, 4, 4}, index_t{2}, index_t{2}, index_t{1},
                                BlockNorm{.batch = false, .groups = 1}),
+      make_case<Lstm>("lstm 1 layer", Shape{2, 4, 3}, index_t{3}, index_t{5}, index_t{1}),
+      make_case<Lstm>("lstm 2 layers", Shape{2, 3, 3}, index_t{3}, index_t{4}, index_t{2}),
   };
 }
 
