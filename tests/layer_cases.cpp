@@ -10,6 +10,7 @@
 #include "layers/groupnorm.hpp"
 #include "layers/invertible_chain.hpp"
 #include "layers/linear.hpp"
+#include "layers/lstm.hpp"
 #include "layers/pooling.hpp"
 #include "layers/proxy_norm.hpp"
 #include "layers/residual.hpp"
@@ -143,6 +144,8 @@ std::vector<LayerCase> all_layer_cases() {
       // Sequences (N, T, F): two heads of 2 features; one head, T = 3.
       make_case<Attention>("attention 2 heads", Shape{2, 5, 4}, index_t{4}, index_t{2}),
       make_case<Attention>("attention 1 head", Shape{2, 3, 4}, index_t{4}, index_t{1}),
+      make_case<Lstm>("lstm 1 layer", Shape{2, 4, 3}, index_t{3}, index_t{5}, index_t{1}),
+      make_case<Lstm>("lstm 2 layers", Shape{2, 3, 3}, index_t{3}, index_t{4}, index_t{2}),
   };
 }
 
