@@ -55,7 +55,8 @@ techniques and the swept values. Predicted by a dry step, equal to the byte to w
 
 const char* show_about = R"(Prints the summary table of results files, one row per run (several files: one table, with a column `file`).
 Default columns: run_id, study, precision, model, technique_label, the seed where it varies, the swept values,
-status, wall_seconds, peak_bytes, activation_peak_bytes, final_train_loss, test_accuracy, message.)";
+status, wall_seconds, peak_bytes, activation_peak_bytes, final_train_loss, test_accuracy, val_bits_per_char
+(text models), message.)";
 
 const char* merge_about = R"(Writes every run of the IN files, results files of one sweep (its shards, or interrupted and resumed
 parts), into the new file OUT, in the sweep's order. Where files hold the same run, a result (complete or

@@ -35,7 +35,7 @@ namespace {
 
 // Input pixels of one training batch: the denominator of the pixel-wise memory cost (Hascoet et al.).
 double pixels_per_batch(const RunConfig& run) {
-  return static_cast<double>(run.train.batch) * static_cast<double>(run.model.input[1] * run.model.input[2]);
+  return static_cast<double>(run.train.batch) * static_cast<double>(run.model.positions());
 }
 
 // "  train.optimizer.lr=0.1 model.blocks=2": the run's swept values other than the technique (shown as its label)
@@ -85,7 +85,7 @@ std::string plan_table(const std::vector<PlannedRun>& runs, const std::vector<st
   out += "memory in bytes: peak of each category and of the total over one step (train: and one evaluation batch);\n"
          "own_need: what the techniques themselves require (model state + saved-activation peak + the widest layer's\n"
          "input and output), over: how far the peak is above it (lowmem's own overhead);\n"
-         "B/pixel: peak / (batch x H x W); recompute: forward layer evaluations per step beyond one per layer\n";
+         "B/pixel: peak / (batch x H x W) (text: per token, batch x T); recompute: forward layer evaluations per step beyond one per layer\n";
   if (resuming)
     out += "resume: run --resume would skip " + std::to_string(skipped) + " of these " +
            std::to_string(positions.size()) + " runs (done in the results file) and run the others\n";

@@ -47,10 +47,10 @@ std::vector<PlannedRun> plan_runs(const std::string& config_file, const std::vec
 }
 
 void check_data_fits(const RunConfig& run, const DataSplit& data) {
-  const Shape images{data.train.channels, data.train.height, data.train.width};
-  if (images != run.model.input)
-    throw Error("data " + data.train.source + " has images of shape " + images.str() + " but model.input is " +
-                run.model.input.str());
+  const Shape examples(data.train.example_shape());
+  if (examples != run.model.input)
+    throw Error("data " + data.train.source + " has " + (data.train.tokens ? "windows" : "images") + " of shape " +
+                examples.str() + " but model.input is " + run.model.input.str());
   if (data.train.classes > run.model.classes)
     throw Error("data " + data.train.source + " has " + std::to_string(data.train.classes) +
                 " classes but model.classes is " + std::to_string(run.model.classes));

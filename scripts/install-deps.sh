@@ -5,7 +5,7 @@ packages=(
   g++ cmake make pkg-config
   libeigen3-dev libboost-dev libmpfr-dev libhdf5-dev hdf5-tools nlohmann-json3-dev
   libbenchmark-dev libgtest-dev libgmock-dev zlib1g-dev libcli11-dev
-  dataset-fashion-mnist
+  dataset-fashion-mnist fortunes
   python3 python3-h5py python3-matplotlib python3-numpy python3-pandas python3-torch
   # the sanitizer and fuzz builds (scripts/test-sanitizers.sh, scripts/fuzz.sh): clang, its OpenMP runtime, the
   # sanitizer and libFuzzer runtimes (libclang_rt.*, only recommended by clang) and llvm-symbolizer for stacks

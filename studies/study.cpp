@@ -24,9 +24,9 @@ void run_study(const RunConfig& config, const DataSplit& data, RunRecord& record
   else if (config.study == "gradient") run_gradient_study(config, data, record, progress);
   else if (config.study == "reconstruction") run_reconstruction_study(config, data, record, progress);
   else throw Error("unknown study \"" + config.study + "\"");
-  // Pixel-wise memory cost (Hascoet et al.): peak memory per image of the batch, per input pixel.
+  // Pixel-wise memory cost (Hascoet et al.): peak memory per image of the batch, per input pixel (text: per token).
   const double pixels = static_cast<double>(std::min<std::int64_t>(config.train.batch, data.train.count)) *
-                        static_cast<double>(config.model.input[1] * config.model.input[2]);
+                        static_cast<double>(config.model.positions());
   record.scalars["pixel_memory_bytes"] = record.scalars.at("peak_bytes") / pixels;
   record.scalars["pixel_activation_bytes"] = record.scalars.at("activation_peak_bytes") / pixels;
 }
@@ -69,13 +69,17 @@ ModelTensors model_tensors(Sequential<T>& model, const std::string& root, double
   ModelTensors out;
   for_each_leaf(model, root, [&](const std::string& prefix, Layer<T>& layer) {
     for (Param<T>* p : layer.params()) {
-      const std::string name = prefix + "/" + p->name;
+      // A dotted name (attention's "out_proj.weight", PyTorch's submodule) is a path: prefix/out_proj/weight.
+      std::string path = p->name;
+      std::replace(path.begin(), path.end(), '.', '/');
+      const std::size_t leaf = path.rfind('/') + 1;  // 0 without a slash
+      const std::string name = prefix + "/" + path;
       out.names.push_back(name);
       out.arrays[name] = dense(p->value, *p);
       if (grad_scale <= 0) continue;
       RunRecord::Array grad = dense(p->grad, *p);
       for (double& g : grad.values) g /= grad_scale;
-      out.arrays[prefix + "/grad_" + p->name] = std::move(grad);
+      out.arrays[prefix + "/" + path.substr(0, leaf) + "grad_" + path.substr(leaf)] = std::move(grad);
     }
     if (buffers)
       for (const auto& [name, tensor] : layer.buffers()) out.arrays[prefix + "/" + name] = widen(*tensor);

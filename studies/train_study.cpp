@@ -101,6 +101,8 @@ void train(const RunConfig& config, const DataSplit& data, RunRecord& record, co
   record.scalars["final_train_loss"] = tail ? sum / static_cast<double>(tail) : NAN;
   record.scalars["test_accuracy"] = accuracies.empty() ? NAN : accuracies.back();
   record.scalars["test_loss"] = test_losses.empty() ? NAN : test_losses.back();
+  // A text model's validation loss in bits per token (character or byte), the unit language models are compared in.
+  if (config.model.tokens) record.scalars["val_bits_per_char"] = record.scalars["test_loss"] / std::log(2.0);
   record.scalars["recomputed_evaluations_per_step"] = static_cast<double>(trainer.recomputed_evaluations());
   for (const auto& [name, value] : trainer.technique_report()) record.scalars[name] = value;
   record_memory(ledger, record);

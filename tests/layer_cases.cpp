@@ -7,13 +7,16 @@
 #include "layers/batchnorm.hpp"
 #include "layers/conv2d.hpp"
 #include "layers/coupling.hpp"
+#include "layers/embedding.hpp"
 #include "layers/groupnorm.hpp"
 #include "layers/invertible_chain.hpp"
 #include "layers/linear.hpp"
 #include "layers/lstm.hpp"
+#include "layers/position_wise.hpp"
 #include "layers/pooling.hpp"
 #include "layers/proxy_norm.hpp"
 #include "layers/residual.hpp"
+#include "layers/transformer_block.hpp"
 #include "techniques/sparsity.hpp"
 
 namespace lowmem::testing {
@@ -139,6 +142,20 @@ std::vector<LayerCase> all_layer_cases() {
       make_case<ResidualBlock>("residual projection", Shape{2, 2, 6, 6}, index_t{2}, index_t{4}, index_t{2}, BlockNorm{}),
       make_case<ResidualBlock>("residual projection, group norm + proxy norm", Shape{2, 2, 6, 6}, index_t{2},
                                index_t{4}, index_t{2}, BlockNorm{.batch = false, .groups = 2, .proxy = true}),
+      // Sequence layers: (N, T, F); the embedding takes token ids (N, T).
+      [] {
+        LayerCase c = make_case<Embedding>("embedding", Shape{2, 5}, index_t{7}, index_t{3});
+        c.vocab = 7;
+        return c;
+      }(),
+      make_case<PositionalEmbedding>("positional", Shape{2, 4, 3}, index_t{6}, index_t{3}),
+      make_case<Gelu>("gelu", Shape{2, 3, 4}),
+      case_of("linear per position", Shape{2, 3, 4}, []<class T>() {
+        return std::make_unique<PositionWise<T>>(std::make_unique<Linear<T>>("linear", 4, 5, true));
+      }),
+      case_of("layernorm per position", Shape{2, 3, 6}, []<class T>() {
+        return std::make_unique<PositionWise<T>>(std::make_unique<GroupNorm<T>>("layernorm", 6, 1, 1e-5));
+      }),
       make_case<ResidualBlock>("residual identity, layer norm", Shape{2, 2, 4, 4}, index_t{2}, index_t{2}, index_t{1},
                                BlockNorm{.batch = false, .groups = 1}),
       // Sequences (N, T, F): two heads of 2 features; one head, T = 3.
@@ -146,6 +163,7 @@ std::vector<LayerCase> all_layer_cases() {
       make_case<Attention>("attention 1 head", Shape{2, 3, 4}, index_t{4}, index_t{1}),
       make_case<Lstm>("lstm 1 layer", Shape{2, 4, 3}, index_t{3}, index_t{5}, index_t{1}),
       make_case<Lstm>("lstm 2 layers", Shape{2, 3, 3}, index_t{3}, index_t{4}, index_t{2}),
+      make_case<TransformerBlock>("transformer_block", Shape{2, 4, 4}, index_t{4}, index_t{2}, index_t{2}, 1e-5),
   };
 }
 

@@ -658,12 +658,82 @@ def check_command_line():
           describe(p))
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# 8. text: sequence models on a corpus written here
+
+def text_config(name, corpus, model=None, **data):
+    """A tiny character Transformer on `corpus` (windows of 8 characters, batch 4, 3 steps)."""
+    def change(c):
+        c["model"] = model or {"arch": "transformer", "depth": 1, "width": 8, "heads": 2}
+        c["data"] = {"dataset": "text", "path": str(corpus), "seq_len": 8, **data}
+        c["train"]["batch"] = 4
+    return config(name, change)
+
+
+def check_text():
+    corpus = TMP / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 40 + "caf\u00e9 \u20ac\n", encoding="utf-8")
+    cfg = text_config("text.json", corpus)
+    p, plan = plan_json(cfg)
+    check(p.returncode == 0 and plan[0]["predicted_peak_bytes"] > 0, "text: a character Transformer plans", describe(p))
+    cfg = text_config("text-plan.json", corpus)
+    c = json.loads(cfg.read_text())
+    c["sweep"] = {"precision": ["f32", "f64", "f16", "bf16"]}
+    cfg.write_text(json.dumps(c))
+    check_plan_matches_run("plan vs run (text transformer)", cfg)
+    c["sweep"] = {"technique": [{"type": "microbatch", "count": 2}, {"type": "checkpoint"},
+                                {"type": "mixed_precision", "compute": "bf16"},
+                                {"type": "approx_activations", "bits": 4, "method": "actnn"}]}
+    cfg = TMP / "text-techniques.json"
+    cfg.write_text(json.dumps(c))
+    check_plan_matches_run("plan vs run (text transformer, techniques)", cfg)
+    out = TMP / "text-run.h5"
+    r = lowmem("run", text_config("text-run.json", corpus), "--out", out, *RUN_OPTS)
+    runs = runs_of(out) if r.returncode == 0 else {}
+    attrs = next(iter(runs.values()))[0] if runs else {}
+    bpc, loss = attrs.get("val_bits_per_char", -1), attrs.get("test_loss", -2)
+    check(r.returncode == 0 and abs(bpc - loss / np.log(2)) < 1e-12 and 0 < bpc < 8,
+          "text: a run records val_bits_per_char, the validation loss in bits", f"{describe(r)}\n    {bpc} {loss}")
+
+    # Bad input: one line naming the file or JSON path.
+    expect_error("text: a missing corpus names data.path", lowmem("plan", text_config("t1.json", TMP / "nothing.txt")),
+                 1, ["/data/path", "nothing.txt", "does not exist"])
+    (TMP / "empty.txt").write_text("")
+    expect_error("text: an empty corpus", lowmem("plan", text_config("t2.json", TMP / "empty.txt")), 1,
+                 ["/data/path", "empty.txt", "no text"])
+    expect_error("text: seq_len longer than the corpus",
+                 lowmem("run", text_config("t3.json", corpus, seq_len=100000), "--out", TMP / "t3.h5", *RUN_OPTS), 1,
+                 ["seq_len 100000", "too long"])
+    expect_error("text: heads that do not divide the width", lowmem("plan", text_config(
+        "t4.json", corpus, {"arch": "transformer", "depth": 1, "width": 8, "heads": 3})),
+                 1, ["/model/heads", "3 heads", "width of 8"])
+    expect_error("text: a vocabulary mismatch", lowmem("plan", text_config(
+        "t5.json", corpus, {"arch": "transformer", "depth": 1, "width": 8, "heads": 2, "classes": 50})),
+                 1, ["/model/classes", "50", "vocabulary"])
+    expect_error("text: an image architecture on text", lowmem("plan", text_config(
+        "t6.json", corpus, {"arch": "cnn", "channels": [4]})), 1, ["/model/arch", "image model"])
+    expect_error("text: an image layer in a sequence model", lowmem("plan", text_config(
+        "t7.json", corpus, {"layers": [{"type": "embedding", "out": 8}, {"type": "conv", "out": 4},
+                                       {"type": "linear", "out": 30}]})), 1, ["/model/layers/1", "image layer"])
+    expect_error("text: a text model without an embedding", lowmem("plan", text_config(
+        "t8.json", corpus, {"layers": [{"type": "linear", "out": 30}]})), 1, ["/model/layers/0", "embedding"])
+    expect_error("text: an embedding in an image model", lowmem("plan", config("t9.json", lambda c: c["model"].update(
+        layers=[{"type": "embedding", "out": 4}] + c["model"]["layers"]))), 1, ["/model/layers/0", "token ids"])
+    expect_error("text: a sequence layer in an image model", lowmem("plan", config("t10.json", lambda c: c["model"].update(
+        layers=[{"type": "positional"}] + c["model"]["layers"]))), 1, ["/model/layers/0", "sequence"])
+    (TMP / "latin1.txt").write_bytes(b"caf\xe9 " * 50)
+    expect_error("text: not UTF-8 at char level", lowmem("plan", text_config("t11.json", TMP / "latin1.txt")), 1,
+                 ["/data/path", "latin1.txt", "not UTF-8 at byte 3", "byte"])
+    p = lowmem("plan", text_config("t12.json", TMP / "latin1.txt", level="byte"))
+    check(p.returncode == 0, "text: byte level reads any bytes", describe(p))
+
+
 def main():
     def with_scratch(tmp):
         global TMP
         TMP = tmp
         for section in (check_bad_input, check_determinism, check_plan, check_plan_timeline, check_results_file,
-                        check_divergence, check_set, check_show, check_command_line):
+                        check_divergence, check_set, check_show, check_command_line, check_text):
             try:
                 section()
             except Exception as e:  # a broken section must not hide the others

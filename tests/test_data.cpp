@@ -592,3 +592,110 @@ TEST(FillBatch, KnownShiftByHand) {
   EXPECT_EQ(out[2 * 4 + 2], 0.0f);
   EXPECT_EQ(out[12 + 0 * 4 + 1], 25.0f);  // channel 1, input (1, 0)
 }
+
+// ---- Text (data "text") ----
+
+namespace {
+
+void write_bytes(const fs::path& file, const std::string& bytes) {
+  std::ofstream(file, std::ios::binary) << bytes;
+}
+
+std::string thrown(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST(Text, ByteLevelTokensAreTheBytes) {
+  TempDir dir;
+  write_bytes(dir.path / "a.txt", std::string("ab\xC3\xA9", 4));
+  const TextCorpus c = read_text((dir.path / "a.txt").string(), "byte");
+  EXPECT_EQ(c.symbols.size(), 256u);
+  EXPECT_EQ(c.tokens, (std::vector<std::int32_t>{'a', 'b', 0xC3, 0xA9}));
+}
+
+TEST(Text, CharLevelVocabularyIsTheCodePointsInOrder) {
+  TempDir dir;
+  write_bytes(dir.path / "a.txt", "b\xC3\xA9" "a\xE2\x82\xAC" "b");  // b, e-acute (U+E9), a, euro (U+20AC), b
+  const TextCorpus c = read_text((dir.path / "a.txt").string(), "char");
+  EXPECT_EQ(c.symbols, (std::vector<std::uint32_t>{'a', 'b', 0xE9, 0x20AC}));
+  EXPECT_EQ(c.tokens, (std::vector<std::int32_t>{1, 2, 0, 3, 1}));
+  EXPECT_EQ(text_vocabulary((dir.path / "a.txt").string(), "char"), 4);
+}
+
+TEST(Text, ADirectoryIsItsTextFilesInNameOrder) {
+  TempDir dir;
+  write_bytes(dir.path / "b", "cd");
+  write_bytes(dir.path / "a", "ab");
+  write_bytes(dir.path / "a.dat", std::string("\0\1x", 3));  // an index with NUL bytes: not text, skipped
+  fs::create_symlink(dir.path / "a", dir.path / "a.u8");      // a second name for a: skipped
+  const TextCorpus c = read_text(dir.str(), "byte");
+  EXPECT_EQ(c.tokens, (std::vector<std::int32_t>{'a', 'b', 'c', 'd'}));
+  EXPECT_NE(c.source.find("2 files"), std::string::npos) << c.source;
+}
+
+TEST(Text, BadInputIsOneLineNamingTheFile) {
+  TempDir dir;
+  write_bytes(dir.path / "bad.txt", "ok\xC3(");  // a lead byte followed by a non-continuation byte
+  write_bytes(dir.path / "empty.txt", "");
+  EXPECT_NE(thrown([&] { read_text((dir.path / "bad.txt").string(), "char"); }).find("bad.txt is not UTF-8 at byte 2"),
+            std::string::npos);
+  EXPECT_NO_THROW(read_text((dir.path / "bad.txt").string(), "byte"));  // any bytes are bytes
+  EXPECT_NE(thrown([&] { read_text((dir.path / "empty.txt").string(), "byte"); }).find("has no text"), std::string::npos);
+  EXPECT_NE(thrown([&] { read_text((dir.path / "missing").string(), "byte"); }).find("missing does not exist"),
+            std::string::npos);
+  write_bytes(dir.path / "over.txt", "\xF4\x90\x80\x80");  // past U+10FFFF
+  EXPECT_NE(thrown([&] { read_text((dir.path / "over.txt").string(), "char"); }).find("not UTF-8 at byte 0"),
+            std::string::npos);
+}
+
+// Windows of seq_len inputs, labelled by the next token at each position; the last `validation` held out.
+TEST(Text, SplitIntoNextTokenWindows) {
+  TextCorpus c;
+  c.source = "test";
+  c.symbols.resize(30);
+  for (int i = 0; i < 30; ++i) c.tokens.push_back(i);  // token i at position i
+  const auto [train, validation] = split_text(c, {4, 0.25, 0, 0});
+  // 30 tokens, 7 held out (7.5 rounded down): train has tokens 0..22, and windows of 4 inputs and the token after:
+  // (23 - 1) / 4 = 5 of them; validation (7 - 1) / 4 = 1.
+  EXPECT_EQ(train.count, 5);
+  EXPECT_EQ(validation.count, 1);
+  EXPECT_TRUE(train.tokens);
+  EXPECT_EQ(train.targets, 4);
+  EXPECT_EQ(train.example_shape(), (std::vector<std::int64_t>{4}));
+  EXPECT_EQ(train.classes, 30);
+  for (std::int64_t k = 0; k < train.count; ++k)
+    for (std::int64_t t = 0; t < 4; ++t) {
+      EXPECT_EQ(train.images[k * 4 + t], static_cast<float>(4 * k + t));
+      EXPECT_EQ(train.labels[k * 4 + t], 4 * k + t + 1);
+    }
+  EXPECT_EQ(validation.images[0], 23.0f);  // the held-out part starts after the training tokens
+  EXPECT_EQ(validation.labels[0], 24);
+  // fill_batch copies a window's labels with it.
+  std::vector<float> x(8);
+  std::vector<std::int32_t> labels(8);
+  const std::int64_t indices[] = {3, 1};
+  Rng rng(0);
+  fill_batch(train, indices, 2, Augment{}, rng, x.data(), labels.data());
+  EXPECT_EQ(x[0], 12.0f);
+  EXPECT_EQ(labels[0], 13);
+  EXPECT_EQ(labels[7], 8);
+  EXPECT_EQ(split_text(c, {4, 0.25, 2, 1}).first.count, 2);  // limits
+  EXPECT_NE(thrown([&] { split_text(c, {9, 0.25, 0, 0}); }).find("data.seq_len 9 is too long for the validation split"),
+            std::string::npos);
+}
+
+// The default corpus (Debian's fortunes, installed by scripts/install-deps.sh): plain UTF-8 English text.
+TEST(Text, FortunesCorpus) {
+  if (!fs::exists("/usr/share/games/fortunes")) GTEST_SKIP() << "fortunes not installed";
+  const TextCorpus c = read_text("/usr/share/games/fortunes", "char");
+  EXPECT_GT(c.tokens.size(), 2'000'000u);
+  EXPECT_GT(c.symbols.size(), 90u);
+  EXPECT_LE(c.symbols.size(), 256u);  // within what bf16 holds exactly
+}

@@ -123,12 +123,9 @@ TYPED_TEST(EveryPrecision, EveryLayerForwardAgreesWithMultiprecision) {
         params[k]->value[i] = round_to<T>(to_double(params[k]->value[i]) + 0.3 * rng.normal());
         ref_params[k]->value[i] = round_to<mp>(params[k]->value[i]);
       }
-    Tensor<T> x(c.input, MemoryCategory::workspace);
+    Tensor<T> x = testing::draw_input<T>(c.input, c.vocab, rng);
     Tensor<mp> x_ref(c.input, MemoryCategory::workspace);
-    for (index_t i = 0; i < x.numel(); ++i) {
-      x[i] = round_to<T>(rng.normal());
-      x_ref[i] = round_to<mp>(x[i]);
-    }
+    for (index_t i = 0; i < x.numel(); ++i) x_ref[i] = round_to<mp>(x[i]);
     const RunContext ctx{true, Accumulate::f32};
     const Tensor<T> y = layer->forward(x, ctx);
     const Tensor<mp> y_ref = reference->forward(x_ref, ctx);

@@ -6,7 +6,9 @@ usage: test_pytorch_reference.py LOWMEM_BINARY
 For each model below (a plain CNN, a residual net with batch norm and one with group/layer norm and Proxy Norm, a
 group-norm net, a Proxy Norm net, and a reversible net with every invertible block: invertible
 batch norm, leaky ReLU, additive and affine coupling, pixel shuffle, an invertible chain; the last once with
-stored activations and once with backprop by reconstruction), runs lowmem's "gradient" study (one forward + backward pass in training mode on the first
+stored activations and once with backprop by reconstruction; and two character models on a corpus of 5 symbols:
+two pre-norm Transformer blocks, and embedding, attention, GELU, a per-position linear layer, a 2-layer LSTM and
+layer norm), runs lowmem's "gradient" study (one forward + backward pass in training mode on the first
 train.batch examples) in f64 and f32, then rebuilds the same network in PyTorch in float64 from each run's own
 weights and input and compares: logits, loss (mean cross-entropy) and every parameter gradient, as
 relative error = max|lowmem - torch| / max|torch| per tensor. Tolerances: 1e-10 for the f64 run, 1e-4 for the
@@ -76,6 +78,15 @@ RESIDUAL_NORM_NET = [conv(4, 3, pad=1, bias=False), {"type": "groupnorm", "group
                      {"type": "residual", "out": 8, "stride": 2, "norm": "groupnorm", "groups": 2, "proxy": True},
                      {"type": "residual", "out": 8, "norm": "layernorm"},
                      {"type": "global_avgpool"}, {"type": "linear", "out": K}]
+# Text models (data "text", a corpus of K symbols written by the test, windows of 6): token ids in, scores of the
+# next symbol at every position out, the loss averaged over all positions.
+TEXT = "text"
+TEXT_TRANSFORMER = [{"type": "embedding", "out": 8}, {"type": "positional"}, {"type": "transformer_block", "heads": 2},
+                    {"type": "transformer_block", "heads": 1, "mlp": 2}, {"type": "layernorm"},
+                    {"type": "linear", "out": K}]
+TEXT_LAYERS = [{"type": "embedding", "out": 6}, {"type": "attention", "heads": 3}, {"type": "gelu"},
+               {"type": "linear", "out": 8}, {"type": "lstm", "hidden": 5, "num_layers": 2},
+               {"type": "layernorm", "affine": False}, {"type": "linear", "out": K, "bias": False}]
 # name: (input shape, layers, technique). The reversible network runs twice: with stored activations, and with
 # backprop by reconstruction (lowmem rebuilds every activation of the invertible layers from the last one).
 CASES = {"plain_cnn": ([2, 16, 16], PLAIN_CNN, "store_all"), "residual_net": ([3, 8, 8], RESIDUAL_NET, "store_all"),
@@ -83,7 +94,8 @@ CASES = {"plain_cnn": ([2, 16, 16], PLAIN_CNN, "store_all"), "residual_net": ([3
          "proxy_norm_net": ([2, 8, 8], PROXY_NORM_NET, "store_all"),
          "residual_norm_net": ([3, 8, 8], RESIDUAL_NORM_NET, "store_all"),
          "reversible_net": ([1, 8, 8], REVERSIBLE_NET, "store_all"),
-         "reversible_net_rebuilt": ([1, 8, 8], REVERSIBLE_NET, "reversible")}
+         "reversible_net_rebuilt": ([1, 8, 8], REVERSIBLE_NET, "reversible"),
+         "text_transformer": (TEXT, TEXT_TRANSFORMER, "store_all"), "text_layers": (TEXT, TEXT_LAYERS, "store_all")}
 
 
 def zero_grad_biases(layers):
@@ -111,9 +123,10 @@ def reference(model, group):
     model.zero_grad()
     labels = group["labels"][()]
     assert np.all(labels == np.round(labels)), "labels are not integers"
-    x = torch.from_numpy(group["input"][()].astype(np.float64))
+    text = isinstance(model[0], torch.nn.Embedding)  # token ids in, scores at every position out
+    x = torch.from_numpy(group["input"][()].astype(np.int64 if text else np.float64))
     logits = model(x)
-    loss = F.cross_entropy(logits, torch.from_numpy(labels.astype(np.int64)))
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.from_numpy(labels.astype(np.int64)).reshape(-1))
     loss.backward()
     out = {"logits": logits.detach().numpy(), "loss": loss.detach().numpy().reshape(1)}
     for name, p in params.items():
@@ -137,10 +150,15 @@ def compare(group, ref, zero_biases):
 
 
 def run_lowmem(binary, tmp, name, input_shape, layers, technique):
-    config = {"name": name, "study": "gradient", "seed": 3, "technique": {"type": technique},
-              "model": {"input": input_shape, "classes": K, "layers": layers},
-              "data": {"dataset": "synthetic",
-                       "synthetic": {"count": 64, "test_count": 16, "shape": input_shape, "classes": K}},
+    if input_shape == TEXT:  # K symbols in a seeded order, each of them present
+        corpus = tmp / "corpus.txt"
+        corpus.write_text("".join("abcde"[i] for i in np.random.default_rng(5).integers(0, K, 400)) + "abcde")
+        model, data = {"layers": layers}, {"dataset": "text", "path": str(corpus), "seq_len": 6}
+    else:
+        model = {"input": input_shape, "classes": K, "layers": layers}
+        data = {"dataset": "synthetic", "synthetic": {"count": 64, "test_count": 16, "shape": input_shape, "classes": K}}
+    config = {"name": name, "study": "gradient", "seed": 3, "technique": {"type": technique}, "model": model,
+              "data": data,
               "train": {"batch": 8, "optimizer": {"type": "sgd", "lr": 0.1}},
               "gradient": {"reference": "none"}, "sweep": {"precision": ["f64", "f32"]}}
     path, out = tmp / f"{name}.json", tmp / f"{name}.h5"

@@ -120,19 +120,85 @@ class ProxyNorm(nn.Module):
         return (a - mean.view(per_channel)) / torch.sqrt(var.view(per_channel) + self.eps)
 
 
-def make_chain(specs, shape):
-    """nn.Sequential of the specs on per-sample input `shape`; returns it and its output shape."""
+class Positional(nn.Module):
+    """lowmem's positional: x (N, T, F) + weight[:T], weight (positions, F)."""
+
+    def __init__(self, positions, width):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(positions, width))
+
+    def forward(self, x):
+        return x + self.weight[: x.shape[1]]
+
+
+class CausalSelfAttention(nn.MultiheadAttention):
+    """lowmem's attention: nn.MultiheadAttention (its parameter names) on x (N, T, F), position t seeing <= t."""
+
+    def __init__(self, width, heads):
+        super().__init__(width, heads, batch_first=True)
+
+    def forward(self, x):
+        t = x.shape[1]
+        mask = torch.triu(torch.ones(t, t, dtype=torch.bool), diagonal=1)
+        return super().forward(x, x, x, attn_mask=mask, need_weights=False)[0]
+
+
+class TransformerBlock(nn.Module):
+    """lowmem's transformer_block (pre-norm): h = x + attn(ln1(x)), y = h + fc2(gelu(fc1(ln2(h))))."""
+
+    def __init__(self, width, heads, mlp, eps):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(width, eps=eps)
+        self.attn = CausalSelfAttention(width, heads)
+        self.ln2 = nn.LayerNorm(width, eps=eps)
+        self.fc1 = nn.Linear(width, mlp * width)
+        self.gelu = nn.GELU()
+        self.fc2 = nn.Linear(mlp * width, width)
+
+    def forward(self, x):
+        h = x + self.attn(self.ln1(x))
+        return h + self.fc2(self.gelu(self.fc1(self.ln2(h))))
+
+
+class LstmOutput(nn.LSTM):
+    """lowmem's lstm: nn.LSTM (batch first) giving the last layer's h at every step."""
+
+    def forward(self, x):
+        return super().forward(x)[0]
+
+
+def make_chain(specs, shape, vocab=None):
+    """nn.Sequential of the specs on per-sample input `shape`; returns it and its output shape. vocab: a text
+    model's (its embedding's input is token ids)."""
     layers = []
     for spec in specs:
-        layers.append(make_layer(spec, shape).double())
+        layers.append(make_layer(spec, shape, vocab).double())
         with torch.no_grad():
-            shape = list(layers[-1].eval()(torch.zeros(2, *shape, dtype=torch.float64)).shape[1:])
+            dtype = torch.long if spec["type"] == "embedding" else torch.float64
+            shape = list(layers[-1].eval()(torch.zeros(2, *shape, dtype=dtype)).shape[1:])
     return nn.Sequential(*layers), shape
 
 
-def make_layer(spec, shape):
-    """One torch module for one lowmem layer spec (lowmem's defaults applied); shape excludes the batch."""
+def make_layer(spec, shape, vocab=None):
+    """One torch module for one lowmem layer spec (lowmem's defaults applied); shape excludes the batch. On a
+    sequence (T, F), linear and the norms act on each position's F features."""
     t = spec["type"]
+    if t == "embedding":
+        return nn.Embedding(vocab, spec["out"])
+    if t == "positional":
+        return Positional(shape[0], shape[1])
+    if t == "attention":
+        return CausalSelfAttention(shape[1], spec.get("heads", 1))
+    if t == "transformer_block":
+        return TransformerBlock(shape[1], spec.get("heads", 1), spec.get("mlp", 4), spec.get("eps", 1e-5))
+    if t == "lstm":
+        return LstmOutput(shape[1], spec["hidden"], spec.get("num_layers", 1), batch_first=True)
+    if t == "gelu":
+        return nn.GELU()
+    if len(shape) == 2 and t == "linear":
+        return nn.Linear(shape[1], spec["out"], bias=spec.get("bias", True))
+    if len(shape) == 2 and (t == "layernorm" or (t == "groupnorm" and spec.get("groups") == 1)):
+        return nn.LayerNorm(shape[1], eps=spec.get("eps", 1e-5), elementwise_affine=spec.get("affine", True))
     if t == "conv":
         return nn.Conv2d(shape[0], spec["out"], spec["kernel"], spec.get("stride", 1), spec.get("pad", 0),
                          bias=spec.get("bias", True))
@@ -170,7 +236,10 @@ def make_layer(spec, shape):
 
 
 def build_model(config):
-    """nn.Sequential in float64, training mode, built from the config alone (not from the HDF5 shapes)."""
-    model, shape = make_chain(config["model"]["layers"], list(config["model"]["input"]))
-    assert shape == [config["model"]["classes"]], f"model output {shape}"
+    """nn.Sequential in float64, training mode, built from the config alone (not from the HDF5 shapes). A text
+    model (data "text") maps token ids (N, T) to scores (N, T, classes)."""
+    m = config["model"]
+    text = config.get("data", {}).get("dataset") == "text"
+    model, shape = make_chain(m["layers"], list(m["input"]), m["classes"] if text else None)
+    assert shape == ([m["input"][0]] if text else []) + [m["classes"]], f"model output {shape}"
     return model.train()

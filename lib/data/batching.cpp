@@ -1,5 +1,6 @@
 // The input pipeline after loading: normalisation, the order of examples per epoch, and batch assembly with
 // augmentation.
+#include <algorithm>
 #include <cmath>
 #include <numeric>
 
@@ -85,7 +86,7 @@ void fill_batch(const Dataset& d, const std::int64_t* indices, std::int64_t n, c
           dst[(c * H + y) * W + x] = inside ? src[(c * H + sy) * W + (flip ? W - 1 - sx : sx)] : 0.0f;
         }
       }
-    labels_out[k] = d.labels[idx];
+    std::copy_n(d.labels.begin() + idx * d.targets, d.targets, labels_out + k * d.targets);
   }
 }
 

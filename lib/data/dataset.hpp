@@ -3,20 +3,29 @@
 // (augmented) batch filling. All randomness comes from lowmem::Rng so a run is reproducible from its seed.
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "numerics/random.hpp"
 
 namespace lowmem {
 
-// A labelled image set held as float32 in NCHW order, pixel values scaled to [0,1] (before normalisation).
+// A labelled image set held as float32 in NCHW order, pixel values scaled to [0,1] (before normalisation); or a
+// text split (tokens): each example a window of `width` token ids (stored as float32, exact below 2^24; channels
+// and height 1) labelled at every position with the token that follows it (targets = width).
 struct Dataset {
   std::string source;  // e.g. "fashion-mnist train (/usr/share/datasets/fashion-mnist)"
   std::int64_t count = 0, channels = 0, height = 0, width = 0;
-  int classes = 0;
+  int classes = 0;                   // for text: the vocabulary's size
+  bool tokens = false;               // examples are token ids (text), not pixels
+  std::int64_t targets = 1;          // labels per example: 1 for an image, the window's length for text
   std::vector<float> images;         // count*channels*height*width
-  std::vector<std::int32_t> labels;  // count, each in [0, classes)
+  std::vector<std::int32_t> labels;  // count*targets, each in [0, classes)
   std::int64_t image_size() const { return channels * height * width; }
+  // One example's shape as the model sees it: (C, H, W), or (T) token ids.
+  std::vector<std::int64_t> example_shape() const {
+    return tokens ? std::vector<std::int64_t>{width} : std::vector<std::int64_t>{channels, height, width};
+  }
 };
 
 // Fashion-MNIST from IDX files: {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz, or the same names without .gz.
@@ -39,6 +48,31 @@ struct SyntheticSpec {
 // train and test draw examples from different streams (2 and 3) around the same prototypes.
 Dataset make_synthetic(const SyntheticSpec& spec, std::uint64_t seed, bool train);
 
+// Plain text (data "text"): a file, or a directory whose files are read in name order as one text (symlinks and
+// files with a NUL byte, such as fortune's .dat indexes, skipped). level "byte": every byte is a token, vocabulary
+// 256; level "char": every Unicode character of the UTF-8 text is one, the vocabulary being the characters the
+// corpus uses in code point order. Throws lowmem::Error naming the file: missing, unreadable, empty, or (char) not
+// UTF-8 (with the byte offset).
+struct TextCorpus {
+  std::string source;                 // "text (/usr/share/games/fortunes, 45 files, char level)"
+  std::vector<std::int32_t> tokens;   // the whole text, as ids into symbols
+  std::vector<std::uint32_t> symbols; // id -> byte value or code point
+};
+TextCorpus read_text(const std::string& path, const std::string& level);
+// The vocabulary's size of read_text(path, level), read once per process and path (a sweep's configs ask often).
+int text_vocabulary(const std::string& path, const std::string& level);
+
+// A corpus cut into a training split (the first 1 - validation of its tokens) and a validation split (the rest),
+// each into consecutive windows of seq_len tokens, labelled by the seq_len tokens one position later (next-token
+// prediction; window k starts at token k seq_len of its split). limits: keep the first `limit` windows (0 = all).
+// Throws lowmem::Error when a split has fewer than seq_len + 1 tokens.
+struct TextSplitSpec {
+  std::int64_t seq_len = 128;
+  double validation = 0.1;
+  std::int64_t train_limit = 0, validation_limit = 0;
+};
+std::pair<Dataset, Dataset> split_text(const TextCorpus& corpus, const TextSplitSpec& spec);
+
 // Per-channel mean and (population) standard deviation over the whole set, accumulated in double.
 struct ChannelStats {
   std::vector<double> mean, stddev;
@@ -57,7 +91,7 @@ struct Augment {
   int crop_pad = 0;
 };
 
-// Copies examples indices[0..n) into out (n*image_size floats, NCHW) and their labels into labels_out, applying
+// Copies examples indices[0..n) into out (n*image_size floats, NCHW) and their labels (n*targets) into labels_out, applying
 // the augmentation with rng. Draw order per example: the flip coin rng.below(2) == 1 (if flip), then the crop
 // offsets dy, dx = rng.below(2*crop_pad + 1) (if crop_pad > 0). The flip is applied before the crop, so
 // out(c, y, x) = flipped(c, y + dy - crop_pad, x + dx - crop_pad), zero outside the image.

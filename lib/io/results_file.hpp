@@ -136,7 +136,8 @@ std::vector<std::string> list_runs(const std::string& path);  // in creation ord
 
 // The columns `lowmem show` prints by default, those present: file (several files), run_id, study, precision,
 // model, technique_label, seed (where it varies), the swept values (columns whose names are dotted paths),
-// status, wall_seconds, peak_bytes, activation_peak_bytes, final_train_loss, test_accuracy, message.
+// status, wall_seconds, peak_bytes, activation_peak_bytes, final_train_loss, test_accuracy, val_bits_per_char
+// (text models), message.
 std::vector<std::string> default_columns(const SummaryTable& t);
 // Fixed-width text table of the chosen columns in the given order (empty: default_columns). An unknown column name throws Error listing the valid ones.
 std::string format_table(const SummaryTable& t, const std::vector<std::string>& columns);

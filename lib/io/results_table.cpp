@@ -64,7 +64,7 @@ std::vector<std::string> default_columns(const SummaryTable& t) {
   for (const auto& c : t.columns)  // then what tells a sweep's runs apart: columns named by dotted config paths
     if (c.find('.') != std::string::npos) wanted.push_back(c);
   for (const char* c : {"status", "wall_seconds", "peak_bytes", "activation_peak_bytes", "final_train_loss",
-                        "test_accuracy", "message"})
+                        "test_accuracy", "val_bits_per_char", "message"})
     wanted.push_back(c);
   std::vector<std::string> present;
   for (const auto& c : wanted)

@@ -241,7 +241,54 @@ template <class T> Tensor<T> Flatten<T>::backward(Tensor<T> dy, const RunContext
   return dy.reshaped(input_shape_);
 }
 
+namespace {
+
+// Phi(x) and phi(x) in the wide type W.
+template <class W> struct NormalFunctions {
+  const W inv_sqrt2 = W(1) / sqrt_of(W(2)), inv_sqrt_2pi = W(1) / sqrt_of(W(W(2) * pi_of<W>()));
+  W cdf(const W& x) const { return W(W(W(1) + erf_of(W(x * inv_sqrt2))) / W(2)); }
+  W pdf(const W& x) const { return W(exp_of(W(-(x * x) / W(2))) * inv_sqrt_2pi); }
+};
+
+}  // namespace
+
+template <class T> Tensor<T> Gelu<T>::forward(Tensor<T> x, const RunContext& ctx) {
+  using W = wide_t<T>;
+  if (ctx.keeps()) input_.keep(x);  // first: y takes x's buffer only if nothing keeps x
+  Tensor<T> y = x.overwritable(MemoryCategory::workspace);
+  if (!x.is_dry()) {
+    const NormalFunctions<W> normal;
+    for_blocks(x.numel(), [&](index_t first, index_t end) {
+      for (index_t i = first; i < end; ++i) {
+        const W v = round_to<W>(x[i]);
+        y[i] = round_to<T>(W(v * normal.cdf(v)));
+      }
+    });
+  }
+  return y;
+}
+
+template <class T> Tensor<T> Gelu<T>::backward(Tensor<T> dy, const RunContext&, bool want_input_grad) {
+  using W = wide_t<T>;
+  const Tensor<T> x = input_.take();
+  Tensor<T> dx;
+  if (want_input_grad) {
+    dx = dy.overwritable(MemoryCategory::workspace);
+    if (!dy.is_dry()) {
+      const NormalFunctions<W> normal;
+      for_blocks(dy.numel(), [&](index_t first, index_t end) {
+        for (index_t i = first; i < end; ++i) {
+          const W v = round_to<W>(x[i]);
+          dx[i] = round_to<T>(W(round_to<W>(dy[i]) * W(normal.cdf(v) + v * normal.pdf(v))));
+        }
+      });
+    }
+  }
+  return dx;
+}
+
 LOWMEM_INSTANTIATE_FOR_PRECISIONS(LeakyRelu)
+LOWMEM_INSTANTIATE_FOR_PRECISIONS(Gelu)
 LOWMEM_INSTANTIATE_FOR_PRECISIONS(Flatten)
 LOWMEM_INSTANTIATE_FOR_PRECISIONS(PixelShuffle)
 

@@ -31,6 +31,22 @@ template <class T> class LeakyRelu : public Layer<T>, public Invertible<T> {
   Saved<std::uint8_t> mask_;  // approximate activations: 1 bit per value, y > 0, exact
 };
 
+// GELU (Hendrycks & Gimpel), exact as PyTorch's default: y = x Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2, any
+// shape; dx = dy (Phi(x) + x phi(x)), phi the standard normal density. Backward keeps the input x. Computed in the
+// wide type (float for 16-bit storage), each output rounded once.
+template <class T> class Gelu : public Layer<T> {
+ public:
+  explicit Gelu(std::string label) : Layer<T>(std::move(label)) {}
+  const char* kind() const override { return "gelu"; }
+  Shape output_shape(const Shape& input) const override { return input; }
+  Tensor<T> forward(Tensor<T> x, const RunContext& ctx) override;
+  Tensor<T> backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) override;
+  double forward_flops(const Shape& input) const override { return 20.0 * static_cast<double>(input.numel()); }
+
+ private:
+  Saved<T> input_;
+};
+
 // Pixel shuffle, space to channel (lossless downsampling of reversible networks): x (N, C, H, W) ->
 // y (N, 4C, H/2, W/2), y[n][4c + 2a + b][i][j] = x[n][c][2i + a][2j + b]. A permutation: backward and inverse
 // apply the reverse permutation. H and W must be even.

@@ -8,7 +8,10 @@ void shape_error(const std::string& layer, const std::string& what) { throw Erro
 
 void expect_rank(const std::string& layer, const Shape& s, std::size_t rank) {
   if (s.rank() != rank)
-    shape_error(layer, "expects a " + std::string(rank == 3 ? "(channels, height, width)" : "flat (features)") +
+    shape_error(layer, "expects a " +
+                           std::string(rank == 3   ? "(channels, height, width)"
+                                       : rank == 2 ? "sequence (positions, features)"
+                                                   : "flat (features)") +
                            " input, got " + s.str() + (rank == 1 ? " (add a flatten layer before it)" : ""));
 }
 

@@ -1,6 +1,7 @@
 #pragma once
 // The contract every layer obeys (the generic checker in tests/ tests exactly this):
-//   output_shape(in)       checks a per-sample input shape (C,H,W) or (F) and returns the output's; throws
+//   output_shape(in)       checks a per-sample input shape and returns the output's: an image (C,H,W), features (F),
+//                          a sequence (T,F) of T positions (tensors (N,T,F)), or token ids (T); throws
 //                          lowmem::Error naming the layer if the shape does not fit.
 //   initialize(rng)        draws initial parameters in double and rounds them once into T, so every precision
 //                          starts from the same values.

@@ -59,4 +59,17 @@ dd log(const dd& a) {
   return log_m + (dd::two_prod(k, ln2_hi) + dd::two_prod(k, ln2_mid) + dd(dd::rounded(k * ln2_lo)));
 }
 
+dd erf(const dd& a) {
+  if (std::isnan(a.hi)) return a;
+  if (std::fabs(a.hi) > 10) return dd(a.hi > 0 ? 1.0 : -1.0);
+  const dd two_a2 = dd(2.0) * a * a;
+  dd term = a, sum = a;
+  for (int n = 1; std::fabs(term.hi) > std::fabs(sum.hi) * 0x1p-110; ++n) {
+    term = term * two_a2 / dd(2.0 * n + 1);
+    sum = sum + term;
+  }
+  const dd two_over_sqrt_pi(1.1283791670955126, 1.533545961316588e-17);
+  return two_over_sqrt_pi * exp(-(a * a)) * sum;
+}
+
 }  // namespace lowmem

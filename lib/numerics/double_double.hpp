@@ -120,5 +120,10 @@ dd sqrt(const dd& a);
 dd exp(const dd& a);
 // log(a): the double log y, then one Newton step on exp, y + (a - e^y) / e^y, with e^y - 1 kept apart near a = 1.
 dd log(const dd& a);
+// erf(a) = (2 / sqrt(pi)) e^(-a^2) sum_n 2^n a^(2n+1) / (1 3 5 ... (2n+1)): every term has the sign of a, so the
+// sum has no cancellation at any a (about 2 a^2 + 40 terms); +-1 past |a| = 10, where erfc < 1e-44.
+dd erf(const dd& a);
+// pi to dd's precision.
+inline constexpr dd dd_pi{3.141592653589793, 1.2246467991473532e-16};
 
 }  // namespace lowmem

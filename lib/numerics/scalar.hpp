@@ -2,6 +2,7 @@
 // The six precisions, the one place where values change format, and how 16-bit formats accumulate.
 #include <Eigen/Core>
 #include <boost/multiprecision/cpp_bin_float.hpp>
+#include <boost/math/constants/constants.hpp>
 #include <boost/multiprecision/eigen.hpp>
 
 #include "numerics/double_double.hpp"
@@ -148,6 +149,17 @@ template <class G> G exp_of(const G& x) {
   else if constexpr (std::is_same_v<G, dd>) return exp(x);
   else if constexpr (is_16bit<G>) return G(std::exp(static_cast<float>(x)));
   else return std::exp(x);
+}
+template <class G> G erf_of(const G& x) {
+  if constexpr (std::is_same_v<G, mp>) return boost::multiprecision::erf(x);
+  else if constexpr (std::is_same_v<G, dd>) return erf(x);
+  else if constexpr (is_16bit<G>) return G(std::erf(static_cast<float>(x)));
+  else return std::erf(x);
+}
+template <class G> G pi_of() {
+  if constexpr (std::is_same_v<G, mp>) return boost::math::constants::pi<mp>();
+  else if constexpr (std::is_same_v<G, dd>) return dd_pi;
+  else return G(3.14159265358979323846);
 }
 template <class G> G log_of(const G& x) {
   if constexpr (std::is_same_v<G, mp>) return boost::multiprecision::log(x);

@@ -197,6 +197,42 @@ void expand_reversible(ConfigReader& r, ModelSpec& m) {
   m.layers.push_back(head);
 }
 
+// transformer (a GPT-style character model): embedding of the vocabulary into `width` features, learned positions,
+// `depth` pre-norm Transformer blocks of `heads` heads and an MLP of `mlp` x width, a final layer norm and a linear
+// head to the vocabulary at every position. Its input and vocabulary come from the data (read_sequence_model).
+void expand_transformer(ConfigReader& r, ModelSpec& m) {
+  if (!m.tokens) r.fail("arch", "a transformer is a sequence model: it needs \"data\": {\"dataset\": \"text\"}");
+  const int depth = r.get_in("depth", 4, 0, int_max);
+  const std::int64_t width = r.get_in<std::int64_t>("width", 128, 1, i64_max);
+  const std::int64_t heads = r.get_in<std::int64_t>("heads", 4, 1, i64_max);
+  const std::int64_t mlp = r.get_in<std::int64_t>("mlp", 4, 1, 64);
+  const double eps = r.get_in("eps", 1e-5, 0.0, inf);
+  if (width % heads != 0)
+    r.fail("heads", std::to_string(heads) + " heads do not divide the width of " + std::to_string(width));
+  check_layer_limit(r, "depth", 4 + static_cast<std::int64_t>(depth) * 7);
+  auto layer = [&](std::string type, const std::string& where) {
+    LayerSpec s = generated(m.arch, 0, std::move(type));
+    s.label = "/model (" + m.arch + " " + where + ": " + s.type + ")";
+    s.eps = eps;
+    return s;
+  };
+  LayerSpec embedding = layer("embedding", "embedding");
+  embedding.out = width;
+  m.layers.push_back(embedding);
+  m.layers.push_back(layer("positional", "positions"));
+  for (int b = 0; b < depth; ++b) {
+    LayerSpec block = layer("transformer_block", "block " + std::to_string(b));
+    block.heads = heads, block.mlp = mlp;
+    m.layers.push_back(block);
+  }
+  LayerSpec norm = layer("groupnorm", "head");  // layer norm over each position's features
+  norm.groups = 1;
+  m.layers.push_back(norm);
+  LayerSpec head = layer("linear", "head");
+  head.out = m.classes;
+  m.layers.push_back(head);
+}
+
 }  // namespace
 
 // Keys are read only when given: defaults written into the resolved config would change the run ids of every
@@ -228,11 +264,14 @@ void check_layer_limit(const ConfigReader& r, const std::string& key, std::int64
                     std::to_string(limits().layers) + " (" + raise_hint("layers") + ")");
 }
 
-std::vector<std::string> architecture_names() { return {"cnn", "resnet", "revnet", "hybrid", "flat"}; }
+std::vector<std::string> architecture_names() { return {"cnn", "resnet", "revnet", "hybrid", "flat", "transformer"}; }
 
 void expand_architecture(ConfigReader& r, ModelSpec& m) {
+  if (m.tokens && m.arch != "transformer")
+    r.fail("arch", "\"" + m.arch + "\" is an image model; text data need a sequence model (transformer)");
   if (m.arch == "cnn") expand_cnn(r, m);
   else if (m.arch == "resnet") expand_resnet(r, m);
+  else if (m.arch == "transformer") expand_transformer(r, m);
   else expand_reversible(r, m);
 }
 

@@ -1,16 +1,23 @@
 #include "training/model_factory.hpp"
 
+#include <algorithm>
+
 #include "numerics/error.hpp"
 #include "layers/activations.hpp"
+#include "layers/attention.hpp"
 #include "layers/batchnorm.hpp"
 #include "layers/groupnorm.hpp"
 #include "layers/conv2d.hpp"
 #include "layers/coupling.hpp"
+#include "layers/embedding.hpp"
+#include "layers/position_wise.hpp"
 #include "layers/invertible_chain.hpp"
 #include "layers/linear.hpp"
+#include "layers/lstm.hpp"
 #include "layers/pooling.hpp"
 #include "layers/proxy_norm.hpp"
 #include "layers/residual.hpp"
+#include "layers/transformer_block.hpp"
 
 namespace lowmem {
 
@@ -32,35 +39,64 @@ template <class T> Sequential<T> make_chain(const std::vector<LayerSpec>& specs,
   return chain;
 }
 
+// Layers on feature vectors (linear, the norms) act on a sequence's positions: (T, F) is a sequence.
+template <class T> std::unique_ptr<Layer<T>> per_position(const Shape& in, std::unique_ptr<Layer<T>> layer) {
+  return in.rank() == 2 ? std::make_unique<PositionWise<T>>(std::move(layer)) : std::move(layer);
+}
+
 template <class T> std::unique_ptr<Layer<T>> make_layer(const LayerSpec& s, const Shape& in) {
-  if (s.type == "conv") {
-    expect_rank(s.label, in, 3);
+  // Image layers (on channels of planes) and sequence layers (on positions) each need their own kind of input.
+  static const std::vector<std::string> image_only = {"conv",     "maxpool",  "avgpool",         "global_avgpool",
+                                                      "residual", "coupling", "affine_coupling", "inv_conv",
+                                                      "pixel_shuffle"};
+  if (std::find(image_only.begin(), image_only.end(), s.type) != image_only.end() && in.rank() != 3)
+    shape_error(s.label, "is an image layer and needs (channels, height, width) per sample, got " + in.str() +
+                             (in.rank() == 2 ? " (a sequence: positions x features)" : ""));
+  if (s.type == "conv")
     return std::make_unique<Conv2d<T>>(s.label, Conv2dSpec{in[0], s.out, s.kernel, s.stride, s.pad, s.bias});
-  }
+  const index_t features = in.rank() == 0 ? 0 : in.dims().back();  // a sequence's: per position
   if (s.type == "linear") {
-    expect_rank(s.label, in, 1);
-    return std::make_unique<Linear<T>>(s.label, in[0], s.out, s.bias);
+    if (in.rank() != 1 && in.rank() != 2)
+      shape_error(s.label, "needs features (F) or a sequence (T, F) per sample, got " + in.str() + " (flatten first)");
+    return per_position<T>(in, std::make_unique<Linear<T>>(s.label, features, s.out, s.bias));
+  }
+  if (s.type == "embedding") return std::make_unique<Embedding<T>>(s.label, s.vocab, s.out);
+  if (s.type == "positional") {
+    expect_rank(s.label, in, 2);
+    return std::make_unique<PositionalEmbedding<T>>(s.label, in[0], in[1]);
+  }
+  if (s.type == "gelu") return std::make_unique<Gelu<T>>(s.label);
+  if (s.type == "lstm") {
+    expect_rank(s.label, in, 2);
+    return std::make_unique<Lstm<T>>(s.label, in[1], s.out, s.num_layers);
+  }
+  if (s.type == "attention" || s.type == "transformer_block") {
+    expect_rank(s.label, in, 2);
+    if (in[1] % s.heads != 0)
+      shape_error(s.label, std::to_string(s.heads) + " heads do not divide the width of " + std::to_string(in[1]));
+    if (s.type == "attention") return std::make_unique<Attention<T>>(s.label, in[1], s.heads);
+    return std::make_unique<TransformerBlock<T>>(s.label, in[1], s.heads, s.mlp, s.eps);
   }
   if (s.type == "relu" || s.type == "leaky_relu") return std::make_unique<LeakyRelu<T>>(s.label, s.slope);
   if (s.type == "maxpool") return std::make_unique<MaxPool<T>>(s.label, s.kernel, s.stride);
   if (s.type == "avgpool") return std::make_unique<AvgPool<T>>(s.label, s.kernel, s.stride);
   if (s.type == "global_avgpool") return std::make_unique<GlobalAvgPool<T>>(s.label);
   if (s.type == "flatten") return std::make_unique<Flatten<T>>(s.label);
-  if (s.type == "batchnorm" || s.type == "inv_batchnorm") {
-    if (in.rank() == 0) shape_error(s.label, "has no input");
-    return std::make_unique<BatchNorm<T>>(s.label, in[0], s.momentum, s.eps, s.scale_eps);
-  }
+  // The norms: over the channels of an image or of a feature vector, or over each position's features.
+  const index_t channels = in.rank() == 2 ? features : in.rank() == 0 ? 0 : in[0];
+  if (in.rank() == 0) shape_error(s.label, "has no input");
+  if (s.type == "batchnorm" || s.type == "inv_batchnorm")
+    return per_position<T>(in, std::make_unique<BatchNorm<T>>(s.label, channels, s.momentum, s.eps, s.scale_eps));
   if (s.type == "groupnorm") {  // also layernorm (groups 1) and instancenorm (groups 0: one per channel)
-    if (in.rank() == 0) shape_error(s.label, "has no input");
-    return std::make_unique<GroupNorm<T>>(s.label, in[0], s.groups == 0 ? in[0] : s.groups, s.eps, s.affine);
+    if (in.rank() == 2 && s.groups == 0)
+      shape_error(s.label, "instance norm on a sequence would normalise single values (use layernorm)");
+    return per_position<T>(in, std::make_unique<GroupNorm<T>>(s.label, channels, s.groups == 0 ? channels : s.groups,
+                                                              s.eps, s.affine));
   }
-  if (s.type == "proxy_norm") {
-    if (in.rank() == 0) shape_error(s.label, "has no input");
-    return std::make_unique<ProxyNorm<T>>(s.label, in[0], s.slope, s.eps);
-  }
+  if (s.type == "proxy_norm")
+    return per_position<T>(in, std::make_unique<ProxyNorm<T>>(s.label, channels, s.slope, s.eps));
   if (s.type == "pixel_shuffle") return std::make_unique<PixelShuffle<T>>(s.label);
   if (s.type == "coupling" || s.type == "affine_coupling") {
-    expect_rank(s.label, in, 3);
     if (in[0] % 2 != 0)
       shape_error(s.label, "splits its channels in halves and needs an even count, got " + in.str());
     const Shape half{in[0] / 2, in[1], in[2]};
@@ -69,7 +105,6 @@ template <class T> std::unique_ptr<Layer<T>> make_layer(const LayerSpec& s, cons
     return std::make_unique<AffineCoupling<T>>(s.label, make_chain<T>(s.f, half), make_chain<T>(s.g, half));
   }
   if (s.type == "inv_conv") {  // Hascoet et al.'s invertible 3x3 conv: a coupling of two half-channel convs
-    expect_rank(s.label, in, 3);
     if (in[0] % 2 != 0) shape_error(s.label, "splits its channels in halves and needs an even count, got " + in.str());
     LayerSpec conv;
     conv.type = "conv", conv.label = s.label + " F", conv.out = in[0] / 2;
@@ -81,7 +116,6 @@ template <class T> std::unique_ptr<Layer<T>> make_layer(const LayerSpec& s, cons
   }
   if (s.type == "invertible") return std::make_unique<InvertibleChain<T>>(s.label, make_chain<T>(s.layers, in));
   if (s.type == "residual") {
-    expect_rank(s.label, in, 3);
     BlockNorm norm;
     norm.batch = s.norm == "batchnorm", norm.groups = s.groups, norm.proxy = s.proxy;
     norm.momentum = s.momentum, norm.eps = s.eps;
@@ -94,10 +128,13 @@ template <class T> std::unique_ptr<Layer<T>> make_layer(const LayerSpec& s, cons
 
 template <class T> Sequential<T> build_model(const ModelSpec& spec) {
   Sequential<T> model = make_chain<T>(spec.layers, spec.input);
-  if (model.output_shape() != Shape{spec.classes})
+  if (model.output_shape() != spec.output())
     throw Error("model: the last layer gives " + model.output_shape().str() + " per sample, but " +
-                std::to_string(spec.classes) + " class scores are needed (end with flatten + linear out=" +
-                std::to_string(spec.classes) + ")");
+                (spec.tokens ? "scores of the " + std::to_string(spec.classes) + " symbols at each of the " +
+                                   std::to_string(spec.input[0]) + " positions are needed (end with linear out=" +
+                                   std::to_string(spec.classes) + ")"
+                             : std::to_string(spec.classes) + " class scores are needed (end with flatten + linear out=" +
+                                   std::to_string(spec.classes) + ")"));
   return model;
 }
 

@@ -23,7 +23,9 @@ const std::vector<std::string> layer_types = {"conv",          "linear",        
                                               "batchnorm",     "inv_batchnorm", "groupnorm",     "pixel_shuffle",
                                               "flatten",       "residual",      "coupling",
                                               "affine_coupling", "invertible",   "inv_conv",
-                                              "layernorm",     "instancenorm",  "proxy_norm"};
+                                              "layernorm",     "instancenorm",  "proxy_norm",
+                                              "embedding",     "positional",    "gelu",
+                                              "attention",     "transformer_block", "lstm"};
 
 // Proxy Norm normalises what a group norm without its own affine gives it (Labatie et al.): anywhere else its
 // proxy statistics would not describe its input.
@@ -47,6 +49,17 @@ LayerSpec parse_layer(ConfigReader r) {
   } else if (s.type == "linear") {
     s.out = r.required_in<std::int64_t>("out", 1, i64_max);
     s.bias = r.get("bias", true);
+  } else if (s.type == "embedding") {
+    s.out = r.required_in<std::int64_t>("out", 1, i64_max);
+  } else if (s.type == "lstm") {  // PyTorch's nn.LSTM names
+    s.out = r.required_in<std::int64_t>("hidden", 1, i64_max);
+    s.num_layers = r.get_in<std::int64_t>("num_layers", 1, 1, 1024);
+  } else if (s.type == "attention" || s.type == "transformer_block") {
+    s.heads = r.get_in<std::int64_t>("heads", 1, 1, i64_max);
+    if (s.type == "transformer_block") {
+      s.mlp = r.get_in<std::int64_t>("mlp", 4, 1, 64);
+      s.eps = r.get_in("eps", 1e-5, 0.0, inf);
+    }
   } else if (s.type == "leaky_relu") {
     s.slope = r.get_in("slope", 0.01, 0.0, inf);
   } else if (s.type == "maxpool" || s.type == "avgpool") {
@@ -104,13 +117,41 @@ std::int64_t layer_count(const nlohmann::json& list) {
   return n;
 }
 
-ModelSpec parse_model(ConfigReader r) {
+// Text in, next-token scores out: the model's input is the data's windows of token ids and its classes the
+// corpus's vocabulary, both taken from "data" (and checked where the model names them); its first layer is the
+// embedding, the one layer that takes token ids, and it takes nothing else.
+void read_sequence_model(ConfigReader& r, const DataSpec& data, ModelSpec& m) {
+  m.tokens = true;
+  const auto input = r.get_list<std::int64_t>("input", {data.seq_len});
+  if (input != std::vector<std::int64_t>{data.seq_len})
+    r.fail("input", "a text model's input is [seq_len] = [" + std::to_string(data.seq_len) + "] (data.seq_len)");
+  m.input = Shape{data.seq_len};
+  m.classes = r.get_in("classes", data.vocabulary, 2, int_max);
+  if (m.classes != data.vocabulary)
+    r.fail("classes", std::to_string(m.classes) + " does not match the vocabulary of the corpus (" +
+                          std::to_string(data.vocabulary) + " " + (data.level == "byte" ? "byte values" : "characters") +
+                          " in " + data.path + ")");
+}
+
+void check_token_layers(const ConfigReader& r, const ModelSpec& m) {
+  for (std::size_t i = 0; i < m.layers.size(); ++i)
+    if ((m.layers[i].type == "embedding") != (i == 0 && m.tokens))
+      throw Error(r.where(m.arch == "layers" ? "layers" : "arch") + "/" + std::to_string(i) + ": " +
+                  (m.tokens ? "a text model starts with an embedding (token ids are not features), and has one"
+                            : "an embedding takes token ids: it needs \"data\": {\"dataset\": \"text\"}"));
+}
+
+ModelSpec parse_model(ConfigReader r, const DataSpec& data) {
   ModelSpec m;
-  const auto input = r.get_list<std::int64_t>("input", {1, 28, 28});
-  if (input.size() != 3 || input[0] < 1 || input[1] < 1 || input[2] < 1)
-    r.fail("input", "expected [channels, height, width] with positive entries");
-  m.input = Shape(std::vector<index_t>(input.begin(), input.end()));
-  m.classes = r.get_in("classes", 10, 2, int_max);
+  if (data.text()) {
+    read_sequence_model(r, data, m);
+  } else {
+    const auto input = r.get_list<std::int64_t>("input", {1, 28, 28});
+    if (input.size() != 3 || input[0] < 1 || input[1] < 1 || input[2] < 1)
+      r.fail("input", "expected [channels, height, width] with positive entries");
+    m.input = Shape(std::vector<index_t>(input.begin(), input.end()));
+    m.classes = r.get_in("classes", 10, 2, int_max);
+  }
   if (r.has("layers")) {
     if (r.has("arch")) r.fail("arch", "give either \"layers\" or \"arch\", not both");
     m.arch = "layers";
@@ -122,6 +163,8 @@ ModelSpec parse_model(ConfigReader r) {
     m.arch = r.required_choice("arch", architecture_names());
     expand_architecture(r, m);
   }
+  check_token_layers(r, m);
+  if (m.tokens) m.layers[0].vocab = m.classes;
   r.finish();
   return m;
 }
@@ -169,17 +212,31 @@ ScheduleSpec parse_schedule(ConfigReader r) {
 
 DataSpec parse_data(ConfigReader r) {
   DataSpec d;
-  d.dataset = r.get_choice("dataset", "fashion-mnist", {"fashion-mnist", "cifar10", "synthetic"});
+  d.dataset = r.get_choice("dataset", "fashion-mnist", {"fashion-mnist", "cifar10", "synthetic", "text"});
   const std::string default_path = d.dataset == "fashion-mnist" ? "/usr/share/datasets/fashion-mnist"
                                    : d.dataset == "cifar10"     ? "data/cifar-10-batches-bin"
+                                   : d.text()                   ? "/usr/share/games/fortunes"
                                                                 : "";
   d.path = r.get<std::string>("path", default_path);
   d.train_limit = r.get_in<std::int64_t>("train_limit", 0, 0, i64_max);
   d.test_limit = r.get_in<std::int64_t>("test_limit", 0, 0, i64_max);
-  d.normalize = r.get("normalize", true);
+  d.normalize = r.get("normalize", !d.text());
+  if (d.text()) {
+    if (d.normalize) r.fail("normalize", "text has no pixels to normalise (token ids go to an embedding)");
+    d.seq_len = r.get_in<std::int64_t>("seq_len", 128, 1, std::int64_t{1} << 24);
+    d.level = r.get_choice("level", "char", {"char", "byte"});
+    d.validation = r.get_in("validation", 0.1, 0.0, 1.0);
+    if (!(d.validation > 0 && d.validation < 1)) r.fail("validation", "expected a fraction between 0 and 1 (exclusive)");
+    try {
+      d.vocabulary = text_vocabulary(d.path, d.level);
+    } catch (const Error& e) {
+      r.fail("path", e.what());
+    }
+  }
   ConfigReader augment = r.object_or_empty("augment");
   d.augment.flip = augment.get("flip", false);
   d.augment.crop_pad = augment.get_in("crop_pad", 0, 0, 64);
+  if (d.text() && (d.augment.flip || d.augment.crop_pad > 0)) augment.fail("", "flips and crops are for images, not text");
   augment.finish();
   if (auto s = r.optional_object("synthetic")) {
     if (d.dataset != "synthetic") s->fail("", "only valid with \"dataset\": \"synthetic\"");
@@ -243,10 +300,10 @@ RunConfig parse_run_config(const nlohmann::json& config, const std::string& file
       r.fail("save_weights", "the " + c.study + " study trains nothing; save_weights is for the train study (the "
                              "gradient study records its weights anyway, under layers/)");
   }
-  c.model = parse_model(r.object("model"));
   c.data = parse_data(r.object("data"));
+  c.model = parse_model(r.object("model"), c.data);
   // The images are the model's input (checked against the data before any run), so the crop can be checked now.
-  if (const int pad = c.data.augment.crop_pad; pad > c.model.input[1] || pad > c.model.input[2])
+  if (const int pad = c.data.augment.crop_pad; !c.model.tokens && (pad > c.model.input[1] || pad > c.model.input[2]))
     throw Error(r.where("data") + "/augment/crop_pad: " + std::to_string(pad) + " is larger than the images " +
                 "(model.input " + c.model.input.str() + "): expected 0 to " +
                 std::to_string(std::min(c.model.input[1], c.model.input[2])));
@@ -274,6 +331,12 @@ RunConfig parse_run_config(const nlohmann::json& config, const std::string& file
     t->check_run(facts, r);
     if (auto p = t->model_precision()) c.precision = *p;  // mixed precision: the model computes in 16 bits
   }
+  // Token ids reach the embedding as values of the model's type, which holds integers exactly up to 2^(p + 1).
+  if (const int exact = c.precision == Precision::bf16 ? 256 : c.precision == Precision::f16 ? 2048 : 1 << 24;
+      c.model.tokens && c.model.classes > exact)
+    r.fail("data", "a vocabulary of " + std::to_string(c.model.classes) + " symbols has ids that " +
+                       to_string(c.precision) + " does not hold exactly (at most " + std::to_string(exact) +
+                       "): use \"level\": \"byte\" (256 symbols)");
   ConfigReader reconstruction = r.object_or_empty("reconstruction");
   c.reconstruction.reference = reconstruction.get_choice("reference", "mp", {"mp", "dd", "f64", "none"});
   c.reconstruction.weights = reconstruction.get_choice("weights", "random", {"random", "trained"});

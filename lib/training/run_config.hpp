@@ -18,9 +18,14 @@ struct LayerSpec {
   std::string type;   // conv, linear, relu, leaky_relu, maxpool, avgpool, global_avgpool, batchnorm,
                       // inv_batchnorm, groupnorm, pixel_shuffle, flatten, residual, coupling, affine_coupling,
                       // invertible, inv_conv, proxy_norm; layernorm and instancenorm are groupnorm with groups
-                      // 1 and groups = channels (groups 0 here: one per channel)
+                      // 1 and groups = channels (groups 0 here: one per channel); sequence models: embedding,
+                      // positional, gelu, attention, transformer_block, lstm (linear and the norms act on each
+                      // position's features)
   std::string label;  // where it came from, for messages: "/model/layers/3 (conv)"
-  index_t out = 0, kernel = 0, stride = 0, pad = 0;
+  index_t out = 0, kernel = 0, stride = 0, pad = 0;  // embedding: out = width
+  index_t vocab = 0;  // embedding: the model's vocabulary (its classes, from the data)
+  index_t heads = 1, mlp = 4;  // attention, transformer_block: heads; transformer_block: MLP width / width
+  index_t num_layers = 1;      // lstm: stacked layers (out: the hidden size)
   bool bias = true;
   double slope = 0.01, momentum = 0.1, eps = 1e-5;
   double scale_eps = -1;  // inv_batchnorm: scale |gamma| + scale_eps (default 1e-4); -1: ordinary batch norm
@@ -36,8 +41,14 @@ struct LayerSpec {
 
 struct ModelSpec {
   std::string arch;      // "layers" for an explicit list, else cnn, resnet, revnet, hybrid, flat
-  Shape input;           // per sample (C, H, W)
-  int classes = 10;
+  Shape input;           // per sample (C, H, W); a sequence model's: (T) token ids
+  int classes = 10;      // a sequence model's: the vocabulary (scores at every position: output (T, classes))
+  bool tokens = false;   // a sequence model: text in, next-token scores out
+  // The model's output per sample: (classes), or (T, classes) for a sequence model.
+  Shape output() const { return tokens ? Shape{input[0], classes} : Shape{classes}; }
+  // Positions of one example, what the pixel-wise memory cost divides by: an image's pixels (H W), or a sequence's
+  // tokens (T).
+  index_t positions() const { return tokens ? input[0] : input[1] * input[2]; }
   std::vector<LayerSpec> layers;  // named architectures are expanded into this list
 };
 
@@ -57,10 +68,16 @@ struct ScheduleSpec {
 };
 
 struct DataSpec {
-  std::string dataset = "fashion-mnist";  // fashion-mnist | cifar10 | synthetic
+  std::string dataset = "fashion-mnist";  // fashion-mnist | cifar10 | synthetic | text
   std::string path;                       // default per dataset
-  std::int64_t train_limit = 0, test_limit = 0;  // 0 = all
-  bool normalize = true;
+  std::int64_t train_limit = 0, test_limit = 0;  // 0 = all (text: windows of the train and validation splits)
+  bool normalize = true;                  // (text: false, and nothing to normalise)
+  // text: windows of seq_len tokens, tokens of `level` (char | byte), the last `validation` of the corpus held out
+  std::int64_t seq_len = 0;
+  std::string level = "char";
+  double validation = 0.1;
+  int vocabulary = 0;  // text: the corpus's (read when the config is)
+  bool text() const { return dataset == "text"; }
   Augment augment;
   SyntheticSpec synthetic;  // size of the synthetic training set; test set: synthetic_test examples
   std::int64_t synthetic_test = 200;

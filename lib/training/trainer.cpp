@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <optional>
+#include <tuple>
 
 #include "numerics/error.hpp"
 #include "techniques/microbatch.hpp"
@@ -17,6 +18,9 @@ DataSplit load_data(const DataSpec& spec, std::uint64_t seed) {
   if (spec.dataset == "fashion-mnist") {
     d.train = load_fashion_mnist(spec.path, true, spec.train_limit);
     d.test = load_fashion_mnist(spec.path, false, spec.test_limit);
+  } else if (spec.text()) {  // the validation split is the test set
+    std::tie(d.train, d.test) =
+        split_text(read_text(spec.path, spec.level), {spec.seq_len, spec.validation, spec.train_limit, spec.test_limit});
   } else if (spec.dataset == "cifar10") {
     d.train = load_cifar10(spec.path, true, spec.train_limit);
     d.test = load_cifar10(spec.path, false, spec.test_limit);
@@ -130,6 +134,13 @@ Trainer<T>::Trainer(const RunConfig& config, MemoryLedger& ledger, const MakeCha
   ledger_.reset_peaks();
 }
 
+template <class T> index_t Trainer<T>::classes() const { return model_->output_shape().dims().back(); }
+template <class T> index_t Trainer<T>::positions() const { return model_->output_shape().numel() / classes(); }
+
+template <class T> Tensor<T> Trainer<T>::as_score_rows(const Tensor<T>& logits) const {
+  return logits.reshaped(Shape{logits.numel() / classes(), classes()});
+}
+
 template <class T> TechniqueServices<T> Trainer<T>::services() const {
   TechniqueServices<T> s;
   s.all = config_.techniques;
@@ -151,18 +162,18 @@ Tensor<T> Trainer<T>::make_batch(const Dataset& data, const std::int64_t* indice
   const MemoryOwner owner(batch_owner);
   Tensor<T> x = empty_batch(n);
   MemoryLedger::Scope scope(ledger_);
-  Tensor<float> pixels(x.shape(), MemoryCategory::workspace);  // staging: the data set holds float32 pixels
-  labels.assign(static_cast<std::size_t>(n), 0);
+  Tensor<float> pixels(x.shape(), MemoryCategory::workspace);  // staging: the data set holds float32 values
+  labels.assign(static_cast<std::size_t>(n * positions()), 0);
   if (ledger_.dry_run()) return x;  // a dry step allocates the same and reads nothing
   const Shape& in = model_->input_shape();
-  if (Shape{data.channels, data.height, data.width} != in)
-    throw Error("data " + data.source + " has images of shape " + Shape{data.channels, data.height, data.width}.str() +
+  if (Shape(data.example_shape()) != in || data.targets != positions())
+    throw Error("data " + data.source + " has examples of shape " + Shape(data.example_shape()).str() +
                 " but the model expects " + in.str() + " (set model.input)");
   fill_batch(data, indices, n, augment, rng, pixels.data(), labels.data());
   for (std::int32_t label : labels)
-    if (label < 0 || label >= model_->output_shape()[0])
+    if (label < 0 || label >= classes())
       throw Error("data " + data.source + ": label " + std::to_string(label) + " is outside the model's " +
-                  std::to_string(model_->output_shape()[0]) + " classes");
+                  std::to_string(classes()) + " classes");
   convert(pixels.data(), x.data(), x.numel());
   return x;
 }
@@ -179,17 +190,18 @@ Tensor<T> Trainer<T>::first_batch(const Dataset& data, std::vector<std::int32_t>
 
 template <class T> Tensor<T> Trainer<T>::empty_batch(index_t n) const {
   MemoryLedger::Scope scope(ledger_);
-  const Shape& in = model_->input_shape();
-  return Tensor<T>(Shape{n, in[0], in[1], in[2]}, MemoryCategory::workspace);
+  std::vector<index_t> dims{n};
+  for (index_t d : model_->input_shape().dims()) dims.push_back(d);
+  return Tensor<T>(Shape(dims), MemoryCategory::workspace);
 }
 
 template <class T>
 typename Trainer<T>::W Trainer<T>::forward_backward(const Tensor<T>& x, const std::vector<std::int32_t>& labels,
                                                     Tensor<T>* logits_out) {
-  const index_t n = x.dim(0);
+  const index_t n = x.dim(0), p = positions();
   return forward_backward(n, [&](index_t first, index_t count) {
     return std::pair{count == n ? x : batch_rows(x, first, count),
-                     std::vector<std::int32_t>(labels.begin() + first, labels.begin() + first + count)};
+                     std::vector<std::int32_t>(labels.begin() + first * p, labels.begin() + (first + count) * p)};
   }, logits_out);
 }
 
@@ -205,7 +217,11 @@ typename Trainer<T>::W Trainer<T>::forward_backward(index_t n, const SliceSource
   if (n % slices != 0)
     throw Error("technique microbatch: count " + std::to_string(slices) + " does not divide the batch of " +
                 std::to_string(n) + " examples");
-  if (logits_out && slices > 1) *logits_out = Tensor<T>(Shape{n, model_->output_shape()[0]}, MemoryCategory::workspace);
+  if (logits_out && slices > 1) {
+    std::vector<index_t> dims{n};
+    for (index_t d : model_->output_shape().dims()) dims.push_back(d);
+    *logits_out = Tensor<T>(Shape(dims), MemoryCategory::workspace);
+  }
   W loss(0);
   recomputed_ = 0;
   for (index_t k = 0; k < slices; ++k) {
@@ -216,9 +232,11 @@ typename Trainer<T>::W Trainer<T>::forward_backward(index_t n, const SliceSource
       logits = chain_->forward(*model_, slice, train_ctx_);
       slice = Tensor<T>();  // held from here by the layers that keep it, if any
     }
+    const std::vector<index_t> logits_shape = logits.shape().dims();
     {
       const MemoryOwner owner(loss_owner);
-      loss = loss + loss_.forward(logits, slice_labels, train_ctx_, n);
+      // A sequence model's scores at every position are rows of the loss (next-token prediction), all averaged.
+      loss = loss + loss_.forward(as_score_rows(logits), slice_labels, train_ctx_, n * positions());
     }
     if (logits_out && slices == 1) *logits_out = logits;
     else if (logits_out && !logits.is_dry())
@@ -230,6 +248,7 @@ typename Trainer<T>::W Trainer<T>::forward_backward(index_t n, const SliceSource
     {
       const MemoryOwner owner(loss_owner);
       dlogits = loss_.backward(update_->loss_scale());
+      dlogits = dlogits.reshaped(Shape(logits_shape));
     }
     chain_->backward(*model_, std::move(dlogits), train_ctx_);
     recomputed_ += chain_->recomputed(*model_);
@@ -331,9 +350,10 @@ template <class T> typename Trainer<T>::Evaluation Trainer<T>::evaluate(const Da
     loss_sum += batch_loss;
     correct += batch_correct;
   }
-  if (data.count > 0) {
-    e.loss = loss_sum / static_cast<double>(data.count);
-    e.accuracy = static_cast<double>(correct) / static_cast<double>(data.count);
+  if (data.count > 0) {  // per example, or per position of a sequence model
+    const double predictions = static_cast<double>(data.count * positions());
+    e.loss = loss_sum / predictions;
+    e.accuracy = static_cast<double>(correct) / predictions;
   }
   return e;
 }
@@ -348,9 +368,9 @@ template <class T>
 std::pair<double, index_t> Trainer<T>::evaluate_batch(const Tensor<T>& x, const std::vector<std::int32_t>& labels) {
   MemoryLedger::Scope scope(ledger_);
   const MemoryPhaseScope phase(MemoryPhase::evaluation);
-  const Tensor<T> logits = predict(x);
+  const Tensor<T> logits = as_score_rows(predict(x));
   const MemoryOwner owner(loss_owner);
-  const double loss = to_double(loss_.forward(logits, labels, eval_ctx_)) * static_cast<double>(x.dim(0));
+  const double loss = to_double(loss_.forward(logits, labels, eval_ctx_)) * static_cast<double>(logits.dim(0));
   return {loss, SoftmaxCrossEntropy<T>::correct(logits, labels)};
 }
 

@@ -92,6 +92,10 @@ template <class T> class Trainer {
   std::pair<double, index_t> evaluate_batch(const Tensor<T>& x, const std::vector<std::int32_t>& labels);
 
   Sequential<T>& model() { return *model_; }
+  // The classes the model scores (a sequence model: its vocabulary), and at how many positions per example (1; a
+  // sequence model: the window's length). Labels come positions() per example.
+  index_t classes() const;
+  index_t positions() const;
   // Forward layer evaluations of the last training step beyond one per layer (checkpointing recomputes).
   std::int64_t recomputed_evaluations() const { return recomputed_; }
   // The loss scale now (mixed precision; 1 without), and the steps skipped because a gradient overflowed.
@@ -108,6 +112,8 @@ template <class T> class Trainer {
   using SliceSource = std::function<std::pair<Tensor<T>, std::vector<std::int32_t>>(index_t first, index_t count)>;
   W forward_backward(index_t n, const SliceSource& slice, Tensor<T>* logits_out);
   W apply_update(W loss, double lr);  // the optimizer step after forward_backward (skipped on a non-finite loss)
+  // Logits (n, ..., classes) as rows of scores (n positions(), classes): what the loss takes.
+  Tensor<T> as_score_rows(const Tensor<T>& logits) const;
   MemoryLedger& ledger_;
   RunConfig config_;
   RunContext train_ctx_, eval_ctx_;
