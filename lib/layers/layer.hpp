@@ -74,10 +74,19 @@ template <class T> class Layer {
   const std::string& label() const { return label_; }
   virtual const char* kind() const = 0;  // "conv", "batchnorm", ... as in the config
   virtual Shape output_shape(const Shape& input) const = 0;
-  virtual void initialize(Rng&) {}
+  // A composite layer (children() below) initialises its children in order; a leaf with parameters overrides it.
+  virtual void initialize(Rng& rng) {
+    for (auto& [name, child] : children()) child->initialize(rng);
+  }
   virtual Tensor<T> forward(Tensor<T> x, const RunContext& ctx) = 0;
   virtual Tensor<T> backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) = 0;
-  virtual std::vector<Param<T>*> params() { return {}; }
+  // Default: the children's, in order (none for a leaf without parameters).
+  virtual std::vector<Param<T>*> params() {
+    std::vector<Param<T>*> all;
+    for (auto& [name, child] : children())
+      for (Param<T>* p : child->params()) all.push_back(p);
+    return all;
+  }
   virtual std::vector<std::pair<std::string, Tensor<T>*>> buffers() { return {}; }
   // Arithmetic of one forward evaluation per sample (multiply-adds count 2), for schedules that weigh layers by
   // cost (checkpoint "budget"). Default: one operation per output value.

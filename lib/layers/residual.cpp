@@ -63,17 +63,6 @@ template <class T> double ResidualBlock<T>::forward_flops(const Shape& in) const
          (has_projection() ? projection_->forward_flops(in) + static_cast<double>(mid.numel()) : 0.0);
 }
 
-template <class T> void ResidualBlock<T>::initialize(Rng& rng) {
-  for (auto& [name, layer] : children()) layer->initialize(rng);
-}
-
-template <class T> std::vector<Param<T>*> ResidualBlock<T>::params() {
-  std::vector<Param<T>*> all;
-  for (auto& [name, layer] : children())
-    for (Param<T>* p : layer->params()) all.push_back(p);
-  return all;
-}
-
 // One statement per layer: a by-value argument lives to the end of its full expression (Itanium C++ ABI), so
 // nested calls would hold every intermediate buffer until the outermost returns, and no layer could work in place.
 template <class T> Tensor<T> ResidualBlock<T>::forward(Tensor<T> x, const RunContext& ctx) {

@@ -47,17 +47,6 @@ template <class T> double TransformerBlock<T>::forward_flops(const Shape& in) co
          gelu_->forward_flops(hidden) + fc2_->forward_flops(hidden) + 2.0 * static_cast<double>(in.numel());
 }
 
-template <class T> void TransformerBlock<T>::initialize(Rng& rng) {
-  for (auto& [name, layer] : children()) layer->initialize(rng);
-}
-
-template <class T> std::vector<Param<T>*> TransformerBlock<T>::params() {
-  std::vector<Param<T>*> all;
-  for (auto& [name, layer] : children())
-    for (Param<T>* p : layer->params()) all.push_back(p);
-  return all;
-}
-
 // One statement per layer (a by-value argument lives to the end of its full expression: see ResidualBlock).
 template <class T> Tensor<T> TransformerBlock<T>::forward(Tensor<T> x, const RunContext& ctx) {
   Tensor<T> h = ln1_->forward(x, ctx);  // x held for the sum

@@ -15,10 +15,8 @@ template <class T> class TransformerBlock : public Layer<T> {
   TransformerBlock(std::string label, index_t width, index_t heads, index_t mlp_ratio, double eps);
   const char* kind() const override { return "transformer_block"; }
   Shape output_shape(const Shape& input) const override;
-  void initialize(Rng& rng) override;
   Tensor<T> forward(Tensor<T> x, const RunContext& ctx) override;
   Tensor<T> backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) override;
-  std::vector<Param<T>*> params() override;
   std::vector<std::pair<std::string, Layer<T>*>> children() override;
   double forward_flops(const Shape& input) const override;
 
