@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Training-step time of the reference CNN: lowmem against PyTorch 1.13, side by side in one run.
 
-usage: /usr/bin/python3 bench/compare_pytorch.py --lowmem build/lowmem [--threads N] [--steps S] [--techniques] [--json]
+usage: /usr/bin/python3 bench/compare_pytorch.py --lowmem build/lowmem [--threads N] [--steps S] [--techniques] [--sequence] [--epoch] [--json]
 
 For each precision (f32, bf16, f16, f64), in this order and alternating so both share the machine's noise:
   (a) PyTorch: the reference CNN (the layers of configs/reference-cnn.json if present) in that dtype
@@ -16,6 +16,11 @@ training images at batch 64 in a seeded random order, then the 10,000 test image
 lowmem `run` of configs/reference-cnn.json (f32 only, its sweep removed) against PyTorch loading the same files
 (gzip + numpy, pixels / 255), SGD momentum 0.9 with the config's learning rate and weight decay, evaluating in
 eval mode; both report their test accuracy as a check that they trained (target: lowmem <= 0.8x PyTorch).
+With --sequence, also the character models of issue "Sequence models", in f32 on Debian's fortunes (windows of
+SEQ_LEN characters, batch SEQ_BATCH, Adam): the Transformer of configs/text-transformer.json (4 pre-norm blocks of
+width 128, 4 heads, MLP 4x; PyTorch: nn.TransformerEncoder with norm_first, GELU, no dropout, a causal mask) and
+an LSTM language model (arch "lstm": embedding 256, 2 stacked layers of 256; PyTorch: nn.LSTM), each lowmem
+against PyTorch on random token ids of the same vocabulary (target: lowmem <= 1.0x PyTorch).
 Prints ms/step for both and lowmem/pytorch, then the ratios the project tracks: lowmem f32 / pytorch f32
 (target <= 0.8), lowmem bf16 / pytorch bf16 (<= 1), lowmem f16 / lowmem f32 (<= 1), lowmem f64 / pytorch f64
 (<= 0.1), and with --techniques checkpoint <= 1.35x and ActNN 4 bits <= 1.2x store_all.
@@ -160,6 +165,91 @@ def lowmem_ms(binary, layers, precision, steps, threads, workdir, technique=None
     return 1000 * statistics.median(seconds[WARMUP:])
 
 
+# --sequence: the models (lowmem "model" objects) and their PyTorch counterparts, timed in f32.
+SEQ_LEN, SEQ_BATCH, TARGET_SEQUENCE = 128, 32, 1.0
+SEQUENCE_MODELS = {
+    "transformer": {"arch": "transformer", "depth": 4, "width": 128, "heads": 4, "mlp": 4},
+    "lstm": {"arch": "lstm", "depth": 2, "width": 256},
+}
+
+
+class TorchTransformer(nn.Module):
+    """GPT-style: embedding + learned positions, pre-norm blocks with a causal mask, final layer norm, head."""
+
+    def __init__(self, vocab, depth, width, heads, mlp):
+        super().__init__()
+        self.embed, self.positions = nn.Embedding(vocab, width), nn.Parameter(torch.zeros(SEQ_LEN, width))
+        block = nn.TransformerEncoderLayer(width, heads, mlp * width, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(block, depth, enable_nested_tensor=False)
+        self.norm, self.head = nn.LayerNorm(width), nn.Linear(width, vocab)
+        self.register_buffer("mask", torch.triu(torch.full((SEQ_LEN, SEQ_LEN), float("-inf")), 1))
+
+    def forward(self, x):
+        return self.head(self.norm(self.blocks(self.embed(x) + self.positions, mask=self.mask)))
+
+
+class TorchLstm(nn.Module):
+    def __init__(self, vocab, depth, width):
+        super().__init__()
+        self.embed, self.lstm = nn.Embedding(vocab, width), nn.LSTM(width, width, depth, batch_first=True)
+        self.head = nn.Linear(width, vocab)
+
+    def forward(self, x):
+        return self.head(self.lstm(self.embed(x))[0])
+
+
+def sequence_config(name, model, steps):
+    return {"name": f"compare-{name}", "study": "train", "precision": "f32", "seed": 0, "model": model,
+            "data": {"dataset": "text", "seq_len": SEQ_LEN},
+            "train": {"batch": SEQ_BATCH, "steps": steps + WARMUP, "optimizer": {"type": "adam", "lr": 0.001}}}
+
+
+def sequence_vocab(binary, config, workdir):
+    """The vocabulary lowmem reads from the corpus (`lowmem plan --json`: the resolved model.classes)."""
+    path = workdir / "vocab.json"
+    path.write_text(json.dumps(config))
+    done = subprocess.run([binary, "plan", str(path), "--json"], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"lowmem plan {path} exited {done.returncode}: {done.stderr.strip()}")
+    return json.loads(done.stdout)[0]["config"]["model"]["classes"]
+
+
+def pytorch_sequence_ms(name, model, vocab, steps):
+    torch.manual_seed(0)
+    keys = {k: v for k, v in model.items() if k != "arch"}
+    net = TorchTransformer(vocab, **keys) if name == "transformer" else TorchLstm(vocab, **keys)
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.001)
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = torch.randint(0, vocab, (SEQ_BATCH, SEQ_LEN)), torch.randint(0, vocab, (SEQ_BATCH, SEQ_LEN))
+    times = []
+    for _ in range(WARMUP + steps):
+        t0 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(net(x).reshape(-1, vocab), y.reshape(-1)).backward()
+        optimizer.step()
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times[WARMUP:])
+
+
+def lowmem_config_ms(binary, config, steps, threads, workdir):
+    """Median ms per training step of a lowmem train run of `config`, the first WARMUP steps left out."""
+    tag = config["name"]
+    config_path, out = workdir / f"{tag}.json", workdir / f"{tag}.h5"
+    config_path.write_text(json.dumps(config, indent=1))
+    out.unlink(missing_ok=True)
+    cmd = [binary, "run", str(config_path), "--out", str(out), "--threads", str(threads), "--quiet"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stdout}{done.stderr}")
+    with h5py.File(out, "r") as f:
+        (run_id, run), = f["runs"].items()
+        seconds = [float(v) for v in run["curves/step_seconds"][()]]
+    if len(seconds) != steps + WARMUP:
+        raise RuntimeError(f"lowmem {tag}: expected {steps + WARMUP} steps, found {len(seconds)}")
+    return 1000 * statistics.median(seconds[WARMUP:])
+
+
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 TARGET_EPOCH = 0.8  # lowmem / pytorch, one epoch of the reference CNN in f32
 
@@ -235,6 +325,8 @@ def main():
                    help="also time lowmem f32 under each technique of TECHNIQUES against store_all, side by side")
     p.add_argument("--epoch", action="store_true",
                    help="also time one f32 epoch of the reference CNN on Fashion-MNIST, lowmem against PyTorch")
+    p.add_argument("--sequence", action="store_true",
+                   help="also time the Transformer and LSTM character models in f32, lowmem against PyTorch")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     args = p.parse_args()
     precisions = args.precisions.split(",")
@@ -259,6 +351,15 @@ def main():
                 t = lowmem_ms(binary, layers, "f32", args.steps, args.threads, Path(tmp), technique, name)
                 techniques[name] = {"lowmem_ms": t, "store_all_ms": base, "over_store_all": ratio(t, base),
                                     "target": target}
+        sequence = {}
+        if args.sequence:
+            for name, model in SEQUENCE_MODELS.items():
+                config = sequence_config(name, model, args.steps)
+                vocab = sequence_vocab(binary, config, Path(tmp))
+                torch_time = pytorch_sequence_ms(name, model, vocab, args.steps)
+                lowmem_time = lowmem_config_ms(binary, config, args.steps, args.threads, Path(tmp))
+                sequence[name] = {"pytorch_ms": torch_time, "lowmem_ms": lowmem_time, "vocab": vocab,
+                                  "lowmem_over_pytorch": ratio(lowmem_time, torch_time)}
         epoch = None
         if args.epoch:
             torch_s, torch_acc = pytorch_epoch(layers, json.loads(REFERENCE_CONFIG.read_text())["train"]["optimizer"])
@@ -279,6 +380,8 @@ def main():
     for name, t in techniques.items():
         if t["target"] is not None:
             tracked[f"{name}_over_store_all"] = {"value": t["over_store_all"], "target": t["target"]}
+    for name, r in sequence.items():
+        tracked[f"{name}_lowmem_f32_over_pytorch_f32"] = {"value": r["lowmem_over_pytorch"], "target": TARGET_SEQUENCE}
     if epoch is not None:
         tracked["epoch_lowmem_over_pytorch_f32"] = {"value": epoch["lowmem_over_pytorch"], "target": TARGET_EPOCH}
     for t in tracked.values():
@@ -286,7 +389,7 @@ def main():
 
     if args.json:
         print(json.dumps({"threads": args.threads, "steps": args.steps, "batch": BATCH, "torch": torch.__version__,
-                          "precisions": rows, "techniques": techniques, "epoch": epoch, "tracked": tracked},
+                          "precisions": rows, "techniques": techniques, "sequence": sequence, "epoch": epoch, "tracked": tracked},
                          indent=2))
         return 0
     print(f"reference CNN, batch {BATCH}, {args.threads} thread(s), median of {args.steps} steps "
@@ -298,6 +401,11 @@ def main():
         print(f"{'technique (lowmem f32)':<28}{'ms':>10}{'store_all ms':>14}{'ratio':>8}")
         for name, t in techniques.items():
             print(f"{name:<28}{fmt(t['lowmem_ms']):>10}{fmt(t['store_all_ms']):>14}{fmt(t['over_store_all'], '.2f'):>8}")
+    if sequence:
+        print(f"character models in f32, batch {SEQ_BATCH} x {SEQ_LEN} positions:")
+        for name, r in sequence.items():
+            print(f"{name:<10}{fmt(r['pytorch_ms']):>12}{fmt(r['lowmem_ms']):>12}"
+                  f"{fmt(r['lowmem_over_pytorch'], '.2f'):>16}")
     if epoch is not None:
         print(f"one f32 epoch of Fashion-MNIST (60,000 images, then the 10,000 test images): pytorch "
               f"{epoch['pytorch_s']:.1f} s (test accuracy {epoch['pytorch_test_accuracy']:.4f}), lowmem "

@@ -106,9 +106,12 @@ void validate_model(const RunConfig& run, const std::string& config_file) {
   MemoryLedger::Scope scope(ledger);
   try {
     Sequential<float> model = build_model<float>(run.model);
-    bool any_invertible = false;
-    for (std::size_t i = 0; i < model.size(); ++i) any_invertible = any_invertible || model.invertible(i);
-    check_techniques(run, ModelFacts{run.model.arch, model.size(), any_invertible});
+    bool any_invertible = false, any_recurrent = false;
+    for (std::size_t i = 0; i < model.size(); ++i) {
+      any_invertible = any_invertible || model.invertible(i);
+      any_recurrent = any_recurrent || std::string(model.layer(i).kind()) == "lstm";
+    }
+    check_techniques(run, ModelFacts{run.model.arch, model.size(), any_invertible, any_recurrent});
     check_memory_limit(run, model);
     if (run.study == "reconstruction" && !any_invertible)
       throw Error("/study: \"reconstruction\" inverts invertible layers, and model (" + run.model.arch + ") has none " +

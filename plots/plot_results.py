@@ -64,6 +64,12 @@ def model_key(run, key):
     return float(value) if isinstance(value, (int, float)) else None
 
 
+def depth_of(run):
+    """A model's depth in blocks: the reversible networks' model.blocks, a Transformer's model.depth."""
+    blocks = model_key(run, "blocks")
+    return blocks if blocks is not None else model_key(run, "depth")
+
+
 def loss_curve(run):
     """(steps, losses) of a run, or None; steps from curves/step when it matches, else 0, 1, 2, ..."""
     group = run["group"]
@@ -214,7 +220,7 @@ def config_value(run, path):
 def points_by_depth(runs, value):
     """{line label: [(model.blocks, value(run)), ...]} over runs for which value(run) is not None; one line per
     architecture and precision, and per value of any other config key (LINE_KEYS) that varies among them."""
-    selected = [(r, model_key(r, "blocks"), value(r)) for r in runs]
+    selected = [(r, depth_of(r), value(r)) for r in runs]
     selected = [(r, b, y) for r, b, y in selected if b is not None and y is not None]
     varying = [p for p in LINE_KEYS if len({json.dumps(config_value(r, p)) for r, _, _ in selected}) > 1]
     points = {}
@@ -233,7 +239,7 @@ def fig_snr_vs_depth(runs, ax):
         raise Skip("no reconstruction runs at two or more depths (sweep model.blocks)")
     lines_by_arch_and_precision(ax, points, "SNR of the rebuilt input, mean(x^2) / mean((x - x^)^2)")
     ax.axhline(1, color="gray", linewidth=0.8)
-    ax.set_xlabel("reversible blocks (model.blocks)")
+    ax.set_xlabel("reversible blocks (model.blocks, or model.depth)")
     ax.set_title("Reconstruction SNR against depth (NaN/overflow not drawn)")
 
 
@@ -285,7 +291,7 @@ def fig_gradient_angle_vs_depth(runs, ax):
     if not any(len(xy) > 1 for xy in points.values()):
         raise Skip("no reversible gradient runs at two or more depths")
     lines_by_arch_and_precision(ax, points, "largest angle over layers (degrees)")
-    ax.set_xlabel("reversible blocks (model.blocks)")
+    ax.set_xlabel("reversible blocks (model.blocks, or model.depth)")
     ax.set_title("Reversible-backprop gradients against mp gradients (stored activations)")
 
 
@@ -501,6 +507,8 @@ def run_label(run, varying):
     config = config_of(run)
     model = config.get("model", {})
     parts = [norm_label(model)] if model.get("arch") in ("cnn", "resnet") else []
+    if model.get("arch") in SEQUENCE_ARCHS:
+        parts.append(model["arch"] + (" (reversible)" if model.get("reversible") else ""))
     parts.append(text(run["attrs"].get("technique_label", run["attrs"].get("technique", ""))))
     for path in varying:
         value = config_value(run, path.split("."))
@@ -511,27 +519,56 @@ def run_label(run, varying):
 
 def table_techniques(runs):
     """A techniques study as a Markdown table, one row per completed train run in sweep order: its peak and the
-    reduction against the first f32 store_all run (else the first run), model state (weights, gradients, optimizer state), saved
-    activations and workspace at their peaks (MiB), median step time, recomputed layer evaluations per step and
-    test accuracy."""
+    reduction against the first f32 store_all run of the same architecture (else its first run), model state
+    (weights, gradients, optimizer state), saved activations and workspace at their peaks (MiB), median step time,
+    recomputed layer evaluations per step and test accuracy (text models: validation bits per character)."""
     found = technique_runs(runs)
     varying = [p for p in ("seed", "conv_band_columns") if len({json.dumps(config_value(r, [p])) for r in found}) > 1]
-    baseline = [r for r in found if text(r["attrs"].get("technique", "")) == "store_all" and r["precision"] == "f32"]
-    baseline = (baseline or found)[0]
-    base = float(baseline["attrs"]["peak_bytes"])
+    model = lambda r: str(config_value(r, ["model", "arch"]))  # norms compare against one baseline, archs not
+    baselines = {}
+    for r in found:
+        store_all = text(r["attrs"].get("technique", "")) == "store_all" and r["precision"] == "f32"
+        if model(r) not in baselines or (store_all and not baselines[model(r)][1]):
+            baselines[model(r)] = (r, store_all)
+    text_model = all("val_bits_per_char" in r["attrs"] for r in found)
     mib = lambda r, *keys: sum(float(r["attrs"].get(k, np.nan)) for k in keys) / 2**20
-    lines = [f"Reduction: against {run_label(baseline, varying)} {baseline['precision']}.", "",
+    against = "; ".join(f"{run_label(b, varying)} {b['precision']}" for b, _ in baselines.values())
+    lines = [f"Reduction: against {against}.", "",
              "| run | precision | peak (MiB) | reduction | state (MiB) | saved act. (MiB) | workspace (MiB) | step (s) | "
-             "recomputed / step | test accuracy |", "| --- " * 10 + "|"]
+             f"recomputed / step | {'val bits/char' if text_model else 'test accuracy'} |", "| --- " * 10 + "|"]
     for r in found:
         a = r["attrs"]
+        base = float(baselines[model(r)][0]["attrs"]["peak_bytes"])
+        quality = float(a.get("val_bits_per_char" if text_model else "test_accuracy", np.nan))
         lines.append(f"| {run_label(r, varying)} | {r['precision']} | {mib(r, 'peak_bytes'):.2f} | "
                      f"{base / float(a['peak_bytes']):.1f}x | "
                      f"{mib(r, 'weights_bytes', 'gradients_bytes', 'optimizer_state_bytes'):.2f} | "
                      f"{mib(r, 'activation_peak_bytes'):.2f} | {mib(r, 'workspace_peak_bytes'):.2f} | "
                      f"{float(a.get('step_seconds', np.nan)):.3f} | {int(a.get('recomputed_evaluations_per_step', 0))} | "
-                     f"{float(a.get('test_accuracy', np.nan)):.4f} |")
+                     f"{quality:.4f} |")
     return "\n".join(lines) + "\n"
+
+
+def table_bptt_memory(runs):
+    """Backpropagation through time with checkpoints: per sequence length (data.seq_len) and technique, the saved
+    activations at their peak (MiB) / time-step evaluations recomputed per training step."""
+    cells, techniques = {}, []
+    for r in runs:
+        if r["study"] != "train" or text(r["attrs"].get("status", "")) != "complete":
+            continue
+        if config_value(r, ["model", "arch"]) != "lstm" and not any(
+                l.get("type") == "lstm" for l in config_value(r, ["model", "layers"]) or []):
+            continue
+        label = text(r["attrs"].get("technique_label", r["attrs"].get("technique", "")))
+        if label not in techniques:
+            techniques.append(label)
+        a = r["attrs"]
+        cells.setdefault(int(config_value(r, ["data", "seq_len"])), {})[label] = (
+            f"{float(a['activation_peak_bytes']) / 2**20:.2f} / {int(a.get('recomputed_evaluations_per_step', 0))}")
+    if len(cells) < 2 or len(techniques) < 2:
+        raise Skip("no LSTM train runs of two or more sequence lengths and techniques")
+    return markdown(["seq_len", *techniques], [[str(t), *(row.get(k, "") for k in techniques)]
+                                                for t, row in sorted(cells.items())])
 
 
 # Tables written beside the figures (Markdown), from the same numbers.
@@ -548,6 +585,7 @@ def sig2(x):
 
 PRECISION_ORDER = ["mp", "dd", "f64", "f32", "bf16", "f16"]
 ARCH_ORDER = ["flat", "hybrid", "revnet"]
+SEQUENCE_ARCHS = ("transformer", "dynamic_conv", "lstm")
 
 
 def markdown(header, rows):
@@ -560,7 +598,7 @@ def by_arch_and_depth(runs, value):
     in PRECISION_ORDER."""
     cells, precisions = {}, set()
     for r in runs:
-        blocks, v = model_key(r, "blocks"), value(r)
+        blocks, v = depth_of(r), value(r)
         if blocks is None or v is None:
             continue
         cells.setdefault((str(config_value(r, ["model", "arch"])), int(blocks)), {})[r["precision"]] = v
@@ -604,7 +642,7 @@ def table_gradient_vs_depth(runs):
     cells = {}
     precisions = set()
     for r in runs:
-        blocks, v = model_key(r, "blocks"), worst(r)
+        blocks, v = depth_of(r), worst(r)
         if blocks is None or v is None:
             continue
         key = (str(config_value(r, ["model", "arch"])), int(blocks), text(r["attrs"].get("technique", "")))
@@ -680,7 +718,7 @@ def table_reversible_training(runs):
 TABLES = [("accuracy_vs_microbatch", table_accuracy_vs_microbatch), ("techniques", table_techniques),
           ("accuracy_by_bits", table_accuracy_by_bits), ("reversible_training", table_reversible_training),
           ("snr_vs_depth", table_snr_vs_depth), ("alpha_vs_slope", table_alpha_vs_slope),
-          ("gradient_vs_depth", table_gradient_vs_depth)]
+          ("gradient_vs_depth", table_gradient_vs_depth), ("bptt_memory", table_bptt_memory)]
 
 FIGURES = [("train_loss", fig_loss), ("drift_from_f64", fig_drift), ("test_accuracy", fig_accuracy),
            ("gradient_error", fig_gradient), ("gradient_error_by_layer", fig_gradient_by_layer),

@@ -7,6 +7,7 @@
 #include "layers/batchnorm.hpp"
 #include "layers/conv2d.hpp"
 #include "layers/coupling.hpp"
+#include "layers/dropout.hpp"
 #include "layers/embedding.hpp"
 #include "layers/groupnorm.hpp"
 #include "layers/invertible_chain.hpp"
@@ -78,6 +79,29 @@ template <class T> std::unique_ptr<Layer<T>> make_affine_coupling() {
   g.add(std::make_unique<Conv2d<T>>("G conv", Conv2dSpec{1, 2, 3, 1, 1, false}));
   g.add(std::make_unique<BatchNorm<T>>("G bn", 2, 0.1, 1e-5));
   return std::make_unique<AffineCoupling<T>>("affine coupling", std::move(f), std::move(g));
+}
+
+// A reversible Transformer block on (T, 8): F = layer norm + attention (2 heads), G = layer norm + MLP, each on
+// (T, 4), the halves of every position's features.
+template <class T> std::unique_ptr<Layer<T>> make_sequence_coupling(index_t positions) {
+  auto per_position = [](std::unique_ptr<Layer<T>> layer) { return std::make_unique<PositionWise<T>>(std::move(layer)); };
+  Sequential<T> f(Shape{positions, 4}), g(Shape{positions, 4});
+  f.add(per_position(std::make_unique<GroupNorm<T>>("F ln", 4, 1, 1e-5)));
+  f.add(std::make_unique<Attention<T>>("F attn", 4, 2));
+  g.add(per_position(std::make_unique<GroupNorm<T>>("G ln", 4, 1, 1e-5)));
+  g.add(per_position(std::make_unique<Linear<T>>("G fc1", 4, 6, true)));
+  g.add(std::make_unique<Gelu<T>>("G gelu"));
+  g.add(per_position(std::make_unique<Linear<T>>("G fc2", 6, 4, true)));
+  return std::make_unique<AdditiveCoupling<T>>("reversible transformer block", std::move(f), std::move(g));
+}
+
+// Affine coupling on a sequence (T, 4): F and G map each position's 2 features to 4 (scale logits, shifts).
+template <class T> std::unique_ptr<Layer<T>> make_sequence_affine_coupling() {
+  Sequential<T> f(Shape{3, 2}), g(Shape{3, 2});
+  f.add(std::make_unique<PositionWise<T>>(std::make_unique<Linear<T>>("F fc", 2, 4, true)));
+  g.add(std::make_unique<Attention<T>>("G attn", 2, 1));
+  g.add(std::make_unique<PositionWise<T>>(std::make_unique<Linear<T>>("G fc", 2, 4, true)));
+  return std::make_unique<AffineCoupling<T>>("affine coupling on a sequence", std::move(f), std::move(g));
 }
 
 // The layer with its first parameter (the weight) made sparse (technique sparsity): about half of the entries,
@@ -164,6 +188,9 @@ std::vector<LayerCase> all_layer_cases() {
       make_case<Lstm>("lstm 1 layer", Shape{2, 4, 3}, index_t{3}, index_t{5}, index_t{1}),
       make_case<Lstm>("lstm 2 layers", Shape{2, 3, 3}, index_t{3}, index_t{4}, index_t{2}),
       make_case<TransformerBlock>("transformer_block", Shape{2, 4, 4}, index_t{4}, index_t{2}, index_t{2}, 1e-5),
+      make_case<Dropout>("dropout", Shape{3, 2, 5}, 0.4),
+      case_of("reversible transformer block", Shape{2, 4, 8}, []<class T>() { return make_sequence_coupling<T>(4); }),
+      case_of("affine coupling on a sequence", Shape{2, 3, 4}, []<class T>() { return make_sequence_affine_coupling<T>(); }),
   };
 }
 

@@ -687,6 +687,19 @@ def check_text():
     cfg = TMP / "text-techniques.json"
     cfg.write_text(json.dumps(c))
     check_plan_matches_run("plan vs run (text transformer, techniques)", cfg)
+    # The reversible Transformer under reversible; an LSTM checkpointed over time by each schedule.
+    c["model"] = {"arch": "transformer", "depth": 2, "width": 8, "heads": 2, "reversible": True}
+    c["sweep"] = {"technique": [{"type": "store_all"}, {"type": "reversible"}]}
+    cfg = TMP / "text-reversible.json"
+    cfg.write_text(json.dumps(c))
+    check_plan_matches_run("plan vs run (reversible transformer)", cfg)
+    c["model"] = {"arch": "lstm", "depth": 2, "width": 6, "bptt": 3}
+    c["sweep"] = {"technique": [{"type": "checkpoint", "over": "time"},
+                                {"type": "checkpoint", "over": "time", "schedule": "revolve", "slots": 2},
+                                {"type": "checkpoint", "over": "time", "schedule": "budget", "budget_bytes": 200000}]}
+    cfg = TMP / "text-lstm.json"
+    cfg.write_text(json.dumps(c))
+    check_plan_matches_run("plan vs run (lstm checkpointed over time)", cfg)
     out = TMP / "text-run.h5"
     r = lowmem("run", text_config("text-run.json", corpus), "--out", out, *RUN_OPTS)
     runs = runs_of(out) if r.returncode == 0 else {}
@@ -710,6 +723,12 @@ def check_text():
     expect_error("text: a vocabulary mismatch", lowmem("plan", text_config(
         "t5.json", corpus, {"arch": "transformer", "depth": 1, "width": 8, "heads": 2, "classes": 50})),
                  1, ["/model/classes", "50", "vocabulary"])
+    expect_error("text: a reversible Transformer's heads divide half the width", lowmem("plan", text_config(
+        "t4r.json", corpus, {"arch": "transformer", "depth": 1, "width": 8, "heads": 8, "reversible": True})),
+                 1, ["/model/heads", "8 heads", "half width of 4"])
+    expect_error("text: checkpoint over time needs a recurrent layer", lowmem("plan", config(
+        "t4t.json", lambda c: c.update(technique={"type": "checkpoint", "over": "time"}))),
+                 1, ["/technique", "over", "time", "lstm"])
     expect_error("text: an image architecture on text", lowmem("plan", text_config(
         "t6.json", corpus, {"arch": "cnn", "channels": [4]})), 1, ["/model/arch", "image model"])
     expect_error("text: an image layer in a sequence model", lowmem("plan", text_config(

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "layers/lstm.hpp"
+#include "tensor/memory_ledger.hpp"
 #include "numerics/error.hpp"
 #include "numerics/threads.hpp"
 
@@ -206,9 +207,9 @@ template <class T> void expect_dry_run_allocates_as_the_real_run(Accumulate accu
       for (std::size_t i = 0; i < real.events.size(); ++i)
         ASSERT_EQ(real.events[i], dry.events[i]) << to_string(precision_of<T>()) << " event " << i;
       for (std::size_t c = 0; c < memory_category_count; ++c) EXPECT_EQ(real.peak[c], dry.peak[c]);
-      // Forward keeps, per layer, its input (3 features, then H = 5), the gates (4H) and c (H); backward lets go of
-      // all of it. Evaluation keeps nothing.
-      const std::size_t kept = training ? 3 * 4 * ((3 + 4 * 5 + 5) + (5 + 4 * 5 + 5)) * sizeof(T) : 0;
+      // Forward keeps, per layer, its input (3 features, then H = 5) and per step its input state [h, c] (2H) and
+      // the gates (4H); backward lets go of all of it. Evaluation keeps nothing.
+      const std::size_t kept = training ? 3 * 4 * ((3 + 6 * 5) + (5 + 6 * 5)) * sizeof(T) : 0;
       EXPECT_EQ(real.saved_after_forward, kept) << to_string(precision_of<T>());
       EXPECT_EQ(real.saved_after_backward, 0u) << to_string(precision_of<T>());
     }
@@ -222,6 +223,126 @@ TEST(Lstm, DryRunAllocatesWhatTheRealRunAllocatesInEveryPrecision) {
   expect_dry_run_allocates_as_the_real_run<bf16>(Accumulate::f32);
   expect_dry_run_allocates_as_the_real_run<dd>(Accumulate::f32);
   expect_dry_run_allocates_as_the_real_run<mp>(Accumulate::f32);
+}
+
+// ---- Backpropagation through time with checkpoints (RunContext::time_schedule) ----
+
+struct FixedSchedule : TimeSchedule {
+  CheckpointSchedule s;
+  explicit FixedSchedule(CheckpointSchedule schedule) : s(std::move(schedule)) {}
+  CheckpointSchedule schedule(std::size_t) const override { return s; }
+};
+
+// Keeps x_0 and every `every`-th state; recomputes the rest from the last one kept (Chen et al.'s segments).
+CheckpointSchedule segments(std::size_t steps, std::size_t every) {
+  using K = CheckpointAction::Kind;
+  CheckpointSchedule s;
+  std::vector<std::size_t> starts;
+  for (std::size_t i = 0; i < steps; i += every) starts.push_back(i);
+  for (std::size_t k = 0; k + 1 < starts.size(); ++k) {
+    s.push_back({K::snapshot, starts[k]});
+    for (std::size_t i = starts[k]; i < starts[k + 1]; ++i) s.push_back({K::advance, i});
+  }
+  for (std::size_t k = starts.size(); k-- > 0;) {
+    const std::size_t end = k + 1 < starts.size() ? starts[k + 1] : steps;
+    if (k + 1 < starts.size()) s.push_back({K::restore, starts[k]});
+    for (std::size_t i = starts[k]; i < end; ++i) s.push_back({K::record, i});
+    for (std::size_t i = end; i-- > starts[k];) s.push_back({K::reverse, i});
+    if (k + 1 < starts.size()) s.push_back({K::forget, starts[k]});
+  }
+  return s;
+}
+
+// One training step of a 2-layer LSTM (T = 7) under a time schedule: output, input gradient, parameter
+// gradients, the saved activations after forward and the recomputed steps.
+template <class T> struct StepResult {
+  std::vector<T> values;
+  std::size_t saved = 0, peak = 0;
+  std::int64_t recomputed = 0;
+};
+template <class T> StepResult<T> scheduled_step(std::shared_ptr<const TimeSchedule> schedule, index_t truncate = 0) {
+  const index_t n = 3, steps = 7, features = 4, hidden = 5;
+  MemoryLedger ledger;
+  MemoryLedger::Scope scope(ledger);
+  StepResult<T> r;
+  Lstm<T> lstm("lstm", features, hidden, 2, truncate);
+  Rng rng(11);
+  lstm.initialize(rng);
+  RunContext ctx{true, Accumulate::f32};
+  ctx.time_schedule = std::move(schedule);
+  const Tensor<T> x = random_sequence<T>(Shape{n, steps, features}, rng);
+  const Tensor<T> dy = random_sequence<T>(Shape{n, steps, hidden}, rng);
+  Tensor<T> y = lstm.forward(x, ctx);
+  r.saved = ledger.current(MemoryCategory::saved_activations);
+  r.values.assign(y.data(), y.data() + y.numel());
+  y = Tensor<T>();
+  const Tensor<T> dx = lstm.backward(dy, ctx, true);
+  r.values.insert(r.values.end(), dx.data(), dx.data() + dx.numel());
+  for (Param<T>* p : lstm.params()) r.values.insert(r.values.end(), p->grad.data(), p->grad.data() + p->grad.numel());
+  r.recomputed = lstm.recomputed_steps();
+  r.peak = ledger.peak(MemoryCategory::saved_activations);
+  return r;
+}
+
+// Every schedule gives the gradients of stored activations bit for bit, keeps less, and recomputes the steps its
+// schedule says (per layer, times the 2 layers).
+template <class T> void expect_schedules_exact() {
+  const StepResult<T> stored = scheduled_step<T>(nullptr);
+  EXPECT_EQ(stored.recomputed, 0);
+  for (const std::size_t every : {1u, 2u, 3u, 7u}) {
+    const CheckpointSchedule s = segments(7, every);
+    ASSERT_NO_THROW(check_schedule(s, 7));
+    const StepResult<T> r = scheduled_step<T>(std::make_shared<FixedSchedule>(s));
+    ASSERT_EQ(r.values.size(), stored.values.size());
+    for (std::size_t i = 0; i < r.values.size(); ++i)
+      ASSERT_TRUE(same_bits(r.values[i], stored.values[i])) << "every " << every << " value " << i;
+    EXPECT_EQ(r.recomputed, 2 * recomputed_evaluations(s, 7)) << "every " << every;
+    if (every > 1 && every < 7) EXPECT_LT(r.saved, stored.saved) << "every " << every;  // 7: one segment
+  }
+}
+
+TEST(LstmThroughTime, EverySchedulesGradientsAreStoredActivationsBitForBit) {
+  expect_schedules_exact<float>();
+  expect_schedules_exact<bf16>();
+  expect_schedules_exact<mp>();
+}
+
+// Segments of 3 steps (T = 7): after forward, per layer, the input sequence, snapshots of the states x_0 and x_3
+// (2H each) and the record of the last segment, step 6 (its state and gates, 6H); stored activations keep 7
+// records per layer.
+TEST(LstmThroughTime, SavedActivationsAreTheScheduleOnes) {
+  const std::size_t n = 3, steps = 7, hidden = 5, b = sizeof(float);
+  const std::size_t inputs = n * steps * (4 + hidden) * b;
+  const StepResult<float> stored = scheduled_step<float>(nullptr);
+  EXPECT_EQ(stored.saved, inputs + 2 * steps * n * 6 * hidden * b);
+  const StepResult<float> r = scheduled_step<float>(std::make_shared<FixedSchedule>(segments(7, 3)));
+  EXPECT_EQ(r.saved, inputs + 2 * (2 * n * 2 * hidden + n * 6 * hidden) * b);
+}
+
+// Truncated every k steps (T = 7): a gradient that enters only at the last step, 6, reaches the inputs of the steps
+// of its segment, from 6 - (6 mod k) on, and none before (k = 3: step 6 only; k = 4: steps 4 to 6). Untruncated
+// (k = 0) it reaches every step.
+TEST(LstmThroughTime, TruncationStopsTheGradientAtSegmentStarts) {
+  const index_t n = 2, steps = 7, features = 3, hidden = 4;
+  for (const index_t truncate : {0, 3, 4}) {
+    Lstm<double> lstm("lstm", features, hidden, 1, truncate);
+    Rng rng(4);
+    lstm.initialize(rng);
+    const RunContext ctx{true, Accumulate::f32};
+    lstm.forward(random_sequence<double>(Shape{n, steps, features}, rng), ctx);
+    Tensor<double> dy(Shape{n, steps, hidden}, MemoryCategory::workspace);
+    for (index_t s = 0; s < n; ++s)
+      for (index_t j = 0; j < hidden; ++j) dy[(s * steps + steps - 1) * hidden + j] = 1.0;
+    const Tensor<double> dx = lstm.backward(dy, ctx, true);
+    const index_t first = truncate == 0 ? 0 : (steps - 1) / truncate * truncate;  // the last segment's start
+    for (index_t t = 0; t < steps; ++t) {
+      double norm = 0;
+      for (index_t s = 0; s < n; ++s)
+        for (index_t f = 0; f < features; ++f) norm += std::abs(dx[(s * steps + t) * features + f]);
+      if (t < first) EXPECT_EQ(norm, 0.0) << "truncate " << truncate << " step " << t;
+      else EXPECT_GT(norm, 0.0) << "truncate " << truncate << " step " << t;
+    }
+  }
 }
 
 }  // namespace

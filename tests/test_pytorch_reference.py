@@ -7,8 +7,8 @@ For each model below (a plain CNN, a residual net with batch norm and one with g
 group-norm net, a Proxy Norm net, and a reversible net with every invertible block: invertible
 batch norm, leaky ReLU, additive and affine coupling, pixel shuffle, an invertible chain; the last once with
 stored activations and once with backprop by reconstruction; and two character models on a corpus of 5 symbols:
-two pre-norm Transformer blocks, and embedding, attention, GELU, a per-position linear layer, a 2-layer LSTM and
-layer norm), runs lowmem's "gradient" study (one forward + backward pass in training mode on the first
+two pre-norm Transformer blocks; embedding, attention, GELU, a per-position linear layer, a 2-layer LSTM and
+layer norm; and a reversible Transformer block, stored and rebuilt), runs lowmem's "gradient" study (one forward + backward pass in training mode on the first
 train.batch examples) in f64 and f32, then rebuilds the same network in PyTorch in float64 from each run's own
 weights and input and compares: logits, loss (mean cross-entropy) and every parameter gradient, as
 relative error = max|lowmem - torch| / max|torch| per tensor. Tolerances: 1e-10 for the f64 run, 1e-4 for the
@@ -87,7 +87,17 @@ TEXT_TRANSFORMER = [{"type": "embedding", "out": 8}, {"type": "positional"}, {"t
 TEXT_LAYERS = [{"type": "embedding", "out": 6}, {"type": "attention", "heads": 3}, {"type": "gelu"},
                {"type": "linear", "out": 8}, {"type": "lstm", "hidden": 5, "num_layers": 2},
                {"type": "layernorm", "affine": False}, {"type": "linear", "out": K, "bias": False}]
-# name: (input shape, layers, technique). The reversible network runs twice: with stored activations, and with
+# A 2-layer LSTM truncated every 4 steps (windows of 6: chunks of 4 and 2 steps), and checkpointed over time.
+TEXT_LSTM_TRUNCATED = [{"type": "embedding", "out": 4}, {"type": "lstm", "hidden": 5, "num_layers": 2, "bptt": 4},
+                       {"type": "linear", "out": K}]
+# A reversible Transformer block (additive coupling on the halves of the width): F = layer norm + attention, G =
+# layer norm + MLP; with stored activations and rebuilt by backprop by reconstruction.
+TEXT_REVERSIBLE = [{"type": "embedding", "out": 8}, {"type": "positional"},
+                   {"type": "coupling", "f": [{"type": "layernorm"}, {"type": "attention", "heads": 2}],
+                    "g": [{"type": "layernorm"}, {"type": "linear", "out": 8}, {"type": "gelu"},
+                          {"type": "linear", "out": 4}]},
+                   {"type": "layernorm"}, {"type": "linear", "out": K}]
+# name: (input shape, layers, technique: a type or a technique object). The reversible network runs twice: with stored activations, and with
 # backprop by reconstruction (lowmem rebuilds every activation of the invertible layers from the last one).
 CASES = {"plain_cnn": ([2, 16, 16], PLAIN_CNN, "store_all"), "residual_net": ([3, 8, 8], RESIDUAL_NET, "store_all"),
          "groupnorm_net": ([2, 8, 8], GROUPNORM_NET, "store_all"),
@@ -95,7 +105,12 @@ CASES = {"plain_cnn": ([2, 16, 16], PLAIN_CNN, "store_all"), "residual_net": ([3
          "residual_norm_net": ([3, 8, 8], RESIDUAL_NORM_NET, "store_all"),
          "reversible_net": ([1, 8, 8], REVERSIBLE_NET, "store_all"),
          "reversible_net_rebuilt": ([1, 8, 8], REVERSIBLE_NET, "reversible"),
-         "text_transformer": (TEXT, TEXT_TRANSFORMER, "store_all"), "text_layers": (TEXT, TEXT_LAYERS, "store_all")}
+         "text_transformer": (TEXT, TEXT_TRANSFORMER, "store_all"), "text_layers": (TEXT, TEXT_LAYERS, "store_all"),
+         "text_lstm_truncated": (TEXT, TEXT_LSTM_TRUNCATED, "store_all"),
+         "text_lstm_checkpointed": (TEXT, TEXT_LAYERS, {"type": "checkpoint", "over": "time", "schedule": "revolve",
+                                                        "slots": 2}),
+         "text_reversible": (TEXT, TEXT_REVERSIBLE, "store_all"),
+         "text_reversible_rebuilt": (TEXT, TEXT_REVERSIBLE, "reversible")}
 
 
 def zero_grad_biases(layers):
@@ -157,7 +172,8 @@ def run_lowmem(binary, tmp, name, input_shape, layers, technique):
     else:
         model = {"input": input_shape, "classes": K, "layers": layers}
         data = {"dataset": "synthetic", "synthetic": {"count": 64, "test_count": 16, "shape": input_shape, "classes": K}}
-    config = {"name": name, "study": "gradient", "seed": 3, "technique": {"type": technique}, "model": model,
+    technique = technique if isinstance(technique, dict) else {"type": technique}
+    config = {"name": name, "study": "gradient", "seed": 3, "technique": technique, "model": model,
               "data": data,
               "train": {"batch": 8, "optimizer": {"type": "sgd", "lr": 0.1}},
               "gradient": {"reference": "none"}, "sweep": {"precision": ["f64", "f32"]}}
@@ -191,7 +207,7 @@ def check_case(binary, tmp, name, input_shape, layers, technique):
             config = json.loads(group.attrs["config"])
             # The resolved config fills in every default; what the test wrote must be there unchanged.
             assert written_in(layers, config["model"]["layers"]), "resolved config differs from the one written"
-            assert config["technique"]["type"] == technique
+            assert config["technique"]["type"] == (technique["type"] if isinstance(technique, dict) else technique)
             ref = reference(build_model(config), group)
             errors = compare(group, ref, zero_grad_biases(layers))
             print(f"{name} {precision} (tolerance {tol:g}):")

@@ -69,7 +69,8 @@ class InvBatchNorm(nn.Module):
 
 
 class Coupling(nn.Module):
-    """RevNet additive coupling, or Real NVP affine coupling with Glow's scale sigmoid(a + 2)."""
+    """RevNet additive coupling, or Real NVP affine coupling with Glow's scale sigmoid(a + 2); on a sequence the
+    halves are those of each position's features (a reversible Transformer block)."""
 
     def __init__(self, f, g, affine):
         super().__init__()
@@ -78,14 +79,19 @@ class Coupling(nn.Module):
     def step(self, x, net_out):
         if not self.affine:
             return x + net_out
-        a, t = net_out.chunk(2, dim=1)
+        a, t = net_out.chunk(2, dim=self.dim(x))
         return torch.sigmoid(a + 2) * x + t
 
+    @staticmethod
+    def dim(x):
+        """The split axis: an image batch's channels, a sequence batch's (N, T, F) features."""
+        return 1 if x.dim() == 4 else -1
+
     def forward(self, x):
-        x1, x2 = x.chunk(2, dim=1)
+        x1, x2 = x.chunk(2, dim=self.dim(x))
         y1 = self.step(x1, self.f(x2))
         y2 = self.step(x2, self.g(y1))
-        return torch.cat([y1, y2], dim=1)
+        return torch.cat([y1, y2], dim=self.dim(x))
 
 
 class PixelShuffle(nn.Module):
@@ -161,10 +167,22 @@ class TransformerBlock(nn.Module):
 
 
 class LstmOutput(nn.LSTM):
-    """lowmem's lstm: nn.LSTM (batch first) giving the last layer's h at every step."""
+    """lowmem's lstm: nn.LSTM (batch first) giving the last layer's h at every step. bptt > 0: truncated
+    backpropagation through time, the sequence run in chunks of bptt steps with the state carried over detached."""
+
+    def __init__(self, *args, bptt=0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.bptt = bptt
 
     def forward(self, x):
-        return super().forward(x)[0]
+        if not self.bptt:
+            return super().forward(x)[0]
+        outputs, state = [], None
+        for first in range(0, x.shape[1], self.bptt):
+            y, state = super().forward(x[:, first:first + self.bptt], state)
+            outputs.append(y)
+            state = tuple(s.detach() for s in state)
+        return torch.cat(outputs, dim=1)
 
 
 def make_chain(specs, shape, vocab=None):
@@ -192,7 +210,8 @@ def make_layer(spec, shape, vocab=None):
     if t == "transformer_block":
         return TransformerBlock(shape[1], spec.get("heads", 1), spec.get("mlp", 4), spec.get("eps", 1e-5))
     if t == "lstm":
-        return LstmOutput(shape[1], spec["hidden"], spec.get("num_layers", 1), batch_first=True)
+        return LstmOutput(shape[1], spec["hidden"], spec.get("num_layers", 1), batch_first=True,
+                          bptt=spec.get("bptt", 0))
     if t == "gelu":
         return nn.GELU()
     if len(shape) == 2 and t == "linear":
@@ -220,7 +239,7 @@ def make_layer(spec, shape, vocab=None):
     if t == "inv_batchnorm":
         return InvBatchNorm(shape[0], spec.get("eps", 1e-5), spec.get("scale_eps", 1e-4), spec.get("momentum", 0.1))
     if t in ("coupling", "affine_coupling"):
-        half = [shape[0] // 2, *shape[1:]]
+        half = [shape[0], shape[1] // 2] if len(shape) == 2 else [shape[0] // 2, *shape[1:]]
         return Coupling(make_chain(spec["f"], half)[0], make_chain(spec["g"], half)[0], t == "affine_coupling")
     if t == "invertible":
         return make_chain(spec["layers"], shape)[0]

@@ -4,37 +4,56 @@ namespace lowmem {
 
 namespace {
 
-// Channels [first, first + count) of x (N, C, H, W) as a new (N, count, H, W) tensor.
+// A batch seen along the axis a coupling splits, as (blocks, count, inner): an image batch (N, C, H, W) splits its
+// channels (N blocks of C x H W), a sequence batch (N, T, F) the features of each position (N T blocks of F x 1).
+struct SplitView {
+  index_t blocks, count, inner;
+};
+SplitView split_view(const Shape& x) {
+  if (x.rank() == 4) return {x[0], x[1], x[2] * x[3]};
+  return {x[0] * x[1], x[2], 1};
+}
+// x's shape with `count` along the split axis.
+Shape with_split(const Shape& x, index_t count) {
+  std::vector<index_t> dims = x.dims();
+  dims[x.rank() == 4 ? 1 : 2] = count;
+  return Shape(std::move(dims));
+}
+template <class T> index_t split_size(const Tensor<T>& x) { return split_view(x.shape()).count; }
+
+// Entries [first, first + count) along x's split axis, as a new tensor.
 template <class T> Tensor<T> channels(const Tensor<T>& x, index_t first, index_t count) {
-  const index_t n = x.dim(0), c = x.dim(1), area = x.dim(2) * x.dim(3);
-  Tensor<T> part(Shape{n, count, x.dim(2), x.dim(3)}, MemoryCategory::workspace);
+  const SplitView v = split_view(x.shape());
+  Tensor<T> part(with_split(x.shape(), count), MemoryCategory::workspace);
   if (!x.is_dry())
-    for (index_t s = 0; s < n; ++s)
-      std::copy(x.data() + (s * c + first) * area, x.data() + (s * c + first + count) * area,
-                part.data() + s * count * area);
+    for (index_t b = 0; b < v.blocks; ++b)
+      std::copy(x.data() + (b * v.count + first) * v.inner, x.data() + (b * v.count + first + count) * v.inner,
+                part.data() + b * count * v.inner);
   return part;
 }
 
-// x[:, first : first + part's channels] = x + sign * part, in place, one rounding per element (x must be the
-// caller's own buffer: Tensor::make_own).
+// x[first : first + part's count] += sign * part along the split axis, in place, one rounding per element (x must
+// be the caller's own buffer: Tensor::make_own).
 template <class T> void add_channels(Tensor<T>& x, index_t first, const Tensor<T>& part, int sign) {
-  const index_t n = x.dim(0), c = x.dim(1), count = part.dim(1), area = x.dim(2) * x.dim(3);
+  const SplitView v = split_view(x.shape());
+  const index_t count = split_size(part);
   if (x.is_dry()) return;
-  for (index_t s = 0; s < n; ++s) {
-    T* to = x.data() + (s * c + first) * area;
-    const T* from = part.data() + s * count * area;
-    for (index_t i = 0; i < count * area; ++i) to[i] = sign > 0 ? T(to[i] + from[i]) : T(to[i] - from[i]);
+  for (index_t b = 0; b < v.blocks; ++b) {
+    T* to = x.data() + (b * v.count + first) * v.inner;
+    const T* from = part.data() + b * count * v.inner;
+    for (index_t i = 0; i < count * v.inner; ++i) to[i] = sign > 0 ? T(to[i] + from[i]) : T(to[i] - from[i]);
   }
 }
 
-// [a, b] along channels.
+// [a, b] along the split axis (a and b of equal shape).
 template <class T> Tensor<T> join(const Tensor<T>& a, const Tensor<T>& b) {
-  const index_t n = a.dim(0), half = a.dim(1), area = a.dim(2) * a.dim(3);
-  Tensor<T> y(Shape{n, 2 * half, a.dim(2), a.dim(3)}, MemoryCategory::workspace);
+  const SplitView v = split_view(a.shape());
+  const index_t part = v.count * v.inner;
+  Tensor<T> y(with_split(a.shape(), 2 * v.count), MemoryCategory::workspace);
   if (!a.is_dry())
-    for (index_t s = 0; s < n; ++s) {
-      std::copy(a.data() + s * half * area, a.data() + (s + 1) * half * area, y.data() + 2 * s * half * area);
-      std::copy(b.data() + s * half * area, b.data() + (s + 1) * half * area, y.data() + (2 * s + 1) * half * area);
+    for (index_t k = 0; k < v.blocks; ++k) {
+      std::copy(a.data() + k * part, a.data() + (k + 1) * part, y.data() + 2 * k * part);
+      std::copy(b.data() + k * part, b.data() + (k + 1) * part, y.data() + (2 * k + 1) * part);
     }
   return y;
 }
@@ -47,14 +66,16 @@ template <class T> Tensor<T> combine(const Tensor<T>& a, const Tensor<T>& b, int
   return r;
 }
 
-// ---- Affine coupling's elementwise parts. x (N, C/2, H, W); st (N, C, H, W) = [scale logits a, shifts t]. ----
+// ---- Affine coupling's elementwise parts. x a half (N, C/2, H, W) or (N, T, F/2); st = [scale logits a, shifts t]
+// along the split axis, twice x's count. ----
 template <class W> W glow_scale(const W& a) { return W(1) / (W(1) + exp_of(W(-(a + W(2))))); }
 
-// Calls op(k, j): k indexes x (sample s, channel c, pixel p), j the scale logit in st; t is at j + half * area.
+// Calls op(k, j, shift): k indexes x, j the scale logit in st of the same block; t is at j + shift.
 template <class F> void for_each_pair(const Shape& x, F&& op) {
-  const index_t n = x[0], half = x[1], area = x[2] * x[3];
-  for (index_t s = 0; s < n; ++s)
-    for (index_t i = 0; i < half * area; ++i) op(s * half * area + i, 2 * s * half * area + i, half * area);
+  const SplitView v = split_view(x);
+  const index_t part = v.count * v.inner;
+  for (index_t b = 0; b < v.blocks; ++b)
+    for (index_t i = 0; i < part; ++i) op(b * part + i, 2 * b * part + i, part);
 }
 
 // y = s(a) x + t, one rounding.
@@ -117,11 +138,21 @@ template <class T> std::vector<std::pair<std::string, Layer<T>*>> Coupling<T>::c
   return c;
 }
 
+Shape coupling_half(const std::string& label, const Shape& in, index_t factor) {
+  if (in.rank() != 2 && in.rank() != 3)
+    shape_error(label, "splits the channels of an image (C, H, W) or the features of a sequence (T, F), got " + in.str());
+  const std::size_t axis = in.rank() == 3 ? 0 : 1;
+  if (in[axis] % 2 != 0)
+    shape_error(label, std::string("splits its ") + (axis == 0 ? "channels" : "features") +
+                           " in halves and needs an even count, got " + in.str());
+  std::vector<index_t> dims = in.dims();
+  dims[axis] = in[axis] / 2 * factor;
+  return Shape(std::move(dims));
+}
+
 template <class T>
 Shape Coupling<T>::coupling_shape(const Shape& in, index_t out_factor, const std::string& what) const {
-  expect_rank(this->label(), in, 3);
-  if (in[0] % 2 != 0) shape_error(this->label(), "splits its channels in halves and needs an even count, got " + in.str());
-  const Shape half{in[0] / 2, in[1], in[2]}, out{in[0] / 2 * out_factor, in[1], in[2]};
+  const Shape half = coupling_half(this->label(), in, 1), out = coupling_half(this->label(), in, out_factor);
   if (f_.input_shape() != half || f_.output_shape() != out || g_.input_shape() != half || g_.output_shape() != out)
     shape_error(this->label(), "F and G must map " + half.str() + " to " + out.str() + what + " (F: " +
                                    f_.input_shape().str() + " -> " + f_.output_shape().str() + ", G: " +
@@ -130,8 +161,7 @@ Shape Coupling<T>::coupling_shape(const Shape& in, index_t out_factor, const std
 }
 
 template <class T> RunContext Coupling<T>::forward_context(const RunContext& ctx) {
-  accumulate_ = ctx.accumulate;
-  band_columns_ = ctx.conv_band_columns;
+  forward_ = ctx;
   RunContext inner = ctx;
   if (ctx.keep != RunContext::Keep::all) inner.keep = RunContext::Keep::nothing;
   return inner;
@@ -153,7 +183,7 @@ template <class T> Shape AdditiveCoupling<T>::output_shape(const Shape& in) cons
 // holds its input or output once, plus one half for F's or G's input; F and G see contiguous copies of a half.
 template <class T> Tensor<T> AdditiveCoupling<T>::forward(Tensor<T> x, const RunContext& ctx) {
   const RunContext inner = this->forward_context(ctx);
-  const index_t half = x.dim(1) / 2;
+  const index_t half = split_size(x) / 2;
   Tensor<T>& y = x.make_own(MemoryCategory::workspace);
   add_channels(y, 0, this->f_.forward(channels(y, half, half), inner), +1);     // y1 = x1 + F(x2)
   add_channels(y, half, this->g_.forward(channels(y, 0, half), inner), +1);     // y2 = x2 + G(y1)
@@ -161,7 +191,7 @@ template <class T> Tensor<T> AdditiveCoupling<T>::forward(Tensor<T> x, const Run
 }
 
 template <class T> Tensor<T> AdditiveCoupling<T>::backward(Tensor<T> dy, const RunContext& ctx, bool) {
-  const index_t half = dy.dim(1) / 2;
+  const index_t half = split_size(dy) / 2;
   Tensor<T>& dx = dy.make_own(MemoryCategory::workspace);
   add_channels(dx, 0, this->g_.backward(channels(dx, half, half), ctx, true), +1);  // g1 = dy1 + G'^T dy2
   add_channels(dx, half, this->f_.backward(channels(dx, 0, half), ctx, true), +1);  // dx2 = dy2 + F'^T g1
@@ -171,7 +201,7 @@ template <class T> Tensor<T> AdditiveCoupling<T>::backward(Tensor<T> dy, const R
 template <class T> Tensor<T> AdditiveCoupling<T>::inverse(const Tensor<T>& y) {
   // F and G are recomputed in training mode on the rebuilt inputs: batch norm inside them then uses batch
   // statistics that equal the forward's in exact arithmetic, and must not update its running statistics twice.
-  const index_t half = y.dim(1) / 2;
+  const index_t half = split_size(y) / 2;
   const RunContext replay = this->inverse_context();
   Tensor<T> x = y.clone(MemoryCategory::workspace);  // the caller keeps y
   add_channels(x, half, this->g_.forward(channels(x, 0, half), replay), -1);  // x2 = y2 - G(y1)
@@ -182,7 +212,7 @@ template <class T> Tensor<T> AdditiveCoupling<T>::inverse(const Tensor<T>& y) {
 // x is rebuilt over y's buffer and dL/dx over dy's (when nothing else holds them), half by half.
 template <class T>
 Reconstructed<T> AdditiveCoupling<T>::backward_from_output(Tensor<T> y, Tensor<T> dy, const RunContext& ctx, bool) {
-  const index_t half = y.dim(1) / 2;
+  const index_t half = split_size(y) / 2;
   const RunContext replay = this->backprop_context(ctx);
   Tensor<T>& x = y.make_own(MemoryCategory::workspace);
   Tensor<T>& dx = dy.make_own(MemoryCategory::workspace);
@@ -199,7 +229,7 @@ template <class T> Shape AffineCoupling<T>::output_shape(const Shape& in) const 
 
 template <class T> Tensor<T> AffineCoupling<T>::forward(Tensor<T> x, const RunContext& ctx) {
   const RunContext inner = this->forward_context(ctx);
-  const index_t half = x.dim(1) / 2;
+  const index_t half = split_size(x) / 2;
   const Tensor<T> x1 = channels(x, 0, half), x2 = channels(x, half, half);
   const Tensor<T> f = this->f_.forward(x2, inner);
   const Tensor<T> y1 = scale_shift(x1, f);
@@ -215,7 +245,7 @@ template <class T> Tensor<T> AffineCoupling<T>::forward(Tensor<T> x, const RunCo
 }
 
 template <class T> Tensor<T> AffineCoupling<T>::backward(Tensor<T> dy, const RunContext& ctx, bool) {
-  const index_t half = dy.dim(1) / 2;
+  const index_t half = split_size(dy) / 2;
   const auto [dx2_direct, dg] = scale_shift_grads(channels(dy, half, half), x2_.get(), g_out_.get());
   const Tensor<T> u1 = combine(channels(dy, 0, half), this->g_.backward(dg, ctx, true), +1);
   const auto [dx1, df] = scale_shift_grads(u1, x1_.get(), f_out_.get());
@@ -225,7 +255,7 @@ template <class T> Tensor<T> AffineCoupling<T>::backward(Tensor<T> dy, const Run
 }
 
 template <class T> Tensor<T> AffineCoupling<T>::inverse(const Tensor<T>& y) {
-  const index_t half = y.dim(1) / 2;
+  const index_t half = split_size(y) / 2;
   const RunContext replay = this->inverse_context();
   const Tensor<T> y1 = channels(y, 0, half);
   const Tensor<T> x2 = unscale_shift(channels(y, half, half), this->g_.forward(y1, replay));
@@ -236,7 +266,7 @@ template <class T> Tensor<T> AffineCoupling<T>::inverse(const Tensor<T>& y) {
 template <class T>
 Reconstructed<T> AffineCoupling<T>::backward_from_output(Tensor<T> y, Tensor<T> dy,
                                                          const RunContext& ctx, bool) {
-  const index_t half = y.dim(1) / 2;
+  const index_t half = split_size(y) / 2;
   const RunContext replay = this->backprop_context(ctx);
   const Tensor<T> y1 = channels(y, 0, half);
   const Tensor<T> g = this->g_.forward(y1, replay);

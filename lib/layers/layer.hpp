@@ -30,6 +30,8 @@
 
 namespace lowmem {
 
+struct TimeSchedule;  // layers/step_chain.hpp
+
 struct RunContext {
   bool training = true;
   Accumulate accumulate = Accumulate::f32;
@@ -48,6 +50,13 @@ struct RunContext {
   // A convolution's workspace holds the column matrix of a band of whole output rows of at most this many positions
   // (one row if a row is wider): smaller bands hold less and run slower, and sum a weight gradient in other order.
   index_t conv_band_columns = 256;
+  // Technique checkpoint over time: the schedule of a recurrent layer's time steps; null: every step keeps what
+  // its backward needs.
+  std::shared_ptr<const TimeSchedule> time_schedule = nullptr;
+  // Where random layers (dropout) draw: the training step, and the index in the whole batch of this slice's first
+  // sample (technique microbatch), so a recomputed forward, a backward and a microbatched step draw alike.
+  std::int64_t step = 0;
+  index_t first_sample = 0;
   bool keeps() const { return training && keep == Keep::all; }
   bool keeps_for_inverse() const { return training && keep != Keep::nothing; }
 };
@@ -91,6 +100,9 @@ template <class T> class Layer {
   // Arithmetic of one forward evaluation per sample (multiply-adds count 2), for schedules that weigh layers by
   // cost (checkpoint "budget"). Default: one operation per output value.
   virtual double forward_flops(const Shape& input) const { return static_cast<double>(output_shape(input).numel()); }
+  // A recurrent layer run by a schedule over time (RunContext::time_schedule): time-step evaluations of the last
+  // training step beyond one per step.
+  virtual std::int64_t recomputed_steps() const { return 0; }
   // Sub-layers of a composite layer (residual block), for reports that walk the whole network.
   virtual std::vector<std::pair<std::string, Layer<T>*>> children() { return {}; }
 

@@ -26,80 +26,75 @@ template <class W> W tanh_of(const W& z) {
   }
 }
 
-// h = o tanh(c) from the stored o and c: forward and backward's recomputation of h give the same bits.
+// h = o tanh(c), one rounding.
 template <class T> T cell_output(const T& o, const T& c) {
   using W = wide_t<T>;
   return round_to<T>(W(round_to<W>(o) * tanh_of(round_to<W>(c))));
 }
 
-// One layer's time steps. Its sequences are (N, T, width) row-major: sample s, step t at row s T + t. A step reads
-// and writes the rows of steps t and t - 1 only, and reads nothing but stored values (in T: x_t and h_{t-1}
-// through their products, c_{t-1}, the gates), so a chain over time can re-run any step from kept state and get the
-// same bits.
+// One time step of one layer on (N, .) matrices. A step reads only stored values (in T: its state [h_{t-1},
+// c_{t-1}], the gates), so re-running it from a kept state gives the same bits, and its backward recomputes c_t
+// from the gates and c_{t-1} exactly as the forward formed it.
 template <class T> struct Cell {
   using W = wide_t<T>;
-  index_t n, steps, hidden;
+  index_t n, hidden;
   const T *bias_ih, *bias_hh;  // (4H)
 
-  index_t row(index_t s, index_t t) const { return s * steps + t; }
-  // Step t of a sequence of `width` values per step: an (N, width) matrix.
-  template <class U> MatrixView<U> at_step(const U* sequence, index_t t, index_t width) const {
-    return {sequence + t * width, n, width, steps * width, 1};
-  }
-
-  // Forward of step t. z: the products x_t W_ih^T + h_{t-1} W_hh^T of this step (N, T, 4H), in the compute type G.
-  // Gate activations go to `gates` (null: not kept; may be z itself when G = T: each unit's four values are read
-  // before they are written), c_t to c ((N, T, H), or with `one_slot` (N, 1, H), c_{t-1} overwritten by c_t), h_t to
-  // h (N, T, H). Each gate is rounded into T once, and c and h are formed from the rounded gates.
-  template <class G> void forward(index_t t, const G* z, T* gates, T* c, bool one_slot, T* h) const {
+  // z (N, 4H): x_t W_ih^T + h_{t-1} W_hh^T in the compute type G; state (N, 2H) = [h_{t-1}, c_{t-1}]. Writes
+  // [h_t, c_t] to next (N, 2H), the gate activations to gates (N, 4H; null: not kept) and h_t to row s of h (row
+  // stride h_stride; null: not wanted). Each gate is rounded into T once; c and h are formed from the rounded gates.
+  template <class G> void forward(const G* z, const T* state, T* gates, T* next, T* h, index_t h_stride) const {
     const index_t h4 = 4 * hidden;
 #pragma omp parallel for schedule(static) if (worth_threads(n * h4))
     for (index_t s = 0; s < n; ++s) {
-      const index_t at = row(s, t);
-      const index_t now = (one_slot ? s : at) * hidden, before = (one_slot ? s : at - 1) * hidden;
-      const G* zs = z + at * h4;
+      const G* zs = z + s * h4;
+      const T* prev = state + s * 2 * hidden;
+      T* out = next + s * 2 * hidden;
       auto pre = [&](index_t r) { return W(round_to<W>(zs[r]) + round_to<W>(bias_ih[r]) + round_to<W>(bias_hh[r])); };
       for (index_t j = 0; j < hidden; ++j) {
         const T i = round_to<T>(sigmoid_of(pre(j))), f = round_to<T>(sigmoid_of(pre(hidden + j)));
         const T g = round_to<T>(tanh_of(pre(2 * hidden + j))), o = round_to<T>(sigmoid_of(pre(3 * hidden + j)));
-        const W c_prev = t > 0 ? round_to<W>(c[before + j]) : W(0);
-        c[now + j] = round_to<T>(W(round_to<W>(f) * c_prev + round_to<W>(i) * round_to<W>(g)));
-        h[at * hidden + j] = cell_output(o, c[now + j]);
+        const T c = new_cell(i, f, g, prev[hidden + j]);
+        out[hidden + j] = c;
+        out[j] = cell_output(o, c);
+        if (h) h[s * h_stride + j] = out[j];
         if (gates) {
-          T* gs = gates + at * h4;
+          T* gs = gates + s * h4;
           gs[j] = i, gs[hidden + j] = f, gs[2 * hidden + j] = g, gs[3 * hidden + j] = o;
         }
       }
     }
   }
+  static T new_cell(const T& i, const T& f, const T& g, const T& c_prev) {
+    return round_to<T>(W(round_to<W>(f) * round_to<W>(c_prev) + round_to<W>(i) * round_to<W>(g)));
+  }
 
-  // Backward of step t, with dh_t = dy_t + dh (dh = dL/dh_t through step t + 1's products, 0 at the last step) and
-  // dc = dL/dc_t from step t + 1 in, dL/dc_{t-1} out ((N, H) in W). Writes dz_t = dL/d(pre-activations) of step t,
-  // rounded into T, to dz (may be `gates`: each unit's values are read before they are written), and for t > 0
-  // h_{t-1} (recomputed from o_{t-1} and c_{t-1}) to h_prev (N, H), for the product with W_hh.
+  // Backward of one step, with dh_t = dy_t + dh (dh = dL/dh_t through step t + 1's products, 0 at the last step;
+  // dy row s at dy + s dy_stride) and dc = dL/dc_t in, dL/dc_{t-1} out ((N, H) in W). Writes dz = dL/d(pre-
+  // activations) of the step, rounded into T (may be `gates`: each unit's values are read before they are written).
   //   dc_t += dh_t o (1 - tanh^2 c_t);  dL/d[i f g o] = [dc_t g, dc_t c_{t-1}, dc_t i, dh_t tanh c_t];
   //   dz = those times sigmoid' = s (1 - s) (i, f, o), tanh' = 1 - g^2 (g);  dc_{t-1} = dc_t f.
   template <class G>
-  void backward(index_t t, const T* dy, const G* dh, W* dc, const T* gates, const T* c, T* dz, T* h_prev) const {
+  void backward(const T* dy, index_t dy_stride, const G* dh, W* dc, const T* gates, const T* state, T* dz) const {
     const index_t h4 = 4 * hidden;
 #pragma omp parallel for schedule(static) if (worth_threads(n * h4))
     for (index_t s = 0; s < n; ++s) {
-      const index_t at = row(s, t);
-      const T* gs = gates + at * h4;
-      T* ds = dz + at * h4;
+      const T* gs = gates + s * h4;
+      const T* prev = state + s * 2 * hidden;
+      T* ds = dz + s * h4;
       for (index_t j = 0; j < hidden; ++j) {
+        const T c = new_cell(gs[j], gs[hidden + j], gs[2 * hidden + j], prev[hidden + j]);
         const W i = round_to<W>(gs[j]), f = round_to<W>(gs[hidden + j]), g = round_to<W>(gs[2 * hidden + j]),
                 o = round_to<W>(gs[3 * hidden + j]);
-        const W tanh_c = tanh_of(round_to<W>(c[at * hidden + j]));
-        const W c_prev = t > 0 ? round_to<W>(c[(at - 1) * hidden + j]) : W(0);
-        const W dh_t = W(round_to<W>(dy[at * hidden + j]) + round_to<W>(dh[s * hidden + j]));
+        const W tanh_c = tanh_of(round_to<W>(c));
+        const W c_prev = round_to<W>(prev[hidden + j]);
+        const W dh_t = W(round_to<W>(dy[s * dy_stride + j]) + round_to<W>(dh[s * hidden + j]));
         const W dc_t = W(dc[s * hidden + j] + dh_t * o * (W(1) - tanh_c * tanh_c));
         ds[j] = round_to<T>(W(dc_t * g * i * (W(1) - i)));
         ds[hidden + j] = round_to<T>(W(dc_t * c_prev * f * (W(1) - f)));
         ds[2 * hidden + j] = round_to<T>(W(dc_t * i * (W(1) - g * g)));
         ds[3 * hidden + j] = round_to<T>(W(dh_t * tanh_c * o * (W(1) - o)));
         dc[s * hidden + j] = W(dc_t * f);
-        if (t > 0) h_prev[s * hidden + j] = cell_output(gates[(at - 1) * h4 + 3 * hidden + j], c[(at - 1) * hidden + j]);
       }
     }
   }
@@ -111,9 +106,134 @@ template <class T> MatrixView<T> weight_view(const Param<T>& p) {
 
 }  // namespace
 
+// Layer k's steps. Sequences are (N, T, width) row-major: step t of sample s at row s T + t, so step t of a
+// sequence is an (N, width) matrix of row stride T width. Forward: z_t = x_t W_ih^T, z_t += h_{t-1} W_hh^T (t > 0),
+// then the cell. Backward of step t (Cell::backward): dz_t; dh_{t-1} = dz_t W_hh; dW_hh += dz_t^T h_{t-1};
+// dW_ih += dz_t^T x_t; the biases' gradient += the column sums of dz_t; dx_t = dz_t W_ih. Weight gradients are
+// summed over the steps in G (the biases' in W) and rounded into the parameters once, after step 0.
 template <class T>
-Lstm<T>::Lstm(std::string label, index_t input_size, index_t hidden, index_t layers)
-    : Layer<T>(std::move(label)), input_size_(input_size), hidden_(hidden) {
+template <class G>
+class Lstm<T>::Steps : public StepChain<T> {
+ public:
+  using W = wide_t<T>;
+  // x: the layer's input (N, T, in); h: where the forward writes its output (N, T, H), null in backward.
+  Steps(Lstm& lstm, std::size_t k, const Tensor<T>& x, T* h)
+      : lstm_(lstm), k_(k), p_(lstm.layers_[k]), x_(x), h_(h), n_(x.dim(0)), steps_(x.dim(1)),
+        in_(lstm.in_width(static_cast<index_t>(k))), hidden_(lstm.hidden_),
+        cell_{n_, hidden_, p_.bias_ih.value.data(), p_.bias_hh.value.data()},
+        z_(Shape{n_, 4 * hidden_}, MemoryCategory::workspace, Init::none) {
+    const index_t h4 = 4 * hidden_;
+    packing_ = packing_workspace(
+        p_.weight_ih, 1,
+        std::max({packing_floats<G>(n_, h4, in_), packing_floats<G>(n_, h4, hidden_), packing_floats<G>(n_, hidden_, h4),
+                  packing_floats<G>(h4, hidden_, n_), packing_floats<G>(h4, in_, n_), packing_floats<G>(n_, in_, h4)}));
+  }
+
+  std::size_t steps() const override { return static_cast<std::size_t>(steps_); }
+  const std::string& step_name(std::size_t) const override { return lstm_.label(); }
+
+  Tensor<T> step_forward(std::size_t i, Tensor<T> state, const RunContext& ctx) override {
+    const auto t = static_cast<index_t>(i);
+    const index_t h4 = 4 * hidden_;
+    const bool keep = ctx.keeps(), dry = state.is_dry();
+    Tensor<T> next(Shape{n_, 2 * hidden_}, MemoryCategory::workspace, Init::none);  // written whole
+    Tensor<T> gates;
+    if (keep) gates = Tensor<T>(Shape{n_, h4}, MemoryCategory::workspace, Init::none);
+    if (!dry) {
+      dense_product<G>(at_step(x_.data(), t, in_), weight_view(p_.weight_ih).t(), z_.data(), h4, false, pack());
+      if (t > 0)
+        dense_product<G>(previous_h(state), weight_view(p_.weight_hh).t(), z_.data(), h4, true, pack());
+      cell_.forward(z_.data(), state.data(), keep ? gates.data() : nullptr, next.data(),
+                    h_ ? h_ + t * hidden_ : nullptr, steps_ * hidden_);
+    }
+    if (keep) {
+      lstm_.states_[k_][i].keep(state);
+      lstm_.gates_[k_][i].keep(gates);
+    }
+    return next;
+  }
+
+  // The gradient of the state flows in this object (dh in G, dc in W, as a plain loop keeps them), not through
+  // the executor: dy is empty.
+  Tensor<T> step_backward(std::size_t i, Tensor<T>, const RunContext& ctx, bool) override {
+    const auto t = static_cast<index_t>(i);
+    const index_t h4 = 4 * hidden_;
+    const Tensor<T> state = lstm_.states_[k_][i].take();
+    const Tensor<T> gates = lstm_.gates_[k_][i].take();
+    Tensor<T> dz = gates.overwritable(MemoryCategory::workspace);  // over the gates where nothing else holds them
+    if (dy_->is_dry() || state.is_dry()) return {};
+    cell_.backward(dy_->data() + t * hidden_, steps_ * hidden_, dh_.data(), dc_.data(), gates.data(), state.data(),
+                   dz.data());
+    const auto dz_t = MatrixView<T>::row_major(dz.data(), n_, h4);
+    if (t > 0) {
+      if (lstm_.truncate_ > 0 && t % lstm_.truncate_ == 0) {  // truncated: nothing flows back to step t - 1
+        dh_.fill(G(0));
+        dc_.fill(W(0));
+      } else {
+        dense_product<G>(dz_t, weight_view(p_.weight_hh), dh_.data(), hidden_, false, pack());
+      }
+      dense_product<G>(dz_t.t(), previous_h(state), dweight_hh_.data(), hidden_, true, pack());
+    }
+    dense_product<G>(dz_t.t(), at_step(x_.data(), t, in_), dweight_ih_.data(), in_, true, pack());
+#pragma omp parallel for schedule(static) if (worth_threads(n_ * h4))
+    for (index_t r = 0; r < h4; ++r) {
+      LaneSum<T> sum;
+      sum.add(n_, ctx.accumulate, [&](index_t s) { return round_to<W>(dz_t(s, r)); });
+      dbias_[r] = accumulate_round<T>(W(dbias_[r] + sum.total(ctx.accumulate)), ctx.accumulate);
+    }
+    if (!dx_.empty())
+      dense_product<G>(dz_t, weight_view(p_.weight_ih), dx_.data() + t * in_, steps_ * in_, false, pack());
+    return {};
+  }
+
+  // Backward's buffers: the state's gradient, the weight gradients' sums, and dx (N, T, in) if asked.
+  void begin_backward(const Tensor<T>& dy, bool want_input_grad, Tensor<T>& dx) {
+    dy_ = &dy;
+    dh_ = Tensor<G>(Shape{n_, hidden_}, MemoryCategory::workspace);  // 0: nothing flows in after the last step
+    dc_ = Tensor<W>(Shape{n_, hidden_}, MemoryCategory::workspace);
+    dweight_hh_ = Tensor<G>(p_.weight_hh.value.shape(), MemoryCategory::workspace);
+    dweight_ih_ = Tensor<G>(p_.weight_ih.value.shape(), MemoryCategory::workspace);
+    dbias_ = Tensor<W>(Shape{4 * hidden_}, MemoryCategory::workspace);
+    if (want_input_grad) {
+      dx = Tensor<T>(x_.shape(), MemoryCategory::workspace, Init::none);  // written whole
+      dx_ = result_buffer<G>(dx);
+    }
+  }
+  // After step 0: the sums rounded into the parameters' gradients, dx into T.
+  void finish_backward(Tensor<T>& dx) {
+    if (dy_->is_dry() || x_.is_dry()) return;
+    store_rounded(dweight_hh_.data(), p_.weight_hh.grad.data(), dweight_hh_.numel(), true);
+    store_rounded(dweight_ih_.data(), p_.weight_ih.grad.data(), dweight_ih_.numel(), true);
+    for (index_t r = 0; r < 4 * hidden_; ++r)
+      for (Param<T>* b : {&p_.bias_ih, &p_.bias_hh}) b->grad[r] = round_to<T>(W(round_to<W>(b->grad[r]) + dbias_[r]));
+    if (!dx_.empty()) round_into(dx_, dx);
+  }
+
+ private:
+  // Step t of a sequence of `width` values per step: an (N, width) matrix.
+  MatrixView<T> at_step(const T* sequence, index_t t, index_t width) const {
+    return {sequence + t * width, n_, width, steps_ * width, 1};
+  }
+  MatrixView<T> previous_h(const Tensor<T>& state) const { return {state.data(), n_, hidden_, 2 * hidden_, 1}; }
+  float* pack() { return packing_row(packing_, 0); }
+
+  Lstm& lstm_;
+  std::size_t k_;
+  LayerParams& p_;
+  const Tensor<T>& x_;
+  T* h_;
+  index_t n_, steps_, in_, hidden_;
+  Cell<T> cell_;
+  Tensor<G> z_;
+  Tensor<float> packing_;
+  const Tensor<T>* dy_ = nullptr;
+  Tensor<G> dh_, dweight_hh_, dweight_ih_, dx_;
+  Tensor<W> dc_, dbias_;
+};
+
+template <class T>
+Lstm<T>::Lstm(std::string label, index_t input_size, index_t hidden, index_t layers, index_t truncate)
+    : Layer<T>(std::move(label)), input_size_(input_size), hidden_(hidden), truncate_(truncate) {
   if (input_size < 1 || hidden < 1 || layers < 1)
     shape_error(this->label(), "input size, hidden size and layers must be at least 1, got " +
                                    std::to_string(input_size) + ", " + std::to_string(hidden) + ", " +
@@ -125,8 +245,9 @@ Lstm<T>::Lstm(std::string label, index_t input_size, index_t hidden, index_t lay
                        make_param<T>("bias_ih" + l, Shape{4 * hidden}), make_param<T>("bias_hh" + l, Shape{4 * hidden})});
   }
   inputs_.resize(layers_.size());
+  states_.resize(layers_.size());
   gates_.resize(layers_.size());
-  cells_.resize(layers_.size());
+  executors_.resize(layers_.size());
 }
 
 template <class T> Shape Lstm<T>::output_shape(const Shape& in) const {
@@ -159,122 +280,54 @@ template <class T> double Lstm<T>::forward_flops(const Shape& input) const {
   return 2 * multiply_adds;
 }
 
-// Layer by layer, x (N, T, in_k) -> h (N, T, H), h the next layer's input. Products in the compute type G: the
-// input products of all steps at once, Z = X W_ih^T ((N T) x 4H), then step by step Z_t += h_{t-1} W_hh^T and the
-// cell. When G = T the gates are formed over Z in place; otherwise Z is a G buffer and the gates a T one, made
-// only to be kept.
+// Layer by layer, x (N, T, in_k) -> h (N, T, H), h the next layer's input. A training forward runs the steps by the
+// time schedule (stored activations by default); any other keeps nothing and holds one state at a time.
 template <class T> Tensor<T> Lstm<T>::forward(Tensor<T> x, const RunContext& ctx) {
-  const index_t n = x.dim(0), steps = x.dim(1), h4 = 4 * hidden_;
-  const bool keeps = ctx.keeps();
+  const index_t n = x.dim(0), steps = x.dim(1);
   for (std::size_t k = 0; k < layers_.size(); ++k) {
-    const LayerParams& p = layers_[k];
-    const index_t in = in_width(static_cast<index_t>(k));
-    const Cell<T> cell{n, steps, hidden_, p.bias_ih.value.data(), p.bias_hh.value.data()};
-    const bool dry = x.is_dry();
     Tensor<T> h(Shape{n, steps, hidden_}, MemoryCategory::workspace, Init::none);  // written whole
     with_compute_type<T>(ctx.accumulate, [&]<class G>() {
-      Tensor<G> z(Shape{n, steps, h4}, MemoryCategory::workspace, Init::none);  // written whole by the product
-      Tensor<T> gates;
-      if constexpr (std::is_same_v<G, T>) gates = z;
-      else if (keeps) gates = Tensor<T>(z.shape(), MemoryCategory::workspace, Init::none);
-      Tensor<T> c(Shape{n, keeps ? steps : 1, hidden_}, MemoryCategory::workspace, Init::none);
-      Tensor<float> packing = packing_workspace(
-          p.weight_ih, 1, std::max(packing_floats<G>(n * steps, h4, in), packing_floats<G>(n, h4, hidden_)));
-      float* pack = packing_row(packing, 0);
-      if (!dry)
-        dense_product<G>(MatrixView<T>::row_major(x.data(), n * steps, in), weight_view(p.weight_ih).t(), z.data(),
-                         h4, false, pack);
-      if (keeps) inputs_[k].keep(x);
-      x = Tensor<T>();  // this layer's input: its last use
-      for (index_t t = 0; t < (dry ? 0 : steps); ++t) {
-        if (t > 0)
-          dense_product<G>(cell.at_step(h.data(), t - 1, hidden_), weight_view(p.weight_hh).t(), z.data() + t * h4,
-                           steps * h4, true, pack);
-        cell.forward(t, z.data(), gates.empty() ? nullptr : gates.data(), c.data(), !keeps, h.data());
+      Steps<G> chain(*this, k, x, h.data());
+      Tensor<T> state(Shape{n, 2 * hidden_}, MemoryCategory::workspace);  // h_{-1} = c_{-1} = 0
+      if (!ctx.keeps()) {
+        for (index_t t = 0; t < steps; ++t) state = chain.step_forward(static_cast<std::size_t>(t), std::move(state), ctx);
+        return;
       }
-      if (keeps) {
-        gates_[k].keep(gates);
-        cells_[k].keep(c);
-      }
+      inputs_[k].keep(x);
+      states_[k].assign(static_cast<std::size_t>(steps), Saved<T>());
+      gates_[k].assign(static_cast<std::size_t>(steps), Saved<T>());
+      const auto length = static_cast<std::size_t>(steps);
+      executors_[k] = CheckpointExecutor<T>(ctx.time_schedule ? ctx.time_schedule->schedule(length)
+                                                              : store_all_schedule(length));
+      executors_[k].forward(chain, state, ctx);
     });
-    x = std::move(h);
+    x = std::move(h);  // the last use of this layer's input here (backward holds it if kept)
   }
   return x;
 }
 
 // Backpropagation through time, layer by layer from the last, with dy = dL/dh (N, T, H) of the layer (the output
-// gradient, then the input gradient of the layer above). Step by step from the last (Cell::backward): dZ_t, then
-// dh_{t-1} = dZ_t W_hh and dW_hh += dZ_t^T h_{t-1}. Then over all steps at once: dW_ih += dZ^T X, db_ih = db_hh +=
-// the column sums of dZ, dX = dZ W_ih. dZ is written over the kept gates.
+// gradient, then the input gradient of the layer above): the executor reverses the steps, last first, recomputing
+// any the schedule did not record.
 template <class T> Tensor<T> Lstm<T>::backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) {
-  using W = wide_t<T>;
-  const index_t h4 = 4 * hidden_;
   for (std::size_t k = layers_.size(); k-- > 0;) {
-    LayerParams& p = layers_[k];
-    const index_t in = in_width(static_cast<index_t>(k));
-    Tensor<T> x = inputs_[k].take();
-    Tensor<T> c = cells_[k].take();
-    Tensor<T> gates = gates_[k].take();
-    Tensor<T> dz = gates.overwritable(MemoryCategory::workspace);  // dZ over the gates where nothing else holds them
-    const index_t n = x.dim(0), steps = x.dim(1);
-    const Shape x_shape = x.shape();
-    const Cell<T> cell{n, steps, hidden_, p.bias_ih.value.data(), p.bias_hh.value.data()};
-    const bool dry = x.is_dry() || dy.is_dry();
-    const auto dZ = MatrixView<T>::row_major(dz.data(), n * steps, h4);
+    const Tensor<T> x = inputs_[k].take();
     Tensor<T> dx;
     with_compute_type<T>(ctx.accumulate, [&]<class G>() {
-      {  // the steps, from the last
-        Tensor<W> dc(Shape{n, hidden_}, MemoryCategory::workspace);  // 0: nothing flows in after the last step
-        Tensor<G> dh(Shape{n, hidden_}, MemoryCategory::workspace);
-        Tensor<T> h_prev(Shape{n, hidden_}, MemoryCategory::workspace, Init::none);
-        Tensor<G> dweight_hh(p.weight_hh.value.shape(), MemoryCategory::workspace);
-        Tensor<float> packing = packing_workspace(
-            p.weight_hh, 1, std::max(packing_floats<G>(n, hidden_, h4), packing_floats<G>(h4, hidden_, n)));
-        float* pack = packing_row(packing, 0);
-        for (index_t t = steps - 1; t >= 0 && !dry; --t) {
-          cell.backward(t, dy.data(), dh.data(), dc.data(), gates.data(), c.data(), dz.data(), h_prev.data());
-          if (t == 0) break;
-          const MatrixView<T> dz_t = cell.at_step(dz.data(), t, h4);
-          dense_product<G>(dz_t, weight_view(p.weight_hh), dh.data(), hidden_, false, pack);
-          dense_product<G>(dz_t.t(), MatrixView<T>::row_major(h_prev.data(), n, hidden_), dweight_hh.data(), hidden_,
-                           true, pack);
-        }
-        if (!dry) store_rounded(dweight_hh.data(), p.weight_hh.grad.data(), dweight_hh.numel(), true);
-      }
-      dy = Tensor<T>();
-      c = Tensor<T>();
-      gates = Tensor<T>();
-      // Bias gradients: per gate row, the N T values of its column in row order (each thread owns its rows).
-#pragma omp parallel for schedule(static) if (worth_threads(n * steps * h4))
-      for (index_t r = 0; r < (dry ? 0 : h4); ++r) {
-        LaneSum<T> sum;
-        sum.add(n * steps, ctx.accumulate, [&](index_t m) { return round_to<W>(dZ(m, r)); });
-        const W total = sum.total(ctx.accumulate);
-        for (Param<T>* b : {&p.bias_ih, &p.bias_hh}) b->grad[r] = round_to<T>(W(round_to<W>(b->grad[r]) + total));
-      }
-      {  // dW_ih: the last use of the kept input, released before dx
-        Tensor<G> dweight_ih(p.weight_ih.value.shape(), MemoryCategory::workspace);
-        Tensor<float> packing = packing_workspace(p.weight_ih, 1, packing_floats<G>(h4, in, n * steps));
-        if (!dry) {
-          dense_product<G>(dZ.t(), MatrixView<T>::row_major(x.data(), n * steps, in), dweight_ih.data(), in, true,
-                           packing_row(packing, 0));
-          store_rounded(dweight_ih.data(), p.weight_ih.grad.data(), dweight_ih.numel(), true);
-        }
-      }
-      x = Tensor<T>();
-      if (k > 0 || want_input_grad) {
-        dx = Tensor<T>(x_shape, MemoryCategory::workspace, Init::none);  // written whole
-        Tensor<G> dxg = result_buffer<G>(dx);
-        Tensor<float> packing = packing_workspace(p.weight_ih, 1, packing_floats<G>(n * steps, in, h4));
-        if (!dry) {
-          dense_product<G>(dZ, weight_view(p.weight_ih), dxg.data(), in, false, packing_row(packing, 0));
-          round_into(dxg, dx);
-        }
-      }
+      Steps<G> chain(*this, k, x, nullptr);
+      chain.begin_backward(dy, k > 0 || want_input_grad, dx);
+      executors_[k].backward(chain, Tensor<T>(), ctx);
+      chain.finish_backward(dx);
     });
     dy = std::move(dx);
   }
   return dy;
+}
+
+template <class T> std::int64_t Lstm<T>::recomputed_steps() const {
+  std::int64_t n = 0;
+  for (const CheckpointExecutor<T>& e : executors_) n += e.recomputed();
+  return n;
 }
 
 LOWMEM_INSTANTIATE_FOR_PRECISIONS(Lstm)

@@ -2,6 +2,7 @@
 #include <vector>
 
 #include "layers/layer.hpp"
+#include "layers/step_chain.hpp"
 
 namespace lowmem {
 
@@ -11,14 +12,18 @@ namespace lowmem {
 //   [i f g o] = [sigmoid tanh sigmoid applied to the rows of] x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh,
 //   c_t = f c_{t-1} + i g,  h_t = o tanh(c_t),  h_{-1} = c_{-1} = 0,
 // parameters weight_ih_l{k} (4H, in_k), weight_hh_l{k} (4H, H), bias_ih_l{k} (4H), bias_hh_l{k} (4H) (PyTorch's
-// state_dict keys and order). Each layer runs as a chain of time steps (one cell step forward, one backward), whose
-// every input is a stored value (gates, c and h rounded into T), so a step re-run from kept state gives the same
-// bits: the unit a later checkpointing over time (Gruslys et al. 2016) needs.
-// Backward keeps, per layer, its input sequence, the gate activations (N, T, 4H) and the cell states (N, T, H); h
-// is recomputed from o and c where backward needs it (the last layer's h is the output, which is not kept).
+// state_dict keys and order).
+// Each layer's T time steps are a chain (layers/step_chain.hpp) whose state is [h_{t-1}, c_{t-1}] (N, 2H): step t
+// reads x_t and the state and writes h_t to the output. A training forward runs the chain by the context's
+// time_schedule (technique checkpoint over time: snapshots of the state, steps recomputed in backward), by default
+// recording every step. A step's record keeps its input state and its gate activations (N, 6H per step); the
+// layer's input sequence is kept whole (every step's x_t is needed again in backward). Products and sums are the
+// same whatever the schedule, so every schedule gives the gradients of stored activations bit for bit.
+// truncate > 0: truncated backpropagation through time; no gradient flows from step t back to step t - 1 where t
+// is a multiple of truncate (the state is carried forward as usual).
 template <class T> class Lstm : public Layer<T> {
  public:
-  Lstm(std::string label, index_t input_size, index_t hidden, index_t layers);
+  Lstm(std::string label, index_t input_size, index_t hidden, index_t layers, index_t truncate = 0);
   const char* kind() const override { return "lstm"; }
   Shape output_shape(const Shape& input) const override;
   void initialize(Rng& rng) override;
@@ -26,15 +31,19 @@ template <class T> class Lstm : public Layer<T> {
   Tensor<T> backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) override;
   std::vector<Param<T>*> params() override;
   double forward_flops(const Shape& input) const override;
+  std::int64_t recomputed_steps() const override;
 
  private:
+  template <class G> class Steps;  // one layer's time steps as a StepChain (lstm.cpp)
   struct LayerParams {
     Param<T> weight_ih, weight_hh, bias_ih, bias_hh;
   };
   index_t in_width(index_t k) const { return k == 0 ? input_size_ : hidden_; }
-  index_t input_size_, hidden_;
+  index_t input_size_, hidden_, truncate_;
   std::vector<LayerParams> layers_;
-  std::vector<Saved<T>> inputs_, gates_, cells_;  // per layer: (N, T, in_k), (N, T, 4H), (N, T, H)
+  std::vector<Saved<T>> inputs_;                             // per layer: (N, T, in_k)
+  std::vector<std::vector<Saved<T>>> states_, gates_;        // per layer and step: (N, 2H), (N, 4H)
+  std::vector<CheckpointExecutor<T>> executors_;             // per layer: its steps' schedule, snapshots
 };
 
 }  // namespace lowmem

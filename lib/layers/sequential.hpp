@@ -4,6 +4,7 @@
 #include <string>
 
 #include "layers/layer.hpp"
+#include "layers/step_chain.hpp"
 
 namespace lowmem {
 
@@ -12,7 +13,8 @@ namespace lowmem {
 // Backprop by reconstruction (RunContext::reconstruct): each maximal run of invertible layers keeps nothing but
 // its last output; backward rebuilds every input of the run from it, layer by layer, with backward_from_output.
 // Saved-activation memory then no longer grows with the number of invertible layers.
-template <class T> class Sequential {
+// As a StepChain its steps are its layers (technique checkpoint over layers).
+template <class T> class Sequential : public StepChain<T> {
  public:
   explicit Sequential(Shape input) : input_(input), output_(std::move(input)) {}
 
@@ -27,6 +29,16 @@ template <class T> class Sequential {
   const Shape& output_shape() const { return output_; } // per sample
   std::size_t size() const { return layers_.size(); }
   Layer<T>& layer(std::size_t i) { return *layers_[i]; }
+  const Layer<T>& layer(std::size_t i) const { return *layers_[i]; }
+
+  std::size_t steps() const override { return size(); }
+  const std::string& step_name(std::size_t i) const override { return layers_[i]->label(); }
+  Tensor<T> step_forward(std::size_t i, Tensor<T> x, const RunContext& ctx) override {
+    return layers_[i]->forward(std::move(x), ctx);
+  }
+  Tensor<T> step_backward(std::size_t i, Tensor<T> dy, const RunContext& ctx, bool want_input_grad) override {
+    return layers_[i]->backward(std::move(dy), ctx, want_input_grad);
+  }
 
   void initialize(std::uint64_t seed) {
     for (std::size_t i = 0; i < layers_.size(); ++i) {

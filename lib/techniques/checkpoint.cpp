@@ -226,128 +226,18 @@ std::optional<BudgetPlan> budget_schedule(const ChainCosts& costs, std::size_t m
   return plan;
 }
 
-std::int64_t recomputed_evaluations(const CheckpointSchedule& schedule, std::size_t layers) {
-  std::int64_t evaluations = 0;
-  for (const CheckpointAction& a : schedule) evaluations += a.kind == Kind::advance || a.kind == Kind::record;
-  return evaluations - static_cast<std::int64_t>(layers);
-}
-
-void check_schedule(const CheckpointSchedule& schedule, std::size_t layers) {
-  constexpr std::size_t none = std::numeric_limits<std::size_t>::max();
-  std::size_t position = none, next_reverse = layers;
-  std::vector<bool> kept(layers + 1, false), recorded(layers, false);
-  auto fail = [](std::size_t k, const std::string& what) {
-    throw std::logic_error("checkpoint schedule, action " + std::to_string(k) + ": " + what);
-  };
-  position = 0;  // the chain's input is the starting state
-  for (std::size_t k = 0; k < schedule.size(); ++k) {
-    const auto [kind, i] = schedule[k];
-    if (i > layers || (i == layers && kind != Kind::snapshot)) fail(k, "layer index out of range");
-    switch (kind) {
-      case Kind::snapshot:
-        if (position != i) fail(k, "snapshot of a state that is not the current one");
-        kept[i] = true;
-        break;
-      case Kind::restore:
-        if (!kept[i]) fail(k, "restore of a state that is not kept");
-        position = i;
-        break;
-      case Kind::forget:
-        if (!kept[i]) fail(k, "forget of a state that is not kept");
-        kept[i] = false;
-        break;
-      case Kind::advance:
-      case Kind::record:
-        if (position != i) fail(k, "evaluation from a state that is not the layer's input");
-        if (i >= next_reverse) fail(k, "evaluation of a layer already reversed");
-        if (recorded[i]) fail(k, "evaluation of a layer whose record is not reversed yet");
-        if (kind == Kind::record) recorded[i] = true;
-        position = i + 1;
-        break;
-      case Kind::reverse:
-        if (!recorded[i] || i + 1 != next_reverse) fail(k, "reverse out of order or of a layer not recorded");
-        recorded[i] = false;
-        next_reverse = i;
-        position = none;
-        break;
-    }
-  }
-  if (next_reverse != 0) fail(schedule.size(), "not every layer is reversed");
-  if (std::find(kept.begin(), kept.end(), true) != kept.end()) fail(schedule.size(), "a kept state is never forgotten");
-}
-
-template <class T> Tensor<T> CheckpointExecutor<T>::forward(Sequential<T>& chain, const Tensor<T>& x, const RunContext& ctx) {
-  const std::size_t n = chain.size();
-  if (!checked_) check_schedule(schedule_, n), checked_ = true;
-  forward_end_ = 0;
-  while (forward_end_ < schedule_.size() &&
-         !(schedule_[forward_end_].kind == Kind::record && schedule_[forward_end_].layer + 1 == n))
-    ++forward_end_;
-  ++forward_end_;  // through the last layer's record: its output is the chain's output
-  snapshots_.assign(n + 1, Saved<T>());
-  evaluated_.assign(n, false);
-  evaluations_ = 0;
-  current_ = x;
-  run(chain, 0, forward_end_, ctx, false);
-  return std::move(current_);
-}
-
-template <class T>
-Tensor<T> CheckpointExecutor<T>::backward(Sequential<T>& chain, Tensor<T> dy, const RunContext& ctx,
-                                          bool want_input_grad) {
-  grad_ = std::move(dy);
-  run(chain, forward_end_, schedule_.size(), ctx, want_input_grad);
-  return std::move(grad_);
-}
-
-template <class T>
-void CheckpointExecutor<T>::run(Sequential<T>& chain, std::size_t from, std::size_t to, const RunContext& ctx,
-                                bool want_input_grad) {
-  for (std::size_t k = from; k < to; ++k) {
-    const auto [kind, i] = schedule_[k];
-    static const std::string chain_output = "(chain output)";
-    const MemoryOwner owner(i < chain.size() ? chain.layer(i).label() : chain_output);
-    // Forward evaluations after the forward pass are recomputations, for the memory timeline.
-    const MemoryPhaseScope phase(k >= forward_end_ && kind != Kind::reverse ? MemoryPhase::recompute
-                                                                             : current_memory_phase());
-    switch (kind) {
-      case Kind::snapshot: {
-        const SaveHookScope<T> exact(nullptr);  // recomputation starts from exact states
-        snapshots_[i].keep(current_);
-        break;
-      }
-      case Kind::restore: current_ = snapshots_[i].get(); break;
-      case Kind::forget: snapshots_[i].release(); break;
-      case Kind::advance:
-      case Kind::record: {
-        RunContext step = ctx;
-        step.keep = kind == Kind::record ? RunContext::Keep::all : RunContext::Keep::nothing;
-        step.update_statistics = ctx.update_statistics && !evaluated_[i];  // recomputations leave them alone
-        current_ = chain.layer(i).forward(std::move(current_), step);  // in place unless a snapshot holds it
-        evaluated_[i] = true;
-        ++evaluations_;
-        break;
-      }
-      case Kind::reverse:
-        current_ = Tensor<T>();  // the recorded output is not needed any more
-        grad_ = chain.layer(i).backward(std::move(grad_), ctx, i > 0 || want_input_grad);
-        break;
-    }
-  }
-}
-
-LOWMEM_INSTANTIATE_FOR_PRECISIONS(CheckpointExecutor)
-
 Checkpoint::Checkpoint(ConfigReader& r) {
   constexpr std::int64_t i64_max = std::numeric_limits<std::int64_t>::max();
   schedule_ = r.get_choice("schedule", "uniform", {"uniform", "revolve", "budget"});
   if (schedule_ == "uniform") segments_ = r.get_in<std::int64_t>("segments", 0, 0, i64_max);
   else if (schedule_ == "revolve") slots_ = r.required_in<std::int64_t>("slots", 1, i64_max);
   else budget_bytes_ = r.required_in<std::int64_t>("budget_bytes", 1, i64_max);
+  // Read only when given: a default recorded in the effective config would change older configs' run ids.
+  if (r.has("over")) over_time_ = r.get_choice("over", "layers", {"layers", "time"}) == "time";
 }
 
 std::string Checkpoint::label() const {
-  return std::string(name) + "-" + schedule_ + "-" +
+  return std::string(name) + (over_time_ ? "-time-" : "-") + schedule_ + "-" +
          (schedule_ == "revolve"  ? std::to_string(slots_)
           : schedule_ == "budget" ? std::to_string(budget_bytes_)
           : segments_ > 0         ? std::to_string(segments_)
@@ -355,40 +245,88 @@ std::string Checkpoint::label() const {
 }
 
 void Checkpoint::check_composition(const TechniqueList& all, const ConfigReader& run) const {
-  if (find_technique<Reversible>(all) && (schedule_ != "uniform" || segments_ != 0))
+  if (!over_time_ && find_technique<Reversible>(all) && (schedule_ != "uniform" || segments_ != 0))
     run.fail("technique", "checkpoint composed with reversible recomputes each run of non-invertible layers from its "
                           "input (reversible rebuilds the invertible runs between them): use {\"type\": "
-                          "\"checkpoint\"} without a schedule or segments");
+                          "\"checkpoint\"} without a schedule or segments, or checkpoint \"over\": \"time\"");
 }
 
 void Checkpoint::check_model(const ModelFacts& model) const {
-  if (static_cast<std::size_t>(segments_) > model.layers)
+  if (over_time_ && !model.any_recurrent)
+    throw Error("/technique: checkpoint \"over\": \"time\" runs the time steps of recurrent layers by its schedule, "
+                "and model (" + model.arch + ") has none (recurrent: lstm)");
+  if (!over_time_ && static_cast<std::size_t>(segments_) > model.layers)
     throw Error("/technique: checkpoint segments " + std::to_string(segments_) + " is more than model (" + model.arch +
                 ")'s " + std::to_string(model.layers) + " layers");
 }
 
 namespace {
 
-// The budget schedule: the dynamic programme's memory bound is searched (bisection on bytes) for the schedule of
-// least recomputation whose whole dry step stays within the budget, so the model's weights, gradients, optimizer
-// state and workspace are what the ledger sees, not a guess.
 template <class T> MakeChainRunner<T> runner(const CheckpointSchedule& schedule) {
-  return [schedule] { return std::make_unique<CheckpointExecutor<T>>(schedule); };
+  return [schedule] { return std::make_unique<ScheduledChain<T>>(schedule); };
 }
 
+// The model's chain stored as usual, each recurrent layer's time steps run by `schedule` (RunContext::time_schedule).
+template <class T> class TimeScheduledChain : public ChainRunner<T> {
+ public:
+  explicit TimeScheduledChain(std::shared_ptr<const TimeSchedule> schedule) : schedule_(std::move(schedule)) {}
+  Tensor<T> forward(Sequential<T>& chain, const Tensor<T>& x, const RunContext& ctx) override {
+    return chain.forward(x, with_schedule(ctx));
+  }
+  Tensor<T> backward(Sequential<T>& chain, Tensor<T> dy, const RunContext& ctx, bool want_input_grad) override {
+    return chain.backward(std::move(dy), with_schedule(ctx), want_input_grad);
+  }
+  // Time-step evaluations beyond one per step, summed over the recurrent layers.
+  std::int64_t recomputed(const Sequential<T>& chain) const override {
+    std::int64_t n = chain.recomputed();
+    for (std::size_t i = 0; i < chain.size(); ++i) n += chain.layer(i).recomputed_steps();
+    return n;
+  }
+
+ private:
+  RunContext with_schedule(RunContext ctx) const {
+    ctx.time_schedule = schedule_;
+    return ctx;
+  }
+  std::shared_ptr<const TimeSchedule> schedule_;
+};
+
+// A schedule fitted for one sequence length.
+struct FixedTimeSchedule : TimeSchedule {
+  std::size_t steps;
+  CheckpointSchedule fitted;
+  FixedTimeSchedule(std::size_t n, CheckpointSchedule s) : steps(n), fitted(std::move(s)) {}
+  CheckpointSchedule schedule(std::size_t n) const override {
+    if (n != steps)
+      throw std::logic_error("checkpoint budget over time: fitted for " + std::to_string(steps) + " steps, asked for " +
+                             std::to_string(n));
+    return fitted;
+  }
+};
+template <class T> MakeChainRunner<T> time_runner(std::size_t steps, const CheckpointSchedule& schedule) {
+  auto fixed = std::make_shared<const FixedTimeSchedule>(steps, schedule);
+  return [fixed] { return std::make_unique<TimeScheduledChain<T>>(fixed); };
+}
+
+// The budget schedule: the dynamic programme's memory bound is searched (bisection on bytes) for the schedule of
+// least recomputation whose whole dry step stays within the budget, so the model's weights, gradients, optimizer
+// state and workspace are what the ledger sees, not a guess. `make` turns a schedule into the chain's runner; the
+// bound is searched up to `top` (the budget, for costs in bytes).
 template <class T>
-CheckpointSchedule fit_budget(std::size_t layers, std::size_t budget, const TechniqueServices<T>& s) {
-  const ChainCosts costs = s.chain_costs();
+CheckpointSchedule fit_budget(const ChainCosts& costs, std::size_t budget, std::size_t top,
+                              const TechniqueServices<T>& s,
+                              const std::function<MakeChainRunner<T>(const CheckpointSchedule&)>& make) {
+  const std::size_t layers = costs.flops.size();
   const std::size_t cells = layers * (layers + 1);
-  const std::size_t unit = std::max<std::size_t>(1, budget / std::max<std::size_t>(1, 4000000 / cells));
+  const std::size_t unit = std::max<std::size_t>(1, top / std::max<std::size_t>(1, 4000000 / cells));
   std::optional<BudgetPlan> best;
   // Below the largest record no schedule exists: the search starts there. No plan: more memory; a plan whose
   // dry step is over the budget: less.
-  std::size_t lo = *std::max_element(costs.record_bytes.begin(), costs.record_bytes.end()), hi = budget;
+  std::size_t lo = *std::max_element(costs.record_bytes.begin(), costs.record_bytes.end()), hi = top;
   while (lo <= hi) {
     const std::size_t memory = lo + (hi - lo) / 2;
     std::optional<BudgetPlan> plan = budget_schedule(costs, memory, unit);
-    const bool fits = plan && s.peak_with(runner<T>(plan->schedule)) <= budget;
+    const bool fits = plan && s.peak_with(make(plan->schedule)) <= budget;
     if (fits && (!best || plan->recomputed_flops < best->recomputed_flops)) best = std::move(plan);
     if (fits || !plan) lo = memory + 1;
     else if (memory == 0) break;
@@ -396,21 +334,53 @@ CheckpointSchedule fit_budget(std::size_t layers, std::size_t budget, const Tech
   }
   if (best) return best->schedule;
   const CheckpointSchedule least = revolve_schedule(layers, 1);  // one snapshot: the least any schedule keeps
-  const std::size_t minimum = s.peak_with(runner<T>(least));
+  const std::size_t minimum = s.peak_with(make(least));
   if (minimum <= budget) return least;
   throw Error("technique checkpoint: budget_bytes " + std::to_string(budget) +
               " is below what any schedule reaches for this model, precision and batch: the minimum is " +
-              std::to_string(minimum) + " bytes (one snapshot, every layer recomputed from the input)");
+              std::to_string(minimum) + " bytes (one snapshot, every step recomputed from the input)");
 }
+
+// Time steps as the budget's dynamic programme sees them: all alike, a state of [h, c] (2 units) in, a record of
+// the state and the four gates (6 units) kept; a unit is what one value per sample and hidden unit takes. The
+// bisection turns units into the dry step's bytes, so only the ratios matter here.
+ChainCosts time_step_costs(std::size_t steps, std::size_t unit_bytes) {
+  ChainCosts c;
+  c.flops.assign(steps, 1.0);
+  c.input_bytes.assign(steps, 2 * unit_bytes);
+  c.record_bytes.assign(steps, 6 * unit_bytes);
+  return c;
+}
+
+// The schedules that need no fitting, for any number of steps.
+struct RuleTimeSchedule : TimeSchedule {
+  const Checkpoint* technique;
+  explicit RuleTimeSchedule(const Checkpoint* t) : technique(t) {}
+  CheckpointSchedule schedule(std::size_t n) const override { return technique->rule_schedule(n); }
+};
 
 template <class T> class CheckpointHooks : public TechniqueHooks<T> {
  public:
   CheckpointHooks(const Checkpoint& technique, const TechniqueServices<T>& s)
       : technique_(technique), services_(s), with_reversible_(find_technique<Reversible>(s.all) != nullptr) {}
-  void configure(RunContext& train) override { train.recompute_between_runs = with_reversible_; }
+  void configure(RunContext& train) override {
+    train.recompute_between_runs = with_reversible_ && !technique_.over_time();
+  }
   std::unique_ptr<ChainRunner<T>> chain(Sequential<T>& model) override {
+    if (technique_.over_time()) {
+      if (!technique_.fitted_by_dry_steps())
+        return std::make_unique<TimeScheduledChain<T>>(std::make_shared<const RuleTimeSchedule>(&technique_));
+      const auto steps = static_cast<std::size_t>(model.input_shape()[0]);  // a text model's input: (T) token ids
+      // The bytes of a unit do not matter (see time_step_costs): 1 KB keeps the bisection fine. The bound is
+      // searched up to what stores every step.
+      const std::size_t unit = 1024, budget = static_cast<std::size_t>(technique_.budget_bytes());
+      const CheckpointSchedule fitted = fit_budget<T>(
+          time_step_costs(steps, unit), budget, std::max(budget, 8 * unit * steps), services_,
+          [steps](const CheckpointSchedule& schedule) { return time_runner<T>(steps, schedule); });
+      return time_runner<T>(steps, fitted)();
+    }
     if (with_reversible_) return nullptr;  // Sequential recomputes the runs between the rebuilt ones
-    return std::make_unique<CheckpointExecutor<T>>(technique_.schedule(model.size(), services_));
+    return std::make_unique<ScheduledChain<T>>(technique_.schedule(model.size(), services_));
   }
 
  private:
@@ -421,18 +391,32 @@ template <class T> class CheckpointHooks : public TechniqueHooks<T> {
 
 }  // namespace
 
-template <class T>
-CheckpointSchedule Checkpoint::schedule(std::size_t layers, const TechniqueServices<T>& s) const {
+CheckpointSchedule Checkpoint::rule_schedule(std::size_t layers) const {
   if (schedule_ == "revolve") return revolve_schedule(layers, static_cast<std::size_t>(slots_));
-  if (schedule_ == "budget") return fit_budget<T>(layers, static_cast<std::size_t>(budget_bytes_), s);
   const auto sqrt_n = static_cast<std::size_t>(std::lround(std::sqrt(static_cast<double>(layers))));
   return uniform_schedule(layers, segments_ > 0 ? static_cast<std::size_t>(segments_) : std::max<std::size_t>(1, sqrt_n));
+}
+
+template <class T>
+CheckpointSchedule Checkpoint::schedule(std::size_t layers, const TechniqueServices<T>& s) const {
+  if (schedule_ != "budget") return rule_schedule(layers);
+  const auto budget = static_cast<std::size_t>(budget_bytes_);
+  return fit_budget<T>(s.chain_costs(), budget, budget, s, runner<T>);
 }
 
 template <class T> std::unique_ptr<TechniqueHooks<T>> Checkpoint::hooks_for(const TechniqueServices<T>& s) const {
   return std::make_unique<CheckpointHooks<T>>(*this, s);
 }
 
+template <class T> Tensor<T> ScheduledChain<T>::forward(Sequential<T>& chain, const Tensor<T>& x, const RunContext& ctx) {
+  return executor_.forward(chain, x, ctx);
+}
+template <class T>
+Tensor<T> ScheduledChain<T>::backward(Sequential<T>& chain, Tensor<T> dy, const RunContext& ctx, bool want_input_grad) {
+  return executor_.backward(chain, std::move(dy), ctx, want_input_grad);
+}
+
+LOWMEM_INSTANTIATE_FOR_PRECISIONS(ScheduledChain)
 LOWMEM_INSTANTIATE_TECHNIQUE_HOOKS(Checkpoint)
 #define LOWMEM_INSTANTIATE_SCHEDULE(T) \
   template CheckpointSchedule Checkpoint::schedule(std::size_t, const TechniqueServices<T>&) const;

@@ -60,6 +60,7 @@ struct ModelFacts {
   std::string arch;
   std::size_t layers = 0;
   bool any_invertible = false;
+  bool any_recurrent = false;  // an lstm (technique checkpoint over time)
 };
 
 class Technique {

@@ -200,6 +200,8 @@ void expand_reversible(ConfigReader& r, ModelSpec& m) {
 // transformer (a GPT-style character model): embedding of the vocabulary into `width` features, learned positions,
 // `depth` pre-norm Transformer blocks of `heads` heads and an MLP of `mlp` x width, a final layer norm and a linear
 // head to the vocabulary at every position. Its input and vocabulary come from the data (read_sequence_model).
+// "reversible": true makes each block an additive coupling on the two halves of the width (Reformer's reversible
+// block, Kitaev et al. 2020): y1 = x1 + Attention(LN(x2)), y2 = x2 + MLP(LN(y1)), heads dividing width / 2.
 void expand_transformer(ConfigReader& r, ModelSpec& m) {
   if (!m.tokens) r.fail("arch", "a transformer is a sequence model: it needs \"data\": {\"dataset\": \"text\"}");
   const int depth = r.get_in("depth", 4, 0, int_max);
@@ -207,13 +209,21 @@ void expand_transformer(ConfigReader& r, ModelSpec& m) {
   const std::int64_t heads = r.get_in<std::int64_t>("heads", 4, 1, i64_max);
   const std::int64_t mlp = r.get_in<std::int64_t>("mlp", 4, 1, 64);
   const double eps = r.get_in("eps", 1e-5, 0.0, inf);
-  if (width % heads != 0)
-    r.fail("heads", std::to_string(heads) + " heads do not divide the width of " + std::to_string(width));
+  const bool reversible = r.has("reversible") && r.get("reversible", false);  // read only when given: run ids stay
+  if (reversible && width % 2 != 0)
+    r.fail("width", "a reversible block splits the width in halves: expected an even width, got " +
+                        std::to_string(width));
+  const std::int64_t stream = reversible ? width / 2 : width;  // what the attention sees
+  if (stream % heads != 0)
+    r.fail("heads", std::to_string(heads) + " heads do not divide the " + (reversible ? "half " : "") + "width of " +
+                        std::to_string(stream));
   check_layer_limit(r, "depth", 4 + static_cast<std::int64_t>(depth) * 7);
   auto layer = [&](std::string type, const std::string& where) {
     LayerSpec s = generated(m.arch, 0, std::move(type));
     s.label = "/model (" + m.arch + " " + where + ": " + s.type + ")";
     s.eps = eps;
+    s.heads = heads, s.mlp = mlp;
+    if (s.type == "groupnorm") s.groups = 1;  // layer norm over each position's features
     return s;
   };
   LayerSpec embedding = layer("embedding", "embedding");
@@ -221,16 +231,47 @@ void expand_transformer(ConfigReader& r, ModelSpec& m) {
   m.layers.push_back(embedding);
   m.layers.push_back(layer("positional", "positions"));
   for (int b = 0; b < depth; ++b) {
-    LayerSpec block = layer("transformer_block", "block " + std::to_string(b));
-    block.heads = heads, block.mlp = mlp;
+    const std::string where = "block " + std::to_string(b);
+    if (!reversible) {
+      m.layers.push_back(layer("transformer_block", where));
+      continue;
+    }
+    auto linear = [&](std::int64_t out) {
+      LayerSpec s = layer("linear", where + " G");
+      s.out = out;
+      return s;
+    };
+    LayerSpec block = layer("coupling", where);
+    block.f = {layer("groupnorm", where + " F"), layer("attention", where + " F")};
+    block.g = {layer("groupnorm", where + " G"), linear(mlp * stream), layer("gelu", where + " G"), linear(stream)};
     m.layers.push_back(block);
   }
-  LayerSpec norm = layer("groupnorm", "head");  // layer norm over each position's features
-  norm.groups = 1;
-  m.layers.push_back(norm);
+  m.layers.push_back(layer("groupnorm", "head"));
   LayerSpec head = layer("linear", "head");
   head.out = m.classes;
   m.layers.push_back(head);
+}
+
+// lstm (a character-level LSTM language model): embedding of the vocabulary into `width` features, an LSTM of
+// `depth` stacked layers of `width` hidden units (truncated backpropagation through time every `bptt` steps if
+// given), and a linear head to the vocabulary at every position.
+void expand_lstm(ConfigReader& r, ModelSpec& m) {
+  if (!m.tokens) r.fail("arch", "an lstm is a sequence model: it needs \"data\": {\"dataset\": \"text\"}");
+  const std::int64_t depth = r.get_in<std::int64_t>("depth", 2, 1, 1024);
+  const std::int64_t width = r.get_in<std::int64_t>("width", 256, 1, i64_max);
+  auto layer = [&](std::string type, const std::string& where) {
+    LayerSpec s = generated(m.arch, 0, std::move(type));
+    s.label = "/model (" + m.arch + " " + where + ": " + s.type + ")";
+    return s;
+  };
+  LayerSpec embedding = layer("embedding", "embedding");
+  embedding.out = width;
+  LayerSpec lstm = layer("lstm", "recurrence");
+  lstm.out = width, lstm.num_layers = depth;
+  if (r.has("bptt")) lstm.bptt = r.get_in<std::int64_t>("bptt", 0, 0, i64_max);
+  LayerSpec head = layer("linear", "head");
+  head.out = m.classes;
+  m.layers = {embedding, lstm, head};
 }
 
 }  // namespace
@@ -264,14 +305,17 @@ void check_layer_limit(const ConfigReader& r, const std::string& key, std::int64
                     std::to_string(limits().layers) + " (" + raise_hint("layers") + ")");
 }
 
-std::vector<std::string> architecture_names() { return {"cnn", "resnet", "revnet", "hybrid", "flat", "transformer"}; }
+std::vector<std::string> architecture_names() {
+  return {"cnn", "resnet", "revnet", "hybrid", "flat", "transformer", "lstm"};
+}
 
 void expand_architecture(ConfigReader& r, ModelSpec& m) {
-  if (m.tokens && m.arch != "transformer")
-    r.fail("arch", "\"" + m.arch + "\" is an image model; text data need a sequence model (transformer)");
+  if (m.tokens && m.arch != "transformer" && m.arch != "lstm")
+    r.fail("arch", "\"" + m.arch + "\" is an image model; text data need a sequence model (transformer, lstm)");
   if (m.arch == "cnn") expand_cnn(r, m);
   else if (m.arch == "resnet") expand_resnet(r, m);
   else if (m.arch == "transformer") expand_transformer(r, m);
+  else if (m.arch == "lstm") expand_lstm(r, m);
   else expand_reversible(r, m);
 }
 

@@ -9,6 +9,7 @@
 #include "layers/groupnorm.hpp"
 #include "layers/conv2d.hpp"
 #include "layers/coupling.hpp"
+#include "layers/dropout.hpp"
 #include "layers/embedding.hpp"
 #include "layers/position_wise.hpp"
 #include "layers/invertible_chain.hpp"
@@ -46,9 +47,8 @@ template <class T> std::unique_ptr<Layer<T>> per_position(const Shape& in, std::
 
 template <class T> std::unique_ptr<Layer<T>> make_layer(const LayerSpec& s, const Shape& in) {
   // Image layers (on channels of planes) and sequence layers (on positions) each need their own kind of input.
-  static const std::vector<std::string> image_only = {"conv",     "maxpool",  "avgpool",         "global_avgpool",
-                                                      "residual", "coupling", "affine_coupling", "inv_conv",
-                                                      "pixel_shuffle"};
+  static const std::vector<std::string> image_only = {"conv",     "maxpool",  "avgpool",      "global_avgpool",
+                                                      "residual", "inv_conv", "pixel_shuffle"};
   if (std::find(image_only.begin(), image_only.end(), s.type) != image_only.end() && in.rank() != 3)
     shape_error(s.label, "is an image layer and needs (channels, height, width) per sample, got " + in.str() +
                              (in.rank() == 2 ? " (a sequence: positions x features)" : ""));
@@ -66,9 +66,10 @@ template <class T> std::unique_ptr<Layer<T>> make_layer(const LayerSpec& s, cons
     return std::make_unique<PositionalEmbedding<T>>(s.label, in[0], in[1]);
   }
   if (s.type == "gelu") return std::make_unique<Gelu<T>>(s.label);
+  if (s.type == "dropout") return std::make_unique<Dropout<T>>(s.label, s.dropout);
   if (s.type == "lstm") {
     expect_rank(s.label, in, 2);
-    return std::make_unique<Lstm<T>>(s.label, in[1], s.out, s.num_layers);
+    return std::make_unique<Lstm<T>>(s.label, in[1], s.out, s.num_layers, s.bptt);
   }
   if (s.type == "attention" || s.type == "transformer_block") {
     expect_rank(s.label, in, 2);
@@ -96,10 +97,8 @@ template <class T> std::unique_ptr<Layer<T>> make_layer(const LayerSpec& s, cons
   if (s.type == "proxy_norm")
     return per_position<T>(in, std::make_unique<ProxyNorm<T>>(s.label, channels, s.slope, s.eps));
   if (s.type == "pixel_shuffle") return std::make_unique<PixelShuffle<T>>(s.label);
-  if (s.type == "coupling" || s.type == "affine_coupling") {
-    if (in[0] % 2 != 0)
-      shape_error(s.label, "splits its channels in halves and needs an even count, got " + in.str());
-    const Shape half{in[0] / 2, in[1], in[2]};
+  if (s.type == "coupling" || s.type == "affine_coupling") {  // on an image's channels or a sequence's features
+    const Shape half = coupling_half(s.label, in);
     if (s.type == "coupling")
       return std::make_unique<AdditiveCoupling<T>>(s.label, make_chain<T>(s.f, half), make_chain<T>(s.g, half));
     return std::make_unique<AffineCoupling<T>>(s.label, make_chain<T>(s.f, half), make_chain<T>(s.g, half));

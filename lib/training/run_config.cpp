@@ -25,7 +25,8 @@ const std::vector<std::string> layer_types = {"conv",          "linear",        
                                               "affine_coupling", "invertible",   "inv_conv",
                                               "layernorm",     "instancenorm",  "proxy_norm",
                                               "embedding",     "positional",    "gelu",
-                                              "attention",     "transformer_block", "lstm"};
+                                              "attention",     "transformer_block", "lstm",
+                                              "dropout"};
 
 // Proxy Norm normalises what a group norm without its own affine gives it (Labatie et al.): anywhere else its
 // proxy statistics would not describe its input.
@@ -49,11 +50,15 @@ LayerSpec parse_layer(ConfigReader r) {
   } else if (s.type == "linear") {
     s.out = r.required_in<std::int64_t>("out", 1, i64_max);
     s.bias = r.get("bias", true);
+  } else if (s.type == "dropout") {
+    s.dropout = r.get_in("p", 0.1, 0.0, 1.0);
+    if (s.dropout >= 1) r.fail("p", "drops every value: expected a probability below 1, got " + std::to_string(s.dropout));
   } else if (s.type == "embedding") {
     s.out = r.required_in<std::int64_t>("out", 1, i64_max);
   } else if (s.type == "lstm") {  // PyTorch's nn.LSTM names
     s.out = r.required_in<std::int64_t>("hidden", 1, i64_max);
     s.num_layers = r.get_in<std::int64_t>("num_layers", 1, 1, 1024);
+    if (r.has("bptt")) s.bptt = r.get_in<std::int64_t>("bptt", 0, 0, i64_max);  // truncated BPTT; 0: full
   } else if (s.type == "attention" || s.type == "transformer_block") {
     s.heads = r.get_in<std::int64_t>("heads", 1, 1, i64_max);
     if (s.type == "transformer_block") {

@@ -226,6 +226,7 @@ typename Trainer<T>::W Trainer<T>::forward_backward(index_t n, const SliceSource
   recomputed_ = 0;
   for (index_t k = 0; k < slices; ++k) {
     auto [slice, slice_labels] = source(k * rows, rows);
+    train_ctx_.first_sample = k * rows;
     Tensor<T> logits;
     {
       const SaveHookScope<T> kept(save_hook_);  // what the model keeps, as the techniques store it
@@ -312,6 +313,7 @@ std::int64_t Trainer<T>::train_epoch(const Dataset& data, int epoch, std::int64_
     if (step > 0) ledger_.record_timeline(false);  // a run's timeline: its setup and first step
     const auto t0 = std::chrono::steady_clock::now();
     const double lr = learning_rate(spec.optimizer, spec.schedule, step, per_epoch, total_steps);
+    train_ctx_.step = step;  // random layers draw by it (a resumed run draws as the uninterrupted one)
     const double loss =
         to_double(train_step(StepExamples{&data, order.data() + b * batch, batch, config_.data.augment, &augment_}, lr));
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
