@@ -177,6 +177,10 @@ std::vector<LayerCase> all_layer_cases() {
                              DynamicConvSpec{.width = 4, .heads = 2, .kernel = 5, .dynamic = true}),
       make_case<DynamicConv>("dynamic_conv 1 head 1 tap", Shape{2, 3, 3},
                              DynamicConvSpec{.width = 3, .heads = 1, .kernel = 1, .dynamic = true}),
+      make_case<TransformerBlock>("dynamic conv_block", Shape{2, 4, 4},
+                                  DynamicConvSpec{.width = 4, .heads = 2, .kernel = 3, .dynamic = true}, index_t{2}, 1e-5),
+      make_case<TransformerBlock>("lightweight conv_block", Shape{2, 4, 4},
+                                  DynamicConvSpec{.width = 4, .heads = 1, .kernel = 2, .dynamic = false}, index_t{1}, 1e-5),
   };
 }
 

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "layers/dynamic_conv.hpp"
+#include "layers/transformer_block.hpp"
 #include "numerics/error.hpp"
 #include "numerics/threads.hpp"
 
@@ -291,6 +292,21 @@ TEST(DynamicConv, ShapeErrorsNameTheLayerAndParametersAreNamedAsFairseqs) {
     for (std::size_t p = 1; p < layer.params().size(); ++p)
       for (index_t i = 0; i < layer.params()[p]->value.numel(); ++i) EXPECT_EQ(layer.params()[p]->value[i], 0.0);
   }
+}
+
+// The conv block is the Transformer block with its attention swapped for the convolution: children named as the
+// PyTorch twin's modules, the convolution's width the block's.
+TEST(DynamicConv, ConvBlockHasTheConvolutionAsItsTokenMixer) {
+  TransformerBlock<float> block("block", spec(true, 8, 2, 5, false), 3, 1e-5);
+  EXPECT_STREQ(block.kind(), "conv_block");
+  std::vector<std::string> names;
+  for (auto& [name, child] : block.children()) names.push_back(name);
+  EXPECT_EQ(names, (std::vector<std::string>{"ln1", "conv", "ln2", "fc1", "gelu", "fc2"}));
+  EXPECT_STREQ(block.children()[1].second->kind(), "dynamic_conv");
+  EXPECT_EQ(block.children()[1].second->params()[0]->value.shape(), (Shape{10, 8}));
+  TransformerBlock<float> attention("block", 8, 2, 3, 1e-5);
+  EXPECT_STREQ(attention.kind(), "transformer_block");
+  EXPECT_EQ(attention.children()[1].first, "attn");
 }
 
 }  // namespace
