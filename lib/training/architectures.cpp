@@ -4,6 +4,7 @@
 
 #include "io/config_reader.hpp"
 #include "io/limits.hpp"
+#include "layers/dynamic_conv.hpp"
 #include "layers/proxy_norm.hpp"
 
 namespace lowmem {
@@ -199,14 +200,25 @@ void expand_reversible(ConfigReader& r, ModelSpec& m) {
 
 // transformer (a GPT-style character model): embedding of the vocabulary into `width` features, learned positions,
 // `depth` pre-norm Transformer blocks of `heads` heads and an MLP of `mlp` x width, a final layer norm and a linear
-// head to the vocabulary at every position. Its input and vocabulary come from the data (read_sequence_model).
-void expand_transformer(ConfigReader& r, ModelSpec& m) {
-  if (!m.tokens) r.fail("arch", "a transformer is a sequence model: it needs \"data\": {\"dataset\": \"text\"}");
+// head to the vocabulary at every position. dynamic_conv: the same with each block's attention replaced by a causal
+// dynamic convolution of `heads` heads and `kernel` taps (Wu et al. 2019), or a lightweight one ("conv":
+// "lightweight"): conv_blocks. Their input and vocabulary come from the data (read_sequence_model).
+void expand_sequence_model(ConfigReader& r, ModelSpec& m) {
+  const bool conv = m.arch == "dynamic_conv";
+  if (!m.tokens)
+    r.fail("arch", std::string(conv ? "a dynamic_conv model" : "a transformer") +
+                       " is a sequence model: it needs \"data\": {\"dataset\": \"text\"}");
   const int depth = r.get_in("depth", 4, 0, int_max);
   const std::int64_t width = r.get_in<std::int64_t>("width", 128, 1, i64_max);
   const std::int64_t heads = r.get_in<std::int64_t>("heads", 4, 1, i64_max);
   const std::int64_t mlp = r.get_in<std::int64_t>("mlp", 4, 1, 64);
   const double eps = r.get_in("eps", 1e-5, 0.0, inf);
+  std::int64_t kernel = 0;
+  std::string kind;
+  if (conv) {
+    kernel = r.get_in<std::int64_t>("kernel", default_sequence_kernel, 1, std::int64_t{1} << 24);
+    kind = r.get_choice("conv", "dynamic", {"dynamic", "lightweight"});
+  }
   if (width % heads != 0)
     r.fail("heads", std::to_string(heads) + " heads do not divide the width of " + std::to_string(width));
   check_layer_limit(r, "depth", 4 + static_cast<std::int64_t>(depth) * 7);
@@ -221,8 +233,9 @@ void expand_transformer(ConfigReader& r, ModelSpec& m) {
   m.layers.push_back(embedding);
   m.layers.push_back(layer("positional", "positions"));
   for (int b = 0; b < depth; ++b) {
-    LayerSpec block = layer("transformer_block", "block " + std::to_string(b));
+    LayerSpec block = layer(conv ? "conv_block" : "transformer_block", "block " + std::to_string(b));
     block.heads = heads, block.mlp = mlp;
+    if (conv) block.kernel = kernel, block.conv = kind, block.bias = false;
     m.layers.push_back(block);
   }
   LayerSpec norm = layer("groupnorm", "head");  // layer norm over each position's features
@@ -264,14 +277,17 @@ void check_layer_limit(const ConfigReader& r, const std::string& key, std::int64
                     std::to_string(limits().layers) + " (" + raise_hint("layers") + ")");
 }
 
-std::vector<std::string> architecture_names() { return {"cnn", "resnet", "revnet", "hybrid", "flat", "transformer"}; }
+std::vector<std::string> architecture_names() {
+  return {"cnn", "resnet", "revnet", "hybrid", "flat", "transformer", "dynamic_conv"};
+}
 
 void expand_architecture(ConfigReader& r, ModelSpec& m) {
-  if (m.tokens && m.arch != "transformer")
-    r.fail("arch", "\"" + m.arch + "\" is an image model; text data need a sequence model (transformer)");
+  const bool sequence = m.arch == "transformer" || m.arch == "dynamic_conv";
+  if (m.tokens && !sequence)
+    r.fail("arch", "\"" + m.arch + "\" is an image model; text data need a sequence model (transformer, dynamic_conv)");
   if (m.arch == "cnn") expand_cnn(r, m);
   else if (m.arch == "resnet") expand_resnet(r, m);
-  else if (m.arch == "transformer") expand_transformer(r, m);
+  else if (sequence) expand_sequence_model(r, m);
   else expand_reversible(r, m);
 }
 
