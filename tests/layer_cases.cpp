@@ -8,6 +8,7 @@
 #include "layers/conv2d.hpp"
 #include "layers/coupling.hpp"
 #include "layers/dropout.hpp"
+#include "layers/dynamic_conv.hpp"
 #include "layers/embedding.hpp"
 #include "layers/groupnorm.hpp"
 #include "layers/invertible_chain.hpp"
@@ -191,6 +192,22 @@ std::vector<LayerCase> all_layer_cases() {
       make_case<Dropout>("dropout", Shape{3, 2, 5}, 0.4),
       case_of("reversible transformer block", Shape{2, 4, 8}, []<class T>() { return make_sequence_coupling<T>(4); }),
       case_of("affine coupling on a sequence", Shape{2, 3, 4}, []<class T>() { return make_sequence_affine_coupling<T>(); }),
+      // Causal convolutions (N, T, F) = (2, 5, 4): 2 heads of 2 channels, 3 taps; and 5 taps on T = 3, wider than the
+      // sequence, so that every position reads the zero padding and some taps never meet an input.
+      make_case<DynamicConv>("lightweight_conv", Shape{2, 5, 4},
+                             DynamicConvSpec{.width = 4, .heads = 2, .kernel = 3, .dynamic = false, .bias = true}),
+      make_case<DynamicConv>("lightweight_conv kernel wider than the sequence", Shape{2, 3, 4},
+                             DynamicConvSpec{.width = 4, .heads = 2, .kernel = 5, .dynamic = false}),
+      make_case<DynamicConv>("dynamic_conv", Shape{2, 5, 4},
+                             DynamicConvSpec{.width = 4, .heads = 2, .kernel = 3, .dynamic = true, .bias = true}),
+      make_case<DynamicConv>("dynamic_conv kernel wider than the sequence", Shape{2, 3, 4},
+                             DynamicConvSpec{.width = 4, .heads = 2, .kernel = 5, .dynamic = true}),
+      make_case<DynamicConv>("dynamic_conv 1 head 1 tap", Shape{2, 3, 3},
+                             DynamicConvSpec{.width = 3, .heads = 1, .kernel = 1, .dynamic = true}),
+      make_case<TransformerBlock>("dynamic conv_block", Shape{2, 4, 4},
+                                  DynamicConvSpec{.width = 4, .heads = 2, .kernel = 3, .dynamic = true}, index_t{2}, 1e-5),
+      make_case<TransformerBlock>("lightweight conv_block", Shape{2, 4, 4},
+                                  DynamicConvSpec{.width = 4, .heads = 1, .kernel = 2, .dynamic = false}, index_t{1}, 1e-5),
   };
 }
 

@@ -700,6 +700,19 @@ def check_text():
     cfg = TMP / "text-lstm.json"
     cfg.write_text(json.dumps(c))
     check_plan_matches_run("plan vs run (lstm checkpointed over time)", cfg)
+    # The convolution model (Wu et al.'s dynamic and lightweight convolutions in pre-norm blocks): the same.
+    c = json.loads(text_config("conv-plan.json", corpus, {"arch": "dynamic_conv", "depth": 1, "width": 8, "heads": 2,
+                                                          "kernel": 3}).read_text())
+    c["sweep"] = {"precision": ["f32", "f64", "f16", "bf16"], "model.conv": ["dynamic", "lightweight"]}
+    cfg = TMP / "conv-plan.json"
+    cfg.write_text(json.dumps(c))
+    check_plan_matches_run("plan vs run (text dynamic_conv)", cfg)
+    c["sweep"] = {"technique": [{"type": "microbatch", "count": 2}, {"type": "checkpoint"},
+                                {"type": "mixed_precision", "compute": "bf16"},
+                                {"type": "approx_activations", "bits": 4, "method": "actnn"}]}
+    cfg = TMP / "conv-techniques.json"
+    cfg.write_text(json.dumps(c))
+    check_plan_matches_run("plan vs run (text dynamic_conv, techniques)", cfg)
     out = TMP / "text-run.h5"
     r = lowmem("run", text_config("text-run.json", corpus), "--out", out, *RUN_OPTS)
     runs = runs_of(out) if r.returncode == 0 else {}
@@ -740,6 +753,24 @@ def check_text():
         layers=[{"type": "embedding", "out": 4}] + c["model"]["layers"]))), 1, ["/model/layers/0", "token ids"])
     expect_error("text: a sequence layer in an image model", lowmem("plan", config("t10.json", lambda c: c["model"].update(
         layers=[{"type": "positional"}] + c["model"]["layers"]))), 1, ["/model/layers/0", "sequence"])
+    expect_error("text: heads that do not divide the width of a dynamic_conv", lowmem("plan", text_config(
+        "t13.json", corpus, {"layers": [{"type": "embedding", "out": 6}, {"type": "dynamic_conv", "heads": 4},
+                                        {"type": "linear", "out": 30}]})), 1,
+                 ["/model/layers/1", "dynamic_conv", "4 heads", "width of 6"])
+    expect_error("text: heads that do not divide the width (arch dynamic_conv)", lowmem("plan", text_config(
+        "t14.json", corpus, {"arch": "dynamic_conv", "depth": 1, "width": 8, "heads": 3})), 1,
+                 ["/model/heads", "3 heads", "width of 8"])
+    expect_error("text: a kernel of 0 taps", lowmem("plan", text_config(
+        "t15.json", corpus, {"layers": [{"type": "embedding", "out": 6}, {"type": "lightweight_conv", "kernel": 0},
+                                        {"type": "linear", "out": 30}]})), 1, ["/model/layers/1/kernel"])
+    expect_error("text: a key a convolution does not have", lowmem("plan", text_config(
+        "t16.json", corpus, {"layers": [{"type": "embedding", "out": 6}, {"type": "dynamic_conv", "mlp": 2},
+                                        {"type": "linear", "out": 30}]})), 1, ["/model/layers/1/mlp", "unknown key"])
+    expect_error("text: a dynamic_conv in an image model", lowmem("plan", config("t17.json", lambda c: c["model"].update(
+        layers=[{"type": "dynamic_conv"}] + c["model"]["layers"]))), 1, ["/model/layers/0", "dynamic_conv", "sequence"])
+    expect_error("text: the dynamic_conv architecture on images", lowmem("plan", config(
+        "t18.json", lambda c: c.update(model={"arch": "dynamic_conv", "input": [1, 8, 8], "classes": 3}))), 1,
+                 ["/model/arch", "sequence model"])
     (TMP / "latin1.txt").write_bytes(b"caf\xe9 " * 50)
     expect_error("text: not UTF-8 at char level", lowmem("plan", text_config("t11.json", TMP / "latin1.txt")), 1,
                  ["/data/path", "latin1.txt", "not UTF-8 at byte 3", "byte"])

@@ -8,7 +8,8 @@ group-norm net, a Proxy Norm net, and a reversible net with every invertible blo
 batch norm, leaky ReLU, additive and affine coupling, pixel shuffle, an invertible chain; the last once with
 stored activations and once with backprop by reconstruction; and two character models on a corpus of 5 symbols:
 two pre-norm Transformer blocks; embedding, attention, GELU, a per-position linear layer, a 2-layer LSTM and
-layer norm; and a reversible Transformer block, stored and rebuilt), runs lowmem's "gradient" study (one forward + backward pass in training mode on the first
+layer norm; a third with causal dynamic and lightweight convolutions and conv blocks; an LSTM truncated and one
+checkpointed over time; and a reversible Transformer block, stored and rebuilt), runs lowmem's "gradient" study (one forward + backward pass in training mode on the first
 train.batch examples) in f64 and f32, then rebuilds the same network in PyTorch in float64 from each run's own
 weights and input and compares: logits, loss (mean cross-entropy) and every parameter gradient, as
 relative error = max|lowmem - torch| / max|torch| per tensor. Tolerances: 1e-10 for the f64 run, 1e-4 for the
@@ -97,6 +98,15 @@ TEXT_REVERSIBLE = [{"type": "embedding", "out": 8}, {"type": "positional"},
                     "g": [{"type": "layernorm"}, {"type": "linear", "out": 8}, {"type": "gelu"},
                           {"type": "linear", "out": 4}]},
                    {"type": "layernorm"}, {"type": "linear", "out": K}]
+# Causal convolutions (Wu et al. 2019): dynamic with bias, lightweight with 9 taps on windows of 6 (every tap
+# window reaches into the zero padding), and the pre-norm blocks with either for attention.
+TEXT_CONVOLUTIONS = [{"type": "embedding", "out": 8}, {"type": "positional"},
+                     {"type": "dynamic_conv", "heads": 2, "kernel": 3, "bias": True}, {"type": "gelu"},
+                     {"type": "lightweight_conv", "heads": 4, "kernel": 9}, {"type": "layernorm"},
+                     {"type": "lightweight_conv", "heads": 2, "kernel": 2, "bias": True},
+                     {"type": "conv_block", "heads": 2, "kernel": 4},
+                     {"type": "conv_block", "heads": 1, "kernel": 3, "conv": "lightweight", "mlp": 2},
+                     {"type": "layernorm"}, {"type": "linear", "out": K}]
 # name: (input shape, layers, technique: a type or a technique object). The reversible network runs twice: with stored activations, and with
 # backprop by reconstruction (lowmem rebuilds every activation of the invertible layers from the last one).
 CASES = {"plain_cnn": ([2, 16, 16], PLAIN_CNN, "store_all"), "residual_net": ([3, 8, 8], RESIDUAL_NET, "store_all"),
@@ -110,7 +120,8 @@ CASES = {"plain_cnn": ([2, 16, 16], PLAIN_CNN, "store_all"), "residual_net": ([3
          "text_lstm_checkpointed": (TEXT, TEXT_LAYERS, {"type": "checkpoint", "over": "time", "schedule": "revolve",
                                                         "slots": 2}),
          "text_reversible": (TEXT, TEXT_REVERSIBLE, "store_all"),
-         "text_reversible_rebuilt": (TEXT, TEXT_REVERSIBLE, "reversible")}
+         "text_reversible_rebuilt": (TEXT, TEXT_REVERSIBLE, "reversible"),
+         "text_convolutions": (TEXT, TEXT_CONVOLUTIONS, "store_all")}
 
 
 def zero_grad_biases(layers):

@@ -149,20 +149,47 @@ class CausalSelfAttention(nn.MultiheadAttention):
         return super().forward(x, x, x, attn_mask=mask, need_weights=False)[0]
 
 
-class TransformerBlock(nn.Module):
-    """lowmem's transformer_block (pre-norm): h = x + attn(ln1(x)), y = h + fc2(gelu(fc1(ln2(h))))."""
+class CausalHeadConv(nn.Module):
+    """lowmem's lightweight_conv and dynamic_conv (Wu et al. 2019, "Pay Less Attention with Lightweight and Dynamic
+    Convolutions"), written from their formulas, causal, on x (N, T, F): H heads of F / H consecutive channels,
+    y[t, c] = sum_j W[t, h(c), j] x[t - K + 1 + j, c] (x = 0 left of the sequence) + bias[c], with W a softmax over
+    the K taps of a learned weight (H, K) (lightweight) or of weight_linear(x[t]) seen as (H, K) (dynamic)."""
 
-    def __init__(self, width, heads, mlp, eps):
+    def __init__(self, width, heads, kernel, dynamic, bias):
         super().__init__()
+        self.heads, self.kernel, self.dynamic = heads, kernel, dynamic
+        if dynamic:
+            self.weight_linear = nn.Linear(width, heads * kernel)
+        else:
+            self.weight = nn.Parameter(torch.zeros(heads, kernel))
+        self.bias = nn.Parameter(torch.zeros(width)) if bias else None
+
+    def forward(self, x):
+        n, t, f = x.shape
+        h, k = self.heads, self.kernel
+        logits = self.weight_linear(x).view(n, t, h, k) if self.dynamic else self.weight.expand(n, t, h, k)
+        w = torch.softmax(logits, dim=-1).repeat_interleave(f // h, dim=2)  # (N, T, F, K): channel c's head's taps
+        windows = F.pad(x, (0, 0, k - 1, 0)).unfold(1, k, 1)  # (N, T, F, K): [s, t, c, j] = x[s, t - K + 1 + j, c]
+        y = (w * windows).sum(-1)
+        return y if self.bias is None else y + self.bias
+
+
+class TransformerBlock(nn.Module):
+    """lowmem's transformer_block (pre-norm): h = x + attn(ln1(x)), y = h + fc2(gelu(fc1(ln2(h)))); its conv_block:
+    the same with a convolution, named conv, for attn."""
+
+    def __init__(self, width, heads, mlp, eps, conv=None):
+        super().__init__()
+        self.mixer = "attn" if conv is None else "conv"
         self.ln1 = nn.LayerNorm(width, eps=eps)
-        self.attn = CausalSelfAttention(width, heads)
+        setattr(self, self.mixer, CausalSelfAttention(width, heads) if conv is None else conv)
         self.ln2 = nn.LayerNorm(width, eps=eps)
         self.fc1 = nn.Linear(width, mlp * width)
         self.gelu = nn.GELU()
         self.fc2 = nn.Linear(mlp * width, width)
 
     def forward(self, x):
-        h = x + self.attn(self.ln1(x))
+        h = x + getattr(self, self.mixer)(self.ln1(x))
         return h + self.fc2(self.gelu(self.fc1(self.ln2(h))))
 
 
@@ -209,6 +236,13 @@ def make_layer(spec, shape, vocab=None):
         return CausalSelfAttention(shape[1], spec.get("heads", 1))
     if t == "transformer_block":
         return TransformerBlock(shape[1], spec.get("heads", 1), spec.get("mlp", 4), spec.get("eps", 1e-5))
+    if t in ("lightweight_conv", "dynamic_conv"):
+        return CausalHeadConv(shape[1], spec.get("heads", 1), spec.get("kernel", 7), t == "dynamic_conv",
+                              spec.get("bias", False))
+    if t == "conv_block":
+        conv = CausalHeadConv(shape[1], spec.get("heads", 1), spec.get("kernel", 7),
+                              spec.get("conv", "dynamic") == "dynamic", False)
+        return TransformerBlock(shape[1], None, spec.get("mlp", 4), spec.get("eps", 1e-5), conv)
     if t == "lstm":
         return LstmOutput(shape[1], spec["hidden"], spec.get("num_layers", 1), batch_first=True,
                           bptt=spec.get("bptt", 0))

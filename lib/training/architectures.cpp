@@ -4,6 +4,7 @@
 
 #include "io/config_reader.hpp"
 #include "io/limits.hpp"
+#include "layers/dynamic_conv.hpp"
 #include "layers/proxy_norm.hpp"
 
 namespace lowmem {
@@ -199,21 +200,33 @@ void expand_reversible(ConfigReader& r, ModelSpec& m) {
 
 // transformer (a GPT-style character model): embedding of the vocabulary into `width` features, learned positions,
 // `depth` pre-norm Transformer blocks of `heads` heads and an MLP of `mlp` x width, a final layer norm and a linear
-// head to the vocabulary at every position. Its input and vocabulary come from the data (read_sequence_model).
+// head to the vocabulary at every position. dynamic_conv: the same with each block's attention replaced by a causal
+// dynamic convolution of `heads` heads and `kernel` taps (Wu et al. 2019), or a lightweight one ("conv":
+// "lightweight"): conv_blocks. Their input and vocabulary come from the data (read_sequence_model).
 // "reversible": true makes each block an additive coupling on the two halves of the width (Reformer's reversible
-// block, Kitaev et al. 2020): y1 = x1 + Attention(LN(x2)), y2 = x2 + MLP(LN(y1)), heads dividing width / 2.
-void expand_transformer(ConfigReader& r, ModelSpec& m) {
-  if (!m.tokens) r.fail("arch", "a transformer is a sequence model: it needs \"data\": {\"dataset\": \"text\"}");
+// block, Kitaev et al. 2020): y1 = x1 + Mix(LN(x2)), y2 = x2 + MLP(LN(y1)), Mix the attention or the convolution
+// on width / 2 features (heads dividing width / 2).
+void expand_sequence_model(ConfigReader& r, ModelSpec& m) {
+  const bool conv = m.arch == "dynamic_conv";
+  if (!m.tokens)
+    r.fail("arch", std::string(conv ? "a dynamic_conv model" : "a transformer") +
+                       " is a sequence model: it needs \"data\": {\"dataset\": \"text\"}");
   const int depth = r.get_in("depth", 4, 0, int_max);
   const std::int64_t width = r.get_in<std::int64_t>("width", 128, 1, i64_max);
   const std::int64_t heads = r.get_in<std::int64_t>("heads", 4, 1, i64_max);
   const std::int64_t mlp = r.get_in<std::int64_t>("mlp", 4, 1, 64);
   const double eps = r.get_in("eps", 1e-5, 0.0, inf);
+  std::int64_t kernel = 0;
+  std::string kind;
+  if (conv) {
+    kernel = r.get_in<std::int64_t>("kernel", default_sequence_kernel, 1, std::int64_t{1} << 24);
+    kind = r.get_choice("conv", "dynamic", {"dynamic", "lightweight"});
+  }
   const bool reversible = r.has("reversible") && r.get("reversible", false);  // read only when given: run ids stay
   if (reversible && width % 2 != 0)
     r.fail("width", "a reversible block splits the width in halves: expected an even width, got " +
                         std::to_string(width));
-  const std::int64_t stream = reversible ? width / 2 : width;  // what the attention sees
+  const std::int64_t stream = reversible ? width / 2 : width;  // what attention or convolution sees
   if (stream % heads != 0)
     r.fail("heads", std::to_string(heads) + " heads do not divide the " + (reversible ? "half " : "") + "width of " +
                         std::to_string(stream));
@@ -233,7 +246,9 @@ void expand_transformer(ConfigReader& r, ModelSpec& m) {
   for (int b = 0; b < depth; ++b) {
     const std::string where = "block " + std::to_string(b);
     if (!reversible) {
-      m.layers.push_back(layer("transformer_block", where));
+      LayerSpec block = layer(conv ? "conv_block" : "transformer_block", where);
+      if (conv) block.kernel = kernel, block.conv = kind, block.bias = false;
+      m.layers.push_back(block);
       continue;
     }
     auto linear = [&](std::int64_t out) {
@@ -241,8 +256,10 @@ void expand_transformer(ConfigReader& r, ModelSpec& m) {
       s.out = out;
       return s;
     };
+    LayerSpec mix = layer(!conv ? "attention" : kind == "dynamic" ? "dynamic_conv" : "lightweight_conv", where + " F");
+    if (conv) mix.kernel = kernel, mix.bias = false;
     LayerSpec block = layer("coupling", where);
-    block.f = {layer("groupnorm", where + " F"), layer("attention", where + " F")};
+    block.f = {layer("groupnorm", where + " F"), mix};
     block.g = {layer("groupnorm", where + " G"), linear(mlp * stream), layer("gelu", where + " G"), linear(stream)};
     m.layers.push_back(block);
   }
@@ -306,15 +323,17 @@ void check_layer_limit(const ConfigReader& r, const std::string& key, std::int64
 }
 
 std::vector<std::string> architecture_names() {
-  return {"cnn", "resnet", "revnet", "hybrid", "flat", "transformer", "lstm"};
+  return {"cnn", "resnet", "revnet", "hybrid", "flat", "transformer", "dynamic_conv", "lstm"};
 }
 
 void expand_architecture(ConfigReader& r, ModelSpec& m) {
-  if (m.tokens && m.arch != "transformer" && m.arch != "lstm")
-    r.fail("arch", "\"" + m.arch + "\" is an image model; text data need a sequence model (transformer, lstm)");
+  const bool sequence = m.arch == "transformer" || m.arch == "dynamic_conv";
+  if (m.tokens && !sequence && m.arch != "lstm")
+    r.fail("arch", "\"" + m.arch + "\" is an image model; text data need a sequence model (transformer, dynamic_conv, "
+                   "lstm)");
   if (m.arch == "cnn") expand_cnn(r, m);
   else if (m.arch == "resnet") expand_resnet(r, m);
-  else if (m.arch == "transformer") expand_transformer(r, m);
+  else if (sequence) expand_sequence_model(r, m);
   else if (m.arch == "lstm") expand_lstm(r, m);
   else expand_reversible(r, m);
 }

@@ -4,6 +4,8 @@
 //   cnn      conv 3x3 [+ norm] + relu per entry of "channels", a max pool every "pool_every" convs, linear head
 //   resnet   Wide ResNet (Zagoruyko & Komodakis), depth 6 n + 4
 //   revnet, hybrid, flat   reversible networks (Gomez et al.; Hascoet et al.)
+//   transformer    a GPT-style character model of pre-norm Transformer blocks (text data)
+//   dynamic_conv   the same with causal dynamic or lightweight convolutions for attention (Wu et al.; text data)
 #include <string>
 #include <vector>
 

@@ -10,6 +10,7 @@
 #include "layers/conv2d.hpp"
 #include "layers/coupling.hpp"
 #include "layers/dropout.hpp"
+#include "layers/dynamic_conv.hpp"
 #include "layers/embedding.hpp"
 #include "layers/position_wise.hpp"
 #include "layers/invertible_chain.hpp"
@@ -77,6 +78,15 @@ template <class T> std::unique_ptr<Layer<T>> make_layer(const LayerSpec& s, cons
       shape_error(s.label, std::to_string(s.heads) + " heads do not divide the width of " + std::to_string(in[1]));
     if (s.type == "attention") return std::make_unique<Attention<T>>(s.label, in[1], s.heads);
     return std::make_unique<TransformerBlock<T>>(s.label, in[1], s.heads, s.mlp, s.eps);
+  }
+  if (s.type == "lightweight_conv" || s.type == "dynamic_conv" || s.type == "conv_block") {
+    expect_rank(s.label, in, 2);
+    if (in[1] % s.heads != 0)
+      shape_error(s.label, std::to_string(s.heads) + " heads do not divide the width of " + std::to_string(in[1]));
+    const DynamicConvSpec conv{in[1], s.heads, s.kernel,
+                               s.type == "dynamic_conv" || (s.type == "conv_block" && s.conv == "dynamic"), s.bias};
+    if (s.type == "conv_block") return std::make_unique<TransformerBlock<T>>(s.label, conv, s.mlp, s.eps);
+    return std::make_unique<DynamicConv<T>>(s.label, conv);
   }
   if (s.type == "relu" || s.type == "leaky_relu") return std::make_unique<LeakyRelu<T>>(s.label, s.slope);
   if (s.type == "maxpool") return std::make_unique<MaxPool<T>>(s.label, s.kernel, s.stride);

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/config_reader.hpp"
+#include "layers/dynamic_conv.hpp"
 #include "layers/proxy_norm.hpp"
 #include "training/architectures.hpp"
 #include "techniques/registry.hpp"
@@ -26,7 +27,7 @@ const std::vector<std::string> layer_types = {"conv",          "linear",        
                                               "layernorm",     "instancenorm",  "proxy_norm",
                                               "embedding",     "positional",    "gelu",
                                               "attention",     "transformer_block", "lstm",
-                                              "dropout"};
+                                              "dropout", "lightweight_conv", "dynamic_conv", "conv_block"};
 
 // Proxy Norm normalises what a group norm without its own affine gives it (Labatie et al.): anywhere else its
 // proxy statistics would not describe its input.
@@ -64,6 +65,17 @@ LayerSpec parse_layer(ConfigReader r) {
     if (s.type == "transformer_block") {
       s.mlp = r.get_in<std::int64_t>("mlp", 4, 1, 64);
       s.eps = r.get_in("eps", 1e-5, 0.0, inf);
+    }
+  } else if (s.type == "lightweight_conv" || s.type == "dynamic_conv" || s.type == "conv_block") {
+    s.heads = r.get_in<std::int64_t>("heads", 1, 1, i64_max);
+    s.kernel = r.get_in<std::int64_t>("kernel", default_sequence_kernel, 1, std::int64_t{1} << 24);
+    if (s.type == "conv_block") {
+      s.conv = r.get_choice("conv", "dynamic", {"dynamic", "lightweight"});
+      s.mlp = r.get_in<std::int64_t>("mlp", 4, 1, 64);
+      s.eps = r.get_in("eps", 1e-5, 0.0, inf);
+      s.bias = false;
+    } else {
+      s.bias = r.get("bias", false);
     }
   } else if (s.type == "leaky_relu") {
     s.slope = r.get_in("slope", 0.01, 0.0, inf);

@@ -19,12 +19,14 @@ struct LayerSpec {
                       // inv_batchnorm, groupnorm, pixel_shuffle, flatten, residual, coupling, affine_coupling,
                       // invertible, inv_conv, proxy_norm; layernorm and instancenorm are groupnorm with groups
                       // 1 and groups = channels (groups 0 here: one per channel); sequence models: embedding,
-                      // positional, gelu, attention, transformer_block, lstm, dropout (linear and the norms act
-                      // on each position's features)
+                      // positional, gelu, attention, transformer_block, lstm, dropout, lightweight_conv,
+                      // dynamic_conv, conv_block (linear and the norms act on each position's features)
   std::string label;  // where it came from, for messages: "/model/layers/3 (conv)"
   index_t out = 0, kernel = 0, stride = 0, pad = 0;  // embedding: out = width
   index_t vocab = 0;  // embedding: the model's vocabulary (its classes, from the data)
-  index_t heads = 1, mlp = 4;  // attention, transformer_block: heads; transformer_block: MLP width / width
+  index_t heads = 1, mlp = 4;  // attention, transformer_block, the convolutions: heads; the blocks: MLP width / width
+                               // (lightweight_conv, dynamic_conv, conv_block: kernel = taps)
+  std::string conv = "dynamic";  // conv_block: its convolution, dynamic | lightweight
   index_t num_layers = 1;      // lstm: stacked layers (out: the hidden size)
   index_t bptt = 0;            // lstm: truncated backpropagation through time every bptt steps; 0: full
   double dropout = 0.1;        // dropout: the probability p of dropping a value
