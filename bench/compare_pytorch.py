@@ -135,7 +135,7 @@ def pytorch_ms(layers, dtype, steps):
 
 
 def lowmem_ms(binary, layers, precision, steps, threads, workdir, technique=None, tag=None):
-    """Median ms per training step of a lowmem train run; raises RuntimeError if the run fails."""
+    """Median ms per training step of a lowmem train run of the reference CNN; raises RuntimeError if it fails."""
     tag = tag or precision
     config = {
         "name": f"compare-{tag}", "study": "train", "precision": precision, "seed": 0,
@@ -146,23 +146,7 @@ def lowmem_ms(binary, layers, precision, steps, threads, workdir, technique=None
     }
     if technique is not None:
         config["technique"] = technique
-    config_path, out = workdir / f"{tag}.json", workdir / f"{tag}.h5"
-    config_path.write_text(json.dumps(config, indent=1))
-    out.unlink(missing_ok=True)  # lowmem never overwrites: an old file would divert the results beside it
-    cmd = [binary, "run", str(config_path), "--out", str(out), "--threads", str(threads), "--quiet"]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stdout}{done.stderr}")
-    with h5py.File(out, "r") as f:
-        (run_id, run), = f["runs"].items()
-        status = run.attrs["status"]
-        status = status.decode() if isinstance(status, bytes) else str(status)
-        if status != "complete":
-            raise RuntimeError(f"lowmem run {run_id} ({precision}) ended {status}: {run.attrs.get('message')}")
-        seconds = [float(v) for v in run["curves/step_seconds"][()]]
-    if len(seconds) != steps + WARMUP:
-        raise RuntimeError(f"lowmem {precision}: expected {steps + WARMUP} steps, found {len(seconds)}")
-    return 1000 * statistics.median(seconds[WARMUP:])
+    return lowmem_config_ms(binary, config, steps, threads, workdir)
 
 
 # --sequence: the models (lowmem "model" objects) and their PyTorch counterparts, timed in f32.
@@ -233,17 +217,22 @@ def pytorch_sequence_ms(name, model, vocab, steps):
 
 
 def lowmem_config_ms(binary, config, steps, threads, workdir):
-    """Median ms per training step of a lowmem train run of `config`, the first WARMUP steps left out."""
+    """Median ms per training step of a lowmem train run of `config` (steps + WARMUP steps), the first WARMUP
+    left out; raises RuntimeError if the run fails."""
     tag = config["name"]
     config_path, out = workdir / f"{tag}.json", workdir / f"{tag}.h5"
     config_path.write_text(json.dumps(config, indent=1))
-    out.unlink(missing_ok=True)
+    out.unlink(missing_ok=True)  # lowmem never overwrites: an old file would divert the results beside it
     cmd = [binary, "run", str(config_path), "--out", str(out), "--threads", str(threads), "--quiet"]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stdout}{done.stderr}")
     with h5py.File(out, "r") as f:
         (run_id, run), = f["runs"].items()
+        status = run.attrs["status"]
+        status = status.decode() if isinstance(status, bytes) else str(status)
+        if status != "complete":
+            raise RuntimeError(f"lowmem run {run_id} ({tag}) ended {status}: {run.attrs.get('message')}")
         seconds = [float(v) for v in run["curves/step_seconds"][()]]
     if len(seconds) != steps + WARMUP:
         raise RuntimeError(f"lowmem {tag}: expected {steps + WARMUP} steps, found {len(seconds)}")

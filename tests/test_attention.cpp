@@ -10,26 +10,14 @@
 #include "layers/attention.hpp"
 #include "numerics/error.hpp"
 #include "numerics/threads.hpp"
+#include "layer_test_tools.hpp"
 
 namespace lowmem {
 namespace {
 
-template <class T> void randomize(Layer<T>& layer, Rng& rng) {
-  layer.initialize(rng);
-  for (Param<T>* p : layer.params())  // biases start at 0: move them too
-    for (index_t i = 0; i < p->value.numel(); ++i) p->value[i] = round_to<T>(to_double(p->value[i]) + 0.3 * rng.normal());
-}
-
-template <class T> Tensor<T> random_tensor(const Shape& shape, Rng& rng) {
-  Tensor<T> t(shape, MemoryCategory::workspace);
-  for (index_t i = 0; i < t.numel(); ++i) t[i] = round_to<T>(rng.normal());
-  return t;
-}
-
-template <class T> bool same_bits(const T& a, const T& b) {
-  if constexpr (std::is_same_v<T, mp>) return a == b && signbit(a) == signbit(b);  // (its limbs may hold padding)
-  else return std::memcmp(&a, &b, sizeof(T)) == 0;
-}
+using testing::random_tensor;
+using testing::randomize;
+using testing::same_bits;
 
 template <class T> class AttentionEveryPrecision : public ::testing::Test {};
 using Precisions = ::testing::Types<float, double, f16, bf16, mp, dd>;
@@ -108,32 +96,11 @@ void expect_hand_computed(index_t heads, double sigma) {
 TEST(Attention, HandComputedOneHead) { expect_hand_computed(1, 1 / (1 + std::exp(-1 / std::sqrt(2.0)))); }
 TEST(Attention, HandComputedTwoHeads) { expect_hand_computed(2, 1 / (1 + std::exp(-1.0))); }
 
-// Every allocation, release and relabelling of a training step (forward, then backward with dx), or of an
-// evaluation forward, on a ledger that records its timeline. 4 samples x 2 heads x 64^2 probabilities: enough for
-// the products to run on the threads, whose buffers then count too.
+// The ledger events of a training or evaluation step (testing::layer_step_events). 4 samples x 2 heads x 64^2
+// probabilities: enough for the products to run on the threads, whose buffers then count too.
 template <class T> std::vector<MemoryEvent> ledger_events(bool dry, Accumulate mode, bool training) {
-  MemoryLedger ledger;
-  ledger.set_dry_run(dry);
-  ledger.record_timeline(true);
-  MemoryLedger::Scope scope(ledger);
-  Attention<T> layer("attention", 8, 2);
-  Rng rng(1);
-  if (!dry) randomize(layer, rng);
-  const Shape shape{4, 64, 8};
-  Tensor<T> x = dry ? Tensor<T>(shape, MemoryCategory::workspace) : random_tensor<T>(shape, rng);
-  const RunContext ctx{training, mode};
-  Tensor<T> y = layer.forward(std::move(x), ctx);
-  if (training) {
-    Tensor<T> dy = dry ? Tensor<T>(y.shape(), MemoryCategory::workspace) : random_tensor<T>(y.shape(), rng);
-    y = Tensor<T>();
-    const Tensor<T> dx = layer.backward(std::move(dy), ctx, true);
-  }
-  return ledger.events();
-}
-
-bool operator==(const MemoryEvent& a, const MemoryEvent& b) {
-  return a.kind == b.kind && a.category == b.category && a.from == b.from && a.phase == b.phase &&
-         a.owner == b.owner && a.buffer == b.buffer && a.bytes == b.bytes;
+  return testing::layer_step_events<T>([] { return std::make_unique<Attention<T>>("attention", 8, 2); },
+                                       Shape{4, 64, 8}, dry, mode, training);
 }
 
 TYPED_TEST(AttentionEveryPrecision, DryRunAllocatesWhatARealRunDoes) {
@@ -146,8 +113,9 @@ TYPED_TEST(AttentionEveryPrecision, DryRunAllocatesWhatARealRunDoes) {
       const std::vector<MemoryEvent> dry = ledger_events<T>(true, mode, training);
       ASSERT_EQ(real.size(), dry.size()) << "training " << training;
       for (std::size_t i = 0; i < real.size(); ++i)
-        EXPECT_TRUE(real[i] == dry[i]) << "event " << i << ", training " << training << ": " << real[i].bytes
-                                       << " B against " << dry[i].bytes << " B";
+        EXPECT_TRUE(testing::same_event(real[i], dry[i]))
+            << "event " << i << ", training " << training << ": " << real[i].bytes << " B against " << dry[i].bytes
+            << " B";
       // Kept for backward: x (N T F), qkv (N T 3F), P (N H T T) and O (N T F).
       if (training) {
         const auto saved = [](MemoryCategory c) { return c == MemoryCategory::saved_activations; };

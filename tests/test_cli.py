@@ -676,43 +676,30 @@ def check_text():
     cfg = text_config("text.json", corpus)
     p, plan = plan_json(cfg)
     check(p.returncode == 0 and plan[0]["predicted_peak_bytes"] > 0, "text: a character Transformer plans", describe(p))
-    cfg = text_config("text-plan.json", corpus)
-    c = json.loads(cfg.read_text())
-    c["sweep"] = {"precision": ["f32", "f64", "f16", "bf16"]}
-    cfg.write_text(json.dumps(c))
-    check_plan_matches_run("plan vs run (text transformer)", cfg)
-    c["sweep"] = {"technique": [{"type": "microbatch", "count": 2}, {"type": "checkpoint"},
+    def plan_matches_run(name, stem, c, sweep):
+        cfg = TMP / f"{stem}.json"
+        cfg.write_text(json.dumps({**c, "sweep": sweep}))
+        check_plan_matches_run(f"plan vs run ({name})", cfg)
+
+    techniques = {"technique": [{"type": "microbatch", "count": 2}, {"type": "checkpoint"},
                                 {"type": "mixed_precision", "compute": "bf16"},
                                 {"type": "approx_activations", "bits": 4, "method": "actnn"}]}
-    cfg = TMP / "text-techniques.json"
-    cfg.write_text(json.dumps(c))
-    check_plan_matches_run("plan vs run (text transformer, techniques)", cfg)
+    c = json.loads(text_config("text-plan.json", corpus).read_text())
+    plan_matches_run("text transformer", "text-plan", c, {"precision": ["f32", "f64", "f16", "bf16"]})
+    plan_matches_run("text transformer, techniques", "text-techniques", c, techniques)
     # The reversible Transformer under reversible; an LSTM checkpointed over time by each schedule.
     c["model"] = {"arch": "transformer", "depth": 2, "width": 8, "heads": 2, "reversible": True}
-    c["sweep"] = {"technique": [{"type": "store_all"}, {"type": "reversible"}]}
-    cfg = TMP / "text-reversible.json"
-    cfg.write_text(json.dumps(c))
-    check_plan_matches_run("plan vs run (reversible transformer)", cfg)
+    plan_matches_run("reversible transformer", "text-reversible", c,
+                     {"technique": [{"type": "store_all"}, {"type": "reversible"}]})
     c["model"] = {"arch": "lstm", "depth": 2, "width": 6, "bptt": 3}
-    c["sweep"] = {"technique": [{"type": "checkpoint", "over": "time"},
-                                {"type": "checkpoint", "over": "time", "schedule": "revolve", "slots": 2},
-                                {"type": "checkpoint", "over": "time", "schedule": "budget", "budget_bytes": 200000}]}
-    cfg = TMP / "text-lstm.json"
-    cfg.write_text(json.dumps(c))
-    check_plan_matches_run("plan vs run (lstm checkpointed over time)", cfg)
+    plan_matches_run("lstm checkpointed over time", "text-lstm", c, {"technique": [
+        {"type": "checkpoint", "over": "time"}, {"type": "checkpoint", "over": "time", "schedule": "revolve", "slots": 2},
+        {"type": "checkpoint", "over": "time", "schedule": "budget", "budget_bytes": 200000}]})
     # The convolution model (Wu et al.'s dynamic and lightweight convolutions in pre-norm blocks): the same.
-    c = json.loads(text_config("conv-plan.json", corpus, {"arch": "dynamic_conv", "depth": 1, "width": 8, "heads": 2,
-                                                          "kernel": 3}).read_text())
-    c["sweep"] = {"precision": ["f32", "f64", "f16", "bf16"], "model.conv": ["dynamic", "lightweight"]}
-    cfg = TMP / "conv-plan.json"
-    cfg.write_text(json.dumps(c))
-    check_plan_matches_run("plan vs run (text dynamic_conv)", cfg)
-    c["sweep"] = {"technique": [{"type": "microbatch", "count": 2}, {"type": "checkpoint"},
-                                {"type": "mixed_precision", "compute": "bf16"},
-                                {"type": "approx_activations", "bits": 4, "method": "actnn"}]}
-    cfg = TMP / "conv-techniques.json"
-    cfg.write_text(json.dumps(c))
-    check_plan_matches_run("plan vs run (text dynamic_conv, techniques)", cfg)
+    c["model"] = {"arch": "dynamic_conv", "depth": 1, "width": 8, "heads": 2, "kernel": 3}
+    plan_matches_run("text dynamic_conv", "conv-plan", c,
+                     {"precision": ["f32", "f64", "f16", "bf16"], "model.conv": ["dynamic", "lightweight"]})
+    plan_matches_run("text dynamic_conv, techniques", "conv-techniques", c, techniques)
     out = TMP / "text-run.h5"
     r = lowmem("run", text_config("text-run.json", corpus), "--out", out, *RUN_OPTS)
     runs = runs_of(out) if r.returncode == 0 else {}

@@ -12,26 +12,14 @@
 #include "layers/transformer_block.hpp"
 #include "numerics/error.hpp"
 #include "numerics/threads.hpp"
+#include "layer_test_tools.hpp"
 
 namespace lowmem {
 namespace {
 
-template <class T> void randomize(Layer<T>& layer, Rng& rng) {
-  layer.initialize(rng);
-  for (Param<T>* p : layer.params())  // biases start at 0: move them too
-    for (index_t i = 0; i < p->value.numel(); ++i) p->value[i] = round_to<T>(to_double(p->value[i]) + 0.3 * rng.normal());
-}
-
-template <class T> Tensor<T> random_tensor(const Shape& shape, Rng& rng) {
-  Tensor<T> t(shape, MemoryCategory::workspace);
-  for (index_t i = 0; i < t.numel(); ++i) t[i] = round_to<T>(rng.normal());
-  return t;
-}
-
-template <class T> bool same_bits(const T& a, const T& b) {
-  if constexpr (std::is_same_v<T, mp>) return a == b && signbit(a) == signbit(b);  // (its limbs may hold padding)
-  else return std::memcmp(&a, &b, sizeof(T)) == 0;
-}
+using testing::random_tensor;
+using testing::randomize;
+using testing::same_bits;
 
 DynamicConvSpec spec(bool dynamic, index_t width, index_t heads, index_t kernel, bool bias = true) {
   return DynamicConvSpec{.width = width, .heads = heads, .kernel = kernel, .dynamic = dynamic, .bias = bias};
@@ -144,32 +132,11 @@ TEST(DynamicConv, ADynamicKernelThatIgnoresItsInputIsTheLightweightOne) {
   EXPECT_GT(projection, 0.1);
 }
 
-// Every allocation, release and relabelling of a training step (forward, then backward with dx), or of an
-// evaluation forward, on a ledger that records its timeline. 4 samples x 64 positions x 16 features x 8 taps: enough
-// for the loops to run on the threads.
+// The ledger events of a training or evaluation step (testing::layer_step_events). 4 samples x 64 positions x 16
+// features x 8 taps: enough for the loops to run on the threads.
 template <class T> std::vector<MemoryEvent> ledger_events(bool dynamic, bool dry, Accumulate mode, bool training) {
-  MemoryLedger ledger;
-  ledger.set_dry_run(dry);
-  ledger.record_timeline(true);
-  MemoryLedger::Scope scope(ledger);
-  DynamicConv<T> layer("conv", spec(dynamic, 16, 4, 8));
-  Rng rng(1);
-  if (!dry) randomize(layer, rng);
-  const Shape shape{4, 64, 16};
-  Tensor<T> x = dry ? Tensor<T>(shape, MemoryCategory::workspace) : random_tensor<T>(shape, rng);
-  const RunContext ctx{training, mode};
-  Tensor<T> y = layer.forward(std::move(x), ctx);
-  if (training) {
-    Tensor<T> dy = dry ? Tensor<T>(y.shape(), MemoryCategory::workspace) : random_tensor<T>(y.shape(), rng);
-    y = Tensor<T>();
-    const Tensor<T> dx = layer.backward(std::move(dy), ctx, true);
-  }
-  return ledger.events();
-}
-
-bool operator==(const MemoryEvent& a, const MemoryEvent& b) {
-  return a.kind == b.kind && a.category == b.category && a.from == b.from && a.phase == b.phase &&
-         a.owner == b.owner && a.buffer == b.buffer && a.bytes == b.bytes;
+  auto make = [dynamic] { return std::make_unique<DynamicConv<T>>("conv", spec(dynamic, 16, 4, 8)); };
+  return testing::layer_step_events<T>(make, Shape{4, 64, 16}, dry, mode, training);
 }
 
 TYPED_TEST(DynamicConvEveryPrecision, DryRunAllocatesWhatARealRunDoesAndKeepsXAndTheKernels) {
@@ -183,8 +150,9 @@ TYPED_TEST(DynamicConvEveryPrecision, DryRunAllocatesWhatARealRunDoesAndKeepsXAn
         const std::vector<MemoryEvent> dry = ledger_events<T>(dynamic, true, mode, training);
         ASSERT_EQ(real.size(), dry.size()) << "dynamic " << dynamic << ", training " << training;
         for (std::size_t i = 0; i < real.size(); ++i)
-          EXPECT_TRUE(real[i] == dry[i]) << "event " << i << ", dynamic " << dynamic << ", training " << training
-                                         << ": " << real[i].bytes << " B against " << dry[i].bytes << " B";
+          EXPECT_TRUE(testing::same_event(real[i], dry[i])) << "event " << i << ", dynamic " << dynamic << ", training "
+                                                            << training << ": " << real[i].bytes << " B against "
+                                                            << dry[i].bytes << " B";
         const auto saved = [](MemoryCategory c) { return c == MemoryCategory::saved_activations; };
         std::size_t current = 0, peak = 0;
         for (const MemoryEvent& e : real) {  // the saved bytes, replayed
