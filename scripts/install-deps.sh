@@ -7,6 +7,9 @@ packages=(
   libbenchmark-dev libgtest-dev libgmock-dev zlib1g-dev libcli11-dev
   dataset-fashion-mnist fortunes
   python3 python3-h5py python3-matplotlib python3-numpy python3-pandas python3-torch
+  # an optimised BLAS for PyTorch's matrix products (without it Debian's torch uses the reference BLAS, some 10x
+  # slower: bench/compare_pytorch.py's sequence models would be measured against a crippled PyTorch)
+  libopenblas0-pthread
   # the sanitizer and fuzz builds (scripts/test-sanitizers.sh, scripts/fuzz.sh): clang, its OpenMP runtime, the
   # sanitizer and libFuzzer runtimes (libclang_rt.*, only recommended by clang) and llvm-symbolizer for stacks
   clang libomp-dev libclang-rt-14-dev llvm
