@@ -683,7 +683,8 @@ def check_text():
 
     techniques = {"technique": [{"type": "microbatch", "count": 2}, {"type": "checkpoint"},
                                 {"type": "mixed_precision", "compute": "bf16"},
-                                {"type": "approx_activations", "bits": 4, "method": "actnn"}]}
+                                {"type": "approx_activations", "bits": 4, "method": "actnn"},
+                                {"type": "sparsity", "density": 0.5}]}  # the blocks' linear layers
     c = json.loads(text_config("text-plan.json", corpus).read_text())
     plan_matches_run("text transformer", "text-plan", c, {"precision": ["f32", "f64", "f16", "bf16"]})
     plan_matches_run("text transformer, techniques", "text-techniques", c, techniques)
