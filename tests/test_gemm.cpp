@@ -184,7 +184,9 @@ TEST(Gemm, AgreesWithDoubleProduct) {
 
 TEST(Gemm, RefusesAnIsaTheCpuLacks) {
   for (Isa isa : {Isa::portable, Isa::avx2, Isa::avx512, Isa::avx512_bf16}) {
-    if (!cpu_supports(isa)) EXPECT_THROW(set_gemm_isa(isa), std::invalid_argument);
+    if (!cpu_supports(isa)) {
+      EXPECT_THROW(set_gemm_isa(isa), std::invalid_argument);
+    }
   }
   EXPECT_TRUE(cpu_supports(Isa::portable));
 }

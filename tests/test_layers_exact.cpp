@@ -3,15 +3,23 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <tuple>
+#include <omp.h>
 #include <nlohmann/json.hpp>
 
 #include "numerics/error.hpp"
 #include "layers/activations.hpp"
 #include "layers/batchnorm.hpp"
 #include "layers/conv2d.hpp"
+#include "layers/linear.hpp"
 #include "layers/pooling.hpp"
 #include "training/model_factory.hpp"
 #include "training/trainer.hpp"
+#include "layer_test_tools.hpp"
+#include "numerics/threads.hpp"
 
 namespace lowmem {
 namespace {
@@ -248,6 +256,131 @@ TEST(ModelFactory, FlatNetworkIsInvertibleLayerByLayer) {
   nlohmann::json zero_slope = model;
   zero_slope["slope"] = 0.0;
   EXPECT_THROW(model_spec(zero_slope), Error);
+}
+
+using testing::random_tensor;
+using testing::randomize;
+using testing::same_bits;
+
+// Linear's products are split among the threads (by rows of the result, or by its columns where it has more) once
+// they reach a million multiply-adds: y = x W^T + b, dW, db and dx are the same bits on one thread and on two, and
+// two hold a packing row each (more workspace).
+template <class T> void expect_linear_same_bits_on_one_thread_and_two(Accumulate mode) {
+  struct Result {
+    std::vector<T> values;
+    std::size_t workspace;
+  };
+  auto run = [mode](int threads, index_t rows, index_t in, index_t out) {
+    set_threads(threads);
+    MemoryLedger ledger;
+    MemoryLedger::Scope scope(ledger);
+    Linear<T> layer("linear", in, out, true);
+    Rng rng(5);
+    randomize(layer, rng);
+    const RunContext ctx{true, mode};
+    const Tensor<T> y = layer.forward(random_tensor<T>(Shape{rows, in}, rng), ctx);
+    const Tensor<T> dx = layer.backward(random_tensor<T>(y.shape(), rng), ctx, true);
+    Result r{{}, ledger.peak(MemoryCategory::workspace)};
+    std::vector<const Tensor<T>*> outputs{&y, &dx};
+    for (Param<T>* p : layer.params()) outputs.push_back(&p->grad);
+    for (const Tensor<T>* t : outputs) r.values.insert(r.values.end(), t->data(), t->data() + t->numel());
+    return r;
+  };
+  const int before = omp_get_max_threads();
+  // (rows, in, out): more rows than outputs (split by rows), and fewer (split by columns), an odd split.
+  for (const auto& [rows, in, out] : {std::tuple<index_t, index_t, index_t>{1000, 96, 40}, {40, 300, 520}}) {
+    const Result one = run(1, rows, in, out), two = run(2, rows, in, out);
+    ASSERT_EQ(one.values.size(), two.values.size());
+    for (std::size_t i = 0; i < one.values.size(); ++i)
+      ASSERT_TRUE(same_bits(one.values[i], two.values[i])) << rows << " x " << in << " -> " << out << " value " << i;
+    EXPECT_GT(two.workspace, one.workspace);
+  }
+  set_threads(before);
+}
+
+TEST(Linear, SameBitsOnOneThreadAndTwo) {
+  expect_linear_same_bits_on_one_thread_and_two<float>(Accumulate::f32);
+  expect_linear_same_bits_on_one_thread_and_two<double>(Accumulate::f32);
+  expect_linear_same_bits_on_one_thread_and_two<bf16>(Accumulate::f32);
+  expect_linear_same_bits_on_one_thread_and_two<f16>(Accumulate::f32);
+  expect_linear_same_bits_on_one_thread_and_two<dd>(Accumulate::f32);
+}
+
+// Every parameter of a model with its path ("2/attn/out_proj.weight"), in params() order.
+template <class T> void collect_params(Layer<T>& layer, const std::string& path, std::map<std::string, Param<T>*>& out) {
+  const auto children = layer.children();
+  if (children.empty()) {
+    for (Param<T>* p : layer.params()) out[path + "/" + p->name] = p;
+    return;
+  }
+  for (const auto& [name, child] : children) collect_params(*child, path + "/" + name, out);
+}
+
+template <class T> std::map<std::string, Param<T>*> model_params(Sequential<T>& model) {
+  std::map<std::string, Param<T>*> all;
+  for (std::size_t i = 0; i < model.size(); ++i) collect_params(model.layer(i), std::to_string(i), all);
+  return all;
+}
+
+double sample_std(const Tensor<float>& t) {
+  double sum = 0, squares = 0;
+  for (index_t i = 0; i < t.numel(); ++i) sum += t[i], squares += double(t[i]) * t[i];
+  const double n = static_cast<double>(t.numel()), mean = sum / n;
+  return std::sqrt(squares / n - mean * mean);
+}
+
+// "init": "gpt2" on a 4-block Transformer: weights N(0, 0.02), the residual branches' last projections
+// N(0, 0.02 / sqrt(8)), biases 0, layer norms untouched; the same values in every precision (drawn in double).
+TEST(ModelFactory, Gpt2InitialisationScalesTheResidualBranches) {
+  const auto corpus = std::filesystem::temp_directory_path() / "lowmem-gpt2-init.txt";
+  std::ofstream(corpus) << std::string(4000, 'a') + "bcdefgh";
+  auto spec = [&](const std::string& init) {
+    nlohmann::json model = {{"arch", "transformer"}, {"depth", 4}, {"width", 64}, {"heads", 4}};
+    if (!init.empty()) model["init"] = init;
+    const nlohmann::json config = {
+        {"model", model},
+        {"data", {{"dataset", "text"}, {"path", corpus.string()}, {"level", "byte"}, {"seq_len", 16}}},
+        {"train", {{"optimizer", {{"lr", 0.1}}}}}};
+    return parse_run_config(config, "").model;
+  };
+  auto built = [](const ModelSpec& s) {
+    auto model = std::make_unique<Sequential<float>>(build_model<float>(s));
+    initialize_model(*model, s, 7);
+    return model;
+  };
+  const ModelSpec gpt2 = spec("gpt2");
+  const auto model = built(gpt2);
+  auto params = model_params(*model);
+  const double branch = 0.02 / std::sqrt(8.0);
+  EXPECT_NEAR(sample_std(params.at("0/weight")->value), 0.02, 0.001);  // embedding (256 x 64)
+  EXPECT_NEAR(sample_std(params.at("1/weight")->value), 0.02, 0.002);  // positions (16 x 64)
+  std::size_t checked = 0;
+  for (const auto& [path, p] : params) {
+    if (path.find("/attn/in_proj_weight") != std::string::npos || path.ends_with("/fc1/weight")) {
+      EXPECT_NEAR(sample_std(p->value), 0.02, 0.001) << path;
+    }
+    if (path.ends_with("/attn/out_proj.weight") || path.ends_with("/fc2/weight")) {
+      EXPECT_NEAR(sample_std(p->value), branch, 0.0005) << path;
+      ++checked;
+    }
+    if (path.ends_with("bias") && path.find("ln") == std::string::npos) {
+      for (index_t i = 0; i < p->value.numel(); ++i) ASSERT_EQ(p->value[i], 0.0f) << path;
+    }
+    if (path.find("/ln1/weight") != std::string::npos) {
+      for (index_t i = 0; i < p->value.numel(); ++i) ASSERT_EQ(p->value[i], 1.0f) << path;
+    }
+  }
+  EXPECT_EQ(checked, 8u);  // 4 blocks x (out_proj, fc2)
+  // The default keeps each layer's own: N(0, 1) embeddings.
+  EXPECT_NEAR(sample_std(model_params(*built(spec(""))).at("0/weight")->value), 1.0, 0.05);
+  // f64 draws the same doubles: rounded to f32, they are the f32 model's.
+  Sequential<double> wide = build_model<double>(gpt2);
+  initialize_model(wide, gpt2, 7);
+  const auto wide_params = model_params(wide);
+  for (const auto& [path, p] : params)
+    for (index_t i = 0; i < p->value.numel(); ++i)
+      ASSERT_EQ(p->value[i], static_cast<float>(wide_params.at(path)->value[i])) << path << " " << i;
+  std::filesystem::remove(corpus);
 }
 
 TEST(ModelFactory, ResNetDepthMustBe6nPlus4) {

@@ -3,10 +3,13 @@
 #include <gtest/gtest.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
+#include <memory>
 #include <string>
 
 #include "layers/lstm.hpp"
+#include "layers/saved.hpp"
 #include "tensor/memory_ledger.hpp"
 #include "numerics/error.hpp"
 #include "numerics/threads.hpp"
@@ -207,9 +210,10 @@ template <class T> void expect_dry_run_allocates_as_the_real_run(Accumulate accu
       for (std::size_t i = 0; i < real.events.size(); ++i)
         ASSERT_EQ(real.events[i], dry.events[i]) << to_string(precision_of<T>()) << " event " << i;
       for (std::size_t c = 0; c < memory_category_count; ++c) EXPECT_EQ(real.peak[c], dry.peak[c]);
-      // Forward keeps, per layer, its input (3 features, then H = 5) and per step its input state [h, c] (2H) and
-      // the gates (4H); backward lets go of all of it. Evaluation keeps nothing.
-      const std::size_t kept = training ? 3 * 4 * ((3 + 6 * 5) + (5 + 6 * 5)) * sizeof(T) : 0;
+      // Forward keeps, per layer, its input (3 features, then H = 5; layer 1's is layer 0's output) and per step
+      // c_{t-1} (H) and the gates (4H), and the last layer's output (H); backward lets go of all of it. Evaluation
+      // keeps nothing.
+      const std::size_t kept = training ? 3 * 4 * ((3 + 5 * 5) + (5 + 5 * 5) + 5) * sizeof(T) : 0;
       EXPECT_EQ(real.saved_after_forward, kept) << to_string(precision_of<T>());
       EXPECT_EQ(real.saved_after_backward, 0u) << to_string(precision_of<T>());
     }
@@ -260,10 +264,13 @@ template <class T> struct StepResult {
   std::size_t saved = 0, peak = 0;
   std::int64_t recomputed = 0;
 };
-template <class T> StepResult<T> scheduled_step(std::shared_ptr<const TimeSchedule> schedule, index_t truncate = 0) {
+template <class T>
+StepResult<T> scheduled_step(std::shared_ptr<const TimeSchedule> schedule, index_t truncate = 0,
+                             const SaveHook<T>* hook = nullptr) {
   const index_t n = 3, steps = 7, features = 4, hidden = 5;
   MemoryLedger ledger;
   MemoryLedger::Scope scope(ledger);
+  const SaveHookScope<T> kept(hook);  // forward and backward, as the trainer does
   StepResult<T> r;
   Lstm<T> lstm("lstm", features, hidden, 2, truncate);
   Rng rng(11);
@@ -307,16 +314,55 @@ TEST(LstmThroughTime, EverySchedulesGradientsAreStoredActivationsBitForBit) {
   expect_schedules_exact<mp>();
 }
 
-// Segments of 3 steps (T = 7): after forward, per layer, the input sequence, snapshots of the states x_0 and x_3
-// (2H each) and the record of the last segment, step 6 (its state and gates, 6H); stored activations keep 7
-// records per layer.
+// Segments of 3 steps (T = 7): after forward, per layer, the input and output sequences (layer 0's output is
+// layer 1's input: three sequences in all), snapshots of the states x_0 and x_3 (2H each) and the record of the last
+// segment, step 6 (c and the gates, 5H); stored activations keep 7 records per layer.
 TEST(LstmThroughTime, SavedActivationsAreTheScheduleOnes) {
   const std::size_t n = 3, steps = 7, hidden = 5, b = sizeof(float);
-  const std::size_t inputs = n * steps * (4 + hidden) * b;
+  const std::size_t sequences = n * steps * (4 + hidden + hidden) * b;
   const StepResult<float> stored = scheduled_step<float>(nullptr);
-  EXPECT_EQ(stored.saved, inputs + 2 * steps * n * 6 * hidden * b);
+  EXPECT_EQ(stored.saved, sequences + 2 * steps * n * 5 * hidden * b);
   const StepResult<float> r = scheduled_step<float>(std::make_shared<FixedSchedule>(segments(7, 3)));
-  EXPECT_EQ(r.saved, inputs + 2 * (2 * n * 2 * hidden + n * 6 * hidden) * b);
+  EXPECT_EQ(r.saved, sequences + 2 * (2 * n * 2 * hidden + n * 5 * hidden) * b);
+}
+
+// A save hook that stores an exact copy of what it is given (in place of approx_activations' K bits).
+template <class T> struct CopyingHook : SaveHook<T> {
+  struct Copy : PackedTensor<T> {
+    Tensor<T> t;
+    Tensor<T> unpack() const override {
+      Tensor<T> u(t.shape(), MemoryCategory::workspace, Init::none);
+      std::copy_n(t.data(), t.numel(), u.data());
+      return u;
+    }
+  };
+  mutable std::size_t packed = 0;  // values packed
+  std::shared_ptr<const PackedTensor<T>> pack(const Tensor<T>& t) const override {
+    auto c = std::make_shared<Copy>();
+    c->t = Tensor<T>(t.shape(), MemoryCategory::saved_activations, Init::none);
+    std::copy_n(t.data(), t.numel(), c->t.data());
+    packed += static_cast<std::size_t>(t.numel());
+    return c;
+  }
+};
+
+// Under a save hook the output is not kept (the hook would store a second copy of it): each record holds the whole
+// state [h_{t-1}, c_{t-1}] (6H a step), and the gradients are those of the records that hold c_{t-1} only, bit for
+// bit, under stored activations and under a schedule.
+TEST(LstmThroughTime, UnderASaveHookTheRecordsHoldTheWholeState) {
+  const std::size_t n = 3, steps = 7, features = 4, hidden = 5;
+  for (const std::size_t every : {1u, 3u}) {
+    auto schedule = every == 1 ? nullptr : std::make_shared<FixedSchedule>(segments(steps, every));
+    const StepResult<float> plain = scheduled_step<float>(schedule);
+    CopyingHook<float> hook;
+    const StepResult<float> hooked = scheduled_step<float>(schedule, 0, &hook);
+    ASSERT_EQ(hooked.values.size(), plain.values.size());
+    for (std::size_t i = 0; i < plain.values.size(); ++i)
+      ASSERT_TRUE(same_bits(hooked.values[i], plain.values[i])) << "every " << every << " value " << i;
+    // Packed: the two input sequences and, in forward and in backward's recomputation, one record of each step
+    // and layer (the state, 2H, and the gates, 4H).
+    EXPECT_EQ(hook.packed, n * steps * (features + hidden) + 2 * steps * n * 6 * hidden) << "every " << every;
+  }
 }
 
 // Truncated every k steps (T = 7): a gradient that enters only at the last step, 6, reaches the inputs of the steps

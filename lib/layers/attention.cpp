@@ -19,11 +19,11 @@ template <class T> Tensor<T> project(const Param<T>& weight, const Param<T>& bia
   Tensor<T> y(Shape{x.dim(0), x.dim(1), out}, MemoryCategory::workspace, Init::none);  // written whole
   with_compute_type<T>(mode, [&]<class G>() {
     Tensor<G> out_g = result_buffer<G>(y);
-    Tensor<float> packing = packing_workspace(weight, 1, packing_floats<G>(rows, out, in));
+    Tensor<float> packing = shared_packing_workspace(weight, packing_floats<G>(rows, out, in));
     if (out_g.is_dry() || x.is_dry()) return;
     // Y^T = W X^T
     weight_product(weight, out, in, false, MatrixView<T>::row_major(x.data(), rows, in).t(),
-                   OutputView<G>::row_major(out_g.data(), rows, out).t(), false, packing_row(packing, 0));
+                   OutputView<G>::row_major(out_g.data(), rows, out).t(), false, all_rows(packing));
     for (index_t r = 0; r < rows; ++r)
       for (index_t o = 0; o < out; ++o) out_g[r * out + o] += round_to<G>(bias.value[o]);
     round_into(out_g, y);
@@ -45,10 +45,10 @@ Tensor<T> project_backward(Param<T>& weight, Param<T>& bias, const Tensor<T>& dy
   with_compute_type<T>(mode, [&]<class G>() {
     {
       Tensor<G> dweight(weight.value.shape(), MemoryCategory::workspace);
-      Tensor<float> packing = packing_workspace(weight, 1, packing_floats<G>(out, in, rows));
+      Tensor<float> packing = shared_packing_workspace(weight, packing_floats<G>(out, in, rows));
       if (!dry) {
         add_weight_gradient(weight, dY.t(), MatrixView<T>::row_major(x.data(), rows, in).t(), dweight.data(),
-                            packing_row(packing, 0));
+                            all_rows(packing));
         store_rounded(dweight.data(), weight.grad.data(), dweight.numel(), true);
       }
     }
@@ -63,11 +63,11 @@ Tensor<T> project_backward(Param<T>& weight, Param<T>& bias, const Tensor<T>& dy
     if (!want_input_grad) return;
     dx = Tensor<T>(x_shape, MemoryCategory::workspace, Init::none);  // written whole
     Tensor<G> dx_g = result_buffer<G>(dx);
-    Tensor<float> packing = packing_workspace(weight, 1, packing_floats<G>(rows, in, out));
+    Tensor<float> packing = shared_packing_workspace(weight, packing_floats<G>(rows, in, out));
     if (dry) return;
     // dX^T = W^T dY^T
     weight_product(weight, out, in, true, dY.t(), OutputView<G>::row_major(dx_g.data(), rows, in).t(), false,
-                   packing_row(packing, 0));
+                   all_rows(packing));
     round_into(dx_g, dx);
   });
   return dx;
@@ -136,9 +136,7 @@ Attention<T>::Attention(std::string label, index_t width, index_t heads)
 }
 
 template <class T> Shape Attention<T>::output_shape(const Shape& in) const {
-  if (in.rank() != 2) shape_error(this->label(), "expects a (positions, features) sequence, got " + in.str());
-  if (in[1] != width_)
-    shape_error(this->label(), "expects " + std::to_string(width_) + " features a position, got " + in.str());
+  expect_sequence(this->label(), in, width_);
   return in;
 }
 

@@ -68,7 +68,7 @@ template <class T> Tensor<T> combine(const Tensor<T>& a, const Tensor<T>& b, int
 
 // ---- Affine coupling's elementwise parts. x a half (N, C/2, H, W) or (N, T, F/2); st = [scale logits a, shifts t]
 // along the split axis, twice x's count. ----
-template <class W> W glow_scale(const W& a) { return W(1) / (W(1) + exp_of(W(-(a + W(2))))); }
+template <class W> W glow_scale(const W& a) { return sigmoid_of(W(a + W(2))); }
 
 // Calls op(k, j, shift): k indexes x, j the scale logit in st of the same block; t is at j + shift.
 template <class F> void for_each_pair(const Shape& x, F&& op) {

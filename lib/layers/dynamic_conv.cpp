@@ -152,9 +152,7 @@ DynamicConv<T>::DynamicConv(std::string label, DynamicConvSpec spec)
 }
 
 template <class T> Shape DynamicConv<T>::output_shape(const Shape& in) const {
-  if (in.rank() != 2) shape_error(this->label(), "expects a (positions, features) sequence, got " + in.str());
-  if (in[1] != width_)
-    shape_error(this->label(), "expects " + std::to_string(width_) + " features a position, got " + in.str());
+  expect_sequence(this->label(), in, width_);
   return in;
 }
 
@@ -192,11 +190,11 @@ template <class T> Tensor<T> DynamicConv<T>::forward(Tensor<T> x, const RunConte
   if (dynamic_) {
     with_compute_type<T>(mode, [&]<class G>() {
       Tensor<G> logits = result_buffer<G>(kernels);  // (N T, H K)
-      Tensor<float> packing = packing_workspace(weight_, 1, packing_floats<G>(rows, taps, f));
+      Tensor<float> packing = shared_packing_workspace(weight_, packing_floats<G>(rows, taps, f));
       if (dry) return;
       // logits^T = W_k x^T
       weight_product(weight_, taps, f, false, MatrixView<T>::row_major(x.data(), rows, f).t(),
-                     OutputView<G>::row_major(logits.data(), rows, taps).t(), false, packing_row(packing, 0));
+                     OutputView<G>::row_major(logits.data(), rows, taps).t(), false, all_rows(packing));
 #pragma omp parallel for schedule(static) if (worth_threads(rows * taps))
       for (index_t r = 0; r < rows; ++r) {
         G* l = logits.data() + r * taps;
@@ -266,10 +264,10 @@ template <class T> Tensor<T> DynamicConv<T>::backward(Tensor<T> dy, const RunCon
       const auto dl = MatrixView<T>::row_major(dlogits.data(), rows, taps);
       {
         Tensor<G> dweight(weight_.value.shape(), MemoryCategory::workspace);
-        Tensor<float> packing = packing_workspace(weight_, 1, packing_floats<G>(taps, f, rows));
+        Tensor<float> packing = shared_packing_workspace(weight_, packing_floats<G>(taps, f, rows));
         if (!dry) {
           add_weight_gradient(weight_, dl.t(), MatrixView<T>::row_major(x.data(), rows, f).t(), dweight.data(),
-                              packing_row(packing, 0));
+                              all_rows(packing));
           store_rounded(dweight.data(), weight_.grad.data(), dweight.numel(), true);
         }
       }
@@ -290,12 +288,12 @@ template <class T> Tensor<T> DynamicConv<T>::backward(Tensor<T> dy, const RunCon
     dx = Tensor<T>(x_shape, MemoryCategory::workspace, Init::none);  // written whole
     Tensor<G> dx_g = result_buffer<G>(dx);
     Tensor<float> packing =
-        dynamic_ ? packing_workspace(weight_, 1, packing_floats<G>(rows, f, taps)) : Tensor<float>();
+        dynamic_ ? shared_packing_workspace(weight_, packing_floats<G>(rows, f, taps)) : Tensor<float>();
     if (dry) return;
     causal_conv_input_grad(z, dy.data(), kernels.data(), dynamic_ ? taps : 0, dx_g.data());
     if (dynamic_)  // dx^T += W_k^T dl^T
       weight_product(weight_, taps, f, true, MatrixView<T>::row_major(dlogits.data(), rows, taps).t(),
-                     OutputView<G>::row_major(dx_g.data(), rows, f).t(), true, packing_row(packing, 0));
+                     OutputView<G>::row_major(dx_g.data(), rows, f).t(), true, all_rows(packing));
     round_into(dx_g, dx);
   });
   return dx;

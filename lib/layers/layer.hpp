@@ -155,6 +155,8 @@ template <class T> Param<T> make_param(std::string name, Shape shape) {
 // Shape checks shared by layers: throws Error("layer <name>: ...").
 [[noreturn]] void shape_error(const std::string& layer, const std::string& what);
 void expect_rank(const std::string& layer, const Shape& s, std::size_t rank);
+// A sequence model layer's input: (T, features), T positions of `features` values each.
+void expect_sequence(const std::string& layer, const Shape& s, index_t features);
 // A normalisation layer's input: (C, H, W) or (C), with C = channels.
 void expect_channels(const std::string& layer, const Shape& s, index_t channels);
 

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "layers/weight_products.hpp"
+#include "numerics/threads.hpp"
 
 namespace lowmem {
 
@@ -43,17 +44,17 @@ template <class T> Tensor<T> Linear<T>::forward(Tensor<T> x, const RunContext& c
   Tensor<T> y(Shape{n, out_}, MemoryCategory::workspace, Init::none);  // written whole
   with_compute_type<T>(ctx.accumulate, [&]<class G>() {
     Tensor<G> out = result_buffer<G>(y);
-    Tensor<float> packing = packing_workspace(weight_, 1, packing_floats<G>(n, out_, in_));
+    Tensor<float> packing = shared_packing_workspace(weight_, packing_floats<G>(n, out_, in_));
     if (out.is_dry() || x.is_dry()) return;
     const auto X = MatrixView<T>::row_major(x.data(), n, in_);
     // Y^T = W X^T
     weight_product(weight_, out_, in_, false, X.t(), OutputView<G>::row_major(out.data(), n, out_).t(), false,
-                   packing_row(packing, 0));
-    if (has_bias_)
-      for (index_t o = 0; o < out_; ++o) {
-        const G b = round_to<G>(bias_.value[o]);
-        for (index_t s = 0; s < n; ++s) out[s * out_ + o] += b;
-      }
+                   all_rows(packing));
+    if (has_bias_) {
+#pragma omp parallel for schedule(static) if (worth_threads(n * out_))
+      for (index_t s = 0; s < n; ++s)
+        for (index_t o = 0; o < out_; ++o) out[s * out_ + o] += round_to<G>(bias_.value[o]);
+    }
     round_into(out, y);
   });
   if (ctx.keeps()) input_.keep(x);
@@ -71,18 +72,24 @@ template <class T> Tensor<T> Linear<T>::backward(Tensor<T> dy, const RunContext&
     const auto dY = MatrixView<T>::row_major(dy.data(), n, out_);
     {  // the parameter gradients: the last use of the kept input, released before dx
       Tensor<G> dweight(weight_.value.shape(), MemoryCategory::workspace);
-      Tensor<float> packing = packing_workspace(weight_, 1, packing_floats<G>(out_, in_, n));
+      Tensor<float> packing = shared_packing_workspace(weight_, packing_floats<G>(out_, in_, n));
       if (!dry) {
         add_weight_gradient(weight_, dY.t(), MatrixView<T>::row_major(x.data(), n, in_).t(), dweight.data(),
-                            packing_row(packing, 0));
+                            all_rows(packing));
         store_rounded(dweight.data(), weight_.grad.data(), dweight.numel(), true);
       }
       if (has_bias_) {
         Tensor<G> dbias(Shape{out_}, MemoryCategory::workspace);
         if (!dry) {
-          for (index_t s = 0; s < n; ++s)
-            for (index_t o = 0; o < out_; ++o)
-              dbias[o] += round_to<G>(dY(s, o));  // G is the accumulation rule: float, or 16-bit rounding each add
+          // Each thread owns a block of columns, each summed over the rows in order.
+          const int parts = worth_threads(n * out_) ? std::min<int>(omp_get_max_threads(), static_cast<int>(out_)) : 1;
+#pragma omp parallel for num_threads(parts) schedule(static)
+          for (int t = 0; t < parts; ++t) {
+            const auto [first, end] = block_of(out_, t, parts);
+            for (index_t s = 0; s < n; ++s)
+              for (index_t o = first; o < end; ++o)
+                dbias[o] += round_to<G>(dY(s, o));  // G is the accumulation rule: float, or 16-bit rounding each add
+          }
           store_rounded(dbias.data(), bias_.grad.data(), out_, true);
         }
       }
@@ -91,11 +98,11 @@ template <class T> Tensor<T> Linear<T>::backward(Tensor<T> dy, const RunContext&
     if (want_input_grad) {
       dx = Tensor<T>(x_shape, MemoryCategory::workspace);
       Tensor<G> dxg = result_buffer<G>(dx);
-      Tensor<float> packing = packing_workspace(weight_, 1, packing_floats<G>(n, in_, out_));
+      Tensor<float> packing = shared_packing_workspace(weight_, packing_floats<G>(n, in_, out_));
       if (!dry) {
         // dX^T = W^T dY^T
         weight_product(weight_, out_, in_, true, dY.t(), OutputView<G>::row_major(dxg.data(), n, in_).t(), false,
-                       packing_row(packing, 0));
+                       all_rows(packing));
         round_into(dxg, dx);
       }
     }

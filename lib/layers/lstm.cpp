@@ -10,22 +10,6 @@ namespace lowmem {
 
 namespace {
 
-template <class W> W sigmoid_of(const W& z) { return W(1) / W(W(1) + exp_of(W(-z))); }
-
-// tanh in every wide type; dd has none of its own: (1 - e) / (1 + e) with e = exp(-2 |z|) <= 1, which cannot
-// overflow (its absolute error is exp's, a few u^2).
-template <class W> W tanh_of(const W& z) {
-  if constexpr (std::is_same_v<W, mp>) {
-    return boost::multiprecision::tanh(z);
-  } else if constexpr (std::is_same_v<W, dd>) {
-    const W e = exp_of(W(W(-2) * abs(z)));
-    const W t = (W(1) - e) / (W(1) + e);
-    return z < W(0) ? W(-t) : t;
-  } else {
-    return std::tanh(z);
-  }
-}
-
 // h = o tanh(c), one rounding.
 template <class T> T cell_output(const T& o, const T& c) {
   using W = wide_t<T>;
@@ -70,28 +54,30 @@ template <class T> struct Cell {
   }
 
   // Backward of one step, with dh_t = dy_t + dh (dh = dL/dh_t through step t + 1's products, 0 at the last step;
-  // dy row s at dy + s dy_stride) and dc = dL/dc_t in, dL/dc_{t-1} out ((N, H) in W). Writes dz = dL/d(pre-
-  // activations) of the step, rounded into T (may be `gates`: each unit's values are read before they are written).
+  // dy row s at dy + s dy_stride), c_{t-1} row s at c_prev + s c_stride, and dc = dL/dc_t in, dL/dc_{t-1} out
+  // ((N, H) in W). Writes dz = dL/d(pre-activations) of the step, rounded into T (may be `gates`: each unit's values
+  // are read before they are written).
   //   dc_t += dh_t o (1 - tanh^2 c_t);  dL/d[i f g o] = [dc_t g, dc_t c_{t-1}, dc_t i, dh_t tanh c_t];
   //   dz = those times sigmoid' = s (1 - s) (i, f, o), tanh' = 1 - g^2 (g);  dc_{t-1} = dc_t f.
   template <class G>
-  void backward(const T* dy, index_t dy_stride, const G* dh, W* dc, const T* gates, const T* state, T* dz) const {
+  void backward(const T* dy, index_t dy_stride, const G* dh, W* dc, const T* gates, const T* c_prev, index_t c_stride,
+                T* dz) const {
     const index_t h4 = 4 * hidden;
 #pragma omp parallel for schedule(static) if (worth_threads(n * h4))
     for (index_t s = 0; s < n; ++s) {
       const T* gs = gates + s * h4;
-      const T* prev = state + s * 2 * hidden;
+      const T* prev = c_prev + s * c_stride;
       T* ds = dz + s * h4;
       for (index_t j = 0; j < hidden; ++j) {
-        const T c = new_cell(gs[j], gs[hidden + j], gs[2 * hidden + j], prev[hidden + j]);
+        const T c = new_cell(gs[j], gs[hidden + j], gs[2 * hidden + j], prev[j]);
         const W i = round_to<W>(gs[j]), f = round_to<W>(gs[hidden + j]), g = round_to<W>(gs[2 * hidden + j]),
                 o = round_to<W>(gs[3 * hidden + j]);
         const W tanh_c = tanh_of(round_to<W>(c));
-        const W c_prev = round_to<W>(prev[hidden + j]);
+        const W c_last = round_to<W>(prev[j]);
         const W dh_t = W(round_to<W>(dy[s * dy_stride + j]) + round_to<W>(dh[s * hidden + j]));
         const W dc_t = W(dc[s * hidden + j] + dh_t * o * (W(1) - tanh_c * tanh_c));
         ds[j] = round_to<T>(W(dc_t * g * i * (W(1) - i)));
-        ds[hidden + j] = round_to<T>(W(dc_t * c_prev * f * (W(1) - f)));
+        ds[hidden + j] = round_to<T>(W(dc_t * c_last * f * (W(1) - f)));
         ds[2 * hidden + j] = round_to<T>(W(dc_t * i * (W(1) - g * g)));
         ds[3 * hidden + j] = round_to<T>(W(dh_t * tanh_c * o * (W(1) - o)));
         dc[s * hidden + j] = W(dc_t * f);
@@ -116,15 +102,16 @@ template <class G>
 class Lstm<T>::Steps : public StepChain<T> {
  public:
   using W = wide_t<T>;
-  // x: the layer's input (N, T, in); h: where the forward writes its output (N, T, H), null in backward.
-  Steps(Lstm& lstm, std::size_t k, const Tensor<T>& x, T* h)
-      : lstm_(lstm), k_(k), p_(lstm.layers_[k]), x_(x), h_(h), n_(x.dim(0)), steps_(x.dim(1)),
+  // x: the layer's input (N, T, in); h: where the forward writes its output (N, T, H), null in backward; kept_h:
+  // that output as kept, where backward reads h_{t-1} (null where the records keep it).
+  Steps(Lstm& lstm, std::size_t k, const Tensor<T>& x, T* h, const T* kept_h = nullptr)
+      : lstm_(lstm), k_(k), p_(lstm.layers_[k]), x_(x), h_(h), kept_h_(kept_h), n_(x.dim(0)), steps_(x.dim(1)),
         in_(lstm.in_width(static_cast<index_t>(k))), hidden_(lstm.hidden_),
         cell_{n_, hidden_, p_.bias_ih.value.data(), p_.bias_hh.value.data()},
         z_(Shape{n_, 4 * hidden_}, MemoryCategory::workspace, Init::none) {
     const index_t h4 = 4 * hidden_;
-    packing_ = packing_workspace(
-        p_.weight_ih, 1,
+    packing_ = shared_packing_workspace(
+        p_.weight_ih,
         std::max({packing_floats<G>(n_, h4, in_), packing_floats<G>(n_, h4, hidden_), packing_floats<G>(n_, hidden_, h4),
                   packing_floats<G>(h4, hidden_, n_), packing_floats<G>(h4, in_, n_), packing_floats<G>(n_, in_, h4)}));
   }
@@ -147,7 +134,14 @@ class Lstm<T>::Steps : public StepChain<T> {
                     h_ ? h_ + t * hidden_ : nullptr, steps_ * hidden_);
     }
     if (keep) {
-      lstm_.states_[k_][i].keep(state);
+      if (lstm_.h_from_output_[k_]) {  // c_{t-1} only
+        Tensor<T> c(Shape{n_, hidden_}, MemoryCategory::workspace, Init::none);  // written whole
+        for (index_t s = 0; s < (dry ? 0 : n_); ++s)
+          std::copy_n(state.data() + s * 2 * hidden_ + hidden_, hidden_, c.data() + s * hidden_);
+        lstm_.states_[k_][i].keep(c);
+      } else {
+        lstm_.states_[k_][i].keep(state);
+      }
       lstm_.gates_[k_][i].keep(gates);
     }
     return next;
@@ -162,17 +156,19 @@ class Lstm<T>::Steps : public StepChain<T> {
     const Tensor<T> gates = lstm_.gates_[k_][i].take();
     Tensor<T> dz = gates.overwritable(MemoryCategory::workspace);  // over the gates where nothing else holds them
     if (dy_->is_dry() || state.is_dry()) return {};
-    cell_.backward(dy_->data() + t * hidden_, steps_ * hidden_, dh_.data(), dc_.data(), gates.data(), state.data(),
-                   dz.data());
+    const bool whole = kept_h_ == nullptr;  // the record holds [h_{t-1}, c_{t-1}], else c_{t-1}
+    cell_.backward(dy_->data() + t * hidden_, steps_ * hidden_, dh_.data(), dc_.data(), gates.data(),
+                   state.data() + (whole ? hidden_ : 0), whole ? 2 * hidden_ : hidden_, dz.data());
     const auto dz_t = MatrixView<T>::row_major(dz.data(), n_, h4);
     if (t > 0) {
+      const MatrixView<T> h_prev = whole ? previous_h(state) : at_step(kept_h_, t - 1, hidden_);
       if (lstm_.truncate_ > 0 && t % lstm_.truncate_ == 0) {  // truncated: nothing flows back to step t - 1
         dh_.fill(G(0));
         dc_.fill(W(0));
       } else {
         dense_product<G>(dz_t, weight_view(p_.weight_hh), dh_.data(), hidden_, false, pack());
       }
-      dense_product<G>(dz_t.t(), previous_h(state), dweight_hh_.data(), hidden_, true, pack());
+      dense_product<G>(dz_t.t(), h_prev, dweight_hh_.data(), hidden_, true, pack());
     }
     dense_product<G>(dz_t.t(), at_step(x_.data(), t, in_), dweight_ih_.data(), in_, true, pack());
 #pragma omp parallel for schedule(static) if (worth_threads(n_ * h4))
@@ -215,13 +211,14 @@ class Lstm<T>::Steps : public StepChain<T> {
     return {sequence + t * width, n_, width, steps_ * width, 1};
   }
   MatrixView<T> previous_h(const Tensor<T>& state) const { return {state.data(), n_, hidden_, 2 * hidden_, 1}; }
-  float* pack() { return packing_row(packing_, 0); }
+  Packing pack() { return all_rows(packing_); }
 
   Lstm& lstm_;
   std::size_t k_;
   LayerParams& p_;
   const Tensor<T>& x_;
   T* h_;
+  const T* kept_h_;
   index_t n_, steps_, in_, hidden_;
   Cell<T> cell_;
   Tensor<G> z_;
@@ -245,15 +242,15 @@ Lstm<T>::Lstm(std::string label, index_t input_size, index_t hidden, index_t lay
                        make_param<T>("bias_ih" + l, Shape{4 * hidden}), make_param<T>("bias_hh" + l, Shape{4 * hidden})});
   }
   inputs_.resize(layers_.size());
+  outputs_.resize(layers_.size());
+  h_from_output_.assign(layers_.size(), 0);
   states_.resize(layers_.size());
   gates_.resize(layers_.size());
   executors_.resize(layers_.size());
 }
 
 template <class T> Shape Lstm<T>::output_shape(const Shape& in) const {
-  if (in.rank() != 2) shape_error(this->label(), "expects a (time, features) sequence, got " + in.str());
-  if (in[1] != input_size_)
-    shape_error(this->label(), "expects " + std::to_string(input_size_) + " input features, got " + in.str());
+  expect_sequence(this->label(), in, input_size_);
   return Shape{in[0], hidden_};
 }
 
@@ -294,12 +291,14 @@ template <class T> Tensor<T> Lstm<T>::forward(Tensor<T> x, const RunContext& ctx
         return;
       }
       inputs_[k].keep(x);
+      h_from_output_[k] = active_save_hook<T>() == nullptr;
       states_[k].assign(static_cast<std::size_t>(steps), Saved<T>());
       gates_[k].assign(static_cast<std::size_t>(steps), Saved<T>());
       const auto length = static_cast<std::size_t>(steps);
       executors_[k] = CheckpointExecutor<T>(ctx.time_schedule ? ctx.time_schedule->schedule(length)
                                                               : store_all_schedule(length));
       executors_[k].forward(chain, state, ctx);
+      if (h_from_output_[k]) outputs_[k].keep(h);
     });
     x = std::move(h);  // the last use of this layer's input here (backward holds it if kept)
   }
@@ -312,9 +311,10 @@ template <class T> Tensor<T> Lstm<T>::forward(Tensor<T> x, const RunContext& ctx
 template <class T> Tensor<T> Lstm<T>::backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) {
   for (std::size_t k = layers_.size(); k-- > 0;) {
     const Tensor<T> x = inputs_[k].take();
+    const Tensor<T> h = outputs_[k].held() ? outputs_[k].take() : Tensor<T>();  // none: the records hold h_{t-1}
     Tensor<T> dx;
     with_compute_type<T>(ctx.accumulate, [&]<class G>() {
-      Steps<G> chain(*this, k, x, nullptr);
+      Steps<G> chain(*this, k, x, nullptr, h.empty() ? nullptr : h.data());
       chain.begin_backward(dy, k > 0 || want_input_grad, dx);
       executors_[k].backward(chain, Tensor<T>(), ctx);
       chain.finish_backward(dx);

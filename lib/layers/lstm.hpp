@@ -16,9 +16,12 @@ namespace lowmem {
 // Each layer's T time steps are a chain (layers/step_chain.hpp) whose state is [h_{t-1}, c_{t-1}] (N, 2H): step t
 // reads x_t and the state and writes h_t to the output. A training forward runs the chain by the context's
 // time_schedule (technique checkpoint over time: snapshots of the state, steps recomputed in backward), by default
-// recording every step. A step's record keeps its input state and its gate activations (N, 6H per step); the
-// layer's input sequence is kept whole (every step's x_t is needed again in backward). Products and sums are the
-// same whatever the schedule, so every schedule gives the gradients of stored activations bit for bit.
+// recording every step. The layer's input sequence is kept whole (every step's x_t is needed again in backward), and
+// so is its output, which holds every h_{t-1} (and is the next layer's input, kept there anyway: one buffer); a
+// step's record keeps c_{t-1} and its gate activations (N, 5H per step). Under a save hook (approx_activations) the
+// output would be kept a second time, packed: a record then keeps the whole state [h_{t-1}, c_{t-1}] (N, 6H).
+// Products and sums are the same whatever the schedule, so every schedule gives the gradients of stored activations
+// bit for bit.
 // truncate > 0: truncated backpropagation through time; no gradient flows from step t back to step t - 1 where t
 // is a multiple of truncate (the state is carried forward as usual).
 template <class T> class Lstm : public Layer<T> {
@@ -41,8 +44,9 @@ template <class T> class Lstm : public Layer<T> {
   index_t in_width(index_t k) const { return k == 0 ? input_size_ : hidden_; }
   index_t input_size_, hidden_, truncate_;
   std::vector<LayerParams> layers_;
-  std::vector<Saved<T>> inputs_;                             // per layer: (N, T, in_k)
-  std::vector<std::vector<Saved<T>>> states_, gates_;        // per layer and step: (N, 2H), (N, 4H)
+  std::vector<Saved<T>> inputs_, outputs_;                   // per layer: (N, T, in_k), (N, T, H) (see above)
+  std::vector<std::vector<Saved<T>>> states_, gates_;        // per layer and step: (N, H) c or (N, 2H), (N, 4H)
+  std::vector<char> h_from_output_;                          // per layer: its records take h_{t-1} from outputs_
   std::vector<CheckpointExecutor<T>> executors_;             // per layer: its steps' schedule, snapshots
 };
 

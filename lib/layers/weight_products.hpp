@@ -8,7 +8,11 @@
 //   - dense W, G = T (mp, or f16/bf16 with storage accumulation): Eigen's product in T;
 //   - sparse W: loops over the nonzeros (each entry of the result sums its terms in a fixed order).
 // Included only by those layers' sources.
+#include <omp.h>
+
+#include <algorithm>
 #include <stdexcept>
+#include <utility>
 
 #include "layers/layer.hpp"
 #include "tensor/compute.hpp"
@@ -44,12 +48,49 @@ inline float* packing_row(Tensor<float>& packing, int t) {
   return packing.empty() ? nullptr : packing.data() + t * packing.dim(1);
 }
 
-// c (+)= a b, dense, with c row-major (row stride ldc). packing: packing_floats<G>(...) floats. A and B: the
-// storage type T, or one of them G = float holding T's values widened (gemm.hpp).
+// Where a product packs: one row of a packing workspace (a product on one thread, inside a caller's own parallel
+// loop: a convolution's images, attention's heads), or all of its rows, one per thread that shares the product.
+struct Packing {
+  float* data = nullptr;
+  index_t threads = 1, floats = 0;
+  Packing(float* one_row) : data(one_row) {}  // NOLINT: a row is a packing of one thread
+  Packing(float* rows, index_t threads, index_t floats) : data(rows), threads(threads), floats(floats) {}
+  float* row(index_t t) const { return data ? data + t * floats : nullptr; }
+};
+// A layer's whole products (Linear's, the projections of attention and of a dynamic convolution, an LSTM step's)
+// are split among the OpenMP threads: their packing workspace has a row per thread (workspace grows with the
+// thread count, as a convolution's does).
+template <class T> Tensor<float> shared_packing_workspace(const Param<T>& weight, index_t floats) {
+  return packing_workspace(weight, omp_get_max_threads(), floats);
+}
+inline Packing all_rows(Tensor<float>& packing) {
+  if (packing.empty()) return Packing(nullptr);
+  return {packing.data(), packing.dim(0), packing.dim(1)};
+}
+
+// The part of `whole` entries thread `t` of `parts` takes: contiguous blocks in thread order.
+inline std::pair<index_t, index_t> block_of(index_t whole, index_t t, index_t parts) {
+  return {whole * t / parts, whole * (t + 1) / parts};
+}
+
+// c (+)= a b, dense, with c row-major (row stride ldc). packing: packing_floats<G>(...) floats a thread. A and B:
+// the storage type T, or one of them G = float holding T's values widened (gemm.hpp). Given several rows of
+// packing, a product of at least a million multiply-adds is split among that many threads by c's rows (or its
+// columns, where it has more): each entry is still one chain of sums in k's order (gemm.hpp), so the result does
+// not depend on the split or the thread count.
 template <class G, class A, class B>
-void dense_product(MatrixView<A> a, MatrixView<B> b, G* c, index_t ldc, bool add, float* packing) {
+void dense_product(MatrixView<A> a, MatrixView<B> b, G* c, index_t ldc, bool add, Packing packing) {
   if constexpr (sums_on_gemm<G>) {
-    gemm(a, b, c, ldc, add, packing);
+    const bool by_rows = a.rows >= b.cols;
+    const index_t split = by_rows ? a.rows : b.cols;
+    const index_t parts = a.rows * b.cols * a.cols < (index_t{1} << 20) ? 1 : std::min(packing.threads, split / 16);
+    if (parts <= 1) return gemm(a, b, c, ldc, add, packing.row(0));
+#pragma omp parallel for num_threads(parts) schedule(static)
+    for (index_t t = 0; t < parts; ++t) {
+      const auto [first, end] = block_of(split, t, parts);
+      if (by_rows) gemm(a.rows_from(first, end - first), b, c + first * ldc, ldc, add, packing.row(t));
+      else gemm(a, b.t().rows_from(first, end - first).t(), c + first, ldc, add, packing.row(t));
+    }
   } else {
     using T = A;
     static_assert(std::is_same_v<G, A> && std::is_same_v<G, B>, "products run in float or in the storage type");
@@ -68,7 +109,7 @@ void dense_product(MatrixView<A> a, MatrixView<B> b, G* c, index_t ldc, bool add
 // n, any strides.
 template <class G, class T, class B>
 void weight_product(const Param<T>& weight, index_t rows, index_t cols, bool transpose, MatrixView<B> b,
-                    OutputView<G> c, bool add, float* packing) {
+                    OutputView<G> c, bool add, Packing packing) {
   if (const SparsePattern* p = weight.pattern.get()) {
     if (!add)
       for (index_t r = 0; r < c.rows; ++r)
@@ -92,7 +133,7 @@ void weight_product(const Param<T>& weight, index_t rows, index_t cols, bool tra
 // of left and a row of right, so the dense product is never formed.
 template <class G, class T, class B>
 void add_weight_gradient(const Param<T>& weight, MatrixView<T> left, MatrixView<B> right, G* dweight,
-                         float* packing) {
+                         Packing packing) {
   if (const SparsePattern* p = weight.pattern.get()) {
     for (index_t r = 0; r < p->rows; ++r)
       for (index_t e = p->row_start[r]; e < p->row_start[r + 1]; ++e) {

@@ -167,6 +167,22 @@ template <class G> G log_of(const G& x) {
   else if constexpr (is_16bit<G>) return G(std::log(static_cast<float>(x)));
   else return std::log(x);
 }
+template <class G> G sigmoid_of(const G& x) { return G(G(1) / G(G(1) + exp_of(G(-x)))); }
+// dd has no tanh of its own: (1 - e) / (1 + e) with e = exp(-2 |x|) <= 1, which cannot overflow (its absolute error
+// is exp's, a few u^2).
+template <class G> G tanh_of(const G& x) {
+  if constexpr (std::is_same_v<G, mp>) {
+    return boost::multiprecision::tanh(x);
+  } else if constexpr (std::is_same_v<G, dd>) {
+    const G e = exp_of(G(G(-2) * abs(x)));
+    const G t = (G(1) - e) / (G(1) + e);
+    return x < G(0) ? G(-t) : t;
+  } else if constexpr (is_16bit<G>) {
+    return G(std::tanh(static_cast<float>(x)));
+  } else {
+    return std::tanh(x);
+  }
+}
 
 }  // namespace lowmem
 

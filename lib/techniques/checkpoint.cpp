@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <map>
+#include <mutex>
 #include <stdexcept>
 
 namespace lowmem {
@@ -342,21 +344,30 @@ CheckpointSchedule fit_budget(const ChainCosts& costs, std::size_t budget, std::
 }
 
 // Time steps as the budget's dynamic programme sees them: all alike, a state of [h, c] (2 units) in, a record of
-// the state and the four gates (6 units) kept; a unit is what one value per sample and hidden unit takes. The
-// bisection turns units into the dry step's bytes, so only the ratios matter here.
+// c and the four gates (5 units) kept (an LSTM's; its h_{t-1} is in the output kept whole); a unit is what one value
+// per sample and hidden unit takes. The bisection turns units into the dry step's bytes, so only the ratios matter
+// here.
 ChainCosts time_step_costs(std::size_t steps, std::size_t unit_bytes) {
   ChainCosts c;
   c.flops.assign(steps, 1.0);
   c.input_bytes.assign(steps, 2 * unit_bytes);
-  c.record_bytes.assign(steps, 6 * unit_bytes);
+  c.record_bytes.assign(steps, 5 * unit_bytes);
   return c;
 }
 
-// The schedules that need no fitting, for any number of steps.
+// The schedules that need no fitting, for any number of steps: made once per length (every LSTM layer of every
+// training step asks).
 struct RuleTimeSchedule : TimeSchedule {
   const Checkpoint* technique;
   explicit RuleTimeSchedule(const Checkpoint* t) : technique(t) {}
-  CheckpointSchedule schedule(std::size_t n) const override { return technique->rule_schedule(n); }
+  CheckpointSchedule schedule(std::size_t n) const override {
+    const std::lock_guard<std::mutex> lock(mutex);
+    auto [at, made] = schedules.try_emplace(n);
+    if (made) at->second = technique->rule_schedule(n);
+    return at->second;
+  }
+  mutable std::mutex mutex;
+  mutable std::map<std::size_t, CheckpointSchedule> schedules;
 };
 
 template <class T> class CheckpointHooks : public TechniqueHooks<T> {

@@ -37,6 +37,14 @@ template <class T> struct MatrixView {
     return {data, rows, cols, 0, 1, offsets, false};
   }
   MatrixView t() const { return {data, cols, rows, col_stride, row_stride, offsets, !offsets_per_column}; }
+  // Rows [first, first + count).
+  MatrixView rows_from(index_t first, index_t count) const {
+    MatrixView v = *this;
+    v.rows = count;
+    if (offsets && !offsets_per_column) v.offsets = offsets + first;
+    else v.data = data + first * row_stride;
+    return v;
+  }
   const T& operator()(index_t r, index_t c) const {
     if (!offsets) return data[r * row_stride + c * col_stride];
     return offsets_per_column ? data[offsets[c] + r * row_stride] : data[offsets[r] + c * col_stride];

@@ -1,6 +1,7 @@
 #include "training/model_factory.hpp"
 
 #include <algorithm>
+#include <cmath>
 
 #include "numerics/error.hpp"
 #include "layers/activations.hpp"
@@ -147,7 +148,49 @@ template <class T> Sequential<T> build_model(const ModelSpec& spec) {
   return model;
 }
 
-#define LOWMEM_INSTANTIATE_BUILD(T) template Sequential<T> build_model<T>(const ModelSpec&);
+namespace {
+
+// GPT-2's scheme on one layer and what it holds. branch_end: the layer ends a residual branch.
+template <class T> void draw_gpt2(Layer<T>& layer, bool branch_end, double std, double branch_std, Rng& rng) {
+  const std::string kind = layer.kind();
+  const auto children = layer.children();
+  if (children.empty()) {
+    if (kind != "embedding" && kind != "positional" && kind != "linear" && kind != "attention") return;
+    for (Param<T>* p : layer.params()) {
+      const bool bias = p->name.ends_with("bias");
+      const double s = branch_end || p->name == "out_proj.weight" ? branch_std : std;
+      for (index_t i = 0; i < p->value.numel(); ++i) p->value[i] = bias ? T(0) : round_to<T>(s * rng.normal());
+    }
+    return;
+  }
+  std::string last_g;  // a coupling's G ends with its last layer
+  for (const auto& [name, child] : children)
+    if (name.starts_with("g/")) last_g = name;
+  const bool block = kind == "transformer_block" || kind == "conv_block";
+  for (const auto& [name, child] : children)
+    draw_gpt2(*child, (block && name == "fc2") || (!last_g.empty() && name == last_g), std, branch_std, rng);
+}
+
+}  // namespace
+
+template <class T> void initialize_model(Sequential<T>& model, const ModelSpec& spec, std::uint64_t seed) {
+  model.initialize(seed);
+  if (spec.init != "gpt2") return;
+  std::size_t blocks = 0;  // residual blocks: what adds to the residual stream
+  for (std::size_t i = 0; i < model.size(); ++i) {
+    const std::string kind = model.layer(i).kind();
+    blocks += kind == "transformer_block" || kind == "conv_block" || kind == "coupling";
+  }
+  const double branch_std = spec.init_std / std::sqrt(2.0 * static_cast<double>(std::max<std::size_t>(blocks, 1)));
+  for (std::size_t i = 0; i < model.size(); ++i) {
+    Rng rng(seed, /*stream=*/model.size() + i);  // streams apart from the layers' own
+    draw_gpt2(model.layer(i), false, spec.init_std, branch_std, rng);
+  }
+}
+
+#define LOWMEM_INSTANTIATE_BUILD(T)                                   \
+  template Sequential<T> build_model<T>(const ModelSpec&);            \
+  template void initialize_model<T>(Sequential<T>&, const ModelSpec&, std::uint64_t);
 LOWMEM_FOR_EACH_PRECISION(LOWMEM_INSTANTIATE_BUILD)
 
 }  // namespace lowmem

@@ -182,6 +182,11 @@ ModelSpec parse_model(ConfigReader r, const DataSpec& data) {
   }
   check_token_layers(r, m);
   if (m.tokens) m.layers[0].vocab = m.classes;
+  if (r.has("init")) m.init = r.get_choice("init", "default", {"default", "gpt2"});  // read only when given: run ids
+  if (r.has("init_std")) {                                                          // stay
+    if (m.init != "gpt2") r.fail("init_std", "is the standard deviation of \"init\": \"gpt2\"; give that too");
+    m.init_std = r.get_in("init_std", 0.02, 0.0, inf);
+  }
   r.finish();
   return m;
 }

@@ -54,6 +54,10 @@ struct ModelSpec {
   // tokens (T).
   index_t positions() const { return tokens ? input[0] : input[1] * input[2]; }
   std::vector<LayerSpec> layers;  // named architectures are expanded into this list
+  // How parameters start: "default", each layer's own (PyTorch's defaults); "gpt2", GPT-2's scheme for sequence
+  // models (initialize_model in training/model_factory.hpp), with init_std the standard deviation of its weights.
+  std::string init = "default";
+  double init_std = 0.02;
 };
 
 struct OptimizerSpec {

@@ -97,7 +97,7 @@ Trainer<T>::Trainer(const RunConfig& config, MemoryLedger& ledger, const MakeCha
   MemoryLedger::Scope scope(ledger_);
   const MemoryPhaseScope phase(MemoryPhase::setup);
   model_ = std::make_unique<Sequential<T>>(build_model<T>(config.model));
-  if (!ledger.dry_run()) model_->initialize(config.seed);
+  if (!ledger.dry_run()) initialize_model(*model_, config.model, config.seed);
   // The f32 network of the same seed, drawn and dropped uncounted: mixed precision's masters start from it and
   // sparsity chooses its pattern on it, so that every precision gets the same masters and the same pattern.
   MemoryLedger uncounted;
@@ -105,7 +105,7 @@ Trainer<T>::Trainer(const RunConfig& config, MemoryLedger& ledger, const MakeCha
   if (draw && !ledger.dry_run()) {
     MemoryLedger::Scope drawing(uncounted);
     initial = std::make_unique<Sequential<float>>(build_model<float>(config.model));
-    initial->initialize(config.seed);
+    initialize_model(*initial, config.model, config.seed);
   }
   for (auto& h : hooks_) h->store_parameters(*model_, initial.get(), uncounted);
   // At most one technique decides each of these; a second one is a composition its techniques should refuse.
