@@ -314,16 +314,18 @@ TEST(LstmThroughTime, EverySchedulesGradientsAreStoredActivationsBitForBit) {
   expect_schedules_exact<mp>();
 }
 
-// Segments of 3 steps (T = 7): after forward, per layer, the input and output sequences (layer 0's output is
-// layer 1's input: three sequences in all), snapshots of the states x_0 and x_3 (2H each) and the record of the last
-// segment, step 6 (c and the gates, 5H); stored activations keep 7 records per layer.
+// Stored activations keep, per layer, the input and output sequences (layer 0's output is layer 1's input: three
+// sequences in all) and 7 records of c and the gates (5H). Segments of 3 steps (T = 7) keep the input sequences,
+// per layer snapshots of the states x_0 and x_3 (2H each) and the record of the last segment, step 6: c and the
+// gates (5H) in layer 0, whose output layer 1 keeps, the whole state and the gates (6H) in layer 1, whose output
+// is not kept.
 TEST(LstmThroughTime, SavedActivationsAreTheScheduleOnes) {
   const std::size_t n = 3, steps = 7, hidden = 5, b = sizeof(float);
-  const std::size_t sequences = n * steps * (4 + hidden + hidden) * b;
+  const std::size_t inputs = n * steps * (4 + hidden) * b;
   const StepResult<float> stored = scheduled_step<float>(nullptr);
-  EXPECT_EQ(stored.saved, sequences + 2 * steps * n * 5 * hidden * b);
+  EXPECT_EQ(stored.saved, inputs + n * steps * hidden * b + 2 * steps * n * 5 * hidden * b);
   const StepResult<float> r = scheduled_step<float>(std::make_shared<FixedSchedule>(segments(7, 3)));
-  EXPECT_EQ(r.saved, sequences + 2 * (2 * n * 2 * hidden + n * 5 * hidden) * b);
+  EXPECT_EQ(r.saved, inputs + (2 * 2 * n * 2 * hidden + n * 5 * hidden + n * 6 * hidden) * b);
 }
 
 // A save hook that stores an exact copy of what it is given (in place of approx_activations' K bits).

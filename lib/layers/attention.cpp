@@ -19,7 +19,7 @@ template <class T> Tensor<T> project(const Param<T>& weight, const Param<T>& bia
   Tensor<T> y(Shape{x.dim(0), x.dim(1), out}, MemoryCategory::workspace, Init::none);  // written whole
   with_compute_type<T>(mode, [&]<class G>() {
     Tensor<G> out_g = result_buffer<G>(y);
-    Tensor<float> packing = shared_packing_workspace(weight, packing_floats<G>(rows, out, in));
+    Tensor<float> packing = shared_packing_workspace<G>(weight, rows, out, in);
     if (out_g.is_dry() || x.is_dry()) return;
     // Y^T = W X^T
     weight_product(weight, out, in, false, MatrixView<T>::row_major(x.data(), rows, in).t(),
@@ -45,7 +45,7 @@ Tensor<T> project_backward(Param<T>& weight, Param<T>& bias, const Tensor<T>& dy
   with_compute_type<T>(mode, [&]<class G>() {
     {
       Tensor<G> dweight(weight.value.shape(), MemoryCategory::workspace);
-      Tensor<float> packing = shared_packing_workspace(weight, packing_floats<G>(out, in, rows));
+      Tensor<float> packing = shared_packing_workspace<G>(weight, out, in, rows);
       if (!dry) {
         add_weight_gradient(weight, dY.t(), MatrixView<T>::row_major(x.data(), rows, in).t(), dweight.data(),
                             all_rows(packing));
@@ -63,7 +63,7 @@ Tensor<T> project_backward(Param<T>& weight, Param<T>& bias, const Tensor<T>& dy
     if (!want_input_grad) return;
     dx = Tensor<T>(x_shape, MemoryCategory::workspace, Init::none);  // written whole
     Tensor<G> dx_g = result_buffer<G>(dx);
-    Tensor<float> packing = shared_packing_workspace(weight, packing_floats<G>(rows, in, out));
+    Tensor<float> packing = shared_packing_workspace<G>(weight, rows, in, out);
     if (dry) return;
     // dX^T = W^T dY^T
     weight_product(weight, out, in, true, dY.t(), OutputView<G>::row_major(dx_g.data(), rows, in).t(), false,

@@ -190,7 +190,7 @@ template <class T> Tensor<T> DynamicConv<T>::forward(Tensor<T> x, const RunConte
   if (dynamic_) {
     with_compute_type<T>(mode, [&]<class G>() {
       Tensor<G> logits = result_buffer<G>(kernels);  // (N T, H K)
-      Tensor<float> packing = shared_packing_workspace(weight_, packing_floats<G>(rows, taps, f));
+      Tensor<float> packing = shared_packing_workspace<G>(weight_, rows, taps, f);
       if (dry) return;
       // logits^T = W_k x^T
       weight_product(weight_, taps, f, false, MatrixView<T>::row_major(x.data(), rows, f).t(),
@@ -264,7 +264,7 @@ template <class T> Tensor<T> DynamicConv<T>::backward(Tensor<T> dy, const RunCon
       const auto dl = MatrixView<T>::row_major(dlogits.data(), rows, taps);
       {
         Tensor<G> dweight(weight_.value.shape(), MemoryCategory::workspace);
-        Tensor<float> packing = shared_packing_workspace(weight_, packing_floats<G>(taps, f, rows));
+        Tensor<float> packing = shared_packing_workspace<G>(weight_, taps, f, rows);
         if (!dry) {
           add_weight_gradient(weight_, dl.t(), MatrixView<T>::row_major(x.data(), rows, f).t(), dweight.data(),
                               all_rows(packing));
@@ -288,7 +288,7 @@ template <class T> Tensor<T> DynamicConv<T>::backward(Tensor<T> dy, const RunCon
     dx = Tensor<T>(x_shape, MemoryCategory::workspace, Init::none);  // written whole
     Tensor<G> dx_g = result_buffer<G>(dx);
     Tensor<float> packing =
-        dynamic_ ? shared_packing_workspace(weight_, packing_floats<G>(rows, f, taps)) : Tensor<float>();
+        dynamic_ ? shared_packing_workspace<G>(weight_, rows, f, taps) : Tensor<float>();
     if (dry) return;
     causal_conv_input_grad(z, dy.data(), kernels.data(), dynamic_ ? taps : 0, dx_g.data());
     if (dynamic_)  // dx^T += W_k^T dl^T

@@ -44,7 +44,7 @@ template <class T> Tensor<T> Linear<T>::forward(Tensor<T> x, const RunContext& c
   Tensor<T> y(Shape{n, out_}, MemoryCategory::workspace, Init::none);  // written whole
   with_compute_type<T>(ctx.accumulate, [&]<class G>() {
     Tensor<G> out = result_buffer<G>(y);
-    Tensor<float> packing = shared_packing_workspace(weight_, packing_floats<G>(n, out_, in_));
+    Tensor<float> packing = shared_packing_workspace<G>(weight_, n, out_, in_);
     if (out.is_dry() || x.is_dry()) return;
     const auto X = MatrixView<T>::row_major(x.data(), n, in_);
     // Y^T = W X^T
@@ -72,7 +72,7 @@ template <class T> Tensor<T> Linear<T>::backward(Tensor<T> dy, const RunContext&
     const auto dY = MatrixView<T>::row_major(dy.data(), n, out_);
     {  // the parameter gradients: the last use of the kept input, released before dx
       Tensor<G> dweight(weight_.value.shape(), MemoryCategory::workspace);
-      Tensor<float> packing = shared_packing_workspace(weight_, packing_floats<G>(out_, in_, n));
+      Tensor<float> packing = shared_packing_workspace<G>(weight_, out_, in_, n);
       if (!dry) {
         add_weight_gradient(weight_, dY.t(), MatrixView<T>::row_major(x.data(), n, in_).t(), dweight.data(),
                             all_rows(packing));
@@ -98,7 +98,7 @@ template <class T> Tensor<T> Linear<T>::backward(Tensor<T> dy, const RunContext&
     if (want_input_grad) {
       dx = Tensor<T>(x_shape, MemoryCategory::workspace);
       Tensor<G> dxg = result_buffer<G>(dx);
-      Tensor<float> packing = shared_packing_workspace(weight_, packing_floats<G>(n, in_, out_));
+      Tensor<float> packing = shared_packing_workspace<G>(weight_, n, in_, out_);
       if (!dry) {
         // dX^T = W^T dY^T
         weight_product(weight_, out_, in_, true, dY.t(), OutputView<G>::row_major(dxg.data(), n, in_).t(), false,

@@ -1,6 +1,9 @@
 #include "layers/lstm.hpp"
 
+#include <omp.h>
+
 #include <algorithm>
+#include <array>
 #include <cmath>
 
 #include "layers/weight_products.hpp"
@@ -109,11 +112,15 @@ class Lstm<T>::Steps : public StepChain<T> {
         in_(lstm.in_width(static_cast<index_t>(k))), hidden_(lstm.hidden_),
         cell_{n_, hidden_, p_.bias_ih.value.data(), p_.bias_hh.value.data()},
         z_(Shape{n_, 4 * hidden_}, MemoryCategory::workspace, Init::none) {
+    // One workspace for the step's products (m, n, k): as many rows as the widest split, as long as the longest.
     const index_t h4 = 4 * hidden_;
-    packing_ = shared_packing_workspace(
-        p_.weight_ih,
-        std::max({packing_floats<G>(n_, h4, in_), packing_floats<G>(n_, h4, hidden_), packing_floats<G>(n_, hidden_, h4),
-                  packing_floats<G>(h4, hidden_, n_), packing_floats<G>(h4, in_, n_), packing_floats<G>(n_, in_, h4)}));
+    index_t rows = 1, floats = 0;
+    for (const auto [m, n, k] : {std::array<index_t, 3>{n_, h4, in_}, {n_, h4, hidden_}, {n_, hidden_, h4},
+                                 {h4, hidden_, n_}, {h4, in_, n_}, {n_, in_, h4}}) {
+      rows = std::max(rows, product_parts(m, n, k, omp_get_max_threads()));
+      floats = std::max(floats, packing_floats<G>(m, n, k));
+    }
+    packing_ = packing_workspace(p_.weight_ih, rows, floats);
   }
 
   std::size_t steps() const override { return static_cast<std::size_t>(steps_); }
@@ -291,7 +298,11 @@ template <class T> Tensor<T> Lstm<T>::forward(Tensor<T> x, const RunContext& ctx
         return;
       }
       inputs_[k].keep(x);
-      h_from_output_[k] = active_save_hook<T>() == nullptr;
+      // The last layer's output is kept by the next layer only if that layer keeps its input: under a time schedule
+      // (few records, each 1H smaller) keeping it whole could cost more than it saves, so there the records keep h.
+      const bool last = k + 1 == layers_.size();
+      h_from_output_[k] = active_save_hook<T>() == nullptr && !(last && ctx.time_schedule);
+      outputs_[k].release();
       states_[k].assign(static_cast<std::size_t>(steps), Saved<T>());
       gates_[k].assign(static_cast<std::size_t>(steps), Saved<T>());
       const auto length = static_cast<std::size_t>(steps);
@@ -311,7 +322,7 @@ template <class T> Tensor<T> Lstm<T>::forward(Tensor<T> x, const RunContext& ctx
 template <class T> Tensor<T> Lstm<T>::backward(Tensor<T> dy, const RunContext& ctx, bool want_input_grad) {
   for (std::size_t k = layers_.size(); k-- > 0;) {
     const Tensor<T> x = inputs_[k].take();
-    const Tensor<T> h = outputs_[k].held() ? outputs_[k].take() : Tensor<T>();  // none: the records hold h_{t-1}
+    const Tensor<T> h = h_from_output_[k] ? outputs_[k].take() : Tensor<T>();  // none: the records hold h_{t-1}
     Tensor<T> dx;
     with_compute_type<T>(ctx.accumulate, [&]<class G>() {
       Steps<G> chain(*this, k, x, nullptr, h.empty() ? nullptr : h.data());

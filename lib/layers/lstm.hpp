@@ -18,8 +18,9 @@ namespace lowmem {
 // time_schedule (technique checkpoint over time: snapshots of the state, steps recomputed in backward), by default
 // recording every step. The layer's input sequence is kept whole (every step's x_t is needed again in backward), and
 // so is its output, which holds every h_{t-1} (and is the next layer's input, kept there anyway: one buffer); a
-// step's record keeps c_{t-1} and its gate activations (N, 5H per step). Under a save hook (approx_activations) the
-// output would be kept a second time, packed: a record then keeps the whole state [h_{t-1}, c_{t-1}] (N, 6H).
+// step's record keeps c_{t-1} and its gate activations (N, 5H per step). A record keeps the whole state [h_{t-1},
+// c_{t-1}] (N, 6H) instead under a save hook (approx_activations), which would store the output a second time, and
+// in the last layer under a time schedule, whose output the next layer may not keep (the records are few there).
 // Products and sums are the same whatever the schedule, so every schedule gives the gradients of stored activations
 // bit for bit.
 // truncate > 0: truncated backpropagation through time; no gradient flows from step t back to step t - 1 where t

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <stdexcept>
+#include <string>
 #include <utility>
 
 #include "layers/layer.hpp"
@@ -58,10 +59,17 @@ struct Packing {
   float* row(index_t t) const { return data ? data + t * floats : nullptr; }
 };
 // A layer's whole products (Linear's, the projections of attention and of a dynamic convolution, an LSTM step's)
-// are split among the OpenMP threads: their packing workspace has a row per thread (workspace grows with the
-// thread count, as a convolution's does).
-template <class T> Tensor<float> shared_packing_workspace(const Param<T>& weight, index_t floats) {
-  return packing_workspace(weight, omp_get_max_threads(), floats);
+// are split among the OpenMP threads once they reach a million multiply-adds, in blocks of at least 16 rows (or
+// columns): how many threads an (m x k)(k x n) product takes, the same whichever of m and n is split.
+inline index_t product_parts(index_t m, index_t n, index_t k, index_t threads) {
+  if (m * n * k < (index_t{1} << 20)) return 1;
+  return std::max<index_t>(1, std::min(threads, std::max(m, n) / 16));
+}
+// Their packing workspace: a row for each thread the product takes (workspace grows with the thread count, as a
+// convolution's does).
+template <class G, class T>
+Tensor<float> shared_packing_workspace(const Param<T>& weight, index_t m, index_t n, index_t k) {
+  return packing_workspace(weight, product_parts(m, n, k, omp_get_max_threads()), packing_floats<G>(m, n, k));
 }
 inline Packing all_rows(Tensor<float>& packing) {
   if (packing.empty()) return Packing(nullptr);
@@ -83,8 +91,11 @@ void dense_product(MatrixView<A> a, MatrixView<B> b, G* c, index_t ldc, bool add
   if constexpr (sums_on_gemm<G>) {
     const bool by_rows = a.rows >= b.cols;
     const index_t split = by_rows ? a.rows : b.cols;
-    const index_t parts = a.rows * b.cols * a.cols < (index_t{1} << 20) ? 1 : std::min(packing.threads, split / 16);
+    const index_t parts = std::min(packing.threads, product_parts(a.rows, b.cols, a.cols, packing.threads));
     if (parts <= 1) return gemm(a, b, c, ldc, add, packing.row(0));
+    if (a.cols != b.rows)  // gemm's own check, here where it can still be caught (not inside the threads)
+      throw std::logic_error("dense_product: inner sizes " + std::to_string(a.cols) + " and " +
+                             std::to_string(b.rows) + " differ");
 #pragma omp parallel for num_threads(parts) schedule(static)
     for (index_t t = 0; t < parts; ++t) {
       const auto [first, end] = block_of(split, t, parts);

@@ -344,9 +344,9 @@ CheckpointSchedule fit_budget(const ChainCosts& costs, std::size_t budget, std::
 }
 
 // Time steps as the budget's dynamic programme sees them: all alike, a state of [h, c] (2 units) in, a record of
-// c and the four gates (5 units) kept (an LSTM's; its h_{t-1} is in the output kept whole); a unit is what one value
-// per sample and hidden unit takes. The bisection turns units into the dry step's bytes, so only the ratios matter
-// here.
+// c and the four gates (5 units) kept (an LSTM's inner layers'; the last layer's records also keep h, 6 units); a
+// unit is what one value per sample and hidden unit takes. The bisection turns units into the dry step's bytes, so
+// only the ratios matter here.
 ChainCosts time_step_costs(std::size_t steps, std::size_t unit_bytes) {
   ChainCosts c;
   c.flops.assign(steps, 1.0);
@@ -362,9 +362,8 @@ struct RuleTimeSchedule : TimeSchedule {
   explicit RuleTimeSchedule(const Checkpoint* t) : technique(t) {}
   CheckpointSchedule schedule(std::size_t n) const override {
     const std::lock_guard<std::mutex> lock(mutex);
-    auto [at, made] = schedules.try_emplace(n);
-    if (made) at->second = technique->rule_schedule(n);
-    return at->second;
+    if (auto at = schedules.find(n); at != schedules.end()) return at->second;
+    return schedules.emplace(n, technique->rule_schedule(n)).first->second;  // made first: a throw caches nothing
   }
   mutable std::mutex mutex;
   mutable std::map<std::size_t, CheckpointSchedule> schedules;

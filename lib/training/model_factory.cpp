@@ -171,19 +171,25 @@ template <class T> void draw_gpt2(Layer<T>& layer, bool branch_end, double std, 
     draw_gpt2(*child, (block && name == "fc2") || (!last_g.empty() && name == last_g), std, branch_std, rng);
 }
 
+// Residual blocks in a layer and what it holds: what adds to a residual stream.
+template <class T> std::size_t residual_blocks(Layer<T>& layer) {
+  const std::string kind = layer.kind();
+  std::size_t blocks = kind == "transformer_block" || kind == "conv_block" || kind == "coupling" ||
+                       kind == "affine_coupling";
+  for (const auto& [name, child] : layer.children()) blocks += residual_blocks(*child);
+  return blocks;
+}
+
 }  // namespace
 
 template <class T> void initialize_model(Sequential<T>& model, const ModelSpec& spec, std::uint64_t seed) {
   model.initialize(seed);
   if (spec.init != "gpt2") return;
-  std::size_t blocks = 0;  // residual blocks: what adds to the residual stream
-  for (std::size_t i = 0; i < model.size(); ++i) {
-    const std::string kind = model.layer(i).kind();
-    blocks += kind == "transformer_block" || kind == "conv_block" || kind == "coupling";
-  }
+  std::size_t blocks = 0;
+  for (std::size_t i = 0; i < model.size(); ++i) blocks += residual_blocks(model.layer(i));
   const double branch_std = spec.init_std / std::sqrt(2.0 * static_cast<double>(std::max<std::size_t>(blocks, 1)));
   for (std::size_t i = 0; i < model.size(); ++i) {
-    Rng rng(seed, /*stream=*/model.size() + i);  // streams apart from the layers' own
+    Rng rng(seed, /*stream=*/(std::uint64_t{1} << 32) + i);  // apart from the layers' own, one per layer
     draw_gpt2(model.layer(i), false, spec.init_std, branch_std, rng);
   }
 }
