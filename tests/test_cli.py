@@ -730,6 +730,12 @@ def check_text():
     expect_error("text: checkpoint over time needs a recurrent layer", lowmem("plan", config(
         "t4t.json", lambda c: c.update(technique={"type": "checkpoint", "over": "time"}))),
                  1, ["/technique", "over", "time", "lstm"])
+    expect_error("text: an unknown initialisation", lowmem("plan", text_config(
+        "t5i.json", corpus, {"arch": "transformer", "depth": 1, "width": 8, "heads": 2, "init": "xavier"})),
+                 1, ["/model/init", "gpt2", "xavier"])
+    expect_error("text: init_std without init gpt2", lowmem("plan", text_config(
+        "t5s.json", corpus, {"arch": "transformer", "depth": 1, "width": 8, "heads": 2, "init_std": 0.1})),
+                 1, ["/model/init_std", "gpt2"])
     expect_error("text: an image architecture on text", lowmem("plan", text_config(
         "t6.json", corpus, {"arch": "cnn", "channels": [4]})), 1, ["/model/arch", "image model"])
     expect_error("text: an image layer in a sequence model", lowmem("plan", text_config(
