@@ -91,7 +91,7 @@ void dense_product(MatrixView<A> a, MatrixView<B> b, G* c, index_t ldc, bool add
   if constexpr (sums_on_gemm<G>) {
     const bool by_rows = a.rows >= b.cols;
     const index_t split = by_rows ? a.rows : b.cols;
-    const index_t parts = std::min(packing.threads, product_parts(a.rows, b.cols, a.cols, packing.threads));
+    const index_t parts = product_parts(a.rows, b.cols, a.cols, packing.threads);
     if (parts <= 1) return gemm(a, b, c, ldc, add, packing.row(0));
     if (a.cols != b.rows)  // gemm's own check, here where it can still be caught (not inside the threads)
       throw std::logic_error("dense_product: inner sizes " + std::to_string(a.cols) + " and " +
