@@ -702,7 +702,7 @@ def check_text():
                      {"precision": ["f32", "f64", "f16", "bf16"], "model.conv": ["dynamic", "lightweight"]})
     plan_matches_run("text dynamic_conv, techniques", "conv-techniques", c, techniques)
     out = TMP / "text-run.h5"
-    r = lowmem("run", text_config("text-run.json", corpus), "--out", out, *RUN_OPTS)
+    r = lowmem("run", text_config("text-run.json", corpus, augment={"shift": 7}), "--out", out, *RUN_OPTS)
     runs = runs_of(out) if r.returncode == 0 else {}
     attrs = next(iter(runs.values()))[0] if runs else {}
     bpc, loss = attrs.get("val_bits_per_char", -1), attrs.get("test_loss", -2)
@@ -736,6 +736,10 @@ def check_text():
     expect_error("text: init_std without init gpt2", lowmem("plan", text_config(
         "t5s.json", corpus, {"arch": "transformer", "depth": 1, "width": 8, "heads": 2, "init_std": 0.1})),
                  1, ["/model/init_std", "gpt2"])
+    expect_error("text: a window shift beyond seq_len", lowmem("plan", text_config(
+        "t5w.json", corpus, augment={"shift": 9})), 1, ["/data/augment/shift", "9"])
+    expect_error("images: a window shift", lowmem("plan", config(
+        "t5x.json", lambda c: c["data"].update(augment={"shift": 2}))), 1, ["/data/augment/shift", "text"])
     expect_error("text: an image architecture on text", lowmem("plan", text_config(
         "t6.json", corpus, {"arch": "cnn", "channels": [4]})), 1, ["/model/arch", "image model"])
     expect_error("text: an image layer in a sequence model", lowmem("plan", text_config(

@@ -691,6 +691,39 @@ TEST(Text, SplitIntoNextTokenWindows) {
             std::string::npos);
 }
 
+// augment.shift: a training window read s = 0..shift tokens later, its labels with it, never past the stored tail.
+TEST(Text, ShiftedWindowsStayInTheStream) {
+  TextCorpus c;
+  c.source = "test";
+  c.symbols.resize(40);
+  for (int i = 0; i < 40; ++i) c.tokens.push_back(i);
+  const Dataset train = split_text(c, {4, 0.25, 0, 0}).first;  // tokens 0..29: 7 windows, then 1 token of tail
+  ASSERT_EQ(train.count, 7);
+  EXPECT_EQ(train.tail, 1);
+  ASSERT_EQ(train.images.size(), 29u);
+  std::vector<float> x(4);
+  std::vector<std::int32_t> labels(4);
+  Rng rng(5);
+  std::set<std::int64_t> seen_first, seen_last;
+  for (int draw = 0; draw < 200; ++draw)
+    for (std::int64_t idx : {std::int64_t{0}, std::int64_t{6}}) {
+      fill_batch(train, &idx, 1, Augment{false, 0, 3}, rng, x.data(), labels.data());
+      const auto start = static_cast<std::int64_t>(x[0]);
+      for (int t = 0; t < 4; ++t) {
+        EXPECT_EQ(x[t], static_cast<float>(start + t));
+        EXPECT_EQ(labels[t], start + t + 1);
+      }
+      (idx == 0 ? seen_first : seen_last).insert(start);
+    }
+  EXPECT_EQ(seen_first, (std::set<std::int64_t>{0, 1, 2, 3}));  // every shift 0..3 occurs
+  EXPECT_EQ(seen_last, (std::set<std::int64_t>{24, 25}));       // the last window: only as far as its tail
+  Rng a(9), b(9);
+  const std::int64_t idx = 2;
+  fill_batch(train, &idx, 1, Augment{}, a, x.data(), labels.data());
+  EXPECT_EQ(x[0], 8.0f) << "no shift: the window in place";
+  EXPECT_EQ(a.below(1000), b.below(1000)) << "no shift draws nothing";
+}
+
 // The default corpus (Debian's fortunes, installed by scripts/install-deps.sh): plain UTF-8 English text.
 TEST(Text, FortunesCorpus) {
   if (!fs::exists("/usr/share/games/fortunes")) GTEST_SKIP() << "fortunes not installed";

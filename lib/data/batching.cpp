@@ -75,6 +75,13 @@ void fill_batch(const Dataset& d, const std::int64_t* indices, std::int64_t n, c
     const bool flip = aug.flip && rng.below(2) == 1;
     const std::int64_t dy = pad > 0 ? static_cast<std::int64_t>(rng.below(2 * pad + 1)) - pad : 0;
     const std::int64_t dx = pad > 0 ? static_cast<std::int64_t>(rng.below(2 * pad + 1)) - pad : 0;
+    if (d.tokens) {  // a window of the stream, perhaps shifted later
+      const std::int64_t room = (d.count - 1 - idx) * size + d.tail;  // tokens stored after this window
+      const auto s = aug.shift > 0 ? static_cast<std::int64_t>(rng.below(static_cast<std::uint64_t>(std::min<std::int64_t>(aug.shift, room) + 1))) : std::int64_t{0};
+      std::copy_n(d.images.begin() + idx * size + s, size, out + k * size);
+      std::copy_n(d.labels.begin() + idx * d.targets + s, d.targets, labels_out + k * d.targets);
+      continue;
+    }
     const float* src = d.images.data() + idx * size;  // (C, H, W)
     float* dst = out + k * size;                      // (C, H, W)
     for (std::int64_t c = 0; c < d.channels; ++c)

@@ -19,8 +19,11 @@ struct Dataset {
   int classes = 0;                   // for text: the vocabulary's size
   bool tokens = false;               // examples are token ids (text), not pixels
   std::int64_t targets = 1;          // labels per example: 1 for an image, the window's length for text
-  std::vector<float> images;         // count*channels*height*width
-  std::vector<std::int32_t> labels;  // count*targets, each in [0, classes)
+  std::vector<float> images;         // count*channels*height*width (+ tail, text)
+  std::vector<std::int32_t> labels;  // count*targets (+ tail, text), each in [0, classes)
+  // Text: the windows are consecutive in the split's token stream, and images and labels also hold the `tail`
+  // tokens after the last one (fewer than a window), so that a window shifted later (Augment::shift) stays inside.
+  std::int64_t tail = 0;
   std::int64_t image_size() const { return channels * height * width; }
   // One example's shape as the model sees it: (C, H, W), or (T) token ids.
   std::vector<std::int64_t> example_shape() const {
@@ -64,7 +67,8 @@ int text_vocabulary(const std::string& path, const std::string& level);
 
 // A corpus cut into a training split (the first 1 - validation of its tokens) and a validation split (the rest),
 // each into consecutive windows of seq_len tokens, labelled by the seq_len tokens one position later (next-token
-// prediction; window k starts at token k seq_len of its split). limits: keep the first `limit` windows (0 = all).
+// prediction; window k starts at token k seq_len of its split; the tokens after the last window, fewer than
+// seq_len, are kept as its tail). limits: keep the first `limit` windows (0 = all).
 // Throws lowmem::Error when a split has fewer than seq_len + 1 tokens.
 struct TextSplitSpec {
   std::int64_t seq_len = 128;
@@ -85,16 +89,20 @@ void normalize(Dataset& d, const ChannelStats& s);
 // Order of examples for one epoch: a permutation of [0, count) by Fisher-Yates with Rng(seed, 1000 + epoch).
 std::vector<std::int64_t> epoch_order(std::int64_t count, std::uint64_t seed, int epoch);
 
-// Random horizontal flip (p = 0.5); random crop of the original size after zero-padding by crop_pad.
+// Images: random horizontal flip (p = 0.5); random crop of the original size after zero-padding by crop_pad.
+// Text: each window read from a random 0..shift tokens later in the stream (its labels with it), so that passes
+// over the split do not see the same windows; a window near the split's end shifts at most to the end.
 struct Augment {
   bool flip = false;
   int crop_pad = 0;
+  int shift = 0;
 };
 
 // Copies examples indices[0..n) into out (n*image_size floats, NCHW) and their labels (n*targets) into labels_out, applying
 // the augmentation with rng. Draw order per example: the flip coin rng.below(2) == 1 (if flip), then the crop
 // offsets dy, dx = rng.below(2*crop_pad + 1) (if crop_pad > 0). The flip is applied before the crop, so
-// out(c, y, x) = flipped(c, y + dy - crop_pad, x + dx - crop_pad), zero outside the image.
+// out(c, y, x) = flipped(c, y + dy - crop_pad, x + dx - crop_pad), zero outside the image. Text with shift > 0:
+// one draw s = rng.below(m + 1), m = min(shift, tokens stored after the window), and the window read s later.
 void fill_batch(const Dataset& d, const std::int64_t* indices, std::int64_t n, const Augment& aug, Rng& rng,
                 float* out, std::int32_t* labels_out);
 

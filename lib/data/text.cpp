@@ -126,9 +126,10 @@ std::pair<Dataset, Dataset> split_text(const TextCorpus& corpus, const TextSplit
     d.classes = static_cast<int>(corpus.symbols.size());
     d.tokens = true;
     d.targets = T;
-    d.images.resize(static_cast<std::size_t>(d.count * T));
-    d.labels.resize(static_cast<std::size_t>(d.count * T));
-    for (std::int64_t i = 0; i < d.count * T; ++i) {
+    d.tail = std::min(T - 1, tokens - 1 - d.count * T);  // inputs stored past the last window, each with its label
+    d.images.resize(static_cast<std::size_t>(d.count * T + d.tail));
+    d.labels.resize(static_cast<std::size_t>(d.count * T + d.tail));
+    for (std::int64_t i = 0; i < d.count * T + d.tail; ++i) {
       d.images[static_cast<std::size_t>(i)] = static_cast<float>(corpus.tokens[static_cast<std::size_t>(first + i)]);
       d.labels[static_cast<std::size_t>(i)] = corpus.tokens[static_cast<std::size_t>(first + i + 1)];
     }

@@ -32,8 +32,10 @@ template <class T> class LeakyRelu : public Layer<T>, public Invertible<T> {
 };
 
 // GELU (Hendrycks & Gimpel), exact as PyTorch's default: y = x Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2, any
-// shape; dx = dy (Phi(x) + x phi(x)), phi the standard normal density. Backward keeps the input x. Computed in the
-// wide type (float for 16-bit storage), each output rounded once.
+// shape; dx = dy (Phi(x) + x phi(x)), phi the standard normal density. Backward keeps the input x. Each output is
+// rounded once from double for float and 16-bit storage (Phi and phi from numerics/normal.hpp, about 1e-15
+// relative: close to correctly rounded, where PyTorch's 1 + erf loses the negative tail), from the type itself for
+// f64, dd and mp (their erf and exp).
 template <class T> class Gelu : public Layer<T> {
  public:
   explicit Gelu(std::string label) : Layer<T>(std::move(label)) {}
