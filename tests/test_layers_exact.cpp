@@ -14,12 +14,14 @@
 #include "layers/activations.hpp"
 #include "layers/batchnorm.hpp"
 #include "layers/conv2d.hpp"
+#include "layers/groupnorm.hpp"
 #include "layers/linear.hpp"
 #include "layers/pooling.hpp"
 #include "training/model_factory.hpp"
 #include "training/trainer.hpp"
 #include "layer_test_tools.hpp"
 #include "numerics/threads.hpp"
+#include "tensor/compute.hpp"
 
 namespace lowmem {
 namespace {
@@ -331,6 +333,88 @@ double sample_std(const Tensor<float>& t) {
 
 // "init": "gpt2" on a 4-block Transformer: weights N(0, 0.02), the residual branches' last projections
 // N(0, 0.02 / sqrt(8)), biases 0, layer norms untouched; the same values in every precision (drawn in double).
+// a b + c as GCC compiles the layers' sums: fused (one rounding) where W has a hardware FMA, -ffp-contract=fast
+// being its default for C++.
+template <class W> W fused(const W& a, const W& b, const W& c) {
+  if constexpr (std::is_floating_point_v<W>) return std::fma(a, b, c);
+  else return W(W(a * b) + c);
+}
+
+// A layer norm over features (area 1) forms its sums for many channels or groups at once: the bits must be those
+// of the group-by-group and channel-by-channel LaneSums it replaces, in which each sample or channel adds its one
+// value to the first lane and the other lanes add zeros: a sum in order from 0, each product fused into it as GCC
+// fused it there. x^ comes from a probe layer with gamma 1 and beta 0 (or none) on the same x, whose output is x^
+// itself (rounded once into T = W); the statistics are the forward's, spelled out here and checked against it.
+// gamma is not 1, so that a product g dy fused into a sum or not shows.
+template <class T> void expect_layer_norm_sums_in_order(index_t groups, bool affine) {
+  using W = wide_t<T>;
+  const index_t n = 150, channels = 80, per_group = channels / groups;  // a block edge (64) inside a group
+  const Accumulate f32 = Accumulate::f32;
+  MemoryLedger ledger;
+  MemoryLedger::Scope scope(ledger);
+  GroupNorm<T> probe("probe", channels, groups, 1e-5, affine), norm("ln", channels, groups, 1e-5, affine);
+  Rng rng(4);
+  probe.initialize(rng);
+  norm.initialize(rng);
+  if (affine)
+    for (Param<T>* p : norm.params())
+      for (index_t c = 0; c < channels; ++c) p->value[c] = round_to<T>(1.0 + 0.5 * rng.normal());
+  auto g_at = [&](index_t c) { return affine ? round_to<W>(norm.params()[0]->value[c]) : W(1); };
+  Tensor<T> x(Shape{n, channels}, MemoryCategory::workspace), dy(Shape{n, channels}, MemoryCategory::workspace);
+  for (index_t i = 0; i < x.numel(); ++i) {
+    x[i] = round_to<T>(3.0 * rng.normal() + 1.0);
+    dy[i] = round_to<T>(rng.normal());
+  }
+  const std::vector<T> dy_values(dy.data(), dy.data() + dy.numel());
+  const Tensor<T> y = probe.forward(x, RunContext{});  // x^
+  norm.forward(x, RunContext{});
+  const Tensor<T> dx = norm.backward(dy, RunContext{}, true);
+  auto d_at = [&](index_t at) { return round_to<W>(dy_values[static_cast<std::size_t>(at)]); };
+  auto xhat_at = [&](index_t at) { return round_to<W>(y[at]); };
+  for (index_t c = 0; c < (affine ? channels : 0); ++c) {  // parameter gradients: the samples in order
+    W sum_dy = W(0), sum_dy_xhat = W(0);
+    for (index_t s = 0; s < n; ++s) {
+      sum_dy = W(sum_dy + d_at(s * channels + c));
+      sum_dy_xhat = fused(d_at(s * channels + c), xhat_at(s * channels + c), sum_dy_xhat);
+    }
+    EXPECT_TRUE(same_bits(norm.params()[0]->grad[c], round_to<T>(sum_dy_xhat))) << c;
+    EXPECT_TRUE(same_bits(norm.params()[1]->grad[c], round_to<T>(sum_dy))) << c;
+  }
+  const W count = round_to<W>(static_cast<double>(per_group)), eps = round_to<W>(1e-5);
+  for (index_t sg = 0; sg < n * groups; ++sg) {  // dx: each group's channels in order
+    const index_t first = sg * per_group, c0 = (sg % groups) * per_group;
+    LaneSum<T> sum, sum_squares;
+    sum.add(per_group, f32, [&](index_t i) { return round_to<W>(x[first + i]); });
+    const W m = sum.total(f32) / count;
+    sum_squares.add(per_group, f32, [&](index_t i) {
+      const W v = round_to<W>(x[first + i]) - m;
+      return W(v * v);
+    });
+    const W inv_std = W(1) / sqrt_of(W(sum_squares.total(f32) / count + eps));
+    W sum_d = W(0), sum_d_xhat = W(0);
+    for (index_t k = 0; k < per_group; ++k) {
+      const W xhat = W((round_to<W>(x[first + k]) - m) * inv_std), g = g_at(c0 + k), d = d_at(first + k);
+      ASSERT_TRUE(same_bits(round_to<T>(xhat), y[first + k])) << "the statistics spelled out here are the forward's";
+      sum_d = fused(g, d, sum_d);
+      sum_d_xhat = fused(W(g * d), xhat, sum_d_xhat);
+    }
+    const W mean_d = sum_d / count, mean_d_xhat = sum_d_xhat / count;
+    for (index_t k = 0; k < per_group; ++k) {  // (g dy - mean_d - x^ mean_d_xhat) / sigma, fused twice
+      const W r = fused(W(-xhat_at(first + k)), mean_d_xhat, fused(g_at(c0 + k), d_at(first + k), W(-mean_d)));
+      EXPECT_TRUE(same_bits(dx[first + k], round_to<T>(W(r * inv_std)))) << sg << " " << k;
+    }
+  }
+}
+
+TEST(GroupNorm, OneValuePerChannelSumsTheSamplesInOrder) {
+  for (index_t groups : {1, 8})
+    for (bool affine : {true, false}) {  // without affine, backward reads x^ from the kept output
+      expect_layer_norm_sums_in_order<float>(groups, affine);
+      expect_layer_norm_sums_in_order<double>(groups, affine);
+      expect_layer_norm_sums_in_order<dd>(groups, affine);
+    }
+}
+
 TEST(ModelFactory, Gpt2InitialisationScalesTheResidualBranches) {
   const auto corpus = std::filesystem::temp_directory_path() / "lowmem-gpt2-init.txt";
   std::ofstream(corpus) << std::string(4000, 'a') + "bcdefgh";

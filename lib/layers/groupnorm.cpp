@@ -1,5 +1,9 @@
 #include "layers/groupnorm.hpp"
 
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+
 #include "numerics/threads.hpp"
 #include "tensor/compute.hpp"
 
@@ -88,6 +92,9 @@ template <class T> Tensor<T> GroupNorm<T>::backward(Tensor<T> dy, const RunConte
     return W((v - mean[sg]) * inv_std[sg]);
   };
   // Parameter gradients, channel by channel (each thread owns its channels; samples summed in order).
+  if (area == 1 && affine_ && !x.is_dry()) {
+    param_grads_one_value_per_channel(x, dy, mean, inv_std, ctx.accumulate);
+  } else
 #pragma omp parallel for schedule(static) if (worth_threads(x.numel()))
   for (index_t c = 0; c < (x.is_dry() || !affine_ ? 0 : channels_); ++c) {
     LaneSum<T> sum_dy, sum_dy_xhat;
@@ -103,6 +110,8 @@ template <class T> Tensor<T> GroupNorm<T>::backward(Tensor<T> dy, const RunConte
   Tensor<T> dx;
   if (want_input_grad) {
     dx = dy.overwritable(MemoryCategory::workspace);  // per group: sums of dy, then dx over dy
+    if (area == 1 && !x.is_dry()) input_grad_one_value_per_channel(x, dy, dx, mean, inv_std, ctx.accumulate);
+    else
 #pragma omp parallel for schedule(static) if (worth_threads(x.numel()))
     for (index_t sg = 0; sg < (x.is_dry() ? 0 : n * groups_); ++sg) {
       const index_t s = sg / groups_, c0 = (sg % groups_) * per_group;
@@ -127,6 +136,98 @@ template <class T> Tensor<T> GroupNorm<T>::backward(Tensor<T> dy, const RunConte
   if (affine_) mean_.release();
   inv_std_.release();
   return dx;
+}
+
+namespace {
+// a b + c rounded once where W has a hardware FMA (float, double: what GCC's contraction does), else twice.
+template <class W> W multiply_add(const W& a, const W& b, const W& c) {
+  if constexpr (std::is_floating_point_v<W>) return std::fma(a, b, c);
+  else return W(W(a * b) + c);
+}
+}  // namespace
+
+// With one value per channel and sample (area 1: a layer norm over the features of each position), each sample
+// adds one value to a channel's LaneSum, into its first lane: the sums run over the samples in order, and the
+// other lanes add zeros. The same sums here, formed for a block of channels at once, so that they vectorise
+// across channels instead of walking each channel's values C apart: the same bits (test
+// GroupNorm.OneValuePerChannelSumsTheSamplesInOrder; lane + dy x^ fused as GCC fuses the LaneSum's).
+template <class T>
+void GroupNorm<T>::param_grads_one_value_per_channel(const Tensor<T>& x, const Tensor<T>& dy, const Tensor<W>& mean,
+                                                     const Tensor<W>& inv_std, Accumulate mode) {
+  const index_t n = x.dim(0), per_group = channels_ / groups_;
+  constexpr index_t block = 64;  // channels a task sums: two rows of partial sums stay in L1
+#pragma omp parallel for schedule(static) if (worth_threads(x.numel()))
+  for (index_t c0 = 0; c0 < channels_; c0 += block) {
+    const index_t c1 = std::min(channels_, c0 + block);
+    W sum_dy[block], sum_dy_xhat[block];
+    std::fill(sum_dy, sum_dy + block, W(0));
+    std::fill(sum_dy_xhat, sum_dy_xhat + block, W(0));
+    for (index_t s = 0; s < n; ++s) {
+      const T* xs = x.data() + s * channels_;
+      const T* dys = dy.data() + s * channels_;
+      for (index_t g0 = c0; g0 < c1;) {  // the channels of one group share its statistics
+        const index_t sg = s * groups_ + g0 / per_group, g1 = std::min(c1, (g0 / per_group + 1) * per_group);
+        const W m = mean[sg], inv = inv_std[sg];
+        for (index_t c = g0; c < g1; ++c) {
+          const W d = round_to<W>(dys[c]), xhat = W((round_to<W>(xs[c]) - m) * inv);
+          sum_dy[c - c0] = accumulate_round<T>(W(sum_dy[c - c0] + d), mode);
+          sum_dy_xhat[c - c0] = accumulate_round<T>(multiply_add(d, xhat, sum_dy_xhat[c - c0]), mode);
+        }
+        g0 = g1;
+      }
+    }
+    for (index_t c = c0; c < c1; ++c) {
+      gamma_.grad[c] = round_to<T>(W(round_to<W>(gamma_.grad[c]) + sum_dy_xhat[c - c0]));
+      beta_.grad[c] = round_to<T>(W(round_to<W>(beta_.grad[c]) + sum_dy[c - c0]));
+    }
+  }
+}
+
+// dx with one value per channel and sample: a group's sums over its channels run in channel order (each channel
+// adds one value to the first lane of the LaneSum above), a chain of dependent additions each; eight groups'
+// chains side by side keep the adder busy. The same bits (test GroupNorm.OneValuePerChannelSumsTheSamplesInOrder),
+// including where GCC fuses the LaneSum's lane + g dy and lane + (g dy) x^ into FMAs (it contracts a * b + c,
+// -ffp-contract=fast being its default for C++): written out here as multiply_add, since g dy has two uses here
+// and the compiler would not fuse it.
+template <class T>
+void GroupNorm<T>::input_grad_one_value_per_channel(const Tensor<T>& x, const Tensor<T>& dy, Tensor<T>& dx,
+                                                    const Tensor<W>& mean, const Tensor<W>& inv_std, Accumulate mode) {
+  const index_t per_group = channels_ / groups_, groups = x.dim(0) * groups_;
+  const W count = round_to<W>(static_cast<double>(per_group));
+  constexpr index_t block = 8;
+#pragma omp parallel for schedule(static) if (worth_threads(x.numel()))
+  for (index_t sg0 = 0; sg0 < groups; sg0 += block) {
+    const index_t m = std::min(block, groups - sg0);
+    // Group sg = sample s, group g holds the values [s C + g C/G, s C + (g + 1) C/G). Without affine x holds x^:
+    // (v - 0) * 1 gives v's bits, so one expression serves both.
+    index_t first[block], c0[block];
+    W shift[block], scale[block], sum[block], sum_xhat[block];  // sums of dx^ and dx^ x^ over each group
+    for (index_t b = 0; b < m; ++b) {
+      const index_t sg = sg0 + b;
+      c0[b] = (sg % groups_) * per_group;
+      first[b] = (sg / groups_) * channels_ + c0[b];
+      shift[b] = affine_ ? mean[sg] : W(0);
+      scale[b] = affine_ ? inv_std[sg] : W(1);
+      sum[b] = sum_xhat[b] = W(0);
+    }
+    for (index_t k = 0; k < per_group; ++k) {
+      for (index_t b = 0; b < m; ++b) {
+        const index_t at = first[b] + k;
+        const W g = gamma(c0[b] + k), dyv = round_to<W>(dy[at]), d = W(g * dyv);
+        const W xhat = W((round_to<W>(x[at]) - shift[b]) * scale[b]);
+        sum[b] = accumulate_round<T>(multiply_add(g, dyv, sum[b]), mode);
+        sum_xhat[b] = accumulate_round<T>(multiply_add(d, xhat, sum_xhat[b]), mode);
+      }
+    }
+    for (index_t b = 0; b < m; ++b) {
+      const W mean_d = sum[b] / count, mean_d_xhat = sum_xhat[b] / count, inv = inv_std[sg0 + b];
+      for (index_t k = 0; k < per_group; ++k) {
+        const index_t at = first[b] + k;
+        const W d = gamma(c0[b] + k) * round_to<W>(dy[at]), xhat = W((round_to<W>(x[at]) - shift[b]) * scale[b]);
+        dx[at] = round_to<T>(W((d - mean_d - xhat * mean_d_xhat) * inv));
+      }
+    }
+  }
 }
 
 LOWMEM_INSTANTIATE_FOR_PRECISIONS(GroupNorm)

@@ -27,6 +27,12 @@ template <class T> class GroupNorm : public Layer<T> {
  private:
   using W = wide_t<T>;
   W gamma(index_t c) const { return affine_ ? round_to<W>(gamma_.value[c]) : W(1); }
+  // dgamma and dbeta added into the gradients when each (sample, channel) holds one value (area 1).
+  void param_grads_one_value_per_channel(const Tensor<T>& x, const Tensor<T>& dy, const Tensor<W>& mean,
+                                         const Tensor<W>& inv_std, Accumulate mode);
+  // dL/dx into dx (dy's buffer, or its own) in the same case.
+  void input_grad_one_value_per_channel(const Tensor<T>& x, const Tensor<T>& dy, Tensor<T>& dx, const Tensor<W>& mean,
+                                        const Tensor<W>& inv_std, Accumulate mode);
   index_t channels_, groups_;
   double eps_;
   bool affine_;
