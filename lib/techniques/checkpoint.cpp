@@ -123,8 +123,8 @@ namespace {
 //   C(a, b, m) = min( C(a+1, b, m - record_a),  S(a, b, m - input_a) )  record a, or snapshot x_a
 class BudgetSolver {
  public:
-  BudgetSolver(const ChainCosts& costs, std::size_t memory, std::size_t unit)
-      : n_(costs.flops.size()), units_(memory / unit), flops_(costs.flops) {
+  BudgetSolver(const ChainCosts& costs, std::size_t memory, std::size_t unit, BudgetTables& tables)
+      : n_(costs.flops.size()), units_(memory / unit), flops_(costs.flops), t_(tables) {
     auto in_units = [&](std::size_t bytes) { return (bytes + unit - 1) / unit; };
     for (std::size_t i = 0; i < n_; ++i) {
       input_.push_back(in_units(costs.input_bytes[i]));
@@ -132,8 +132,13 @@ class BudgetSolver {
     }
     prefix_.assign(n_ + 1, 0.0);
     for (std::size_t i = 0; i < n_; ++i) prefix_[i + 1] = prefix_[i] + flops_[i];
-    const std::size_t cells = n_ * (n_ + 1) * (units_ + 1);
-    for (Table* t : {&kept_, &current_}) t->cost.assign(cells, unknown), t->choice.assign(cells, 0);
+    cells_ = n_ * (n_ + 1) * (units_ + 1);
+    if (t_.cost.size() < 2 * cells_) {  // kept's cells, then current's; new cells carry stamp 0, no solve's
+      t_.cost.resize(2 * cells_);
+      t_.choice.resize(2 * cells_);
+      t_.stamp.resize(2 * cells_, 0);
+    }
+    solve_ = ++t_.solves;  // cells stamped by earlier solves read as unknown
   }
 
   double solve() { return kept(0, n_, units_); }
@@ -145,38 +150,36 @@ class BudgetSolver {
 
  private:
   static constexpr double infinite = std::numeric_limits<double>::infinity();
-  static constexpr double unknown = -1;
-  static constexpr std::size_t record_first = 0, snapshot_first = 1;  // choices; j >= 2 means "advance to x_j"
-  struct Table {
-    std::vector<double> cost;
-    std::vector<std::size_t> choice;
-  };
+  static constexpr std::uint32_t record_first = 0, snapshot_first = 1;  // choices; j >= 2 means "advance to x_j"
   std::size_t at(std::size_t a, std::size_t b, std::size_t m) const { return (a * (n_ + 1) + b) * (units_ + 1) + m; }
 
   // Record layer a, reverse the rest from its output, reverse a: both tables' first option.
   double record_then_cost(std::size_t a, std::size_t b, std::size_t m) {
     return record_[a] > m ? infinite : b == a + 1 ? 0.0 : current(a + 1, b, m - record_[a]);
   }
+  // Each cell is solved once per solve: no cell's recursion reaches the cell itself (b - a or m falls).
   double kept(std::size_t a, std::size_t b, std::size_t m) {
-    double& cost = kept_.cost[at(a, b, m)];
-    if (cost != unknown) return cost;
-    std::size_t& choice = kept_.choice[at(a, b, m)];
-    cost = record_then_cost(a, b, m), choice = record_first;
+    const std::size_t i = at(a, b, m);
+    if (t_.stamp[i] == solve_) return t_.cost[i];
+    double cost = record_then_cost(a, b, m);
+    std::uint32_t choice = record_first;
     for (std::size_t j = a + 1; j < b; ++j) {
       const double c = prefix_[j] - prefix_[a] + current(j, b, m) + kept(a, j, m);
-      if (c < cost) cost = c, choice = j + 2;
+      if (c < cost) cost = c, choice = static_cast<std::uint32_t>(j + 2);
     }
+    t_.stamp[i] = solve_, t_.cost[i] = cost, t_.choice[i] = choice;
     return cost;
   }
   double current(std::size_t a, std::size_t b, std::size_t m) {
-    double& cost = current_.cost[at(a, b, m)];
-    if (cost != unknown) return cost;
-    std::size_t& choice = current_.choice[at(a, b, m)];
-    cost = record_then_cost(a, b, m), choice = record_first;
+    const std::size_t i = cells_ + at(a, b, m);
+    if (t_.stamp[i] == solve_) return t_.cost[i];
+    double cost = record_then_cost(a, b, m);
+    std::uint32_t choice = record_first;
     if (b > a + 1 && input_[a] <= m) {
       const double c = kept(a, b, m - input_[a]);
       if (c < cost) cost = c, choice = snapshot_first;
     }
+    t_.stamp[i] = solve_, t_.cost[i] = cost, t_.choice[i] = choice;
     return cost;
   }
 
@@ -193,7 +196,7 @@ class BudgetSolver {
     position_ = npos;
   }
   void write_kept(CheckpointSchedule& out, std::size_t a, std::size_t b, std::size_t m) {
-    const std::size_t choice = kept_.choice[at(a, b, m)];
+    const std::size_t choice = t_.choice[at(a, b, m)];
     go_to(out, a);
     if (choice == record_first) return record_then(out, a, b, m);
     const std::size_t j = choice - 2;
@@ -203,24 +206,27 @@ class BudgetSolver {
     write_kept(out, a, j, m);
   }
   void write_current(CheckpointSchedule& out, std::size_t a, std::size_t b, std::size_t m) {
-    if (current_.choice[at(a, b, m)] == record_first) return record_then(out, a, b, m);
+    if (t_.choice[cells_ + at(a, b, m)] == record_first) return record_then(out, a, b, m);
     out.push_back({Kind::snapshot, a});
     write_kept(out, a, b, m - input_[a]);
     out.push_back({Kind::forget, a});
   }
 
   static constexpr std::size_t npos = std::numeric_limits<std::size_t>::max();
-  std::size_t n_, units_, position_ = 0;
+  std::size_t n_, units_, cells_, position_ = 0;
   std::vector<double> flops_, prefix_;
   std::vector<std::size_t> input_, record_;
-  Table kept_, current_;
+  BudgetTables& t_;
+  std::uint32_t solve_;
 };
 
 }  // namespace
 
-std::optional<BudgetPlan> budget_schedule(const ChainCosts& costs, std::size_t memory, std::size_t unit) {
+std::optional<BudgetPlan> budget_schedule(const ChainCosts& costs, std::size_t memory, std::size_t unit,
+                                          BudgetTables* tables) {
   if (costs.flops.empty() || unit == 0) throw std::invalid_argument("budget schedule: empty chain or zero unit");
-  BudgetSolver solver(costs, memory, unit);
+  BudgetTables own;
+  BudgetSolver solver(costs, memory, unit, tables ? *tables : own);
   BudgetPlan plan;
   plan.recomputed_flops = solver.solve();
   if (!std::isfinite(plan.recomputed_flops)) return std::nullopt;
@@ -322,12 +328,13 @@ CheckpointSchedule fit_budget(const ChainCosts& costs, std::size_t budget, std::
   const std::size_t cells = layers * (layers + 1);
   const std::size_t unit = std::max<std::size_t>(1, top / std::max<std::size_t>(1, 4000000 / cells));
   std::optional<BudgetPlan> best;
+  BudgetTables tables;  // one allocation for every solve of the bisection
   // Below the largest record no schedule exists: the search starts there. No plan: more memory; a plan whose
   // dry step is over the budget: less.
   std::size_t lo = *std::max_element(costs.record_bytes.begin(), costs.record_bytes.end()), hi = top;
   while (lo <= hi) {
     const std::size_t memory = lo + (hi - lo) / 2;
-    std::optional<BudgetPlan> plan = budget_schedule(costs, memory, unit);
+    std::optional<BudgetPlan> plan = budget_schedule(costs, memory, unit, &tables);
     const bool fits = plan && s.peak_with(make(plan->schedule)) <= budget;
     if (fits && (!best || plan->recomputed_flops < best->recomputed_flops)) best = std::move(plan);
     if (fits || !plan) lo = memory + 1;

@@ -42,7 +42,16 @@ struct BudgetPlan {
   CheckpointSchedule schedule;
   double recomputed_flops = 0;
 };
-std::optional<BudgetPlan> budget_schedule(const ChainCosts& costs, std::size_t memory, std::size_t unit);
+// The programme's tables (cost and choice per cell, and the solve that wrote it), for a caller that solves many
+// times: fit_budget's bisection solves about twenty times, and tables of ~100 MB allocated and cleared afresh for
+// each solve cost more than the solving. A solve stamps the cells it writes instead of clearing the tables.
+struct BudgetTables {
+  std::vector<double> cost;
+  std::vector<std::uint32_t> choice, stamp;
+  std::uint32_t solves = 0;
+};
+std::optional<BudgetPlan> budget_schedule(const ChainCosts& costs, std::size_t memory, std::size_t unit,
+                                          BudgetTables* tables = nullptr);
 
 // The model's chain run by a schedule over its layers.
 template <class T> class ScheduledChain : public ChainRunner<T> {
