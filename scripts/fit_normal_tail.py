@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Derives the coefficients of lib/numerics/normal.hpp (run: /usr/bin/python3 scripts/fit_normal_tail.py).
+"""Derives the coefficients of lib/numerics/normal.hpp (run: /usr/bin/python3 scripts/fit_normal_tail.py; needs
+mpmath: apt-get install python3-mpmath).
 
 erfc(z) = t Q(t) exp(-z^2) with t = 1 / (1 + P z), z >= 0. Q is smooth on [t_min, 1] (t_min = t at z = Z_MAX, where
 Phi(-sqrt(2) z) is far below float's smallest subnormal), so its Chebyshev interpolant converges geometrically. The

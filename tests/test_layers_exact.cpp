@@ -331,8 +331,6 @@ double sample_std(const Tensor<float>& t) {
   return std::sqrt(squares / n - mean * mean);
 }
 
-// "init": "gpt2" on a 4-block Transformer: weights N(0, 0.02), the residual branches' last projections
-// N(0, 0.02 / sqrt(8)), biases 0, layer norms untouched; the same values in every precision (drawn in double).
 // a b + c as GCC compiles the layers' sums: fused (one rounding) where W has a hardware FMA, -ffp-contract=fast
 // being its default for C++.
 template <class W> W fused(const W& a, const W& b, const W& c) {
@@ -415,6 +413,8 @@ TEST(GroupNorm, OneValuePerChannelSumsTheSamplesInOrder) {
     }
 }
 
+// "init": "gpt2" on a 4-block Transformer: weights N(0, 0.02), the residual branches' last projections
+// N(0, 0.02 / sqrt(8)), biases 0, layer norms untouched; the same values in every precision (drawn in double).
 TEST(ModelFactory, Gpt2InitialisationScalesTheResidualBranches) {
   const auto corpus = std::filesystem::temp_directory_path() / "lowmem-gpt2-init.txt";
   std::ofstream(corpus) << std::string(4000, 'a') + "bcdefgh";

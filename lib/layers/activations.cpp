@@ -244,22 +244,17 @@ template <class T> Tensor<T> Flatten<T>::backward(Tensor<T> dy, const RunContext
 
 namespace {
 
-// GELU's arithmetic type: double for float and 16-bit storage, whose Phi and phi come from normal_cdf_pdf
-// (branch-free, so the loops vectorise, and free of the C library's erff), else the wide type with its erf and exp.
-template <class T> using GeluType = std::conditional_t<std::is_same_v<wide_t<T>, float>, double, wide_t<T>>;
+// Float and 16-bit storage compute GELU in double, Phi and phi from normal_cdf_pdf (branch-free, so the loops
+// vectorise, and free of the C library's erff); f64, dd and mp in their own type with its erf and exp.
+template <class T> constexpr bool gelu_in_double = std::is_same_v<T, float> || is_16bit<T>;
+template <class T> using GeluType = std::conditional_t<gelu_in_double<T>, double, wide_t<T>>;
 
-template <class W> struct CdfPdf {
-  W cdf, pdf;
+// Phi(x) and phi(x) in the wide type W (f64, dd, mp).
+template <class W> struct NormalFunctions {
+  const W inv_sqrt2 = W(1) / sqrt_of(W(2)), inv_sqrt_2pi = W(1) / sqrt_of(W(W(2) * pi_of<W>()));
+  W cdf(const W& x) const { return W(W(W(1) + erf_of(W(x * inv_sqrt2))) / W(2)); }
+  W pdf(const W& x) const { return W(exp_of(W(-(x * x) / W(2))) * inv_sqrt_2pi); }
 };
-template <class W> CdfPdf<W> cdf_pdf(const W& x) {
-  if constexpr (std::is_same_v<W, double>) {
-    const NormalCdfPdf n = normal_cdf_pdf(x);
-    return {n.cdf, n.pdf};
-  } else {
-    const W inv_sqrt2 = W(1) / sqrt_of(W(2)), inv_sqrt_2pi = W(1) / sqrt_of(W(W(2) * pi_of<W>()));
-    return {W(W(W(1) + erf_of(W(x * inv_sqrt2))) / W(2)), W(exp_of(W(-(x * x) / W(2))) * inv_sqrt_2pi)};
-  }
-}
 
 }  // namespace
 
@@ -268,10 +263,12 @@ template <class T> Tensor<T> Gelu<T>::forward(Tensor<T> x, const RunContext& ctx
   if (ctx.keeps()) input_.keep(x);  // first: y takes x's buffer only if nothing keeps x
   Tensor<T> y = x.overwritable(MemoryCategory::workspace);
   if (!x.is_dry()) {
+    const NormalFunctions<W> normal;
     for_blocks(x.numel(), [&](index_t first, index_t end) {
       for (index_t i = first; i < end; ++i) {
         const W v = round_to<W>(x[i]);
-        y[i] = round_to<T>(W(v * cdf_pdf(v).cdf));
+        if constexpr (gelu_in_double<T>) y[i] = round_to<T>(v * normal_cdf_pdf(v).cdf);
+        else y[i] = round_to<T>(W(v * normal.cdf(v)));
       }
     });
   }
@@ -285,11 +282,16 @@ template <class T> Tensor<T> Gelu<T>::backward(Tensor<T> dy, const RunContext&, 
   if (want_input_grad) {
     dx = dy.overwritable(MemoryCategory::workspace);
     if (!dy.is_dry()) {
+      const NormalFunctions<W> normal;
       for_blocks(dy.numel(), [&](index_t first, index_t end) {
         for (index_t i = first; i < end; ++i) {
           const W v = round_to<W>(x[i]);
-          const CdfPdf<W> n = cdf_pdf(v);
-          dx[i] = round_to<T>(W(round_to<W>(dy[i]) * W(n.cdf + v * n.pdf)));
+          if constexpr (gelu_in_double<T>) {
+            const NormalCdfPdf n = normal_cdf_pdf(v);
+            dx[i] = round_to<T>(round_to<W>(dy[i]) * (n.cdf + v * n.pdf));
+          } else {
+            dx[i] = round_to<T>(W(round_to<W>(dy[i]) * W(normal.cdf(v) + v * normal.pdf(v))));
+          }
         }
       });
     }

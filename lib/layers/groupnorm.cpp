@@ -188,7 +188,8 @@ void GroupNorm<T>::param_grads_one_value_per_channel(const Tensor<T>& x, const T
 // chains side by side keep the adder busy. The same bits (test GroupNorm.OneValuePerChannelSumsTheSamplesInOrder),
 // including where GCC fuses the LaneSum's lane + g dy and lane + (g dy) x^ into FMAs (it contracts a * b + c,
 // -ffp-contract=fast being its default for C++): written out here as multiply_add, since g dy has two uses here
-// and the compiler would not fuse it.
+// and the compiler would not fuse it. (Built by a compiler that does not contract across statements, clang by
+// default, the generic path's sums were not fused, and there these bits differ from that path's.)
 template <class T>
 void GroupNorm<T>::input_grad_one_value_per_channel(const Tensor<T>& x, const Tensor<T>& dy, Tensor<T>& dx,
                                                     const Tensor<W>& mean, const Tensor<W>& inv_std, Accumulate mode) {

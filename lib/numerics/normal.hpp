@@ -7,8 +7,10 @@
 // Accuracy: erfc(z) = t Q(t) exp(-z^2), t = 1 / (1 + 0.3 z), z = |x| / sqrt 2, Q a degree-18 polynomial
 // (coefficients and their derivation: scripts/fit_normal_tail.py; within 4.2e-16 relative);
 // exp by range reduction and a degree-12 Taylor polynomial. For float inputs x^2 / 2 is exact in double, and Phi
-// and phi come out within about 1e-15 relative down to |x| = 14.8; beyond it Phi(-|x|) and phi are below 1e-49 (0
-// once rounded to float: Q is held at z = 10.5 and the exponent at -700) and Phi(|x|) is 1. NaN stays NaN.
+// and phi come out within about 1e-15 relative up to |x| = 14.8 (z = 10.5); beyond it Phi(-|x|) and phi, below
+// 1e-49 and 0 once rounded to float, are returned as 0, and Phi(|x|) as 1. So GELU in float gives -inf * 0 = NaN
+// at -inf, as PyTorch does. NaN stays NaN. Meant for float inputs: for doubles the error bound is the same up to
+// |x| = 14.8, but the tails beyond are cut to 0 where double could still hold them.
 // tests/test_normal.cpp checks these bounds against the multiprecision erfc.
 #include <algorithm>
 #include <bit>
@@ -57,15 +59,16 @@ struct NormalCdfPdf {
 inline NormalCdfPdf normal_cdf_pdf(double x) {
   using namespace normal_detail;
   constexpr double inv_sqrt2 = 0.70710678118654752440, inv_sqrt_2pi = 0.39894228040143267794;
-  const double z = std::min(std::abs(x) * inv_sqrt2, kTailZMax);  // NaN passes min's comparison unchanged
+  const double z_exact = std::abs(x) * inv_sqrt2, z = std::min(z_exact, kTailZMax);  // NaN passes min unchanged
   const double t = 1.0 / (1.0 + kTailP * z);
   const double u = kTailA * t + kTailB;
   double q = kTailPolynomial[18];
 #pragma GCC unroll 18
   for (int k = 17; k >= 0; --k) q = q * u + kTailPolynomial[k];
   const double gauss = exp_nonpositive(std::max(-0.5 * x * x, -700.0));  // exp(-x^2 / 2) = exp(-z^2)
-  const double tail = 0.5 * t * q * gauss;                              // Phi(-|x|) = erfc(z) / 2
-  return {x < 0.0 ? tail : 1.0 - tail, gauss * inv_sqrt_2pi};
+  const bool far = z_exact > kTailZMax;                                 // Phi(-|x|), phi < 1e-49: 0
+  const double tail = far ? 0.0 : 0.5 * t * q * gauss;                  // Phi(-|x|) = erfc(z) / 2
+  return {x < 0.0 ? tail : 1.0 - tail, far ? 0.0 : gauss * inv_sqrt_2pi};
 }
 
 }  // namespace lowmem

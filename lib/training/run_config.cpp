@@ -259,8 +259,9 @@ DataSpec parse_data(ConfigReader r) {
   d.augment.flip = augment.get("flip", false);
   d.augment.crop_pad = augment.get_in("crop_pad", 0, 0, 64);
   if (d.text() && (d.augment.flip || d.augment.crop_pad > 0)) augment.fail("", "flips and crops are for images, not text");
-  if (d.text()) d.augment.shift = augment.get_in("shift", 0, 0, static_cast<int>(d.seq_len));
-  else if (augment.has("shift")) augment.fail("shift", "shifted windows are for text, not images");
+  // Read only when given: a default recorded in the effective config would change older text configs' run ids.
+  if (augment.has("shift") && !d.text()) augment.fail("shift", "shifted windows are for text, not images");
+  if (augment.has("shift")) d.augment.shift = augment.get_in("shift", 0, 0, static_cast<int>(d.seq_len));
   augment.finish();
   if (auto s = r.optional_object("synthetic")) {
     if (d.dataset != "synthetic") s->fail("", "only valid with \"dataset\": \"synthetic\"");
